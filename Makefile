@@ -1,0 +1,27 @@
+# Single entry point. `make test` and `make bench` set up everything they need
+# on a fresh machine (a virtual environment in .venv with the CPU build of torch).
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.qfx-installed
+
+.PHONY: setup test bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# The local CPU wheel; an unpinned torch would pull several GB of CUDA packages.
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e ".[test,bench]"
+	touch $(STAMP)
+
+test: setup
+	$(PY) -m pytest -n 2
+
+bench: setup
+	$(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis

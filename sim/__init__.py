@@ -1,0 +1,1 @@
+"""qfx.sim: cocotb/Verilator and C-simulation runners. Built by the verification issue."""
