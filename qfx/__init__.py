@@ -1,1 +1,41 @@
-"""qfx."""
+"""qfx: train FPGA-ready models with bit-exact Vitis HLS fixed-point (and minifloat)
+arithmetic, and generate the hardware that computes the same bits.
+
+The numerics core lives here: formats (:mod:`qfx.types`), quantizers
+(:mod:`qfx.quant`) and the L-Mul approximate multiply (:mod:`qfx.lmul`).
+"""
+
+from .lmul import lmul, lmul_offset_bits
+from .quant import count_overflow, from_codes, overflow_mask, quantize, to_codes
+from .types import (
+    OCP_MINIFLOATS,
+    FixedType,
+    Format,
+    KHot,
+    MinifloatType,
+    Overflow,
+    Rounding,
+    parse_type,
+)
+from ._khot import khot_digits
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FixedType",
+    "MinifloatType",
+    "KHot",
+    "Format",
+    "Rounding",
+    "Overflow",
+    "OCP_MINIFLOATS",
+    "parse_type",
+    "quantize",
+    "to_codes",
+    "from_codes",
+    "overflow_mask",
+    "count_overflow",
+    "khot_digits",
+    "lmul",
+    "lmul_offset_bits",
+]

@@ -1,0 +1,275 @@
+"""Tensor quantizers: bit-exact conversion into any qfx format, with autograd.
+
+``quantize(x, fmt)`` returns the values a variable of type ``fmt`` holds after
+the conversion ``fmt y = x`` (Vitis HLS semantics for ``ap_fixed``), as a float
+tensor on the input's device.
+
+Exactness and dtypes
+    The result dtype is the input's when it holds every value of the format
+    exactly, else the narrowest wider float that does (float32, then float64).
+    Computation happens in float32 only where that is provably exact and in
+    float64/int64 otherwise. Values that even float64 cannot hold (a 54..64-bit
+    word saturated to its extreme) raise ``ValueError``; :func:`to_codes`
+    returns the exact integer codes for any width up to 64.
+
+Special values
+    Fixed point (``FixedType`` and ``KHot``): NaN stays NaN in the returned
+    float tensor (no fixed-point format encodes it, and qfx does not invent a
+    value); :func:`to_codes` raises on NaN. +-inf behave as the ap_fixed
+    double constructor treats them, as beyond every finite value: saturating
+    modes give the extreme, ``AP_SAT_ZERO`` gives 0, and the wrap modes give 0
+    (an infinitely large code has no nonzero low bits). K-hot projects +-inf
+    to its extreme values.
+    Minifloat: see ``qfx._minifloat`` (NaN -> NaN; overflow -> +-max when
+    saturating, else inf or NaN as the format encodes).
+
+Gradients
+    ``x`` gets a straight-through gradient: 1 where the value is inside the
+    format's range, 0 where it saturated or wrapped (or overflowed a
+    minifloat).
+
+    ``frac_bits`` (fixed point only) is the learnable binary point: a float
+    tensor, scalar or broadcastable to ``x`` (e.g. ``[C, 1, 1, 1]`` for per
+    output channel), with the word length fixed. The forward pass uses
+    ``F = round(frac_bits)`` (so ``int_bits = W - F``); the backward pass is
+    the LSQ estimator (Esser et al., ICLR 2020) for the step ``2**-F``,
+    chained through ``d(2**-F)/dF = -ln2 * 2**-F`` and straight through the
+    round, as in TQT's log2 threshold training (Jain et al., MLSys 2020)::
+
+        dq/dF = ln2 * (x - q)   where x is inside the range
+        dq/dF = -ln2 * q        where x saturated (q is the clipped extreme)
+
+    Wrapped elements are treated as saturated: training should move the binary
+    point so that nothing wraps.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Union
+
+import torch
+
+from . import _fixed, _khot, _minifloat
+from .types import Format, FixedType, KHot, MinifloatType, parse_type
+
+__all__ = [
+    "quantize",
+    "to_codes",
+    "from_codes",
+    "overflow_mask",
+    "count_overflow",
+]
+
+FormatLike = Union[Format, str]
+_LN2 = math.log(2.0)
+
+
+def _format(fmt: FormatLike) -> Format:
+    return parse_type(fmt) if isinstance(fmt, str) else _checked(fmt)
+
+
+def _checked(fmt: object) -> Format:
+    if not isinstance(fmt, (FixedType, MinifloatType, KHot)):
+        raise TypeError(
+            f"expected a qfx format (FixedType, MinifloatType, KHot or a spelling such as "
+            f"'ap_fixed<8,3>'), got {type(fmt).__name__}"
+        )
+    return fmt
+
+
+def _check_tensor(x: object) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"expected a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(
+            f"quantize needs a floating-point tensor, got {x.dtype}; convert integer codes with qfx.from_codes"
+        )
+    return x
+
+
+def _int_frac(frac_bits: torch.Tensor, t: FixedType) -> torch.Tensor:
+    f = torch.round(frac_bits.detach()).to(torch.int64)
+    if bool(((t.width - f).abs() > 4000).any()):
+        raise ValueError("frac_bits out of range")
+    return f
+
+
+# -- fixed point --------------------------------------------------------------
+
+
+def _fixed_forward(x: torch.Tensor, t: FixedType, frac: "int | torch.Tensor") -> torch.Tensor:
+    lo, hi = _fixed.frac_bounds(frac)
+    out_dtype = _fixed.result_dtype(t, x.dtype, lo, hi)
+    return _fixed.quantize_fixed(x, t, frac, out_dtype)
+
+
+class _FixedSTE(torch.autograd.Function):
+    """Fixed-point quantizer with STE for x and the LSQ/TQT gradient for frac_bits."""
+
+    @staticmethod
+    def forward(ctx, x, frac_bits, t: FixedType):  # type: ignore[override]
+        frac = t.frac_bits if frac_bits is None else _int_frac(frac_bits, t)
+        q = _fixed_forward(x, t, frac)
+        inside = ~_fixed.out_of_range(_fixed.rounded_codes(x, t, frac), t)
+        ctx.save_for_backward(x, q, inside)
+        ctx.has_frac = frac_bits is not None
+        ctx.frac_shape = None if frac_bits is None else frac_bits.shape
+        return q
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        x, q, inside = ctx.saved_tensors
+        grad_x = grad_f = None
+        if ctx.needs_input_grad[0]:
+            grad_x = (grad * inside).to(x.dtype)
+        if ctx.has_frac and ctx.needs_input_grad[1]:
+            qd, xd = q.to(grad.dtype), x.to(grad.dtype)
+            dq_df = torch.where(inside, xd - qd, -qd) * _LN2
+            dq_df = torch.nan_to_num(dq_df, nan=0.0, posinf=0.0, neginf=0.0)
+            grad_f = (grad * dq_df).sum_to_size(ctx.frac_shape)
+        return grad_x, grad_f, None
+
+
+# -- minifloat and K-hot ------------------------------------------------------
+
+
+class _STE(torch.autograd.Function):
+    """Straight-through gradient inside the representable range."""
+
+    @staticmethod
+    def forward(ctx, x, q, lo, hi):  # type: ignore[override]
+        ctx.save_for_backward((x >= lo) & (x <= hi))
+        return q
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        (inside,) = ctx.saved_tensors
+        return grad * inside, None, None, None
+
+
+def _minifloat_values(x, t: MinifloatType, stochastic: bool, generator) -> torch.Tensor:
+    out_dtype = _minifloat.result_dtype(x, t)
+    q = _minifloat.quantize_minifloat(x, t, stochastic=stochastic, generator=generator)
+    return q if q.dtype == out_dtype else q.to(out_dtype)
+
+
+def _khot_values(x: torch.Tensor, t: KHot) -> torch.Tensor:
+    codes = _khot.khot_codes(x, t)
+    out_dtype = _fixed.result_dtype(t.base, x.dtype, t.base.frac_bits, t.base.frac_bits)
+    return (codes * (2.0 ** -t.base.frac_bits)).to(out_dtype)
+
+
+# -- public API ---------------------------------------------------------------
+
+
+def quantize(
+    x: torch.Tensor,
+    fmt: FormatLike,
+    *,
+    frac_bits: torch.Tensor | None = None,
+    stochastic: bool = False,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Values of ``fmt`` after converting ``x`` (bit-exact; differentiable).
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        Any floating-point dtype, any device.
+    fmt : FixedType, MinifloatType, KHot or str
+        The format, or its spelling (``"ap_fixed<8,3,AP_RND_CONV,AP_SAT>"``).
+    frac_bits : torch.Tensor, optional
+        Fixed point only: learnable fractional-bit count overriding
+        ``fmt.frac_bits`` (word length fixed); see the module docstring.
+    stochastic : bool
+        Minifloat only: stochastic rounding (round up with probability equal
+        to the remainder) instead of round-to-nearest-even. Training only;
+        the hardware rounds to nearest even.
+    generator : torch.Generator, optional
+        Random source for stochastic rounding.
+    """
+    x = _check_tensor(x)
+    t = _format(fmt)
+    if frac_bits is not None and not isinstance(t, FixedType):
+        raise ValueError(f"frac_bits applies to fixed-point formats only, not {t}")
+    if stochastic and not isinstance(t, MinifloatType):
+        raise ValueError(f"stochastic rounding applies to minifloat formats only, not {t}")
+    if isinstance(t, FixedType):
+        if frac_bits is not None:
+            if not isinstance(frac_bits, torch.Tensor):
+                raise TypeError(f"frac_bits must be a torch.Tensor, got {type(frac_bits).__name__}")
+            return _FixedSTE.apply(x, frac_bits, t)
+        if x.requires_grad:
+            return _FixedSTE.apply(x, None, t)
+        return _fixed_forward(x, t, t.frac_bits)
+    if isinstance(t, MinifloatType):
+        q = _minifloat_values(x, t, stochastic, generator)
+        return _STE.apply(x, q, -t.max, t.max) if x.requires_grad else q
+    q = _khot_values(x, t)
+    lo, hi = (float(c) * 2.0 ** -t.base.frac_bits for c in (t.codes()[0], t.codes()[-1]))
+    return _STE.apply(x, q, lo, hi) if x.requires_grad else q
+
+
+def to_codes(x: torch.Tensor, fmt: FormatLike) -> torch.Tensor:
+    """The integer codes (int64) that ``fmt`` stores after converting ``x``.
+
+    Fixed point and K-hot: ``value = code * 2**-frac_bits``. Minifloat: the
+    bit pattern ``sign | exponent field | mantissa field``. Raises
+    ``ValueError`` for NaN (and inf) where the format cannot encode it.
+    """
+    x = _check_tensor(x).detach()
+    t = _format(fmt)
+    if isinstance(t, FixedType):
+        return _fixed.codes_fixed(x, t, t.frac_bits)
+    if isinstance(t, KHot):
+        codes = _khot.khot_codes(x, t)
+        if bool(torch.isnan(codes).any()):
+            raise ValueError(f"NaN cannot be converted to the integer codes of {t}: a fixed-point format has no NaN")
+        return codes.to(torch.int64)
+    return _minifloat.minifloat_bits(_minifloat.quantize_minifloat(x, t), t)
+
+
+def from_codes(codes: torch.Tensor, fmt: FormatLike) -> torch.Tensor:
+    """Values (float64) of integer codes of ``fmt`` (inverse of :func:`to_codes`)."""
+    if not isinstance(codes, torch.Tensor) or codes.is_floating_point() or codes.is_complex():
+        raise TypeError("from_codes needs an integer torch.Tensor of codes")
+    t = _format(fmt)
+    if isinstance(t, MinifloatType):
+        return _minifloat.minifloat_from_bits(codes, t)
+    base = t.base if isinstance(t, KHot) else t
+    c = codes.to(torch.int64)
+    if bool(((c < base.min_code) | (c > base.max_code)).any()) and not (not base.signed and base.width == 64):
+        raise ValueError(f"codes out of range {base.min_code}..{base.max_code} of {t}")
+    if isinstance(t, KHot):
+        allowed = torch.from_numpy(t.codes()).to(c.device)
+        if not bool(torch.isin(c, allowed).all()):
+            raise ValueError(f"some codes are not representable in {t} (more than {t.k} nonzero digits)")
+    if base.width > 53:
+        raise ValueError(f"values of {t} need more than float64's 53 bits; work with the codes")
+    return c.double() * 2.0 ** -base.frac_bits
+
+
+def overflow_mask(x: torch.Tensor, fmt: FormatLike) -> torch.Tensor:
+    """Boolean mask of the elements the overflow handling changes (saturated or wrapped).
+
+    Fixed point: the rounded code lies outside the range (for signed
+    ``AP_SAT_SYM``, the most negative code counts too). Minifloat: the rounded
+    magnitude exceeds ``max`` (inf inputs included). K-hot: beyond the extreme
+    representable values. NaN is never counted.
+    """
+    x = _check_tensor(x).detach()
+    t = _format(fmt)
+    if isinstance(t, FixedType):
+        return _fixed.out_of_range(_fixed.rounded_codes(x, t, t.frac_bits), t)
+    if isinstance(t, KHot):
+        codes = t.codes()
+        s = x.double() * 2.0 ** t.base.frac_bits
+        return (s < float(codes[0]) - 0.5) | (s > float(codes[-1]) + 0.5)
+    q, _ = _minifloat.rounded_magnitude(x, t)
+    return q > t.max
+
+
+def count_overflow(x: torch.Tensor, fmt: FormatLike) -> int:
+    """How many elements of ``x`` saturate or wrap when converted to ``fmt``."""
+    return int(overflow_mask(x, fmt).sum().item())
