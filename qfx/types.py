@@ -424,11 +424,14 @@ class MinifloatType:
     # -- spelling -------------------------------------------------------------
     def _options(self, reference: "MinifloatType") -> list[str]:
         opts = []
-        for name in ("bias", "subnormals", "inf_nan", "saturate"):
+        for name in ("bias", "subnormals", "inf_nan"):
             mine, ref = getattr(self, name), getattr(reference, name)
             if mine != ref:
                 text = str(mine).lower() if isinstance(mine, bool) else str(mine)
                 opts.append(f"{name}={text}")
+        # parse_type picks saturation automatically (only inf_nan="none" saturates): spell exceptions.
+        if self.saturate != (self.inf_nan == "none"):
+            opts.append(f"saturate={str(self.saturate).lower()}")
         return opts
 
     def __str__(self) -> str:
