@@ -121,40 +121,59 @@ def _wrap_float(r: torch.Tensor, t: FixedType) -> torch.Tensor:
     return v
 
 
-def _wrap_sm_float(r: torch.Tensor, t: FixedType) -> torch.Tensor:
-    """AP_WRAP_SM: wrap, then where the new sign bit differs from the lowest dropped
-    bit, invert all bits (ap_fixed_base::overflow_adjust)."""
+def _dropped_bit(s: torch.Tensor, width: int) -> torch.Tensor:
+    """Bit ``width`` of the truncated code ``floor(s)`` (before any rounding carry).
+
+    ap_fixed's AP_WRAP_SM compares the new sign bit with this bit, the lowest
+    one dropped from the source, read before quantization adds its carry.
+    Infinite and huge codes have it 0 (their low bits are all zero).
+    """
+    finite = torch.where(torch.isinf(s), torch.zeros((), dtype=s.dtype, device=s.device), s)
+    return torch.remainder(torch.floor(torch.floor(finite) / float(1 << width)), 2.0) == 1
+
+
+def _wrap_sm_float(r: torch.Tensor, s: torch.Tensor, t: FixedType) -> torch.Tensor:
+    """AP_WRAP_SM (ap_fixed_base::overflow_adjust): on overflow, wrap; then, where the new
+    sign bit differs from the lowest dropped bit of the truncated source, invert all bits."""
     v = _wrap_float(r, t)
-    rr = torch.where(torch.isinf(r), torch.zeros((), dtype=r.dtype, device=r.device), r)
-    dropped = torch.remainder(torch.floor(rr / float(1 << t.width)), 2.0)  # bit W of the code
-    flip = (v < 0) != (dropped == 1)
+    flip = out_of_range(r, t) & ((v < 0) != _dropped_bit(s, t.width))
     return torch.where(flip, -v - 1, v)
 
 
-def overflow_float(r: torch.Tensor, t: FixedType) -> torch.Tensor:
-    """Apply the overflow mode to float integer codes ``r`` (NaN propagates)."""
+def overflow_float(r: torch.Tensor, t: FixedType, s: torch.Tensor) -> torch.Tensor:
+    """Apply the overflow mode to float integer codes ``r`` rounded from the scaled
+    source ``s`` (NaN propagates)."""
     lo, hi = float(t.min_code), float(t.max_code)
     o = t.overflow
     if o is Overflow.AP_SAT or (o is Overflow.AP_SAT_SYM and not t.signed):
         return r.clamp_(lo, hi)
     if o is Overflow.AP_SAT_SYM:
-        return r.clamp_(-hi, hi)
+        return r.clamp_(float(sat_sym_low(t)), hi)
     if o is Overflow.AP_SAT_ZERO:
         return torch.where((r < lo) | (r > hi), torch.zeros((), dtype=r.dtype, device=r.device), r)
     if o is Overflow.AP_WRAP:
         return _wrap_float(r, t)
-    return _wrap_sm_float(r, t)
+    return _wrap_sm_float(r, s, t)
 
 
 def out_of_range(r: torch.Tensor, t: FixedType) -> torch.Tensor:
     """Elements whose rounded code the overflow mode changes (saturated or wrapped)."""
-    lo, hi = float(t.min_code), float(t.max_code)
-    if t.overflow is Overflow.AP_SAT_SYM and t.signed:
-        lo = -hi
-    return (r < lo) | (r > hi)
+    # r holds float integers; compare with powers of two, which float64 holds exactly even
+    # where max_code (2**63 - 1, say) would round.
+    above = r >= float(t.max_code + 1)
+    low = sat_sym_low(t) if t.overflow is Overflow.AP_SAT_SYM else t.min_code
+    if low == t.min_code + 1:  # -(2**(W-1) - 1) may round in float64; its neighbour does not
+        return above | (r <= float(t.min_code))
+    return above | (r < float(low))
 
 
-def _int64_wrap(r: torch.Tensor, t: FixedType) -> torch.Tensor:
+def sat_sym_low(t: FixedType) -> int:
+    """The most negative code AP_SAT_SYM produces: the min code with its lsb set
+    (``-(2**(W-1)) + 1``; -1 for a 1-bit signed word; 0 unsigned), as ap_fixed does."""
+    return t.min_code | 1 if t.signed else 0
+
+
+def _int64_wrap(r: torch.Tensor, s: torch.Tensor, t: FixedType) -> torch.Tensor:
     """AP_WRAP / AP_WRAP_SM of float integer codes for 54..64-bit words, in int64.
 
     Non-finite elements must have been replaced by zeros. For a 64-bit
@@ -171,8 +190,8 @@ def _int64_wrap(r: torch.Tensor, t: FixedType) -> torch.Tensor:
             sign = 1 << (w - 1)
             wrapped = (wrapped ^ sign) - sign
     if t.overflow is Overflow.AP_WRAP_SM:
-        dropped = torch.remainder(torch.floor(r / 2.0**w), 2.0) == 1
-        wrapped = torch.where((wrapped < 0) != dropped, -wrapped - 1, wrapped)
+        flip = out_of_range(r, t) & ((wrapped < 0) != _dropped_bit(s, w))
+        wrapped = torch.where(flip, -wrapped - 1, wrapped)
     return wrapped
 
 
@@ -181,9 +200,13 @@ def quantize_fixed(x: torch.Tensor, t: FixedType, frac: "int | torch.Tensor", ou
     return _convert(x, t, frac, out_dtype, want="values")
 
 
-def codes_fixed(x: torch.Tensor, t: FixedType, frac: "int | torch.Tensor") -> torch.Tensor:
-    """Integer codes (int64) of ``T y = x``; raises on NaN."""
-    return _convert(x, t, frac, torch.float64, want="codes")
+def codes_fixed(x: torch.Tensor, t: FixedType, frac: "int | torch.Tensor", *, bit_pattern: bool = False) -> torch.Tensor:
+    """Integer codes (int64) of ``T y = x``; raises on NaN.
+
+    ``bit_pattern=True`` lets a 64-bit ap_ufixed return the int64 holding its
+    code's bits (code mod 2**64) instead of raising.
+    """
+    return _convert(x, t, frac, torch.float64, want="bits" if bit_pattern else "codes")
 
 
 def rounded_codes(x: torch.Tensor, t: FixedType, frac: "int | torch.Tensor") -> torch.Tensor:
@@ -230,23 +253,27 @@ def _convert(x: torch.Tensor, t: FixedType, frac: "int | torch.Tensor", out_dtyp
     s = _scale(xc, frac)
     r = _round_exact(s, xc, t)
     if want == "values" and (fast or t.width <= _F64_EXACT_WIDTH):
-        v = overflow_float(r, t)
+        v = overflow_float(r, t, s)
         v = _unscale(v, frac)
         return v if v.dtype == out_dtype else v.to(out_dtype)
     if t.width <= _F64_EXACT_WIDTH:
-        v = overflow_float(r, t)
+        v = overflow_float(r, t, s)
         if torch.isnan(v).any():
             raise ValueError(f"NaN cannot be converted to the integer codes of {t}: a fixed-point format has no NaN")
         return v.to(torch.int64)
-    return _finish_int64(r, t, frac, out_dtype, want)
+    return _finish_int64(r, s, t, frac, out_dtype, want)
 
 
-def _finish_int64(r: torch.Tensor, t: FixedType, frac: "int | torch.Tensor", out_dtype: torch.dtype, want: str) -> torch.Tensor:
+def _finish_int64(
+    r: torch.Tensor, s: torch.Tensor, t: FixedType, frac: "int | torch.Tensor", out_dtype: torch.dtype, want: str
+) -> torch.Tensor:
     """Overflow handling and output for 54..64-bit words (codes beyond float64's 53 bits)."""
     nan = torch.isnan(r)
-    if want == "codes" and nan.any():
+    if want in ("codes", "bits") and nan.any():
         raise ValueError(f"NaN cannot be converted to the integer codes of {t}: a fixed-point format has no NaN")
-    if want == "codes" and not t.signed and t.width == 64:
+    if want == "bits":
+        want = "codes"
+    elif want == "codes" and not t.signed and t.width == 64:
         raise ValueError(
             f"the codes of {t} do not fit int64 (up to 2**64-1); use at most 63 bits for unsigned "
             "integer codes, or qfx.quantize for the values"
@@ -255,17 +282,16 @@ def _finish_int64(r: torch.Tensor, t: FixedType, frac: "int | torch.Tensor", out
     o = t.overflow
     if o in (Overflow.AP_WRAP, Overflow.AP_WRAP_SM):
         # Infinite or huge codes have all low bits zero: they wrap to 0, as in ap_fixed.
-        codes = _int64_wrap(torch.where(nan | torch.isinf(r), zero, r), t)
+        codes = _int64_wrap(torch.where(nan | torch.isinf(r), zero, r), s, t)
     else:
         high = t.max_code
-        low = -t.max_code if (t.signed and o is Overflow.AP_SAT_SYM) else t.min_code
+        low = sat_sym_low(t) if o is Overflow.AP_SAT_SYM else t.min_code
         above = r >= float(high + 1)  # 2**k: exact in float64, unlike high itself
-        # r is a float integer: compare against powers of two, which float64 holds exactly.
-        if t.signed and o is Overflow.AP_SAT_SYM:
-            below = r <= -float(1 << (t.width - 1))
-        else:
-            below = r < float(low)
-        inside = torch.where(above | below | nan, zero, r).to(torch.int64)
+        below = out_of_range(r, t) & (r < 0)
+        inside = torch.where(above | below | nan, zero, r)
+        if not t.signed and t.width == 64:  # codes >= 2**63 as the int64 with the same bits (exact)
+            inside = torch.where(inside >= 2.0**63, inside - 2.0**64, inside)
+        inside = inside.to(torch.int64)
         if o is Overflow.AP_SAT_ZERO:
             codes = torch.where(above | below, torch.zeros_like(inside), inside)
         else:

@@ -204,9 +204,9 @@ def quantize(
             return _FixedSTE.apply(x, None, t)
         return _fixed_forward(x, t, t.frac_bits)
     if isinstance(t, MinifloatType):
-        q = _minifloat_values(x, t, stochastic, generator)
+        q = _minifloat_values(x.detach(), t, stochastic, generator)
         return _STE.apply(x, q, -t.max, t.max) if x.requires_grad else q
-    q = _khot_values(x, t)
+    q = _khot_values(x.detach(), t)
     lo, hi = (float(c) * 2.0 ** -t.base.frac_bits for c in (t.codes()[0], t.codes()[-1]))
     return _STE.apply(x, q, lo, hi) if x.requires_grad else q
 

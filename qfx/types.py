@@ -202,10 +202,15 @@ class FixedType:
 
     @property
     def is_integer(self) -> bool:
-        """True when the spelling is ``ap_int<W>`` / ``ap_uint<W>``."""
+        """True when the spelling is ``ap_int<W>`` / ``ap_uint<W>``.
+
+        ``ap_int`` converts like C: a fractional source is truncated toward
+        zero (measured against the ap_types headers), so ``ap_int<W>`` is
+        ``ap_fixed<W,W,AP_TRN_ZERO,AP_WRAP>``, not ``ap_fixed<W,W>`` (AP_TRN).
+        """
         return (
             self.int_bits == self.width
-            and self.rounding is Rounding.AP_TRN
+            and self.rounding is Rounding.AP_TRN_ZERO
             and self.overflow is Overflow.AP_WRAP
         )
 
@@ -722,7 +727,8 @@ def parse_type(text: "str | Format") -> Format:
         if len(args) != 1:
             raise ValueError(f"{spelling!r}: {m.group(1)} takes one parameter <W>; e.g. ap_int<8>")
         w = _parse_int_arg(args[0], "width W", spelling)
-        return FixedType(w, w, m.group(1) == "ap_int")
+        # C semantics: conversion to ap_int truncates toward zero.
+        return FixedType(w, w, m.group(1) == "ap_int", Rounding.AP_TRN_ZERO, Overflow.AP_WRAP)
     m = _KHOT_RE.match(compact)
     if m:
         k = _parse_int_arg(m.group(1), "k", spelling)

@@ -54,8 +54,9 @@ def test_spelling_round_trips(t):
     [
         ("ap_fixed<8,3,AP_RND_CONV,AP_SAT>", FixedType(8, 3, True, "AP_RND_CONV", "AP_SAT")),
         ("ap_ufixed<6,2>", FixedType(6, 2, False)),
-        ("ap_int<8>", FixedType(8, 8, True)),
-        ("ap_uint<4>", FixedType(4, 4, False)),
+        ("ap_int<8>", FixedType(8, 8, True, "AP_TRN_ZERO")),  # C-style truncation toward zero
+        ("ap_uint<4>", FixedType(4, 4, False, "AP_TRN_ZERO")),
+        ("ap_fixed<8,8>", FixedType(8, 8, True, "AP_TRN")),
         ("ap_fixed<16,6>", FixedType(16, 6, True, "AP_TRN", "AP_WRAP")),
         ("ap_fixed<4,-2,AP_RND>", FixedType(4, -2, True, "AP_RND", "AP_WRAP")),
         ("khot<2,ap_fixed<8,1>>", KHot(FixedType(8, 1), 2)),

@@ -28,15 +28,33 @@ Code convention: a result ``c`` means the fixed-point value is exactly
 The cast functions return an :class:`OracleResult` (a ``dict`` subclass) that
 also carries everything the C++ program printed on stderr (``.stderr``) and the
 warnings attributed to the exact (config, value index) that produced them
-(``.warnings``), e.g. ap_types' "assign NaN to fixed point value".
+(``.warnings``), e.g. ap_types' "assign NaN to fixed point value".  When an
+``assert`` inside ap_types aborts a conversion (it does for some
+fixed-to-fixed casts), the call raises :class:`OracleRunError`, or with
+``on_abort="record"`` lists the config in ``.aborted`` and returns the rest.
+
+Behaviours of the headers worth knowing (hls4ml 1.3.0 copy; pinned by
+tests/test_oracle_selfcheck.py):
+* ``ap_fixed(double)``: NaN/Inf are read as +-(1.mantissa) * 2**1024 (so SAT
+  modes saturate, WRAP modes usually give 0) and NaN prints a warning;
+  -0.0 -> 0; subnormals are read as if they had exponent -1023 and a leading 1
+  (visible only when the LSB is below ~2**-1022).
+* AP_WRAP_SM decides its sign-magnitude flip with bit W of the truncated
+  (pre-rounding) value; signed W=1 AP_SAT_SYM behaves like AP_SAT.
+* Fixed-to-fixed casts with a rounding mode (not AP_TRN, and not AP_TRN_ZERO
+  from an unsigned source) whose destination LSB lies above the source MSB
+  (I_dst - W_dst > I_src) abort in ap_private::get_bit's assert.
+* ``ap_int<W>(double)`` truncates the magnitude toward zero, then wraps;
+  -0.5 < v < 0 gives bit pattern 1, NaN/Inf give 0, and its NaN check is
+  broken (warns for 1 < |v| < 2, never for NaN).
 
 Engineering notes
 -----------------
 * One translation unit holds a dispatch table of all template instantiations
-  it needs; a call with many configs is split into content-defined chunks
-  (a chunk boundary depends only on the config at the boundary, so adding a
-  config to a sweep invalidates one chunk, not all of them) that are compiled
-  in parallel.
+  a call needs (configs sorted by signedness/width/int_bits so that shared
+  instantiations are compiled once).  It is split into balanced parts only
+  to use the cores (calls with >= 64 configs on 2 cores) or to cap g++
+  memory at ~500 instantiations per TU; the parts compile in parallel.
 * Executables are cached under ``$QFX_CACHE_DIR`` (default
   ``~/.cache/qfx/ap_oracle``), keyed by a hash of the generated source, the
   compiler identity, the flags and the content of the ap_types headers.
@@ -47,7 +65,8 @@ Engineering notes
   built once per cache key and used for every TU (``QFX_ORACLE_NO_PCH=1``
   disables it).
 * Environment knobs: ``QFX_CACHE_DIR``, ``QFX_CXX`` (compiler, default g++),
-  ``QFX_ORACLE_JOBS`` (parallel compiles, default ``os.cpu_count()``),
+  ``QFX_ORACLE_JOBS`` (TUs per large call, default: usable cores; they are
+  compiled concurrently unless pytest-xdist workers already use the cores),
   ``QFX_AP_TYPES_INCLUDE`` (use another ap_types folder, e.g. a Vitis install),
   ``QFX_ORACLE_NO_PCH``.
 """
@@ -105,9 +124,10 @@ MAX_WIDTH = 64  # raw bits travel as uint64
 # Bump when the generated program's protocol changes (part of every cache key).
 _FORMAT_VERSION = "ap_oracle-v1"
 
-# -O0: measured ~1.4x cheaper to compile than -O1 per instantiation; the -O0
-# program is ~10x slower per conversion (~2 us vs ~0.2 us), which only wins
-# back the compile time beyond ~30k values per config.
+# -O0: measured ~1.3-1.4x cheaper to compile than -O1 per instantiation
+# (100 configs: 10.0-10.6 s vs 12.9-14.0 s CPU); the -O0 program is ~5x slower
+# per conversion (2.1 us vs 0.4 us), which -O1 only wins back beyond ~17k
+# values per config.
 _CXX_FLAGS = (
     "-std=c++14",
     "-O0",
@@ -115,10 +135,11 @@ _CXX_FLAGS = (
     "-fno-rtti",
     "-fno-asynchronous-unwind-tables",
 )
-# Average / maximum instantiations per translation unit.  The fixed cost of a
-# TU (load PCH, link, start) is ~1 s; one instantiation costs ~50-100 ms.
-_CHUNK_TARGET = 64
-_CHUNK_MAX = 160
+# Translation units: split a call only when each part gets >= _MIN_PER_TU
+# instantiations (fixed cost of a TU with the PCH: ~1 s; one instantiation:
+# ~50-90 ms CPU) and never put more than _MAX_PER_TU in one (g++ memory).
+_MIN_PER_TU = 32
+_MAX_PER_TU = 500
 _ERROR_LINES = 30
 
 
@@ -194,16 +215,20 @@ class OracleResult(dict):
     """``dict[key, list[int]]`` plus the program's stderr.
 
     ``warnings[key]`` is a list of ``(value_index, message)`` for every
-    conversion that wrote to stderr (e.g. NaN inputs).
+    conversion that wrote to stderr (e.g. NaN inputs).  ``aborted[key]`` is
+    ``(value_index, message)`` for configs whose conversion hit an ap_types
+    ``assert`` (only with ``on_abort="record"``; such keys are not in the dict).
     """
 
     stderr: str
     warnings: dict
+    aborted: dict
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.stderr = ""
         self.warnings = {}
+        self.aborted = {}
 
 
 class OracleList(list):
@@ -311,7 +336,7 @@ def _locked(name: str):
 
 def _error_excerpt(log: str) -> str:
     lines = log.splitlines()
-    first = next((k for k, ln in enumerate(lines) if "error" in ln.lower()), 0)
+    first = next((k for k, ln in enumerate(lines) if "error:" in ln), 0)
     # keep the "In instantiation of ..." context lines just before the error
     start = max(0, first - 3)
     excerpt = lines[start : start + _ERROR_LINES]
@@ -350,6 +375,8 @@ _PCH_HEADER = """\
 #include <type_traits>
 #include <utility>
 #include <vector>
+#include <csignal>
+#include <unistd.h>
 """
 
 
@@ -372,6 +399,7 @@ def _pch() -> pathlib.Path | None:
             cmd = [cxx, *_CXX_FLAGS, "-I", str(include_dir()), "-x", "c++-header",
                    str(tmp / "oracle_pch.h"), "-o", str(tmp / "oracle_pch.h.gch")]
             _run_compiler(cmd, f"pch-{key}")
+            os.chmod(tmp, 0o755)
             os.rename(tmp, final)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -407,11 +435,23 @@ def _compile(src: str) -> pathlib.Path:
     return exe
 
 
-def _jobs() -> int:
+def _cores() -> int:
+    """Number of translation units a large call is split into
+    ($QFX_ORACLE_JOBS, else the usable cores).  Deliberately independent of
+    pytest-xdist, so serial and parallel test runs share cache entries."""
     env = os.environ.get("QFX_ORACLE_JOBS")
     if env:
         return max(1, int(env))
-    return max(1, os.cpu_count() or 1)
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def _jobs() -> int:
+    """Concurrent compiles: the cores not already taken by other xdist workers."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    return max(1, _cores() // max(1, workers))
 
 
 # --------------------------------------------------------------------------
@@ -428,6 +468,8 @@ _PRELUDE = r"""
 #include <type_traits>
 #include <utility>
 #include <vector>
+#include <csignal>
+#include <unistd.h>
 
 static inline uint64_t oracle_mask(int w) { return w >= 64 ? ~0ULL : ((1ULL << w) - 1ULL); }
 
@@ -464,22 +506,61 @@ template <class T> static uint64_t conv_i(uint64_t bits) {
 """
 
 _MAIN = r"""
+static volatile size_t oracle_cur_k = 0;
+static volatile uint64_t oracle_cur_i = 0;
+
+static int oracle_utoa(char* buf, unsigned long long v) {
+  char tmp[24];
+  int n = 0;
+  do { tmp[n++] = (char)('0' + v % 10); v /= 10; } while (v);
+  for (int j = 0; j < n; ++j) buf[j] = tmp[n - 1 - j];
+  return n;
+}
+
+// An assert() inside ap_types aborts the program: report which config/value.
+static void oracle_on_signal(int sig) {
+  char buf[128];
+  int n = 0;
+  const char* head = "\nORACLE-CRASH ";
+  while (*head) buf[n++] = *head++;
+  n += oracle_utoa(buf + n, (unsigned long long)sig);
+  buf[n++] = ' ';
+  n += oracle_utoa(buf + n, (unsigned long long)oracle_cur_k);
+  buf[n++] = ' ';
+  n += oracle_utoa(buf + n, (unsigned long long)oracle_cur_i);
+  buf[n++] = '\n';
+  if (write(2, buf, n) < 0) {}
+  std::signal(sig, SIG_DFL);
+  std::raise(sig);
+}
+
+// usage: prog in.bin out.bin [first_config]
+// out.bin receives one row of n codes per config, flushed after each config,
+// so that the rows before an aborting config survive.
 int main(int argc, char** argv) {
-  if (argc != 3) { std::fprintf(stderr, "usage: %s in.bin out.bin\n", argv[0]); return 2; }
+  if (argc != 3 && argc != 4) { std::fprintf(stderr, "usage: %s in.bin out.bin [k0]\n", argv[0]); return 2; }
+  std::signal(SIGABRT, oracle_on_signal);
+  std::signal(SIGSEGV, oracle_on_signal);
+  std::signal(SIGFPE, oracle_on_signal);
+  std::signal(SIGBUS, oracle_on_signal);
+  const size_t k0 = argc == 4 ? (size_t)std::strtoull(argv[3], 0, 10) : 0;
   FILE* f = std::fopen(argv[1], "rb");
   if (!f) { std::perror(argv[1]); return 2; }
   uint64_t n = 0;
   if (std::fread(&n, 8, 1, f) != 1) { std::fprintf(stderr, "ORACLE-FATAL: short input\n"); return 2; }
-  std::vector<uint64_t> in(n + 1);
+  std::vector<uint64_t> in(n + 1), row(n + 1);
   if (n && std::fread(in.data(), 8, n, f) != n) { std::fprintf(stderr, "ORACLE-FATAL: short input\n"); return 2; }
   std::fclose(f);
+  FILE* o = std::fopen(argv[2], "wb");
+  if (!o) { std::perror(argv[2]); return 2; }
   const size_t K = sizeof(oracle_table) / sizeof(oracle_table[0]);
-  std::vector<uint64_t> out(K * n + 1);
   // stderr is a regular file: a moving position attributes a warning to (k, i).
   long pos = std::ftell(stderr);
-  for (size_t k = 0; k < K; ++k) {
+  for (size_t k = k0; k < K; ++k) {
+    oracle_cur_k = k;
     for (uint64_t i = 0; i < n; ++i) {
-      out[k * n + i] = oracle_table[k](in[i]);
+      oracle_cur_i = i;
+      row[i] = oracle_table[k](in[i]);
       if (pos >= 0) {
         long p = std::ftell(stderr);
         if (p != pos) {
@@ -488,12 +569,11 @@ int main(int argc, char** argv) {
         }
       }
     }
+    if (n && std::fwrite(row.data(), 8, n, o) != n) { std::perror("write"); return 2; }
+    if (std::fflush(o) != 0) { std::perror("flush"); return 2; }
+    std::fflush(stdout);
   }
-  f = std::fopen(argv[2], "wb");
-  if (!f) { std::perror(argv[2]); return 2; }
-  if (K * n && std::fwrite(out.data(), 8, K * n, f) != K * n) { std::perror("write"); return 2; }
-  if (std::fclose(f) != 0) { std::perror("close"); return 2; }
-  std::fflush(stdout);
+  if (std::fclose(o) != 0) { std::perror("close"); return 2; }
   return 0;
 }
 """
@@ -504,31 +584,36 @@ def _table_source(exprs: Sequence[str]) -> str:
     return f"{_PRELUDE}\nstatic const oracle_fn oracle_table[] = {{\n{body}}};\n{_MAIN}"
 
 
-def _chunks(items: list, exprs: list[str]) -> list[list[int]]:
-    """Content-defined chunking of (already sorted) items."""
-    out, cur = [], []
-    for idx, e in enumerate(exprs):
-        cur.append(idx)
-        h = int.from_bytes(hashlib.sha1(e.encode()).digest()[:8], "little")
-        if h % _CHUNK_TARGET == 0 or len(cur) >= _CHUNK_MAX:
-            out.append(cur)
-            cur = []
-    if cur:
-        out.append(cur)
-    return out
+def _chunks(n: int) -> list[list[int]]:
+    """Split n (sorted) table entries into balanced translation units.
+
+    Measured (400 random configs, g++ 12 -O0, PCH): one TU 19.7 s CPU, two TUs
+    21.5 s, four 25.6 s, eight 29.2 s -- configs sorted by (signed, W, I) share
+    many instantiations (ap_private<W>, ap_int_base<W>, ...), so splitting
+    costs CPU.  Split only to use the cores (``_cores()``) and to bound g++
+    memory (~3 MB per instantiation).
+    """
+    parts = max(1, min(_cores(), n // _MIN_PER_TU), -(-n // _MAX_PER_TU))
+    bounds = [round(k * n / parts) for k in range(parts + 1)]
+    return [list(range(lo, hi)) for lo, hi in zip(bounds, bounds[1:]) if hi > lo]
 
 
 _WARN_RE = re.compile(r"^W (\d+) (\d+) (-?\d+) (-?\d+)$")
+_CRASH_RE = re.compile(r"ORACLE-CRASH (\d+) (\d+) (\d+)")
 
 
-def _run_table(keys: list, exprs: list[str], inputs: np.ndarray):
-    """Compile/run the dispatch table(s); returns ({key: uint64 array}, {key: [(i, msg)]}, stderr)."""
+class _TableRun(NamedTuple):
+    raw: dict  # key -> uint64 array of codes (masked to the width)
+    warnings: dict  # key -> [(value index, message)]
+    stderr: str
+    aborted: dict  # key -> (value index, message) for configs whose conversion aborted
+
+
+def _run_table(keys: list, exprs: list[str], inputs: np.ndarray) -> _TableRun:
+    """Compile and run the dispatch table(s) over all inputs."""
     inputs = np.ascontiguousarray(inputs, dtype=np.uint64)
     n = inputs.size
-    groups = _chunks(keys, exprs)
-    raw: dict = {}
-    warn: dict = {}
-    errs: list[str] = []
+    groups = _chunks(len(exprs))
     with tempfile.TemporaryDirectory(prefix="qfx-apo-") as td:
         tdp = pathlib.Path(td)
         inp = tdp / "in.bin"
@@ -538,21 +623,48 @@ def _run_table(keys: list, exprs: list[str], inputs: np.ndarray):
 
         def work(ci: int):
             idxs = groups[ci]
+            K = len(idxs)
             exe = _compile(_table_source([exprs[j] for j in idxs]))
-            outp = tdp / f"out{ci}.bin"
-            errp = tdp / f"err{ci}.txt"
-            with open(errp, "wb") as eh:
-                r = subprocess.run([str(exe), str(inp), str(outp)], stdout=subprocess.PIPE, stderr=eh)
-            err = errp.read_bytes()
-            if r.returncode != 0:
-                raise OracleRunError(
-                    f"oracle program {exe} exited with {r.returncode}; stderr:\n"
-                    + err.decode(errors="replace")[-4000:]
-                )
-            arr = np.fromfile(outp, dtype=np.uint64)
-            if arr.size != len(idxs) * n:
-                raise OracleRunError(f"oracle program {exe} wrote {arr.size} codes, expected {len(idxs) * n}")
-            return ci, arr.reshape(len(idxs), n), r.stdout.decode(), err
+            rows: list[np.ndarray] = []
+            warn: list[tuple[int, int, str]] = []
+            errs: list[str] = []
+            aborted: dict[int, tuple[int, str]] = {}
+            k0, seg = 0, 0
+            while k0 < K:
+                outp = tdp / f"out{ci}_{seg}.bin"
+                errp = tdp / f"err{ci}_{seg}.txt"
+                seg += 1
+                with open(errp, "wb") as eh:
+                    r = subprocess.run([str(exe), str(inp), str(outp), str(k0)],
+                                       stdout=subprocess.PIPE, stderr=eh)
+                err = errp.read_bytes()
+                arr = np.fromfile(outp, dtype=np.uint64) if outp.exists() else np.zeros(0, np.uint64)
+                done = arr.size // n
+                rows.append(arr[: done * n].reshape(done, n))
+                for line in r.stdout.decode(errors="replace").splitlines():
+                    m = _WARN_RE.match(line.strip())
+                    if m:
+                        k, i, a, b = (int(g) for g in m.groups())
+                        warn.append((k, i, err[a:b].decode(errors="replace").strip()))
+                text = err.decode(errors="replace")
+                if r.returncode == 0:
+                    if k0 + done != K:
+                        raise OracleRunError(f"oracle program {exe} wrote {done} rows, expected {K - k0}")
+                    errs.append(text)
+                    break
+                m = _CRASH_RE.search(text)
+                if m is None or int(m.group(2)) != k0 + done:
+                    raise OracleRunError(
+                        f"oracle program {exe} exited with {r.returncode}; stderr:\n{text[-4000:]}"
+                    )
+                k_bad, i_bad = int(m.group(2)), int(m.group(3))
+                msg = [re.sub(r"^\S*apo-[0-9a-f]+: ", "", ln) for ln in text[: m.start()].strip().splitlines()]
+                aborted[k_bad] = (i_bad, "\n".join(msg[-3:]) + f"\n(signal {m.group(1)})")
+                errs.append(text)
+                rows.append(np.zeros((1, n), dtype=np.uint64))  # placeholder, dropped below
+                k0 = k_bad + 1
+            table = np.concatenate(rows, axis=0) if rows else np.zeros((0, n), np.uint64)
+            return ci, table, warn, "".join(errs), aborted
 
         jobs = min(_jobs(), len(groups))
         if jobs <= 1:
@@ -561,20 +673,35 @@ def _run_table(keys: list, exprs: list[str], inputs: np.ndarray):
             with concurrent.futures.ThreadPoolExecutor(jobs) as ex:
                 results = list(ex.map(work, range(len(groups))))
 
-    for ci, arr, out, err in results:
+    out = _TableRun({}, {}, "", {})
+    errs = []
+    for ci, table, warn, err, aborted in results:
         idxs = groups[ci]
         for row, j in enumerate(idxs):
-            raw[keys[j]] = arr[row]
-        if err:
-            errs.append(err.decode(errors="replace"))
-        for line in out.splitlines():
-            m = _WARN_RE.match(line.strip())
-            if not m:
-                continue
-            k, i, a, b = (int(g) for g in m.groups())
-            msg = err[a:b].decode(errors="replace").strip()
-            warn.setdefault(keys[idxs[k]], []).append((i, msg))
-    return raw, warn, "".join(errs)
+            if row in aborted:
+                out.aborted[keys[j]] = aborted[row]
+            else:
+                out.raw[keys[j]] = table[row]
+        for k, i, msg in warn:
+            out.warnings.setdefault(keys[idxs[k]], []).append((i, msg))
+        errs.append(err)
+    return out._replace(stderr="".join(errs))
+
+
+def _check_on_abort(on_abort: str) -> None:
+    if on_abort not in ("raise", "record"):
+        raise ValueError(f"on_abort must be 'raise' or 'record', got {on_abort!r}")
+
+
+def _check_aborts(run: _TableRun, on_abort: str, describe) -> None:
+    if run.aborted and on_abort == "raise":
+        lines = [f"  {describe(k)} (value index {i}): {msg}" for k, (i, msg) in list(run.aborted.items())[:10]]
+        more = len(run.aborted) - len(lines)
+        raise OracleRunError(
+            f"ap_types aborted (assert) for {len(run.aborted)} conversion(s); pass on_abort='record' "
+            "to get the other results and the list in .aborted:\n" + "\n".join(lines)
+            + (f"\n  ... and {more} more" if more > 0 else "")
+        )
 
 
 def _to_codes(arr: np.ndarray, width: int, signed: bool) -> list[int]:
@@ -610,8 +737,14 @@ def _sort_key(c: FixedConfig):
 # --------------------------------------------------------------------------
 
 
-def cast_from_double(configs: Sequence[FixedConfig], values) -> OracleResult:
-    """``T y = (double)v;`` for each config ``T`` and value ``v`` (row order of ``values``)."""
+def cast_from_double(configs: Sequence[FixedConfig], values, *, on_abort: str = "raise") -> OracleResult:
+    """``T y = (double)v;`` for each config ``T`` and value ``v`` (row order of ``values``).
+
+    ``on_abort``: if an ap_types ``assert`` aborts a conversion, ``"raise"``
+    (default) raises :class:`OracleRunError`; ``"record"`` leaves that config
+    out of the result and lists it in ``result.aborted``.
+    """
+    _check_on_abort(on_abort)
     cfgs = sorted(_unique(_check_config(c) for c in configs), key=_sort_key)
     bits = _double_bits(values)
     res = OracleResult()
@@ -621,16 +754,23 @@ def cast_from_double(configs: Sequence[FixedConfig], values) -> OracleResult:
         res.update({c: [] for c in cfgs})
         return res
     exprs = [f"&conv_d< {c.cpp_type()} >" for c in cfgs]
-    raw, warn, err = _run_table(cfgs, exprs, bits)
+    run = _run_table(cfgs, exprs, bits)
+    _check_aborts(run, on_abort, lambda c: c.cpp_type())
     for c in cfgs:
-        res[c] = _to_codes(raw[c], c.width, c.signed)
-    res.warnings = warn
-    res.stderr = err
+        if c in run.raw:
+            res[c] = _to_codes(run.raw[c], c.width, c.signed)
+    res.warnings, res.stderr, res.aborted = run.warnings, run.stderr, run.aborted
     return res
 
 
-def cast_fixed(src: FixedConfig, dsts: Sequence[FixedConfig], src_codes: Sequence[int]) -> OracleResult:
-    """``D y = x;`` where ``x`` is an ``src`` whose raw bits are ``src_codes``."""
+def cast_fixed(src: FixedConfig, dsts: Sequence[FixedConfig], src_codes: Sequence[int],
+               *, on_abort: str = "raise") -> OracleResult:
+    """``D y = x;`` where ``x`` is an ``src`` whose raw bits are ``src_codes``.
+
+    Codes must be in ``src.code_range()``.  ``on_abort`` as in
+    :func:`cast_from_double` (ap_types asserts in some fixed-to-fixed casts).
+    """
+    _check_on_abort(on_abort)
     src = _check_config(src)
     dst_list = sorted(_unique(_check_config(c) for c in dsts), key=_sort_key)
     lo, hi = src.code_range()
@@ -648,11 +788,12 @@ def cast_fixed(src: FixedConfig, dsts: Sequence[FixedConfig], src_codes: Sequenc
         res.update({c: [] for c in dst_list})
         return res
     exprs = [f"&conv_f< {src.cpp_type()}, {d.cpp_type()} >" for d in dst_list]
-    raw, warn, err = _run_table(dst_list, exprs, np.array(codes, dtype=np.uint64))
+    run = _run_table(dst_list, exprs, np.array(codes, dtype=np.uint64))
+    _check_aborts(run, on_abort, lambda d: f"{d.cpp_type()} y = ({src.cpp_type()})x")
     for d in dst_list:
-        res[d] = _to_codes(raw[d], d.width, d.signed)
-    res.warnings = warn
-    res.stderr = err
+        if d in run.raw:
+            res[d] = _to_codes(run.raw[d], d.width, d.signed)
+    res.warnings, res.stderr, res.aborted = run.warnings, run.stderr, run.aborted
     return res
 
 
@@ -668,10 +809,11 @@ def cast_int_from_double(width: int, signed: bool, values) -> OracleList:
         return out
     key = (w, signed)
     t = f"ap_int<{w}>" if signed else f"ap_uint<{w}>"
-    raw, warn, err = _run_table([key], [f"&conv_i< {t} >"], bits)
-    out.extend(_to_codes(raw[key], w, signed))
-    out.warnings = warn.get(key, [])
-    out.stderr = err
+    run = _run_table([key], [f"&conv_i< {t} >"], bits)
+    _check_aborts(run, "raise", lambda k: t)
+    out.extend(_to_codes(run.raw[key], w, signed))
+    out.warnings = run.warnings.get(key, [])
+    out.stderr = run.stderr
     return out
 
 

@@ -1,0 +1,64 @@
+"""Quantized layers: PyTorch modules that compute exactly what the HLS C++ and the RTL compute.
+
+Every layer casts its input to its ``input`` format on entry, its weights and
+bias to theirs, computes exactly (or, for a narrow accumulator, step by step
+as the HLS loop does) and casts its result to its ``output`` format. The
+semantics are documented per class; :mod:`qfx.nn.accumulate` states the
+multiply-accumulate contract and why the fast path is exact.
+
+=======================  =============================================================
+module                   contents
+=======================  =============================================================
+``qfx.nn.config``        :class:`LayerConfig`: the per-layer format set and options
+``qfx.nn.quantizer``     :class:`TensorQuantizer`: one tensor's cast, learnable binary
+                         point, calibration, overflow count
+``qfx.nn.accumulate``    product / accumulator types, the step-by-step loop
+``qfx.nn.linear``        :class:`QLinear`
+``qfx.nn.conv``          :class:`QConv2d`
+``qfx.nn.norm``          :class:`QBatchNorm2d`, :func:`fold_batchnorm`
+``qfx.nn.activation``    :class:`QReLU`, :class:`QReLU6`, :class:`QLeakyReLU`
+``qfx.nn.add``           :class:`QAdd`
+``qfx.nn.pool``          :class:`QMaxPool2d`, :class:`QAvgPool2d`
+``qfx.nn.flatten``       :class:`QFlatten`
+=======================  =============================================================
+"""
+
+from .accumulate import auto_accumulator, lmul_product_type, minifloat_hull, product_type
+from .activation import QLeakyReLU, QReLU, QReLU6
+from .add import QAdd
+from .base import QuantizedModule, freeze, reset_overflow_counts, set_track_overflow
+from .config import FORMAT_KEYS, LEARNABLE_KEYS, OPTION_KEYS, LayerConfig, as_config
+from .conv import QConv2d
+from .flatten import QFlatten
+from .linear import QLinear
+from .norm import QBatchNorm2d, fold_batchnorm
+from .pool import QAvgPool2d, QMaxPool2d
+from .quantizer import TensorQuantizer
+
+__all__ = [
+    "LayerConfig",
+    "as_config",
+    "FORMAT_KEYS",
+    "OPTION_KEYS",
+    "LEARNABLE_KEYS",
+    "TensorQuantizer",
+    "QuantizedModule",
+    "QLinear",
+    "QConv2d",
+    "QBatchNorm2d",
+    "fold_batchnorm",
+    "QReLU",
+    "QReLU6",
+    "QLeakyReLU",
+    "QAdd",
+    "QMaxPool2d",
+    "QAvgPool2d",
+    "QFlatten",
+    "freeze",
+    "set_track_overflow",
+    "reset_overflow_counts",
+    "product_type",
+    "auto_accumulator",
+    "minifloat_hull",
+    "lmul_product_type",
+]

@@ -1,0 +1,52 @@
+"""QAdd: the residual (element-wise) addition."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..types import FixedType
+from .accumulate import check_float64_exact
+from .base import QuantizedModule
+from .config import ConfigLike, as_config
+
+__all__ = ["QAdd"]
+
+
+class QAdd(QuantizedModule, nn.Module):
+    """``y = cast(cast(a, in_a) + cast(b, in_b), output)``; the sum is exact (ap_fixed ``+``).
+
+    Parameters
+    ----------
+    config : LayerConfig or dict, optional
+        Uses ``in_a`` and ``in_b`` (each defaults to ``input``), ``output``
+        (all required), ``learn_binary_point`` and ``track_overflow``.
+    **overrides
+        Config keys given directly.
+
+    ``a`` and ``b`` must have the same shape (no broadcasting).
+    """
+
+    def __init__(self, *, config: ConfigLike = None, **overrides: Any) -> None:
+        cfg = as_config(config, **overrides)
+        cfg = cfg.updated(in_a=cfg.in_a or cfg.input, in_b=cfg.in_b or cfg.input)
+        super().__init__()
+        self._require(cfg, "QAdd", "in_a", "in_b", "output")
+        self._setup_quantizers(cfg, {"in_a": (cfg.in_a, ()), "in_b": (cfg.in_b, ()), "output": (cfg.output, ())})
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        for name, t in (("a", a), ("b", b)):
+            if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+                raise TypeError(f"QAdd expects floating-point tensors, got {getattr(t, 'dtype', type(t).__name__)} for {name}")
+        if a.shape != b.shape:
+            raise ValueError(f"QAdd needs operands of the same shape, got {list(a.shape)} and {list(b.shape)}")
+        ta, tb = self.quant["in_a"].effective_format(), self.quant["in_b"].effective_format()
+        assert isinstance(ta, FixedType) and isinstance(tb, FixedType)
+        try:
+            check_float64_exact(ta + tb, "QAdd's exact sum")
+        except ValueError as err:
+            raise ValueError(f"QAdd: {err}") from None
+        s = self.quant["in_a"](a).double() + self.quant["in_b"](b).double()
+        return self._result(self.quant["output"](s), torch.promote_types(a.dtype, b.dtype))

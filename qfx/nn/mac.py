@@ -1,0 +1,162 @@
+"""The multiply-accumulate layer machinery behind QLinear and QConv2d (see :mod:`qfx.nn.accumulate`)."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from ..lmul import _operand_format as _lmul_operand_format
+from ..lmul import lmul
+from ..quant import quantize
+from ..types import FixedType, KHot, MinifloatType
+from .accumulate import (
+    accumulate_steps,
+    auto_accumulator,
+    check_float64_exact,
+    holds_all_values,
+    lmul_columns,
+    product_type,
+)
+from .base import QuantizedModule
+from .config import LayerConfig
+
+__all__ = ["MACLayer"]
+
+
+def _split_bias(bias: object, overrides: dict) -> tuple[bool, dict]:
+    """``bias`` is torch's flag, or a bias format (which implies ``bias=True``)."""
+    if isinstance(bias, bool):
+        return bias, overrides
+    if isinstance(bias, (str, FixedType, MinifloatType, KHot)):
+        return True, {**overrides, "bias": bias}
+    raise TypeError(f"bias must be a bool or a bias format (e.g. 'ap_fixed<16,6>'), not {bias!r}")
+
+
+class MACLayer(QuantizedModule):
+    """Shared by the layers that reduce products ``x[k] * w[k]`` into an accumulator.
+
+    Subclasses set ``n_terms`` (products per output) and call :meth:`_setup_mac`
+    after the torch layer's ``__init__``.
+    """
+
+    n_terms: int
+    weight: torch.nn.Parameter
+    bias: "torch.nn.Parameter | None"
+
+    def _setup_mac(self, config: LayerConfig, layer: str, weight_frac_shape: tuple[int, ...], has_bias: bool) -> None:
+        self._require(config, layer, "input", "weight", "output")
+        if has_bias:
+            self._require(config, layer + " with bias=True", "bias")
+        if config.multiply == "lmul":
+            if not isinstance(config.weight, MinifloatType):
+                raise ValueError(
+                    f"{layer}: multiply='lmul' needs a minifloat weight format (e.g. fp8_e4m3fn), "
+                    f"not {config.weight}"
+                )
+            _lmul_operand_format(config.weight)  # raises for formats L-Mul emulation does not cover
+        if config.weight_per_channel and config.learns("weight"):
+            frac_shape = weight_frac_shape
+        else:
+            frac_shape = ()
+        self._setup_quantizers(
+            config,
+            {
+                "input": (config.input, ()),
+                "weight": (config.weight, frac_shape),
+                "bias": (config.bias if has_bias else None, ()),
+                "accum": (None if config.accum_is_auto else config.accum, ()),
+                "output": (config.output, ()),
+            },
+        )
+
+    # -- formats ----------------------------------------------------------------
+    def product_format(self) -> FixedType:
+        """The type holding every product ``x[k] * w[k]`` exactly (with the current formats)."""
+        x_fmt = self.quant["input"].effective_format()
+        return product_type(x_fmt, self.quant["weight"].envelope_format(), self.config.multiply)
+
+    def auto_accum_format(self) -> FixedType:
+        """What ``accum='auto'`` is with the current formats (the bias included)."""
+        bias = self.quant["bias"].effective_format() if "bias" in self.quant else None
+        return auto_accumulator(self.product_format(), self.n_terms, bias)
+
+    def effective_format(self, name: str):  # type: ignore[override]
+        if name == "accum" and "accum" not in self.quant:
+            return self.auto_accum_format()
+        return super().effective_format(name)
+
+    def accum_is_exact(self) -> bool:
+        """Whether the accumulator can neither round nor overflow (auto, or wide enough)."""
+        if "accum" not in self.quant:
+            return True
+        return holds_all_values(self.quant["accum"].effective_format(), self.auto_accum_format())
+
+    # -- forward pieces ------------------------------------------------------------
+    def _quantized_params(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        w = self.quant["weight"](self.weight).double()
+        if isinstance(self.quant["weight"].fmt, MinifloatType) and not bool(torch.isfinite(w).all()):
+            raise ValueError(
+                f"some weights overflow {self.quant['weight'].fmt} to inf/NaN; use a saturating "
+                f"minifloat (option saturate=true, e.g. 'fp8_e4m3fn<saturate=true>') or smaller weights"
+            )
+        b = self.quant["bias"](self.bias).double() if self.bias is not None else None
+        return w, b
+
+    def _lmul_operand(self, xq: torch.Tensor) -> torch.Tensor:
+        fmt = self.quant["weight"].fmt
+        xm = quantize(xq, fmt)
+        if not bool(torch.isfinite(xm).all()):
+            raise ValueError(
+                f"L-Mul: some activations overflow the weight format {fmt} to inf/NaN when cast to it; "
+                f"use a saturating minifloat (saturate=true) or a narrower input format"
+            )
+        return xm.double()
+
+    def _accumulate(
+        self,
+        xq: torch.Tensor,
+        wq: torch.Tensor,
+        bq: torch.Tensor | None,
+        *,
+        fast: Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor],
+        to_columns: Callable[[torch.Tensor], torch.Tensor],
+        w_rows: torch.Tensor,
+        from_columns: Callable[[torch.Tensor], torch.Tensor],
+    ) -> torch.Tensor:
+        """The accumulator after the whole reduction (float64, exact), in the layer's layout."""
+        lmul_mode = self.config.multiply == "lmul"
+        if lmul_mode:
+            xq = self._lmul_operand(xq)
+        groups, per_group = w_rows.shape[0], w_rows.shape[1]
+        b_rows = bq.reshape(groups, per_group) if bq is not None else None
+        if self.accum_is_exact():
+            check_float64_exact(self.auto_accum_format(), f"{type(self).__name__}'s exact accumulator")
+            if not lmul_mode:
+                return fast(xq, wq, bq)
+            wfmt = self.quant["weight"].fmt
+            acc = lmul_columns(to_columns(xq), w_rows, wfmt)
+            if b_rows is not None:
+                acc = acc + b_rows[None, :, :, None]
+            return from_columns(acc)
+        accum_fmt = self.quant["accum"].effective_format()
+        try:
+            step = accum_fmt + self.product_format()
+        except ValueError:
+            step = None
+        if step is None or step.width > 53:
+            raise ValueError(
+                f"{type(self).__name__}: a step acc + x*w with accum {accum_fmt} and products of type "
+                f"{self.product_format()} needs more than float64's 53 bits; qfx cannot emulate it "
+                f"bit-exactly. Use a narrower accum (fewer fractional bits) or narrower formats"
+            )
+        if lmul_mode:
+            wfmt = self.quant["weight"].fmt
+
+            def multiply(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+                return lmul(a, b, wfmt, exact=True)
+
+        else:
+            multiply = torch.mul
+        acc = accumulate_steps(to_columns(xq), w_rows, b_rows, self.quant["accum"], multiply)
+        return from_columns(acc)

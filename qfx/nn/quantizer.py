@@ -1,0 +1,225 @@
+"""One quantized tensor of a layer: its format, learnable binary point, calibration, overflow count."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .. import _fixed
+from ..quant import overflow_mask, quantize
+from ..types import FixedType, Format, KHot, MinifloatType
+
+__all__ = ["TensorQuantizer", "envelope"]
+
+#: Calibrated fractional-bit counts are clamped to +-this (far inside qfx's limits).
+_FRAC_LIMIT = 256
+
+
+def envelope(formats: "Format | tuple[FixedType, ...]") -> Format:
+    """The narrowest FixedType holding every value of a tuple of FixedTypes (same word length).
+
+    A single format is returned unchanged. Used for per-channel weight formats
+    when sizing an accumulator.
+    """
+    if not isinstance(formats, tuple):
+        return formats
+    first = formats[0]
+    f_min = min(t.frac_bits for t in formats)
+    f_max = max(t.frac_bits for t in formats)
+    int_bits = first.width - f_min
+    return FixedType(int_bits + f_max, int_bits, first.signed, first.rounding, first.overflow)
+
+
+class TensorQuantizer(nn.Module):
+    """Casts a tensor to a qfx format: ``y = cast(x, fmt)``; optionally learns the binary point.
+
+    Parameters
+    ----------
+    fmt : FixedType, KHot or MinifloatType
+        The format. With a learnable binary point its word length, signedness
+        and rounding/overflow modes stay fixed and its binary point is the
+        initial value.
+    name : str
+        Tensor name within the layer (``"input"``, ``"weight"``, ...), for messages.
+    learnable : bool
+        Own a float parameter ``frac_bits`` passed to
+        ``qfx.quantize(x, fmt, frac_bits=...)``. Fixed point only.
+    frac_shape : tuple of int
+        Shape of ``frac_bits``: ``()`` for one binary point, e.g. ``(C, 1)`` or
+        ``(C, 1, 1, 1)`` for one per output channel of a weight.
+    track_overflow : bool
+        Count the elements that saturate or wrap (``overflow_count``).
+
+    Attributes
+    ----------
+    frac_bits : nn.Parameter or Tensor or None
+        Learnable fractional bits (a Parameter); after :meth:`freeze` a buffer
+        holding the rounded values; ``None`` for a fixed format.
+    calibrated : Tensor (bool buffer)
+        Learnable only: whether ``frac_bits`` was initialised from data. The
+        first forward call with ``calibrated == False`` sets ``frac_bits`` so
+        that the largest magnitude seen fits (see :meth:`calibrate`).
+    max_abs : Tensor (float64 buffer)
+        Learnable only: largest magnitude seen by :meth:`calibrate` (per channel).
+    overflow_count : Tensor (int64 buffer)
+        Elements counted by ``track_overflow`` since the last reset (not in
+        the state_dict: a diagnostic, not model state).
+    """
+
+    frac_bits: "torch.Tensor | None"
+
+    def __init__(
+        self,
+        fmt: Format,
+        *,
+        name: str = "tensor",
+        learnable: bool = False,
+        frac_shape: tuple[int, ...] = (),
+        track_overflow: bool = False,
+    ) -> None:
+        super().__init__()
+        if not isinstance(fmt, (FixedType, KHot, MinifloatType)):
+            raise TypeError(f"{name}: expected a qfx format, not {type(fmt).__name__}")
+        if learnable and not isinstance(fmt, FixedType):
+            raise ValueError(
+                f"{name}: a learnable binary point needs a fixed-point format, not {fmt} "
+                f"(K-hot and minifloat formats have no movable binary point)"
+            )
+        self.fmt = fmt
+        self.name = name
+        self.track_overflow = bool(track_overflow)
+        self._frozen = False
+        self.register_buffer("overflow_count", torch.zeros((), dtype=torch.int64), persistent=False)
+        if learnable:
+            shape = tuple(int(s) for s in frac_shape)
+            self.frac_bits = nn.Parameter(torch.full(shape, float(fmt.frac_bits)))
+            self.register_buffer("calibrated", torch.zeros((), dtype=torch.bool))
+            self.register_buffer("max_abs", torch.zeros(shape, dtype=torch.float64))
+        else:
+            self.register_parameter("frac_bits", None)
+
+    # -- formats --------------------------------------------------------------
+    @property
+    def learnable(self) -> bool:
+        """Whether the binary point is trained (a Parameter that is not frozen)."""
+        return isinstance(self.frac_bits, nn.Parameter)
+
+    @property
+    def per_channel(self) -> bool:
+        return self.frac_bits is not None and self.frac_bits.dim() > 0
+
+    def _rounded_frac(self) -> list[int]:
+        assert self.frac_bits is not None
+        return [int(v) for v in torch.round(self.frac_bits.detach()).reshape(-1).tolist()]
+
+    def effective_format(self) -> "Format | tuple[FixedType, ...]":
+        """The format in force now: the binary point rounded from ``frac_bits`` where learned.
+
+        A tuple of FixedTypes (one per channel) for a per-channel binary point.
+        """
+        if self.frac_bits is None:
+            return self.fmt
+        assert isinstance(self.fmt, FixedType)
+        fmts = tuple(self.fmt.with_int_bits(self.fmt.width - f) for f in self._rounded_frac())
+        return fmts if self.per_channel else fmts[0]
+
+    def envelope_format(self) -> Format:
+        """:meth:`effective_format`, per-channel formats merged by :func:`envelope`."""
+        return envelope(self.effective_format())
+
+    # -- calibration ----------------------------------------------------------
+    def _reduce_max_abs(self, x: torch.Tensor) -> torch.Tensor:
+        a = torch.nan_to_num(x.detach().double().abs(), nan=0.0, posinf=0.0, neginf=0.0)
+        shape = tuple(self.frac_bits.shape)  # type: ignore[union-attr]
+        if not shape:
+            return a.max() if a.numel() else torch.zeros((), dtype=torch.float64, device=a.device)
+        full = (1,) * (a.dim() - len(shape)) + shape
+        dims = tuple(i for i, (s, xs) in enumerate(zip(full, a.shape)) if s == 1 and xs != 1)
+        m = a.amax(dim=dims, keepdim=True) if dims else a
+        return m.reshape(shape)
+
+    @torch.no_grad()
+    def calibrate(self, x: torch.Tensor) -> None:
+        """Fold ``max|x|`` into ``max_abs`` and set ``frac_bits`` so that it fits.
+
+        Picks the largest fractional-bit count ``F`` (the finest lsb) with
+        ``max_abs <= max_code * 2**-F``; channels that saw only zeros keep
+        their binary point. Marks the quantizer calibrated.
+        """
+        if not self.learnable:
+            raise RuntimeError(f"{self.name}: only a learnable binary point is calibrated")
+        assert isinstance(self.fmt, FixedType)
+        m = torch.maximum(self.max_abs, self._reduce_max_abs(x).to(self.max_abs.device))
+        self.max_abs.copy_(m)
+        top = math.log2(self.fmt.max_code) if self.fmt.max_code > 0 else 0.0
+        safe = torch.where(m > 0, m, torch.ones_like(m))
+        f = torch.floor(top - torch.log2(safe)).clamp(-_FRAC_LIMIT, _FRAC_LIMIT)
+        # log2 may be off by an ulp at exact powers of two: step back where the max does not fit.
+        too_big = m > float(self.fmt.max_code) * torch.exp2(-f)
+        f = torch.where(too_big, f - 1, f)
+        new = torch.where(m > 0, f, self.frac_bits.detach().double())  # type: ignore[union-attr]
+        self.frac_bits.copy_(new.to(self.frac_bits.dtype))  # type: ignore[union-attr]
+        self.calibrated.fill_(True)
+
+    def reset_calibration(self) -> None:
+        """Forget the calibration: the next forward call calibrates again."""
+        if self.learnable:
+            self.calibrated.fill_(False)
+            self.max_abs.zero_()
+
+    # -- freezing -------------------------------------------------------------
+    @torch.no_grad()
+    def freeze(self) -> None:
+        """Round the learned binary point and stop learning it.
+
+        ``frac_bits`` becomes a buffer of rounded values (the same state_dict
+        key); a scalar binary point is written into :attr:`fmt`, so that
+        ``fmt`` is exactly the format evaluated from now on.
+        """
+        if not self.learnable:
+            return
+        rounded = torch.round(self.frac_bits.detach())  # type: ignore[union-attr]
+        del self.frac_bits
+        self.register_buffer("frac_bits", rounded)
+        if not self.per_channel:
+            self.fmt = self.effective_format()
+        self._frozen = True
+
+    # -- forward --------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.frac_bits is None:
+            q = quantize(x, self.fmt)
+        elif not self.per_channel and not self.learnable:
+            q = quantize(x, self.effective_format())
+        else:
+            if self.learnable and not bool(self.calibrated):
+                self.calibrate(x)
+            q = quantize(x, self.fmt, frac_bits=self.frac_bits)
+        if self.track_overflow:
+            self.overflow_count += self.count_overflow(x)
+        return q
+
+    @torch.no_grad()
+    def count_overflow(self, x: torch.Tensor) -> int:
+        """How many elements of ``x`` saturate or wrap in the effective format."""
+        fmts = self.effective_format()
+        if not isinstance(fmts, tuple):
+            return int(overflow_mask(x, fmts).sum())
+        per = x.detach().reshape(len(fmts), -1) if x.dim() else x.detach().reshape(1, 1)
+        return sum(int(overflow_mask(per[c], t).sum()) for c, t in enumerate(fmts))
+
+    def result_dtype(self, dtype: torch.dtype) -> torch.dtype:
+        """``dtype`` if it holds every value of the effective format exactly, else float64."""
+        fmt = self.envelope_format()
+        if isinstance(fmt, FixedType) and _fixed.holds_exactly(fmt, dtype):
+            return dtype
+        return torch.float64
+
+    def extra_repr(self) -> str:
+        fmt = self.effective_format()
+        text = ", ".join(map(str, fmt)) if isinstance(fmt, tuple) else str(fmt)
+        if self.learnable:
+            text += ", learnable"
+        return f"{self.name}: {text}"
