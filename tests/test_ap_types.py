@@ -188,3 +188,13 @@ def test_nan_behaviour_differs_from_ap_types_on_purpose():
     assert math.isnan(qfx.quantize(torch.tensor([math.nan]), t).item())
     with pytest.raises(ValueError, match="NaN"):
         qfx.to_codes(torch.tensor([math.nan]), t)
+
+
+def test_ap_int_small_negative_quirk_is_documented_not_emulated():
+    # The ap_types ap_int(double) constructor turns -0.5 < v < 0 into +1 (bit pattern 1);
+    # truncation toward zero gives 0. qfx models the documented C semantics; the HLS
+    # generator must therefore never assign a double straight to an ap_int.
+    values = np.array([-0.3, -0.1, -0.49])
+    expected = oracle.cast_int_from_double(8, True, values)
+    assert list(expected) == [1, 1, 1]
+    assert qfx.to_codes(torch.from_numpy(values), "ap_int<8>").tolist() == [0, 0, 0]

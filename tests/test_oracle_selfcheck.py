@@ -304,7 +304,8 @@ def test_ap_int_from_double():
 # Oracle vs exact model over the mode matrix
 # --------------------------------------------------------------------------
 
-MATRIX_SHAPES = [(1, 0), (3, 1), (6, -2), (5, 8), (40, 12)]
+# W=1 (degenerate modes), negative I, I > W, a wide word
+MATRIX_SHAPES = [(1, 0), (6, -2), (5, 8), (40, 12)]
 ALL_MODES = [(s, q, o) for s in (True, False) for q in ROUNDING_MODES for o in OVERFLOW_MODES
              if s or o != "AP_WRAP_SM"]
 
@@ -355,6 +356,7 @@ def matrix_configs():
     return [FixedConfig(w, i, s, q, o) for (w, i) in MATRIX_SHAPES for (s, q, o) in ALL_MODES]
 
 
+@pytest.mark.slow
 def test_cast_from_double_matches_exact_model(matrix_configs):
     vals = _matrix_values(random.Random(20240601))
     res = cast_from_double(matrix_configs, np.array(vals))
@@ -373,6 +375,7 @@ def test_cast_from_double_matches_exact_model(matrix_configs):
     assert plain_exact_diffs > 0
 
 
+@pytest.mark.slow
 def test_cast_fixed_matches_exact_model():
     src = F(9, 3, True)  # all 512 codes, c/64
     codes = list(range(-256, 256))
