@@ -1,36 +1,39 @@
-"""qfx as a contender: exactly ``qfx.quantize(x, qfx.parse_type(spelling))``.
+"""qfx as a contender: ``qfx.quantize(x, qfx.parse_type(spelling))``, eager and compiled.
 
-If qfx cannot be imported, lacks the API, or cannot parse the format, the row
-is skipped with the reason, so the rest of the benchmark still runs.
+The compiled row turns on qfx's opt-in fused kernels (``qfx.quant.set_compile`` /
+``QFX_COMPILE=1``); its first call compiles with torch.compile and is part of the
+untimed warm-up.
 """
 
 from __future__ import annotations
 
+import qfx
+from qfx import quant
+
 from .harness import QFX, Contender
 
 
-def qfx_contender(fmt) -> Contender:
+def qfx_contenders(fmt) -> list[Contender]:
+    t = qfx.parse_type(fmt.spelling)
+
+    def eager(x):
+        return qfx.quantize(x, t)
+
+    def compiled(x):
+        quant.set_compile(True)
+        try:
+            return qfx.quantize(x, t)
+        finally:
+            quant.set_compile(False)
+
     api = f'qfx.quantize(x, qfx.parse_type("{fmt.spelling}"))'
-    name = "qfx"
-
-    def skip(reason: str) -> Contender:
-        return Contender(name=name, role=QFX, api=api, skip_reason=reason)
-
-    try:
-        import qfx
-    except Exception as e:  # ImportError, or anything qfx's import raises
-        return skip(f"import qfx failed: {type(e).__name__}: {e}")
-    missing = [a for a in ("parse_type", "quantize") if not hasattr(qfx, a)]
-    if missing:
-        return skip(f"qfx has no {', '.join('qfx.' + a for a in missing)} yet")
-    try:
-        t = qfx.parse_type(fmt.spelling)
-    except Exception as e:
-        return skip(f"qfx.parse_type({fmt.spelling!r}) failed: {type(e).__name__}: {e}")
-
-    quantize = qfx.quantize
-
-    def fn(x):
-        return quantize(x, t)
-
-    return Contender(name=name, role=QFX, api=api, fn=fn, note="torch in, torch out")
+    return [
+        Contender(name="qfx", role=QFX, api=api, fn=eager, note="torch in, torch out; eager torch ops"),
+        Contender(
+            name="qfx (QFX_COMPILE=1)",
+            role=QFX,
+            api="qfx.quant.set_compile(True); " + api,
+            fn=compiled,
+            note="torch.compile'd kernel (compiled during warm-up)",
+        ),
+    ]

@@ -37,7 +37,7 @@ from bench.formats import ALL_FORMATS  # noqa: E402
 from bench.harness import BASELINE, QFX, format_table, prepare, progress, time_interleaved  # noqa: E402
 from bench.inputs import classify, make_input, reference_fixed, reference_minifloat  # noqa: E402
 from bench.peers import PEERS, peer_contenders, peer_versions  # noqa: E402
-from bench.qfx_adapter import qfx_contender  # noqa: E402
+from bench.qfx_adapter import qfx_contenders  # noqa: E402
 
 DEFAULT_JSON = HERE / "results" / "quantize.json"
 
@@ -119,7 +119,7 @@ def bench_format(fmt, inp, args, ctx) -> dict:
     tag = f"[{fmt.key} {fmt.spelling}]"
     progress(f"{tag} reference and value classes computed in {time.perf_counter() - t0:.1f} s")
 
-    contenders = [baseline(fmt), qfx_contender(fmt), *peer_contenders(fmt, ctx, args.peers), *extra_rows(fmt)]
+    contenders = [baseline(fmt), *qfx_contenders(fmt), *peer_contenders(fmt, ctx, args.peers), *extra_rows(fmt)]
     rows = []
     for c in contenders:
         row = prepare(c, x, x_pristine, ref, classes, class_names, signed_zero, args.warmup)

@@ -18,6 +18,9 @@ from .types import (
     parse_type,
 )
 from ._khot import khot_digits
+from . import nn  # noqa: E402  (quantized layers)
+from .convert import convert  # noqa: E402  (float model -> qfx model)
+from . import train  # noqa: E402  (qfx.train.fit / ptq / evaluate)
 
 __version__ = "0.1.0"
 
@@ -38,4 +41,5 @@ __all__ = [
     "khot_digits",
     "lmul",
     "lmul_offset_bits",
+    "convert",
 ]

@@ -63,14 +63,14 @@ def result_dtype(t: FixedType, dtype: torch.dtype, frac_min: int, frac_max: int)
 def _scale(x: torch.Tensor, frac: "int | torch.Tensor") -> torch.Tensor:
     if isinstance(frac, torch.Tensor):
         return x * torch.exp2(frac.to(x.dtype))
-    return x * math.ldexp(1.0, frac)
+    return x * 2.0**frac
 
 
 def _unscale(r: torch.Tensor, frac: "int | torch.Tensor") -> torch.Tensor:
     # r is a fresh tensor owned by the caller: scale in place (saves an allocation).
     if isinstance(frac, torch.Tensor):
         return r.mul_(torch.exp2(-frac.to(r.dtype)))
-    return r.mul_(math.ldexp(1.0, -frac))
+    return r.mul_(2.0**-frac)
 
 
 def round_scaled(s: torch.Tensor, rounding: Rounding, *, shortcut_ok: bool) -> torch.Tensor:

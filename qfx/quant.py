@@ -45,7 +45,9 @@ Gradients
 
 from __future__ import annotations
 
+import functools
 import math
+import os
 from typing import Union
 
 import torch
@@ -55,6 +57,7 @@ from .types import Format, FixedType, KHot, MinifloatType, parse_type
 
 __all__ = [
     "quantize",
+    "set_compile",
     "to_codes",
     "from_codes",
     "overflow_mask",
@@ -63,6 +66,41 @@ __all__ = [
 
 FormatLike = Union[Format, str]
 _LN2 = math.log(2.0)
+
+# Opt-in fused kernels: torch.compile (Inductor) turns the ~10 element-wise passes of a
+# conversion into one loop. The first call per format and dtype compiles (tens of seconds
+# on a small CPU, then cached by torch); the results are the same bits (tested).
+_COMPILE = os.environ.get("QFX_COMPILE", "0") == "1"
+
+
+def set_compile(enabled: bool) -> None:
+    """Use torch.compile'd conversion kernels for forward-only fixed and minifloat quantize.
+
+    Also enabled by the environment variable ``QFX_COMPILE=1``. Gradient paths,
+    ``frac_bits``, stochastic rounding, K-hot and 54..64-bit words always run eagerly.
+    """
+    global _COMPILE
+    _COMPILE = bool(enabled)
+
+
+@functools.lru_cache(maxsize=256)
+def _compiled_kernel(t: Format, in_dtype: torch.dtype, out_dtype: torch.dtype):
+    if isinstance(t, FixedType):
+        def kernel(x: torch.Tensor) -> torch.Tensor:
+            return _fixed.quantize_fixed(x, t, t.frac_bits, out_dtype)
+    else:
+        def kernel(x: torch.Tensor) -> torch.Tensor:
+            return _minifloat.quantize_minifloat(x, t, use_torch_casts=False).to(out_dtype)
+    # Default dynamism: shapes become symbolic after the first recompile; the format stays constant.
+    return torch.compile(kernel)
+
+
+def _use_compiled(x: torch.Tensor, t: Format) -> bool:
+    if not _COMPILE or x.requires_grad:
+        return False
+    if isinstance(t, FixedType):
+        return t.width <= 53
+    return isinstance(t, MinifloatType)
 
 
 def _format(fmt: FormatLike) -> Format:
@@ -202,8 +240,13 @@ def quantize(
             return _FixedSTE.apply(x, frac_bits, t)
         if x.requires_grad:
             return _FixedSTE.apply(x, None, t)
+        if _use_compiled(x, t):
+            out_dtype = _fixed.result_dtype(t, x.dtype, t.frac_bits, t.frac_bits)
+            return _compiled_kernel(t, x.dtype, out_dtype)(x)
         return _fixed_forward(x, t, t.frac_bits)
     if isinstance(t, MinifloatType):
+        if not stochastic and _use_compiled(x, t):
+            return _compiled_kernel(t, x.dtype, _minifloat.result_dtype(x, t))(x)
         q = _minifloat_values(x.detach(), t, stochastic, generator)
         return _STE.apply(x, q, -t.max, t.max) if x.requires_grad else q
     q = _khot_values(x.detach(), t)

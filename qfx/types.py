@@ -19,6 +19,7 @@ take their formats from here; nothing else re-encodes a format.
 
 from __future__ import annotations
 
+import difflib
 import enum
 import functools
 import math
@@ -177,15 +178,15 @@ class FixedType:
 
     @property
     def lsb(self) -> float:
-        return math.ldexp(1.0, -self.frac_bits)
+        return 2.0 ** (-self.frac_bits)
 
     @property
     def min(self) -> float:
-        return math.ldexp(float(self.min_code), -self.frac_bits)
+        return float(self.min_code) * 2.0 ** (-self.frac_bits)
 
     @property
     def max(self) -> float:
-        return math.ldexp(float(self.max_code), -self.frac_bits)
+        return float(self.max_code) * 2.0 ** (-self.frac_bits)
 
     @property
     def range(self) -> tuple[float, float]:
@@ -229,7 +230,7 @@ class FixedType:
 
     def value_of(self, code: int) -> float:
         """The real value of an integer code (float64; exact for width <= 53)."""
-        return math.ldexp(float(code), -self.frac_bits)
+        return float(code) * 2.0 ** (-self.frac_bits)
 
     # -- full-precision arithmetic result types (ap_fixed RType) --------------
     def _operand_ints(self, other: "FixedType") -> int:
@@ -406,17 +407,17 @@ class MinifloatType:
     def max(self) -> float:
         if self.inf_nan == "fn" and self.mantissa_bits == 0:
             # The single code of the top binade is NaN: the top finite binade is one lower.
-            return math.ldexp(1.0, self.emax - 1)
+            return 2.0 ** (self.emax - 1)
         m = self.mantissa_bits
-        return math.ldexp(float((1 << m) + self.max_mantissa_code), self.emax - m)
+        return float((1 << m) + self.max_mantissa_code) * 2.0 ** (self.emax - m)
 
     @property
     def min_normal(self) -> float:
-        return math.ldexp(1.0, self.emin)
+        return 2.0 ** (self.emin)
 
     @property
     def min_subnormal(self) -> float:
-        return math.ldexp(1.0, self.emin - self.mantissa_bits) if self.subnormals else self.min_normal
+        return 2.0 ** (self.emin - self.mantissa_bits) if self.subnormals else self.min_normal
 
     @property
     def has_inf(self) -> bool:
@@ -672,7 +673,9 @@ def _parse_minifloat(name: str, opts_text: str | None, spelling: str) -> Miniflo
     else:
         m = _EXMY_RE.match(name)
         if not m:
-            raise ValueError(f"unknown format {spelling!r}; valid spellings include: {_SPELLINGS}")
+            close = difflib.get_close_matches(name, [*OCP_MINIFLOATS, "ap_fixed", "ap_ufixed", "ap_int", "ap_uint"], n=1)
+            hint = f"did you mean {close[0]}? " if close else ""
+            raise ValueError(f"unknown format {spelling!r}; {hint}valid spellings include: {_SPELLINGS}")
         base = _generic_minifloat(int(m.group(1)), int(m.group(2)))
     kwargs = dict(
         exponent_bits=base.exponent_bits,
@@ -736,8 +739,17 @@ def parse_type(text: "str | Format") -> Format:
         if not isinstance(base, FixedType):
             raise ValueError(f"{spelling!r}: the base of a K-hot format must be ap_fixed/ap_ufixed/ap_int; e.g. khot<2,ap_fixed<8,1>>")
         return KHot(base, k)
-    if compact.startswith(("ap_", "khot")):
-        raise ValueError(f"malformed format {spelling!r}: unbalanced or missing <...>; e.g. {_FIXED_EXAMPLE}")
+    head = re.match(r"^([A-Za-z_][A-Za-z0-9_]*)", compact)
+    name = head.group(1).lower() if head else ""
+    known = ("ap_fixed", "ap_ufixed", "ap_int", "ap_uint", "khot", *OCP_MINIFLOATS)
+    if compact.startswith(("ap_", "khot")) or (
+        name and "<" in compact and not _EXMY_RE.match(name) and name not in OCP_MINIFLOATS
+    ):
+        if name in ("ap_fixed", "ap_ufixed", "ap_int", "ap_uint", "khot"):
+            raise ValueError(f"malformed format {spelling!r}: unbalanced or missing <...>; e.g. {_FIXED_EXAMPLE}")
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        raise ValueError(f"unknown type name {name!r} in {spelling!r}; {hint}valid spellings include: {_SPELLINGS}")
     m = _FLOAT_RE.match(compact.lower())
     if m:
         return _parse_minifloat(m.group(1), m.group(2), spelling)

@@ -246,3 +246,18 @@ def test_quantize_rejects_bad_arguments():
         qfx.quantize(torch.ones(2), "ap_fixed<8,3>", stochastic=True)
     with pytest.raises(ValueError, match="out of range"):
         qfx.from_codes(torch.tensor([300]), "ap_fixed<8,3>")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+@pytest.mark.parametrize(
+    "spelling",
+    ["ap_fixed<8,3,AP_RND_CONV,AP_SAT>", "ap_ufixed<12,-2,AP_RND_INF,AP_WRAP>", "ap_fixed<40,9,AP_RND_ZERO,AP_WRAP_SM>",
+     "fp8_e4m3fn", "e5m2<saturate=true>", "e3m4<subnormals=false>", "khot<2,ap_fixed<8,1>>"],
+)
+def test_cuda_matches_cpu(spelling):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(100_000, generator=g) * 4
+    x[:4] = torch.tensor([math.inf, -math.inf, math.nan, -0.0])
+    cpu = qfx.quantize(x, spelling)
+    gpu = qfx.quantize(x.cuda(), spelling).cpu()
+    assert torch.equal(cpu.nan_to_num(7.0), gpu.nan_to_num(7.0))

@@ -1,0 +1,572 @@
+"""Float model -> qfx model: trace with torch.fx and swap every layer for its qfx.nn version.
+
+``qfx.convert(model, config)`` traces a float ``nn.Module`` (an ``nn.Sequential``,
+or any module whose ``forward`` torch.fx can trace, residual adds written as
+``a + b`` or ``torch.add(a, b)``) and returns a ``torch.fx.GraphModule`` in which
+
+==============================================  ==============================================
+float                                           qfx
+==============================================  ==============================================
+``nn.Linear``                                   :class:`qfx.nn.QLinear`
+``nn.Conv2d``                                   :class:`qfx.nn.QConv2d`
+``nn.BatchNorm2d``                              :class:`qfx.nn.QBatchNorm2d`, or folded into
+                                                the preceding conv (``fold_bn: true``)
+``nn.ReLU`` / ``F.relu`` / ``torch.relu``       :class:`qfx.nn.QReLU`
+``nn.ReLU6``                                    :class:`qfx.nn.QReLU6`
+``nn.LeakyReLU`` (slope ``2**-s``)              :class:`qfx.nn.QLeakyReLU`
+``a + b`` / ``torch.add`` / ``a.add(b)``        :class:`qfx.nn.QAdd` (a new module)
+``nn.MaxPool2d`` / ``nn.AvgPool2d``             :class:`qfx.nn.QMaxPool2d` / :class:`qfx.nn.QAvgPool2d`
+``nn.Flatten`` / ``torch.flatten`` / ``.flatten``  :class:`qfx.nn.QFlatten`
+``nn.Identity``, ``nn.Dropout*``                removed (the value passes through)
+==============================================  ==============================================
+
+Weights, biases and BatchNorm statistics are copied from the float model (the
+float model itself is not modified). Anything else (other modules, functions,
+methods, constants in additions) is an error naming each offending node and
+listing what is supported.
+
+Config (a YAML file path or a dict; DESIGN.md "Config")::
+
+    fold_bn: false                 # optional: fold each BatchNorm2d into the conv feeding it
+    default:                       # every key of qfx.nn.LayerConfig; a layer uses the keys it needs
+      input:  ap_fixed<8,3,AP_RND,AP_SAT>
+      weight: ap_fixed<8,1,AP_RND_CONV,AP_SAT>
+      bias:   ap_fixed<16,6>
+      accum:  auto
+      output: ap_fixed<8,3,AP_RND,AP_SAT>
+      learn_binary_point: true
+    types:                         # optional: per layer kind (see KINDS), over default
+      ReLU: {output: ap_ufixed<8,3,AP_RND,AP_SAT>}
+    layers:                        # per layer, over types and default
+      fc1: {weight: "khot<2,ap_fixed<8,1>>"}
+      add: {output: ap_fixed<8,4,AP_RND,AP_SAT>}
+
+Layer names are the module names of ``model.named_modules()`` (``fc1``,
+``block.conv1``; for an ``nn.Sequential`` without names, ``0``, ``1``, ...).
+Layers created from functions and operators take the torch.fx node name:
+the first ``a + b`` is ``add``, the next ``add_1``, ``add_2``, ... in
+execution order; likewise ``flatten``, ``relu``. :func:`layer_names` lists
+the names (and kinds) of a model before converting it. A name in ``layers:``
+that is not a layer of the model is a ``ValueError`` listing close names.
+
+How the keys are used, per kind:
+
+- ``Linear``, ``Conv2d``: ``input``, ``weight``, ``bias`` (if the layer has
+  one), ``accum``, ``output`` and the options.
+- ``BatchNorm2d``: ``input``, ``scale``, ``shift``, ``output``. Without a
+  ``scale`` (``shift``) the ``weight`` (``bias``) format is used.
+- ``add``: ``in_a`` and ``in_b`` (each defaulting to ``input``), ``output``.
+- ``ReLU``, ``ReLU6``, ``LeakyReLU``: ``output``; an ``input`` cast only if it
+  is given in ``types:`` or ``layers:`` (the ``default`` input is meant for
+  the layers that read a new tensor; an activation takes the previous layer's
+  output as it is).
+- ``MaxPool2d``: no cast unless ``input``/``output`` are given in ``types:``
+  or ``layers:`` (the maximum of quantized values is one of them).
+- ``AvgPool2d``: ``input``, ``output``; ``reciprocal`` when the divisor is
+  not a power of two.
+- ``Flatten``: no formats.
+
+With ``fold_bn: true`` each ``BatchNorm2d`` fed by a ``Conv2d`` (and only by
+it) is folded into that conv before quantization (:func:`qfx.nn.fold_batchnorm`,
+running statistics); the folded conv gets a bias in the conv's ``bias``
+format. The BN's name stays a valid ``layers:`` key but its entry has no
+effect. BatchNorms not preceded by a conv stay :class:`qfx.nn.QBatchNorm2d`.
+
+The result's ``meta["qfx"]`` records, per layer, its kind and the resolved
+config (``LayerConfig.to_dict()``), and the folded BatchNorms.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import operator
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import nn
+
+from . import nn as qnn
+from .nn.config import FORMAT_KEYS, OPTION_KEYS, LayerConfig
+from .types import FixedType, parse_type
+
+__all__ = ["convert", "load_config", "layer_names", "KINDS", "DEFAULT_CONFIG", "ConversionError"]
+
+#: The DESIGN.md example config, used by ``convert(model)`` without a config.
+DEFAULT_CONFIG: dict[str, Any] = {
+    "default": {
+        "input": "ap_fixed<8,3,AP_RND,AP_SAT>",
+        "weight": "ap_fixed<8,1,AP_RND_CONV,AP_SAT>",
+        "bias": "ap_fixed<16,6>",
+        "accum": "auto",
+        "output": "ap_fixed<8,3,AP_RND,AP_SAT>",
+        "learn_binary_point": True,
+    }
+}
+
+#: Layer kinds (keys of a config's ``types:`` section) and what they come from.
+KINDS: dict[str, str] = {
+    "Linear": "nn.Linear",
+    "Conv2d": "nn.Conv2d",
+    "BatchNorm2d": "nn.BatchNorm2d",
+    "ReLU": "nn.ReLU, F.relu, torch.relu, x.relu()",
+    "ReLU6": "nn.ReLU6",
+    "LeakyReLU": "nn.LeakyReLU with a power-of-two negative_slope",
+    "add": "a + b, torch.add(a, b), a.add(b) on two tensors",
+    "MaxPool2d": "nn.MaxPool2d",
+    "AvgPool2d": "nn.AvgPool2d",
+    "Flatten": "nn.Flatten, torch.flatten, x.flatten()",
+}
+
+_REMOVED = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
+_MODULE_KINDS: tuple[tuple[type, str], ...] = (
+    (nn.Linear, "Linear"),
+    (nn.Conv2d, "Conv2d"),
+    (nn.BatchNorm2d, "BatchNorm2d"),
+    (nn.ReLU, "ReLU"),
+    (nn.ReLU6, "ReLU6"),
+    (nn.LeakyReLU, "LeakyReLU"),
+    (nn.MaxPool2d, "MaxPool2d"),
+    (nn.AvgPool2d, "AvgPool2d"),
+    (nn.Flatten, "Flatten"),
+)
+_FUNCTION_KINDS = {
+    operator.add: "add",
+    operator.iadd: "add",
+    torch.add: "add",
+    torch.flatten: "Flatten",
+    torch.relu: "ReLU",
+    F.relu: "ReLU",
+}
+_METHOD_KINDS = {"add": "add", "add_": "add", "flatten": "Flatten", "relu": "ReLU", "relu_": "ReLU"}
+#: Kinds whose input (and, for max pooling, output) cast comes only from types:/layers:.
+_PASS_THROUGH_INPUT = ("ReLU", "ReLU6", "LeakyReLU", "MaxPool2d")
+_TOP_KEYS = ("default", "types", "layers", "fold_bn")
+
+
+class ConversionError(ValueError):
+    """A model or config qfx cannot convert (a ``ValueError``)."""
+
+
+def _supported_text() -> str:
+    rows = [f"  {kind:<12} {src}" for kind, src in KINDS.items()]
+    rows.append("  (removed)    nn.Identity, nn.Dropout, nn.Dropout1d/2d/3d, nn.AlphaDropout")
+    return "supported:\n" + "\n".join(rows)
+
+
+# ---------------------------------------------------------------------------
+# Config
+# ---------------------------------------------------------------------------
+
+
+def load_config(config: "str | Path | Mapping[str, Any] | None") -> dict[str, Any]:
+    """Read and check the top level of a quantization config (path to YAML, or mapping).
+
+    Returns a dict with ``default``, ``types``, ``layers`` (dicts) and
+    ``fold_bn`` (bool). A mapping with a ``quant:`` section and no
+    ``default:`` (a whole ``qfx train`` run config) is accepted: its
+    ``quant`` section is used. ``None`` gives :data:`DEFAULT_CONFIG`.
+    """
+    if config is None:
+        raw: Any = copy.deepcopy(DEFAULT_CONFIG)
+    elif isinstance(config, (str, Path)):
+        import yaml
+
+        path = Path(config)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file {str(path)!r} does not exist")
+        try:
+            raw = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            raise ConversionError(f"config file {str(path)!r} is not valid YAML: {err}") from None
+        if raw is None:
+            raw = {}
+    elif isinstance(config, Mapping):
+        raw = copy.deepcopy(dict(config))
+    else:
+        raise TypeError(f"config must be a YAML path, a dict or None, not {type(config).__name__}")
+    if not isinstance(raw, Mapping):
+        raise ConversionError(f"a config must be a mapping with {', '.join(_TOP_KEYS)}; got {type(raw).__name__}")
+    if "quant" in raw and "default" not in raw:
+        raw = raw["quant"]
+        if not isinstance(raw, Mapping):
+            raise ConversionError("the config's 'quant' section must be a mapping")
+    unknown = sorted(str(k) for k in raw if k not in _TOP_KEYS)
+    if unknown:
+        hints = [
+            f"{k!r} (did you mean {difflib.get_close_matches(k, _TOP_KEYS, n=1)[0]!r}?)"
+            if difflib.get_close_matches(k, _TOP_KEYS, n=1)
+            else repr(k)
+            for k in unknown
+        ]
+        raise ConversionError(
+            f"unknown top-level config keys {', '.join(hints)}; valid: {', '.join(_TOP_KEYS)}"
+            " (layer formats go under 'default:' or 'layers:')"
+        )
+    out: dict[str, Any] = {"default": {}, "types": {}, "layers": {}, "fold_bn": False}
+    for key in ("default", "types", "layers"):
+        section = raw.get(key) or {}
+        if not isinstance(section, Mapping):
+            raise ConversionError(f"config section {key!r} must be a mapping, not {type(section).__name__}")
+        out[key] = {str(k): v for k, v in section.items()}
+    fold = raw.get("fold_bn", False)
+    if not isinstance(fold, bool):
+        raise ConversionError(f"fold_bn must be true or false, not {fold!r}")
+    out["fold_bn"] = fold
+    _check_keys("default", out["default"])
+    for kind, entry in out["types"].items():
+        if kind not in KINDS:
+            close = difflib.get_close_matches(kind, KINDS, n=3)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise ConversionError(f"unknown layer kind {kind!r} in 'types'{hint}; kinds: {', '.join(KINDS)}")
+        _check_keys(f"types.{kind}", entry)
+    for name, entry in out["layers"].items():
+        _check_keys(f"layers.{name}", entry)
+    return out
+
+
+def _check_keys(where: str, entry: Any) -> None:
+    if entry is None:
+        return
+    if not isinstance(entry, Mapping):
+        raise ConversionError(f"config entry {where!r} must be a mapping of layer config keys, not {entry!r}")
+    valid = FORMAT_KEYS + OPTION_KEYS
+    bad = [str(k) for k in entry if k not in valid]
+    if bad:
+        hints = []
+        for k in bad:
+            close = difflib.get_close_matches(k, valid, n=1)
+            hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise ConversionError(f"config entry {where!r}: unknown keys {', '.join(hints)}; valid keys: {', '.join(valid)}")
+    try:
+        LayerConfig.from_dict(entry)  # parses every format once, so errors name the section
+    except (ValueError, TypeError) as err:
+        raise ConversionError(f"config entry {where!r}: {err}") from None
+
+
+def _resolve(cfg: dict[str, Any], kind: str, name: str) -> dict[str, Any]:
+    """The merged layer config dict: default < types[kind] < layers[name], with the kind's rules."""
+    explicit = {**(cfg["types"].get(kind) or {}), **(cfg["layers"].get(name) or {})}
+    merged = {**cfg["default"], **explicit}
+    if kind in _PASS_THROUGH_INPUT and "input" not in explicit:
+        merged.pop("input", None)
+    if kind == "MaxPool2d" and "output" not in explicit:
+        merged.pop("output", None)
+    if kind == "BatchNorm2d":
+        for key, fallback in (("scale", "weight"), ("shift", "bias")):
+            if merged.get(key) is None and merged.get(fallback) is not None:
+                fmt = merged[fallback]
+                fmt_obj = parse_type(fmt) if isinstance(fmt, str) else fmt
+                if not isinstance(fmt_obj, FixedType):
+                    raise ConversionError(
+                        f"layer {name!r} (BatchNorm2d) has no {key!r} format and its {fallback!r} format "
+                        f"{fmt} is not fixed point; give one, e.g. types: {{BatchNorm2d: {{{key}: 'ap_fixed<8,2,AP_RND,AP_SAT>'}}}}"
+                    )
+                merged[key] = fmt
+    return merged
+
+
+# ---------------------------------------------------------------------------
+# Tracing and classification
+# ---------------------------------------------------------------------------
+
+
+def _trace(model: nn.Module) -> fx.GraphModule:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"convert needs a torch.nn.Module, not {type(model).__name__}")
+    quantized = [n or type(model).__name__ for n, m in model.named_modules() if isinstance(m, qnn.QuantizedModule)]
+    if quantized:
+        raise ConversionError(
+            f"the model already contains qfx layers ({', '.join(quantized[:5])}); convert takes a float model"
+        )
+    root = copy.deepcopy(model)
+    try:
+        graph = fx.Tracer().trace(root)
+    except Exception as err:  # torch.fx raises many types (TraceError, TypeError, ...)
+        raise ConversionError(
+            f"torch.fx could not trace {type(model).__name__}.forward: {type(err).__name__}: {err}. "
+            "qfx.convert needs a forward without data-dependent control flow"
+        ) from err
+    return fx.GraphModule(root, graph, class_name=f"Q{type(model).__name__}")
+
+
+def _module_kind(m: nn.Module) -> "str | None":
+    if isinstance(m, _REMOVED):
+        return "removed"
+    for cls, kind in _MODULE_KINDS:
+        if isinstance(m, cls):
+            return kind
+    return None
+
+
+def _fn_name(target: Any) -> str:
+    mod = getattr(target, "__module__", None) or ""
+    name = getattr(target, "__name__", repr(target))
+    return f"{mod}.{name}" if mod else name
+
+
+def _classify(gm: fx.GraphModule) -> tuple[dict[fx.Node, str], dict[str, str]]:
+    """``({node: kind}, {layer name: kind})``; raises for anything unsupported (all at once)."""
+    node_kind: dict[fx.Node, str] = {}
+    names: dict[str, str] = {}
+    problems: list[str] = []
+    calls: dict[str, int] = {}
+    for node in gm.graph.nodes:
+        if node.op in ("placeholder", "output"):
+            continue
+        if node.op == "call_module":
+            m = gm.get_submodule(node.target)
+            kind = _module_kind(m)
+            if kind is None:
+                problems.append(f"module {node.target!r} ({type(m).__module__}.{type(m).__name__})")
+                continue
+            calls[node.target] = calls.get(node.target, 0) + 1
+            if kind in ("Linear", "Conv2d", "BatchNorm2d") and calls[node.target] > 1:
+                problems.append(
+                    f"module {node.target!r} ({kind}) is called more than once; qfx needs one call per "
+                    "layer with weights (each call is a hardware instance): use separate modules"
+                )
+                continue
+            if kind == "MaxPool2d" and m.return_indices:
+                problems.append(f"module {node.target!r} (MaxPool2d with return_indices=True)")
+                continue
+            node_kind[node] = kind
+            if kind != "removed":
+                names[node.target] = kind
+            continue
+        if node.op in ("call_function", "call_method"):
+            table = _FUNCTION_KINDS if node.op == "call_function" else _METHOD_KINDS
+            kind = table.get(node.target)
+            label = _fn_name(node.target) if node.op == "call_function" else f"method .{node.target}()"
+            if kind is None:
+                problems.append(f"{label} (node {node.name!r})")
+                continue
+            why = _check_call(node, kind)
+            if why:
+                problems.append(f"{label} (node {node.name!r}): {why}")
+                continue
+            node_kind[node] = kind
+            names[node.name] = kind
+            continue
+        # get_attr: a parameter or buffer used directly in forward
+        problems.append(f"{node.op} {node.target!r} (node {node.name!r}): parameters used outside a supported layer")
+    if problems:
+        raise ConversionError(
+            "qfx.convert cannot convert:\n  - " + "\n  - ".join(problems) + "\n" + _supported_text()
+        )
+    return node_kind, names
+
+
+def _check_call(node: fx.Node, kind: str) -> "str | None":
+    args, kwargs = list(node.args), dict(node.kwargs)
+    if kind == "add":
+        alpha = kwargs.pop("alpha", 1)
+        if len(args) > 2:
+            alpha = args[2]
+        if alpha != 1:
+            return "alpha != 1 is not supported"
+        other = args[1] if len(args) > 1 else kwargs.pop("other", None)
+        kwargs.pop("other", None)
+        if kwargs:
+            return f"unsupported keyword arguments {sorted(kwargs)}"
+        if not (isinstance(args[0], fx.Node) and isinstance(other, fx.Node)):
+            return "only the sum of two tensors is supported (not a constant)"
+        if args[0] is other:
+            return None
+        return None
+    if kind == "ReLU":
+        inplace = kwargs.pop("inplace", False)
+        if kwargs or len(args) > 2 or (len(args) == 2 and not isinstance(args[1], bool)):
+            return "unsupported arguments"
+        del inplace
+        return None
+    if kind == "Flatten":
+        dims = args[1:] + [kwargs.pop("start_dim", None), kwargs.pop("end_dim", None)]
+        if kwargs or any(isinstance(d, fx.Node) for d in dims) or len(args) > 3:
+            return "start_dim and end_dim must be constants"
+        return None
+    return None
+
+
+def _flatten_dims(node: fx.Node) -> tuple[int, int]:
+    args, kwargs = list(node.args), dict(node.kwargs)
+    start = args[1] if len(args) > 1 else kwargs.get("start_dim", 0)
+    end = args[2] if len(args) > 2 else kwargs.get("end_dim", -1)
+    return int(start), int(end)
+
+
+def layer_names(model: nn.Module) -> dict[str, str]:
+    """``{layer name: kind}`` of the layers :func:`convert` would create (config ``layers:`` keys).
+
+    Identity and Dropout modules, which are removed, are not listed.
+    """
+    _, names = _classify(_trace(model))
+    return names
+
+
+# ---------------------------------------------------------------------------
+# Conversion
+# ---------------------------------------------------------------------------
+
+
+def _build(kind: str, float_module: "nn.Module | None", node: fx.Node, cfg: LayerConfig) -> nn.Module:
+    m = float_module
+    if kind == "Linear":
+        return qnn.QLinear.from_float(m, config=cfg)
+    if kind == "Conv2d":
+        return qnn.QConv2d.from_float(m, config=cfg)
+    if kind == "BatchNorm2d":
+        q = qnn.QBatchNorm2d.from_float(m, config=cfg)
+        return q.to(device=m.weight.device) if m.weight is not None else q
+    if kind == "ReLU":
+        return qnn.QReLU(config=cfg)
+    if kind == "ReLU6":
+        return qnn.QReLU6(config=cfg)
+    if kind == "LeakyReLU":
+        return qnn.QLeakyReLU(m.negative_slope, config=cfg)
+    if kind == "MaxPool2d":
+        return qnn.QMaxPool2d(m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode, config=cfg)
+    if kind == "AvgPool2d":
+        return qnn.QAvgPool2d(
+            m.kernel_size, m.stride, m.padding, m.ceil_mode, m.count_include_pad, m.divisor_override, config=cfg
+        )
+    if kind == "Flatten":
+        if m is not None:
+            return qnn.QFlatten(m.start_dim, m.end_dim)
+        return qnn.QFlatten(*_flatten_dims(node))
+    if kind == "add":
+        return qnn.QAdd(config=cfg)
+    raise AssertionError(kind)  # pragma: no cover
+
+
+def convert(
+    model: nn.Module,
+    config: "str | Path | Mapping[str, Any] | None" = None,
+    *,
+    fold_bn: "bool | None" = None,
+) -> fx.GraphModule:
+    """A qfx model computing ``model`` with the formats of ``config`` (see the module docstring).
+
+    Parameters
+    ----------
+    model : nn.Module
+        The float model (left unchanged). Its train/eval mode is kept.
+    config : str, Path, dict or None
+        The quantization config (YAML path or mapping); ``None`` uses
+        :data:`DEFAULT_CONFIG`.
+    fold_bn : bool, optional
+        Overrides the config's ``fold_bn``.
+
+    Returns
+    -------
+    torch.fx.GraphModule
+        Submodules at the float model's module names (``add``-style names for
+        function calls); ``meta["qfx"]`` holds the resolved per-layer configs.
+
+    Raises
+    ------
+    ValueError (:class:`ConversionError`)
+        Unsupported modules or functions (all listed), unknown layer names
+        or kinds in the config (with close matches), invalid formats (with
+        the layer name).
+    """
+    cfg = load_config(config)
+    if fold_bn is not None:
+        cfg["fold_bn"] = bool(fold_bn)
+    gm = _trace(model)
+    node_kind, names = _classify(gm)
+    unknown = [n for n in cfg["layers"] if n not in names]
+    if unknown:
+        lines = []
+        for n in unknown:
+            close = difflib.get_close_matches(n, names, n=3, cutoff=0.5)
+            lines.append(f"{n!r}" + (f" (close: {', '.join(close)})" if close else ""))
+        raise ConversionError(
+            f"config 'layers' names {len(unknown)} layer(s) the model does not have: {'; '.join(lines)}. "
+            f"Layers of {type(model).__name__}: {', '.join(names)}"
+        )
+
+    graph = gm.graph
+    folded: dict[str, str] = {}
+    if cfg["fold_bn"]:
+        for node in list(graph.nodes):
+            if node_kind.get(node) != "BatchNorm2d":
+                continue
+            src = node.args[0]
+            if isinstance(src, fx.Node) and node_kind.get(src) == "Conv2d" and len(src.users) == 1:
+                folded[node.target] = src.target
+
+    layers_meta: dict[str, dict[str, Any]] = {}
+
+    def layer_config(kind: str, name: str) -> LayerConfig:
+        try:
+            return LayerConfig.from_dict(_resolve(cfg, kind, name))
+        except (ValueError, TypeError) as err:
+            raise ConversionError(f"layer {name!r} ({kind}): {err}") from None
+
+    conv_for_bn = {conv: bn for bn, conv in folded.items()}
+    for node in list(graph.nodes):
+        kind = node_kind.get(node)
+        if kind is None:
+            continue
+        if kind == "removed":
+            node.replace_all_uses_with(node.args[0])
+            graph.erase_node(node)
+            continue
+        if node.op == "call_module":
+            name = node.target
+            if kind == "BatchNorm2d" and name in folded:
+                node.replace_all_uses_with(node.args[0])
+                graph.erase_node(node)
+                continue
+            float_m = gm.get_submodule(name)
+            lcfg = layer_config(kind, name)
+            try:
+                if kind == "Conv2d" and name in conv_for_bn:
+                    bn = gm.get_submodule(conv_for_bn[name])
+                    q = qnn.fold_batchnorm(qnn.QConv2d.from_float(float_m, config=lcfg), bn)
+                    q.train(float_m.training)
+                else:
+                    q = _build(kind, float_m, node, lcfg)
+            except (ValueError, TypeError) as err:
+                raise ConversionError(f"layer {name!r} ({kind}): {err}") from None
+            q.train(float_m.training)
+            gm.add_submodule(name, q)
+        else:
+            name = node.name
+            if hasattr(gm, name):
+                raise ConversionError(
+                    f"the model has an attribute {name!r}, the name torch.fx gives the {kind} node "
+                    f"{node.format_node()}; rename that attribute"
+                )
+            lcfg = layer_config(kind, name)
+            try:
+                q = _build(kind, None, node, lcfg)
+            except (ValueError, TypeError) as err:
+                raise ConversionError(f"layer {name!r} ({kind}): {err}") from None
+            q.train(model.training)
+            gm.add_submodule(name, q)
+            x = node.args[0]
+            if kind == "add":
+                other = node.args[1] if len(node.args) > 1 else node.kwargs["other"]
+                node.args = (x, other)
+            else:
+                node.args = (x,)
+            node.kwargs = {}
+            node.op = "call_module"
+            node.target = name
+        layers_meta[name] = {"kind": kind, "config": lcfg.to_dict()}
+    graph.lint()
+    gm.delete_all_unused_submodules()
+    gm.recompile()
+    gm.train(model.training)
+    gm.meta["qfx"] = {
+        "layers": layers_meta,
+        "folded_batchnorms": dict(folded),
+        "fold_bn": cfg["fold_bn"],
+        "config": {k: cfg[k] for k in ("default", "types", "layers")},
+    }
+    return gm

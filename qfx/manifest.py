@@ -1,0 +1,885 @@
+"""The manifest: the contract between the ML half and the hardware half of qfx.
+
+An exported model is a folder holding two files:
+
+``manifest.yaml``
+    The graph, versioned (``version: 1``), nodes in topological order.
+``tensors.npz``
+    Every constant as integers (int64): fixed-point and K-hot values as codes
+    in units of their lsb (``value = code * 2**-frac_bits``), minifloat
+    weights as bit patterns (``sign | exponent field | mantissa field``),
+    K-hot digit decompositions as ``shifts`` / ``signs`` (``code = sum(signs
+    << shifts)``, most significant digit first, unused slots sign 0).
+
+Schema, version 1 (an excerpt of a real export: a residual block)::
+
+    schema: qfx.manifest
+    version: 1
+    generator: qfx 0.1.0
+    model: Residual               # class name of the exported module (information only)
+    tensors: tensors.npz
+    input: x                      # name of the single op=input node
+    output: output_node           # name of the single op=output node
+    nodes:
+    - name: x
+      op: input
+      source: x                   # original name: forward argument, module path, fx node of a function
+      inputs: []
+      input_shapes: []
+      output_shape: [2, 6, 6]     # shapes never include the batch dimension
+      params: {}
+      formats:
+        output: ap_fixed<8,3,AP_RND,AP_SAT>
+      arrays: {}
+    - name: body_conv1
+      op: conv2d
+      source: body.conv1
+      inputs: [stem]
+      input_shapes: [[4, 6, 6]]
+      output_shape: [4, 6, 6]
+      params:
+        in_channels: 4
+        out_channels: 4
+        kernel: [3, 3]
+        stride: [1, 1]
+        padding: [1, 1]
+        dilation: [1, 1]
+        groups: 1
+        bias: true
+        multiply: exact           # or lmul
+        accum_order: [bias, in_channel, kernel_row, kernel_col]   # loop nest, outer to inner
+        accum_exact: true         # accum can neither round nor overflow: any order gives the same bits
+      formats:
+        input: ap_fixed<9,3,AP_RND,AP_SAT>
+        weight: ap_fixed<8,1,AP_RND_CONV,AP_SAT>    # or khot<2,ap_fixed<8,1>>, fp8_e4m3fn, [per-channel list]
+        bias: ap_fixed<12,4,AP_RND>
+        accum: ap_fixed<24,11>    # 'auto' resolved
+        output: ap_fixed<9,3,AP_RND,AP_SAT>
+      arrays:
+        weight: body_conv1.weight
+        bias: body_conv1.bias
+    - name: add
+      op: add
+      source: add
+      inputs: [stem, body_conv2]
+      input_shapes: [[4, 6, 6], [4, 6, 6]]
+      output_shape: [4, 6, 6]
+      params: {}
+      formats:
+        in_a: ap_fixed<10,4,AP_RND>
+        in_b: ap_fixed<9,3,AP_RND,AP_SAT>
+        output: ap_fixed<8,3,AP_RND_ZERO,AP_WRAP_SM>
+      arrays: {}
+
+Params per op (:data:`OPS`): dense ``in_features, out_features, bias,
+multiply, accum_order, accum_exact``; conv2d ``in_channels, out_channels,
+kernel, stride, padding, dilation, groups`` and the dense ones but the feature
+counts; batchnorm ``num_features``; leaky_relu ``slope_shift`` (slope
+``2**-s``); maxpool2d ``kernel, stride, padding, dilation, ceil_mode``;
+avgpool2d ``kernel, stride, padding, divisor`` (zero padding counted; a
+``reciprocal`` format and array when the divisor is not a power of two);
+flatten ``start_dim, end_dim`` (inclusive, counted without the batch
+dimension); relu, relu6, add, input, output none.
+
+Node fields (all required):
+
+``name``
+    Unique, a valid C++ and Verilog identifier (``[A-Za-z_][A-Za-z0-9_]*``, no
+    keyword, no double underscore); ``source`` keeps the original name.
+``op``
+    One of :data:`OPS`.
+``inputs`` / ``input_shapes``
+    Producer node names (earlier in the list) and the shapes they deliver.
+``output_shape``
+    Shape of this node's output, without the batch dimension.
+``params``
+    The op's parameters (:data:`OPS` lists them per op).
+``formats``
+    Every tensor's format as spelled by ``str(fmt)`` (``qfx.parse_type`` reads
+    it back). ``output`` is the format of the codes the node emits; ``input``
+    (``in_a`` / ``in_b`` for add) the format the node casts its operand to on
+    entry (``cast(producer codes, input)``; equal to the producer's output
+    format where the layer takes its input as it comes). ``accum`` is always a
+    concrete FixedType (``auto`` is resolved); ``params.accum_exact`` says
+    whether it can round or overflow at all. A per-channel weight format is a
+    list of spellings, one per output channel.
+``arrays``
+    Role -> key in ``tensors.npz``: ``weight``, ``bias``,
+    ``weight_khot_shifts``, ``weight_khot_signs`` (dense / conv2d), ``scale``,
+    ``shift`` (batchnorm), ``reciprocal`` (avgpool2d with a divisor that is
+    not a power of two).
+
+Op semantics (what the reference interpreter, the HLS C++ and the RTL compute)
+are documented in :mod:`qfx.reference`.
+
+:func:`load` validates everything it reads and raises :class:`ManifestError`
+(a ``ValueError``) naming the file, the node and the problem.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import yaml
+
+from .nn.accumulate import auto_accumulator, holds_all_values, product_type, weight_hull
+from .nn.quantizer import envelope
+from .types import FixedType, Format, KHot, MinifloatType, parse_type
+
+__all__ = [
+    "SCHEMA",
+    "SCHEMA_VERSION",
+    "MANIFEST_FILE",
+    "TENSORS_FILE",
+    "OPS",
+    "OpSpec",
+    "Node",
+    "Manifest",
+    "ManifestError",
+    "load",
+    "infer_output_shape",
+    "is_valid_name",
+    "sanitize_name",
+    "mac_product_format",
+    "mac_auto_accum",
+    "accum_is_exact",
+    "weight_envelope",
+]
+
+SCHEMA = "qfx.manifest"
+SCHEMA_VERSION = 1
+MANIFEST_FILE = "manifest.yaml"
+TENSORS_FILE = "tensors.npz"
+
+
+class ManifestError(ValueError):
+    """A manifest that cannot be read or does not satisfy the schema."""
+
+
+# ---------------------------------------------------------------------------
+# The schema
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    """What a node of one op kind carries."""
+
+    n_inputs: int
+    formats: tuple[str, ...]
+    optional_formats: tuple[str, ...] = ()
+    params: tuple[str, ...] = ()
+
+
+_MAC_FORMATS = ("input", "weight", "accum", "output")
+DENSE_ORDER = ["bias", "in_feature"]
+CONV_ORDER = ["bias", "in_channel", "kernel_row", "kernel_col"]
+
+#: Every op kind of schema version 1.
+OPS: dict[str, OpSpec] = {
+    "input": OpSpec(0, ("output",)),
+    "output": OpSpec(1, ("output",)),
+    "dense": OpSpec(
+        1,
+        _MAC_FORMATS,
+        ("bias",),
+        ("in_features", "out_features", "bias", "multiply", "accum_order", "accum_exact"),
+    ),
+    "conv2d": OpSpec(
+        1,
+        _MAC_FORMATS,
+        ("bias",),
+        (
+            "in_channels",
+            "out_channels",
+            "kernel",
+            "stride",
+            "padding",
+            "dilation",
+            "groups",
+            "bias",
+            "multiply",
+            "accum_order",
+            "accum_exact",
+        ),
+    ),
+    "batchnorm": OpSpec(1, ("input", "scale", "shift", "output"), (), ("num_features",)),
+    "relu": OpSpec(1, ("input", "output")),
+    "relu6": OpSpec(1, ("input", "output")),
+    "leaky_relu": OpSpec(1, ("input", "output"), (), ("slope_shift",)),
+    "add": OpSpec(2, ("in_a", "in_b", "output")),
+    "maxpool2d": OpSpec(1, ("input", "output"), (), ("kernel", "stride", "padding", "dilation", "ceil_mode")),
+    "avgpool2d": OpSpec(1, ("input", "output"), ("reciprocal",), ("kernel", "stride", "padding", "divisor")),
+    "flatten": OpSpec(1, ("input", "output"), (), ("start_dim", "end_dim")),
+}
+
+TOP_KEYS = ("schema", "version", "generator", "model", "tensors", "input", "output", "nodes")
+NODE_KEYS = ("name", "op", "source", "inputs", "input_shapes", "output_shape", "params", "formats", "arrays")
+ARRAY_ROLES = ("weight", "bias", "weight_khot_shifts", "weight_khot_signs", "scale", "shift", "reciprocal")
+MULTIPLY_MODES = ("exact", "lmul")
+
+_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+# C++ (incl. alternative tokens) and Verilog / SystemVerilog keywords: no node may be called so.
+_KEYWORDS = frozenset(
+    """
+    alignas alignof and and_eq asm auto bitand bitor bool break case catch char char8_t char16_t char32_t
+    class compl concept const consteval constexpr constinit const_cast continue co_await co_return co_yield
+    decltype default delete do double dynamic_cast else enum explicit export extern false float for friend
+    goto if inline int long mutable namespace new noexcept not not_eq nullptr operator or or_eq private
+    protected public register reinterpret_cast requires return short signed sizeof static static_assert
+    static_cast struct switch template this thread_local throw true try typedef typeid typename union
+    unsigned using virtual void volatile wchar_t while xor xor_eq main
+    accept_on alias always always_comb always_ff always_latch assert assign assume automatic before begin
+    bind bins binsof bit buf bufif0 bufif1 byte casex casez cell chandle checker clocking cmos config cover
+    covergroup coverpoint cross deassign defparam design disable dist edge else end endcase endchecker
+    endclass endclocking endconfig endfunction endgenerate endgroup endinterface endmodule endpackage
+    endprimitive endprogram endproperty endspecify endsequence endtable endtask event eventually expect
+    extends final first_match force foreach forever fork forkjoin function generate genvar global highz0
+    highz1 iff ifnone ignore_bins illegal_bins implements implies import incdir include initial inout input
+    inside instance integer interconnect interface intersect join join_any join_none large let liblist
+    library local localparam logic longint macromodule matches medium modport module nand negedge
+    nettype nexttime nmos nor noshowcancelled notif0 notif1 null output package packed parameter pmos
+    posedge primitive priority program property pulldown pullup pulsestyle_ondetect pulsestyle_onevent
+    pure rand randc randcase randsequence rcmos real realtime ref reg reject_on release repeat restrict
+    rnmos rpmos rtran rtranif0 rtranif1 s_always s_eventually s_nexttime s_until s_until_with scalared
+    sequence shortint shortreal showcancelled small soft solve specify specparam strong strong0 strong1
+    string sync_accept_on sync_reject_on table tagged task time timeprecision timeunit tran tranif0 tranif1
+    tri tri0 tri1 triand trior trireg type unique unique0 until until_with untyped use uwire var vectored
+    virtual wait wait_order wand weak weak0 weak1 wildcard wire with within wor xnor
+    """.split()
+)
+
+
+def is_valid_name(name: object) -> bool:
+    """Whether ``name`` is usable as a C++ and Verilog identifier (see :func:`sanitize_name`)."""
+    return (
+        isinstance(name, str)
+        and bool(_NAME_RE.match(name))
+        and "__" not in name
+        and not name.startswith("_")
+        and name not in _KEYWORDS
+    )
+
+
+def sanitize_name(text: str, taken: "set[str] | None" = None) -> str:
+    """A valid, unique identifier from an original name (module path, function, argument).
+
+    Characters outside ``[A-Za-z0-9_]`` become ``_``, runs of ``_`` collapse,
+    leading/trailing ``_`` go; a leading digit gets ``n`` in front, a keyword
+    ``_node`` behind. If ``taken`` is given, ``_2``, ``_3``, ... make the name
+    unique and it is added to ``taken``.
+    """
+    s = re.sub(r"[^A-Za-z0-9_]", "_", str(text))
+    s = re.sub(r"_+", "_", s).strip("_") or "node"
+    if s[0].isdigit():
+        s = "n" + s
+    if s in _KEYWORDS:
+        s += "_node"
+    if taken is not None:
+        base, i = s, 2
+        while s in taken:
+            s = f"{base}_{i}"
+            i += 1
+        taken.add(s)
+    return s
+
+
+# ---------------------------------------------------------------------------
+# Format helpers shared by export, load and the reference
+# ---------------------------------------------------------------------------
+
+def weight_envelope(fmt: "Format | tuple[FixedType, ...]") -> Format:
+    """The single format covering a per-channel weight format (finest lsb, widest range)."""
+    return envelope(fmt)
+
+
+def weight_grid(fmt: Format) -> FixedType:
+    """The FixedType on whose grid weight values are multiplied (K-hot base, minifloat hull, itself)."""
+    return weight_hull(fmt)
+
+
+def mac_product_format(input_fmt: FixedType, weight_fmt: "Format | tuple[FixedType, ...]", multiply: str) -> FixedType:
+    """The type P of every product ``x[k] * w[k]`` (:func:`qfx.nn.product_type`; ValueError beyond 64 bits)."""
+    return product_type(input_fmt, envelope(weight_fmt), multiply)
+
+
+def mac_auto_accum(product: FixedType, n_terms: int, bias: "FixedType | None") -> FixedType:
+    """``accum: auto`` (:func:`qfx.nn.auto_accumulator`; ValueError beyond 64 bits)."""
+    return auto_accumulator(product, n_terms, bias)
+
+
+def accum_is_exact(formats: Mapping[str, Any], multiply: str, n_terms: int) -> bool:
+    """Whether the accumulator of a dense / conv2d node can never round or overflow."""
+    try:
+        auto = mac_auto_accum(
+            mac_product_format(formats["input"], formats["weight"], multiply), n_terms, formats.get("bias")
+        )
+    except ValueError:
+        return False
+    return holds_all_values(formats["accum"], auto)
+
+
+# ---------------------------------------------------------------------------
+# The dataclass tree
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Node:
+    """One node of the graph, parsed and validated.
+
+    ``formats`` maps tensor names to format objects (a tuple of FixedTypes for
+    a per-channel weight format); ``arrays`` maps roles to the int64 arrays
+    from ``tensors.npz``; ``array_keys`` maps roles to their npz keys.
+    """
+
+    name: str
+    op: str
+    source: str
+    inputs: tuple[str, ...]
+    input_shapes: tuple[tuple[int, ...], ...]
+    output_shape: tuple[int, ...]
+    params: dict[str, Any]
+    formats: dict[str, Any]
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    array_keys: dict[str, str] = field(default_factory=dict)
+
+    def format(self, name: str) -> Any:
+        return self.formats[name]
+
+    @property
+    def output_format(self) -> FixedType:
+        return self.formats["output"]
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A loaded manifest: nodes in topological order plus the top-level fields."""
+
+    version: int
+    nodes: tuple[Node, ...]
+    input: str
+    output: str
+    model: str = ""
+    generator: str = ""
+    path: "Path | None" = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_by_name", {n.name: n for n in self.nodes})
+
+    def node(self, name: str) -> Node:
+        try:
+            return self._by_name[name]  # type: ignore[attr-defined]
+        except KeyError:
+            hint = _suggest(name, list(self._by_name))  # type: ignore[attr-defined]
+            raise KeyError(f"no node {name!r} in the manifest{hint}") from None
+
+    def __getitem__(self, name: str) -> Node:
+        return self.node(name)
+
+    def __iter__(self):
+        return iter(self.nodes)
+
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+    @property
+    def names(self) -> list[str]:
+        return [n.name for n in self.nodes]
+
+    @property
+    def input_node(self) -> Node:
+        return self.node(self.input)
+
+    @property
+    def output_node(self) -> Node:
+        return self.node(self.output)
+
+
+# ---------------------------------------------------------------------------
+# Shape inference (shared by validation and export)
+# ---------------------------------------------------------------------------
+
+
+def _pool_out(size: int, k: int, s: int, p: int, d: int, ceil_mode: bool) -> int:
+    span = size + 2 * p - d * (k - 1) - 1
+    if ceil_mode:
+        out = -(-span // s) + 1
+        if (out - 1) * s >= size + p:  # the last window must start inside the input or left padding
+            out -= 1
+    else:
+        out = span // s + 1
+    return out
+
+
+def infer_output_shape(op: str, params: Mapping[str, Any], input_shapes: Sequence[Sequence[int]]) -> tuple[int, ...]:
+    """The output shape (no batch dimension) an op computes; raises ValueError with the reason."""
+    shapes = [tuple(int(v) for v in s) for s in input_shapes]
+    if op == "input":
+        raise ValueError("the input node's shape is given, not inferred")
+    x = shapes[0]
+    if op in ("output", "relu", "relu6", "leaky_relu", "batchnorm"):
+        if op == "batchnorm":
+            if len(x) != 3 or x[0] != params["num_features"]:
+                raise ValueError(f"batchnorm needs input [{params['num_features']}, H, W], got {list(x)}")
+        return x
+    if op == "add":
+        if shapes[0] != shapes[1]:
+            raise ValueError(f"add needs operands of the same shape, got {list(shapes[0])} and {list(shapes[1])}")
+        return x
+    if op == "dense":
+        if len(x) < 1 or x[-1] != params["in_features"]:
+            raise ValueError(f"dense needs input [..., {params['in_features']}], got {list(x)}")
+        return x[:-1] + (int(params["out_features"]),)
+    if op == "flatten":
+        start, end = int(params["start_dim"]), int(params["end_dim"])
+        if not 0 <= start <= end < len(x):
+            raise ValueError(f"flatten dims {start}..{end} do not fit input {list(x)}")
+        return x[:start] + (math.prod(x[start : end + 1]),) + x[end + 1 :]
+    if len(x) != 3:
+        raise ValueError(f"{op} needs input [C, H, W], got {list(x)}")
+    c, h, w = x
+    k, s, p = params["kernel"], params["stride"], params["padding"]
+    if op == "conv2d":
+        d = params["dilation"]
+        if c != params["in_channels"]:
+            raise ValueError(f"conv2d needs {params['in_channels']} input channels, got {c}")
+        ho = (h + 2 * p[0] - d[0] * (k[0] - 1) - 1) // s[0] + 1
+        wo = (w + 2 * p[1] - d[1] * (k[1] - 1) - 1) // s[1] + 1
+        out = (int(params["out_channels"]), ho, wo)
+    elif op == "maxpool2d":
+        d = params["dilation"]
+        ceil = bool(params["ceil_mode"])
+        out = (c, _pool_out(h, k[0], s[0], p[0], d[0], ceil), _pool_out(w, k[1], s[1], p[1], d[1], ceil))
+    elif op == "avgpool2d":
+        out = (c, _pool_out(h, k[0], s[0], p[0], 1, False), _pool_out(w, k[1], s[1], p[1], 1, False))
+    else:
+        raise ValueError(f"unknown op {op!r}")
+    if out[1] < 1 or out[2] < 1:
+        raise ValueError(f"{op} with kernel {list(k)} gives an empty output for input {list(x)}")
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Loading and validation
+# ---------------------------------------------------------------------------
+
+
+def _suggest(word: str, options: Sequence[str]) -> str:
+    close = difflib.get_close_matches(str(word), list(options), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that rejects duplicate mapping keys (PyYAML silently keeps the last)."""
+
+
+def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    loader.flatten_mapping(node)
+    out: dict = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in out:
+            mark = key_node.start_mark
+            raise ManifestError(f"line {mark.line + 1}: duplicate key {key!r}")
+        out[key] = loader.construct_object(value_node, deep=deep)
+    return out
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+class _Checker:
+    """Collects the context (file, node) for error messages."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def fail(self, where: str, problem: str) -> "ManifestError":
+        return ManifestError(f"{self.path}: {where}: {problem}")
+
+    def keys(self, where: str, mapping: Any, required: Sequence[str], optional: Sequence[str] = (), what: str = "key") -> None:
+        if not isinstance(mapping, dict):
+            raise self.fail(where, f"expected a mapping, got {type(mapping).__name__} {mapping!r}")
+        allowed = list(required) + list(optional)
+        for k in mapping:
+            if k not in allowed:
+                raise self.fail(where, f"unknown {what} {k!r}{_suggest(str(k), allowed)}; valid {what}s: {', '.join(allowed)}")
+        for k in required:
+            if k not in mapping:
+                raise self.fail(where, f"missing required {what} {k!r}")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _shape(ck: _Checker, where: str, value: Any, what: str) -> tuple[int, ...]:
+    if not isinstance(value, list) or not all(_is_int(v) and v >= 1 for v in value):
+        raise ck.fail(where, f"{what} must be a list of positive ints, got {value!r}")
+    return tuple(value)
+
+
+def _pair(ck: _Checker, where: str, params: dict, key: str, minimum: int) -> tuple[int, int]:
+    v = params[key]
+    if not (isinstance(v, list) and len(v) == 2 and all(_is_int(a) and a >= minimum for a in v)):
+        raise ck.fail(where, f"params.{key} must be a list of two ints >= {minimum}, got {v!r}")
+    return (v[0], v[1])
+
+
+def _int_param(ck: _Checker, where: str, params: dict, key: str, minimum: int) -> int:
+    v = params[key]
+    if not _is_int(v) or v < minimum:
+        raise ck.fail(where, f"params.{key} must be an int >= {minimum}, got {v!r}")
+    return v
+
+
+def _bool_param(ck: _Checker, where: str, params: dict, key: str) -> bool:
+    v = params[key]
+    if not isinstance(v, bool):
+        raise ck.fail(where, f"params.{key} must be true or false, got {v!r}")
+    return v
+
+
+def _check_params(ck: _Checker, where: str, op: str, params: dict) -> dict:
+    p = dict(params)
+    if op in ("dense", "conv2d"):
+        for key in ("in_features", "out_features") if op == "dense" else ("in_channels", "out_channels", "groups"):
+            _int_param(ck, where, p, key, 1)
+        _bool_param(ck, where, p, "bias")
+        _bool_param(ck, where, p, "accum_exact")
+        if p["multiply"] not in MULTIPLY_MODES:
+            raise ck.fail(where, f"params.multiply must be one of {MULTIPLY_MODES}, got {p['multiply']!r}")
+        order = DENSE_ORDER if op == "dense" else CONV_ORDER
+        if p["accum_order"] != order:
+            raise ck.fail(where, f"params.accum_order must be {order} (the only order schema {SCHEMA_VERSION} defines), got {p['accum_order']!r}")
+        if op == "conv2d":
+            p["kernel"] = _pair(ck, where, p, "kernel", 1)
+            p["stride"] = _pair(ck, where, p, "stride", 1)
+            p["padding"] = _pair(ck, where, p, "padding", 0)
+            p["dilation"] = _pair(ck, where, p, "dilation", 1)
+            if p["in_channels"] % p["groups"] or p["out_channels"] % p["groups"]:
+                raise ck.fail(where, f"groups={p['groups']} must divide in_channels={p['in_channels']} and out_channels={p['out_channels']}")
+    elif op == "batchnorm":
+        _int_param(ck, where, p, "num_features", 1)
+    elif op == "leaky_relu":
+        _int_param(ck, where, p, "slope_shift", 1)
+    elif op in ("maxpool2d", "avgpool2d"):
+        p["kernel"] = _pair(ck, where, p, "kernel", 1)
+        p["stride"] = _pair(ck, where, p, "stride", 1)
+        p["padding"] = _pair(ck, where, p, "padding", 0)
+        if op == "maxpool2d":
+            p["dilation"] = _pair(ck, where, p, "dilation", 1)
+            _bool_param(ck, where, p, "ceil_mode")
+            if any(2 * pad > k for pad, k in zip(p["padding"], p["kernel"])):
+                raise ck.fail(where, f"padding {list(p['padding'])} must be at most half the kernel {list(p['kernel'])}")
+        else:
+            _int_param(ck, where, p, "divisor", 1)
+    elif op == "flatten":
+        _int_param(ck, where, p, "start_dim", 0)
+        _int_param(ck, where, p, "end_dim", 0)
+    return p
+
+
+_FIXED_ONLY = ("input", "bias", "accum", "output", "scale", "shift", "reciprocal", "in_a", "in_b")
+
+
+def _parse_formats(ck: _Checker, where: str, op: str, spec: OpSpec, formats: Any, params: dict) -> dict:
+    ck.keys(where + " formats", formats, spec.formats, spec.optional_formats, what="format")
+    out: dict[str, Any] = {}
+    for key, spelling in formats.items():
+        if key == "weight" and isinstance(spelling, list):
+            if not spelling:
+                raise ck.fail(where, "formats.weight: an empty per-channel list")
+            fmts = []
+            for i, s in enumerate(spelling):
+                fmts.append(_parse_one(ck, where, f"weight[{i}]", s))
+            if not all(isinstance(t, FixedType) for t in fmts):
+                raise ck.fail(where, "formats.weight: a per-channel weight format must list fixed-point formats")
+            if len({(t.width, t.signed, t.rounding, t.overflow) for t in fmts}) != 1:
+                raise ck.fail(where, "formats.weight: per-channel formats must share word length, signedness and modes")
+            out[key] = tuple(fmts)
+            continue
+        t = _parse_one(ck, where, key, spelling)
+        if key in _FIXED_ONLY and not isinstance(t, FixedType):
+            raise ck.fail(where, f"formats.{key} must be a fixed-point format (ap_fixed/ap_ufixed/ap_int), not {spelling}")
+        out[key] = t
+    if op in ("dense", "conv2d"):
+        if params["bias"] != ("bias" in out):
+            raise ck.fail(where, "params.bias is " + str(params["bias"]).lower() + " but formats.bias is " + ("present" if "bias" in out else "missing"))
+        if params["multiply"] == "lmul" and not isinstance(out["weight"], MinifloatType):
+            raise ck.fail(where, f"multiply: lmul needs a minifloat weight format, not {formats['weight']}")
+        n_out = params["out_features" if op == "dense" else "out_channels"]
+        if isinstance(out["weight"], tuple) and len(out["weight"]) != n_out:
+            raise ck.fail(where, f"formats.weight lists {len(out['weight'])} per-channel formats for {n_out} output channels")
+    return out
+
+
+def _parse_one(ck: _Checker, where: str, key: str, spelling: Any) -> Format:
+    if not isinstance(spelling, str):
+        raise ck.fail(where, f"formats.{key} must be a format spelling (str), got {spelling!r}")
+    try:
+        return parse_type(spelling)
+    except (ValueError, TypeError) as err:
+        raise ck.fail(where, f"formats.{key}: {err}") from None
+
+
+def _expected_arrays(op: str, params: dict, formats: dict, input_shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+    """Role -> expected shape of every array a node must reference."""
+    if op == "dense":
+        w = (params["out_features"], params["in_features"])
+    elif op == "conv2d":
+        w = (params["out_channels"], params["in_channels"] // params["groups"], *params["kernel"])
+    elif op == "batchnorm":
+        return {"scale": (params["num_features"],), "shift": (params["num_features"],)}
+    elif op == "avgpool2d":
+        return {"reciprocal": ()} if "reciprocal" in formats else {}
+    else:
+        return {}
+    out = {"weight": w}
+    if params["bias"]:
+        out["bias"] = (w[0],)
+    if isinstance(formats["weight"], KHot):
+        out["weight_khot_shifts"] = w + (formats["weight"].k,)
+        out["weight_khot_signs"] = w + (formats["weight"].k,)
+    return out
+
+
+def _code_range(fmt: Any, where: str, ck: _Checker, role: str, a: np.ndarray) -> None:
+    """Codes within their formats' ranges; K-hot representable; minifloat finite."""
+    if a.size == 0:
+        return
+    if isinstance(fmt, MinifloatType):
+        if a.min() < 0 or a.max() >= (1 << fmt.bits):
+            raise ck.fail(where, f"array {role!r}: bit patterns of {fmt} must lie in 0..{(1 << fmt.bits) - 1}, found {int(a.min())}..{int(a.max())}")
+        m, e = fmt.mantissa_bits, fmt.exponent_bits
+        exp = (a >> m) & ((1 << e) - 1)
+        man = a & ((1 << m) - 1)
+        top = (1 << e) - 1
+        if fmt.inf_nan == "ieee":
+            bad = exp == top
+        elif fmt.inf_nan == "fn":
+            bad = (exp == top) & (man == (1 << m) - 1)
+        else:
+            bad = np.zeros(a.shape, dtype=bool)
+        if bad.any():
+            idx = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise ck.fail(where, f"array {role!r}: element {list(idx)} is inf/NaN in {fmt}; weights must be finite")
+        return
+    base = fmt.base if isinstance(fmt, KHot) else fmt
+    lo, hi = base.min_code, base.max_code
+    amin, amax = int(a.min()), int(a.max())
+    if amin < lo or amax > hi:
+        raise ck.fail(where, f"array {role!r}: codes {amin}..{amax} lie outside {lo}..{hi}, the range of {fmt}")
+    if isinstance(fmt, KHot):
+        allowed = fmt.codes()
+        ok = np.isin(a, allowed)
+        if not ok.all():
+            idx = tuple(int(i) for i in np.argwhere(~ok)[0])
+            raise ck.fail(where, f"array {role!r}: code {int(a[idx])} at {list(idx)} is not representable in {fmt} (more than {fmt.k} nonzero digits)")
+
+
+def load(path: "str | Path") -> Manifest:
+    """Read and validate a manifest folder (or its ``manifest.yaml``).
+
+    Checks: schema name and version; required and unknown keys (with a
+    close-name suggestion); names (valid identifiers, unique); op kinds,
+    params and formats (``qfx.parse_type``); inputs refer to earlier nodes;
+    shapes agree between connected nodes and with what each op computes;
+    npz arrays present, int64, of the right shape, codes within their
+    formats' ranges, K-hot codes representable and their digits consistent,
+    minifloat weights finite; no unreferenced arrays.
+
+    Raises
+    ------
+    ManifestError
+        A ``ValueError`` naming the file, the node and the problem.
+    """
+    p = Path(path)
+    yaml_path = p / MANIFEST_FILE if p.is_dir() else p
+    ck = _Checker(yaml_path)
+    if not yaml_path.is_file():
+        raise ManifestError(f"{yaml_path}: no such manifest file (expected a folder holding {MANIFEST_FILE}, as qfx.export writes)")
+    try:
+        text = yaml_path.read_text(encoding="utf-8")
+        doc = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - SafeLoader subclass
+    except ManifestError as err:
+        raise ManifestError(f"{yaml_path}: {err}") from None
+    except yaml.YAMLError as err:
+        raise ManifestError(f"{yaml_path}: not valid YAML: {err}") from None
+    except UnicodeDecodeError as err:
+        raise ManifestError(f"{yaml_path}: not UTF-8 text: {err}") from None
+    if not isinstance(doc, dict):
+        raise ManifestError(f"{yaml_path}: expected a YAML mapping at the top level, got {type(doc).__name__}")
+    ck.keys("top level", doc, TOP_KEYS)
+    if doc["schema"] != SCHEMA:
+        raise ck.fail("top level", f"schema is {doc['schema']!r}, expected {SCHEMA!r}")
+    if doc["version"] != SCHEMA_VERSION:
+        raise ck.fail("top level", f"unsupported schema version {doc['version']!r}; this qfx reads version {SCHEMA_VERSION}")
+    nodes_doc = doc["nodes"]
+    if not isinstance(nodes_doc, list) or not nodes_doc:
+        raise ck.fail("top level", "nodes must be a non-empty list")
+    if not isinstance(doc["tensors"], str) or "/" in doc["tensors"] or "\\" in doc["tensors"]:
+        raise ck.fail("top level", f"tensors must be a file name in the manifest folder, got {doc['tensors']!r}")
+
+    npz_path = yaml_path.parent / doc["tensors"]
+    try:
+        with np.load(npz_path, allow_pickle=False) as z:
+            npz = {k: z[k] for k in z.files}
+    except FileNotFoundError:
+        raise ManifestError(f"{npz_path}: missing (the manifest names it as its tensors file)") from None
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
+        raise ManifestError(f"{npz_path}: not a readable .npz file: {err}") from None
+
+    nodes: list[Node] = []
+    by_name: dict[str, Node] = {}
+    used_keys: set[str] = set()
+    for i, nd in enumerate(nodes_doc):
+        where = f"node #{i}"
+        if isinstance(nd, dict) and isinstance(nd.get("name"), str):
+            where = f"node {nd['name']!r}"
+        ck.keys(where, nd, NODE_KEYS, what="node key")
+        name = nd["name"]
+        if not is_valid_name(name):
+            raise ck.fail(where, f"name {name!r} is not a valid C++/Verilog identifier ([A-Za-z][A-Za-z0-9_]*, no '__', no keyword)")
+        if name in by_name:
+            raise ck.fail(where, "duplicate node name")
+        op = nd["op"]
+        if op not in OPS:
+            raise ck.fail(where, f"unknown op {op!r}{_suggest(str(op), list(OPS))}; valid ops: {', '.join(OPS)}")
+        where = f"node {name!r} ({op})"
+        spec = OPS[op]
+        if not isinstance(nd["source"], str):
+            raise ck.fail(where, f"source must be a string, got {nd['source']!r}")
+        inputs = nd["inputs"]
+        if not isinstance(inputs, list) or len(inputs) != spec.n_inputs:
+            raise ck.fail(where, f"inputs must list {spec.n_inputs} node name(s), got {inputs!r}")
+        for src in inputs:
+            if src not in by_name:
+                if any(isinstance(d, dict) and d.get("name") == src for d in nodes_doc):
+                    raise ck.fail(where, f"input {src!r} is defined later: nodes must be in topological order")
+                raise ck.fail(where, f"input {src!r} is not a node{_suggest(str(src), list(by_name))}")
+        in_shapes_doc = nd["input_shapes"]
+        if not isinstance(in_shapes_doc, list) or len(in_shapes_doc) != len(inputs):
+            raise ck.fail(where, f"input_shapes must list one shape per input, got {in_shapes_doc!r}")
+        in_shapes = tuple(_shape(ck, where, s, f"input_shapes[{j}]") for j, s in enumerate(in_shapes_doc))
+        out_shape = _shape(ck, where, nd["output_shape"], "output_shape")
+        for j, (src, s) in enumerate(zip(inputs, in_shapes)):
+            if by_name[src].output_shape != s:
+                raise ck.fail(where, f"input_shapes[{j}] = {list(s)} but its producer {src!r} outputs {list(by_name[src].output_shape)}")
+        ck.keys(where + " params", nd["params"], spec.params, what="param")
+        params = _check_params(ck, where, op, nd["params"])
+        formats = _parse_formats(ck, where, op, spec, nd["formats"], params)
+        if op != "input":
+            try:
+                want = infer_output_shape(op, params, in_shapes)
+            except ValueError as err:
+                raise ck.fail(where, str(err)) from None
+            if want != out_shape:
+                raise ck.fail(where, f"output_shape {list(out_shape)} disagrees with what the op computes from its input: {list(want)}")
+        if op in ("flatten", "output"):
+            prod = by_name[inputs[0]].output_format
+            if op == "flatten" and formats["input"] != prod:
+                raise ck.fail(where, f"formats.input {formats['input']} must equal the producer's output format {prod}")
+            if formats["output"] != (formats["input"] if op == "flatten" else prod):
+                raise ck.fail(where, f"formats.output {formats['output']} must equal the format it passes through ({prod})")
+        if op in ("dense", "conv2d"):
+            n_terms = params["in_features"] if op == "dense" else params["in_channels"] // params["groups"] * params["kernel"][0] * params["kernel"][1]
+            exact = accum_is_exact(formats, params["multiply"], n_terms)
+            if exact != params["accum_exact"]:
+                raise ck.fail(where, f"params.accum_exact is {str(params['accum_exact']).lower()} but accum {formats['accum']} {'holds' if exact else 'does not hold'} every partial sum exactly")
+        if op == "avgpool2d":
+            n = params["divisor"]
+            pow2 = n & (n - 1) == 0
+            if pow2 == ("reciprocal" in formats):
+                raise ck.fail(where, f"divisor {n}: formats.reciprocal is " + ("needed (not a power of two)" if not pow2 else "not used (a power of two)"))
+
+        # arrays
+        arrays_doc = nd["arrays"]
+        expected = _expected_arrays(op, params, formats, in_shapes[0] if in_shapes else ())
+        ck.keys(where + " arrays", arrays_doc, tuple(expected), what="array role")
+        arrays: dict[str, np.ndarray] = {}
+        for role, shape in expected.items():
+            key = arrays_doc[role]
+            if not isinstance(key, str):
+                raise ck.fail(where, f"arrays.{role} must be an npz key (str), got {key!r}")
+            if key not in npz:
+                raise ck.fail(where, f"array {role!r}: key {key!r} is missing from {doc['tensors']}{_suggest(key, list(npz))}")
+            if key in used_keys:
+                raise ck.fail(where, f"array {role!r}: key {key!r} is already used by another node")
+            used_keys.add(key)
+            a = npz[key]
+            if a.dtype != np.int64:
+                raise ck.fail(where, f"array {role!r} ({key}) has dtype {a.dtype}, expected int64")
+            if a.shape != shape:
+                raise ck.fail(where, f"array {role!r} ({key}) has shape {list(a.shape)}, expected {list(shape)}")
+            arrays[role] = a
+        _check_array_values(ck, where, formats, arrays)
+        node = Node(
+            name=name,
+            op=op,
+            source=nd["source"],
+            inputs=tuple(inputs),
+            input_shapes=in_shapes,
+            output_shape=out_shape,
+            params=params,
+            formats=formats,
+            arrays=arrays,
+            array_keys={r: arrays_doc[r] for r in expected},
+        )
+        nodes.append(node)
+        by_name[name] = node
+
+    unused = sorted(set(npz) - used_keys)
+    if unused:
+        raise ManifestError(f"{npz_path}: arrays {unused} are not referenced by any node")
+    kinds = [n.op for n in nodes]
+    if kinds.count("input") != 1 or kinds.count("output") != 1:
+        raise ck.fail("top level", f"the graph needs exactly one input and one output node, found {kinds.count('input')} and {kinds.count('output')}")
+    for key in ("input", "output"):
+        if doc[key] not in by_name or by_name[doc[key]].op != key:
+            raise ck.fail("top level", f"{key}: {doc[key]!r} is not the {key} node")
+    for key in ("model", "generator"):
+        if not isinstance(doc[key], str):
+            raise ck.fail("top level", f"{key} must be a string, got {doc[key]!r}")
+    return Manifest(
+        version=doc["version"],
+        nodes=tuple(nodes),
+        input=doc["input"],
+        output=doc["output"],
+        model=doc["model"],
+        generator=doc["generator"],
+        path=yaml_path.parent,
+    )
+
+
+def _check_array_values(ck: _Checker, where: str, formats: dict, arrays: dict[str, np.ndarray]) -> None:
+    for role, a in arrays.items():
+        if role in ("weight_khot_shifts", "weight_khot_signs"):
+            continue
+        fmt = formats["weight" if role == "weight" else role]
+        if role == "weight" and isinstance(fmt, tuple):
+            for o, t in enumerate(fmt):
+                _code_range(t, where, ck, f"weight[{o}]", a[o])
+        else:
+            _code_range(fmt, where, ck, role, a)
+    if "weight_khot_shifts" in arrays:
+        fmt = formats["weight"]
+        shifts, signs = arrays["weight_khot_shifts"], arrays["weight_khot_signs"]
+        if not np.isin(signs, (-1, 0, 1)).all():
+            raise ck.fail(where, "array 'weight_khot_signs' must hold -1, 0 or 1")
+        if shifts.min() < 0 or shifts.max() > fmt.base.width:
+            raise ck.fail(where, f"array 'weight_khot_shifts' must lie in 0..{fmt.base.width}")
+        code = (signs * (np.int64(1) << shifts)).sum(axis=-1)
+        bad = code != arrays["weight"]
+        if bad.any():
+            idx = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise ck.fail(where, f"K-hot digits at {list(idx)} sum to {int(code[idx])}, but the weight code is {int(arrays['weight'][idx])}")
