@@ -15,6 +15,8 @@ from fractions import Fraction
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import qfx
 from qfx import _fixed
@@ -198,3 +200,31 @@ def test_ap_int_small_negative_quirk_is_documented_not_emulated():
     expected = oracle.cast_int_from_double(8, True, values)
     assert list(expected) == [1, 1, 1]
     assert qfx.to_codes(torch.from_numpy(values), "ap_int<8>").tolist() == [0, 0, 0]
+
+
+# Property tests: hypothesis draws the values; the configs are the sweep's (cached programs).
+_PROPERTY_CONFIGS = configs_for(8, 4) + configs_for(5, -3)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(allow_nan=False, width=64), min_size=1, max_size=40))
+def test_property_random_doubles_match_ap_types(values):
+    x = np.array(values, dtype=np.float64)
+    expected = oracle.cast_from_double(_PROPERTY_CONFIGS, x)
+    for cfg in _PROPERTY_CONFIGS:
+        t = fixed_type(cfg)
+        assert_codes_equal(t, x, qfx_codes(x, t), expected[cfg], "hypothesis")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from([fixed_type(c) for c in _PROPERTY_CONFIGS]),
+    st.lists(st.floats(-1e6, 1e6, allow_nan=False, width=32), min_size=2, max_size=30),
+)
+def test_property_idempotent_and_monotone(t, values):
+    x = torch.tensor(values, dtype=torch.float32)
+    q = qfx.quantize(x, t)
+    assert torch.equal(qfx.quantize(q, t), q)  # a value of the format converts to itself
+    if t.overflow in (Overflow.AP_SAT, Overflow.AP_SAT_SYM):
+        xs, order = torch.sort(x)
+        assert bool((torch.diff(q[order]) >= 0).all())  # rounding and saturation keep order
