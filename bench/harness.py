@@ -229,16 +229,19 @@ def note_cell(row: Row) -> str:
 
 
 def format_table(rows: list[Row]) -> str:
-    header = ("contender", "ms", "x baseline", "bit-exact", "note")
+    """Rows as a text table; 'x fake-quant' divides by the bare torch fake-quant of the same run."""
+    fake = next((r.ms for r in rows if r.contender.name.startswith("bare torch fake-quant") and r.ms), None)
+    header = ("contender", "ms", "x baseline", "x fake-quant", "bit-exact", "note")
     lines = []
     for r in rows:
         ms = "-" if r.ms is None else f"{r.ms:.2f}"
         ratio = "-" if r.ratio is None else f"{r.ratio:.2f}"
-        lines.append((r.contender.name, ms, ratio, bit_exact_cell(r), note_cell(r)))
+        vs_fake = "-" if (r.ms is None or fake is None) else f"{r.ms / fake:.2f}"
+        lines.append((r.contender.name, ms, ratio, vs_fake, bit_exact_cell(r), note_cell(r)))
     widths = [max(len(h), *(len(l[i]) for l in lines)) for i, h in enumerate(header[:-1])]
     out = []
     fmt_row = lambda cells: "  ".join(  # noqa: E731
-        [cells[0].ljust(widths[0]), *(cells[i].rjust(widths[i]) for i in (1, 2)), cells[3].ljust(widths[3]), cells[4]]
+        [cells[0].ljust(widths[0]), *(cells[i].rjust(widths[i]) for i in (1, 2, 3)), cells[4].ljust(widths[4]), cells[5]]
     ).rstrip()
     out.append(fmt_row(header))
     out.append(fmt_row(tuple("-" * w for w in widths) + ("-" * 4,)))

@@ -90,7 +90,7 @@ def _compiled_kernel(t: Format, in_dtype: torch.dtype, out_dtype: torch.dtype):
             return _fixed.quantize_fixed(x, t, t.frac_bits, out_dtype)
     else:
         def kernel(x: torch.Tensor) -> torch.Tensor:
-            return _minifloat.quantize_minifloat(x, t, use_torch_casts=False).to(out_dtype)
+            return _minifloat.quantize_minifloat(x, t).to(out_dtype)
     # Default dynamism: shapes become symbolic after the first recompile; the format stays constant.
     return torch.compile(kernel)
 
