@@ -200,6 +200,22 @@ def quantize_fixed(x: torch.Tensor, t: FixedType, frac: "int | torch.Tensor", ou
     return _convert(x, t, frac, out_dtype, want="values")
 
 
+def quantize_fixed_with_mask(
+    x: torch.Tensor, t: FixedType, frac: "int | torch.Tensor", out_dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(values, inside)``: the values and the mask of elements the overflow mode left
+    alone, from one rounding pass (the training path needs both)."""
+    if t.width > _F64_EXACT_WIDTH:
+        return quantize_fixed(x, t, frac, out_dtype), ~out_of_range(rounded_codes(x, t, frac), t)
+    fast = _fast_path(x, t, frac)
+    xc = x.float() if fast else x.double()
+    s = _scale(xc, frac)
+    r = _round_exact(s, xc, t)
+    inside = ~out_of_range(r, t)  # before overflow_float, which may clamp r in place
+    v = _unscale(overflow_float(r, t, s), frac)
+    return (v if v.dtype == out_dtype else v.to(out_dtype)), inside
+
+
 def codes_fixed(x: torch.Tensor, t: FixedType, frac: "int | torch.Tensor", *, bit_pattern: bool = False) -> torch.Tensor:
     """Integer codes (int64) of ``T y = x``; raises on NaN.
 

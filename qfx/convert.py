@@ -419,8 +419,7 @@ def _build(kind: str, float_module: "nn.Module | None", node: fx.Node, cfg: Laye
     if kind == "Conv2d":
         return qnn.QConv2d.from_float(m, config=cfg)
     if kind == "BatchNorm2d":
-        q = qnn.QBatchNorm2d.from_float(m, config=cfg)
-        return q.to(device=m.weight.device) if m.weight is not None else q
+        return qnn.QBatchNorm2d.from_float(m, config=cfg)
     if kind == "ReLU":
         return qnn.QReLU(config=cfg)
     if kind == "ReLU6":
@@ -508,6 +507,7 @@ def convert(
             raise ConversionError(f"layer {name!r} ({kind}): {err}") from None
 
     conv_for_bn = {conv: bn for bn, conv in folded.items()}
+    device = next((t.device for t in list(model.parameters()) + list(model.buffers())), None)
     for node in list(graph.nodes):
         kind = node_kind.get(node)
         if kind is None:
@@ -534,7 +534,7 @@ def convert(
             except (ValueError, TypeError) as err:
                 raise ConversionError(f"layer {name!r} ({kind}): {err}") from None
             q.train(float_m.training)
-            gm.add_submodule(name, q)
+            gm.add_submodule(name, q.to(device) if device is not None else q)
         else:
             name = node.name
             if hasattr(gm, name):
@@ -548,7 +548,7 @@ def convert(
             except (ValueError, TypeError) as err:
                 raise ConversionError(f"layer {name!r} ({kind}): {err}") from None
             q.train(model.training)
-            gm.add_submodule(name, q)
+            gm.add_submodule(name, q.to(device) if device is not None else q)
             x = node.args[0]
             if kind == "add":
                 other = node.args[1] if len(node.args) > 1 else node.kwargs["other"]

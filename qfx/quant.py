@@ -148,8 +148,8 @@ class _FixedSTE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, frac_bits, t: FixedType):  # type: ignore[override]
         frac = t.frac_bits if frac_bits is None else _int_frac(frac_bits, t)
-        q = _fixed_forward(x, t, frac)
-        inside = ~_fixed.out_of_range(_fixed.rounded_codes(x, t, frac), t)
+        lo, hi = _fixed.frac_bounds(frac)
+        q, inside = _fixed.quantize_fixed_with_mask(x, t, frac, _fixed.result_dtype(t, x.dtype, lo, hi))
         ctx.save_for_backward(x, q, inside)
         ctx.has_frac = frac_bits is not None
         ctx.frac_shape = None if frac_bits is None else frac_bits.shape
@@ -162,10 +162,10 @@ class _FixedSTE(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_x = (grad * inside).to(x.dtype)
         if ctx.has_frac and ctx.needs_input_grad[1]:
-            qd, xd = q.to(grad.dtype), x.to(grad.dtype)
-            dq_df = torch.where(inside, xd - qd, -qd) * _LN2
-            dq_df = torch.nan_to_num(dq_df, nan=0.0, posinf=0.0, neginf=0.0)
-            grad_f = (grad * dq_df).sum_to_size(ctx.frac_shape)
+            qd = q.to(grad.dtype)
+            dq_df = torch.where(inside, x.to(grad.dtype) - qd, -qd)
+            # Infinite inputs saturate: their term is -ln2 * q, finite; only NaN can propagate.
+            grad_f = (grad * dq_df).sum_to_size(ctx.frac_shape).mul_(_LN2)
         return grad_x, grad_f, None
 
 

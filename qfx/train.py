@@ -7,8 +7,8 @@ float model for a baseline) for classification:
   the training loader's generator (``DataLoader(generator=...)`` and its
   sampler's), so the same call on the same machine gives the same bits.
 - **Calibration**: learnable binary points not yet calibrated are calibrated
-  before the first step on ``calibrate_batches`` training batches (train mode,
-  no gradient; largest magnitude seen, see
+  before the first step on ``calibrate_batches`` training batches (in the
+  mode training runs in, no gradient; largest magnitude seen, see
   :meth:`qfx.nn.TensorQuantizer.calibrate`). Under ``torch.distributed`` the
   ranks agree on it (max over ranks).
 - **Bits penalty** (``bits_penalty``, default 0): the word lengths are fixed
@@ -451,7 +451,7 @@ def fit(
         result.history = list(state["history"])
         result.resumed_from = start
     else:
-        net.train()
+        _train_mode(net, freeze_bn_stats)  # calibrate in the mode training runs in
         calibrate(net, train_loader, batches=calibrate_batches)
     if is_dist and world > 1:
         _broadcast_state(net)
@@ -462,10 +462,7 @@ def fit(
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
         model.train()
-        if freeze_bn_stats:
-            for m in net.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.eval()
+        _train_mode(net, freeze_bn_stats)
         t0 = time.perf_counter()
         n, correct, loss_sum = 0, 0, 0.0
         bar = _progress(train_loader, show, f"epoch {epoch + 1}/{epochs}")
@@ -484,8 +481,8 @@ def fit(
                 correct += int((out.argmax(dim=1) == y).sum())
                 n += len(y)
             if show:
-                bar.set_postfix(loss=f"{loss_sum / n:.4f}", acc=f"{correct / n:.3f}")
-        if show:
+                bar.set_postfix(loss=f"{loss_sum / n:.4f}", acc=f"{correct / n:.3f}", refresh=False)
+        if show and hasattr(bar, "close"):
             bar.close()
         lr_now = opt.param_groups[0]["lr"]
         sched.step()
@@ -526,7 +523,7 @@ def fit(
 
                 dist.barrier()
         if show:
-            _print_epoch(metrics)
+            _print_epoch(metrics, bool(learnable_quantizers(net)))
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, metrics)
 
@@ -540,21 +537,31 @@ def fit(
     return result
 
 
+def _train_mode(net: nn.Module, freeze_bn_stats: bool) -> None:
+    net.train()
+    if freeze_bn_stats:
+        for m in net.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+
+
 def _progress(loader: Iterable, show: bool, desc: str):
     if not show:
         return loader
     from tqdm.auto import tqdm
 
-    return tqdm(loader, desc=desc, leave=False, dynamic_ncols=True)
+    # disable=None: no bar when stderr is not a terminal (logs get the per-epoch lines only)
+    return tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=None)
 
 
-def _print_epoch(m: dict[str, float]) -> None:
+def _print_epoch(m: dict[str, float], quantized: bool) -> None:
     from tqdm.auto import tqdm
 
     parts = [f"epoch {int(m['epoch'])}", f"loss {m['train_loss']:.4f}", f"acc {m['train_accuracy']:.4f}"]
     if "val_accuracy" in m:
         parts.append(f"val_acc {m['val_accuracy']:.4f}")
-    parts.append(f"int_bits {m['int_bits']:.0f}")
+    if quantized:
+        parts.append(f"int_bits {m['int_bits']:.0f}")
     tqdm.write("  ".join(parts))
 
 

@@ -12,7 +12,7 @@ from torch import nn
 import qfx
 from qfx.convert import ConversionError, convert, layer_names, load_config
 from qfx.demo.models import build_model
-from qfx.nn import QAdd, QAvgPool2d, QBatchNorm2d, QConv2d, QFlatten, QLeakyReLU, QLinear, QMaxPool2d, QReLU, QReLU6
+from qfx.nn import QAdd, QAvgPool2d, QBatchNorm2d, QFlatten, QLeakyReLU, QLinear, QMaxPool2d, QReLU, QReLU6
 
 # Wide formats: the converted model must compute (almost) what the float model computes.
 WIDE = {

@@ -82,7 +82,7 @@ class _Stop(Exception):
 def test_interrupted_and_resumed_run_equals_uninterrupted_run(splits, tmp_path):
     kw = dict(epochs=3, lr=1e-3, frac_lr=1e-2, seed=7, bits_penalty=1e-3, progress=False)
     model = _qmodel("digits_cnn")
-    train, val = _loaders(splits, n=192)
+    train, val = _loaders(splits, n=128)
     full = qtrain.fit(model, train, val, checkpoint_dir=tmp_path / "a", **kw)
     want = _state(model)
 
@@ -91,13 +91,13 @@ def test_interrupted_and_resumed_run_equals_uninterrupted_run(splits, tmp_path):
             raise _Stop
 
     model = _qmodel("digits_cnn")
-    train, val = _loaders(splits, n=192)
+    train, val = _loaders(splits, n=128)
     with pytest.raises(_Stop):
         qtrain.fit(model, train, val, checkpoint_dir=tmp_path / "b", on_epoch_end=crash, **kw)
     assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["epoch_0001.pt"]
     # a fresh process would rebuild everything: new model, new loaders
     model = _qmodel("digits_cnn")
-    train, val = _loaders(splits, n=192)
+    train, val = _loaders(splits, n=128)
     resumed = qtrain.fit(model, train, val, checkpoint_dir=tmp_path / "b", resume=True, **kw)
     assert resumed.resumed_from == 1 and resumed.epochs_run == 2
     _assert_same(_state(model), want)
@@ -165,3 +165,13 @@ def test_demo_accuracy_reduced_run(tmp_path):
     assert "| qfx W=4 |" in md and "digits_mlp" in md
     assert "digits_mlp 4-bit" in accuracy.targets(report)
     assert accuracy.khot_config(build_model("digits_mlp", seed=0))["layers"]["fc1"]["weight"].startswith("khot<2,ap_fixed<8,")
+
+
+def test_freeze_bn_stats_keeps_running_statistics(splits):
+    model = _qmodel("digits_cnn")
+    before = {k: v.clone() for k, v in model.state_dict().items() if "running_" in k}
+    train, _ = _loaders(splits, n=64)
+    qtrain.fit(model, train, None, epochs=1, lr=1e-3, seed=0, freeze_bn_stats=True, progress=False)
+    after = model.state_dict()
+    assert before and all(torch.equal(v, after[k]) for k, v in before.items())
+    assert model.get_submodule("block.conv1").weight.grad is not None  # it did train

@@ -116,6 +116,10 @@ def test_bad_yaml_and_bad_arguments_exit_2(tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         main(["train"])  # argparse: missing arguments
     assert info.value.code == 2
+    with pytest.raises(SystemExit) as info:
+        main(["demo-accuracy", "--help"])
+    assert info.value.code == 0
+    assert "--quick" in capsys.readouterr().out
 
 
 def test_example_configs_are_valid():
