@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.qfx-installed
 
-.PHONY: setup test bench clean
+.PHONY: setup test demo bench clean
 
 setup: $(STAMP)
 
@@ -20,8 +20,15 @@ $(STAMP): pyproject.toml
 test: setup
 	$(PY) -m pytest -n 2
 
+# The main job on the bundled digits data: accuracy table, then train -> export ->
+# integer reference (bit-exact verdict); outputs in out/.
+demo: setup
+	$(PY) -m qfx.cli demo -o out/demo --force
+	$(PY) -m qfx.cli demo-accuracy -o out/accuracy
+
 bench: setup
 	$(PY) bench/run.py
+	$(PY) bench/train_step.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

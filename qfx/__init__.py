@@ -1,8 +1,10 @@
 """qfx: train FPGA-ready models with bit-exact Vitis HLS fixed-point (and minifloat)
 arithmetic, and generate the hardware that computes the same bits.
 
-The numerics core lives here: formats (:mod:`qfx.types`), quantizers
-(:mod:`qfx.quant`) and the L-Mul approximate multiply (:mod:`qfx.lmul`).
+Formats (:mod:`qfx.types`), quantizers (:mod:`qfx.quant`), L-Mul (:mod:`qfx.lmul`),
+quantized layers (:mod:`qfx.nn`), conversion (:func:`qfx.convert`), training
+(:mod:`qfx.train`), manifest export (:mod:`qfx.export`, :mod:`qfx.manifest`) and the
+integer reference interpreter (:mod:`qfx.reference`).
 """
 
 from .lmul import lmul, lmul_offset_bits
@@ -21,6 +23,7 @@ from ._khot import khot_digits
 from . import nn  # noqa: E402  (quantized layers)
 from .convert import convert  # noqa: E402  (float model -> qfx model)
 from . import train  # noqa: E402  (qfx.train.fit / ptq / evaluate)
+from . import export, manifest, reference  # noqa: E402  (manifest export/load, integer reference)
 
 __version__ = "0.1.0"
 

@@ -344,10 +344,20 @@ def _add_demo_accuracy(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=accuracy.run_cli)
 
 
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    from .demo import pipeline
+
+    p = sub.add_parser("demo", help="the main job: train, export, integer reference check (bit-exact verdict)",
+                       description=pipeline.__doc__.split("\n\n")[0])
+    pipeline.add_arguments(p)
+    p.set_defaults(func=pipeline.run_cli)
+
+
 #: Subcommand registrars: ``name -> function(subparsers)``. Later: ``sim``, ``cost``.
 COMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
     "train": _add_train,
     "demo-accuracy": _add_demo_accuracy,
+    "demo": _add_demo,
 }
 
 
