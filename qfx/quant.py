@@ -53,7 +53,7 @@ from typing import Union
 import torch
 
 from . import _fixed, _khot, _minifloat
-from .types import Format, FixedType, KHot, MinifloatType, parse_type
+from .types import MAX_FRAC_BITS, Format, FixedType, KHot, MinifloatType, parse_type
 
 __all__ = [
     "quantize",
@@ -127,9 +127,17 @@ def _check_tensor(x: object) -> torch.Tensor:
 
 
 def _int_frac(frac_bits: torch.Tensor, t: FixedType) -> torch.Tensor:
-    f = torch.round(frac_bits.detach()).to(torch.int64)
-    if bool(((t.width - f).abs() > 4000).any()):
-        raise ValueError("frac_bits out of range")
+    """The fractional-bit counts the forward pass uses: ``round(frac_bits)`` (checked)."""
+    fb = frac_bits.detach()
+    if not bool(torch.isfinite(fb).all()):
+        raise ValueError(f"frac_bits for {t} holds NaN or inf; the learnable binary point diverged (lower its learning rate)")
+    f = torch.round(fb).to(torch.int64)
+    lo, hi = (int(v) for v in torch.aminmax(f))
+    if lo < -MAX_FRAC_BITS or hi > MAX_FRAC_BITS:
+        raise ValueError(
+            f"frac_bits for {t} rounds to {lo}..{hi} fractional bits, beyond the +-{MAX_FRAC_BITS} "
+            "qfx emulates exactly; the learnable binary point diverged (lower its learning rate)"
+        )
     return f
 
 

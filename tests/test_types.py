@@ -261,3 +261,11 @@ def test_cuda_matches_cpu(spelling):
     cpu = qfx.quantize(x, spelling)
     gpu = qfx.quantize(x.cuda(), spelling).cpu()
     assert torch.equal(cpu.nan_to_num(7.0), gpu.nan_to_num(7.0))
+
+
+def test_diverged_frac_bits_are_reported():
+    t = qfx.parse_type("ap_fixed<8,3>")
+    with pytest.raises(ValueError, match="NaN or inf"):
+        qfx.quantize(torch.ones(3), t, frac_bits=torch.tensor(float("nan")))
+    with pytest.raises(ValueError, match="beyond"):
+        qfx.quantize(torch.ones(3), t, frac_bits=torch.tensor(5000.0))
