@@ -17,6 +17,7 @@ def test_demo_pipeline_is_bit_exact(tmp_path):
     assert set(summary["runs"]) == {"cnn_w8", "mlp_khot"}
     for run in summary["runs"].values():
         assert run["reference_vs_emulation_mismatches"] == 0
+        assert run["hls_csim_vs_reference_mismatches"] == 0
         assert run["inputs_checked"] == 360
         assert run["test_accuracy_qfx"] > 80.0
         assert (out / run["manifest"].split("demo/", 1)[1] / "manifest.yaml").is_file()

@@ -7,9 +7,11 @@
 2. exports each trained model to a manifest (``OUT/<name>/manifest``);
 3. runs the integer-only reference interpreter on the whole held-out test split and
    compares every layer with the PyTorch emulation, bit for bit;
-4. writes ``OUT/summary.json`` and prints accuracy and the mismatch count.
+4. generates the Vitis HLS C++ (``OUT/<name>/hls_project/hls``), C-simulates it with g++
+   against the Xilinx ap_types headers and compares its outputs with the reference;
+5. writes ``OUT/summary.json`` and prints accuracy and the mismatch count.
 
-RTL/HLS generation, simulation and the cost report join this pipeline as they land.
+RTL generation, RTL simulation and the cost report join this pipeline as they land.
 """
 
 from __future__ import annotations
@@ -69,6 +71,15 @@ def run_cli(args: argparse.Namespace) -> int:
             emu = emulated[node].detach().double().numpy()
             mismatches[node] = int(np.sum(ref != emu))
         total = sum(mismatches.values())
+        # Vitis HLS C++ from the manifest, C-simulated with g++ against the ap_types headers.
+        from .. import hls
+
+        hls_dir = hls.generate(manifest, out / name / "hls_project", force=True)
+        csim_out = hls.csim(out / name / "hls_project", codes[manifest.input])
+        ref_out = codes[manifest.output].reshape(len(x_test), -1)
+        csim_mismatches = int(np.sum(csim_out.reshape(ref_out.shape) != ref_out))
+        print(f"[{name}] HLS C simulation (g++ + ap_types) vs reference on the outputs: "
+              f"{'bit-exact' if csim_mismatches == 0 else f'{csim_mismatches} MISMATCHES'}")
         with torch.no_grad():
             logits = model(x_test)
         acc = float((logits.argmax(1) == test.tensors[1]).float().mean()) * 100
@@ -78,6 +89,8 @@ def run_cli(args: argparse.Namespace) -> int:
             "metrics": metrics,
             "manifest": str(manifest_dir),
             "reference_vs_emulation_mismatches": total,
+            "hls_csim_vs_reference_mismatches": csim_mismatches,
+            "hls": str(hls_dir),
             "mismatches_per_node": mismatches,
             "inputs_checked": int(len(x_test)),
             "seconds": round(time.perf_counter() - started, 1),
@@ -86,5 +99,7 @@ def run_cli(args: argparse.Namespace) -> int:
         print(f"[{name}] test accuracy {acc:.2f} %; reference vs emulation on every layer: {verdict}")
     (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     print(f"summary: {out / 'summary.json'}")
-    bad = sum(r["reference_vs_emulation_mismatches"] for r in summary["runs"].values())
+    bad = sum(
+        r["reference_vs_emulation_mismatches"] + r["hls_csim_vs_reference_mismatches"] for r in summary["runs"].values()
+    )
     return 0 if bad == 0 else 1

@@ -1,0 +1,689 @@
+"""Vitis HLS C++ from a manifest (Jinja2 templates), and its C simulation with g++.
+
+``generate(manifest_path, out_dir)`` renders ``out_dir/hls/``:
+
+``<top>.h``
+    Includes, one ``typedef`` per tensor format of every node (the manifest's
+    formats, spelled ``ap_fixed<W,I,Q,O>`` / ``ap_ufixed<W,I,Q,O>``; an
+    ``ap_int<W>`` format is spelled as its equivalent ``ap_fixed<W,W,AP_TRN_ZERO,AP_WRAP>``),
+    the exact helper types some layers need, and the top function's prototype.
+``<top>.cpp``
+    One function per node (templates ``hls_templates/<op>.j2``), a fan-out
+    copy for every buffer read by two consumers (DATAFLOW wants one), and the
+    top function: ``hls::stream`` in / out with ``#pragma HLS INTERFACE
+    axis``, ``s_axilite`` control, ``DATAFLOW``. Dense / conv pipeline one
+    output per ``reuse_factor`` cycles (PIPELINE II=reuse_factor, MAC loop
+    UNROLL, weights ARRAY_PARTITION cyclic by ceil(n_terms / reuse_factor)).
+    Every cast to a declared format goes through ``qfx_cast<D>(x)`` (in the
+    header), which is ``D(x)`` except where D's lsb lies above x's msb: there
+    the source is sign-extended first, because ap_types aborts in
+    ``ap_private::get_bit`` on such casts. Weights, biases, BatchNorm scale / shift
+    are ``static const`` arrays of the declared types, initialised from
+    decimal literals that are the exact values ``code * 2**-F`` (checked
+    here: every code must fit 53 bits, so the double is exact, and ap_fixed's
+    double constructor is exact for representable values).
+``<top>_tb.cpp``
+    A testbench reading input *codes* (raw bit patterns, assigned with
+    ``.range()``) and printing output codes.
+``run_hls.tcl``
+    open_project, set_top, add_files (+ -tb), open_solution, set_part
+    (``xczu3eg-sbva484-1-i``, Ultra96 v2), create_clock -period 10,
+    csim_design, csynth_design, export_design.
+
+Semantics are :mod:`qfx.reference`'s: ``acc = (accum_t)bias`` (0 without
+bias), ``acc = (accum_t)(acc + x[k] * w[k])`` in the manifest's
+``accum_order``, ``y = (out_t)acc``; every element-wise layer casts once to
+its output format. ap_fixed's own products and sums are exact, so each C++
+cast is the reference's ``cast_codes``.
+
+Supported: dense (also on [C, H, W]: rows of the last axis), conv2d (stride, padding, dilation, groups), batchnorm,
+relu, relu6, leaky_relu, add, maxpool2d, avgpool2d (power-of-two divisor or
+reciprocal), flatten; fixed-point weights (per-channel formats too, on their
+envelope grid), K-hot weights as shifts and adds from the manifest's digit
+arrays, minifloat weights with ``multiply: exact`` (as the exact fixed-point
+values of their hull grid). Not supported: ``multiply: lmul`` (ValueError).
+
+``csim(out_dir, input_codes)`` compiles ``<top>.cpp`` + testbench with
+``g++ -std=c++14 -O1 -Wall -Wno-unknown-pragmas`` (g++ does not know the HLS
+pragmas; that is their point) against the Xilinx ``ap_types`` headers of the
+hls4ml wheel, included with ``-isystem`` (their own warnings are theirs),
+caches the executable by content hash under ``$QFX_CACHE_DIR/hls`` (default
+``~/.cache/qfx/hls``) and returns the output codes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import functools
+import hashlib
+import importlib.util
+import math
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from .manifest import CONV_ORDER, DENSE_ORDER, Manifest, Node, is_valid_name, load, weight_envelope
+from .types import FixedType, KHot, MinifloatType
+
+__all__ = [
+    "PART",
+    "CLOCK_NS",
+    "CXX_FLAGS",
+    "HlsCompileError",
+    "CsimResult",
+    "generate",
+    "csim",
+    "csim_run",
+    "include_dir",
+    "cache_dir",
+    "template_dir",
+    "generated_files",
+    "compiler_warnings",
+    "render",
+    "build",
+]
+
+PART = "xczu3eg-sbva484-1-i"
+CLOCK_NS = 10
+CXX_FLAGS = ("-std=c++14", "-O1", "-Wall", "-Wno-unknown-pragmas")
+SUPPORTED_OPS = ("input", "output", "dense", "conv2d", "batchnorm", "relu", "relu6", "leaky_relu", "add",
+                 "maxpool2d", "avgpool2d", "flatten")
+# Identifiers the generated C++ or its headers already use at global scope (or the testbench in main).
+_RESERVED = frozenset("""std hls qfx_cast qfx_caster in_stream out_stream stdin stdout stderr printf scanf fprintf
+    fscanf fopen FILE size_t ssdm_int_sim""".split())
+_ERROR_LINES = 40
+_FORMAT_VERSION = "qfx-hls-v1"
+
+
+class HlsCompileError(RuntimeError):
+    """g++ rejected the generated C++ (the message holds the relevant compiler lines)."""
+
+
+# ---------------------------------------------------------------------------
+# Locations
+# ---------------------------------------------------------------------------
+
+
+def template_dir() -> Path:
+    """The ``hls_templates`` folder (installed as ``qfx.hls_templates``, or next to the ``qfx`` package)."""
+    try:
+        spec = importlib.util.find_spec("qfx.hls_templates")
+    except (ImportError, ValueError):
+        spec = None
+    for loc in list(spec.submodule_search_locations or []) if spec is not None else []:
+        if (Path(loc) / "top.cpp.j2").is_file():
+            return Path(loc)
+    p = Path(__file__).resolve().parent.parent / "hls_templates"
+    if (p / "top.cpp.j2").is_file():
+        return p
+    raise RuntimeError("the HLS templates (hls_templates/*.j2) were not found; reinstall qfx")
+
+
+def include_dir() -> Path:
+    """The Xilinx ``ap_types`` headers: ``$QFX_AP_TYPES_INCLUDE`` or the copy inside the hls4ml wheel."""
+    override = os.environ.get("QFX_AP_TYPES_INCLUDE")
+    if override:
+        p = Path(override)
+        if not (p / "ap_fixed.h").is_file():
+            raise RuntimeError(f"QFX_AP_TYPES_INCLUDE={override!r} has no ap_fixed.h")
+        return p
+    try:
+        spec = importlib.util.find_spec("hls4ml")
+    except (ImportError, ValueError):
+        spec = None
+    for loc in list(spec.submodule_search_locations or []) if spec is not None else []:
+        p = Path(loc) / "templates" / "vivado" / "ap_types"
+        if (p / "ap_fixed.h").is_file() and (p / "hls_stream.h").is_file():
+            return p
+    raise RuntimeError(
+        "the HLS C simulation needs the Xilinx ap_types headers shipped by hls4ml: pip install hls4ml "
+        "(or set QFX_AP_TYPES_INCLUDE to a folder holding ap_fixed.h and hls_stream.h)"
+    )
+
+
+def cache_dir() -> Path:
+    env = os.environ.get("QFX_CACHE_DIR")
+    d = Path(env).expanduser() / "hls" if env else Path.home() / ".cache" / "qfx" / "hls"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+# ---------------------------------------------------------------------------
+# Types and literals
+# ---------------------------------------------------------------------------
+
+
+def _cpp(t: FixedType) -> str:
+    """The C++ spelling of a manifest format, every mode explicit."""
+    base = "ap_fixed" if t.signed else "ap_ufixed"
+    return f"{base}<{t.width},{t.int_bits},{t.rounding.name},{t.overflow.name}>"
+
+
+def _exact(width: int, int_bits: int) -> str:
+    """A signed helper type used only where its values are exact (AP_TRN / AP_WRAP never act)."""
+    if width < 1:
+        width, int_bits = 1, int_bits + 1 - width
+    return f"ap_fixed<{width},{int_bits}>"
+
+
+def _ibits(t: FixedType) -> int:
+    """Integer bits of ``t`` as a signed type (an unsigned one needs one more)."""
+    return t.int_bits + (0 if t.signed else 1)
+
+
+def _literal(code: int, frac_bits: int, where: str) -> str:
+    """A decimal literal whose double is exactly ``code * 2**-frac_bits``."""
+    code = int(code)
+    if abs(code) >= 1 << 53:
+        raise ValueError(f"{where}: code {code} needs more than 53 bits; the HLS generator writes constants as exact doubles")
+    v = math.ldexp(float(code), -frac_bits)
+    text = repr(v)
+    if float(text) != v or math.ldexp(v, frac_bits) != code:  # pragma: no cover - ldexp of a 53-bit int is exact
+        raise AssertionError(f"{where}: {code} * 2**-{frac_bits} is not exact as {text}")
+    return text
+
+
+def _literals(codes: np.ndarray, frac_bits: int, where: str) -> list[str]:
+    return [_literal(c, frac_bits, where) for c in np.asarray(codes).reshape(-1).tolist()]
+
+
+def _minifloat_hull_codes(bits: np.ndarray, t: MinifloatType) -> np.ndarray:
+    """Exact values of minifloat bit patterns as codes on the grid 2**(emin - M) (as qfx.reference)."""
+    m, e = t.mantissa_bits, t.exponent_bits
+    neg = ((bits >> (e + m)) & 1) == 1
+    ef = (bits >> m) & ((1 << e) - 1)
+    man = bits & ((1 << m) - 1)
+    normal = ef > 0
+    mag = np.where(normal, ((1 << m) + man) << np.where(normal, ef - 1, 0), man if t.subnormals else 0)
+    return np.where(neg, -mag, mag)
+
+
+# ---------------------------------------------------------------------------
+# Per-node contexts
+# ---------------------------------------------------------------------------
+
+
+def _fail(node: Node, msg: str) -> ValueError:
+    return ValueError(f"node {node.name!r} ({node.op}): {msg}")
+
+
+def _pool_geometry(node: Node) -> dict[str, Any]:
+    p = node.params
+    c, h, w = node.input_shapes[0]
+    _, ho, wo = node.output_shape
+    (kh, kw), (sh, sw), (ph, pw) = p["kernel"], p["stride"], p["padding"]
+    dh, dw = p.get("dilation", (1, 1))
+    return dict(c=c, h=h, w=w, ho=ho, wo=wo, kh=kh, kw=kw, sh=sh, sw=sw, ph=ph, pw=pw, dh=dh, dw=dw)
+
+
+def _mac_context(node: Node, reuse: int) -> tuple[dict, list[tuple[str, str]]]:
+    f, p = node.formats, node.params
+    where = f"node {node.name!r}"
+    if p["multiply"] != "exact":
+        raise _fail(node, f"multiply: {p['multiply']} (L-Mul) is not supported by the HLS generator yet")
+    want_order = DENSE_ORDER if node.op == "dense" else CONV_ORDER
+    if list(p["accum_order"]) != want_order:
+        raise _fail(node, f"accum_order {p['accum_order']} is not the documented {want_order}")
+    in_fmt: FixedType = f["input"]
+    wfmt = f["weight"]
+    codes = node.arrays["weight"]
+    ctx: dict[str, Any] = dict(khot=False, exact=bool(p["accum_exact"]), order=", ".join(p["accum_order"]),
+                               weight_fmt=str(wfmt) if not isinstance(wfmt, tuple) else "per-channel " + ", ".join(map(str, wfmt)),
+                               accum_fmt=str(f["accum"]), bias=bool(p["bias"]), n_w=int(codes.size))
+    types: list[tuple[str, str]] = [("in", _cpp(in_fmt))]
+    if isinstance(wfmt, KHot):
+        base = wfmt.base
+        k = wfmt.k
+        xs_int = _ibits(in_fmt) + _ibits(base) + 2
+        xs_frac = in_fmt.frac_bits + max(base.frac_bits, 0)
+        p_int = xs_int + max(1, (k - 1).bit_length()) + 1
+        types += [("xs", _exact(xs_int + xs_frac, xs_int)), ("p", _exact(p_int + xs_frac, p_int))]
+        ctx.update(khot=True, khot_k=k, khot_frac=base.frac_bits,
+                   khot_shifts=[str(int(v)) for v in node.arrays["weight_khot_shifts"].reshape(-1)],
+                   khot_signs=[str(int(v)) for v in node.arrays["weight_khot_signs"].reshape(-1)])
+        types.append(("w", _cpp(base)))
+    elif isinstance(wfmt, MinifloatType):
+        from .manifest import weight_grid
+
+        hull = weight_grid(wfmt)
+        types.append(("w", _cpp(hull)))
+        ctx["weights"] = _literals(_minifloat_hull_codes(codes, wfmt), hull.frac_bits, where + " weight")
+    elif isinstance(wfmt, tuple):
+        env = weight_envelope(wfmt)
+        if not isinstance(env, FixedType):  # pragma: no cover - load checks per-channel formats are fixed-point
+            raise _fail(node, f"per-channel weight envelope {env} is not fixed-point")
+        shifts = np.array([env.frac_bits - t.frac_bits for t in wfmt], dtype=np.int64)
+        grid = codes << shifts.reshape((-1,) + (1,) * (codes.ndim - 1))
+        types.append(("w", _cpp(env)))
+        ctx["weights"] = _literals(grid, env.frac_bits, where + " weight")
+    elif isinstance(wfmt, FixedType):
+        types.append(("w", _cpp(wfmt)))
+        ctx["weights"] = _literals(codes, wfmt.frac_bits, where + " weight")
+    else:  # pragma: no cover - load accepts nothing else
+        raise _fail(node, f"weight format {wfmt} is not supported by the HLS generator")
+    if p["bias"]:
+        types.append(("b", _cpp(f["bias"])))
+        ctx["biases"] = _literals(node.arrays["bias"], f["bias"].frac_bits, where + " bias")
+        ctx["n_bias"] = int(node.arrays["bias"].size)
+    types += [("acc", _cpp(f["accum"])), ("out", _cpp(f["output"]))]
+    return ctx, types
+
+
+def _node_context(node: Node, reuse: int) -> tuple[dict, list[tuple[str, str]]]:
+    f, p = node.formats, node.params
+    n_in = int(np.prod(node.input_shapes[0])) if node.input_shapes else 0
+    n_out = int(np.prod(node.output_shape))
+    ctx: dict[str, Any] = dict(name=node.name, op=node.op, source=node.source.replace("\n", " "),
+                               src=node.inputs[0] if node.inputs else "", n_in=n_in, n_out=n_out,
+                               in_shape=list(node.input_shapes[0]) if node.input_shapes else [],
+                               out_shape=list(node.output_shape))
+    types: list[tuple[str, str]] = []
+    op = node.op
+    if op == "dense":
+        mac, types = _mac_context(node, reuse)
+        ctx.update(mac)
+        k = p["in_features"]
+        # on a feature map a dense applies to the last axis: rows of in_features (as qfx.reference)
+        ctx.update(n_in=k, n_out=p["out_features"], rows=n_in // k, xval="x[k]", part_k=max(1, math.ceil(k / reuse)),
+                   part_w=max(1, math.ceil(k / reuse)))
+    elif op == "conv2d":
+        mac, types = _mac_context(node, reuse)
+        ctx.update(mac)
+        c, h, w = node.input_shapes[0]
+        oc, ho, wo = node.output_shape
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw), g = p["kernel"], p["stride"], p["padding"], p["dilation"], p["groups"]
+        n_k = (c // g) * kh * kw
+        ctx.update(h=h, w=w, oc=oc, ho=ho, wo=wo, kh=kh, kw=kw, sh=sh, sw=sw, ph=ph, pw=pw, dh=dh, dw=dw, groups=g,
+                   ic_per_group=c // g, oc_per_group=oc // g, xval="v", part_w=max(1, math.ceil(n_k / reuse)))
+    elif op == "batchnorm":
+        c = p["num_features"]
+        shape = node.input_shapes[0]
+        if len(shape) != 3:
+            raise _fail(node, f"batchnorm on a {len(shape)}-d input is not supported by the HLS generator (expects [C, H, W])")
+        types = [("in", _cpp(f["input"])), ("scale", _cpp(f["scale"])), ("shift", _cpp(f["shift"])), ("out", _cpp(f["output"]))]
+        ctx.update(c=c, hw=n_in // c,
+                   scales=_literals(node.arrays["scale"], f["scale"].frac_bits, f"node {node.name!r} scale"),
+                   shifts=_literals(node.arrays["shift"], f["shift"].frac_bits, f"node {node.name!r} shift"))
+    elif op in ("relu", "relu6", "leaky_relu"):
+        xi: FixedType = f["input"]
+        types = [("in", _cpp(xi))]
+        if op == "relu6":
+            frac = max(xi.frac_bits, -1)
+            ib = max(_ibits(xi), 4) + 1
+            types.append(("r", _exact(ib + frac, ib)))
+        elif op == "leaky_relu":
+            s = int(p["slope_shift"])
+            ctx["slope_shift"] = s
+            types.append(("r", _exact(xi.width + s + 1, _ibits(xi))))
+        types.append(("out", _cpp(f["output"])))
+    elif op == "add":
+        types = [("a", _cpp(f["in_a"])), ("b", _cpp(f["in_b"])), ("out", _cpp(f["output"]))]
+        ctx["src_b"] = node.inputs[1]
+    elif op == "maxpool2d":
+        ctx.update(_pool_geometry(node))
+        types = [("in", _cpp(f["input"])), ("out", _cpp(f["output"]))]
+    elif op == "avgpool2d":
+        ctx.update(_pool_geometry(node))
+        xi = f["input"]
+        kh, kw = p["kernel"]
+        nb = (kh * kw).bit_length()
+        sum_int = _ibits(xi) + nb
+        types = [("in", _cpp(xi)), ("sum", _exact(sum_int + xi.frac_bits, sum_int))]
+        n_div = int(p["divisor"])
+        ctx["divisor"] = n_div
+        if "reciprocal" in f:
+            r = f["reciprocal"]
+            types.append(("recip", _cpp(r)))
+            ctx["recip"] = _literal(int(node.arrays["reciprocal"]), r.frac_bits, f"node {node.name!r} reciprocal")
+        else:
+            k = n_div.bit_length() - 1
+            types.append(("div", _exact(sum_int + xi.frac_bits + k, sum_int)))
+            ctx.update(recip=None, div_shift=k)
+        types.append(("out", _cpp(f["output"])))
+    elif op == "flatten":
+        types = [("in", _cpp(f["input"])), ("out", _cpp(f["output"]))]
+    elif op in ("input", "output"):
+        types = [("out", _cpp(f["output"]))]
+    else:
+        raise _fail(node, f"op {op!r} is not supported by the HLS generator (supported: {', '.join(SUPPORTED_OPS)})")
+    return ctx, types
+
+
+# ---------------------------------------------------------------------------
+# Rendering
+# ---------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=None)
+def _env(path: str):
+    import jinja2
+
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(path),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+
+
+def generated_files(top: str) -> tuple[str, ...]:
+    """Names of the files :func:`generate` writes into ``out_dir/hls``."""
+    return (f"{top}.h", f"{top}.cpp", f"{top}_tb.cpp", "run_hls.tcl")
+
+
+def render(manifest: "Manifest | str | os.PathLike", *, top: str = "qfx_top", reuse_factor: int = 1) -> dict[str, str]:
+    """File name -> text of the HLS project for a manifest (nothing written)."""
+    if not isinstance(top, str) or not is_valid_name(top):
+        raise ValueError(f"top {top!r} is not a valid C++ identifier ([A-Za-z][A-Za-z0-9_]*, no '__', no keyword)")
+    if isinstance(reuse_factor, bool) or not isinstance(reuse_factor, int) or reuse_factor < 1:
+        raise ValueError(f"reuse_factor must be an int >= 1, got {reuse_factor!r}")
+    m = manifest if isinstance(manifest, Manifest) else load(manifest)
+    names = {n.name for n in m.nodes}
+    if top in names:
+        raise ValueError(f"top {top!r} is also the name of a node; choose another top name")
+    if top in _RESERVED or top.lower().startswith("ap_"):
+        raise ValueError(f"top {top!r} is reserved in the generated C++ (ap_types / testbench names)")
+    for n in m.nodes:
+        if not is_valid_name(n.name):  # load checks it; a hand-built Manifest might not
+            raise ValueError(f"node name {n.name!r} is not a valid C++ identifier")
+        if n.name in _RESERVED or n.name.lower().startswith("ap_"):
+            raise ValueError(f"node {n.name!r}: the name is reserved in the generated C++ (ap_types / testbench "
+                             "names); rename the node")
+        if n.op not in SUPPORTED_OPS:
+            raise ValueError(f"node {n.name!r}: op {n.op!r} is not supported by the HLS generator "
+                             f"(supported: {', '.join(SUPPORTED_OPS)})")
+    env = _env(str(template_dir()))
+    from . import __version__ as version
+
+    nodes, bodies, calls, buffers, splits = [], [], [], [], []
+    uses: dict[str, int] = {}
+    for node in m.nodes:
+        for src in node.inputs:
+            uses[src] = uses.get(src, 0) + 1
+    taken: dict[str, int] = {}  # producer -> next fan-out buffer index
+
+    def buffer_of(src: str) -> str:
+        if uses.get(src, 0) < 2:
+            return f"{src}_buf"
+        i = taken.get(src, 0)
+        taken[src] = i + 1
+        return f"{src}_buf{i}"
+
+    helpers: set[str] = {f"{top}_{s}" for s in ("in_t", "out_t", "N_IN", "N_OUT", "REUSE_FACTOR")}
+    for node in m.nodes:
+        ctx, types = _node_context(node, reuse_factor)
+        nodes.append(dict(name=node.name, op=node.op, types=types))
+        helpers.update(f"{node.name}_{role}_t" for role, _ in types)
+        helpers.update(f"{node.name}_{a}" for a in ("w", "b", "wsh", "wsg", "scale", "shift", "recip", "buf", "fanout"))
+        if node.op == "output":
+            continue
+        size = int(np.prod(node.output_shape))
+        buffers.append(dict(name=f"{node.name}_buf", type=node.name, size=size))
+        k = uses.get(node.name, 0)
+        if node.op != "input":
+            bodies.append(env.get_template(f"{node.op}.j2").render(n=ctx, reuse=reuse_factor))
+            calls.append(dict(name=node.name, args=[buffer_of(s) for s in node.inputs] + [f"{node.name}_buf"]))
+        if k >= 2:
+            outs = [f"{node.name}_buf{i}" for i in range(k)]
+            helpers.update(outs)
+            buffers += [dict(name=b, type=node.name, size=size) for b in outs]
+            splits.append(dict(name=f"{node.name}_fanout", src=node.name, k=k, size=size))
+            calls.append(dict(name=f"{node.name}_fanout", args=[f"{node.name}_buf"] + outs))
+    clash = sorted((names | {top}) & helpers)
+    if clash:
+        raise ValueError(f"node name(s) {clash} collide with identifiers the HLS generator derives from other "
+                         f"node names or the top {top!r}; rename the node(s) (or the top)")
+    in_node, out_node = m.input_node, m.node(m.output)
+    result = out_node.inputs[0]
+    common = dict(
+        top=top, version=version, model=m.model, nodes=nodes, reuse=reuse_factor,
+        guard=f"QFX_{top.upper()}_H",
+        in_type=_cpp(in_node.output_format), out_type=_cpp(out_node.output_format),
+        in_width=in_node.output_format.width, out_width=out_node.output_format.width,
+        n_in=int(np.prod(in_node.output_shape)), n_out=int(np.prod(out_node.output_shape)),
+        in_shape=list(in_node.output_shape), out_shape=list(out_node.output_shape),
+        layer_bodies=bodies, calls=calls, buffers=buffers, splits=splits,
+        input_buffer=f"{in_node.name}_buf", result_buffer=buffer_of(result),
+        part=PART, clock_ns=CLOCK_NS,
+    )
+    h, cpp, tb, tcl = generated_files(top)
+    return {
+        h: env.get_template("top.h.j2").render(**common),
+        cpp: env.get_template("top.cpp.j2").render(**common),
+        tb: env.get_template("testbench.cpp.j2").render(**common),
+        tcl: env.get_template("run_hls.tcl.j2").render(**common),
+    }
+
+
+def generate(manifest_path: "str | os.PathLike | Manifest", out_dir: "str | os.PathLike", *, top: str = "qfx_top",
+             reuse_factor: int = 1, force: bool = False) -> Path:
+    """Render the Vitis HLS project of a manifest into ``out_dir/hls/`` (atomically) and return that folder.
+
+    An existing ``out_dir/hls`` holding only files this generator writes is
+    replaced; one holding anything else is refused (``FileExistsError``,
+    nothing written) unless ``force``. The output is deterministic: the same
+    manifest and arguments give byte-identical files.
+
+    Raises
+    ------
+    ValueError
+        An unsupported op or option (the node named), a bad ``top`` or ``reuse_factor``.
+    FileExistsError
+        ``out_dir/hls`` holds foreign files and ``force`` is false.
+    """
+    files = render(manifest_path, top=top, reuse_factor=reuse_factor)
+    dest = Path(out_dir) / "hls"
+    if dest.exists() and not dest.is_dir():
+        raise FileExistsError(f"{dest} exists and is not a folder")
+    if dest.is_dir() and not force:
+        ours = set(generated_files(top))
+        foreign = sorted(p.name for p in dest.iterdir() if p.name not in ours)
+        if foreign:
+            raise FileExistsError(f"{dest} holds files qfx.hls did not write ({', '.join(foreign[:5])}"
+                                  f"{', ...' if len(foreign) > 5 else ''}); pass force=True to replace the folder")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".hls-tmp-", dir=dest.parent))
+    try:
+        for name, text in files.items():
+            (tmp / name).write_text(text, encoding="utf-8")
+        old = None
+        if dest.exists():
+            old = dest.parent / f".hls-old-{os.getpid()}-{tmp.name}"
+            dest.rename(old)
+        tmp.rename(dest)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest
+
+
+# ---------------------------------------------------------------------------
+# C simulation
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CsimResult:
+    """Output codes of a C simulation plus what g++ said when it compiled the executable (kept with the cache)."""
+
+    outputs: np.ndarray
+    compiler_output: str
+    executable: Path
+    cached: bool
+
+
+@functools.lru_cache(maxsize=None)
+def _compiler() -> tuple[str, str]:
+    name = os.environ.get("QFX_CXX", "g++")
+    path = shutil.which(name)
+    if path is None:
+        raise RuntimeError(f"C++ compiler {name!r} not found (install g++ or set QFX_CXX)")
+    ident = subprocess.run([path, "--version"], capture_output=True, text=True, check=False).stdout.splitlines()
+    return path, (ident[0] if ident else name)
+
+
+@functools.lru_cache(maxsize=None)
+def _headers_fingerprint(inc: str) -> str:
+    h = hashlib.sha256()
+    for p in sorted(Path(inc).rglob("*.h")):
+        h.update(str(p.relative_to(inc)).encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def _locked(key: str) -> Iterator[None]:
+    locks = cache_dir() / "locks"
+    locks.mkdir(exist_ok=True)
+    with open(locks / f"{key}.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _error_excerpt(log: str) -> str:
+    lines = log.splitlines()
+    hits = [i for i, ln in enumerate(lines) if re.search(r"\berror\b", ln)]
+    if not hits:
+        return "\n".join(lines[-_ERROR_LINES:])
+    keep: list[str] = []
+    for i in hits:
+        for ln in lines[max(0, i - 2): i + 3]:
+            if ln not in keep[-5:]:
+                keep.append(ln)
+        if len(keep) >= _ERROR_LINES:
+            break
+    return "\n".join(keep[:_ERROR_LINES])
+
+
+_WARNING_RE = re.compile(r"^(?P<path>[^\s:][^:]*):(?P<line>\d+):(?:\d+:)? warning: (?P<msg>.*)$")
+
+
+def compiler_warnings(log: str) -> list[tuple[str, int, str]]:
+    """``(file, line, message)`` of every warning in a g++ log (the file as g++ printed it)."""
+    out = []
+    for ln in log.splitlines():
+        m = _WARNING_RE.match(ln)
+        if m:
+            out.append((m.group("path"), int(m.group("line")), m.group("msg")))
+    return out
+
+
+def _hls_folder(out_dir: "str | os.PathLike") -> tuple[Path, str]:
+    d = Path(out_dir)
+    if not (d / "run_hls.tcl").is_file() and (d / "hls" / "run_hls.tcl").is_file():
+        d = d / "hls"
+    tcl = d / "run_hls.tcl"
+    if not tcl.is_file():
+        raise FileNotFoundError(f"{out_dir}: no generated HLS project (run qfx.hls.generate first)")
+    m = re.search(r"^set_top (\S+)$", tcl.read_text(encoding="utf-8"), re.M)
+    if not m:
+        raise ValueError(f"{tcl}: no set_top line")
+    return d, m.group(1)
+
+
+def build(out_dir: "str | os.PathLike") -> tuple[Path, str, bool]:
+    """Compile the generated project's C simulation; return (executable, compiler output, cached)."""
+    d, top = _hls_folder(out_dir)
+    inc = include_dir()
+    cxx, ident = _compiler()
+    srcs = [d / f"{top}.cpp", d / f"{top}_tb.cpp"]
+    h = hashlib.sha256()
+    for part in (_FORMAT_VERSION, ident, " ".join(CXX_FLAGS), _headers_fingerprint(str(inc))):
+        h.update(part.encode() + b"\0")
+    for p in [d / f"{top}.h", *srcs]:
+        h.update(p.name.encode() + b"\0" + p.read_bytes() + b"\0")
+    key = h.hexdigest()[:32]
+    exe = cache_dir() / f"csim-{key}"
+    log_file = exe.with_name(exe.name + ".log")
+
+    def cached() -> "tuple[Path, str, bool] | None":
+        if exe.is_file() and log_file.is_file():
+            return exe, log_file.read_text(encoding="utf-8"), True
+        return None
+
+    hit = cached()
+    if hit:
+        return hit
+    with _locked(key):
+        hit = cached()
+        if hit:
+            return hit
+        tmp = Path(tempfile.mkdtemp(prefix="tmp-build-", dir=cache_dir()))
+        try:
+            out = tmp / "csim"
+            cmd = [cxx, *CXX_FLAGS, "-isystem", str(inc), "-I", str(d), *map(str, srcs), "-o", str(out)]
+            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            log = proc.stdout + proc.stderr
+            if proc.returncode != 0:
+                raise HlsCompileError(f"g++ failed on the generated HLS C++ in {d}:\n{_error_excerpt(log)}")
+            (tmp / "log").write_text(log, encoding="utf-8")
+            os.replace(tmp / "log", log_file)
+            os.replace(out, exe)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return exe, log, False
+
+
+def csim_run(out_dir: "str | os.PathLike", input_codes: Any) -> CsimResult:
+    """:func:`csim` with the compiler output and cache state."""
+    d, top = _hls_folder(out_dir)
+    header = (d / f"{top}.h").read_text(encoding="utf-8")
+    n_in = int(re.search(rf"{top}_N_IN = (\d+);", header).group(1))
+    n_out = int(re.search(rf"{top}_N_OUT = (\d+);", header).group(1))
+    in_t = re.search(rf"typedef (ap_u?fixed)<(\d+),(-?\d+),\w+,\w+> {top}_in_t;", header)
+    out_t = re.search(rf"typedef (ap_u?fixed)<(\d+),(-?\d+),\w+,\w+> {top}_out_t;", header)
+    in_w, out_w = int(in_t.group(2)), int(out_t.group(2))
+    out_signed = out_t.group(1) == "ap_fixed"
+    in_signed = in_t.group(1) == "ap_fixed"
+    x = np.asarray(input_codes)
+    if x.dtype.kind not in "iu" and x.dtype != object:
+        raise TypeError(f"csim needs integer input codes, got dtype {x.dtype}")
+    x = x.reshape(x.shape[0], -1) if x.ndim > 1 else x.reshape(1, -1)
+    if x.shape[1] != n_in:
+        raise ValueError(f"csim: {x.shape[1]} input codes per vector, the design takes {n_in}")
+    lo, hi = (-(1 << (in_w - 1)), (1 << (in_w - 1)) - 1) if in_signed else (0, (1 << in_w) - 1)
+    flat = [int(v) for v in x.reshape(-1).tolist()]
+    if flat and (min(flat) < lo or max(flat) > hi):
+        raise ValueError(f"csim: input codes must lie in {lo}..{hi} (the input format's codes)")
+    mask = (1 << in_w) - 1
+    lines = [str(x.shape[0])]
+    for r in range(x.shape[0]):
+        lines.append(" ".join(str(v & mask) for v in flat[r * n_in:(r + 1) * n_in]))
+    exe, log, cached = build(d)
+    proc = subprocess.run([str(exe)], input="\n".join(lines) + "\n", capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"C simulation {exe} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+    rows = [ln.split() for ln in proc.stdout.splitlines() if ln.strip()]
+    if len(rows) != x.shape[0] or any(len(r) != n_out for r in rows):
+        raise RuntimeError(f"C simulation printed {len(rows)} rows, expected {x.shape[0]} of {n_out} codes")
+    vals = np.array([[int(v) for v in r] for r in rows], dtype=object)
+    if out_signed:
+        vals = np.where(vals >= (1 << (out_w - 1)), vals - (1 << out_w), vals)
+    if out_signed or out_w < 64:
+        vals = vals.astype(np.int64)
+    return CsimResult(outputs=vals, compiler_output=log, executable=exe, cached=cached)
+
+
+def csim(out_dir: "str | os.PathLike", inputs_codes: Any) -> np.ndarray:
+    """Compile (cached) and run the generated C simulation; return output codes ``[N, n_out]``.
+
+    ``inputs_codes``: integer codes of the input node's format, ``[N, *input_shape]``
+    (or ``[N, n_in]``). The result holds codes of the output node's format,
+    row-major per vector (reshape to ``[N, *output_shape]`` as needed).
+    """
+    return csim_run(out_dir, inputs_codes).outputs
