@@ -1,0 +1,147 @@
+"""A shift-add processing element for K-hot weights (no multiplier)."""
+
+from __future__ import annotations
+
+from amaranth.hdl import Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, wiring
+from amaranth.lib.wiring import In, Out
+
+from qfx.types import FixedType, KHot
+
+from ..cast import check_fixed, fixed_shape
+from ._accumulate import accumulate, sum_format
+
+__all__ = ["KHotPE"]
+
+
+class KHotPE(wiring.Component):
+    """Shift-add multiply-accumulate of a fixed-point input by a K-hot weight.
+
+    The weight is given as ``k`` signed power-of-two digits, the
+    ``(shifts, signs)`` pairs of :func:`qfx.khot_digits`: weight code
+    ``= sum(sign[j] << shift[j])`` on the grid of ``w.base``. The product is
+    ``sum(+-(x << shift[j]))`` -- ``k`` shifters and a ``k``-input adder, no
+    multiplier -- and is exact, of type ``P = x * w.base`` (ap_fixed product
+    type). It is accumulated as a Vitis HLS loop does::
+
+        acc = cast(acc + x * w, acc_fmt)      # every cycle with valid
+
+    the cast (``acc_fmt``'s rounding and overflow modes) being a
+    :class:`~qfx.hw.cast.CastUnit` on the exact sum type ``acc_fmt + P``.
+
+    Handshake: ``clear`` starts a new accumulation from ``init`` (typically
+    ``cast(bias, acc_fmt)``, or 0). On a clock edge:
+
+    ========= ========= ==========================================
+    ``clear`` ``valid`` ``acc`` becomes
+    ========= ========= ==========================================
+    0         0         ``acc`` (holds)
+    0         1         ``cast(acc + x * w, acc_fmt)``
+    1         0         ``init``
+    1         1         ``cast(init + x * w, acc_fmt)``
+    ========= ========= ==========================================
+
+    so a new dot product can start in the cycle after the last term of the
+    previous one, with no bubble.
+
+    Latency 1 cycle: the term presented in cycle ``t`` is in ``acc`` from
+    cycle ``t + 1``, when ``o_valid`` is high. Throughput one term per cycle;
+    the PE is always ready. The critical path is the shifters, the
+    ``k + 1``-input adder and the cast.
+
+    Parameters
+    ----------
+    x : FixedType
+        Format of the input codes.
+    w : KHot
+        The weight format: at most ``w.k`` nonzero digits on ``w.base``.
+    acc : FixedType
+        Accumulator format; its modes define the per-step cast.
+
+    Attributes
+    ----------
+    x : Signal(fixed_shape(x)), in
+        Input code.
+    shift : ArrayLayout(unsigned(S), k), in
+        Digit positions, ``0 .. w.base.width`` (``S = (w.base.width).bit_length()``).
+    sign : ArrayLayout(signed(2), k), in
+        Digit signs: ``+1``, ``-1`` or ``0`` (an unused digit). The digits
+        must encode a code of ``w.base`` (as ``khot_digits`` gives them);
+        otherwise the product wraps to ``P``'s width.
+    valid, clear : Signal(1), in
+        Accumulate this term / start from ``init`` (see the table).
+    init : Signal(fixed_shape(acc)), in
+        Code of ``acc_fmt`` loaded by ``clear``.
+    acc : Signal(fixed_shape(acc)), out
+        The accumulator register (reset value 0).
+    o_valid : Signal(1), out
+        ``valid`` delayed by the latency: ``acc`` holds a new value.
+
+    Raises
+    ------
+    TypeError
+        If ``x`` or ``acc`` is not a FixedType or ``w`` is not a KHot.
+    ValueError
+        If the exact product or sum type would exceed 64 bits.
+    """
+
+    def __init__(self, x: FixedType, w: KHot, acc: FixedType) -> None:
+        self._x_fmt = check_fixed("x", x)
+        if not isinstance(w, KHot):
+            raise TypeError(
+                f"w must be a qfx.types.KHot, not {type(w).__name__} {w!r}; "
+                "e.g. qfx.parse_type('khot<2,ap_fixed<8,1>>')"
+            )
+        self._w_fmt = w
+        self._acc_fmt = check_fixed("acc", acc)
+        try:
+            self._p_fmt = x * w.base
+        except ValueError as err:
+            raise ValueError(f"KHotPE: the product of {x} and {w} is too wide ({err})") from None
+        sum_format(acc, self._p_fmt, "KHotPE")
+        self._shift_bits = w.base.width.bit_length()
+        super().__init__({
+            "x": In(fixed_shape(x)),
+            "shift": In(data.ArrayLayout(unsigned(self._shift_bits), w.k)),
+            "sign": In(data.ArrayLayout(signed(2), w.k)),
+            "valid": In(1),
+            "clear": In(1),
+            "init": In(fixed_shape(acc)),
+            "acc": Out(fixed_shape(acc)),
+            "o_valid": Out(1),
+        })
+
+    x_fmt = property(lambda self: self._x_fmt, doc="Input format.")
+    w_fmt = property(lambda self: self._w_fmt, doc="Weight (K-hot) format.")
+    acc_fmt = property(lambda self: self._acc_fmt, doc="Accumulator format.")
+    product_fmt = property(lambda self: self._p_fmt, doc="Exact product type ``x * w.base``.")
+    latency = 1
+
+    def elaborate(self, platform):
+        m = Module()
+        k = self._w_fmt.k
+        max_shift = self._w_fmt.base.width
+        # Wide enough for any partial sum of k terms |x| << max_shift.
+        wide = signed(self._x_fmt.width + 1 + max_shift + (k + 1).bit_length())
+        terms = []
+        for j in range(k):
+            shifted = Signal(wide, name=f"shifted{j}")
+            sh = self.shift[j]
+            # Shift amounts beyond the base width never occur in valid digits; clamp for a small shifter.
+            m.d.comb += shifted.eq(self.x << Mux(sh > max_shift, max_shift, sh)[: self._shift_bits])
+            sg = self.sign[j]
+            term = Signal(wide, name=f"term{j}")
+            m.d.comb += term.eq(Mux(sg.any(), Mux(sg[1], -shifted, shifted), 0))
+            terms.append(term)
+        p = Signal(fixed_shape(self._p_fmt))
+        total = terms[0]
+        for t in terms[1:]:
+            total = total + t
+        m.d.comb += p.eq(total)
+        accumulate(m, p=p, p_fmt=self._p_fmt, acc_fmt=self._acc_fmt, valid=self.valid, clear=self.clear,
+                   init=self.init, acc=self.acc, o_valid=self.o_valid)
+        return m
+
+    def __repr__(self) -> str:
+        fmts = (getattr(self, f, "?") for f in ("_x_fmt", "_w_fmt", "_acc_fmt"))
+        return "KHotPE({}, {}, {})".format(*fmts)
