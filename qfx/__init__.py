@@ -3,12 +3,18 @@ arithmetic, and generate the hardware that computes the same bits.
 
 Formats (:mod:`qfx.types`), quantizers (:mod:`qfx.quant`), L-Mul (:mod:`qfx.lmul`),
 quantized layers (:mod:`qfx.nn`), conversion (:func:`qfx.convert`), training
-(:mod:`qfx.train`), manifest export (:mod:`qfx.export`, :mod:`qfx.manifest`) and the
-integer reference interpreter (:mod:`qfx.reference`).
+(:mod:`qfx.train`), manifest export (:mod:`qfx.export`, :mod:`qfx.manifest`), the
+integer reference interpreter (:mod:`qfx.reference`) and the HLS generator (:mod:`qfx.hls`).
+
+Only the formats are imported eagerly: everything that needs PyTorch loads on first
+use, so the generators (which read manifests, never models) run without importing torch.
 """
 
-from .lmul import lmul, lmul_offset_bits
-from .quant import count_overflow, from_codes, overflow_mask, quantize, to_codes
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 from .types import (
     OCP_MINIFLOATS,
     FixedType,
@@ -19,13 +25,44 @@ from .types import (
     Rounding,
     parse_type,
 )
-from ._khot import khot_digits
-from . import nn  # noqa: E402  (quantized layers)
-from .convert import convert  # noqa: E402  (float model -> qfx model)
-from . import train  # noqa: E402  (qfx.train.fit / ptq / evaluate)
-from . import export, manifest, reference  # noqa: E402  (manifest export/load, integer reference)
 
 __version__ = "0.1.0"
+
+# name -> (submodule, attribute or None for the submodule itself)
+_LAZY: dict[str, tuple[str, str | None]] = {
+    "quantize": ("quant", "quantize"),
+    "to_codes": ("quant", "to_codes"),
+    "from_codes": ("quant", "from_codes"),
+    "overflow_mask": ("quant", "overflow_mask"),
+    "count_overflow": ("quant", "count_overflow"),
+    "khot_digits": ("_khot", "khot_digits"),
+    "lmul": ("lmul", "lmul"),
+    "lmul_offset_bits": ("lmul", "lmul_offset_bits"),
+    "convert": ("convert", "convert"),
+    "nn": ("nn", None),
+    "train": ("train", None),
+    "export": ("export", None),
+    "manifest": ("manifest", None),
+    "reference": ("reference", None),
+    "hls": ("hls", None),
+    "quant": ("quant", None),
+}
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module_name, attribute = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module 'qfx' has no attribute {name!r}") from None
+    module = importlib.import_module(f".{module_name}", __name__)
+    value = module if attribute is None else getattr(module, attribute)
+    globals()[name] = value  # also replaces the submodule the import bound (qfx.convert is the function)
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "FixedType",
@@ -36,13 +73,5 @@ __all__ = [
     "Overflow",
     "OCP_MINIFLOATS",
     "parse_type",
-    "quantize",
-    "to_codes",
-    "from_codes",
-    "overflow_mask",
-    "count_overflow",
-    "khot_digits",
-    "lmul",
-    "lmul_offset_bits",
-    "convert",
+    *_LAZY,
 ]

@@ -129,8 +129,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import yaml
 
-from .nn.accumulate import auto_accumulator, holds_all_values, product_type, weight_hull
-from .nn.quantizer import envelope
+from .arith import auto_accumulator, envelope, holds_all_values, product_type, weight_hull
 from .types import FixedType, Format, KHot, MinifloatType, parse_type
 
 __all__ = [

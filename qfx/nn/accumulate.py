@@ -42,7 +42,8 @@ from typing import Callable
 import torch
 
 from ..lmul import lmul
-from ..types import FixedType, Format, KHot, MinifloatType, Overflow
+from ..arith import auto_accumulator, holds_all_values, lmul_product_type, minifloat_hull, product_type, weight_hull
+from ..types import FixedType, MinifloatType
 from .quantizer import TensorQuantizer
 
 __all__ = [
@@ -60,77 +61,6 @@ __all__ = [
 
 #: float64 represents every integer of at most this many bits.
 F64_EXACT_BITS = 53
-
-
-def minifloat_hull(t: MinifloatType) -> FixedType:
-    """The narrowest signed FixedType holding every finite value of ``t``.
-
-    Magnitudes are below ``2**(emax+1)``; the finest step is the subnormal (or
-    lowest-binade) quantum ``2**(emin-M)``.
-    """
-    int_bits = t.emax + 2
-    frac_bits = t.mantissa_bits - t.emin
-    return FixedType(int_bits + frac_bits, int_bits)
-
-
-def weight_hull(fmt: Format) -> FixedType:
-    """A FixedType whose grid and range contain every value of a weight format."""
-    if isinstance(fmt, FixedType):
-        return fmt
-    if isinstance(fmt, KHot):
-        return fmt.base
-    return minifloat_hull(fmt)
-
-
-def lmul_product_type(t: MinifloatType) -> FixedType:
-    """A signed FixedType holding every finite exact L-Mul result of two values of ``t``.
-
-    ``L-Mul(a, b) = (1 + xa + xb + 2**-l) 2**(ea+eb)`` with ``1 + xa + xb + 2**-l < 3``
-    (so below ``2**(2 emax + 2)``) and, for subnormals normalised to
-    ``ea >= emin - M``, an lsb of at least ``2**(2(emin - M) - M)``.
-    """
-    m = t.mantissa_bits
-    int_bits = 2 * t.emax + 3
-    frac_bits = 3 * m - 2 * t.emin
-    return FixedType(int_bits + frac_bits, int_bits)
-
-
-def product_type(input_fmt: FixedType, weight_fmt: Format, multiply: str) -> FixedType:
-    """The type P that holds every product ``x[k] * w[k]`` exactly (see module docstring)."""
-    try:
-        if multiply == "lmul":
-            assert isinstance(weight_fmt, MinifloatType)
-            return lmul_product_type(weight_fmt)
-        return input_fmt * weight_hull(weight_fmt)
-    except ValueError as err:
-        raise ValueError(
-            f"the products of input {input_fmt} and weight {weight_fmt} need a type wider than qfx "
-            f"emulates ({err}); use narrower formats"
-        ) from None
-
-
-def auto_accumulator(product: FixedType, n_terms: int, bias: FixedType | None) -> FixedType:
-    """``accum="auto"``: ``product.accumulator(n_terms)``, plus the bias if any."""
-    try:
-        acc = product.accumulator(max(int(n_terms), 1))
-        return acc + bias if bias is not None else acc
-    except ValueError as err:
-        raise ValueError(
-            f"accum 'auto' for {n_terms} products of type {product}"
-            + (f" plus a bias {bias}" if bias is not None else "")
-            + f" needs a type wider than qfx emulates ({err}); give an explicit accum"
-        ) from None
-
-
-def holds_all_values(outer: FixedType, inner: FixedType) -> bool:
-    """Whether every value of ``inner`` is a value of ``outer`` that ``outer``'s cast keeps unchanged."""
-    if outer.frac_bits < inner.frac_bits:
-        return False
-    shift = outer.frac_bits - inner.frac_bits
-    lo = outer.min_code
-    if outer.signed and outer.overflow is Overflow.AP_SAT_SYM:
-        lo = -outer.max_code  # the most negative code counts as overflow there
-    return lo <= inner.min_code << shift and inner.max_code << shift <= outer.max_code
 
 
 def check_float64_exact(t: FixedType, what: str) -> None:

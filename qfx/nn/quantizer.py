@@ -9,27 +9,13 @@ from torch import nn
 
 from .. import _fixed
 from ..quant import overflow_mask, quantize
+from ..arith import envelope
 from ..types import FixedType, Format, KHot, MinifloatType
 
 __all__ = ["TensorQuantizer", "envelope"]
 
 #: Calibrated fractional-bit counts are clamped to +-this (far inside qfx's limits).
 _FRAC_LIMIT = 256
-
-
-def envelope(formats: "Format | tuple[FixedType, ...]") -> Format:
-    """The narrowest FixedType holding every value of a tuple of FixedTypes (same word length).
-
-    A single format is returned unchanged. Used for per-channel weight formats
-    when sizing an accumulator.
-    """
-    if not isinstance(formats, tuple):
-        return formats
-    first = formats[0]
-    f_min = min(t.frac_bits for t in formats)
-    f_max = max(t.frac_bits for t in formats)
-    int_bits = first.width - f_min
-    return FixedType(int_bits + f_max, int_bits, first.signed, first.rounding, first.overflow)
 
 
 class TensorQuantizer(nn.Module):
