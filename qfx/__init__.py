@@ -1,7 +1,7 @@
 """qfx: train FPGA-ready models with bit-exact Vitis HLS fixed-point (and minifloat)
 arithmetic, and generate the hardware that computes the same bits.
 
-Formats (:mod:`qfx.types`), quantizers (:mod:`qfx.quant`), L-Mul (:mod:`qfx.lmul`),
+Formats (:mod:`qfx.types`), quantizers (:mod:`qfx.quant`), L-Mul (:func:`qfx.lmul`),
 quantized layers (:mod:`qfx.nn`), conversion (:func:`qfx.convert`), training
 (:mod:`qfx.train`), manifest export (:mod:`qfx.export`, :mod:`qfx.manifest`), the
 integer reference interpreter (:mod:`qfx.reference`) and the HLS generator (:mod:`qfx.hls`).
@@ -36,9 +36,10 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "overflow_mask": ("quant", "overflow_mask"),
     "count_overflow": ("quant", "count_overflow"),
     "khot_digits": ("_khot", "khot_digits"),
-    "lmul": ("lmul", "lmul"),
-    "lmul_offset_bits": ("lmul", "lmul_offset_bits"),
-    "convert": ("convert", "convert"),
+    "lmul": ("_lmul", "lmul"),
+    "lmul_offset_bits": ("_lmul", "lmul_offset_bits"),
+    "convert": ("conversion", "convert"),
+    "conversion": ("conversion", None),
     "nn": ("nn", None),
     "train": ("train", None),
     "export": ("export", None),

@@ -151,7 +151,7 @@ def load_run_config(source: "str | Path | dict[str, Any]") -> dict[str, Any]:
         raise CliError(f"train.freeze_bn_stats must be true, false or null, got {train['freeze_bn_stats']!r}")
     if "quant" not in raw:
         raise CliError("the config needs a 'quant:' section (the qfx.convert config: default, types, layers)")
-    from .convert import load_config
+    from .conversion import load_config
 
     try:
         load_config(raw["quant"])  # validate early (layer names are checked at conversion)
@@ -189,7 +189,7 @@ def load_run(run_dir: "str | Path"):
     """The frozen qfx model a finished ``qfx train`` run wrote (``RUN/final.pt``), in eval mode."""
     import torch
 
-    from .convert import convert
+    from .conversion import convert
     from .demo.models import build_model
     from .nn import freeze
 
@@ -240,7 +240,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     import yaml
 
     from . import train as qtrain
-    from .convert import convert
+    from .conversion import convert
     from .demo.models import build_model
 
     cfg = load_run_config(args.config)

@@ -82,7 +82,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from .lmul import lmul_offset_bits
+from ._lmul import lmul_offset_bits
 from .manifest import Manifest, Node, load, mac_auto_accum, mac_product_format, weight_envelope
 from .quant import to_codes
 from .types import FixedType, KHot, MinifloatType, Overflow, Rounding, parse_type

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import qfx
-from qfx.convert import ConversionError, convert, layer_names, load_config
+from qfx.conversion import ConversionError, convert, layer_names, load_config
 from qfx.demo.models import build_model
 from qfx.nn import QAdd, QAvgPool2d, QBatchNorm2d, QFlatten, QLeakyReLU, QLinear, QMaxPool2d, QReLU, QReLU6
 

@@ -20,3 +20,12 @@ def test_lazy_public_api():
         "assert callable(qfx.convert) and callable(quantize); import qfx.nn, qfx.train"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_convert_stays_the_function_after_submodules_import_it():
+    code = (
+        "import qfx.demo.accuracy, qfx.cli, qfx.nn, qfx.reference, qfx; "
+        "assert callable(qfx.convert), qfx.convert; from qfx import convert; assert callable(convert); "
+        "assert callable(qfx.lmul), qfx.lmul; assert callable(qfx.quantize)"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

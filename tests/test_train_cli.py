@@ -124,7 +124,7 @@ def test_bad_yaml_and_bad_arguments_exit_2(tmp_path, capsys):
 
 def test_example_configs_are_valid():
     from qfx.cli import load_run_config
-    from qfx.convert import convert
+    from qfx.conversion import convert
     from qfx.demo.models import build_model
 
     paths = sorted((ROOT / "configs").glob("*.yaml"))

@@ -41,7 +41,7 @@ from typing import Any, Sequence
 import torch
 
 from .. import train as qtrain
-from ..convert import convert
+from ..conversion import convert
 from ..data import digits_loaders
 from .models import build_model
 

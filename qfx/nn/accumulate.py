@@ -41,7 +41,7 @@ from typing import Callable
 
 import torch
 
-from ..lmul import lmul
+from .._lmul import lmul
 from ..arith import auto_accumulator, holds_all_values, lmul_product_type, minifloat_hull, product_type, weight_hull
 from ..types import FixedType, MinifloatType
 from .quantizer import TensorQuantizer

@@ -88,7 +88,7 @@ class LayerConfig:
         A learnable weight binary point is per output channel instead of one
         scalar.
     multiply : {"exact", "lmul"}
-        ``"lmul"``: minifloat weights multiply by L-Mul (see :mod:`qfx.lmul`).
+        ``"lmul"``: minifloat weights multiply by L-Mul (see :func:`qfx.lmul`).
     track_overflow : bool
         Count saturated/wrapped elements of every quantized tensor (slower).
     """

@@ -6,8 +6,8 @@ from typing import Callable
 
 import torch
 
-from ..lmul import _operand_format as _lmul_operand_format
-from ..lmul import lmul
+from .._lmul import _operand_format as _lmul_operand_format
+from .._lmul import lmul
 from ..quant import quantize
 from ..types import FixedType, KHot, MinifloatType
 from .accumulate import (
