@@ -258,10 +258,11 @@ HEADER_WARNING_KINDS = ("-Wuninitialized", "-Wmaybe-uninitialized")
 
 
 def test_generated_code_compiles_without_warnings(built):
-    inc = hls.include_dir().resolve()
     for name, b in built.items():
         ws = hls.compiler_warnings(b["log"])
-        own = [w for w in ws if not Path(w[0]).resolve().is_relative_to(inc)]
+        # A cached build's log names the headers where they were when it compiled (another
+        # checkout's venv, say): recognise them by their folder, not by this venv's path.
+        own = [w for w in ws if "ap_types" not in Path(w[0]).parts]
         assert own == [], f"{name}: warnings in generated code: {own}"
         for path, line, msg in ws:
             assert Path(path).name == "ap_private.h" and msg.endswith(tuple(f"[{k}]" for k in HEADER_WARNING_KINDS)), (name, path, line, msg)
