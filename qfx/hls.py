@@ -70,7 +70,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .manifest import CONV_ORDER, DENSE_ORDER, Manifest, Node, is_valid_name, load, weight_envelope
+from .manifest import CONV_ORDER, DENSE_ORDER, Manifest, Node, is_valid_name, load, minifloat_hull_codes, weight_envelope
 from .types import FixedType, KHot, MinifloatType
 
 __all__ = [
@@ -195,17 +195,6 @@ def _literals(codes: np.ndarray, frac_bits: int, where: str) -> list[str]:
     return [_literal(c, frac_bits, where) for c in np.asarray(codes).reshape(-1).tolist()]
 
 
-def _minifloat_hull_codes(bits: np.ndarray, t: MinifloatType) -> np.ndarray:
-    """Exact values of minifloat bit patterns as codes on the grid 2**(emin - M) (as qfx.reference)."""
-    m, e = t.mantissa_bits, t.exponent_bits
-    neg = ((bits >> (e + m)) & 1) == 1
-    ef = (bits >> m) & ((1 << e) - 1)
-    man = bits & ((1 << m) - 1)
-    normal = ef > 0
-    mag = np.where(normal, ((1 << m) + man) << np.where(normal, ef - 1, 0), man if t.subnormals else 0)
-    return np.where(neg, -mag, mag)
-
-
 # ---------------------------------------------------------------------------
 # Per-node contexts
 # ---------------------------------------------------------------------------
@@ -255,7 +244,7 @@ def _mac_context(node: Node, reuse: int) -> tuple[dict, list[tuple[str, str]]]:
 
         hull = weight_grid(wfmt)
         types.append(("w", _cpp(hull)))
-        ctx["weights"] = _literals(_minifloat_hull_codes(codes, wfmt), hull.frac_bits, where + " weight")
+        ctx["weights"] = _literals(minifloat_hull_codes(codes, wfmt), hull.frac_bits, where + " weight")
     elif isinstance(wfmt, tuple):
         env = weight_envelope(wfmt)
         if not isinstance(env, FixedType):  # pragma: no cover - load checks per-channel formats are fixed-point

@@ -133,6 +133,7 @@ from .arith import auto_accumulator, envelope, holds_all_values, product_type, w
 from .types import FixedType, Format, KHot, MinifloatType, parse_type
 
 __all__ = [
+    "minifloat_hull_codes",
     "SCHEMA",
     "SCHEMA_VERSION",
     "MANIFEST_FILE",
@@ -303,6 +304,18 @@ def weight_envelope(fmt: "Format | tuple[FixedType, ...]") -> Format:
 def weight_grid(fmt: Format) -> FixedType:
     """The FixedType on whose grid weight values are multiplied (K-hot base, minifloat hull, itself)."""
     return weight_hull(fmt)
+
+
+def minifloat_hull_codes(bits: np.ndarray, t: MinifloatType) -> np.ndarray:
+    """Exact values of minifloat bit patterns (a manifest's weight array) as codes on the grid
+    2**(emin - M), the grid of :func:`weight_grid`; read by the reference and the HLS generator."""
+    m, e = t.mantissa_bits, t.exponent_bits
+    neg = ((bits >> (e + m)) & 1) == 1
+    ef = (bits >> m) & ((1 << e) - 1)
+    man = bits & ((1 << m) - 1)
+    normal = ef > 0
+    mag = np.where(normal, ((1 << m) + man) << np.where(normal, ef - 1, 0), man if t.subnormals else 0)
+    return np.where(neg, -mag, mag)
 
 
 def mac_product_format(input_fmt: FixedType, weight_fmt: "Format | tuple[FixedType, ...]", multiply: str) -> FixedType:

@@ -83,7 +83,7 @@ import numpy as np
 import torch
 
 from ._lmul import lmul_offset_bits
-from .manifest import Manifest, Node, load, mac_auto_accum, mac_product_format, weight_envelope
+from .manifest import Manifest, Node, load, mac_auto_accum, mac_product_format, minifloat_hull_codes, weight_envelope
 from .quant import to_codes
 from .types import FixedType, KHot, MinifloatType, Overflow, Rounding, parse_type
 
@@ -234,17 +234,6 @@ def to_real(codes: np.ndarray, fmt: "FixedType | str") -> np.ndarray:
 # ---------------------------------------------------------------------------
 
 
-def _minifloat_hull_codes(bits: np.ndarray, t: MinifloatType) -> np.ndarray:
-    """Exact values of minifloat bit patterns as codes on the grid 2**(emin - M)."""
-    m, e = t.mantissa_bits, t.exponent_bits
-    neg = ((bits >> (e + m)) & 1) == 1
-    ef = (bits >> m) & ((1 << e) - 1)
-    man = bits & ((1 << m) - 1)
-    normal = ef > 0
-    mag = np.where(normal, ((1 << m) + man) << np.where(normal, ef - 1, 0), man if t.subnormals else 0)
-    return np.where(neg, -mag, mag)
-
-
 def _minifloat_fields(bits: np.ndarray, t: MinifloatType) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """``(negative, zero, e, f)`` of bit patterns: ``|v| = (1 + f/2**M) 2**e``, subnormals normalised."""
     m, e_bits = t.mantissa_bits, t.exponent_bits
@@ -360,7 +349,7 @@ def _weight_grid_codes(node: Node, big: bool) -> np.ndarray:
         one = np.ones_like(shifts)
         return (signs * (one << shifts)).sum(axis=-1)
     if isinstance(fmt, MinifloatType):
-        return _minifloat_hull_codes(a["weight"], fmt)
+        return minifloat_hull_codes(a["weight"], fmt)
     return a["weight"]
 
 
