@@ -53,8 +53,6 @@ caches the executable by content hash under ``$QFX_CACHE_DIR/hls`` (default
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import functools
 import hashlib
 import importlib.util
@@ -66,10 +64,11 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
+from ._toolchain import ap_types_dir, compiler, headers_fingerprint, locked
 from .manifest import CONV_ORDER, DENSE_ORDER, Manifest, Node, is_valid_name, load, minifloat_hull_codes, weight_envelope
 from .types import FixedType, KHot, MinifloatType
 
@@ -129,24 +128,7 @@ def template_dir() -> Path:
 
 def include_dir() -> Path:
     """The Xilinx ``ap_types`` headers: ``$QFX_AP_TYPES_INCLUDE`` or the copy inside the hls4ml wheel."""
-    override = os.environ.get("QFX_AP_TYPES_INCLUDE")
-    if override:
-        p = Path(override)
-        if not (p / "ap_fixed.h").is_file():
-            raise RuntimeError(f"QFX_AP_TYPES_INCLUDE={override!r} has no ap_fixed.h")
-        return p
-    try:
-        spec = importlib.util.find_spec("hls4ml")
-    except (ImportError, ValueError):
-        spec = None
-    for loc in list(spec.submodule_search_locations or []) if spec is not None else []:
-        p = Path(loc) / "templates" / "vivado" / "ap_types"
-        if (p / "ap_fixed.h").is_file() and (p / "hls_stream.h").is_file():
-            return p
-    raise RuntimeError(
-        "the HLS C simulation needs the Xilinx ap_types headers shipped by hls4ml: pip install hls4ml "
-        "(or set QFX_AP_TYPES_INCLUDE to a folder holding ap_fixed.h and hls_stream.h)"
-    )
+    return ap_types_dir(("ap_fixed.h", "hls_stream.h"), "the HLS C simulation")
 
 
 def cache_dir() -> Path:
@@ -513,37 +495,6 @@ class CsimResult:
     cached: bool
 
 
-@functools.lru_cache(maxsize=None)
-def _compiler() -> tuple[str, str]:
-    name = os.environ.get("QFX_CXX", "g++")
-    path = shutil.which(name)
-    if path is None:
-        raise RuntimeError(f"C++ compiler {name!r} not found (install g++ or set QFX_CXX)")
-    ident = subprocess.run([path, "--version"], capture_output=True, text=True, check=False).stdout.splitlines()
-    return path, (ident[0] if ident else name)
-
-
-@functools.lru_cache(maxsize=None)
-def _headers_fingerprint(inc: str) -> str:
-    h = hashlib.sha256()
-    for p in sorted(Path(inc).rglob("*.h")):
-        h.update(str(p.relative_to(inc)).encode())
-        h.update(p.read_bytes())
-    return h.hexdigest()
-
-
-@contextlib.contextmanager
-def _locked(key: str) -> Iterator[None]:
-    locks = cache_dir() / "locks"
-    locks.mkdir(exist_ok=True)
-    with open(locks / f"{key}.lock", "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def _error_excerpt(log: str) -> str:
     lines = log.splitlines()
     hits = [i for i, ln in enumerate(lines) if re.search(r"\berror\b", ln)]
@@ -589,10 +540,10 @@ def build(out_dir: "str | os.PathLike") -> tuple[Path, str, bool]:
     """Compile the generated project's C simulation; return (executable, compiler output, cached)."""
     d, top = _hls_folder(out_dir)
     inc = include_dir()
-    cxx, ident = _compiler()
+    cxx, ident = compiler()
     srcs = [d / f"{top}.cpp", d / f"{top}_tb.cpp"]
     h = hashlib.sha256()
-    for part in (_FORMAT_VERSION, ident, " ".join(CXX_FLAGS), _headers_fingerprint(str(inc))):
+    for part in (_FORMAT_VERSION, ident, " ".join(CXX_FLAGS), headers_fingerprint(str(inc))):
         h.update(part.encode() + b"\0")
     for p in [d / f"{top}.h", *srcs]:
         h.update(p.name.encode() + b"\0" + p.read_bytes() + b"\0")
@@ -608,7 +559,7 @@ def build(out_dir: "str | os.PathLike") -> tuple[Path, str, bool]:
     hit = cached()
     if hit:
         return hit
-    with _locked(key):
+    with locked(cache_dir(), key):
         hit = cached()
         if hit:
             return hit

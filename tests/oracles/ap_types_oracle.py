@@ -74,11 +74,7 @@ Engineering notes
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
-import fcntl
-import functools
 import hashlib
-import importlib.util
 import os
 import pathlib
 import re
@@ -90,6 +86,8 @@ from fractions import Fraction
 from typing import Iterable, NamedTuple, Sequence
 
 import numpy as np
+
+from qfx._toolchain import ap_types_dir, compiler, headers_fingerprint, locked
 
 __all__ = [
     "ROUNDING_MODES",
@@ -249,31 +247,8 @@ class OracleList(list):
 
 
 def include_dir() -> pathlib.Path:
-    """Folder holding ``ap_fixed.h`` & co. from the installed hls4ml package."""
-    override = os.environ.get("QFX_AP_TYPES_INCLUDE")
-    if override:
-        p = pathlib.Path(override)
-        if not (p / "ap_fixed.h").is_file():
-            raise RuntimeError(f"QFX_AP_TYPES_INCLUDE={override!r} has no ap_fixed.h")
-        return p
-    try:
-        spec = importlib.util.find_spec("hls4ml")
-    except (ImportError, ValueError):
-        spec = None
-    locations = list(spec.submodule_search_locations or []) if spec is not None else []
-    for loc in locations:
-        p = pathlib.Path(loc) / "templates" / "vivado" / "ap_types"
-        if (p / "ap_fixed.h").is_file() and (p / "ap_int.h").is_file():
-            return p
-    if spec is None:
-        raise RuntimeError(
-            "the ap_types oracle needs the Xilinx ap_types headers shipped by hls4ml, "
-            "but hls4ml is not installed: pip install hls4ml  (or pip install -e '.[test]')"
-        )
-    raise RuntimeError(
-        f"hls4ml is installed at {locations} but templates/vivado/ap_types/ap_fixed.h "
-        "was not found in it; reinstall with: pip install --force-reinstall hls4ml"
-    )
+    """Folder holding ``ap_fixed.h`` & co. from the installed hls4ml package (or $QFX_AP_TYPES_INCLUDE)."""
+    return ap_types_dir(("ap_fixed.h", "ap_int.h"), "the ap_types oracle")
 
 
 def cache_dir() -> pathlib.Path:
@@ -283,30 +258,9 @@ def cache_dir() -> pathlib.Path:
     return d
 
 
-@functools.lru_cache(maxsize=None)
-def _compiler() -> tuple[str, str]:
-    """(absolute path, identity string) of the C++ compiler."""
-    name = os.environ.get("QFX_CXX", "g++")
-    path = shutil.which(name)
-    if path is None:
-        raise RuntimeError(f"C++ compiler {name!r} not found on PATH (set QFX_CXX)")
-    r = subprocess.run([path, "--version"], capture_output=True, text=True)
-    m = subprocess.run([path, "-dumpmachine"], capture_output=True, text=True)
-    ident = f"{os.path.realpath(path)}|{r.stdout.splitlines()[0] if r.stdout else ''}|{m.stdout.strip()}"
-    return path, ident
-
-
-@functools.lru_cache(maxsize=None)
-def _headers_fingerprint(inc: str) -> str:
-    h = hashlib.sha256()
-    root = pathlib.Path(inc)
-    for p in sorted(root.rglob("*")):
-        if p.is_file():
-            h.update(str(p.relative_to(root)).encode())
-            h.update(b"\0")
-            h.update(p.read_bytes())
-            h.update(b"\0")
-    return h.hexdigest()
+# The compiler and the header fingerprint come from qfx._toolchain, shared with qfx.hls.
+_compiler = compiler
+_headers_fingerprint = headers_fingerprint
 
 
 def _key(*parts: str) -> str:
@@ -322,16 +276,8 @@ def _base_key_parts() -> tuple[str, ...]:
     return (_FORMAT_VERSION, _compiler()[1], " ".join(_CXX_FLAGS), _headers_fingerprint(inc))
 
 
-@contextlib.contextmanager
 def _locked(name: str):
-    locks = cache_dir() / "locks"
-    locks.mkdir(exist_ok=True)
-    with open(locks / f"{name}.lock", "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    return locked(cache_dir(), name)
 
 
 def _error_excerpt(log: str) -> str:
