@@ -38,18 +38,11 @@ from qfx.nn import (
     QMaxPool2d,
     QReLU,
     QReLU6,
-    set_track_overflow,
 )
 from qfx.reference import cast_codes, run, to_real, values
 from qfx.types import FixedType, Overflow, Rounding
+from tests.qmodels import B, NARROW, NARROW_WRAP, U, W, X, Y, accum_overflows, init_weights
 
-X = "ap_fixed<8,3,AP_RND,AP_SAT>"
-W = "ap_fixed<8,1,AP_RND_CONV,AP_SAT>"
-B = "ap_fixed<12,4,AP_RND>"
-Y = "ap_fixed<10,4,AP_RND_CONV,AP_SAT>"
-U = "ap_ufixed<8,3,AP_RND,AP_SAT>"
-NARROW = "ap_fixed<10,3,AP_RND_CONV,AP_SAT>"
-NARROW_WRAP = "ap_fixed<9,2,AP_TRN,AP_WRAP>"
 
 
 # ---------------------------------------------------------------------------
@@ -124,22 +117,6 @@ def test_cast_codes_rejects_floats():
 # ---------------------------------------------------------------------------
 # Models
 # ---------------------------------------------------------------------------
-
-
-def _init(model: nn.Module, seed: int) -> nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, (QLinear, QConv2d)):
-                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * 0.45)
-                if m.bias is not None:
-                    m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.5)
-            if isinstance(m, QBatchNorm2d):
-                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.3)
-                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.3)
-                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-    return model
 
 
 def mlp(weight: str, multiply: str, accum: str) -> nn.Module:
@@ -233,15 +210,6 @@ def assert_bit_exact(model: nn.Module, x: torch.Tensor, out_dir: Path, **run_kw)
     return {"manifest": man, "ref": ref}
 
 
-def _accum_overflows(model: nn.Module, x: torch.Tensor) -> int:
-    set_track_overflow(model, True)
-    with torch.no_grad():
-        model.eval()(x)
-    n = sum(m.overflow_counts().get("accum", 0) for m in model.modules() if isinstance(m, (QLinear, QConv2d)))
-    set_track_overflow(model, False)
-    return n
-
-
 WEIGHTS = [
     pytest.param(W, "exact", id="fixed"),
     pytest.param("khot<2,ap_fixed<8,1>>", "exact", id="khot"),
@@ -254,11 +222,11 @@ WEIGHTS = [
 @pytest.mark.parametrize("weight, multiply", WEIGHTS)
 @pytest.mark.parametrize("accum", ["auto", NARROW])
 def test_mlp_bit_exact(tmp_path, weight, multiply, accum):
-    model = _init(mlp(weight, multiply, accum), 1)
+    model = init_weights(mlp(weight, multiply, accum), 1)
     x = _data(2, 7, 12)
     assert_bit_exact(model, x, tmp_path / "m")
     if accum != "auto":
-        assert _accum_overflows(model, x) > 0  # the narrow accumulator really overflows (and rounds)
+        assert accum_overflows(model, x) > 0  # the narrow accumulator really overflows (and rounds)
 
 
 @pytest.mark.parametrize(
@@ -266,18 +234,18 @@ def test_mlp_bit_exact(tmp_path, weight, multiply, accum):
     [(W, "exact", "auto"), ("khot<3,ap_fixed<8,1>>", "exact", NARROW), ("fp4_e2m1fn", "lmul", NARROW_WRAP), ("e3m3", "exact", "auto")],
 )
 def test_cnn_bit_exact(tmp_path, weight, multiply, accum):
-    model = _init(cnn(weight, multiply, accum), 3)
+    model = init_weights(cnn(weight, multiply, accum), 3)
     x = _data(4, 3, 2, 7, 6)
     r = assert_bit_exact(model, x, tmp_path / "m")
     ops = [n.op for n in r["manifest"]]
     assert {"conv2d", "batchnorm", "relu6", "maxpool2d", "avgpool2d", "flatten", "dense"} <= set(ops)
     if accum != "auto":
-        assert _accum_overflows(model, x) > 0
+        assert accum_overflows(model, x) > 0
 
 
 @pytest.mark.parametrize("accum", ["auto", NARROW])
 def test_residual_block_bit_exact(tmp_path, accum):
-    model = _init(Residual(accum), 5)
+    model = init_weights(Residual(accum), 5)
     x = _data(6, 4, 2, 6, 6, scale=3.0)
     r = assert_bit_exact(model, x, tmp_path / "m")
     man = r["manifest"]
@@ -298,7 +266,7 @@ def test_coarse_grids_strides_and_dense_on_feature_maps(tmp_path):
         QMaxPool2d((2, 1), (1, 2), dilation=(2, 1), input="ap_fixed<7,3,AP_TRN_ZERO,AP_WRAP>"),
         QFlatten(),
     )
-    _init(model, 15)
+    init_weights(model, 15)
     x = _data(16, 3, 1, 7, 5, scale=40.0)
     r = assert_bit_exact(model, x, tmp_path / "m")
     man = r["manifest"]
@@ -310,7 +278,7 @@ def test_coarse_grids_strides_and_dense_on_feature_maps(tmp_path):
 def test_per_channel_learned_weight_formats(tmp_path):
     cfg = dict(input=X, weight=W, bias=B, output=Y, learn_binary_point=True, weight_per_channel=True)
     model = nn.Sequential(QConv2d(2, 3, 3, config=cfg), QReLU(output=U), QFlatten(), QLinear(3 * 2 * 2, 4, config=cfg, accum=NARROW))
-    _init(model, 7)
+    init_weights(model, 7)
     with torch.no_grad():
         model[0].weight.mul_(torch.tensor([0.05, 1.0, 4.0])[:, None, None, None])
     x = _data(8, 5, 2, 4, 4)
@@ -325,7 +293,7 @@ def test_per_channel_learned_weight_formats(tmp_path):
 
 
 def test_view_flatten_and_big_int_fallback(tmp_path):
-    model = _init(ViewNet(), 9)
+    model = init_weights(ViewNet(), 9)
     x = _data(10, 2, 1, 4, 4)
     r = assert_bit_exact(model, x, tmp_path / "m")
     assert [n.op for n in r["manifest"]] == ["input", "conv2d", "flatten", "dense", "output"]
@@ -337,7 +305,7 @@ def test_view_flatten_and_big_int_fallback(tmp_path):
 
 
 def test_big_int_fallback_on_every_op(tmp_path):
-    model = _init(cnn("fp4_e2m1fn", "lmul", NARROW), 11)
+    model = init_weights(cnn("fp4_e2m1fn", "lmul", NARROW), 11)
     x = _data(12, 2, 2, 7, 6)
     export(model, x, tmp_path / "m")
     man = load(tmp_path / "m")
@@ -395,7 +363,7 @@ def test_wide_formats_use_python_ints(tmp_path):
 
 
 def _small(seed: int = 0) -> nn.Module:
-    return _init(mlp("khot<2,ap_fixed<8,1>>", "exact", "auto"), seed)
+    return init_weights(mlp("khot<2,ap_fixed<8,1>>", "exact", "auto"), seed)
 
 
 def test_manifest_contents_and_round_trip(tmp_path):
@@ -423,7 +391,7 @@ def test_manifest_contents_and_round_trip(tmp_path):
 
 
 def test_export_is_deterministic(tmp_path):
-    model = _init(Residual(), 2)
+    model = init_weights(Residual(), 2)
     x = _data(3, 2, 2, 6, 6)
     export(model, x, tmp_path / "a")
     export(model, x, tmp_path / "b")

@@ -41,36 +41,12 @@ from qfx.nn import (
     QMaxPool2d,
     QReLU,
     QReLU6,
-    set_track_overflow,
 )
 from qfx.reference import run
+from tests.qmodels import B, KHOT, NARROW, NARROW_WRAP, U, W, X, Y, accum_overflows, init_weights
 
-X = "ap_fixed<8,3,AP_RND,AP_SAT>"
-W = "ap_fixed<8,1,AP_RND_CONV,AP_SAT>"
-B = "ap_fixed<12,4,AP_RND>"
-Y = "ap_fixed<10,4,AP_RND_CONV,AP_SAT>"
-U = "ap_ufixed<8,3,AP_RND,AP_SAT>"
-NARROW = "ap_fixed<10,3,AP_RND_CONV,AP_SAT>"
-NARROW_WRAP = "ap_fixed<9,2,AP_TRN,AP_WRAP>"
-KHOT = "khot<2,ap_fixed<8,1>>"
 
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="g++ is needed for the HLS C simulation")
-
-
-def _init(model: nn.Module, seed: int) -> nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, (QLinear, QConv2d)):
-                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * 0.45)
-                if m.bias is not None:
-                    m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.5)
-            if isinstance(m, QBatchNorm2d):
-                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.3)
-                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.3)
-                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-    return model
 
 
 def mlp(weight: str = W, accum: str = "auto") -> nn.Module:
@@ -124,7 +100,7 @@ def per_channel(x: torch.Tensor) -> nn.Module:
     cfg = dict(input=X, weight=W, bias=B, output=Y, learn_binary_point=True, weight_per_channel=True)
     model = nn.Sequential(QConv2d(2, 3, 3, config=cfg), QReLU(output=U), QFlatten(),
                           QLinear(3 * 2 * 2, 4, config=cfg, accum=NARROW))
-    _init(model, 7)
+    init_weights(model, 7)
     with torch.no_grad():
         model[0].weight.mul_(torch.tensor([0.05, 1.0, 4.0])[:, None, None, None])
         model(x)  # calibrates every learnable binary point
@@ -134,7 +110,7 @@ def per_channel(x: torch.Tensor) -> nn.Module:
 def coarse() -> nn.Module:
     # strided conv onto lsb 4 (6 is off that grid before ReLU6), divisor_override (a reciprocal), a dense on
     # [C, H, W] (rows of the last axis), dilated max pool, an ap_int output
-    return _init(nn.Sequential(
+    return init_weights(nn.Sequential(
         QConv2d(1, 2, 3, stride=2, padding=1, input=X, weight=W, bias=B, output="ap_fixed<6,8,AP_RND,AP_SAT>"),
         QReLU6(output="ap_ufixed<6,4,AP_RND_CONV,AP_SAT>"),
         QAvgPool2d(2, 1, divisor_override=3, input=U, reciprocal="ap_ufixed<6,0,AP_RND_INF>", output=Y),
@@ -147,12 +123,12 @@ def coarse() -> nn.Module:
 
 # id -> (model factory, input shape without batch, random scale, ops it must contain)
 MODELS = {
-    "mlp_auto": (lambda: _init(mlp(), 1), (12,), 2.0, {"dense", "relu", "leaky_relu"}),
-    "mlp_narrow": (lambda: _init(mlp(accum=NARROW), 1), (12,), 2.0, {"dense"}),
-    "cnn": (lambda: _init(cnn(), 3), (2, 7, 6), 2.0,
+    "mlp_auto": (lambda: init_weights(mlp(), 1), (12,), 2.0, {"dense", "relu", "leaky_relu"}),
+    "mlp_narrow": (lambda: init_weights(mlp(accum=NARROW), 1), (12,), 2.0, {"dense"}),
+    "cnn": (lambda: init_weights(cnn(), 3), (2, 7, 6), 2.0,
             {"conv2d", "batchnorm", "relu", "relu6", "maxpool2d", "avgpool2d", "flatten", "dense"}),
-    "residual": (lambda: _init(Residual(), 5), (2, 6, 6), 3.0, {"conv2d", "add", "batchnorm", "flatten"}),
-    "khot_mlp": (lambda: _init(mlp(KHOT, NARROW), 11), (12,), 2.0, {"dense"}),
+    "residual": (lambda: init_weights(Residual(), 5), (2, 6, 6), 3.0, {"conv2d", "add", "batchnorm", "flatten"}),
+    "khot_mlp": (lambda: init_weights(mlp(KHOT, NARROW), 11), (12,), 2.0, {"dense"}),
     "per_channel": (per_channel, (2, 4, 4), 2.0, {"conv2d", "relu", "flatten", "dense"}),
     "coarse": (coarse, (1, 7, 5), 40.0, {"conv2d", "relu6", "avgpool2d", "dense", "maxpool2d", "relu", "flatten"}),
 }
@@ -177,15 +153,6 @@ def _inputs(shape: tuple[int, ...], scale: float, seed: int) -> torch.Tensor:
         torch.full((n,), -1.0),
     ]) * 2.0**-5
     return torch.cat([rnd, corners]).reshape(-1, *shape).float().double()
-
-
-def _accum_overflows(model: nn.Module, x: torch.Tensor) -> int:
-    set_track_overflow(model, True)
-    with torch.no_grad():
-        model.eval()(x)
-    n = sum(m.overflow_counts().get("accum", 0) for m in model.modules() if isinstance(m, (QLinear, QConv2d)))
-    set_track_overflow(model, False)
-    return n
 
 
 @pytest.fixture(scope="module")
@@ -231,7 +198,7 @@ def test_narrow_accumulators_really_round_and_overflow(built):
         b = built[name]
         macs = [n for n in b["manifest"] if n.op == "dense"]
         assert macs and not any(n.params["accum_exact"] for n in macs)
-        assert _accum_overflows(b["model"], b["x"]) > 0, name
+        assert accum_overflows(b["model"], b["x"]) > 0, name
     assert all(n.params["accum_exact"] for n in built["mlp_auto"]["manifest"] if n.op == "dense")
 
 
@@ -384,7 +351,7 @@ def test_node_names_that_clash_in_cpp_are_refused(built, tmp_path):
 
 
 def test_lmul_is_refused_with_the_node_named(tmp_path):
-    model = _init(nn.Sequential(QLinear(4, 3, input=X, weight="fp8_e4m3fn<saturate=true>", bias=B, output=Y,
+    model = init_weights(nn.Sequential(QLinear(4, 3, input=X, weight="fp8_e4m3fn<saturate=true>", bias=B, output=Y,
                                         multiply="lmul")), 2)
     x = torch.randn(2, 4, generator=torch.Generator().manual_seed(0))
     export(model, x, tmp_path / "m")
@@ -444,7 +411,7 @@ def test_csim_checks_its_inputs(built):
 def test_cast_to_a_grid_above_the_source_msb_does_not_abort(tmp_path):
     # ap_fixed<8,1> -> ap_fixed<4,8,AP_RND_CONV>: the destination lsb (16) lies above the source msb; a plain
     # assignment aborts in ap_private::get_bit, qfx_cast sign-extends first. Every value rounds to 0 there.
-    model = _init(nn.Sequential(
+    model = init_weights(nn.Sequential(
         QLinear(12, 4, input=X, weight=W, bias=B, output="ap_fixed<8,1,AP_RND,AP_SAT>"),
         QReLU(output="ap_fixed<4,8,AP_RND_CONV,AP_SAT>"),
         QLinear(4, 3, input=X, weight=W, bias=B, output=Y),
