@@ -98,11 +98,7 @@ class QLinear(MACLayer, nn.Linear):
             dtype=module.weight.dtype,
             **overrides,
         )
-        with torch.no_grad():
-            q.weight.copy_(module.weight)
-            if module.bias is not None:
-                q.bias.copy_(module.bias)
-        return q
+        return q._copy_float_params(module)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not isinstance(x, torch.Tensor) or not x.is_floating_point():

@@ -70,6 +70,14 @@ class MACLayer(QuantizedModule):
             },
         )
 
+    def _copy_float_params(self, module: "torch.nn.Module") -> "MACLayer":
+        """Take the float weight (and bias) of the torch layer this one was built from."""
+        with torch.no_grad():
+            self.weight.copy_(module.weight)
+            if module.bias is not None:
+                self.bias.copy_(module.bias)
+        return self
+
     # -- formats ----------------------------------------------------------------
     def product_format(self) -> FixedType:
         """The type holding every product ``x[k] * w[k]`` exactly (with the current formats)."""
