@@ -30,19 +30,11 @@ from __future__ import annotations
 
 import torch
 
+from .arith import lmul_offset_bits  # noqa: F401  (re-exported)
 from .quant import quantize
 from .types import Format, FixedType, KHot, MinifloatType, parse_type
 
 __all__ = ["lmul", "lmul_offset_bits"]
-
-
-def lmul_offset_bits(mantissa_bits: int) -> int:
-    """``l(M)``: the offset term is ``2**-l(M)``."""
-    if mantissa_bits < 0:
-        raise ValueError(f"mantissa_bits must be >= 0, got {mantissa_bits}")
-    if mantissa_bits <= 3:
-        return mantissa_bits
-    return 3 if mantissa_bits == 4 else 4
 
 
 def _operand_format(fmt: "MinifloatType | str") -> MinifloatType:

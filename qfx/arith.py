@@ -18,6 +18,7 @@ __all__ = [
     "auto_accumulator",
     "holds_all_values",
     "envelope",
+    "lmul_offset_bits",
 ]
 
 
@@ -106,3 +107,12 @@ def holds_all_values(outer: FixedType, inner: FixedType) -> bool:
     if outer.signed and outer.overflow is Overflow.AP_SAT_SYM:
         lo = -outer.max_code  # the most negative code counts as overflow there
     return lo <= inner.min_code << shift and inner.max_code << shift <= outer.max_code
+
+
+def lmul_offset_bits(mantissa_bits: int) -> int:
+    """``l(M)``: the offset term is ``2**-l(M)``."""
+    if mantissa_bits < 0:
+        raise ValueError(f"mantissa_bits must be >= 0, got {mantissa_bits}")
+    if mantissa_bits <= 3:
+        return mantissa_bits
+    return 3 if mantissa_bits == 4 else 4
