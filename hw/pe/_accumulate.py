@@ -39,3 +39,39 @@ def accumulate(m: Module, *, p, p_fmt: FixedType, acc_fmt: FixedType, valid, cle
     with m.Elif(clear):
         m.d.sync += acc.eq(init)
     m.d.sync += o_valid.eq(valid)
+
+
+def pe_members(x_shape, w_members: dict, acc_fmt: FixedType) -> dict:
+    """The signature members every PE has: ``x``, the weight port(s), ``valid``, ``clear``, ``init``,
+    ``acc``, ``o_valid`` (in that order)."""
+    from amaranth.lib.wiring import In, Out
+
+    return {
+        "x": In(x_shape),
+        **w_members,
+        "valid": In(1),
+        "clear": In(1),
+        "init": In(fixed_shape(acc_fmt)),
+        "acc": Out(fixed_shape(acc_fmt)),
+        "o_valid": Out(1),
+    }
+
+
+def multiply_accumulate(m: Module, pe, mul, *, registered_product: bool) -> None:
+    """Wire the product unit ``mul`` (already fed with ``x``/``w``) into ``pe``'s accumulator.
+
+    With ``registered_product`` the product and ``valid``/``clear``/``init`` pass one register
+    stage first (latency 2: the DSP48E2's MREG), else the accumulator takes the product
+    directly (latency 1).
+    """
+    m.submodules.mul = mul
+    p_fmt = mul.product_fmt
+    if registered_product:
+        p = Signal(fixed_shape(p_fmt), name="p_reg")
+        valid, clear = Signal(name="valid1"), Signal(name="clear1")
+        init = Signal(fixed_shape(pe.acc_fmt), name="init1")
+        m.d.sync += [p.eq(mul.p), valid.eq(pe.valid), clear.eq(pe.clear), init.eq(pe.init)]
+    else:
+        p, valid, clear, init = mul.p, pe.valid, pe.clear, pe.init
+    accumulate(m, p=p, p_fmt=p_fmt, acc_fmt=pe.acc_fmt, valid=valid, clear=clear, init=init,
+               acc=pe.acc, o_valid=pe.o_valid)

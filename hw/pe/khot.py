@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from amaranth.hdl import Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Module, signed, unsigned
 from amaranth.lib import data, wiring
-from amaranth.lib.wiring import In, Out
+from amaranth.lib.wiring import In
 
 from qfx.types import FixedType, KHot
 
 from ..cast import check_fixed, fixed_shape
-from ._accumulate import accumulate, sum_format
+from ._accumulate import multiply_accumulate, pe_members, sum_format
+from .multiply import KHotMultiplier, khot_shift_bits
 
 __all__ = ["KHotPE"]
 
@@ -99,17 +100,11 @@ class KHotPE(wiring.Component):
         except ValueError as err:
             raise ValueError(f"KHotPE: the product of {x} and {w} is too wide ({err})") from None
         sum_format(acc, self._p_fmt, "KHotPE")
-        self._shift_bits = w.base.width.bit_length()
-        super().__init__({
-            "x": In(fixed_shape(x)),
+        self._shift_bits = khot_shift_bits(w)
+        super().__init__(pe_members(fixed_shape(x), {
             "shift": In(data.ArrayLayout(unsigned(self._shift_bits), w.k)),
             "sign": In(data.ArrayLayout(signed(2), w.k)),
-            "valid": In(1),
-            "clear": In(1),
-            "init": In(fixed_shape(acc)),
-            "acc": Out(fixed_shape(acc)),
-            "o_valid": Out(1),
-        })
+        }, acc))
 
     x_fmt = property(lambda self: self._x_fmt, doc="Input format.")
     w_fmt = property(lambda self: self._w_fmt, doc="Weight (K-hot) format.")
@@ -119,27 +114,11 @@ class KHotPE(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        k = self._w_fmt.k
-        max_shift = self._w_fmt.base.width
-        # Wide enough for any partial sum of k terms |x| << max_shift.
-        wide = signed(self._x_fmt.width + 1 + max_shift + (k + 1).bit_length())
-        terms = []
-        for j in range(k):
-            shifted = Signal(wide, name=f"shifted{j}")
-            sh = self.shift[j]
-            # Shift amounts beyond the base width never occur in valid digits; clamp for a small shifter.
-            m.d.comb += shifted.eq(self.x << Mux(sh > max_shift, max_shift, sh)[: self._shift_bits])
-            sg = self.sign[j]
-            term = Signal(wide, name=f"term{j}")
-            m.d.comb += term.eq(Mux(sg.any(), Mux(sg[1], -shifted, shifted), 0))
-            terms.append(term)
-        p = Signal(fixed_shape(self._p_fmt))
-        total = terms[0]
-        for t in terms[1:]:
-            total = total + t
-        m.d.comb += p.eq(total)
-        accumulate(m, p=p, p_fmt=self._p_fmt, acc_fmt=self._acc_fmt, valid=self.valid, clear=self.clear,
-                   init=self.init, acc=self.acc, o_valid=self.o_valid)
+        mul = KHotMultiplier(self._x_fmt, self._w_fmt)
+        m.d.comb += mul.x.eq(self.x)
+        for j in range(self._w_fmt.k):
+            m.d.comb += [mul.w[j].shift.eq(self.shift[j]), mul.w[j].sign.eq(self.sign[j])]
+        multiply_accumulate(m, self, mul, registered_product=False)
         return m
 
     def __repr__(self) -> str:

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from amaranth.hdl import Module, Signal
+from amaranth.hdl import Module
 from amaranth.lib import wiring
-from amaranth.lib.wiring import In, Out
+from amaranth.lib.wiring import In
 
 from qfx.types import FixedType
 
 from ..cast import _check_bool, check_fixed, fixed_shape
-from ._accumulate import accumulate, sum_format
+from ._accumulate import multiply_accumulate, pe_members, sum_format
+from .multiply import FixedMultiplier
 
 __all__ = ["MACPE", "DSP48E2_A_BITS", "DSP48E2_B_BITS", "dsp_operand_bits"]
 
@@ -112,15 +113,7 @@ class MACPE(wiring.Component):
         except ValueError as err:
             raise ValueError(f"MACPE: the product of {x} and {w} is too wide ({err})") from None
         sum_format(acc, self._p_fmt, "MACPE")
-        super().__init__({
-            "x": In(fixed_shape(x)),
-            "w": In(fixed_shape(w)),
-            "valid": In(1),
-            "clear": In(1),
-            "init": In(fixed_shape(acc)),
-            "acc": Out(fixed_shape(acc)),
-            "o_valid": Out(1),
-        })
+        super().__init__(pe_members(fixed_shape(x), {"w": In(fixed_shape(w))}, acc))
 
     x_fmt = property(lambda self: self._x_fmt, doc="Input format.")
     w_fmt = property(lambda self: self._w_fmt, doc="Weight format.")
@@ -130,18 +123,9 @@ class MACPE(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        p = Signal(fixed_shape(self._p_fmt))
-        valid1 = Signal()
-        clear1 = Signal()
-        init1 = Signal(fixed_shape(self._acc_fmt))
-        m.d.sync += [
-            p.eq(self.x * self.w),
-            valid1.eq(self.valid),
-            clear1.eq(self.clear),
-            init1.eq(self.init),
-        ]
-        accumulate(m, p=p, p_fmt=self._p_fmt, acc_fmt=self._acc_fmt, valid=valid1, clear=clear1,
-                   init=init1, acc=self.acc, o_valid=self.o_valid)
+        mul = FixedMultiplier(self._x_fmt, self._w_fmt)
+        m.d.comb += [mul.x.eq(self.x), mul.w.eq(self.w)]
+        multiply_accumulate(m, self, mul, registered_product=True)
         return m
 
     def __repr__(self) -> str:
