@@ -20,9 +20,11 @@ class KHotPE(wiring.Component):
 
     The weight is given as ``k`` signed power-of-two digits, the
     ``(shifts, signs)`` pairs of :func:`qfx.khot_digits`: weight code
-    ``= sum(sign[j] << shift[j])`` on the grid of ``w.base``. The product is
-    ``sum(+-(x << shift[j]))`` -- ``k`` shifters and a ``k``-input adder, no
-    multiplier -- and is exact, of type ``P = x * w.base`` (ap_fixed product
+    ``= sum(sign[j] << shift[j])`` on the grid of ``w.base``. The product
+    ``sum(sign[j] * (x << shift[j]))`` is formed by a
+    :class:`~qfx.hw.pe.KHotMultiplier` -- ``-x`` once, per digit a choice of
+    ``x`` / ``-x`` / 0 and a log shifter, a ``k``-input adder; no multiplier,
+    no DSP -- and is exact, of type ``P = x * w.base`` (ap_fixed product
     type). It is accumulated as a Vitis HLS loop does::
 
         acc = cast(acc + x * w, acc_fmt)      # every cycle with valid
@@ -47,8 +49,8 @@ class KHotPE(wiring.Component):
 
     Latency 1 cycle: the term presented in cycle ``t`` is in ``acc`` from
     cycle ``t + 1``, when ``o_valid`` is high. Throughput one term per cycle;
-    the PE is always ready. The critical path is the shifters, the
-    ``k + 1``-input adder and the cast.
+    the PE is always ready. The critical path is the negation of ``x``,
+    the shifters, the ``k``-input adder, the accumulator adder and the cast.
 
     Parameters
     ----------

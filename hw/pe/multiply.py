@@ -33,7 +33,7 @@ from amaranth.hdl import Cat, Const, Module, Mux, Shape, Signal, signed, unsigne
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from qfx.arith import minifloat_hull
+from qfx.arith import lmul_offset_bits, minifloat_hull
 from qfx.manifest import mac_product_format
 from qfx.types import FixedType, KHot, MinifloatType
 
@@ -593,7 +593,6 @@ class LMulMultiplier(_Multiplier):
         return neg, zero, e, f
 
     def elaborate(self, platform):
-        from qfx._lmul import lmul_offset_bits  # the rule l(M), single source (imports torch lazily)
 
         m = Module()
         t = self._w_fmt
