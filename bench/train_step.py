@@ -8,7 +8,9 @@ the qfx one is ``qfx.convert``-ed with the demo config (learned binary
 points, so the step includes the binary-point gradients) and calibrated
 first. Timings alternate between the two models (interleaved rounds) so that
 load changes on a shared machine hit both alike; the median per-step time
-of each is reported, and their ratio (qfx / float).
+of each is reported, and their ratio (qfx / float); the same for the thread's
+CPU time per step (``time.thread_time``), which time slices lost to other
+processes do not inflate.
 """
 
 from __future__ import annotations
@@ -43,12 +45,13 @@ def _step_fn(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor):
     return step
 
 
-def _time(step, n: int) -> list[float]:
+def _time(step, n: int) -> list[tuple[float, float]]:
+    """(wall, thread CPU) seconds of each of ``n`` steps."""
     out = []
     for _ in range(n):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         step()
-        out.append(time.perf_counter() - t0)
+        out.append((time.perf_counter() - t0, time.thread_time() - c0))
     return out
 
 
@@ -75,12 +78,14 @@ def main(argv: "list[str] | None" = None) -> int:
     for s in steps.values():  # warm-up (allocations, lazy imports)
         _time(s, 3)
     per_round = max(1, args.steps // args.rounds)
-    times: dict[str, list[float]] = {"float": [], "qfx": []}
+    times: dict[str, list[tuple[float, float]]] = {"float": [], "qfx": []}
     for _ in range(args.rounds):
         for name, s in steps.items():
             times[name] += _time(s, per_round)
-    med = {k: statistics.median(v) for k, v in times.items()}
+    med = {k: statistics.median(w for w, _ in v) for k, v in times.items()}
+    cpu = {k: statistics.median(c for _, c in v) for k, v in times.items()}
     ratio = med["qfx"] / med["float"]
+    cpu_ratio = cpu["qfx"] / cpu["float"]
     result = {
         "model": "digits_cnn",
         "config": args.config,
@@ -90,11 +95,16 @@ def main(argv: "list[str] | None" = None) -> int:
         "float_ms": 1e3 * med["float"],
         "qfx_ms": 1e3 * med["qfx"],
         "ratio": ratio,
+        "float_cpu_ms": 1e3 * cpu["float"],
+        "qfx_cpu_ms": 1e3 * cpu["qfx"],
+        "cpu_ratio": cpu_ratio,
         "torch": torch.__version__,
     }
     print(
         f"digits_cnn train step, batch {args.batch}, {args.threads} thread(s), config {args.config}: "
-        f"float {result['float_ms']:.2f} ms, qfx {result['qfx_ms']:.2f} ms, ratio qfx/float = {ratio:.2f}x"
+        f"float {result['float_ms']:.2f} ms, qfx {result['qfx_ms']:.2f} ms, ratio qfx/float = {ratio:.2f}x "
+        f"(thread CPU time: float {result['float_cpu_ms']:.2f} ms, qfx {result['qfx_cpu_ms']:.2f} ms, "
+        f"ratio {cpu_ratio:.2f}x)"
     )
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")

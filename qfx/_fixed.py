@@ -18,6 +18,7 @@ exact by construction, never by luck:
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -36,6 +37,7 @@ _FLOAT_MIN_EXP = {torch.float16: -24, torch.bfloat16: -133, torch.float32: -149,
 _FLOAT_MAX_EXP = {torch.float16: 15, torch.bfloat16: 127, torch.float32: 127, torch.float64: 1023}
 
 
+@functools.lru_cache(maxsize=4096)
 def holds_exactly(t: FixedType, dtype: torch.dtype, frac_min: int | None = None, frac_max: int | None = None) -> bool:
     """Whether every value of ``t`` (with frac bits in [frac_min, frac_max]) is exact in ``dtype``."""
     frac_min = t.frac_bits if frac_min is None else frac_min
@@ -50,6 +52,7 @@ def holds_exactly(t: FixedType, dtype: torch.dtype, frac_min: int | None = None,
     )
 
 
+@functools.lru_cache(maxsize=4096)
 def result_dtype(t: FixedType, dtype: torch.dtype, frac_min: int, frac_max: int) -> torch.dtype:
     """The float dtype quantize returns: the input's if it holds every value, else wider."""
     for candidate in (dtype, torch.float32, torch.float64):

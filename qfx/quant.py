@@ -126,9 +126,24 @@ def _check_tensor(x: object) -> torch.Tensor:
     return x
 
 
-def _int_frac(frac_bits: torch.Tensor, t: FixedType) -> torch.Tensor:
-    """The fractional-bit counts the forward pass uses: ``round(frac_bits)`` (checked)."""
+def _int_frac(frac_bits: torch.Tensor, t: FixedType) -> "int | torch.Tensor":
+    """The fractional-bit counts the forward pass uses: ``round(frac_bits)`` (checked).
+
+    A single binary point (one element) comes back as a Python int (one ``.item()``,
+    no tensor ops); a per-channel one as an int64 tensor.
+    """
     fb = frac_bits.detach()
+    if fb.numel() == 1:
+        v = fb.item()
+        if not math.isfinite(v):
+            raise ValueError(f"frac_bits for {t} holds NaN or inf; the learnable binary point diverged (lower its learning rate)")
+        f = round(v)  # half to even, as torch.round
+        if abs(f) > MAX_FRAC_BITS:
+            raise ValueError(
+                f"frac_bits for {t} rounds to {f}..{f} fractional bits, beyond the +-{MAX_FRAC_BITS} "
+                "qfx emulates exactly; the learnable binary point diverged (lower its learning rate)"
+            )
+        return int(f)
     if not bool(torch.isfinite(fb).all()):
         raise ValueError(f"frac_bits for {t} holds NaN or inf; the learnable binary point diverged (lower its learning rate)")
     f = torch.round(fb).to(torch.int64)
@@ -161,6 +176,7 @@ class _FixedSTE(torch.autograd.Function):
         ctx.save_for_backward(x, q, inside)
         ctx.has_frac = frac_bits is not None
         ctx.frac_shape = None if frac_bits is None else frac_bits.shape
+        ctx.mark_non_differentiable(inside)
         return q
 
     @staticmethod
@@ -168,12 +184,18 @@ class _FixedSTE(torch.autograd.Function):
         x, q, inside = ctx.saved_tensors
         grad_x = grad_f = None
         if ctx.needs_input_grad[0]:
-            grad_x = (grad * inside).to(x.dtype)
+            grad_x = grad * inside
+            if grad_x.dtype != x.dtype:
+                grad_x = grad_x.to(x.dtype)
         if ctx.has_frac and ctx.needs_input_grad[1]:
-            qd = q.to(grad.dtype)
-            dq_df = torch.where(inside, x.to(grad.dtype) - qd, -qd)
+            # dq/dF / ln2 = x - q inside the range, -q where x saturated: (x where inside, else 0) - q.
             # Infinite inputs saturate: their term is -ln2 * q, finite; only NaN can propagate.
-            grad_f = (grad * dq_df).sum_to_size(ctx.frac_shape).mul_(_LN2)
+            xd = x if x.dtype == grad.dtype else x.to(grad.dtype)
+            dq_df = torch.where(inside, xd, 0.0).sub_(q if q.dtype == grad.dtype else q.to(grad.dtype))
+            if len(ctx.frac_shape) == 0:
+                grad_f = (grad * dq_df).sum().mul_(_LN2).reshape(ctx.frac_shape)
+            else:
+                grad_f = (grad * dq_df).sum_to_size(ctx.frac_shape).mul_(_LN2)
         return grad_x, grad_f, None
 
 

@@ -21,6 +21,9 @@ class _QElementwise(QuantizedModule, nn.Module):
     """
 
     _layer = "elementwise"
+    #: ``f`` returns one of its inputs' values or a constant every float dtype holds (max, min):
+    #: exact in the input's own dtype, no float64 copy needed.
+    _exact_in_any_dtype = False
 
     def __init__(self, config: ConfigLike = None, **overrides: Any) -> None:
         cfg = as_config(config, **overrides)
@@ -35,7 +38,9 @@ class _QElementwise(QuantizedModule, nn.Module):
         if not isinstance(x, torch.Tensor) or not x.is_floating_point():
             raise TypeError(f"{self._layer} expects a floating-point tensor, got {getattr(x, 'dtype', type(x).__name__)}")
         xq = self.quant["input"](x) if "input" in self.quant else x
-        return self._result(self.quant["output"](self._f(xq.double())), x.dtype)
+        if not (self._exact_in_any_dtype and xq.dtype in (torch.float32, torch.float64)):
+            xq = xq.double()
+        return self._result(self.quant["output"](self._f(xq)), x.dtype)
 
 
 class QReLU(_QElementwise):
@@ -52,6 +57,7 @@ class QReLU(_QElementwise):
     """
 
     _layer = "QReLU"
+    _exact_in_any_dtype = True
 
     def _f(self, x: torch.Tensor) -> torch.Tensor:
         return torch.relu(x)
@@ -61,6 +67,7 @@ class QReLU6(_QElementwise):
     """``y = cast(min(max(cast(x, input), 0), 6), output)``; parameters as :class:`QReLU`."""
 
     _layer = "QReLU6"
+    _exact_in_any_dtype = True
 
     def _f(self, x: torch.Tensor) -> torch.Tensor:
         return torch.clamp(x, 0.0, 6.0)

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .. import _fixed
 from ..types import FixedType
 from .accumulate import check_float64_exact
 from .base import QuantizedModule
@@ -48,5 +49,9 @@ class QAdd(QuantizedModule, nn.Module):
             check_float64_exact(ta + tb, "QAdd's exact sum")
         except ValueError as err:
             raise ValueError(f"QAdd: {err}") from None
-        s = self.quant["in_a"](a).double() + self.quant["in_b"](b).double()
+        qa, qb = self.quant["in_a"](a), self.quant["in_b"](b)
+        if qa.dtype == qb.dtype == torch.float32 and _fixed.holds_exactly(ta + tb, torch.float32):
+            s = qa + qb  # float32 holds every sum exactly
+        else:
+            s = qa.double() + qb.double()
         return self._result(self.quant["output"](s), torch.promote_types(a.dtype, b.dtype))

@@ -153,9 +153,18 @@ class QConv2d(MACLayer, nn.Conv2d):
                 f"{self.kernel_size} (dilation {self.dilation})"
             )
         g = self.groups
-        xq = self.quant["input"](x).double()
-        wq, bq = self._quantized_params()
+        f32 = self.float32_exact(x.device)
+        cdt = torch.float32 if f32 else torch.float64
+        xq = self.quant["input"](x).to(cdt)
+        wq, bq = self._quantized_params(cdt)
         o = self.out_channels
+
+        def conv(xv: torch.Tensor, wv: torch.Tensor, bv: "torch.Tensor | None") -> torch.Tensor:
+            if xv.dtype == torch.float32:
+                # Exact (float32_exact); NNPACK, which may use Winograd or FFT, stays off.
+                with torch.backends.nnpack.flags(enabled=False):
+                    return F.conv2d(xv, wv, bv, self.stride, self.padding, self.dilation, g)
+            return F.conv2d(xv, wv, bv, self.stride, self.padding, self.dilation, g)
 
         def to_columns(v: torch.Tensor) -> torch.Tensor:
             # unfold rows are ordered (channel, kernel row, kernel column): the documented order.
@@ -166,7 +175,7 @@ class QConv2d(MACLayer, nn.Conv2d):
             xq,
             wq,
             bq,
-            fast=lambda xv, wv, bv: F.conv2d(xv, wv, bv, self.stride, self.padding, self.dilation, g),
+            fast=conv,
             to_columns=to_columns,
             w_rows=wq.reshape(g, o // g, -1),
             from_columns=lambda a: a.reshape(n, o, ho, wo),

@@ -108,8 +108,9 @@ class QLinear(MACLayer, nn.Linear):
                 f"QLinear expects input of shape [..., {self.in_features}], got {list(x.shape)}"
             )
         lead = x.shape[:-1]
-        xq = self.quant["input"](x).double().reshape(-1, self.in_features)
-        wq, bq = self._quantized_params()
+        cdt = torch.float32 if self.float32_exact(x.device) else torch.float64
+        xq = self.quant["input"](x).to(cdt).reshape(-1, self.in_features)
+        wq, bq = self._quantized_params(cdt)
         acc = self._accumulate(
             xq,
             wq,

@@ -6,10 +6,12 @@ from typing import Callable
 
 import torch
 
+from .. import _fixed
 from .._lmul import _operand_format as _lmul_operand_format
 from .._lmul import lmul
 from ..quant import quantize
 from ..types import FixedType, KHot, MinifloatType
+from ..arith import weight_hull
 from .accumulate import (
     accumulate_steps,
     auto_accumulator,
@@ -31,6 +33,26 @@ def _split_bias(bias: object, overrides: dict) -> tuple[bool, dict]:
     if isinstance(bias, (str, FixedType, MinifloatType, KHot)):
         return True, {**overrides, "bias": bias}
     raise TypeError(f"bias must be a bool or a bias format (e.g. 'ap_fixed<16,6>'), not {bias!r}")
+
+
+def _precision_ok(obj: object) -> bool:
+    return getattr(obj, "fp32_precision", "none") in ("none", "ieee")
+
+
+def float32_kernels_exact() -> bool:
+    """Whether torch's CPU float32 matmul and convolution run in full IEEE float32.
+
+    False when a global setting lets them drop to bfloat16/TF32 internally
+    (``torch.set_float32_matmul_precision``, ``torch.backends.mkldnn.*.fp32_precision``).
+    """
+    mk = torch.backends.mkldnn
+    return (
+        torch.get_float32_matmul_precision() == "highest"
+        and _precision_ok(torch.backends)
+        and _precision_ok(mk)
+        and _precision_ok(getattr(mk, "conv", None))
+        and _precision_ok(getattr(mk, "matmul", None))
+    )
 
 
 class MACLayer(QuantizedModule):
@@ -100,15 +122,37 @@ class MACLayer(QuantizedModule):
             return True
         return holds_all_values(self.quant["accum"].effective_format(), self.auto_accum_format())
 
+    def float32_exact(self, device: torch.device) -> bool:
+        """Whether the fast path may multiply and accumulate in float32 (else float64).
+
+        Every product and every partial sum, in any order, lies in the auto
+        accumulator type (see :mod:`qfx.nn.accumulate`); when float32 holds
+        every value of that type, of the input, the weight and the bias, a
+        float32 GEMM or direct convolution (sums of exact products, by adds or
+        fused multiply-adds) never rounds, whatever its order or blocking.
+        CPU only (cuDNN may pick FFT/Winograd algorithms or TF32), full float32
+        precision only (:func:`float32_kernels_exact`), and ``F.conv2d`` is
+        called with NNPACK (Winograd/FFT) off.
+        """
+        if device.type != "cpu" or self.config.multiply == "lmul" or not self.accum_is_exact():
+            return False
+        x_fmt = self.quant["input"].effective_format()
+        if not isinstance(x_fmt, FixedType):
+            return False
+        fmts = [x_fmt, weight_hull(self.quant["weight"].envelope_format()), self.auto_accum_format()]
+        if "bias" in self.quant:
+            fmts.append(weight_hull(self.quant["bias"].envelope_format()))
+        return all(_fixed.holds_exactly(f, torch.float32) for f in fmts) and float32_kernels_exact()
+
     # -- forward pieces ------------------------------------------------------------
-    def _quantized_params(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        w = self.quant["weight"](self.weight).double()
+    def _quantized_params(self, dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor | None]:
+        w = self.quant["weight"](self.weight).to(dtype)
         if isinstance(self.quant["weight"].fmt, MinifloatType) and not bool(torch.isfinite(w).all()):
             raise ValueError(
                 f"some weights overflow {self.quant['weight'].fmt} to inf/NaN; use a saturating "
                 f"minifloat (option saturate=true, e.g. 'fp8_e4m3fn<saturate=true>') or smaller weights"
             )
-        b = self.quant["bias"](self.bias).double() if self.bias is not None else None
+        b = self.quant["bias"](self.bias).to(dtype) if self.bias is not None else None
         return w, b
 
     def _lmul_operand(self, xq: torch.Tensor) -> torch.Tensor:

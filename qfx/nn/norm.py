@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .. import _fixed
 from ..types import FixedType
 from .accumulate import check_float64_exact
 from .base import QuantizedModule
@@ -102,7 +103,7 @@ class QBatchNorm2d(QuantizedModule, nn.BatchNorm2d):
             scale, shift = self._float_scale_shift(self.running_mean, self.running_var)
             return self.quant["scale"](scale).double(), self.quant["shift"](shift).double()
 
-    def _check_exact(self) -> None:
+    def _check_exact(self) -> FixedType:
         x_fmt, s_fmt, b_fmt = (self.quant[k].effective_format() for k in ("input", "scale", "shift"))
         assert isinstance(x_fmt, FixedType) and isinstance(s_fmt, FixedType) and isinstance(b_fmt, FixedType)
         try:
@@ -113,13 +114,15 @@ class QBatchNorm2d(QuantizedModule, nn.BatchNorm2d):
                 "use narrower formats"
             ) from None
         check_float64_exact(t, "QBatchNorm2d's exact x * scale + shift")
+        return t
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not isinstance(x, torch.Tensor) or not x.is_floating_point():
             raise TypeError(f"QBatchNorm2d expects a floating-point tensor, got {getattr(x, 'dtype', type(x).__name__)}")
         if x.dim() != 4 or x.shape[1] != self.num_features:
             raise ValueError(f"QBatchNorm2d expects input of shape [N, {self.num_features}, H, W], got {list(x.shape)}")
-        xq = self.quant["input"](x).double()
+        xq_in = self.quant["input"](x)
+        xq = xq_in.double()
         use_batch = self.training or self.running_mean is None
         if use_batch:
             mean = xq.mean(dim=(0, 2, 3))
@@ -137,8 +140,17 @@ class QBatchNorm2d(QuantizedModule, nn.BatchNorm2d):
         scale, shift = self._float_scale_shift(mean, var)
         scale_q = self.quant["scale"](scale).double()
         shift_q = self.quant["shift"](shift).double()
-        self._check_exact()
-        y = xq * scale_q[None, :, None, None] + shift_q[None, :, None, None]
+        t = self._check_exact()
+        if xq_in.dtype == torch.float32 and all(
+            _fixed.holds_exactly(f, torch.float32)
+            for f in (t, self.quant["scale"].effective_format(), self.quant["shift"].effective_format())
+        ):
+            # float32 holds x, scale, shift and every x * scale + shift (the type t) exactly:
+            # the same values as in float64, one rounding-free multiply-add.
+            s32, b32 = scale_q.float(), shift_q.float()
+            y = torch.addcmul(b32[None, :, None, None], xq_in, s32[None, :, None, None])
+        else:
+            y = xq * scale_q[None, :, None, None] + shift_q[None, :, None, None]
         return self._result(self.quant["output"](y), x.dtype)
 
 
