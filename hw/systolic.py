@@ -17,17 +17,16 @@ fixed-point, K-hot (shift-add), minifloat and L-Mul weights are all supported.
 
 from __future__ import annotations
 
-from amaranth.hdl import Module, Shape, Signal, unsigned
+from amaranth.hdl import Module, Signal, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from qfx.types import FixedType
+from qfx.types import FixedType, KHot, MinifloatType
 
 from .cast import CastUnit, check_fixed, fixed_shape
+from .pe.multiply import MULTIPLY_MODES, multiplier_for, weight_shape
 
 __all__ = ["SystolicArray"]
-
-MULTIPLY_MODES = ("exact", "lmul")
 
 
 def _check_size(name: str, value: object) -> int:
@@ -36,39 +35,6 @@ def _check_size(name: str, value: object) -> int:
     if value < 1:
         raise ValueError(f"{name} must be at least 1, not {value}")
     return value
-
-
-def _multiplier_factory():
-    """``(multiplier_for, weight_shape)`` of :mod:`qfx.hw.pe.multiply`, or a fixed-point-only fallback."""
-    try:
-        from .pe.multiply import multiplier_for, weight_shape
-    except ImportError:  # pragma: no cover - only before hw/pe/multiply.py exists
-        return _fixed_multiplier_for, _fixed_weight_shape
-    return multiplier_for, weight_shape
-
-
-class _FixedMultiplier(wiring.Component):  # pragma: no cover - fallback only
-    def __init__(self, x_fmt: FixedType, w_fmt: FixedType) -> None:
-        self.product_fmt = x_fmt * w_fmt
-        super().__init__({"x": In(fixed_shape(x_fmt)), "w": In(fixed_shape(w_fmt)),
-                          "p": Out(fixed_shape(self.product_fmt))})
-
-    latency = 0
-
-    def elaborate(self, platform):
-        m = Module()
-        m.d.comb += self.p.eq(self.x * self.w)
-        return m
-
-
-def _fixed_multiplier_for(x_fmt, w_fmt, multiply="exact"):  # pragma: no cover - fallback only
-    if multiply != "exact" or not isinstance(w_fmt, FixedType):
-        raise TypeError("only fixed-point weights until qfx.hw.pe.multiply exists")
-    return _FixedMultiplier(x_fmt, w_fmt)
-
-
-def _fixed_weight_shape(w_fmt, multiply="exact"):  # pragma: no cover - fallback only
-    return fixed_shape(w_fmt)
 
 
 class SystolicArray(wiring.Component):
@@ -159,8 +125,8 @@ class SystolicArray(wiring.Component):
         exceed 64 bits.
     """
 
-    def __init__(self, rows: int, cols: int, x_fmt: FixedType, w_fmt, acc_fmt: FixedType,
-                 out_fmt: FixedType, multiply: str = "exact") -> None:
+    def __init__(self, rows: int, cols: int, x_fmt: FixedType, w_fmt: "FixedType | KHot | MinifloatType",
+                 acc_fmt: FixedType, out_fmt: FixedType, multiply: str = "exact") -> None:
         self._rows = _check_size("rows", rows)
         self._cols = _check_size("cols", cols)
         self._x_fmt = check_fixed("x_fmt", x_fmt)
@@ -172,12 +138,11 @@ class SystolicArray(wiring.Component):
             raise ValueError(f"multiply must be one of {', '.join(map(repr, MULTIPLY_MODES))}, not {multiply!r}")
         self._multiply = multiply
         self._w_fmt = w_fmt
-        self._multiplier_for, weight_shape = _multiplier_factory()
-        # Build one multiplier now: it validates the formats and gives the product type.
-        probe = self._multiplier_for(x_fmt, w_fmt, multiply)
+        # Build one multiplier now: it validates the weight format and gives the product type.
+        probe = multiplier_for(x_fmt, w_fmt, multiply)
         probe._MustUse__silence = True  # a probe, never elaborated
         self._p_fmt = probe.product_fmt
-        self._w_shape = Shape.cast(weight_shape(w_fmt, multiply))
+        self._w_shape = weight_shape(w_fmt, multiply)
         try:
             self._s_fmt = acc_fmt + self._p_fmt
         except ValueError as err:
@@ -204,7 +169,7 @@ class SystolicArray(wiring.Component):
     out_fmt = property(lambda self: self._out_fmt, doc="Output format.")
     multiply = property(lambda self: self._multiply, doc="``'exact'`` or ``'lmul'``.")
     product_fmt = property(lambda self: self._p_fmt, doc="Exact product type of one PE.")
-    weight_shape = property(lambda self: self._w_shape, doc="Shape of one weight word.")
+    weight_shape = property(lambda self: self._w_shape, doc="Shape (or layout) of one weight word.")
     weight_layout = property(lambda self: self._weight_layout, doc="Payload layout of ``weights``.")
 
     @property
@@ -266,7 +231,7 @@ class SystolicArray(wiring.Component):
         for k in range(R):
             x_in = x_left[k]
             for c in range(C):
-                mul = self._multiplier_for(self._x_fmt, self._w_fmt, self._multiply)
+                mul = multiplier_for(self._x_fmt, self._w_fmt, self._multiply)
                 m.submodules[f"mul_{k}_{c}"] = mul
                 m.d.comb += [mul.x.eq(x_in), mul.w.eq(wreg[k][c])]
                 preg = Signal(fixed_shape(p_fmt), name=f"p_{k}_{c}")

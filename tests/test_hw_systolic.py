@@ -17,6 +17,7 @@ import zlib
 
 import numpy as np
 import pytest
+from amaranth.hdl import Shape
 from amaranth.sim import Simulator
 
 from qfx.hw.systolic import SystolicArray
@@ -61,9 +62,22 @@ def random_codes(rng: np.random.Generator, fmt: FixedType, shape, extremes: floa
 # ---------------------------------------------------------------------------
 
 
+def pack_weight_beat(dut: SystolicArray, row: int, words) -> int:
+    """The ``weights`` payload bits for PE row ``row``: ``row`` in the low bits, then word c = 0..C-1."""
+    width = Shape.cast(dut.weight_shape).width
+    row_bits = dut.weight_layout["row"].shape.width
+    bits = row
+    for c, word in enumerate(words):
+        bits |= (int(word) & ((1 << width) - 1)) << (row_bits + c * width)
+    return bits
+
+
 def run_array(dut: SystolicArray, batches, *, seed: int, p_gap: float = 0.3, p_stall: float = 0.3,
               max_gap: int = 3, max_stall: int = 4, timeline: dict | None = None) -> list[list[int]]:
     """Stream ``batches`` = [(weight words [R][C], x codes [N][R]), ...] through ``dut``; the output rows.
+
+    Weight words are the integers of :func:`qfx.hw.pe.multiply.weight_words`
+    (FixedType: codes; K-hot: packed digits; minifloat: bit patterns).
 
     Before each batch all R weight rows are loaded (in a random order); then
     the batch's input rows follow. ``p_gap`` / ``p_stall``: the chance of an
@@ -84,7 +98,7 @@ def run_array(dut: SystolicArray, batches, *, seed: int, p_gap: float = 0.3, p_s
                 for _ in range(rng.randint(0, max_gap) if rng.random() < p_gap else 0):
                     await ctx.tick()
                 ctx.set(dut.weights.valid, 1)
-                ctx.set(dut.weights.payload, {"row": k, "w": [int(v) for v in weights[k]]})
+                ctx.set(dut.weights.payload.as_value(), pack_weight_beat(dut, k, weights[k]))
                 await ctx.tick().until(dut.weights.ready)
                 ctx.set(dut.weights.valid, 0)
             for row in xs:
