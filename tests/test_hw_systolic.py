@@ -20,9 +20,13 @@ import pytest
 from amaranth.hdl import Shape
 from amaranth.sim import Simulator
 
+from qfx import khot_digits
+from qfx.arith import lmul_product_type, minifloat_hull
+from qfx.hw.pe.multiply import weight_words
 from qfx.hw.systolic import SystolicArray
-from qfx.reference import cast_codes
-from qfx.types import FixedType, KHot, parse_type
+from qfx.manifest import minifloat_hull_codes
+from qfx.reference import _fixed_to_minifloat_fields, _lmul_products, _minifloat_fields, cast_codes
+from qfx.types import FixedType, KHot, MinifloatType, parse_type
 
 from .test_hw_units import LINT_WAIVERS, _verilator
 
@@ -236,6 +240,77 @@ def test_stalls_heavy_backpressure():
 
 
 # ---------------------------------------------------------------------------
+# K-hot, minifloat and L-Mul weights (the PE multiplier from multiplier_for)
+# ---------------------------------------------------------------------------
+
+
+def finite_patterns(t: MinifloatType) -> np.ndarray:
+    """Every bit pattern of ``t`` that is a finite value (no inf / NaN)."""
+    bits = np.arange(1 << t.bits, dtype=np.int64)
+    m, e = t.mantissa_bits, t.exponent_bits
+    exp = (bits >> m) & ((1 << e) - 1)
+    man = bits & ((1 << m) - 1)
+    if t.inf_nan == "ieee":
+        return bits[exp != (1 << e) - 1]
+    if t.inf_nan == "fn":
+        return bits[~((exp == (1 << e) - 1) & (man == (1 << m) - 1))]
+    return bits
+
+
+def test_khot_array_matches_hls_loop():
+    x_fmt, w_fmt = parse_type("ap_fixed<8,3>"), parse_type("khot<2,ap_fixed<8,1>>")
+    acc_fmt, out_fmt = parse_type("ap_fixed<10,4,AP_RND_CONV,AP_SAT>"), parse_type("ap_fixed<8,3,AP_RND,AP_SAT>")
+    rows, cols = 4, 3
+    dut = SystolicArray(rows, cols, x_fmt, w_fmt, acc_fmt, out_fmt)
+    assert dut.product_fmt == x_fmt * w_fmt.base
+    rng = np.random.default_rng(21)
+    allowed = w_fmt.codes()
+    batches, expected = [], []
+    for n in (20, 12):
+        w = rng.choice(allowed, size=(rows, cols))
+        w[0, 0], w[1, 1] = allowed[0], allowed[-1]
+        x = random_codes(rng, x_fmt, (n, rows))
+        batches.append((weight_words(w_fmt, khot_digits(w, w_fmt)), x))
+        expected.append(model_rows(fixed_products(x, w), x_fmt.frac_bits + w_fmt.base.frac_bits, acc_fmt, out_fmt))
+    got = run_array(dut, batches, seed=21)
+    check_rows(got, np.concatenate(expected), f"K-hot array {w_fmt}")
+
+
+MINIFLOAT_CONFIGS = [
+    # (R, C, x, weight, multiply, acc, out)
+    (3, 3, "ap_fixed<8,3>", "fp8_e4m3fn", "exact", "ap_fixed<22,13,AP_RND,AP_SAT>", "ap_fixed<12,11,AP_RND_CONV,AP_SAT>"),
+    (3, 2, "ap_fixed<6,2>", "fp4_e2m1fn", "exact", "ap_fixed<8,4,AP_RND_CONV,AP_SAT>", "ap_fixed<8,4>"),
+    (3, 3, "ap_fixed<8,3>", "fp8_e4m3fn", "lmul", "ap_fixed<22,13,AP_RND,AP_SAT>", "ap_fixed<12,11,AP_RND_CONV,AP_SAT>"),
+    (2, 3, "ap_fixed<6,2>", "fp4_e2m1fn", "lmul", "ap_fixed<9,4,AP_TRN,AP_WRAP>", "ap_fixed<9,4>"),
+]
+
+
+@pytest.mark.parametrize("cfg", MINIFLOAT_CONFIGS, ids=[f"{c[3]}-{c[4]}" for c in MINIFLOAT_CONFIGS])
+def test_minifloat_array_matches_hls_loop(cfg):
+    rows, cols, x_s, w_s, multiply, acc_s, out_s = cfg
+    x_fmt, w_fmt, acc_fmt, out_fmt = map(parse_type, (x_s, w_s, acc_s, out_s))
+    dut = SystolicArray(rows, cols, x_fmt, w_fmt, acc_fmt, out_fmt, multiply=multiply)
+    rng = np.random.default_rng(zlib.crc32(repr(cfg).encode()))
+    patterns = finite_patterns(w_fmt)
+    w = rng.choice(patterns, size=(rows, cols))
+    x = random_codes(rng, x_fmt, (24, rows))
+    if multiply == "exact":
+        hull = minifloat_hull(w_fmt)
+        products = fixed_products(x, minifloat_hull_codes(w, w_fmt))
+        p_frac = x_fmt.frac_bits + hull.frac_bits
+    else:
+        p_frac = lmul_product_type(w_fmt).frac_bits
+        xf = _fixed_to_minifloat_fields(x, x_fmt.frac_bits, w_fmt, "test")  # [N, R]
+        wf = _minifloat_fields(w, w_fmt)  # [R, C]
+        products = _lmul_products(tuple(v[:, :, None] for v in xf), tuple(v[None] for v in wf), w_fmt, p_frac, False)
+    assert dut.product_fmt.frac_bits == p_frac
+    expected = model_rows(np.asarray(products, dtype=np.int64), p_frac, acc_fmt, out_fmt)
+    got = run_array(dut, [(weight_words(w_fmt, w, multiply), x)], seed=zlib.crc32(repr(cfg).encode()))
+    check_rows(got, expected, f"minifloat array {cfg}")
+    assert len(np.unique(expected)) > 3
+
+
+# ---------------------------------------------------------------------------
 # Arguments
 # ---------------------------------------------------------------------------
 
@@ -262,8 +337,10 @@ def test_bad_arguments():
         SystolicArray(2, 2, x, w, acc, acc, multiply="approx")
     with pytest.raises(ValueError, match="exact sum"):
         SystolicArray(2, 2, x, w, FixedType(64, 60), acc)
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="w_fmt must be a qfx.types.FixedType, KHot or MinifloatType"):
         SystolicArray(2, 2, x, "ap_fixed<8,1>", acc, acc)
+    with pytest.raises(ValueError, match="lmul.*minifloat"):
+        SystolicArray(2, 2, x, w, acc, acc, multiply="lmul")
     d = SystolicArray(3, 2, x, w, acc, acc)
     assert set(d.signature.members) == {"weights", "x", "y"}
     assert d.weight_layout.size == 2 + 2 * 8
