@@ -1,0 +1,63 @@
+"""Loop nests in hardware: nested counters that step together, outermost first."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from amaranth.hdl import Const, Module, Mux, Signal, Value
+
+__all__ = ["LoopNest"]
+
+
+class LoopNest:
+    """Counters ``c[0] .. c[n-1]`` over ``range(sizes[i])``, the last one innermost.
+
+    ``step(m, en)`` advances the nest by one iteration in the ``sync`` domain
+    when ``en`` is high; after the final iteration it wraps to all zeros.
+    ``is_last(i)`` is high when counter ``i`` holds its last value,
+    ``all_last(levels)`` when every counter of ``levels`` does (``is_first``
+    / ``all_first`` likewise for zero). A size-1 loop costs nothing.
+    """
+
+    def __init__(self, name: str, sizes: Sequence[int]) -> None:
+        if any(int(s) < 1 for s in sizes):
+            raise ValueError(f"loop {name}: every size must be >= 1, got {list(sizes)}")
+        self.sizes = [int(s) for s in sizes]
+        self.counters = [Signal(range(s), name=f"{name}_{i}") for i, s in enumerate(self.sizes)]
+
+    def __getitem__(self, i: int) -> Value:
+        return self.counters[i]
+
+    def is_last(self, i: int) -> Value:
+        s = self.sizes[i]
+        return Const(1, 1) if s == 1 else self.counters[i] == s - 1
+
+    def is_first(self, i: int) -> Value:
+        return Const(1, 1) if self.sizes[i] == 1 else self.counters[i] == 0
+
+    def all_last(self, levels: Sequence[int] | None = None) -> Value:
+        out = Const(1, 1)
+        for i in range(len(self.sizes)) if levels is None else levels:
+            out = out & self.is_last(i)
+        return out
+
+    def all_first(self, levels: Sequence[int] | None = None) -> Value:
+        out = Const(1, 1)
+        for i in range(len(self.sizes)) if levels is None else levels:
+            out = out & self.is_first(i)
+        return out
+
+    def step(self, m: Module, en: Value) -> None:
+        carry = en
+        for i in reversed(range(len(self.sizes))):
+            if self.sizes[i] == 1:
+                continue
+            c = self.counters[i]
+            with m.If(carry):
+                m.d.sync += c.eq(Mux(self.is_last(i), 0, c + 1))
+            carry = carry & self.is_last(i)
+
+    def reset(self, m: Module) -> None:
+        for i, c in enumerate(self.counters):
+            if self.sizes[i] > 1:
+                m.d.sync += c.eq(0)

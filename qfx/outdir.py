@@ -1,0 +1,114 @@
+"""Writing generated files into a user's output folder without ever losing the user's files.
+
+:func:`write_files` writes a set of generated files (relative path -> text)
+under an output folder and records what it wrote in ``.qfx-files.json``
+there. A later run may replace those files; a file that qfx did not write
+(one not listed) is *foreign*:
+
+* without ``force`` any foreign file in the way makes the call refuse
+  (``FileExistsError`` naming the files) before anything is written;
+* with ``force`` files qfx writes overwrite whatever is at their paths, and
+  every other foreign file is left alone -- never deleted.
+
+Files of an earlier run that the new run does not produce are removed (they
+are qfx's own). Every file is first written beside its destination and then
+moved into place with ``os.replace``, so a reader never sees a half-written
+file, and nothing is written at all when generation fails (callers render
+everything before calling this).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Mapping
+
+__all__ = ["write_files", "RECORD", "foreign_files"]
+
+#: The record of the files qfx wrote into an output folder.
+RECORD = ".qfx-files.json"
+
+
+def _recorded(out: Path) -> set[str]:
+    path = out / RECORD
+    if not path.exists():
+        return set()
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return {str(p) for p in data["files"]}
+    except (ValueError, KeyError, TypeError):
+        # An unreadable record protects nothing: treat every file as foreign.
+        return set()
+
+
+def foreign_files(out_dir: "str | os.PathLike", under: str = "") -> list[str]:
+    """Files below ``out_dir/under`` that qfx did not write (relative to ``out_dir``, sorted)."""
+    out = Path(out_dir)
+    ours = _recorded(out)
+    base = out / under if under else out
+    if not base.exists():
+        return []
+    found = []
+    for p in sorted(base.rglob("*")):
+        if p.is_dir():
+            continue
+        rel = p.relative_to(out).as_posix()
+        if rel != RECORD and rel not in ours:
+            found.append(rel)
+    return found
+
+
+def write_files(out_dir: "str | os.PathLike", files: Mapping[str, "str | bytes"], *, force: bool = False,
+                replace: "tuple[str, ...]" = ()) -> list[Path]:
+    """Write ``files`` (relative POSIX path -> text or bytes) under ``out_dir``; return the paths written.
+
+    ``replace`` names sub-folders (e.g. ``("rtl", "board")``) that this call regenerates as a
+    whole: qfx's own files there that are not in ``files`` are removed.
+
+    Raises
+    ------
+    FileExistsError
+        ``out_dir`` is a file, or holds foreign files at or below the paths this call writes
+        and ``force`` is false (nothing is written).
+    ValueError
+        A path that is absolute or climbs out of ``out_dir``.
+    """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} exists and is not a folder; choose another -o")
+    for rel in files:
+        parts = Path(rel).parts
+        if Path(rel).is_absolute() or ".." in parts or not parts:
+            raise ValueError(f"generated path {rel!r} must be relative and stay inside the output folder")
+    ours = _recorded(out)
+    if out.exists() and not force:
+        clash = [rel for rel in sorted(files) if (out / rel).exists() and rel not in ours]
+        for folder in replace:
+            clash += [f for f in foreign_files(out, folder) if f not in files]
+        clash = sorted(set(clash))
+        if clash:
+            more = f" and {len(clash) - 5} more" if len(clash) > 5 else ""
+            raise FileExistsError(
+                f"{out} holds files qfx did not write: {', '.join(clash[:5])}{more}; "
+                "choose an empty folder, or pass --force to write anyway (files qfx does not write are kept)"
+            )
+    stale = [rel for rel in ours if rel not in files and any(rel.startswith(f"{d}/") for d in replace)]
+    written = []
+    for rel, content in sorted(files.items()):
+        dest = out / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.parent / f".{dest.name}.qfx-tmp{os.getpid()}"
+        data = content.encode("utf-8") if isinstance(content, str) else bytes(content)
+        tmp.write_bytes(data)
+        os.replace(tmp, dest)
+        written.append(dest)
+    for rel in stale:
+        p = out / rel
+        if p.is_file():
+            p.unlink()
+    record = sorted((ours - set(stale)) | set(files))
+    tmp = out / f".{RECORD}.tmp{os.getpid()}"
+    tmp.write_text(json.dumps({"files": record}, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, out / RECORD)
+    return written
