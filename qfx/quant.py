@@ -53,7 +53,7 @@ from typing import Union
 import torch
 
 from . import _fixed, _khot, _minifloat
-from .types import MAX_FRAC_BITS, Format, FixedType, KHot, MinifloatType, parse_type
+from .types import MAX_FRAC_BITS, Format, FixedType, KHot, MinifloatType, Overflow, Rounding, parse_type
 
 __all__ = [
     "quantize",
@@ -199,6 +199,97 @@ class _FixedSTE(torch.autograd.Function):
         return grad_x, grad_f, None
 
 
+# Fast training cast: float32, narrow word, saturating, one binary point. Four element-wise
+# ops forward and five backward, all on float tensors (no boolean masks, no .item() beyond
+# reading the binary point): per-call overhead is what dominates small training tensors.
+_HALF: dict = {}
+
+
+def _half(x: torch.Tensor) -> torch.Tensor:
+    key = (x.dtype, x.device)
+    h = _HALF.get(key)
+    if h is None:
+        h = _HALF[key] = torch.tensor(0.5, dtype=x.dtype, device=x.device)
+    return h
+
+
+@functools.lru_cache(maxsize=4096)
+def _fast_plan(t: FixedType, frac: int) -> "tuple[float, float, float, float] | None":
+    """``(scale, lo, hi, inv_scale)`` when :class:`_FixedSTEFast` applies to ``t`` with ``frac``.
+
+    The conditions are those of the float32 shortcut of ``_fixed`` (codes of at most 22 bits,
+    0 <= frac <= 100, a saturating clamp mode), under which ``x * 2**frac``, the rounding
+    shortcuts, the clamp and the unscaling are all exact in float32 (see ``qfx._fixed``).
+    """
+    if t.width > _fixed._F32_MAX_WIDTH or not 0 <= frac <= _fixed._F32_MAX_FRAC:
+        return None
+    if t.overflow is Overflow.AP_SAT or (t.overflow is Overflow.AP_SAT_SYM and not t.signed):
+        lo = float(t.min_code)
+    elif t.overflow is Overflow.AP_SAT_SYM:
+        lo = float(_fixed.sat_sym_low(t))
+    else:
+        return None
+    if _fixed.result_dtype(t, torch.float32, frac, frac) != torch.float32:
+        return None
+    return 2.0**frac, lo, float(t.max_code), 2.0**-frac
+
+
+def _fast_codes(x: torch.Tensor, t: FixedType, scale: float) -> torch.Tensor:
+    """Rounded (not yet saturated) codes of float32 ``x``: as ``_fixed._round_exact`` on the
+    float32 shortcut path (``floor(s + 0.5)``-style forms are allowed: the mode saturates)."""
+    if t.rounding is Rounding.AP_RND:
+        # 0.5 + scale * x: the product is exact, so fused or not this rounds once, as s + 0.5.
+        return torch.add(_half(x), x, alpha=scale).floor_()
+    return _fixed.round_scaled(x * scale, t.rounding, shortcut_ok=True)
+
+
+class _FixedSTEFast(torch.autograd.Function):
+    """:class:`_FixedSTE` for float32 ``x``, a scalar binary point and a ``_fast_plan`` format.
+
+    Same forward values; the same gradients, up to the summation order of the frac_bits
+    gradient and to saturated elements getting an exact 0 (not ``grad * 0``, which is NaN
+    for a non-finite upstream gradient).
+    """
+
+    @staticmethod
+    def forward(ctx, x, frac_bits, t: FixedType, plan):  # type: ignore[override]
+        scale, lo, hi, inv = plan
+        r = _fast_codes(x, t, scale)
+        q = r.clamp(lo, hi).mul_(inv)
+        ctx.save_for_backward(x, r, q)
+        ctx.bounds = (lo - 0.5, hi + 0.5)
+        ctx.frac_shape = None if frac_bits is None else frac_bits.shape
+        return q
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        x, r, q = ctx.saved_tensors
+        lo, hi = ctx.bounds
+        grad_x = grad_f = None
+        # hardtanh_backward(g, r, lo, hi) = g where lo < r < hi, else 0: a select, exact; NaN
+        # codes count as inside, as in _fixed.out_of_range.
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.ops.aten.hardtanh_backward(grad, r, lo, hi)
+        if ctx.frac_shape is not None and ctx.needs_input_grad[1]:
+            g = grad if grad.dtype == x.dtype else grad.to(x.dtype)
+            # dq/dF / ln2 = x - q inside, -q saturated (inf inputs: -q, finite).
+            d = torch.ops.aten.hardtanh_backward(x, r, lo, hi).sub_(q)
+            grad_f = torch.dot(g.reshape(-1), d.reshape(-1)).mul_(_LN2).reshape(ctx.frac_shape)
+            if grad_f.dtype != grad.dtype:
+                grad_f = grad_f.to(grad.dtype)
+        return grad_x, grad_f, None, None
+
+
+def _fixed_ste(x: torch.Tensor, frac_bits: "torch.Tensor | None", t: FixedType) -> torch.Tensor:
+    """The differentiable fixed-point cast: the fast Function where it applies."""
+    if x.dtype == torch.float32 and (frac_bits is None or frac_bits.numel() == 1):
+        frac = t.frac_bits if frac_bits is None else _int_frac(frac_bits, t)
+        plan = _fast_plan(t, frac)
+        if plan is not None:
+            return _FixedSTEFast.apply(x, frac_bits, t, plan)
+    return _FixedSTE.apply(x, frac_bits, t)
+
+
 # -- minifloat and K-hot ------------------------------------------------------
 
 
@@ -267,9 +358,9 @@ def quantize(
         if frac_bits is not None:
             if not isinstance(frac_bits, torch.Tensor):
                 raise TypeError(f"frac_bits must be a torch.Tensor, got {type(frac_bits).__name__}")
-            return _FixedSTE.apply(x, frac_bits, t)
+            return _fixed_ste(x, frac_bits, t)
         if x.requires_grad:
-            return _FixedSTE.apply(x, None, t)
+            return _fixed_ste(x, None, t)
         if _use_compiled(x, t):
             out_dtype = _fixed.result_dtype(t, x.dtype, t.frac_bits, t.frac_bits)
             return _compiled_kernel(t, x.dtype, out_dtype)(x)

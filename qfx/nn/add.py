@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -14,6 +15,16 @@ from .base import QuantizedModule
 from .config import ConfigLike, as_config
 
 __all__ = ["QAdd"]
+
+
+@functools.lru_cache(maxsize=1024)
+def _sum_fits_float32(ta: FixedType, tb: FixedType) -> bool:
+    """Raises unless float64 holds every ``a + b``; whether float32 does."""
+    try:
+        check_float64_exact(ta + tb, "QAdd's exact sum")
+    except ValueError as err:
+        raise ValueError(f"QAdd: {err}") from None
+    return _fixed.holds_exactly(ta + tb, torch.float32)
 
 
 class QAdd(QuantizedModule, nn.Module):
@@ -45,12 +56,9 @@ class QAdd(QuantizedModule, nn.Module):
             raise ValueError(f"QAdd needs operands of the same shape, got {list(a.shape)} and {list(b.shape)}")
         ta, tb = self.quant["in_a"].effective_format(), self.quant["in_b"].effective_format()
         assert isinstance(ta, FixedType) and isinstance(tb, FixedType)
-        try:
-            check_float64_exact(ta + tb, "QAdd's exact sum")
-        except ValueError as err:
-            raise ValueError(f"QAdd: {err}") from None
+        fits_float32 = _sum_fits_float32(ta, tb)
         qa, qb = self.quant["in_a"](a), self.quant["in_b"](b)
-        if qa.dtype == qb.dtype == torch.float32 and _fixed.holds_exactly(ta + tb, torch.float32):
+        if qa.dtype == qb.dtype == torch.float32 and fits_float32:
             s = qa + qb  # float32 holds every sum exactly
         else:
             s = qa.double() + qb.double()

@@ -101,6 +101,31 @@ class MACLayer(QuantizedModule):
         return self
 
     # -- formats ----------------------------------------------------------------
+    def _mac_plan(self) -> "tuple[FixedType, bool, bool]":
+        """``(auto accumulator, accum_is_exact, formats fit float32)`` for the current formats.
+
+        Cached per combination of effective formats (they change only when a learned binary
+        point crosses a rounding boundary).
+        """
+        x_fmt = self.quant["input"].effective_format()
+        w_env = self.quant["weight"].envelope_format()
+        b_fmt = self.quant["bias"].effective_format() if "bias" in self.quant else None
+        a_fmt = self.quant["accum"].effective_format() if "accum" in self.quant else None
+        key = (x_fmt, w_env, b_fmt, a_fmt, self.config.multiply, self.n_terms)
+        cache = self.__dict__.setdefault("_mac_plans", {})
+        plan = cache.get(key)
+        if plan is None:
+            auto = auto_accumulator(product_type(x_fmt, w_env, self.config.multiply), self.n_terms, b_fmt)
+            exact = a_fmt is None or holds_all_values(a_fmt, auto)
+            fmts = [x_fmt, weight_hull(w_env), auto] + ([] if b_fmt is None else [weight_hull(b_fmt)])
+            fits = isinstance(x_fmt, FixedType) and all(
+                isinstance(f, FixedType) and _fixed.holds_exactly(f, torch.float32) for f in fmts
+            )
+            if len(cache) >= 64:
+                cache.clear()
+            cache[key] = plan = (auto, exact, fits)
+        return plan
+
     def product_format(self) -> FixedType:
         """The type holding every product ``x[k] * w[k]`` exactly (with the current formats)."""
         x_fmt = self.quant["input"].effective_format()
@@ -108,8 +133,7 @@ class MACLayer(QuantizedModule):
 
     def auto_accum_format(self) -> FixedType:
         """What ``accum='auto'`` is with the current formats (the bias included)."""
-        bias = self.quant["bias"].effective_format() if "bias" in self.quant else None
-        return auto_accumulator(self.product_format(), self.n_terms, bias)
+        return self._mac_plan()[0]
 
     def effective_format(self, name: str):  # type: ignore[override]
         if name == "accum" and "accum" not in self.quant:
@@ -118,9 +142,7 @@ class MACLayer(QuantizedModule):
 
     def accum_is_exact(self) -> bool:
         """Whether the accumulator can neither round nor overflow (auto, or wide enough)."""
-        if "accum" not in self.quant:
-            return True
-        return holds_all_values(self.quant["accum"].effective_format(), self.auto_accum_format())
+        return self._mac_plan()[1]
 
     def float32_exact(self, device: torch.device) -> bool:
         """Whether the fast path may multiply and accumulate in float32 (else float64).
@@ -134,15 +156,10 @@ class MACLayer(QuantizedModule):
         precision only (:func:`float32_kernels_exact`), and ``F.conv2d`` is
         called with NNPACK (Winograd/FFT) off.
         """
-        if device.type != "cpu" or self.config.multiply == "lmul" or not self.accum_is_exact():
+        if device.type != "cpu" or self.config.multiply == "lmul":
             return False
-        x_fmt = self.quant["input"].effective_format()
-        if not isinstance(x_fmt, FixedType):
-            return False
-        fmts = [x_fmt, weight_hull(self.quant["weight"].envelope_format()), self.auto_accum_format()]
-        if "bias" in self.quant:
-            fmts.append(weight_hull(self.quant["bias"].envelope_format()))
-        return all(_fixed.holds_exactly(f, torch.float32) for f in fmts) and float32_kernels_exact()
+        _, exact, fits = self._mac_plan()
+        return exact and fits and float32_kernels_exact()
 
     # -- forward pieces ------------------------------------------------------------
     def _quantized_params(self, dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor | None]:

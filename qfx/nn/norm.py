@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 from typing import Any
 
 import torch
@@ -16,6 +17,19 @@ from .config import ConfigLike, as_config
 from .conv import QConv2d
 
 __all__ = ["QBatchNorm2d", "fold_batchnorm"]
+
+
+@functools.lru_cache(maxsize=1024)
+def _bn_types(x_fmt: FixedType, s_fmt: FixedType, b_fmt: FixedType) -> "tuple[FixedType, bool]":
+    try:
+        t = x_fmt * s_fmt + b_fmt
+    except ValueError:
+        raise ValueError(
+            f"QBatchNorm2d: input {x_fmt} * scale {s_fmt} + shift {b_fmt} needs more than 64 bits; "
+            "use narrower formats"
+        ) from None
+    check_float64_exact(t, "QBatchNorm2d's exact x * scale + shift")
+    return t, all(_fixed.holds_exactly(f, torch.float32) for f in (t, x_fmt, s_fmt, b_fmt))
 
 
 class QBatchNorm2d(QuantizedModule, nn.BatchNorm2d):
@@ -103,18 +117,12 @@ class QBatchNorm2d(QuantizedModule, nn.BatchNorm2d):
             scale, shift = self._float_scale_shift(self.running_mean, self.running_var)
             return self.quant["scale"](scale).double(), self.quant["shift"](shift).double()
 
-    def _check_exact(self) -> FixedType:
+    def _check_exact(self) -> "tuple[FixedType, bool]":
+        """``(type of x * scale + shift, whether float32 holds it and the operands)``; raises
+        unless float64 holds it."""
         x_fmt, s_fmt, b_fmt = (self.quant[k].effective_format() for k in ("input", "scale", "shift"))
         assert isinstance(x_fmt, FixedType) and isinstance(s_fmt, FixedType) and isinstance(b_fmt, FixedType)
-        try:
-            t = x_fmt * s_fmt + b_fmt
-        except ValueError:
-            raise ValueError(
-                f"QBatchNorm2d: input {x_fmt} * scale {s_fmt} + shift {b_fmt} needs more than 64 bits; "
-                "use narrower formats"
-            ) from None
-        check_float64_exact(t, "QBatchNorm2d's exact x * scale + shift")
-        return t
+        return _bn_types(x_fmt, s_fmt, b_fmt)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not isinstance(x, torch.Tensor) or not x.is_floating_point():
@@ -140,11 +148,8 @@ class QBatchNorm2d(QuantizedModule, nn.BatchNorm2d):
         scale, shift = self._float_scale_shift(mean, var)
         scale_q = self.quant["scale"](scale).double()
         shift_q = self.quant["shift"](shift).double()
-        t = self._check_exact()
-        if xq_in.dtype == torch.float32 and all(
-            _fixed.holds_exactly(f, torch.float32)
-            for f in (t, self.quant["scale"].effective_format(), self.quant["shift"].effective_format())
-        ):
+        _, fits_float32 = self._check_exact()
+        if xq_in.dtype == torch.float32 and fits_float32:
             # float32 holds x, scale, shift and every x * scale + shift (the type t) exactly:
             # the same values as in float64, one rounding-free multiply-add.
             s32, b32 = scale_q.float(), shift_q.float()

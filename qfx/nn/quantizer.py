@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -16,6 +17,11 @@ __all__ = ["TensorQuantizer", "envelope"]
 
 #: Calibrated fractional-bit counts are clamped to +-this (far inside qfx's limits).
 _FRAC_LIMIT = 256
+
+
+@functools.lru_cache(maxsize=4096)
+def _with_frac(fmt: FixedType, frac: int) -> FixedType:
+    return fmt.with_int_bits(fmt.width - frac)
 
 
 class TensorQuantizer(nn.Module):
@@ -97,19 +103,23 @@ class TensorQuantizer(nn.Module):
         return self.frac_bits is not None and self.frac_bits.dim() > 0
 
     def _rounded_frac(self) -> list[int]:
-        assert self.frac_bits is not None
-        return [int(v) for v in torch.round(self.frac_bits.detach()).reshape(-1).tolist()]
+        fb = self.frac_bits
+        assert fb is not None
+        if fb.numel() == 1:
+            return [int(round(fb.item()))]  # half to even, as torch.round
+        return [int(v) for v in torch.round(fb.detach()).reshape(-1).tolist()]
 
     def effective_format(self) -> "Format | tuple[FixedType, ...]":
         """The format in force now: the binary point rounded from ``frac_bits`` where learned.
 
         A tuple of FixedTypes (one per channel) for a per-channel binary point.
         """
-        if self.frac_bits is None:
+        fb = self.frac_bits
+        if fb is None:
             return self.fmt
         assert isinstance(self.fmt, FixedType)
-        fmts = tuple(self.fmt.with_int_bits(self.fmt.width - f) for f in self._rounded_frac())
-        return fmts if self.per_channel else fmts[0]
+        fmts = tuple(_with_frac(self.fmt, f) for f in self._rounded_frac())
+        return fmts if fb.dim() > 0 else fmts[0]
 
     def envelope_format(self) -> Format:
         """:meth:`effective_format`, per-channel formats merged by :func:`envelope`."""
@@ -175,14 +185,16 @@ class TensorQuantizer(nn.Module):
 
     # -- forward --------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.frac_bits is None:
+        fb = self.frac_bits
+        if fb is None:
             q = quantize(x, self.fmt)
-        elif not self.per_channel and not self.learnable:
+        elif fb.dim() == 0 and not isinstance(fb, nn.Parameter):
             q = quantize(x, self.effective_format())
         else:
-            if self.learnable and not bool(self.calibrated):
+            if isinstance(fb, nn.Parameter) and not bool(self.calibrated):
                 self.calibrate(x)
-            q = quantize(x, self.fmt, frac_bits=self.frac_bits)
+                fb = self.frac_bits
+            q = quantize(x, self.fmt, frac_bits=fb)
         if self.track_overflow:
             self.overflow_count += self.count_overflow(x)
         return q
