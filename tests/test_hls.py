@@ -30,129 +30,13 @@ from torch import nn
 import qfx.hls as hls
 from qfx.export import export
 from qfx.manifest import load
-from qfx.nn import (
-    QAdd,
-    QAvgPool2d,
-    QBatchNorm2d,
-    QConv2d,
-    QFlatten,
-    QLeakyReLU,
-    QLinear,
-    QMaxPool2d,
-    QReLU,
-    QReLU6,
-)
+from qfx.nn import QLinear, QReLU
 from qfx.reference import run
-from tests.qmodels import B, KHOT, NARROW, NARROW_WRAP, U, W, X, Y, accum_overflows, init_weights
+from tests.qmodels import MODELS, B, W, X, Y, accum_overflows, init_weights, per_channel
+from tests.qmodels import model_inputs as _inputs
 
 
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="g++ is needed for the HLS C simulation")
-
-
-def mlp(weight: str = W, accum: str = "auto") -> nn.Module:
-    return nn.Sequential(
-        QLinear(12, 10, input=X, weight=weight, bias=B, accum=accum, output=Y),
-        QReLU(output=U),
-        QLinear(10, 6, input=X, weight=weight, bias=B, accum=accum, output=Y),
-        QLeakyReLU(0.25, input=Y, output="ap_fixed<8,3,AP_RND_INF,AP_WRAP_SM>"),
-        QLinear(6, 4, bias=False, input=X, weight=weight, accum=accum, output=Y),
-    )
-
-
-def cnn() -> nn.Module:
-    return nn.Sequential(
-        QConv2d(2, 4, 3, padding=1, input=X, weight=W, bias=B, output=Y),
-        QBatchNorm2d(4, input=Y, scale="ap_fixed<10,2,AP_RND>", shift="ap_fixed<10,3,AP_RND_CONV>", output=Y),
-        QReLU(input="ap_fixed<9,4,AP_RND>", output=U),
-        QMaxPool2d(3, 2, 1),
-        QConv2d(4, 4, (3, 2), padding=1, dilation=(1, 2), groups=2, input=X, weight=W, bias=B, accum=NARROW, output=Y),
-        QAvgPool2d(3, 1, 1, input=X, output=Y, reciprocal="ap_ufixed<8,-3,AP_RND>"),
-        QReLU6(input="ap_fixed<9,4,AP_RND>", output=U),
-        QMaxPool2d(2, 1, ceil_mode=True, output="ap_fixed<6,2,AP_TRN,AP_SAT_SYM>"),
-        QAvgPool2d(2, 1, input=X, output=Y),
-        QFlatten(),
-        QLinear(4 * 2 * 1, 5, input=X, weight=KHOT, bias=B, accum=NARROW_WRAP, output=Y),
-    )
-
-
-class Residual(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        a = "ap_fixed<9,3,AP_RND,AP_SAT>"
-        self.stem = QConv2d(2, 4, 3, padding=1, input=X, weight=W, bias=B, output=a)
-        self.conv1 = QConv2d(4, 4, 3, padding=1, input=a, weight=W, bias=B, output=a, accum=NARROW)
-        self.bn = QBatchNorm2d(4, input=a, scale="ap_fixed<10,2,AP_RND>", shift="ap_fixed<10,3>", output=a)
-        self.act1 = QReLU(output=a)
-        self.conv2 = QConv2d(4, 4, 1, bias=False, input=a, weight="fp8_e4m3fn", output=a)
-        self.add = QAdd(in_a="ap_fixed<10,4,AP_RND>", in_b=a, output="ap_fixed<8,3,AP_RND_ZERO,AP_WRAP_SM>")
-        self.act = QLeakyReLU(0.125, output="ap_fixed<8,3,AP_RND_MIN_INF,AP_SAT_ZERO>")
-        self.pool = QAvgPool2d(2, input=X, output=Y)
-        self.fc = QLinear(4 * 3 * 3, 3, input=X, weight=W, bias=B, output=Y)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s = self.stem(x)
-        y = self.conv2(self.act1(self.bn(self.conv1(s))))
-        y = self.act(self.add(s, y))
-        return self.fc(torch.flatten(self.pool(y), 1))
-
-
-def per_channel(x: torch.Tensor) -> nn.Module:
-    cfg = dict(input=X, weight=W, bias=B, output=Y, learn_binary_point=True, weight_per_channel=True)
-    model = nn.Sequential(QConv2d(2, 3, 3, config=cfg), QReLU(output=U), QFlatten(),
-                          QLinear(3 * 2 * 2, 4, config=cfg, accum=NARROW))
-    init_weights(model, 7)
-    with torch.no_grad():
-        model[0].weight.mul_(torch.tensor([0.05, 1.0, 4.0])[:, None, None, None])
-        model(x)  # calibrates every learnable binary point
-    return model
-
-
-def coarse() -> nn.Module:
-    # strided conv onto lsb 4 (6 is off that grid before ReLU6), divisor_override (a reciprocal), a dense on
-    # [C, H, W] (rows of the last axis), dilated max pool, an ap_int output
-    return init_weights(nn.Sequential(
-        QConv2d(1, 2, 3, stride=2, padding=1, input=X, weight=W, bias=B, output="ap_fixed<6,8,AP_RND,AP_SAT>"),
-        QReLU6(output="ap_ufixed<6,4,AP_RND_CONV,AP_SAT>"),
-        QAvgPool2d(2, 1, divisor_override=3, input=U, reciprocal="ap_ufixed<6,0,AP_RND_INF>", output=Y),
-        QLinear(2, 3, input=X, weight=W, bias=B, output=Y),
-        QMaxPool2d((2, 1), (1, 2), dilation=(2, 1), input="ap_fixed<7,3,AP_TRN_ZERO,AP_WRAP>"),
-        QReLU(output="ap_int<4>"),
-        QFlatten(),
-    ), 15)
-
-
-# id -> (model factory, input shape without batch, random scale, ops it must contain)
-MODELS = {
-    "mlp_auto": (lambda: init_weights(mlp(), 1), (12,), 2.0, {"dense", "relu", "leaky_relu"}),
-    "mlp_narrow": (lambda: init_weights(mlp(accum=NARROW), 1), (12,), 2.0, {"dense"}),
-    "cnn": (lambda: init_weights(cnn(), 3), (2, 7, 6), 2.0,
-            {"conv2d", "batchnorm", "relu", "relu6", "maxpool2d", "avgpool2d", "flatten", "dense"}),
-    "residual": (lambda: init_weights(Residual(), 5), (2, 6, 6), 3.0, {"conv2d", "add", "batchnorm", "flatten"}),
-    "khot_mlp": (lambda: init_weights(mlp(KHOT, NARROW), 11), (12,), 2.0, {"dense"}),
-    "per_channel": (per_channel, (2, 4, 4), 2.0, {"conv2d", "relu", "flatten", "dense"}),
-    "coarse": (coarse, (1, 7, 5), 40.0, {"conv2d", "relu6", "avgpool2d", "dense", "maxpool2d", "relu", "flatten"}),
-}
-N_RANDOM = 64
-
-
-def _inputs(shape: tuple[int, ...], scale: float, seed: int) -> torch.Tensor:
-    """64 random vectors (some saturate at the input) + corner vectors, as exact values of X's codes."""
-    n = int(np.prod(shape))
-    g = torch.Generator().manual_seed(seed)
-    rnd = torch.randn(N_RANDOM, n, generator=g, dtype=torch.float64) * scale
-    lo, hi = -128, 127  # codes of X = ap_fixed<8,3>
-    ramp = torch.arange(n, dtype=torch.float64)
-    corners = torch.stack([
-        torch.zeros(n, dtype=torch.float64),
-        torch.full((n,), float(hi)),
-        torch.full((n,), float(lo)),
-        torch.where(ramp % 2 == 0, float(hi), float(lo)),
-        torch.where(ramp % 2 == 0, float(lo), float(hi)),
-        torch.remainder(ramp * 37, 256) - 128,
-        torch.full((n,), 1.0),
-        torch.full((n,), -1.0),
-    ]) * 2.0**-5
-    return torch.cat([rnd, corners]).reshape(-1, *shape).float().double()
 
 
 @pytest.fixture(scope="module")

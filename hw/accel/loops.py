@@ -23,7 +23,9 @@ class LoopNest:
         if any(int(s) < 1 for s in sizes):
             raise ValueError(f"loop {name}: every size must be >= 1, got {list(sizes)}")
         self.sizes = [int(s) for s in sizes]
-        self.counters = [Signal(range(s), name=f"{name}_{i}") for i, s in enumerate(self.sizes)]
+        # A loop of one iteration has no counter (a zero-width signal would reach the Verilog).
+        self.counters = [Signal(range(s), name=f"{name}_{i}") if s > 1 else Const(0, 1)
+                         for i, s in enumerate(self.sizes)]
 
     def __getitem__(self, i: int) -> Value:
         return self.counters[i]
@@ -33,7 +35,7 @@ class LoopNest:
         return Const(1, 1) if s == 1 else self.counters[i] == s - 1
 
     def is_first(self, i: int) -> Value:
-        return Const(1, 1) if self.sizes[i] == 1 else self.counters[i] == 0
+        return Const(1, 1) if self.sizes[i] == 1 else ~self.counters[i].any()
 
     def all_last(self, levels: Sequence[int] | None = None) -> Value:
         out = Const(1, 1)

@@ -71,6 +71,7 @@ class Accelerator(wiring.Component):
     """
 
     def __init__(self, manifest: Manifest) -> None:
+        self._MustUse__silence = True  # until the checks below pass: a refused design is not "unused"
         if not isinstance(manifest, Manifest):
             raise TypeError(f"manifest must be a qfx.manifest.Manifest (qfx.manifest.load(path)), not "
                             f"{type(manifest).__name__}")
@@ -84,6 +85,7 @@ class Accelerator(wiring.Component):
         self._n_in = math.prod(manifest.input_node.output_shape)
         self._n_out = math.prod(manifest.output_node.output_shape)
         self._plans = {n.name: plan_weights(n) for n in manifest if n.op in ("dense", "conv2d")}
+        self._MustUse__silence = False
         super().__init__({
             "s_axis_tdata": In(axis_width(self._in_fmt)),
             "s_axis_tvalid": In(1),
