@@ -256,7 +256,9 @@ class _FixedSTEFast(torch.autograd.Function):
         scale, lo, hi, inv = plan
         r = _fast_codes(x, t, scale)
         q = r.clamp(lo, hi).mul_(inv)
-        ctx.save_for_backward(x, r, q)
+        # NaN codes count as inside (as in _fixed.out_of_range); hardtanh_backward's vectorised
+        # and scalar loops disagree on NaN, so the saved codes have NaN as 0 (inf stay outside).
+        ctx.save_for_backward(x, torch.nan_to_num_(r, nan=0.0), q)
         ctx.bounds = (lo - 0.5, hi + 0.5)
         ctx.frac_shape = None if frac_bits is None else frac_bits.shape
         return q
@@ -266,8 +268,7 @@ class _FixedSTEFast(torch.autograd.Function):
         x, r, q = ctx.saved_tensors
         lo, hi = ctx.bounds
         grad_x = grad_f = None
-        # hardtanh_backward(g, r, lo, hi) = g where lo < r < hi, else 0: a select, exact; NaN
-        # codes count as inside, as in _fixed.out_of_range.
+        # hardtanh_backward(g, r, lo, hi) = g where lo < r < hi, else 0: a select, exact.
         if ctx.needs_input_grad[0]:
             grad_x = torch.ops.aten.hardtanh_backward(grad, r, lo, hi)
         if ctx.frac_shape is not None and ctx.needs_input_grad[1]:
