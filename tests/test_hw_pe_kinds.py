@@ -397,8 +397,8 @@ def test_minifloat_pes_accumulate_like_hls(kind, x_s, w_s, acc_s):
     ("ap_int<8>", "ap_int<8>", "ap_int<24>"),
     ("ap_fixed<8,3>", "ap_fixed<8,1>", "ap_fixed<10,4,AP_RND_CONV,AP_SAT>"),
     ("ap_ufixed<8,4>", "ap_fixed<8,2>", "ap_fixed<9,5,AP_RND,AP_SAT_SYM>"),
-    ("ap_fixed<9,3>", "ap_fixed<9,1>", "ap_fixed<12,5,AP_TRN,AP_WRAP_SM>"),
-    ("ap_fixed<10,4>", "ap_ufixed<8,1>", "ap_ufixed<10,6,AP_RND_ZERO,AP_SAT_ZERO>"),
+    ("ap_fixed<10,3>", "ap_fixed<8,1>", "ap_fixed<12,5,AP_TRN,AP_WRAP_SM>"),
+    ("ap_fixed<9,4>", "ap_ufixed<7,1>", "ap_ufixed<10,6,AP_RND_ZERO,AP_SAT_ZERO>"),
 ])
 def test_packed_mac_pe_equals_two_macs(x_s, w_s, acc_s):
     x_fmt, w_fmt, acc_fmt = P(x_s), P(w_s), P(acc_s)
@@ -447,12 +447,12 @@ def test_packed_mac_pe_equals_two_macs(x_s, w_s, acc_s):
 
 def test_packed_mac_pe_limits():
     acc = FixedType(24, 24)
-    PackedMACPE(FixedType(9, 9), FixedType(9, 9), acc)  # 9 + 9 = 18 bits: the limit
-    PackedMACPE(FixedType(10, 10), FixedType(8, 8), acc)
-    with pytest.raises(ValueError, match="at most 9"):
-        PackedMACPE(FixedType(6, 6), FixedType(10, 10), acc)
-    with pytest.raises(ValueError, match="at most 9"):
-        PackedMACPE(FixedType(6, 6), FixedType(9, 9, False), acc)  # unsigned: one more bit
+    PackedMACPE(FixedType(10, 10), FixedType(8, 8), acc)  # 10 + 8 = 18 bits: the limit
+    PackedMACPE(FixedType(9, 9, False), FixedType(8, 8), acc)
+    with pytest.raises(ValueError, match="at most 8"):
+        PackedMACPE(FixedType(6, 6), FixedType(9, 9), acc)
+    with pytest.raises(ValueError, match="at most 8"):
+        PackedMACPE(FixedType(6, 6), FixedType(8, 8, False), acc)  # unsigned: one more bit
     with pytest.raises(ValueError, match="low product field of the packed multiply has 18"):
         PackedMACPE(FixedType(11, 11), FixedType(8, 8), acc)
     with pytest.raises(ValueError, match="low product field"):

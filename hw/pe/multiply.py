@@ -559,7 +559,10 @@ class LMulMultiplier(_Multiplier):
             top_e, top_f = t.emax - 1, 0
         else:
             top_e, top_f = t.emax, t.max_mantissa_code
-        over = ~zero & ((e > top_e) | ((e == top_e) & (f > top_f)))
+        over = e > top_e
+        if top_f < (1 << mb) - 1:  # else no mantissa lies beyond the top code
+            over = over | ((e == top_e) & (f > top_f))
+        over = ~zero & over
         es = Signal(e_shape, name="xa_es")
         fs = Signal(unsigned(max(mb, 1)), name="xa_fs")
         m.d.comb += [es.eq(Mux(over, top_e, e)), fs.eq(Mux(over, top_f, f))]
@@ -604,8 +607,12 @@ class LMulMultiplier(_Multiplier):
         sh = Signal(signed(max(len(ea), len(eb_)) + 2 + (abs(self._p_fmt.frac_bits - mb)).bit_length() + 1),
                     name="lmul_sh")
         m.d.comb += sh.eq(ea + eb_ + (self._p_fmt.frac_bits - mb))
-        mag = Signal(unsigned(self._p_fmt.width), name="lmul_mag")
-        m.d.comb += mag.eq(n << sh.as_unsigned())
+        # Finite operands give 0 <= sh <= width - (M + 2): a shifter only that wide.
+        pw = self._p_fmt.width
+        sh_u = Signal(range(pw), name="lmul_sh_u")
+        m.d.comb += sh_u.eq(sh)
+        mag = Signal(unsigned(pw), name="lmul_mag")
+        m.d.comb += mag.eq(n << sh_u)
         zero = za | zb
         m.d.comb += self.p.eq(Mux(zero, 0, Mux(na ^ nb, -mag, mag)))
         return m

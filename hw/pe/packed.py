@@ -36,11 +36,12 @@ class PackedMACPE(wiring.Component):
     the other PEs) are fabric logic.
 
     Operand limits (two's complement bits; an unsigned format needs one
-    more): ``w`` at most ``27 - 18 = 9`` bits (so that ``w1 << 18`` plus
-    ``w0`` is a 27-bit A operand), ``x`` at most 18 bits (B), and the
-    product ``x * w`` at most 18 bits (so that ``w0 x`` stays in the low
-    field): signed int8 x int8 fits, as does e.g. int9 weights with int9
-    inputs; otherwise ``ValueError`` naming the limit.
+    more): ``w`` at most ``27 - 18 - 1 = 8`` bits (so that ``(w1 << 18) +
+    w0`` is a 27-bit A operand even for the most negative ``w1`` and a
+    negative ``w0``), ``x`` at most 18 bits (B), and the product ``x * w``
+    at most 18 bits (so that ``w0 x`` stays in the low field): signed int8
+    x int8 fits, as do int8 weights with int10 inputs; otherwise
+    ``ValueError`` naming the limit.
 
     Handshake as :class:`~qfx.hw.pe.MACPE`, one ``valid`` / ``clear`` for
     both accumulators and an ``init`` per accumulator; ``valid``, ``clear``,
@@ -92,7 +93,7 @@ class PackedMACPE(wiring.Component):
         self._w_fmt = check_fixed("w", w)
         self._acc_fmt = check_fixed("acc", acc)
         xb, wb = dsp_operand_bits(x), dsp_operand_bits(w)
-        w_max = DSP48E2_A_BITS - PACK_SHIFT
+        w_max = DSP48E2_A_BITS - PACK_SHIFT - 1  # the sign-extended w0 may borrow from w1
         if wb > w_max:
             raise ValueError(
                 f"PackedMACPE: weight {w} needs {wb} signed bits; packing two weights into the "
