@@ -7,6 +7,7 @@
 """
 
 from .engines import EngineError
+from .resources import estimate_resources
 from .top import SUPPORTED_OPS, Accelerator, axis_width
 
-__all__ = ["Accelerator", "EngineError", "SUPPORTED_OPS", "axis_width"]
+__all__ = ["Accelerator", "EngineError", "SUPPORTED_OPS", "axis_width", "estimate_resources"]

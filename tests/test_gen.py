@@ -1,0 +1,176 @@
+"""``qfx-gen``: the files it writes, design.json, determinism, no torch, and every refusal.
+
+The generated RTL's numbers are checked in tests/test_hw_accel.py (Amaranth simulation against the
+reference) and the HLS C++ in tests/test_hls.py; here the command itself: that it writes what
+DESIGN.md says, the same bytes for the same input, and refuses bad input with a clear message,
+exit status 2 and nothing written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from torch import nn
+
+import qfx.hls as hls
+from qfx.boards import ACCELERATOR_PORTS, board_names
+from qfx.export import export
+from qfx.gen import ARCHITECTURES, main
+from qfx.manifest import load
+from qfx.nn import QLinear
+from qfx.outdir import RECORD
+from tests.qmodels import MODELS, B, W, X, Y, init_weights, model_inputs
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory) -> Path:
+    make, shape, scale, _ = MODELS["residual"]
+    d = tmp_path_factory.mktemp("gen") / "residual"
+    export(make(), model_inputs(shape, scale, 1), d)
+    return d
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_writes_rtl_board_hls_and_design_json(manifest, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main([str(manifest), "--board", "ultra96", "-o", str(out), "--target", "rtl,hls", "--top", "res_top"]) == 0
+    summary = capsys.readouterr().out
+    assert "res_top" in summary and "xczu3eg-sbva484-1-i" in summary and "cycles" in summary
+    files = set(_tree(out))
+    assert {"rtl/res_top.v", "board/create_project.tcl", "board/constraints.xdc", "board/qfx_ctrl.v",
+            "design.json", RECORD} <= files
+    assert {f"hls/{n}" for n in hls.generated_files("res_top")} <= files
+    design = json.loads((out / "design.json").read_text())
+    assert design["top"] == "res_top" and design["board"]["part"] == "xczu3eg-sbva484-1-i"
+    assert design["modules"][0] == "res_top" or "res_top" in design["modules"]
+    assert {p["name"]: p["direction"] for p in design["ports"]} == ACCELERATOR_PORTS
+    man = load(manifest)
+    assert [ly["name"] for ly in design["layers"]] == man.names
+    assert all("cycles" in ly for ly in design["layers"] if ly["op"] in ("conv2d", "add", "dense"))
+    assert design["latency"]["cycles"] > 0 and design["resources_estimate"]["dsp"] >= 1
+    assert sorted(design["files"]) == sorted(files - {RECORD})
+    verilog = (out / "rtl/res_top.v").read_text()
+    assert "module res_top(" in verilog and "s_axis_tdata" in verilog
+    tcl = (out / "board/create_project.tcl").read_text()
+    assert "res_top.v" in tcl and "xczu3eg-sbva484-1-i" in tcl
+    # the HLS files are the HLS generator's own output
+    for name, text in hls.render(man, top="res_top").items():
+        assert (out / "hls" / name).read_text() == text
+
+
+def test_output_is_byte_identical(manifest, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    for out in (a, b):
+        assert main([str(manifest), "-o", str(out), "--target", "rtl,hls"]) == 0
+    assert _tree(a) == _tree(b)
+    # a rerun into the same folder replaces its own files and is unchanged
+    assert main([str(manifest), "-o", str(a), "--target", "rtl,hls"]) == 0
+    assert _tree(a) == _tree(b)
+
+
+def test_generation_does_not_import_torch(manifest, tmp_path):
+    code = ("import sys; from qfx.gen import main; rc = main([sys.argv[1], '-o', sys.argv[2], '--target', 'rtl,hls']);"
+            "assert rc == 0; assert 'torch' not in sys.modules, 'torch was imported'")
+    r = subprocess.run([sys.executable, "-c", code, str(manifest), str(tmp_path / "o")], capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_help_lists_boards_and_architectures(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    for name in board_names() + list(ARCHITECTURES):
+        assert name in text
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--board", "ultra69"], "unknown board 'ultra69'; valid boards: pynq-z2, ultra96, zcu104. Did you mean 'ultra96'?"),
+    (["--arch", "dataflw"], "unknown architecture 'dataflw'; choose from: dataflow. Did you mean 'dataflow'?"),
+    (["--target", "rtl,vhdl"], "--target 'rtl,vhdl': choose from rtl, hls"),
+    (["--top", "2fast"], "--top '2fast' is not a Verilog / C++ identifier"),
+    (["--clock-mhz", "900"], "clock"),
+])
+def test_bad_options_exit_2_and_write_nothing(manifest, tmp_path, capsys, args, message):
+    out = tmp_path / "out"
+    assert main([str(manifest), "-o", str(out), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("qfx-gen: error:") and message in err
+    assert not out.exists()
+
+
+def test_invalid_manifest_is_reported(manifest, tmp_path, capsys):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "manifest.yaml").write_text((manifest / "manifest.yaml").read_text().replace("op: conv2d", "op: conv3d", 1))
+    (bad / "tensors.npz").write_bytes((manifest / "tensors.npz").read_bytes())
+    assert main([str(bad), "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "conv3d" in err and "conv2d" in err  # names the bad op and suggests the close one
+    assert main([str(tmp_path / "missing"), "-o", str(tmp_path / "out")]) == 2
+    assert not (tmp_path / "out").exists()
+
+
+def test_foreign_files_are_refused_then_kept_with_force(manifest, tmp_path, capsys):
+    out = tmp_path / "out"
+    (out / "rtl").mkdir(parents=True)
+    (out / "rtl" / "mine.v").write_text("// the user's file\n")
+    (out / "notes.txt").write_text("keep me\n")
+    assert main([str(manifest), "-o", str(out)]) == 2
+    assert "rtl/mine.v" in capsys.readouterr().err
+    assert sorted(_tree(out)) == ["notes.txt", "rtl/mine.v"]  # nothing written
+    assert main([str(manifest), "-o", str(out), "--force"]) == 0
+    tree = _tree(out)
+    assert tree["rtl/mine.v"] == b"// the user's file\n" and tree["notes.txt"] == b"keep me\n"
+    assert "rtl/qfx_top.v" in tree
+    # a user file at a path qfx writes is refused without --force
+    (out / "design.json").unlink()
+    (out / "design.json").write_text("{}")
+    record = json.loads((out / RECORD).read_text())
+    record["files"].remove("design.json")
+    (out / RECORD).write_text(json.dumps(record))
+    assert main([str(manifest), "-o", str(out)]) == 2
+    assert "design.json" in capsys.readouterr().err
+
+
+def test_switching_targets_removes_only_own_stale_files(manifest, tmp_path):
+    out = tmp_path / "out"
+    assert main([str(manifest), "-o", str(out), "--target", "rtl,hls", "--top", "t1"]) == 0
+    (out / "hls" / "user_notes.md").write_text("mine")
+    assert main([str(manifest), "-o", str(out), "--target", "rtl", "--top", "t2", "--force"]) == 0
+    tree = _tree(out)
+    assert "rtl/t2.v" in tree and "rtl/t1.v" not in tree
+    assert [f for f in tree if f.startswith("hls/")] == ["hls/user_notes.md"]
+
+
+def test_design_that_does_not_fit_names_the_resource(tmp_path, capsys):
+    # 1200 x 1024 8-bit weights = 9.8 Mbit of ROM: 134 BRAM36, over PYNQ-Z2's safe 112 (80 % of 140)
+    model = init_weights(nn.Sequential(QLinear(1024, 1200, input=X, weight=W, bias=B, output=Y)), 3)
+    export(model, model_inputs((1024,), 1.0, 2)[:4], tmp_path / "big")
+    out = tmp_path / "out"
+    assert main([str(tmp_path / "big"), "--board", "pynq-z2", "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "does not fit pynq-z2" in err and "BRAM" in err and "over by" in err
+    assert not out.exists()
+
+
+def test_record_is_protected_against_path_tricks(tmp_path):
+    from qfx.outdir import write_files
+
+    with pytest.raises(ValueError, match="inside the output folder"):
+        write_files(tmp_path, {"../escape.txt": "x"})
+    assert not (tmp_path.parent / "escape.txt").exists()
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(FileExistsError, match="not a folder"):
+        write_files(f, {"a.txt": "x"})
+    assert os.path.isfile(f)
