@@ -79,7 +79,17 @@ from .nn import (
 from .quant import quantize, to_codes
 from .types import FixedType, KHot, MinifloatType
 
-__all__ = ["export", "emulate", "ExportError", "write_npz"]
+__all__ = ["export", "emulate", "ExportError", "write_npz", "to_hls4ml"]
+
+
+def to_hls4ml(*args: Any, **kwargs: Any) -> Any:
+    """An hls4ml model of a qfx model with qfx's per-layer precisions (:func:`qfx.hls4ml_interop.to_hls4ml`).
+
+    hls4ml is imported only when this is called.
+    """
+    from .hls4ml_interop import to_hls4ml as convert
+
+    return convert(*args, **kwargs)
 
 
 class ExportError(ValueError):

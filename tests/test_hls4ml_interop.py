@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 import qfx
-from qfx.hls4ml_interop import Hls4mlInteropError, hls4ml_precision, to_hls4ml
+from qfx.export import to_hls4ml  # the public entry point (DESIGN: qfx.export.to_hls4ml)
+from qfx.hls4ml_interop import Hls4mlInteropError, hls4ml_precision
 from qfx.nn import QLinear, QReLU, freeze
 from qfx.types import parse_type
 
