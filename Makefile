@@ -21,9 +21,11 @@ test: setup
 	$(PY) -m pytest -n 2
 
 # The main job on the bundled digits data: accuracy table, then train -> export ->
-# integer reference (bit-exact verdict); outputs in out/.
+# integer reference (bit-exact verdict) -> RTL, board scripts and HLS (qfx-gen); outputs in out/.
 demo: setup
 	$(PY) -m qfx.cli demo -o out/demo --force
+	$(PY) -m qfx.gen out/demo/cnn_w8/manifest --board ultra96 -o out/gen/cnn_w8 --target rtl,hls --force
+	$(PY) -m qfx.gen out/demo/mlp_khot/manifest --board ultra96 -o out/gen/mlp_khot --target rtl,hls --force
 	$(PY) -m qfx.cli demo-accuracy -o out/accuracy
 
 bench: setup
