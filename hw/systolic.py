@@ -43,8 +43,8 @@ class SystolicArray(wiring.Component):
     PE ``(k, c)`` holds weight ``W[k, c]``. Input row ``X[n, :]`` enters
     skewed (element ``k`` delayed ``k`` cycles) and each element travels right
     along PE row ``k``; the partial sum of output ``(n, c)`` travels down
-    column ``c``. PE ``(k, c)`` multiplies exactly (product register, the
-    DSP48E2's MREG), adds the partial sum from above (``cast(0, acc_fmt)``
+    column ``c``. PE ``(k, c)`` multiplies exactly (into a product register,
+    meant for the DSP48E2's MREG), adds the partial sum from above (``cast(0, acc_fmt)``
     = 0 at row 0) and casts to ``acc_fmt`` into its partial-sum register::
 
         acc = cast(acc + X[n, k] * W[k, c], acc_fmt)     # k = 0 .. rows-1, in order

@@ -94,7 +94,7 @@ def run_array(dut: SystolicArray, batches, *, seed: int, p_gap: float = 0.3, p_s
     got: list[list[int]] = []
     R, C = dut.rows, dut.cols
     if timeline is not None:
-        timeline.update(x=[], y=[], x_ready_low=0)
+        timeline.update(x=[], y=[], x_ready_low=0, w_wait=0)
 
     async def producer(ctx):
         for weights, xs in batches:
@@ -125,12 +125,14 @@ def run_array(dut: SystolicArray, batches, *, seed: int, p_gap: float = 0.3, p_s
 
     async def monitor(ctx):
         cycle = 0
-        async for _, _, xv, xr, yv, yr in ctx.tick().sample(dut.x.valid, dut.x.ready, dut.y.valid, dut.y.ready):
+        async for _, _, xv, xr, yv, yr, wv, wr in ctx.tick().sample(
+                dut.x.valid, dut.x.ready, dut.y.valid, dut.y.ready, dut.weights.valid, dut.weights.ready):
             if xv and xr:
                 timeline["x"].append(cycle)
             if yv and yr:
                 timeline["y"].append(cycle)
             timeline["x_ready_low"] += int(xv and not xr)
+            timeline["w_wait"] += int(wv and not wr)
             cycle += 1
 
     sim = Simulator(dut)
@@ -229,14 +231,18 @@ def test_stalls_heavy_backpressure():
     rows, cols, *names = cfg
     x_fmt, w_fmt, acc_fmt, out_fmt = map(parse_type, names)
     rng = np.random.default_rng(99)
-    w = random_codes(rng, w_fmt, (rows, cols))
-    x = random_codes(rng, x_fmt, (30, rows))
+    batches, expected = [], []
+    for n in (30, 10):
+        w = random_codes(rng, w_fmt, (rows, cols))
+        x = random_codes(rng, x_fmt, (n, rows))
+        batches.append((w, x))
+        expected.append(model_rows(fixed_products(x, w), x_fmt.frac_bits + w_fmt.frac_bits, acc_fmt, out_fmt))
     dut = SystolicArray(rows, cols, x_fmt, w_fmt, acc_fmt, out_fmt)
     timeline: dict = {}
-    got = run_array(dut, [(w, x)], seed=1234, p_gap=0.5, p_stall=0.6, max_gap=6, max_stall=9, timeline=timeline)
-    check_rows(got, model_rows(fixed_products(x, w), x_fmt.frac_bits + w_fmt.frac_bits, acc_fmt, out_fmt),
-               "heavy stalls")
+    got = run_array(dut, batches, seed=1234, p_gap=0.5, p_stall=0.6, max_gap=6, max_stall=9, timeline=timeline)
+    check_rows(got, np.concatenate(expected), "heavy stalls")
     assert timeline["x_ready_low"] > 0  # the backpressure reached the input
+    assert timeline["w_wait"] > 0  # the reload waited for the rows of the first batch to leave the PEs
 
 
 # ---------------------------------------------------------------------------
