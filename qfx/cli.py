@@ -113,7 +113,7 @@ def load_run_config(source: "str | Path | dict[str, Any]") -> dict[str, Any]:
     model = raw.get("model")
     if model is None:
         raise CliError(f"the config needs 'model:' (one of {', '.join(MODELS)})")
-    if model not in MODELS:
+    if not isinstance(model, str) or model not in MODELS:
         raise CliError(f"unknown model {model!r}{_suggest(str(model), MODELS)}; available: {', '.join(MODELS)}")
     data = raw.get("data", "digits")
     if isinstance(data, str):
@@ -126,8 +126,12 @@ def load_run_config(source: "str | Path | dict[str, Any]") -> dict[str, Any]:
             raise CliError(f"unknown data key {key!r}{_suggest(str(key), _DATA_KEYS)}; valid: {', '.join(_DATA_KEYS)}")
     from .data import DATASETS
 
-    if data["name"] not in DATASETS:
+    if not isinstance(data["name"], str) or data["name"] not in DATASETS:
         raise CliError(f"unknown data set {data['name']!r}; available: {', '.join(DATASETS)}")
+    for key, low in (("batch_size", 1), ("split_seed", 0)):
+        v = data[key]
+        if isinstance(v, bool) or not isinstance(v, int) or v < low:
+            raise CliError(f"data.{key} must be an integer >= {low}, got {v!r}")
     train = raw.get("train") or {}
     if not isinstance(train, dict):
         raise CliError("'train:' must be a mapping")
@@ -145,6 +149,9 @@ def load_run_config(source: "str | Path | dict[str, Any]") -> dict[str, Any]:
             continue
         if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
             raise CliError(f"train.{key} must be a non-negative number, got {v!r}")
+    for key, options in (("optimizer", ("adam", "adamw", "sgd")), ("schedule", ("cosine", "constant"))):
+        if not isinstance(train[key], str) or train[key] not in options:
+            raise CliError(f"train.{key} must be one of {', '.join(options)}, got {train[key]!r}")
     if train["freeze_bn_stats"] is None:
         train["freeze_bn_stats"] = train["float_epochs"] > 0
     if not isinstance(train["freeze_bn_stats"], bool):
@@ -155,7 +162,7 @@ def load_run_config(source: "str | Path | dict[str, Any]") -> dict[str, Any]:
 
     try:
         load_config(raw["quant"])  # validate early (layer names are checked at conversion)
-    except (ValueError, TypeError) as err:
+    except (ValueError, TypeError, OSError) as err:
         raise CliError(f"quant: {err}") from None
     return {"model": model, "data": data, "train": train, "quant": raw["quant"]}
 
@@ -358,6 +365,7 @@ COMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
     "train": _add_train,
     "demo-accuracy": _add_demo_accuracy,
     "demo": _add_demo,
+    "cost": lambda sub: __import__("qfx.cost.cli", fromlist=["add_cost_command"]).add_cost_command(sub),
 }
 
 

@@ -765,7 +765,7 @@ def load(path: "str | Path") -> Manifest:
         if name in by_name:
             raise ck.fail(where, "duplicate node name")
         op = nd["op"]
-        if op not in OPS:
+        if not isinstance(op, str) or op not in OPS:
             raise ck.fail(where, f"unknown op {op!r}{_suggest(str(op), list(OPS))}; valid ops: {', '.join(OPS)}")
         where = f"node {name!r} ({op})"
         spec = OPS[op]
@@ -775,6 +775,8 @@ def load(path: "str | Path") -> Manifest:
         if not isinstance(inputs, list) or len(inputs) != spec.n_inputs:
             raise ck.fail(where, f"inputs must list {spec.n_inputs} node name(s), got {inputs!r}")
         for src in inputs:
+            if not isinstance(src, str):
+                raise ck.fail(where, f"inputs must be node names (strings), got {src!r}")
             if src not in by_name:
                 if any(isinstance(d, dict) and d.get("name") == src for d in nodes_doc):
                     raise ck.fail(where, f"input {src!r} is defined later: nodes must be in topological order")
