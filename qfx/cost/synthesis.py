@@ -1,0 +1,129 @@
+"""Resources and logic depth from real synthesis: Yosys ``synth_xilinx`` per engine and for the whole design.
+
+Each engine of the accelerator (:meth:`qfx.hw.accel.Accelerator.engines`) is written as its own
+top module with :func:`qfx.hw.verilog.to_verilog` and synthesized alone; the whole accelerator is
+synthesized once more (the sum of the engines plus the stream fork/join and the AXI control, and
+what cross-engine optimisation changes). One Yosys run per module gives
+
+* the primitive counts (as :class:`qfx.hw.synth.SynthResult`: LUT, FF, CARRY8, DSP48E2, RAMB),
+* the mapped netlist's register-to-register paths, weighted by :mod:`qfx.cost.timing` into a
+  critical-path delay.
+
+Results are cached by the hash of the Verilog, the options and the Yosys version (the same
+cache folder as :mod:`qfx.hw.synth`, sub-folder ``cost``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from qfx.hw.synth import FAMILIES, SynthError, SynthResult, yosys_command
+
+__all__ = ["ModuleSynth", "synth_module", "synth_accelerator", "SynthError"]
+
+_CACHE_VERSION = "cost-1"
+
+
+class ModuleSynth:
+    """Counts and timing graph summary of one synthesized module."""
+
+    def __init__(self, name: str, result: SynthResult, paths: dict[str, Any]):
+        self.name = name
+        self.result = result
+        self.paths = paths  # see qfx.cost.timing.critical_path
+
+    def summary(self) -> dict[str, float]:
+        return self.result.summary()
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("QFX_CACHE_DIR")
+    base = Path(root) if root else Path.home() / ".cache" / "qfx"
+    return base / "yosys" / "cost"
+
+
+def _yosys_version(cmd: list[str]) -> str:
+    try:
+        out = subprocess.run(cmd + ["-V"], capture_output=True, text=True, timeout=600)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise SynthError(f"could not start Yosys ({' '.join(cmd)}): {err}") from None
+    if out.returncode != 0:
+        raise SynthError(f"Yosys -V failed (exit {out.returncode}): {(out.stdout + out.stderr).strip()[-800:]}")
+    return out.stdout.strip()
+
+
+def synth_module(verilog: str, top: str, *, family: str = "xcup", timeout: float = 1800) -> ModuleSynth:
+    """Synthesize ``verilog`` (top ``top``) with ``synth_xilinx -family FAMILY -flatten -noiopad``.
+
+    Returns the cell counts and the weighted critical path of the mapped netlist
+    (:func:`qfx.cost.timing.critical_path`). Raises :class:`SynthError` with Yosys' last output
+    lines when Yosys is missing or fails.
+    """
+    from .timing import critical_path
+
+    if family not in FAMILIES:
+        raise ValueError(f"family {family!r} is not one of {', '.join(FAMILIES)}")
+    cmd = yosys_command()
+    opts = f"-family {family} -top {top} -noiopad -flatten"
+    key = hashlib.sha256("\0".join([_CACHE_VERSION, _yosys_version(cmd), opts, verilog]).encode()).hexdigest()[:32]
+    cache = _cache_dir() / f"{key}.json"
+    if cache.exists():
+        data = json.loads(cache.read_text())
+        return ModuleSynth(top, SynthResult(top=top, family=family, cells=data["cells"]), data["paths"])
+    with tempfile.TemporaryDirectory(prefix="qfx-cost-") as tmp:
+        Path(tmp, "design.v").write_text(verilog)
+        script = (f"read_verilog -sv design.v; synth_xilinx {opts}; tee -q -o stat.json stat -json -tech xilinx; "
+                  "write_json net.json")
+        try:
+            proc = subprocess.run(cmd + ["-q", "-p", script], cwd=tmp, capture_output=True, text=True,
+                                  timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise SynthError(f"Yosys synth_xilinx of {top!r} ran past {timeout:.0f} s") from None
+        stat, net = Path(tmp, "stat.json"), Path(tmp, "net.json")
+        if proc.returncode != 0 or not stat.exists() or not net.exists():
+            lines = (proc.stdout + proc.stderr).strip().splitlines()
+            errs = [ln for ln in lines if re.search(r"error|ERROR", ln)]
+            tail = "\n".join((errs or lines)[-15:])
+            raise SynthError(f"Yosys synth_xilinx of {top!r} failed (exit {proc.returncode}):\n{tail}")
+        report = json.loads(stat.read_text())
+        paths = critical_path(json.loads(net.read_text()), top)
+    cells = {str(k): int(v) for k, v in sorted(report["design"]["num_cells_by_type"].items())}
+    cells = {k: v for k, v in cells.items() if k != "BUFG" and not k.startswith("$")}
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    part = cache.with_suffix(f".tmp{os.getpid()}")
+    part.write_text(json.dumps({"cells": cells, "paths": paths}, sort_keys=True))
+    os.replace(part, cache)
+    return ModuleSynth(top, SynthResult(top=top, family=family, cells=cells), paths)
+
+
+def _ident(name: str) -> str:
+    s = re.sub(r"[^A-Za-z0-9_]", "_", name)
+    s = re.sub(r"__+", "_", s)
+    return s if re.match(r"[A-Za-z_]", s) else f"n_{s}"
+
+
+def synth_accelerator(manifest: Any, *, top: str = "qfx_top", family: str = "xcup",
+                      engines: bool = True, whole: bool = True) -> dict[str, Any]:
+    """Synthesize every engine of ``manifest``'s accelerator as its own top, and the whole design.
+
+    Returns ``{"engines": {node: ModuleSynth}, "whole": ModuleSynth | None}``.
+    """
+    from qfx.hw.accel import Accelerator
+    from qfx.hw.verilog import to_verilog
+
+    acc = Accelerator(manifest)
+    out: dict[str, Any] = {"engines": {}, "whole": None}
+    if engines:
+        for name, eng in acc.engines().items():
+            mod = f"{_ident(top)}_{_ident(name)}"
+            out["engines"][name] = synth_module(to_verilog(eng, mod), mod, family=family)
+    if whole:
+        out["whole"] = synth_module(to_verilog(acc, top), top, family=family)
+    return out
