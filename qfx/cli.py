@@ -365,6 +365,7 @@ COMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
     "train": _add_train,
     "demo-accuracy": _add_demo_accuracy,
     "demo": _add_demo,
+    "sim": lambda sub: __import__("qfx.sim.cli", fromlist=["add_sim_command"]).add_sim_command(sub),
     "cost": lambda sub: __import__("qfx.cost.cli", fromlist=["add_cost_command"]).add_cost_command(sub),
 }
 

@@ -168,6 +168,7 @@ def generate(manifest_path: "str | Path", out_dir: "str | Path", *, board: str =
         "version": DESIGN_VERSION,
         "top": top,
         "model": man.model,
+        "manifest": str(manifest_path),  # as given (qfx sim reads it for the integer reference)
         "board": {"name": b.name, "title": b.title, "part": b.part},
         "arch": arch,
         "targets": list(targets),
