@@ -59,7 +59,10 @@ def main(argv=None) -> int:
     p.add_argument("--work", default="/tmp/qfx_cal")
     p.add_argument("--out", default=str(ROOT / "bench/cost_calibration.json"))
     p.add_argument("--only", default="")
+    p.add_argument("--fit", action="store_true", help="fit the LUT/FF coefficients on the stored JSON and report errors")
     args = p.parse_args(argv)
+    if args.fit:
+        return fit(json.loads(Path(args.out).read_text()))
     from qfx.cost.estimate import engine_features
     from qfx.cost.synthesis import synth_accelerator
     from qfx.manifest import load
@@ -68,7 +71,7 @@ def main(argv=None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     designs = {**export_models(work), **DEMOS}
     if args.only:
-        designs = {k: v for k, v in designs.items() if k in args.only.split(",")}
+        designs = {k: designs[k] for k in args.only.split(",") if k in designs}
     rows = []
     for name, path in designs.items():
         t = time.time()
@@ -80,7 +83,43 @@ def main(argv=None) -> int:
                          "paths": ms.paths})
         rows.append({"design": name, "engine": "__whole__", "yosys": r["whole"].summary(), "paths": r["whole"].paths})
         print(f"{name}: {r['whole'].summary()} {time.time() - t:.0f} s", flush=True)
+        Path(args.out).write_text(json.dumps(rows, indent=1, sort_keys=True) + "\n")
     Path(args.out).write_text(json.dumps(rows, indent=1, sort_keys=True) + "\n")
+    return 0
+
+
+def fit(rows) -> int:
+    import numpy as np
+    from scipy.optimize import nnls
+
+    from qfx.cost.estimate import FEATURES, TOP_FF, TOP_LUT
+
+    eng = [r for r in rows if r["engine"] != "__whole__"]
+    A = np.array([[r["features"][k] for k in FEATURES] for r in eng], dtype=float)
+    coefs = {}
+    for res in ("lut", "ff"):
+        y = np.array([r["yosys"][res] for r in eng], dtype=float)
+        w = 1.0 / np.sqrt(np.maximum(y, 10.0))  # relative-ish weighting
+        c, _ = nnls(A * w[:, None], y * w)
+        coefs[res] = c
+        print(f"{res.upper()}_COEF = {{" + ", ".join(f'"{k}": {v:.4g}' for k, v in zip(FEATURES, c)) + "}")
+    # whole-design: sum of engines + per-design overhead (mean of whole - sum over designs)
+    designs = sorted({r["design"] for r in rows})
+    out = {}
+    for d in designs:
+        e = [r for r in eng if r["design"] == d]
+        whole = next(r for r in rows if r["design"] == d and r["engine"] == "__whole__")["yosys"]
+        top = {"lut": TOP_LUT, "ff": TOP_FF}
+        out[d] = {res: (sum(max(float(np.dot([r["features"][k] for k in FEATURES], coefs[res])), 0) for r in e)
+                        + top[res], whole[res],
+                        sum(r["yosys"][res] for r in e)) for res in ("lut", "ff")}
+    for res in ("lut", "ff"):
+        over = [out[d][res][1] - out[d][res][2] for d in designs]
+        print(f"TOP_{res.upper()} (mean whole - sum of engines) = {np.mean(over):.1f}", over)
+    print("design: est/yosys errors (engines sum + top overhead vs whole)")
+    for d in designs:
+        print(d, {res: f"{out[d][res][0]:.0f} vs {out[d][res][1]} ({100 * (out[d][res][0] - out[d][res][1]) / out[d][res][1]:+.1f} %)"
+                  for res in ("lut", "ff")})
     return 0
 
 
