@@ -31,6 +31,7 @@ import argparse
 import difflib
 import json
 import math
+import os
 import re
 import sys
 from pathlib import Path
@@ -168,7 +169,8 @@ def generate(manifest_path: "str | Path", out_dir: "str | Path", *, board: str =
         "version": DESIGN_VERSION,
         "top": top,
         "model": man.model,
-        "manifest": str(manifest_path),  # as given (qfx sim reads it for the integer reference)
+        # relative to OUT, so the pair of folders can move together (qfx sim / qfx cost read it)
+        "manifest": Path(os.path.relpath(Path(manifest_path).resolve(), Path(out_dir).resolve())).as_posix(),
         "board": {"name": b.name, "title": b.title, "part": b.part},
         "arch": arch,
         "targets": list(targets),
