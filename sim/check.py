@@ -97,7 +97,9 @@ def resolve_manifest(design: Design, manifest: "str | os.PathLike | None") -> Pa
         raise DesignError(f"{design.out_dir}/design.json does not record its manifest (older qfx-gen); "
                           "pass --manifest PATH (the folder given to qfx-gen)")
     p = Path(cand)
-    for c in (p, design.out_dir / p, design.out_dir.parent / p):
+    # qfx-gen records it relative to OUT; an explicit --manifest is relative to the working folder
+    order = (p, design.out_dir / p) if manifest is not None else (design.out_dir / p, p)
+    for c in order:
         if c.exists():
             return c
     raise DesignError(f"manifest {str(cand)!r} (from {'--manifest' if manifest else 'design.json'}) not found; "
