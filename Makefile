@@ -21,16 +21,23 @@ test: setup
 	$(PY) -m pytest -n 2
 
 # The main job on the bundled digits data: accuracy table, then train -> export ->
-# integer reference (bit-exact verdict) -> RTL, board scripts and HLS (qfx-gen); outputs in out/.
+# integer reference (bit-exact verdict) -> RTL, board scripts and HLS (qfx-gen) -> RTL (Verilator)
+# and C simulation of 1000 vectors against the reference (qfx sim) -> cost reports (qfx cost); outputs in out/.
 demo: setup
 	$(PY) -m qfx.cli demo -o out/demo --force
 	$(PY) -m qfx.gen out/demo/cnn_w8/manifest --board ultra96 -o out/gen/cnn_w8 --target rtl,hls --force
 	$(PY) -m qfx.gen out/demo/mlp_khot/manifest --board ultra96 -o out/gen/mlp_khot --target rtl,hls --force
+	$(PY) -m qfx.cli sim out/gen/cnn_w8 --vectors 1000
+	$(PY) -m qfx.cli sim out/gen/mlp_khot --vectors 1000
+	$(PY) -m qfx.cli cost out/gen/cnn_w8
+	$(PY) -m qfx.cli cost out/gen/mlp_khot
 	$(PY) -m qfx.cli demo-accuracy -o out/accuracy
 
 bench: setup
 	$(PY) bench/run.py
 	$(PY) bench/train_step.py
+	# RTL simulation throughput of the demo designs (needs `make demo` first for out/demo/)
+	$(PY) bench/sim_throughput.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
