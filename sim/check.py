@@ -134,8 +134,12 @@ def _first(expected: np.ndarray, actual: np.ndarray, layer: str, shape: tuple[in
 
 def verify(out_dir: "str | os.PathLike", x: Any = None, *, vectors: int = 100, seed: int = 0,
            manifest: "str | os.PathLike | None" = None, waves: "bool | str | os.PathLike" = False,
-           hls: bool = True, mode: str = "file", localize: bool = True) -> Report:
-    """Run the checks; see the module docstring. ``x``: float inputs ``[N, *input_shape]`` or None (random)."""
+           hls: bool = True, mode: str = "file", localize: bool = True, model: Any = None) -> Report:
+    """Run the checks; see the module docstring. ``x``: float inputs ``[N, *input_shape]`` or None (random).
+
+    ``model``: the qfx model the manifest was exported from (e.g. :func:`qfx.cli.load_run`); when given,
+    its PyTorch emulation (:func:`qfx.export.emulate`) is compared with the reference layer by layer too.
+    """
     import torch
 
     from qfx.manifest import load
@@ -177,6 +181,8 @@ def verify(out_dir: "str | os.PathLike", x: Any = None, *, vectors: int = 100, s
     want = ref[man.output].reshape(len(xf), -1).astype(np.int64)
     n = len(codes)
     checks = [CheckResult("integer reference (golden)", True, n, 0, t_ref, note="")]
+    if model is not None:
+        checks.append(_check_emulation(model, man, ref, xf))
     wave_path = None
     if waves:
         wave_path = Path(waves) if not isinstance(waves, bool) else Path(d.out_dir) / "sim" / "waves.vcd"
@@ -204,6 +210,32 @@ def verify(out_dir: "str | os.PathLike", x: Any = None, *, vectors: int = 100, s
             checks.append(CheckResult("HLS C simulation (g++, ap_types) vs reference", False, n, 0,
                                       time.perf_counter() - t0, note=f"could not run: {str(err).splitlines()[0]}"))
     return report
+
+
+def _check_emulation(model: Any, man: Any, ref: dict[str, np.ndarray], xf: np.ndarray) -> CheckResult:
+    """The PyTorch emulation of ``model`` against the reference, every layer; the first differing one."""
+    import torch
+
+    import qfx
+    from qfx.export import emulate
+
+    t0 = time.perf_counter()
+    emu = emulate(model, torch.as_tensor(np.ascontiguousarray(xf, dtype=np.float64)))
+    if list(emu) != man.names:
+        raise ValueError("the model's layers do not match the manifest's nodes (was the manifest exported from "
+                         f"this model?): model {list(emu)[:4]}..., manifest {man.names[:4]}...")
+    n = len(xf)
+    for node in man:
+        fmt = node.output_format
+        got = qfx.to_codes(emu[node.name], fmt).numpy().reshape(n, -1).astype(np.int64)
+        want = ref[node.name].reshape(n, -1).astype(np.int64)
+        formats = {k: str(v) if not isinstance(v, tuple) else [str(t) for t in v] for k, v in node.formats.items()}
+        m = _first(want, got, node.name, tuple(node.output_shape), fmt, formats, True)
+        if m is not None:
+            return CheckResult("PyTorch emulation vs reference", False, n, m.count, time.perf_counter() - t0, m,
+                               note=m.describe())
+    return CheckResult("PyTorch emulation vs reference", True, n, 0, time.perf_counter() - t0,
+                       note=f"all {len(man.names)} layers")
 
 
 def _localize(d: Design, man: Any, ref: dict[str, np.ndarray], codes: np.ndarray, vector: int,

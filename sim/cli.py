@@ -50,9 +50,17 @@ def cmd_sim(args: argparse.Namespace) -> int:
     if args.vectors < 1:
         return _err(f"--vectors {args.vectors}: give at least 1")
     waves = args.waves if args.waves else False
+    model = None
+    if getattr(args, "run", None):
+        from qfx.cli import CliError, load_run
+
+        try:
+            model = load_run(args.run)
+        except (CliError, OSError, ValueError) as err:
+            return _err(f"--run {args.run}: {err}")
     try:
         rep = verify(args.out, x, vectors=args.vectors, seed=args.seed, manifest=args.manifest, waves=waves,
-                     hls=not args.no_hls)
+                     hls=not args.no_hls, model=model)
     except (DesignError, ValueError, TypeError, FileNotFoundError) as err:
         return _err(str(err))
     except VerilatorBuildError as err:
@@ -94,6 +102,7 @@ def add_sim_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the random vectors (default: 0)")
     p.add_argument("--manifest", help="the manifest folder (default: the one recorded in design.json)")
     p.add_argument("--no-hls", action="store_true", help="skip the HLS C simulation even when OUT/hls exists")
+    p.add_argument("--run", help="a finished `qfx train` run folder: also compare its PyTorch emulation, layer by layer")
     p.set_defaults(func=cmd_sim)
 
 
