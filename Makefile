@@ -27,8 +27,8 @@ demo: setup
 	$(PY) -m qfx.cli demo -o out/demo --force
 	$(PY) -m qfx.gen out/demo/cnn_w8/manifest --board ultra96 -o out/gen/cnn_w8 --target rtl,hls --force
 	$(PY) -m qfx.gen out/demo/mlp_khot/manifest --board ultra96 -o out/gen/mlp_khot --target rtl,hls --force
-	$(PY) -m qfx.cli sim out/gen/cnn_w8 --vectors 1000
-	$(PY) -m qfx.cli sim out/gen/mlp_khot --vectors 1000
+	$(PY) -m qfx.cli sim out/gen/cnn_w8 --vectors 1000 --run out/demo/cnn_w8/run
+	$(PY) -m qfx.cli sim out/gen/mlp_khot --vectors 1000 --run out/demo/mlp_khot/run
 	$(PY) -m qfx.cli cost out/gen/cnn_w8
 	$(PY) -m qfx.cli cost out/gen/mlp_khot
 	$(PY) -m qfx.cli demo-accuracy -o out/accuracy
