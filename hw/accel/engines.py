@@ -26,7 +26,7 @@ every output of the previous one.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from amaranth.hdl import Cat, Const, Module, Mux, Shape, Signal, Value, signed
@@ -71,8 +71,9 @@ def _buffer(m: Module, name: str, shape: Shape, depth: int) -> tuple[Any, Any]:
 
 
 def _load(m: Module, name: str, port: Any, src: FixedType, dst: FixedType, depth: int, wp: Any,
-          loading: Signal, on_full: Callable[[], None]) -> None:
-    """Fill a buffer from stream ``port`` (cast from ``src`` to ``dst`` on entry) while ``loading``."""
+          loading: Signal) -> None:
+    """Fill a buffer from stream ``port`` (cast from ``src`` to ``dst`` on entry) while ``loading``;
+    ``loading`` falls when the last element has been written."""
     m.submodules[f"{name}_cast"] = cast = CastUnit(src, dst)
     count = Signal(range(depth), name=f"{name}_count")
     take = port.valid & loading
@@ -86,7 +87,7 @@ def _load(m: Module, name: str, port: Any, src: FixedType, dst: FixedType, depth
     with m.If(take):
         m.d.sync += count.eq(Mux(count == depth - 1, 0, count + 1))
         with m.If(count == depth - 1):
-            on_full()
+            m.d.sync += loading.eq(0)
 
 
 def _window_address(m: Module, *, c, oy, ox, ky, kx, geometry: dict) -> tuple[Value, Value]:
@@ -141,6 +142,42 @@ def engine_cycles(node: Node) -> dict[str, int]:
     if node.op == "add":
         return {"load": n_in, "compute": n_out, "outputs": n_out}
     return {"load": 0, "compute": n_out, "outputs": n_out}
+
+
+class _Sequencer:
+    """The control shared by the buffered engines.
+
+    Once every buffer is full (each ``loading`` low), the iterations of ``loops`` are issued one
+    per cycle in which the output stage advances; stage 1 registers each iteration's flags while
+    the buffer and ROM reads complete (``v1``: an iteration is in stage 1, ``pad1``: its element
+    lies outside the input, ``first1`` / ``last1``: first / last iteration of the ``inner`` loops,
+    ``done1``: the final iteration). When the final iteration leaves stage 1 the buffers reload.
+    """
+
+    def __init__(self, m: Module, out: "_OutputStage", loading: list[Signal], loops: LoopNest,
+                 inner: list[int], inside: Value = Const(1, 1)) -> None:
+        adv = out.adv
+        issued = Signal()
+        full = Const(1, 1)
+        for flag in loading:
+            full = full & ~flag
+        self.issuing = Signal()
+        m.d.comb += self.issuing.eq(full & ~issued)
+        loops.step(m, self.issuing & adv)
+        with m.If(self.issuing & adv & loops.all_last()):
+            m.d.sync += issued.eq(1)
+        self.v1, self.pad1, self.first1, self.last1, self.done1 = (
+            Signal(name=n) for n in ("v1", "pad1", "first1", "last1", "done1"))
+        with m.If(adv):
+            m.d.sync += [
+                self.v1.eq(self.issuing),
+                self.pad1.eq(~inside),
+                self.first1.eq(loops.all_first(inner)),
+                self.last1.eq(loops.all_last(inner)),
+                self.done1.eq(loops.all_last()),
+            ]
+        with m.If(self.v1 & adv & self.done1):
+            m.d.sync += [*(flag.eq(1) for flag in loading), issued.eq(0)]
 
 
 class _OutputStage:
@@ -208,17 +245,9 @@ class MACEngine(wiring.Component):
 
         wp, rp = _buffer(m, "ibuf", fixed_shape(in_fmt), n_in)
         loading = Signal(init=1)
-        issued = Signal()
-
-        def full():
-            m.d.sync += loading.eq(0)
-
-        _load(m, "in", self.i, self._src, in_fmt, n_in, wp, loading, full)
-
+        _load(m, "in", self.i, self._src, in_fmt, n_in, wp, loading)
         out = _OutputStage(m, self.o)
         adv = out.adv
-        issuing = Signal()
-        m.d.comb += issuing.eq(~loading & ~issued)
 
         if g["dense"]:
             # rows of the last axis, then output features, then the input features (the accumulation order)
@@ -236,9 +265,7 @@ class MACEngine(wiring.Component):
             oc = gi * og + ocg if groups > 1 else ocg
             addr, inside = _window_address(m, c=ic, oy=oy, ox=ox, ky=ky, kx=kx, geometry=g)
             k_lin = (icg * kh + ky) * kw + kx
-        loops.step(m, issuing & adv)
-        with m.If(issuing & adv & loops.all_last()):
-            m.d.sync += issued.eq(1)
+        seq = _Sequencer(m, out, [loading], loops, inner, inside)
         waddr = Signal(range(max(g["o"] * k_terms, 2)))
         m.d.comb += waddr.eq(oc * k_terms + k_lin)
 
@@ -255,15 +282,7 @@ class MACEngine(wiring.Component):
             init = Const(0, fixed_shape(acc_fmt))
 
         # Stage 1: operands arrive from the buffer and ROMs.
-        v1, pad1, first1, last1, done1 = (Signal(name=n) for n in ("v1", "pad1", "first1", "last1", "done1"))
-        with m.If(adv):
-            m.d.sync += [
-                v1.eq(issuing),
-                pad1.eq(~inside),
-                first1.eq(loops.all_first(inner)),
-                last1.eq(loops.all_last(inner)),
-                done1.eq(loops.all_last()),
-            ]
+        v1, pad1, first1, last1 = seq.v1, seq.pad1, seq.first1, seq.last1
         m.submodules.mult = mult = plan.multiplier()
         m.d.comb += [mult.x.eq(Mux(pad1, 0, rp.data)), mult.w.eq(w_rp.data)]
         p_fmt = mult.product_fmt
@@ -282,8 +301,6 @@ class MACEngine(wiring.Component):
         with m.If(v1 & adv):
             m.d.sync += acc.eq(acc_cast.o)
         out.emit(m, v1 & adv & last1, out_cast.o)
-        with m.If(v1 & adv & done1):
-            m.d.sync += [loading.eq(1), issued.eq(0)]
         return m
 
 
@@ -322,32 +339,15 @@ class PoolEngine(wiring.Component):
         kh, kw = g["kernel"]
         wp, rp = _buffer(m, "ibuf", fixed_shape(xi), n_in)
         loading = Signal(init=1)
-        issued = Signal()
-
-        def full():
-            m.d.sync += loading.eq(0)
-
-        _load(m, "in", self.i, self._src, xi, n_in, wp, loading, full)
+        _load(m, "in", self.i, self._src, xi, n_in, wp, loading)
         out = _OutputStage(m, self.o)
         adv = out.adv
-        issuing = Signal()
-        m.d.comb += issuing.eq(~loading & ~issued)
         loops = LoopNest("pool", [g["c"], g["ho"], g["wo"], kh, kw])
         c, oy, ox, ky, kx = loops.counters
-        loops.step(m, issuing & adv)
-        with m.If(issuing & adv & loops.all_last()):
-            m.d.sync += issued.eq(1)
         addr, inside = _window_address(m, c=c, oy=oy, ox=ox, ky=ky, kx=kx, geometry=g)
         m.d.comb += [rp.addr.eq(addr), rp.en.eq(adv)]
-        v1, pad1, first1, last1, done1 = (Signal(name=n) for n in ("v1", "pad1", "first1", "last1", "done1"))
-        with m.If(adv):
-            m.d.sync += [
-                v1.eq(issuing),
-                pad1.eq(~inside),
-                first1.eq(loops.all_first([3, 4])),
-                last1.eq(loops.all_last([3, 4])),
-                done1.eq(loops.all_last()),
-            ]
+        seq = _Sequencer(m, out, [loading], loops, [3, 4], inside)
+        v1, pad1, first1, last1 = seq.v1, seq.pad1, seq.first1, seq.last1
 
         if node.op == "maxpool2d":
             acc = Signal(fixed_shape(xi))
@@ -379,8 +379,6 @@ class PoolEngine(wiring.Component):
         with m.If(v1 & adv):
             m.d.sync += acc.eq(nxt)
         out.emit(m, v1 & adv & last1, out_cast.o)
-        with m.If(v1 & adv & done1):
-            m.d.sync += [loading.eq(1), issued.eq(0)]
         return m
 
 
@@ -411,21 +409,14 @@ class AddEngine(wiring.Component):
         wa, ra = _buffer(m, "abuf", fixed_shape(ta), n)
         wb, rb = _buffer(m, "bbuf", fixed_shape(tb), n)
         load_a, load_b = Signal(init=1), Signal(init=1)
-        _load(m, "a", self.a, self._src_a, ta, n, wa, load_a, lambda: m.d.sync.__iadd__(load_a.eq(0)))
-        _load(m, "b", self.b, self._src_b, tb, n, wb, load_b, lambda: m.d.sync.__iadd__(load_b.eq(0)))
+        _load(m, "a", self.a, self._src_a, ta, n, wa, load_a)
+        _load(m, "b", self.b, self._src_b, tb, n, wb, load_b)
         out = _OutputStage(m, self.o)
         adv = out.adv
-        issued = Signal()
-        issuing = Signal()
-        m.d.comb += issuing.eq(~load_a & ~load_b & ~issued)
         loops = LoopNest("add", [n])
-        loops.step(m, issuing & adv)
-        with m.If(issuing & adv & loops.all_last()):
-            m.d.sync += issued.eq(1)
         m.d.comb += [ra.addr.eq(loops[0]), rb.addr.eq(loops[0]), ra.en.eq(adv), rb.en.eq(adv)]
-        v1, done1 = Signal(), Signal()
-        with m.If(adv):
-            m.d.sync += [v1.eq(issuing), done1.eq(loops.all_last())]
+        seq = _Sequencer(m, out, [load_a, load_b], loops, [])
+        v1 = seq.v1
         s_fmt = ta + tb
         f = s_fmt.frac_bits
         total = Signal(fixed_shape(s_fmt))
@@ -433,8 +424,6 @@ class AddEngine(wiring.Component):
         m.submodules.out_cast = out_cast = CastUnit(s_fmt, self._out_fmt)
         m.d.comb += out_cast.i.eq(total)
         out.emit(m, v1 & adv, out_cast.o)
-        with m.If(v1 & adv & done1):
-            m.d.sync += [load_a.eq(1), load_b.eq(1), issued.eq(0)]
         return m
 
 
