@@ -195,7 +195,24 @@ class _OutputStage:
             m.d.sync += [self.o.valid.eq(1), self.o.payload.eq(payload)]
 
 
-class MACEngine(wiring.Component):
+class _Engine(wiring.Component):
+    """What every engine shares: its manifest node, its cycle counts and (for one operand) its ports."""
+
+    def __init__(self, node: Node, members: dict) -> None:
+        self._node = node
+        super().__init__(members)
+
+    @staticmethod
+    def _unary(src: FixedType, out_fmt: FixedType) -> dict:
+        """``i``: the producer's codes; ``o``: this node's output codes (single-element streams)."""
+        return {"i": In(stream.Signature(fixed_shape(src))), "o": Out(stream.Signature(fixed_shape(out_fmt)))}
+
+    @property
+    def cycles(self) -> dict[str, int]:
+        return engine_cycles(self._node)
+
+
+class MACEngine(_Engine):
     """Dense / conv2d node: a buffered input, a weight ROM, one product unit, the accumulation loop.
 
     Parameters
@@ -220,18 +237,11 @@ class MACEngine(wiring.Component):
     """
 
     def __init__(self, node: Node, src: FixedType, weights: Any) -> None:
-        self._node, self._src, self._weights = node, src, weights
+        self._src, self._weights = src, weights
         self._geo = _geometry(node)
         f = node.formats
         self._in_fmt, self._acc_fmt, self._out_fmt = f["input"], f["accum"], f["output"]
-        super().__init__({
-            "i": In(stream.Signature(fixed_shape(src))),
-            "o": Out(stream.Signature(fixed_shape(self._out_fmt))),
-        })
-
-    @property
-    def cycles(self) -> dict[str, int]:
-        return engine_cycles(self._node)
+        super().__init__(node, self._unary(src, self._out_fmt))
 
     def elaborate(self, platform):
         m = Module()
@@ -304,7 +314,7 @@ class MACEngine(wiring.Component):
         return m
 
 
-class PoolEngine(wiring.Component):
+class PoolEngine(_Engine):
     """maxpool2d / avgpool2d node: a buffered input and one window element per cycle.
 
     Max: the largest code of the window (padding never wins), cast to ``output``.
@@ -316,20 +326,13 @@ class PoolEngine(wiring.Component):
     """
 
     def __init__(self, node: Node, src: FixedType) -> None:
-        self._node, self._src = node, src
+        self._src = src
         self._geo = _geometry(node)
         self._geo["o"] = self._geo["c"]
         self._geo["groups"] = self._geo["c"]
         f = node.formats
         self._in_fmt, self._out_fmt = f["input"], f["output"]
-        super().__init__({
-            "i": In(stream.Signature(fixed_shape(src))),
-            "o": Out(stream.Signature(fixed_shape(self._out_fmt))),
-        })
-
-    @property
-    def cycles(self) -> dict[str, int]:
-        return engine_cycles(self._node)
+        super().__init__(node, self._unary(src, self._out_fmt))
 
     def elaborate(self, platform):
         m = Module()
@@ -382,26 +385,22 @@ class PoolEngine(wiring.Component):
         return m
 
 
-class AddEngine(wiring.Component):
+class AddEngine(_Engine):
     """add node: ``cast(align(cast(a, in_a)) + align(cast(b, in_b)), output)``, both operands buffered.
 
     Latency: the later operand's load, then one output per cycle plus 2.
     """
 
     def __init__(self, node: Node, src_a: FixedType, src_b: FixedType) -> None:
-        self._node, self._src_a, self._src_b = node, src_a, src_b
+        self._src_a, self._src_b = src_a, src_b
         f = node.formats
         self._ta, self._tb, self._out_fmt = f["in_a"], f["in_b"], f["output"]
         self._n = math.prod(node.output_shape)
-        super().__init__({
+        super().__init__(node, {
             "a": In(stream.Signature(fixed_shape(src_a))),
             "b": In(stream.Signature(fixed_shape(src_b))),
             "o": Out(stream.Signature(fixed_shape(self._out_fmt))),
         })
-
-    @property
-    def cycles(self) -> dict[str, int]:
-        return engine_cycles(self._node)
 
     def elaborate(self, platform):
         m = Module()
@@ -427,7 +426,7 @@ class AddEngine(wiring.Component):
         return m
 
 
-class ElementwiseEngine(wiring.Component):
+class ElementwiseEngine(_Engine):
     """batchnorm / relu / relu6 / leaky_relu node: one element per cycle, latency 1, no buffer.
 
     batchnorm: ``cast(x * scale[c] + align(shift[c]), output)`` (one rounding);
@@ -437,18 +436,10 @@ class ElementwiseEngine(wiring.Component):
     """
 
     def __init__(self, node: Node, src: FixedType) -> None:
-        self._node, self._src = node, src
+        self._src = src
         f = node.formats
         self._in_fmt, self._out_fmt = f["input"], f["output"]
-        self._n = math.prod(node.output_shape)
-        super().__init__({
-            "i": In(stream.Signature(fixed_shape(src))),
-            "o": Out(stream.Signature(fixed_shape(self._out_fmt))),
-        })
-
-    @property
-    def cycles(self) -> dict[str, int]:
-        return engine_cycles(self._node)
+        super().__init__(node, self._unary(src, self._out_fmt))
 
     def elaborate(self, platform):
         m = Module()
