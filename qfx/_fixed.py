@@ -10,8 +10,8 @@ exact by construction, never by luck:
   float64 with |F| <= 900 otherwise, and a sign correction for the one case
   where a tiny value underflows to zero).
 * ``s - floor(s)`` is exact for every float ``s``, so ties are detected
-  exactly; the ``floor(s + 0.5)`` shortcut is only used where ``s + 0.5`` is
-  exact or where its error cannot change a saturated result.
+  exactly (``floor(s + 0.5)`` is not: ``s + 0.5`` can round up to the next
+  integer for ``s`` a fraction of an ulp below a tie).
 * float32 carries codes up to 2**22 exactly, float64 up to 2**53; wider words
   (54..64 bits) finish in int64 arithmetic.
 """
@@ -76,11 +76,14 @@ def _unscale(r: torch.Tensor, frac: "int | torch.Tensor") -> torch.Tensor:
     return r.mul_(2.0**-frac)
 
 
-def round_scaled(s: torch.Tensor, rounding: Rounding, *, shortcut_ok: bool) -> torch.Tensor:
+def round_scaled(s: torch.Tensor, rounding: Rounding) -> torch.Tensor:
     """Round the scaled value ``s`` (exact float) to an integer by an ap_fixed quantization mode.
 
-    ``shortcut_ok`` allows ``floor(s + 0.5)``-style forms: the caller promises
-    that every element with |s| >= 2**(p-2) saturates whatever it rounds to.
+    Through ``d = s - floor(s)``, which is exact except for ``s`` in (-0.5, 0): there
+    ``d`` lies in (0.5, 1) but may round to 0.5 and look like a tie. Every mode rounds
+    such ``s`` to 0 (up from ``floor(s) = -1``), which the tie conditions below honour.
+    ``floor(s + 0.5)`` is not used: ``s + 0.5`` rounds up to 1.0 for ``s`` a fraction
+    of an ulp below 0.5.
     """
     if rounding is Rounding.AP_TRN:
         return torch.floor(s)
@@ -88,25 +91,19 @@ def round_scaled(s: torch.Tensor, rounding: Rounding, *, shortcut_ok: bool) -> t
         return torch.trunc(s)
     if rounding is Rounding.AP_RND_CONV:
         return torch.round(s)  # half to even, exact
-    if shortcut_ok:
-        if rounding is Rounding.AP_RND:
-            return torch.floor(s + 0.5)
-        if rounding is Rounding.AP_RND_MIN_INF:
-            return torch.ceil(s - 0.5)
-        a = torch.abs(s)
-        if rounding is Rounding.AP_RND_INF:
-            return torch.copysign(torch.floor(a + 0.5), s)
-        return torch.copysign(torch.ceil(a - 0.5), s)  # AP_RND_ZERO
     f = torch.floor(s)
-    d = s - f  # exact, in [0, 1)
+    d = s - f  # in [0, 1); exact unless -0.5 < s < 0 (then 0.5 <= d < 1)
     if rounding is Rounding.AP_RND:
         up = d >= 0.5
-    elif rounding is Rounding.AP_RND_MIN_INF:
-        up = d > 0.5
-    elif rounding is Rounding.AP_RND_INF:
-        up = (d > 0.5) | ((d == 0.5) & (s > 0))
-    else:  # AP_RND_ZERO
+    elif rounding is Rounding.AP_RND_ZERO:
         up = (d > 0.5) | ((d == 0.5) & (s < 0))
+    else:
+        # A tie that is not one: d rounded to 0.5 for -0.5 < s < 0, which must go up to 0.
+        false_tie = (d == 0.5) & (s > -0.5) & (s < 0)
+        if rounding is Rounding.AP_RND_MIN_INF:
+            up = (d > 0.5) | false_tie
+        else:  # AP_RND_INF: real ties go up for s > 0
+            up = (d > 0.5) | ((d == 0.5) & (s > 0)) | false_tie
     return f + up.to(f.dtype)
 
 
@@ -255,11 +252,7 @@ def _to_compute(x: torch.Tensor, t: FixedType, frac: "int | torch.Tensor") -> to
 
 
 def _round_exact(s: torch.Tensor, x: torch.Tensor, t: FixedType) -> torch.Tensor:
-    shortcut = (
-        s.dtype == torch.float32
-        and t.overflow in (Overflow.AP_SAT, Overflow.AP_SAT_SYM, Overflow.AP_SAT_ZERO)
-    )
-    r = round_scaled(s, t.rounding, shortcut_ok=shortcut)
+    r = round_scaled(s, t.rounding)
     if s.dtype == torch.float64 and t.rounding is Rounding.AP_TRN:
         # x * 2**F may underflow to -0.0 for a tiny negative x whose floor is -1.
         r = torch.where((r == 0) & (x < 0), torch.full((), -1.0, dtype=r.dtype, device=r.device), r)

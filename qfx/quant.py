@@ -202,17 +202,6 @@ class _FixedSTE(torch.autograd.Function):
 # Fast training cast: float32, narrow word, saturating, one binary point. Four element-wise
 # ops forward and five backward, all on float tensors (no boolean masks, no .item() beyond
 # reading the binary point): per-call overhead is what dominates small training tensors.
-_HALF: dict = {}
-
-
-def _half(x: torch.Tensor) -> torch.Tensor:
-    key = (x.dtype, x.device)
-    h = _HALF.get(key)
-    if h is None:
-        h = _HALF[key] = torch.tensor(0.5, dtype=x.dtype, device=x.device)
-    return h
-
-
 @functools.lru_cache(maxsize=4096)
 def _fast_plan(t: FixedType, frac: int) -> "tuple[float, float, float, float] | None":
     """``(scale, lo, hi, inv_scale)`` when :class:`_FixedSTEFast` applies to ``t`` with ``frac``.
@@ -235,12 +224,8 @@ def _fast_plan(t: FixedType, frac: int) -> "tuple[float, float, float, float] | 
 
 
 def _fast_codes(x: torch.Tensor, t: FixedType, scale: float) -> torch.Tensor:
-    """Rounded (not yet saturated) codes of float32 ``x``: as ``_fixed._round_exact`` on the
-    float32 shortcut path (``floor(s + 0.5)``-style forms are allowed: the mode saturates)."""
-    if t.rounding is Rounding.AP_RND:
-        # 0.5 + scale * x: the product is exact, so fused or not this rounds once, as s + 0.5.
-        return torch.add(_half(x), x, alpha=scale).floor_()
-    return _fixed.round_scaled(x * scale, t.rounding, shortcut_ok=True)
+    """Rounded (not yet saturated) codes of float32 ``x``, as ``_fixed._round_exact``."""
+    return _fixed.round_scaled(x * scale, t.rounding)
 
 
 class _FixedSTEFast(torch.autograd.Function):

@@ -71,6 +71,9 @@ def probe_values(w: int, i: int, rng: np.random.Generator) -> np.ndarray:
         for k in (1, -1, 3, -3, 1 << 10):
             points.append((Fraction(c) + k * span + Fraction(1, 2)) * Fraction(2) ** -f)
     values = [float(p) for p in points]
+    # One ulp either side of each tie: where floor(s + 0.5) or s - floor(s) would round.
+    ties = np.array([float((Fraction(c) + Fraction(1, 2)) * Fraction(2) ** -f) for c in codes])
+    values += list(np.nextafter(ties, np.inf)) + list(np.nextafter(ties, -np.inf))
     scale = 2.0 ** (i - 1)
     values += list(rng.standard_normal(60) * scale) + list(rng.standard_normal(20) * scale * 2.0**w)
     values += [0.0, -0.0, math.inf, -math.inf, 1e300, -1e300, 5e-300, -5e-300, 2.0**-1000, -(2.0**-1000)]
@@ -120,6 +123,9 @@ def test_cast_from_float32_matches_ap_types(w):
     for i in int_bits_for(w):
         with np.errstate(over="ignore"):  # huge probes become +-inf in float32, on purpose
             values = probe_values(w, i, rng).astype(np.float32)
+        # float32 neighbours of the ties (probe_values' float64 neighbours round back onto them).
+        ties = values[np.isfinite(values)]
+        values = np.concatenate([values, np.nextafter(ties, np.float32(np.inf)), np.nextafter(ties, np.float32(-np.inf))])
         values = np.unique(values[np.isfinite(values) | np.isinf(values)])
         cfgs = configs_for(w, i)
         expected = oracle.cast_from_double(cfgs, values.astype(np.float64))

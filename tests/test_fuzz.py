@@ -148,7 +148,7 @@ def _mutate_manifest(text: str, rng: random.Random) -> str:
         node = rng.choice(data["nodes"])
         section = rng.choice(["params", "formats", "inputs", "input_shapes", "output_shape", "name", "op", "arrays"])
         choice = rng.random()
-        if section in ("params", "formats", "arrays") and node.get(section):
+        if section in ("params", "formats", "arrays") and isinstance(node.get(section), dict) and node[section]:
             key = rng.choice(sorted(node[section]))
             if choice < 0.3:
                 del node[section][key]
