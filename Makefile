@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.qfx-installed
 
-.PHONY: setup test demo bench clean
+.PHONY: setup test demo demo-quick bench clean
 
 setup: $(STAMP)
 
@@ -20,18 +20,16 @@ $(STAMP): pyproject.toml
 test: setup
 	$(PY) -m pytest -n 2
 
-# The main job on the bundled digits data: accuracy table, then train -> export ->
-# integer reference (bit-exact verdict) -> RTL, board scripts and HLS (qfx-gen) -> RTL (Verilator)
-# and C simulation of 1000 vectors against the reference (qfx sim) -> cost reports (qfx cost); outputs in out/.
+# The main job on the bundled digits data (qfx.demo.pipeline): train (learned binary points; K-hot
+# MLP too) -> export -> integer reference vs emulation -> qfx-gen RTL + board scripts + HLS ->
+# qfx sim (Verilator + C simulation, 1000 vectors, bit-exact verdict) -> qfx cost (Yosys) ->
+# accuracy table; outputs and summary.json in out/demo/.
 demo: setup
 	$(PY) -m qfx.cli demo -o out/demo --force
-	$(PY) -m qfx.gen out/demo/cnn_w8/manifest --board ultra96 -o out/gen/cnn_w8 --target rtl,hls --force
-	$(PY) -m qfx.gen out/demo/mlp_khot/manifest --board ultra96 -o out/gen/mlp_khot --target rtl,hls --force
-	$(PY) -m qfx.cli sim out/gen/cnn_w8 --vectors 1000 --run out/demo/cnn_w8/run
-	$(PY) -m qfx.cli sim out/gen/mlp_khot --vectors 1000 --run out/demo/mlp_khot/run
-	$(PY) -m qfx.cli cost out/gen/cnn_w8
-	$(PY) -m qfx.cli cost out/gen/mlp_khot
-	$(PY) -m qfx.cli demo-accuracy -o out/accuracy
+
+# The same pipeline at reduced size (short training, 200 vectors, no accuracy table): what CI runs.
+demo-quick: setup
+	$(PY) -m qfx.cli demo -o out/demo-quick --quick --force
 
 bench: setup
 	$(PY) bench/run.py

@@ -45,6 +45,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -97,6 +98,8 @@ def load_run_config(source: "str | Path | dict[str, Any]") -> dict[str, Any]:
         raw = copy.deepcopy(source)
     else:
         path = Path(source)
+        if path.is_dir():
+            raise CliError(f"config {str(path)!r} is a folder; give the run config's YAML file")
         if not path.is_file():
             raise CliError(f"config file {str(path)!r} does not exist")
         try:
@@ -147,8 +150,8 @@ def load_run_config(source: "str | Path | dict[str, Any]") -> dict[str, Any]:
         v = train[key]
         if v is None and key == "frac_lr":
             continue
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
-            raise CliError(f"train.{key} must be a non-negative number, got {v!r}")
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            raise CliError(f"train.{key} must be a finite non-negative number, got {v!r}")
     for key, options in (("optimizer", ("adam", "adamw", "sgd")), ("schedule", ("cosine", "constant"))):
         if not isinstance(train[key], str) or train[key] not in options:
             raise CliError(f"train.{key} must be one of {', '.join(options)}, got {train[key]!r}")
@@ -220,7 +223,12 @@ def load_run(run_dir: "str | Path"):
 def _prepare_run_dir(run: Path, resume: bool, force: bool) -> bool:
     """Check/prepare RUN/; returns True if a previous run's files are there to resume from."""
     if run.exists() and not run.is_dir():
-        raise CliError(f"{str(run)!r} exists and is not a folder")
+        raise CliError(f"{str(run)!r} exists and is not a folder; choose another -o")
+    for parent in run.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise CliError(f"{str(parent)!r} is a file, so {str(run)!r} cannot be created; choose another -o")
+            break
     existing = run.is_dir() and any(run.iterdir())
     if not existing:
         return False
@@ -251,12 +259,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .demo.models import build_model
 
     cfg = load_run_config(args.config)
+    for opt in ("epochs", "seed"):
+        if getattr(args, opt) is not None and getattr(args, opt) < 0:
+            raise CliError(f"--{opt} {getattr(args, opt)}: give a non-negative integer")
     if args.epochs is not None:
         cfg["train"]["epochs"] = args.epochs
     if args.seed is not None:
         cfg["train"]["seed"] = args.seed
     if args.resume and args.force:
         raise CliError("--resume and --force exclude each other")
+    try:  # the quant config against the model's layers, before anything is written
+        convert(build_model(cfg["model"], seed=cfg["train"]["seed"]).eval(), cfg["quant"])
+    except (ValueError, TypeError) as err:
+        raise CliError(f"quant: {err}") from None
     run = Path(args.output)
     resuming = _prepare_run_dir(run, args.resume, args.force)
     if resuming and (run / "config.yaml").is_file():
@@ -354,7 +369,7 @@ def _add_demo_accuracy(sub: argparse._SubParsersAction) -> None:
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     from .demo import pipeline
 
-    p = sub.add_parser("demo", help="the main job: train, export, integer reference check (bit-exact verdict)",
+    p = sub.add_parser("demo", help="the main job: train, export, generate (RTL+HLS), simulate (bit-exact verdict), cost, accuracy table",
                        description=pipeline.__doc__.split("\n\n")[0])
     pipeline.add_arguments(p)
     p.set_defaults(func=pipeline.run_cli)
@@ -367,6 +382,7 @@ COMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
     "demo": _add_demo,
     "sim": lambda sub: __import__("qfx.sim.cli", fromlist=["add_sim_command"]).add_sim_command(sub),
     "cost": lambda sub: __import__("qfx.cost.cli", fromlist=["add_cost_command"]).add_cost_command(sub),
+    "explore": lambda sub: __import__("qfx.explore", fromlist=["add_explore_command"]).add_explore_command(sub),
 }
 
 
@@ -395,7 +411,8 @@ def main(argv: "Sequence[str] | None" = None) -> int:
     except CliError as err:
         print(f"qfx: error: {err}", file=sys.stderr)
         return 2
-    except (ValueError, FileNotFoundError, PermissionError) as err:
+    except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
+            PermissionError) as err:
         print(f"qfx: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
