@@ -77,6 +77,11 @@ def write_files(out_dir: "str | os.PathLike", files: Mapping[str, "str | bytes"]
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"{out} exists and is not a folder; choose another -o")
+    for parent in out.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise FileExistsError(f"{parent} is a file, so {out} cannot be created; choose another -o")
+            break
     for rel in files:
         parts = Path(rel).parts
         if Path(rel).is_absolute() or ".." in parts or not parts:

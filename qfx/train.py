@@ -548,7 +548,10 @@ def _train_mode(net: nn.Module, freeze_bn_stats: bool) -> None:
 def _progress(loader: Iterable, show: bool, desc: str):
     if not show:
         return loader
-    from tqdm.auto import tqdm
+    # tqdm.std, not tqdm.auto: tqdm.auto's asyncio class calls iter(loader) in its constructor, an
+    # extra DataLoader iterator that draws from the loader's generator and so changed the shuffle
+    # (a run with a progress bar trained on other batches than the same run with progress=False).
+    from tqdm.std import tqdm
 
     # disable=None: no bar when stderr is not a terminal (logs get the per-epoch lines only)
     return tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=None)

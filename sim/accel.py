@@ -104,11 +104,19 @@ def load_design(out_dir: "str | os.PathLike") -> Design:
         info = json.loads(dj.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as err:
         raise DesignError(f"{dj}: not readable JSON ({err}); regenerate with qfx-gen --force") from None
-    if info.get("schema") != "qfx.design":
-        raise DesignError(f"{dj}: schema {info.get('schema')!r} is not 'qfx.design' (not written by qfx-gen)")
+    if not isinstance(info, dict) or info.get("schema") != "qfx.design":
+        schema = info.get("schema") if isinstance(info, dict) else None
+        raise DesignError(f"{dj}: schema {schema!r} is not 'qfx.design' (not written by qfx-gen); "
+                          "regenerate with qfx-gen --force")
     for key in ("top", "interface", "layers", "latency"):
         if key not in info:
             raise DesignError(f"{dj}: missing field {key!r}; regenerate with qfx-gen --force")
+    interface = info["interface"]
+    if (not isinstance(info["top"], str) or not isinstance(interface, dict)
+            or not all(isinstance(interface.get(k), dict) and isinstance(interface[k].get("shape"), list)
+                       for k in ("s_axis", "m_axis"))):
+        raise DesignError(f"{dj}: malformed 'top' or 'interface' (not as qfx-gen writes them); "
+                          "regenerate with qfx-gen --force")
     v = d / "rtl" / f"{info['top']}.v"
     if not v.is_file():
         raise DesignError(f"{d}: no rtl/{info['top']}.v (generated with --target rtl? "

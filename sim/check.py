@@ -167,6 +167,9 @@ def verify(out_dir: "str | os.PathLike", x: Any = None, *, vectors: int = 100, s
         if xf.shape[1:] != in_shape or xf.ndim != len(in_shape) + 1:
             raise ValueError(f"inputs have shape {list(xf.shape)}; the model takes [N, {', '.join(map(str, in_shape))}] "
                              f"(or one [{', '.join(map(str, in_shape))}])")
+        if len(xf) == 0:
+            raise ValueError(f"inputs have shape {list(xf.shape)}: no vectors; give at least one "
+                             f"[{', '.join(map(str, in_shape))}]")
         source = f"{len(xf)} vectors from the given inputs (quantized to {in_fmt})"
         codes = None
     t0 = time.perf_counter()

@@ -23,7 +23,7 @@ __all__ = ["add_sim_command", "cmd_sim"]
 
 
 def _err(msg: str) -> int:
-    print(f"qfx sim: error: {msg}", file=sys.stderr)
+    print(f"qfx: error: {msg}", file=sys.stderr)
     return 2
 
 
@@ -43,6 +43,10 @@ def cmd_sim(args: argparse.Namespace) -> int:
         p = Path(args.inputs)
         if not p.is_file():
             return _err(f"--inputs {p}: no such file (a .npy of float inputs [N, *input_shape])")
+        with open(p, "rb") as fh:
+            magic = fh.read(6)
+        if magic != b"\x93NUMPY":
+            return _err(f"--inputs {p}: not a .npy file (save the float inputs with numpy.save)")
         try:
             x = np.load(p, allow_pickle=False)
         except (ValueError, OSError) as err:

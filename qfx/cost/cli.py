@@ -9,6 +9,7 @@ manifest, unknown board, Yosys missing or failing -- its error lines shown) prin
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 __all__ = ["add_cost_command", "cmd_cost"]
@@ -34,6 +35,9 @@ def cmd_cost(args: argparse.Namespace) -> int:
         design, manifest = load_design(args.out, args.manifest)
         board = args.board or (design.get("board") or {}).get("name") or "ultra96"
         clock = args.clock_mhz if args.clock_mhz is not None else design.get("clock_mhz")
+        if clock is not None and (isinstance(clock, bool) or not isinstance(clock, (int, float))
+                                  or not math.isfinite(clock) or clock <= 0):
+            raise ValueError(f"clock {clock!r} MHz: give a finite positive --clock-mhz (e.g. --clock-mhz 100)")
         rep = write_report(args.out, manifest, board=board, top=design.get("top", "qfx_top"),
                            synth=not args.no_synth, clock_mhz=clock)
     except (SynthError, ValueError, FileNotFoundError, TypeError) as err:

@@ -15,6 +15,7 @@ cache folder as :mod:`qfx.hw.synth`, sub-folder ``cost``).
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import json
 import os
@@ -105,14 +106,35 @@ def synth_accelerator(manifest: Any, *, top: str = "qfx_top", family: str = "xcu
     from qfx.hw.verilog import to_verilog
 
     acc = Accelerator(manifest)
-    out: dict[str, Any] = {"engines": {}, "whole": None}
+    jobs: list[tuple[str, str, str]] = []  # (key, verilog, module)
+    if whole:
+        jobs.append(("", to_verilog(acc, top), top))
+    else:
+        acc._MustUse__silence = True
     if engines:
         engs = acc.engines()
         for eng in engs.values():
             eng._MustUse__silence = True  # a failing Yosys run leaves the rest unelaborated on purpose
         for name, eng in engs.items():
             mod = f"{_ident(top)}_{_ident(name)}"
-            out["engines"][name] = synth_module(to_verilog(eng, mod), mod, family=family)
-    if whole:
-        out["whole"] = synth_module(to_verilog(acc, top), top, family=family)
-    return out
+            jobs.append((name, to_verilog(eng, mod), mod))
+    # Independent Yosys processes: run them side by side, the biggest (the whole design) first.
+    workers = max(1, min(len(jobs), _workers()))
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+        done = {key: pool.submit(synth_module, v, mod, family=family) for key, v, mod in jobs}
+        results = {key: fut.result() for key, fut in done.items()}
+    return {"engines": {k: r for k, r in results.items() if k != ""}, "whole": results.get("")}
+
+
+def _workers() -> int:
+    """Parallel Yosys runs: ``QFX_SYNTH_JOBS``, else the CPUs this process may use."""
+    env = os.environ.get("QFX_SYNTH_JOBS")
+    if env:
+        try:
+            return max(1, int(env))
+        except ValueError:
+            raise ValueError(f"QFX_SYNTH_JOBS={env!r}: give a positive integer") from None
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1

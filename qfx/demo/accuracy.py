@@ -237,13 +237,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run_cli(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():  # before the runs, not after minutes of training
+        from ..cli import CliError
+
+        raise CliError(f"--out {str(out)!r} exists and is not a folder; choose another --out")
     settings = dict(QUICK if args.quick else SETTINGS)
     if args.seeds:
         settings["seeds"] = tuple(args.seeds)
     if args.models:
         settings["models"] = tuple(args.models)
     report = run(settings)
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "accuracy.json").write_text(json.dumps(report, indent=2) + "\n")
     md = to_markdown(report)
