@@ -75,6 +75,18 @@ def test_fit_is_deterministic_with_a_seed_and_freezes(splits):
     assert isinstance(model.get_submodule("fc1").effective_format("weight"), qfx.FixedType)
 
 
+def test_progress_bar_does_not_change_the_training(splits):
+    """progress=True trains on the same batches as progress=False (tqdm.auto's asyncio bar used to
+    call iter(loader) in its constructor: an extra draw from the loader's generator, another shuffle)."""
+    states = []
+    for progress in (False, True):
+        model = _qmodel()
+        train, val = _loaders(splits, n=128)
+        qtrain.fit(model, train, val, epochs=1, lr=1e-3, seed=5, progress=progress)
+        states.append(_state(model))
+    _assert_same(states[0], states[1])
+
+
 class _Stop(Exception):
     pass
 

@@ -127,10 +127,21 @@ def test_example_configs_are_valid():
     from qfx.conversion import convert
     from qfx.demo.models import build_model
 
-    paths = sorted((ROOT / "configs").glob("*.yaml"))
+    # explore_*.yaml are sweep configs of `qfx explore` (tests/test_explore.py checks them).
+    paths = sorted(p for p in (ROOT / "configs").glob("*.yaml") if not p.name.startswith("explore_"))
     assert len(paths) >= 3
     for path in paths:
         cfg = load_run_config(path)
         model = convert(build_model(cfg["model"], seed=0).eval(), cfg["quant"])
         x = torch.rand(2, 1, 8, 8)
         assert model(x).shape == (2, 10), path.name
+
+
+def test_example_sweep_configs_are_valid():
+    """Every configs/explore_*.yaml loads and validates (formats, layer names) without training."""
+    from qfx.explore import load_sweep
+
+    paths = sorted((ROOT / "configs").glob("explore_*.yaml"))
+    assert paths
+    for path in paths:
+        assert load_sweep(path)
