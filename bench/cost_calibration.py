@@ -120,6 +120,25 @@ def fit(rows) -> int:
     for d in designs:
         print(d, {res: f"{out[d][res][0]:.0f} vs {out[d][res][1]} ({100 * (out[d][res][0] - out[d][res][1]) / out[d][res][1]:+.1f} %)"
                   for res in ("lut", "ff")})
+    # Held-out check: refit without each design in turn and estimate that design.
+    print("leave-one-design-out (fitted without the design itself): est/yosys LUT, FF")
+    worst = {"lut": 0.0, "ff": 0.0}
+    for d in designs:
+        train = [r for r in eng if r["design"] != d]
+        At = np.array([[r["features"][k] for k in FEATURES] for r in train], dtype=float)
+        whole = next(r for r in rows if r["design"] == d and r["engine"] == "__whole__")["yosys"]
+        line = {}
+        for res, top in (("lut", TOP_LUT), ("ff", TOP_FF)):
+            y = np.array([r["yosys"][res] for r in train], dtype=float)
+            w = 1.0 / np.sqrt(np.maximum(y, 10.0))
+            c, _ = nnls(At * w[:, None], y * w)
+            est = sum(max(float(np.dot([r["features"][k] for k in FEATURES], c)), 0) for r in eng
+                      if r["design"] == d) + top
+            err = (est - whole[res]) / whole[res]
+            worst[res] = max(worst[res], abs(err))
+            line[res] = f"{est:.0f} vs {whole[res]} ({100 * err:+.1f} %)"
+        print(d, line)
+    print(f"held-out worst error: LUT {100 * worst['lut']:.1f} %, FF {100 * worst['ff']:.1f} %")
     return 0
 
 

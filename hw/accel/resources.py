@@ -9,8 +9,13 @@ counts depend on how synthesis maps the control and cast logic and are left to Y
   for an average pool with a reciprocal; K-hot (shifts and adds) and L-Mul (one integer
   add) need none. A multiplier takes ``ceil(a / 27) * ceil(b / 18)`` DSP48E2 for signed
   operand widths ``a >= b`` (one DSP up to 27 x 18);
-* an on-chip memory deeper than 64 words goes to block RAM: ``ceil(bits / 18 Kb)`` RAMB18
-  (two per BRAM36 tile); shallower ones become LUT RAM.
+* an on-chip memory goes to block RAM, ``ceil(bits / 18 Kb)`` RAMB18 (two per BRAM36 tile),
+  when it is deeper than 64 words and holds at least 4 Kb (a RAM, written at run time) or more
+  than 8 Kb (a ROM, counting only the bit columns its contents do not hold constant:
+  :func:`rom_width`); otherwise it becomes LUT RAM or LUT logic (:func:`memory_map`). The
+  thresholds are Yosys 0.70 ``synth_xilinx -family xcup``'s choices, measured on RAMs and ROMs
+  of 64..2048 words x 4..64 bits; with them this estimate equals Yosys' block RAM count on every
+  design of the cost model's calibration set (``bench/cost_calibration.py``).
 """
 
 from __future__ import annotations
@@ -22,11 +27,33 @@ from qfx.manifest import Manifest, Node, weight_envelope
 from qfx.types import KHot, MinifloatType
 
 from ..pe.mac import dsp_operand_bits
+from .weights import plan_weights
 
-__all__ = ["estimate_resources", "multiplier_dsps"]
+__all__ = ["estimate_resources", "memory_map", "multiplier_dsps", "rom_width"]
 
 _LUTRAM_MAX_DEPTH = 64
 _RAMB18_BITS = 18 * 1024
+_RAM_BRAM_MIN_BITS = 4096  # a RAM of at least this many bits (and > 64 words) goes to block RAM
+_ROM_BRAM_MIN_BITS = 8193  # a ROM needs more than 8 Kb
+
+
+def memory_map(kind: str, depth: int, width: int) -> dict[str, float]:
+    """Where synthesis puts a ``depth`` x ``width`` memory: ``{"ramb18", "rom_luts", "lutram_luts"}``.
+
+    ``kind`` is ``"ram"`` (written at run time: LUT RAM when small) or ``"rom"`` (constant: LUT
+    logic when small). The LUT figures are first-order sizes (one LUT6 per bit per 64 words of
+    ROM; RAM64M8 cells of 7 bits x 64 words, 8 LUTs each) that the calibrated estimator scales.
+    """
+    if kind not in ("ram", "rom"):
+        raise ValueError(f"memory kind {kind!r} is not 'ram' or 'rom'")
+    bits = depth * width
+    threshold = _RAM_BRAM_MIN_BITS if kind == "ram" else _ROM_BRAM_MIN_BITS
+    if depth > _LUTRAM_MAX_DEPTH and bits >= threshold:
+        return {"ramb18": float(math.ceil(bits / _RAMB18_BITS)), "rom_luts": 0.0, "lutram_luts": 0.0}
+    blocks = math.ceil(depth / 64)
+    if kind == "rom":
+        return {"ramb18": 0.0, "rom_luts": float(width * blocks), "lutram_luts": 0.0}
+    return {"ramb18": 0.0, "rom_luts": 0.0, "lutram_luts": float(8 * math.ceil(width / 7) * blocks + width * (blocks - 1))}
 
 
 def multiplier_dsps(a_bits: int, b_bits: int) -> int:
@@ -37,10 +64,19 @@ def multiplier_dsps(a_bits: int, b_bits: int) -> int:
     return math.ceil(a / 27) * math.ceil(b / 18)
 
 
-def _ramb18(depth: int, width: int) -> int:
-    if depth <= _LUTRAM_MAX_DEPTH:
-        return 0
-    return math.ceil(depth * width / _RAMB18_BITS)
+def rom_width(words: "list[int]", width: int) -> int:
+    """Bit columns of a ROM's contents that are not constant: synthesis drops the others, so this
+    is the width a ROM occupies (in block RAM or in LUTs)."""
+    mask = (1 << width) - 1
+    ones = zeros = 0
+    for w in words:
+        ones |= w & mask
+        zeros |= ~w & mask
+    return bin(ones & zeros).count("1")
+
+
+def _ramb18(kind: str, depth: int, width: int) -> int:
+    return int(memory_map(kind, depth, width)["ramb18"])
 
 
 def _mac_dsps(node: Node) -> int:
@@ -56,16 +92,6 @@ def _mac_dsps(node: Node) -> int:
     return multiplier_dsps(x_bits, dsp_operand_bits(w))
 
 
-def _word_bits(fmt: Any) -> int:
-    if isinstance(fmt, tuple):
-        fmt = weight_envelope(fmt)
-    if isinstance(fmt, KHot):
-        return fmt.k * (fmt.base.width.bit_length() + 2)
-    if isinstance(fmt, MinifloatType):
-        return fmt.bits
-    return fmt.width
-
-
 def estimate_resources(manifest: Manifest) -> dict[str, Any]:
     """``{"dsp", "bram36", "lut", "ff", "memory_bits", "basis", "per_layer"}`` for the dataflow accelerator.
 
@@ -79,16 +105,17 @@ def estimate_resources(manifest: Manifest) -> dict[str, Any]:
         n_in = math.prod(node.input_shapes[0]) if node.input_shapes else 0
         if node.op in ("dense", "conv2d"):
             dsp = _mac_dsps(node)
-            n_w = math.prod(node.arrays["weight"].shape) if "weight" in node.arrays else 0
-            if isinstance(f["weight"], KHot):
-                n_w = math.prod(node.arrays["weight_khot_shifts"].shape[:-1])
-            wb = _word_bits(f["weight"])
-            ramb18 = _ramb18(n_in, f["input"].width) + _ramb18(n_w, wb)
+            plan = plan_weights(node)
+            n_w, wb = len(plan.words), plan.word_shape.width
+            ramb18 = _ramb18("ram", n_in, f["input"].width)
+            ramb18 += _ramb18("rom", n_w, rom_width(plan.words, wb))
+            if any(plan.init_codes):  # the accumulator start values (the bias in accum's format)
+                ramb18 += _ramb18("rom", len(plan.init_codes), rom_width(plan.init_codes, f["accum"].width))
             bits = n_in * f["input"].width + n_w * wb
         elif node.op == "batchnorm":
             dsp = multiplier_dsps(dsp_operand_bits(f["input"]), dsp_operand_bits(f["scale"]))
         elif node.op in ("maxpool2d", "avgpool2d"):
-            ramb18 = _ramb18(n_in, f["input"].width)
+            ramb18 = _ramb18("ram", n_in, f["input"].width)
             bits = n_in * f["input"].width
             if "reciprocal" in f:
                 kh, kw = node.params["kernel"]
@@ -96,7 +123,7 @@ def estimate_resources(manifest: Manifest) -> dict[str, Any]:
                                       dsp_operand_bits(f["reciprocal"]))
         elif node.op == "add":
             n = math.prod(node.output_shape)
-            ramb18 = _ramb18(n, f["in_a"].width) + _ramb18(n, f["in_b"].width)
+            ramb18 = _ramb18("ram", n, f["in_a"].width) + _ramb18("ram", n, f["in_b"].width)
             bits = n * (f["in_a"].width + f["in_b"].width)
         if dsp or ramb18 or bits:
             per[node.name] = {"dsp": dsp, "bram36": ramb18 / 2, "memory_bits": bits}
