@@ -41,6 +41,14 @@ Gradients
 
     Wrapped elements are treated as saturated: training should move the binary
     point so that nothing wraps.
+
+Fused CPU kernels
+    The differentiable cast of float32/float64 CPU tensors with one binary point, a
+    word of at most 22 bits and a saturating mode (``_fast_plan``) runs as one C++
+    loop forward and one backward (:mod:`qfx._fused`, compiled with g++ on first use,
+    under a second, cached in torch's extension folder). Same values and ``x``
+    gradients bit for bit as the torch ops; the ``frac_bits`` gradient is summed in
+    float64. ``QFX_NO_CPP=1`` (or no compiler: one warning) keeps the torch ops.
 """
 
 from __future__ import annotations
@@ -52,7 +60,7 @@ from typing import Union
 
 import torch
 
-from . import _fixed, _khot, _minifloat
+from . import _fixed, _fused, _khot, _minifloat
 from .types import MAX_FRAC_BITS, Format, FixedType, KHot, MinifloatType, Overflow, Rounding, parse_type
 
 __all__ = [
@@ -234,22 +242,36 @@ class _FixedSTEFast(torch.autograd.Function):
     Same forward values; the same gradients, up to the summation order of the frac_bits
     gradient and to saturated elements getting an exact 0 (not ``grad * 0``, which is NaN
     for a non-finite upstream gradient).
+
+    On CPU the fused kernels of :mod:`qfx._fused` do each pass in one loop (same bits;
+    the frac_bits dot product summed in float64); elsewhere, under ``QFX_NO_CPP=1``,
+    without a compiler or under ``torch.compile``, the torch ops below.
     """
 
     @staticmethod
     def forward(ctx, x, frac_bits, t: FixedType, plan):  # type: ignore[override]
         scale, lo, hi, inv = plan
+        ctx.frac_shape = None if frac_bits is None else frac_bits.shape
+        k = _fused_kernels(x)
+        if k is not None:
+            xc = x.contiguous()
+            q, inside = k.forward(xc, plan, _fused.ROUNDING_CODES[t.rounding])
+            ctx.fused = k
+            ctx.save_for_backward(xc, inside, q)
+            return q
+        ctx.fused = None
         r = _fast_codes(x, t, scale)
         q = r.clamp(lo, hi).mul_(inv)
         # NaN codes count as inside (as in _fixed.out_of_range); hardtanh_backward's vectorised
         # and scalar loops disagree on NaN, so the saved codes have NaN as 0 (inf stay outside).
         ctx.save_for_backward(x, torch.nan_to_num_(r, nan=0.0), q)
         ctx.bounds = (lo - 0.5, hi + 0.5)
-        ctx.frac_shape = None if frac_bits is None else frac_bits.shape
         return q
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
+        if ctx.fused is not None:
+            return _FixedSTEFast._fused_backward(ctx, grad)
         x, r, q = ctx.saved_tensors
         lo, hi = ctx.bounds
         grad_x = grad_f = None
@@ -265,14 +287,81 @@ class _FixedSTEFast(torch.autograd.Function):
                 grad_f = grad_f.to(grad.dtype)
         return grad_x, grad_f, None, None
 
+    @staticmethod
+    def _fused_backward(ctx, grad):
+        x, inside, q = ctx.saved_tensors
+        want_x = ctx.needs_input_grad[0]
+        want_f = ctx.frac_shape is not None and ctx.needs_input_grad[1]
+        if not (want_x or want_f):
+            return None, None, None, None
+        if torch.is_grad_enabled():  # create_graph: differentiable torch ops, same values
+            return _FixedSTEFast._torch_backward(ctx, grad, want_x, want_f)
+        g = grad
+        if g.dtype != x.dtype or g.device.type != "cpu" or g.shape != x.shape:
+            g = g.to(device="cpu", dtype=x.dtype).expand(x.shape)
+        g = g.contiguous()
+        grad_x, dot = ctx.fused.backward(g, x, q, inside, want_x, want_f)
+        grad_f = None
+        if want_f:
+            grad_f = torch.tensor(dot * _LN2, dtype=grad.dtype)
+            if grad_f.shape != ctx.frac_shape:
+                grad_f = grad_f.reshape(ctx.frac_shape)
+        return grad_x, grad_f, None, None
+
+    @staticmethod
+    def _torch_backward(ctx, grad, want_x: bool, want_f: bool):
+        x, inside, q = ctx.saved_tensors
+        m = inside.view(x.shape).bool()
+        grad_x = grad_f = None
+        if want_x:
+            # float32: a select (exact 0 outside); float64: grad * inside, as _FixedSTE.
+            grad_x = torch.where(m, grad, 0.0) if x.dtype == torch.float32 else grad * m
+        if want_f:
+            d = torch.where(m, x, 0.0) - q
+            grad_f = (grad * d).sum().mul(_LN2).reshape(ctx.frac_shape)
+        return grad_x, grad_f, None, None
+
+
+class _FixedSTEFused64(torch.autograd.Function):
+    """:class:`_FixedSTE` for float64 ``x`` on CPU, a scalar binary point and a ``_fast_plan``
+    format, by the fused kernels: the same values (float64) and ``grad_x = grad * inside``;
+    the frac_bits gradient up to its summation order."""
+
+    @staticmethod
+    def forward(ctx, x, frac_bits, t: FixedType, plan, k):  # type: ignore[override]
+        xc = x.contiguous()
+        q, inside = k.forward(xc, plan, _fused.ROUNDING_CODES[t.rounding])
+        ctx.fused = k
+        ctx.frac_shape = None if frac_bits is None else frac_bits.shape
+        ctx.save_for_backward(xc, inside, q)
+        return q
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        return _FixedSTEFast._fused_backward(ctx, grad) + (None,)
+
+
+_is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", lambda: False)
+
+
+def _fused_kernels(x: torch.Tensor):
+    """The fused CPU kernels when they apply to ``x`` (float32/float64 on CPU, eager), else None."""
+    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or _is_compiling():
+        return None
+    return _fused.kernels()
+
 
 def _fixed_ste(x: torch.Tensor, frac_bits: "torch.Tensor | None", t: FixedType) -> torch.Tensor:
     """The differentiable fixed-point cast: the fast Function where it applies."""
-    if x.dtype == torch.float32 and (frac_bits is None or frac_bits.numel() == 1):
+    if x.dtype in (torch.float32, torch.float64) and (frac_bits is None or frac_bits.numel() == 1):
         frac = t.frac_bits if frac_bits is None else _int_frac(frac_bits, t)
         plan = _fast_plan(t, frac)
         if plan is not None:
-            return _FixedSTEFast.apply(x, frac_bits, t, plan)
+            if x.dtype == torch.float32:
+                return _FixedSTEFast.apply(x, frac_bits, t, plan)
+            k = _fused_kernels(x)
+            if k is not None:
+                return _FixedSTEFused64.apply(x, frac_bits, t, plan, k)
     return _FixedSTE.apply(x, frac_bits, t)
 
 
