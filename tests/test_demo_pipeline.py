@@ -41,3 +41,20 @@ def test_demo_rejects_unknown_models(tmp_path, capsys):
     assert main(["demo", "-o", str(tmp_path / "d"), "--models", "resnet50"]) == 2
     assert "choose from cnn_w8, mlp_khot" in capsys.readouterr().err
     assert not (tmp_path / "d").exists()
+
+
+def test_demo_reports_a_failing_yosys_cleanly(tmp_path, capsys, monkeypatch):
+    """Yosys failing in the cost stage: exit 2 with its error lines and the --no-synth hint, no traceback."""
+    from qfx.cost import synthesis
+    from qfx.hw.synth import SynthError
+
+    def broken(*a, **k):
+        raise SynthError("Yosys synth_xilinx of 'qfx_top' failed (exit 1):\nERROR: out of cheese")
+
+    monkeypatch.setattr(synthesis, "synth_accelerator", broken)
+    out = tmp_path / "d"
+    assert main(["demo", "-o", str(out), "--quick", "--models", "mlp_khot", "--vectors", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "qfx: error: qfx cost of mlp_khot" in err and "out of cheese" in err and "--no-synth" in err
+    assert "Traceback" not in err
+    assert not (out / "summary.json").exists()

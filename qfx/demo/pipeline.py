@@ -151,8 +151,12 @@ def _run_one(name: str, config: str, out: Path, args: argparse.Namespace) -> dic
 
     t0 = _stage(name, f"qfx sim: RTL (Verilator) + HLS C simulation, {args.vectors} vectors")
     from qfx.sim.check import verify
+    from qfx.sim.verilator import VerilatorBuildError
 
-    rep = verify(gen_dir, vectors=args.vectors, model=model)
+    try:
+        rep = verify(gen_dir, vectors=args.vectors, model=model)
+    except VerilatorBuildError as err:
+        raise CliError(f"qfx sim of {name}: {err}") from None
     print(rep.table())
     rec["sim"] = {
         "vectors": int(len(rep.inputs)),
@@ -166,8 +170,13 @@ def _run_one(name: str, config: str, out: Path, args: argparse.Namespace) -> dic
     t0 = _stage(name, f"qfx cost ({'analytic estimate' if args.no_synth else 'Yosys synth_xilinx'})")
     from ..cost.report import write_report
 
-    cost = write_report(gen_dir, manifest_dir, board=BOARD, top=design.get("top", "qfx_top"),
-                        synth=not args.no_synth, clock_mhz=design.get("clock_mhz"))
+    from qfx.hw.synth import SynthError
+
+    try:
+        cost = write_report(gen_dir, manifest_dir, board=BOARD, top=design.get("top", "qfx_top"),
+                            synth=not args.no_synth, clock_mhz=design.get("clock_mhz"))
+    except SynthError as err:
+        raise CliError(f"qfx cost of {name}: {err}\n(--no-synth gives the analytic estimate without Yosys)") from None
     res, th, en = cost["resources"], cost["throughput"], cost["energy"]
     rec["cost"] = {
         "basis": res["basis"],
