@@ -41,7 +41,18 @@ relu, relu6, leaky_relu, add, maxpool2d, avgpool2d (power-of-two divisor or
 reciprocal), flatten; fixed-point weights (per-channel formats too, on their
 envelope grid), K-hot weights as shifts and adds from the manifest's digit
 arrays, minifloat weights with ``multiply: exact`` (as the exact fixed-point
-values of their hull grid). Not supported: ``multiply: lmul`` (ValueError).
+values of their hull grid), and L-Mul (``multiply: lmul``, template
+``_lmul.j2``): the weights as precomputed minifloat fields (sign, zero,
+exponent, mantissa field) in ``static const`` arrays; a per-node helper
+``<node>_lmul(x, fields)`` rounds the activation code to the weight format
+with ap_uint arithmetic (a fixed-bound leading-one loop, the round and sticky
+bits below the ``M + 1`` kept bits, nearest even, subnormals normalised or
+flushed, overflow saturating to the largest finite value) and returns the
+exact product ``+-(2**M + fx + fw + 2**(M - l(M))) << (ex + ew - M + F_P)``
+on the grid of ``lmul_product_type`` (0 if an operand is 0), accumulated
+like every product. Where the reference refuses a manifest (a
+non-saturating weight format that an activation overflows) the C++
+saturates.
 
 ``csim(out_dir, input_codes)`` compiles ``<top>.cpp`` + testbench with
 ``g++ -std=c++14 -O1 -Wall -Wno-unknown-pragmas`` (g++ does not know the HLS
@@ -69,6 +80,8 @@ from typing import Any
 import numpy as np
 
 from ._toolchain import ap_types_dir, compiler, headers_fingerprint, locked
+from .arith import lmul_offset_bits, lmul_product_type
+from .intops import minifloat_fields
 from .manifest import CONV_ORDER, DENSE_ORDER, Manifest, Node, is_valid_name, load, minifloat_hull_codes, weight_envelope
 from .types import FixedType, KHot, MinifloatType
 
@@ -198,19 +211,21 @@ def _pool_geometry(node: Node) -> dict[str, Any]:
 def _mac_context(node: Node, reuse: int) -> tuple[dict, list[tuple[str, str]]]:
     f, p = node.formats, node.params
     where = f"node {node.name!r}"
-    if p["multiply"] != "exact":
-        raise _fail(node, f"multiply: {p['multiply']} (L-Mul) is not supported by the HLS generator yet")
     want_order = DENSE_ORDER if node.op == "dense" else CONV_ORDER
     if list(p["accum_order"]) != want_order:
         raise _fail(node, f"accum_order {p['accum_order']} is not the documented {want_order}")
     in_fmt: FixedType = f["input"]
     wfmt = f["weight"]
     codes = node.arrays["weight"]
-    ctx: dict[str, Any] = dict(khot=False, exact=bool(p["accum_exact"]), order=", ".join(p["accum_order"]),
+    ctx: dict[str, Any] = dict(khot=False, lmul=False, exact=bool(p["accum_exact"]), order=", ".join(p["accum_order"]),
                                weight_fmt=str(wfmt) if not isinstance(wfmt, tuple) else "per-channel " + ", ".join(map(str, wfmt)),
                                accum_fmt=str(f["accum"]), bias=bool(p["bias"]), n_w=int(codes.size))
     types: list[tuple[str, str]] = [("in", _cpp(in_fmt))]
-    if isinstance(wfmt, KHot):
+    if p["multiply"] == "lmul":
+        if not isinstance(wfmt, MinifloatType):  # pragma: no cover - load checks it
+            raise _fail(node, f"multiply: lmul needs a minifloat weight format, not {wfmt}")
+        types += _lmul_context(ctx, node, in_fmt, wfmt)
+    elif isinstance(wfmt, KHot):
         base = wfmt.base
         k = wfmt.k
         xs_int = _ibits(in_fmt) + _ibits(base) + 2
@@ -246,6 +261,30 @@ def _mac_context(node: Node, reuse: int) -> tuple[dict, list[tuple[str, str]]]:
         ctx["n_bias"] = int(node.arrays["bias"].size)
     types += [("acc", _cpp(f["accum"])), ("out", _cpp(f["output"]))]
     return ctx, types
+
+
+def _lmul_context(ctx: dict, node: Node, in_fmt: FixedType, wfmt: MinifloatType) -> list[tuple[str, str]]:
+    """L-Mul (``multiply: lmul``): the weights as precomputed minifloat fields, the constants of the
+    ``<node>_lmul`` helper (``_lmul.j2``) and its types; semantics of :mod:`qfx.reference`."""
+    m, frac, w = wfmt.mantissa_bits, in_fmt.frac_bits, in_fmt.width
+    p0 = wfmt.emin + frac  # code bit of the smallest normal's unit
+    prod = lmul_product_type(wfmt)
+    if wfmt.inf_nan == "fn" and m == 0:
+        top_e, top_f = wfmt.emax - 1, 0
+    else:
+        top_e, top_f = wfmt.emax, wfmt.max_mantissa_code
+    neg, zero, e, f = minifloat_fields(node.arrays["weight"].reshape(-1), wfmt)
+    # every exponent the helper forms: activation (before saturation), weight, both in [emin - M, emax]
+    e_bound = max(abs(max(-1, p0) - frac) + m + 1, abs(max(w - 1, p0) - frac) + 2, abs(wfmt.emin) + m + 1,
+                  abs(wfmt.emax) + 1)
+    ctx.update(lmul=True, lm=dict(
+        fmt=str(wfmt), m=m, frac=frac, w=w, signed=in_fmt.signed, p0=p0, emin=wfmt.emin, subnormals=wfmt.subnormals,
+        top_e=top_e, top_f=top_f, check_f=top_f < (1 << m) - 1, offset=1 << (m - lmul_offset_bits(m)),
+        fp=prod.frac_bits, pw=prod.width,
+        wneg=[str(int(v)) for v in neg.tolist()], wzero=[str(int(v)) for v in zero.tolist()],
+        we=[str(int(v)) for v in e.tolist()], wf=[str(int(v)) for v in f.tolist()]))
+    return [("e", f"ap_int<{e_bound.bit_length() + 1}>"), ("f", f"ap_uint<{max(m, 1)}>"),
+            ("p", _exact(prod.width, prod.int_bits))]
 
 
 def _node_context(node: Node, reuse: int) -> tuple[dict, list[tuple[str, str]]]:
@@ -395,7 +434,8 @@ def render(manifest: "Manifest | str | os.PathLike", *, top: str = "qfx_top", re
         ctx, types = _node_context(node, reuse_factor)
         nodes.append(dict(name=node.name, op=node.op, types=types))
         helpers.update(f"{node.name}_{role}_t" for role, _ in types)
-        helpers.update(f"{node.name}_{a}" for a in ("w", "b", "wsh", "wsg", "scale", "shift", "recip", "buf", "fanout"))
+        helpers.update(f"{node.name}_{a}" for a in ("w", "b", "wsh", "wsg", "wneg", "wzero", "we", "wf", "lmul",
+                                                    "scale", "shift", "recip", "buf", "fanout"))
         if node.op == "output":
             continue
         size = int(np.prod(node.output_shape))

@@ -142,6 +142,52 @@ MODELS = {
     "per_channel": (per_channel, (2, 4, 4), 2.0, {"conv2d", "relu", "flatten", "dense"}),
     "coarse": (coarse, (1, 7, 5), 40.0, {"conv2d", "relu6", "avgpool2d", "dense", "maxpool2d", "relu", "flatten"}),
 }
+
+def lmul_mlp() -> nn.Module:
+    return init_weights(nn.Sequential(
+        QLinear(6, 5, input=X, weight="fp8_e4m3fn<saturate=true>", bias=B, output=Y, multiply="lmul"),
+        QReLU(output=U),
+        QLinear(5, 3, input=X, weight="fp6_e2m3fn", bias=B, output=Y, multiply="lmul", accum=NARROW),
+    ), 21)
+
+
+def lmul_formats() -> nn.Module:
+    # One L-Mul dense per corner of the activation -> minifloat rounding: subnormals and saturation (e2m3
+    # with bias 2: emin -1, largest 3.75; the first layer's X codes hit ties in every binade), an unsigned
+    # input flushed to zero without subnormals, a coarse input grid (F < 0) onto M = 1, an input entirely
+    # below the smallest normal (every activation subnormal), M = 0 with fn's top binade reserved, a
+    # non-saturating IEEE format (the reference accepts it: no activation overflows) and a wide output.
+    return init_weights(nn.Sequential(
+        QLinear(12, 8, input=X, weight="e2m3<bias=2,inf_nan=none,saturate=true>", bias=B, output=Y, multiply="lmul"),
+        QLinear(8, 8, input=U, weight="e3m2<subnormals=false,saturate=true>", bias=B, output=Y, multiply="lmul",
+                accum=NARROW),
+        QLinear(8, 6, input="ap_fixed<6,8,AP_RND,AP_SAT>", weight="fp4_e2m1fn", bias=B, output=Y,
+                multiply="lmul", accum=NARROW_WRAP),
+        QLinear(6, 6, input="ap_ufixed<4,0,AP_RND,AP_SAT>", weight="fp6_e2m3fn", bias=B, output=Y, multiply="lmul"),
+        QLinear(6, 5, input=X, weight="e3m0<inf_nan=fn,saturate=true>", bias=False, output=Y, multiply="lmul"),
+        QLinear(5, 4, input=X, weight="e4m3", bias=B, output="ap_fixed<16,6,AP_RND_CONV,AP_SAT>",
+                multiply="lmul"),
+    ), 23)
+
+
+def lmul_cnn() -> nn.Module:
+    return init_weights(nn.Sequential(
+        QConv2d(2, 4, 3, padding=1, input=X, weight="e4m3", bias=B, output=Y, multiply="lmul"),
+        QReLU(output=U),
+        QConv2d(4, 4, (3, 2), padding=1, dilation=(1, 2), groups=2, input=U, weight="fp8_e4m3fn<saturate=true>",
+                bias=B, accum=NARROW, output=Y, multiply="lmul"),
+        QMaxPool2d(2, 2),
+        QFlatten(),
+        QLinear(4 * 3 * 2, 5, input=X, weight="fp6_e3m2fn", bias=B, output=Y, multiply="lmul"),
+    ), 25)
+
+
+# L-Mul layers (multiply: lmul) for the HLS C simulation (the RTL tests keep MODELS).
+LMUL_MODELS = {
+    "lmul_mlp": (lmul_mlp, (6,), 2.0, {"dense", "relu"}),
+    "lmul_formats": (lmul_formats, (12,), 3.0, {"dense"}),
+    "lmul_cnn": (lmul_cnn, (2, 6, 5), 2.0, {"conv2d", "relu", "maxpool2d", "flatten", "dense"}),
+}
 N_RANDOM = 64
 
 
@@ -163,3 +209,14 @@ def model_inputs(shape: tuple[int, ...], scale: float, seed: int) -> torch.Tenso
         torch.full((n,), -1.0),
     ]) * 2.0**-5
     return torch.cat([rnd, corners]).reshape(-1, *shape).float().double()
+
+
+def code_sweep(shape: tuple[int, ...], rows: int = 64) -> torch.Tensor:
+    """Every code of X at every position (256 codes, ``rows`` of them per position, shifted by row)."""
+    n = int(np.prod(shape))
+    r = torch.arange(rows, dtype=torch.float64)[:, None]
+    i = torch.arange(n, dtype=torch.float64)[None, :]
+    out = []
+    for start in range(0, 256, rows):
+        out.append(torch.remainder(start + r + 5 * i, 256) - 128)
+    return (torch.cat(out) * 2.0**-5).reshape(-1, *shape)

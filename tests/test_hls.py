@@ -10,7 +10,11 @@
 * The generated code compiles without a single warning of its own under
   ``-Wall`` (ap_types' own warnings are listed and allowed, see below).
 * ``run_hls.tcl`` under ``tclsh`` with stub commands: order and part.
-* Determinism, atomic writes, refusals (unsupported op / L-Mul named by node,
+* L-Mul layers (``multiply: lmul``, dense and conv, seven minifloat weight
+  formats): the same C-sim == reference check, on the random vectors plus
+  every input code at every position; the activations hit ties, subnormals,
+  flushes to zero and saturation (checked).
+* Determinism, atomic writes, refusals (unsupported op named by node,
   foreign files), compiler errors surfaced.
 """
 
@@ -32,8 +36,12 @@ from qfx.export import export
 from qfx.manifest import load
 from qfx.nn import QLinear, QReLU
 from qfx.reference import run
-from tests.qmodels import MODELS, B, W, X, Y, accum_overflows, init_weights, per_channel
+from qfx.intops import cast_codes, fixed_to_minifloat_fields
+from tests.qmodels import LMUL_MODELS, MODELS, B, W, X, Y, accum_overflows, code_sweep, init_weights, per_channel
 from tests.qmodels import model_inputs as _inputs
+
+# The hardware matrix plus the L-Mul models (their inputs add a sweep of every input code at every position).
+HLS_MODELS = {**MODELS, **LMUL_MODELS}
 
 
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="g++ is needed for the HLS C simulation")
@@ -44,8 +52,10 @@ def built(tmp_path_factory):
     """Every model exported, generated and compiled once (two g++ at a time; cached by content)."""
     root = tmp_path_factory.mktemp("hls")
     out = {}
-    for i, (name, (make, shape, scale, _ops)) in enumerate(MODELS.items()):
+    for i, (name, (make, shape, scale, _ops)) in enumerate(HLS_MODELS.items()):
         x = _inputs(shape, scale, 100 + i)
+        if name in LMUL_MODELS:
+            x = torch.cat([x, code_sweep(shape)])
         model = make(x) if make is per_channel else make()
         d = root / name
         export(model, x, d / "manifest")
@@ -60,11 +70,11 @@ def built(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("name", list(HLS_MODELS))
 def test_csim_equals_reference(built, name):
     b = built[name]
     man, ref = b["manifest"], b["ref"]
-    assert MODELS[name][3] <= {n.op for n in man}
+    assert HLS_MODELS[name][3] <= {n.op for n in man}
     codes = ref[man.input]
     got = hls.csim(b["dir"], codes)
     want = ref[man.output].reshape(len(codes), -1)
@@ -90,6 +100,45 @@ def test_per_channel_weight_formats_are_covered(built):
     man = built["per_channel"]["manifest"]
     w = man.nodes[1].formats["weight"]
     assert isinstance(w, tuple) and len({t.int_bits for t in w}) == 3
+
+
+def _lmul_corners(man, ref) -> dict[str, int]:
+    """How often the L-Mul layers' activations hit each corner of the rounding to the weight format."""
+    n = dict(ties=0, subnormal=0, saturated=0, to_zero=0, zero=0, layers=0)
+    for node in man:
+        if node.op not in ("dense", "conv2d") or node.params["multiply"] != "lmul":
+            continue
+        n["layers"] += 1
+        src, fx, t = man.node(node.inputs[0]), node.formats["input"], node.formats["weight"]
+        x = cast_codes(ref[src.name], src.output_format.frac_bits, fx).reshape(-1)
+        _, zero, e, f = fixed_to_minifloat_fields(x, fx.frac_bits, t, node.name)
+        a = np.abs(x)
+        length = np.array([int(v).bit_length() for v in a])
+        sh = np.maximum(length - 1, t.emin + fx.frac_bits) - t.mantissa_bits
+        rem = a & ((np.int64(1) << np.maximum(sh, 0)) - 1)
+        n["ties"] += int(((sh > 0) & (rem == (np.int64(1) << np.maximum(sh - 1, 0)))).sum())
+        n["subnormal"] += int((~zero & (e < t.emin)).sum())
+        n["saturated"] += int((np.ldexp(a.astype(np.float64), -fx.frac_bits) > t.max).sum())
+        n["to_zero"] += int((zero & (x != 0)).sum())
+        n["zero"] += int((x == 0).sum())
+    return n
+
+
+def test_lmul_models_cover_the_rounding_corners(built):
+    for name in LMUL_MODELS:
+        b = built[name]
+        c = _lmul_corners(b["manifest"], b["ref"])
+        assert c["layers"] >= 2 and c["ties"] > 0 and c["zero"] > 0, (name, c)
+    c = _lmul_corners(built["lmul_formats"]["manifest"], built["lmul_formats"]["ref"])
+    assert c["layers"] == 6 and min(c.values()) > 0, c  # ties, subnormals, saturation, flushes to zero
+    man = built["lmul_formats"]["manifest"]
+    kinds = {str(n.formats["weight"]) for n in man if n.op == "dense"}
+    assert len(kinds) >= 5  # subnormals, no subnormals, M = 1, M = 0 (fn), non-saturating IEEE
+    cpp = (built["lmul_cnn"]["dir"] / "hls" / "qfx_top.cpp").read_text()
+    for node in built["lmul_cnn"]["manifest"]:
+        if node.op in ("dense", "conv2d"):
+            assert f"{node.name}_lmul(" in cpp and f"static const {node.name}_e_t {node.name}_we[" in cpp
+            assert f"static const {node.name}_w_t" not in cpp  # no multiplier operand: fields and adds
 
 
 def test_khot_weights_are_shifts_and_adds(built):
@@ -234,14 +283,6 @@ def test_node_names_that_clash_in_cpp_are_refused(built, tmp_path):
         hls.render(dataclasses.replace(man, nodes=tuple(nodes)))
 
 
-def test_lmul_is_refused_with_the_node_named(tmp_path):
-    model = init_weights(nn.Sequential(QLinear(4, 3, input=X, weight="fp8_e4m3fn<saturate=true>", bias=B, output=Y,
-                                        multiply="lmul")), 2)
-    x = torch.randn(2, 4, generator=torch.Generator().manual_seed(0))
-    export(model, x, tmp_path / "m")
-    with pytest.raises(ValueError, match=r"node 'n0' \(dense\): multiply: lmul .* not supported by the HLS generator"):
-        hls.generate(tmp_path / "m", tmp_path / "o")
-    assert not (tmp_path / "o" / "hls").exists()
 
 
 def test_bad_top_and_reuse_factor(built, tmp_path):
