@@ -144,3 +144,21 @@ def test_qfx_sim_cli(designs, tmp_path, capsys):
     np.save(tmp_path / "int.npy", (x * 4).astype(np.int32))
     assert main(["sim", str(out), "--inputs", str(tmp_path / "int.npy")]) == 2
     assert "floating point" in capsys.readouterr().err
+
+
+@needs_verilator
+@pytest.mark.parametrize("name", ["lmul_formats", "lmul_cnn"])
+def test_lmul_models_rtl_and_csim_equal_reference(tmp_path, name):
+    """L-Mul models (six minifloat weight formats; a grouped, dilated conv): RTL under Verilator and the
+    HLS C simulation both equal the integer reference on 300 corner and random vectors."""
+    from qfx.sim.check import verify
+    from tests.qmodels import LMUL_MODELS
+
+    make, shape, scale, _ops = LMUL_MODELS[name]
+    export(make(), model_inputs(shape, scale, 11), tmp_path / "m")
+    generate(tmp_path / "m", tmp_path / "g", targets=("rtl", "hls"))
+    rep = verify(tmp_path / "g", vectors=300, seed=3)
+    names = [c.name for c in rep.checks]
+    assert any("RTL" in n for n in names) and any("HLS C simulation" in n for n in names), names
+    assert rep.ok, rep.table()
+    assert all(c.mismatches == 0 and c.vectors == 300 for c in rep.checks)
