@@ -61,7 +61,7 @@ from typing import Union
 import torch
 
 from . import _fixed, _fused, _khot, _minifloat
-from .types import MAX_FRAC_BITS, Format, FixedType, KHot, MinifloatType, Overflow, Rounding, parse_type
+from .types import MAX_FRAC_BITS, Format, FixedType, KHot, MinifloatType, Overflow, parse_type
 
 __all__ = [
     "quantize",
@@ -207,16 +207,16 @@ class _FixedSTE(torch.autograd.Function):
         return grad_x, grad_f, None
 
 
-# Fast training cast: float32, narrow word, saturating, one binary point. Four element-wise
-# ops forward and five backward, all on float tensors (no boolean masks, no .item() beyond
-# reading the binary point): per-call overhead is what dominates small training tensors.
+# Fast training cast: narrow word, saturating, one binary point. One fused C++ loop each way
+# on CPU (qfx._fused); otherwise a few element-wise torch ops on float tensors (no .item()
+# beyond reading the binary point): per-call overhead dominates small training tensors.
 @functools.lru_cache(maxsize=4096)
 def _fast_plan(t: FixedType, frac: int) -> "tuple[float, float, float, float] | None":
     """``(scale, lo, hi, inv_scale)`` when :class:`_FixedSTEFast` applies to ``t`` with ``frac``.
 
-    The conditions are those of the float32 shortcut of ``_fixed`` (codes of at most 22 bits,
-    0 <= frac <= 100, a saturating clamp mode), under which ``x * 2**frac``, the rounding
-    shortcuts, the clamp and the unscaling are all exact in float32 (see ``qfx._fixed``).
+    The conditions are those of the float32 path of ``_fixed`` (codes of at most 22 bits,
+    0 <= frac <= 100, a saturating clamp mode), under which ``x * 2**frac``, the rounding,
+    the clamp and the unscaling are all exact in float32 (see ``qfx._fixed``).
     """
     if t.width > _fixed._F32_MAX_WIDTH or not 0 <= frac <= _fixed._F32_MAX_FRAC:
         return None
@@ -229,11 +229,6 @@ def _fast_plan(t: FixedType, frac: int) -> "tuple[float, float, float, float] | 
     if _fixed.result_dtype(t, torch.float32, frac, frac) != torch.float32:
         return None
     return 2.0**frac, lo, float(t.max_code), 2.0**-frac
-
-
-def _fast_codes(x: torch.Tensor, t: FixedType, scale: float) -> torch.Tensor:
-    """Rounded (not yet saturated) codes of float32 ``x``, as ``_fixed._round_exact``."""
-    return _fixed.round_scaled(x * scale, t.rounding)
 
 
 class _FixedSTEFast(torch.autograd.Function):
@@ -251,16 +246,12 @@ class _FixedSTEFast(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, frac_bits, t: FixedType, plan):  # type: ignore[override]
         scale, lo, hi, inv = plan
-        ctx.frac_shape = None if frac_bits is None else frac_bits.shape
         k = _fused_kernels(x)
         if k is not None:
-            xc = x.contiguous()
-            q, inside = k.forward(xc, plan, _fused.ROUNDING_CODES[t.rounding])
-            ctx.fused = k
-            ctx.save_for_backward(xc, inside, q)
-            return q
+            return _fused_forward(ctx, x, frac_bits, t, plan, k)
+        ctx.frac_shape = None if frac_bits is None else frac_bits.shape
         ctx.fused = None
-        r = _fast_codes(x, t, scale)
+        r = _fixed.round_scaled(x * scale, t.rounding)  # not yet saturated
         q = r.clamp(lo, hi).mul_(inv)
         # NaN codes count as inside (as in _fixed.out_of_range); hardtanh_backward's vectorised
         # and scalar loops disagree on NaN, so the saved codes have NaN as 0 (inf stay outside).
@@ -329,16 +320,21 @@ class _FixedSTEFused64(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, frac_bits, t: FixedType, plan, k):  # type: ignore[override]
-        xc = x.contiguous()
-        q, inside = k.forward(xc, plan, _fused.ROUNDING_CODES[t.rounding])
-        ctx.fused = k
-        ctx.frac_shape = None if frac_bits is None else frac_bits.shape
-        ctx.save_for_backward(xc, inside, q)
-        return q
+        return _fused_forward(ctx, x, frac_bits, t, plan, k)
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
         return _FixedSTEFast._fused_backward(ctx, grad) + (None,)
+
+
+def _fused_forward(ctx, x, frac_bits, t: FixedType, plan, k) -> torch.Tensor:
+    """The fused kernel's forward pass, saving what ``_FixedSTEFast._fused_backward`` reads."""
+    xc = x.contiguous()
+    q, inside = k.forward(xc, plan, _fused.ROUNDING_CODES[t.rounding])
+    ctx.fused = k
+    ctx.frac_shape = None if frac_bits is None else frac_bits.shape
+    ctx.save_for_backward(xc, inside, q)
+    return q
 
 
 _is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", lambda: False)
