@@ -62,12 +62,11 @@ def _width(fmt: Any) -> int:
     return fmt.width
 
 
-def _mem(depth: int, width: int, rom: bool) -> tuple[float, float]:
-    """(LUTs as ROM logic, LUTs as LUT RAM) of a memory; both 0 when it goes to block RAM."""
+def _lutram(depth: int, width: int) -> float:
+    """LUTs of a run-time written buffer held in LUT RAM (0 when it goes to block RAM)."""
     from qfx.hw.accel.resources import memory_map
 
-    m = memory_map("rom" if rom else "ram", depth, width)
-    return m["rom_luts"], m["lutram_luts"]
+    return memory_map("ram", depth, width)["lutram_luts"]
 
 
 def _rom_luts(words: "list[int]", width: int) -> float:
@@ -81,16 +80,7 @@ def _rom_luts(words: "list[int]", width: int) -> float:
 
     if not words or memory_map("rom", len(words), rom_width(words, width))["ramb18"]:
         return 0.0
-    mask = (1 << width) - 1
-    luts = 0
-    for start in range(0, len(words), 64):
-        block = [w & mask for w in words[start:start + 64]]
-        ones = zeros = 0
-        for w in block:
-            ones |= w
-            zeros |= ~w & mask
-        luts += bin(ones & zeros).count("1")  # columns holding both a 0 and a 1
-    return float(luts)
+    return float(sum(rom_width(words[start:start + 64], width) for start in range(0, len(words), 64)))
 
 
 def _cast_logic_bits(src: FixedType, dst: FixedType) -> float:
@@ -138,7 +128,7 @@ def _mac_features(node: Node) -> dict[str, float]:
     wb = plan.word_shape.width
     r1 = _rom_luts(plan.words, wb)
     r2 = _rom_luts(plan.init_codes, acc.width) if any(plan.init_codes) else 0.0
-    _, l1 = _mem(n_in, x.width, rom=False)
+    l1 = _lutram(n_in, x.width)
     f["rom_luts"], f["lutram_luts"] = r1 + r2, l1
     f["addr_bits"] = 0.0 if g["dense"] else float(_bits(n_in) + _bits(g["o"] * k_terms)) * 2
     if not g["dense"] or g["lead"] > 1:
@@ -172,7 +162,7 @@ def _pool_features(node: Node, src: FixedType) -> dict[str, float]:
     f["ctr_bits"] = sum(_bits(b) for b in (o, ho, wo, kh, kw) if b > 1) + _bits(n_in)
     acc_w = x.accumulator(kh * kw).width if node.op == "avgpool2d" else x.width
     f["arith_bits"] = acc_w + out.width + x.width + src.width
-    _, f["lutram_luts"] = _mem(n_in, x.width, rom=False)
+    f["lutram_luts"] = _lutram(n_in, x.width)
     f["addr_bits"] = float(_bits(n_in) * 3)
     f["reg_bits"] = float(out.width + acc_w + (x.width if f["lutram_luts"] else 0))
     return f
@@ -185,8 +175,8 @@ def _add_features(node: Node) -> dict[str, float]:
     f["const"] = 1.0
     f["ctr_bits"] = 3 * _bits(n)
     f["arith_bits"] = max(a.width, b.width) + 1 + out.width + a.width + b.width
-    _, la = _mem(n, a.width, rom=False)
-    _, lb = _mem(n, b.width, rom=False)
+    la = _lutram(n, a.width)
+    lb = _lutram(n, b.width)
     f["lutram_luts"] = la + lb
     f["reg_bits"] = float(out.width + (a.width if la else 0) + (b.width if lb else 0))
     return f
