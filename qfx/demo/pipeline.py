@@ -212,6 +212,7 @@ def _ptq_accuracy(run_dir: Path) -> "float | None":
     """Test accuracy (%) of post-training quantization with the run's formats: the run's float
     model, converted, binary points calibrated (as the run calibrated them), frozen, no training."""
     import torch
+    import yaml
 
     from .. import train as qtrain
     from ..cli import _loaders
@@ -221,8 +222,6 @@ def _ptq_accuracy(run_dir: Path) -> "float | None":
     float_path = run_dir / "float.pt"
     if not float_path.is_file():
         return None
-    import yaml
-
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
     seed = cfg["train"]["seed"]
     fmodel = build_model(cfg["model"], seed=seed)
@@ -239,7 +238,7 @@ def _reference_vs_emulation(model: Any, manifest_dir: Path, x: Any) -> dict[str,
     from ..manifest import load
 
     manifest = load(manifest_dir)
-    values = reference.values(manifest, reference.run(manifest_dir, x.numpy()))
+    values = reference.values(manifest, reference.run(manifest, x.numpy()))  # loaded once
     emulated = emulate(model, x)
     per_layer = {node: int(np.sum(ref != emulated[node].detach().double().numpy())) for node, ref in values.items()}
     return {"inputs": int(len(x)), "mismatches_per_layer": per_layer}
