@@ -90,22 +90,27 @@ def _suggest(word: str, options: Sequence[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def load_run_config(source: "str | Path | dict[str, Any]") -> dict[str, Any]:
-    """Read and validate a ``qfx train`` config; returns it with every default filled in."""
+def read_yaml(path: Path, what: str) -> Any:
+    """The YAML document in ``path``; a missing file or bad YAML is a :class:`CliError` naming ``what``."""
     import yaml
 
+    if not path.is_file():
+        raise CliError(f"{what} {str(path)!r} does not exist")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise CliError(f"{what} {str(path)!r} is not valid YAML: {err}") from None
+
+
+def load_run_config(source: "str | Path | dict[str, Any]") -> dict[str, Any]:
+    """Read and validate a ``qfx train`` config; returns it with every default filled in."""
     if isinstance(source, dict):
         raw = copy.deepcopy(source)
     else:
         path = Path(source)
         if path.is_dir():
             raise CliError(f"config {str(path)!r} is a folder; give the run config's YAML file")
-        if not path.is_file():
-            raise CliError(f"config file {str(path)!r} does not exist")
-        try:
-            raw = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as err:
-            raise CliError(f"config file {str(path)!r} is not valid YAML: {err}") from None
+        raw = read_yaml(path, "config file")
     if not isinstance(raw, dict):
         raise CliError(f"a run config must be a mapping with keys {', '.join(_TOP_KEYS)}")
     for key in raw:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..cli import CliError, _suggest
+from ..cli import CliError, _suggest, read_yaml
 
 SWEEP_KEYS = ("base", "train", "board", "sweep", "points", "description")
 POINT_KEYS = ("name", "quant", "train")
@@ -69,17 +69,6 @@ def _deep_merge(base: Any, over: Any) -> Any:
     return out
 
 
-def _load_yaml(path: Path, what: str) -> Any:
-    import yaml
-
-    if not path.is_file():
-        raise CliError(f"{what} {str(path)!r} does not exist")
-    try:
-        return yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise CliError(f"{what} {str(path)!r} is not valid YAML: {err}") from None
-
-
 def _load_base(value: Any, sweep_dir: Path) -> dict[str, Any]:
     """The base run config as written (a path relative to the sweep file, or inline), validated."""
     from ..cli import load_run_config
@@ -87,7 +76,7 @@ def _load_base(value: Any, sweep_dir: Path) -> dict[str, Any]:
     if isinstance(value, str):
         p = Path(value)
         path = p if p.is_absolute() else sweep_dir / p
-        raw = _load_yaml(path, "base run config")
+        raw = read_yaml(path, "base run config")
     elif isinstance(value, dict):
         raw = copy.deepcopy(value)
     else:
@@ -220,7 +209,7 @@ def load_sweep(source: "str | Path | dict[str, Any]", *, epochs: "int | None" = 
         raw, path, sweep_dir = copy.deepcopy(source), None, Path.cwd()
     else:
         path = Path(source)
-        raw = _load_yaml(path, "sweep config")
+        raw = read_yaml(path, "sweep config")
         sweep_dir = path.resolve().parent
     _check_keys(raw, SWEEP_KEYS, "the sweep config")
     base = _load_base(raw.get("base"), sweep_dir)
