@@ -269,10 +269,7 @@ def _lmul_context(ctx: dict, node: Node, in_fmt: FixedType, wfmt: MinifloatType)
     m, frac, w = wfmt.mantissa_bits, in_fmt.frac_bits, in_fmt.width
     p0 = wfmt.emin + frac  # code bit of the smallest normal's unit
     prod = lmul_product_type(wfmt)
-    if wfmt.inf_nan == "fn" and m == 0:
-        top_e, top_f = wfmt.emax - 1, 0
-    else:
-        top_e, top_f = wfmt.emax, wfmt.max_mantissa_code
+    top_e, top_f = wfmt.max_finite_fields
     neg, zero, e, f = minifloat_fields(node.arrays["weight"].reshape(-1), wfmt)
     # every exponent the helper forms: activation (before saturation), weight, both in [emin - M, emax]
     e_bound = max(abs(max(-1, p0) - frac) + m + 1, abs(max(w - 1, p0) - frac) + 2, abs(wfmt.emin) + m + 1,

@@ -210,10 +210,7 @@ def _fixed_to_minifloat_fields(
     f = np.asarray(f).astype(np.int64)
     if not t.subnormals:
         zero = zero | (e < t.emin)
-    if t.inf_nan == "fn" and m == 0:
-        top_e, top_f = t.emax - 1, 0
-    else:
-        top_e, top_f = t.emax, t.max_mantissa_code
+    top_e, top_f = t.max_finite_fields
     over = ~zero & ((e > top_e) | ((e == top_e) & (f > top_f)))
     if over.any():
         if not t.saturate:

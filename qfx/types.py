@@ -404,12 +404,18 @@ class MinifloatType:
         return full - 1 if self.inf_nan == "fn" else full
 
     @property
-    def max(self) -> float:
+    def max_finite_fields(self) -> tuple[int, int]:
+        """``(e, f)`` of the largest finite value ``(1 + f / 2**M) * 2**e`` (where saturation lands)."""
         if self.inf_nan == "fn" and self.mantissa_bits == 0:
             # The single code of the top binade is NaN: the top finite binade is one lower.
-            return 2.0 ** (self.emax - 1)
+            return self.emax - 1, 0
+        return self.emax, self.max_mantissa_code
+
+    @property
+    def max(self) -> float:
         m = self.mantissa_bits
-        return float((1 << m) + self.max_mantissa_code) * 2.0 ** (self.emax - m)
+        e, f = self.max_finite_fields
+        return float((1 << m) + f) * 2.0 ** (e - m)
 
     @property
     def min_normal(self) -> float:

@@ -555,10 +555,7 @@ class LMulMultiplier(_Multiplier):
         else:
             m.d.comb += zero.eq(~mant[mb:].any())
         # Saturation to the largest finite value.
-        if t.inf_nan == "fn" and mb == 0:
-            top_e, top_f = t.emax - 1, 0
-        else:
-            top_e, top_f = t.emax, t.max_mantissa_code
+        top_e, top_f = t.max_finite_fields
         over = e > top_e
         if top_f < (1 << mb) - 1:  # else no mantissa lies beyond the top code
             over = over | ((e == top_e) & (f > top_f))
