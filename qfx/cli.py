@@ -227,13 +227,13 @@ def load_run(run_dir: "str | Path"):
 
 def _prepare_run_dir(run: Path, resume: bool, force: bool) -> bool:
     """Check/prepare RUN/; returns True if a previous run's files are there to resume from."""
-    if run.exists() and not run.is_dir():
+    from .outdir import blocking_file
+
+    blocker = blocking_file(run)
+    if blocker is run:
         raise CliError(f"{str(run)!r} exists and is not a folder; choose another -o")
-    for parent in run.absolute().parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise CliError(f"{str(parent)!r} is a file, so {str(run)!r} cannot be created; choose another -o")
-            break
+    if blocker is not None:
+        raise CliError(f"{str(blocker)!r} is a file, so {str(run)!r} cannot be created; choose another -o")
     existing = run.is_dir() and any(run.iterdir())
     if not existing:
         return False

@@ -24,7 +24,7 @@ import os
 from pathlib import Path
 from typing import Mapping
 
-__all__ = ["write_files", "RECORD", "foreign_files"]
+__all__ = ["write_files", "RECORD", "foreign_files", "blocking_file"]
 
 #: The record of the files qfx wrote into an output folder.
 RECORD = ".qfx-files.json"
@@ -59,6 +59,17 @@ def foreign_files(out_dir: "str | os.PathLike", under: str = "") -> list[str]:
     return found
 
 
+def blocking_file(out: Path) -> "Path | None":
+    """What stops ``out`` from being (or becoming) a folder: ``out`` itself when it is a file, else
+    its nearest existing parent when that is a file; None when nothing does."""
+    if out.exists() and not out.is_dir():
+        return out
+    for parent in out.absolute().parents:
+        if parent.exists():
+            return None if parent.is_dir() else parent
+    return None
+
+
 def write_files(out_dir: "str | os.PathLike", files: Mapping[str, "str | bytes"], *, force: bool = False,
                 replace: "tuple[str, ...]" = ()) -> list[Path]:
     """Write ``files`` (relative POSIX path -> text or bytes) under ``out_dir``; return the paths written.
@@ -75,13 +86,11 @@ def write_files(out_dir: "str | os.PathLike", files: Mapping[str, "str | bytes"]
         A path that is absolute or climbs out of ``out_dir``.
     """
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
+    blocker = blocking_file(out)
+    if blocker is out:
         raise FileExistsError(f"{out} exists and is not a folder; choose another -o")
-    for parent in out.absolute().parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise FileExistsError(f"{parent} is a file, so {out} cannot be created; choose another -o")
-            break
+    if blocker is not None:
+        raise FileExistsError(f"{blocker} is a file, so {out} cannot be created; choose another -o")
     for rel in files:
         parts = Path(rel).parts
         if Path(rel).is_absolute() or ".." in parts or not parts:
