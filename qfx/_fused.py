@@ -377,15 +377,11 @@ def build_dir() -> Path:
 
 
 def _build() -> _Kernels:
-    import shutil
-
     from . import _toolchain
 
-    name = os.environ.get("QFX_CXX", "g++")
-    cxx = shutil.which(name)
-    if cxx is None:
-        raise RuntimeError(f"C++ compiler {name!r} not found on PATH (install g++ or set QFX_CXX)")
-    # The compiler's identity without running it (a cached load stays subprocess-free).
+    cxx = _toolchain.compiler_path()
+    # The compiler's identity from its file, not _toolchain.compiler's --version: a cached load stays
+    # subprocess-free.
     st = os.stat(os.path.realpath(cxx))
     ident = f"{os.path.realpath(cxx)}|{st.st_size}|{st.st_mtime_ns}"
     flags = (*_FLAGS, *_isa_flags())

@@ -55,13 +55,19 @@ def ap_types_dir(required: tuple[str, ...], purpose: str) -> Path:
     )
 
 
-@functools.lru_cache(maxsize=None)
-def compiler() -> tuple[str, str]:
-    """(absolute path, identity string) of the C++ compiler: ``$QFX_CXX`` or g++."""
+def compiler_path() -> str:
+    """Absolute path of the C++ compiler, ``$QFX_CXX`` or g++ (RuntimeError when not on PATH)."""
     name = os.environ.get("QFX_CXX", "g++")
     path = shutil.which(name)
     if path is None:
         raise RuntimeError(f"C++ compiler {name!r} not found on PATH (install g++ or set QFX_CXX)")
+    return path
+
+
+@functools.lru_cache(maxsize=None)
+def compiler() -> tuple[str, str]:
+    """(absolute path, identity string) of the C++ compiler: ``$QFX_CXX`` or g++."""
+    path = compiler_path()
     version = subprocess.run([path, "--version"], capture_output=True, text=True, check=False)
     machine = subprocess.run([path, "-dumpmachine"], capture_output=True, text=True, check=False)
     first = version.stdout.splitlines()[0] if version.stdout else ""
