@@ -88,10 +88,17 @@ def main(argv=None) -> int:
     return 0
 
 
-def fit(rows) -> int:
+def _nnls_fit(A, y):
+    """Non-negative coefficients for ``A @ c ~ y``, residuals weighted by 1/sqrt(y) (relative-ish)."""
     import numpy as np
     from scipy.optimize import nnls
 
+    w = 1.0 / np.sqrt(np.maximum(y, 10.0))
+    return nnls(A * w[:, None], y * w)[0]
+
+
+def fit(rows) -> int:
+    import numpy as np
     from qfx.cost.estimate import FEATURES, TOP_FF, TOP_LUT
 
     eng = [r for r in rows if r["engine"] != "__whole__"]
@@ -99,8 +106,7 @@ def fit(rows) -> int:
     coefs = {}
     for res in ("lut", "ff"):
         y = np.array([r["yosys"][res] for r in eng], dtype=float)
-        w = 1.0 / np.sqrt(np.maximum(y, 10.0))  # relative-ish weighting
-        c, _ = nnls(A * w[:, None], y * w)
+        c = _nnls_fit(A, y)
         coefs[res] = c
         print(f"{res.upper()}_COEF = {{" + ", ".join(f'"{k}": {v:.4g}' for k, v in zip(FEATURES, c)) + "}")
     # whole-design: sum of engines + per-design overhead (mean of whole - sum over designs)
@@ -130,8 +136,7 @@ def fit(rows) -> int:
         line = {}
         for res, top in (("lut", TOP_LUT), ("ff", TOP_FF)):
             y = np.array([r["yosys"][res] for r in train], dtype=float)
-            w = 1.0 / np.sqrt(np.maximum(y, 10.0))
-            c, _ = nnls(At * w[:, None], y * w)
+            c = _nnls_fit(At, y)
             est = sum(max(float(np.dot([r["features"][k] for k in FEATURES], c)), 0) for r in eng
                       if r["design"] == d) + top
             err = (est - whole[res]) / whole[res]
