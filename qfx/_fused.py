@@ -261,6 +261,125 @@ void bwd_dispatch(const T* g, const T* x, const T* q, const uint8_t* inside, T* 
   else if (dot != nullptr) bwd<T, MUL_MASK, false, true>(g, x, q, inside, gx, n, dot);
 }
 
+// BatchNorm2d in training (qfx.nn.norm): float32 NCHW planes, p = H * W elements each.
+// Per-channel sums of x and x * x in float64: exact (hence order-free) for fixed-point x
+// whose sums fit 53 bits, which the caller checks.
+void bn_sums(const float* __restrict x, int64_t n, int64_t c, int64_t p, double* s1, double* s2) {
+  for (int64_t ch = 0; ch < c; ++ch) s1[ch] = s2[ch] = 0.0;
+  for (int64_t b = 0; b < n; ++b) {
+    for (int64_t ch = 0; ch < c; ++ch) {
+      const float* r = x + (b * c + ch) * p;
+      double a[4] = {}, q2[4] = {};
+      int64_t i = 0;
+      for (; i + 4 <= p; i += 4) {
+        for (int j = 0; j < 4; ++j) {
+          const double v = r[i + j];
+          a[j] += v;
+          q2[j] += v * v;
+        }
+      }
+      for (; i < p; ++i) {
+        const double v = r[i];
+        a[0] += v;
+        q2[0] += v * v;
+      }
+      s1[ch] += (a[0] + a[1]) + (a[2] + a[3]);
+      s2[ch] += (q2[0] + q2[1]) + (q2[2] + q2[3]);
+    }
+  }
+}
+
+// d/dx of (mean, var) of each channel: gx = a[ch] + b[ch] * (x - mean[ch]), in float64, rounded once.
+void bn_stats_bwd(const float* __restrict x, int64_t n, int64_t c, int64_t p, const double* a, const double* bb,
+                  const double* mean, float* __restrict gx) {
+  for (int64_t b = 0; b < n; ++b) {
+    for (int64_t ch = 0; ch < c; ++ch) {
+      const int64_t o = (b * c + ch) * p;
+      const double ac = a[ch], bc = bb[ch], mc = mean[ch];
+      for (int64_t i = 0; i < p; ++i) gx[o + i] = static_cast<float>(ac + bc * (static_cast<double>(x[o + i]) - mc));
+    }
+  }
+}
+
+// y = cast(x * s[ch] + b[ch]): the multiply-add in float32 (exact: the caller checks that
+// float32 holds every x * s + b), then the fused cast of one block at a time.
+template <int M>
+void bn_affine_fwd(const float* __restrict x, int64_t n, int64_t c, int64_t p, const float* s, const float* sh,
+                   float* __restrict q, uint8_t* __restrict inside, float scale, float lo, float hi, float inv) {
+  typedef Tr<float>::V V;
+  typedef Tr<float>::M Mk;
+  for (int64_t b = 0; b < n; ++b) {
+    for (int64_t ch = 0; ch < c; ++ch) {
+      const int64_t o = (b * c + ch) * p;
+      const V vs = splat<float>(s[ch]), vb_ = splat<float>(sh[ch]);
+      int64_t i = 0;
+      for (; i + L <= p; i += L) {
+        V xv, qv;
+        Mk in;
+        std::memcpy(&xv, x + o + i, sizeof xv);
+        block<float, M>(xv * vs + vb_, qv, in, scale, lo, hi, inv);
+        std::memcpy(q + o + i, &qv, sizeof qv);
+        const vb bytes = mask_bytes(in);
+        std::memcpy(inside + o + i, &bytes, sizeof bytes);
+      }
+      if (i < p) {
+        const int64_t m = p - i;
+        float xs[L] = {}, qs[L];
+        std::memcpy(xs, x + o + i, m * sizeof(float));
+        V xv, qv;
+        Mk in;
+        std::memcpy(&xv, xs, sizeof xv);
+        block<float, M>(xv * vs + vb_, qv, in, scale, lo, hi, inv);
+        std::memcpy(qs, &qv, sizeof qv);
+        for (int64_t j = 0; j < m; ++j) {
+          q[o + i + j] = qs[j];
+          inside[o + i + j] = static_cast<uint8_t>(in[j] & 1);
+        }
+      }
+    }
+  }
+}
+
+// The backward of bn_affine_fwd: g' = g where inside (else an exact 0, as the float32 fast
+// cast); gx = g' * s[ch] (float32, as torch's addcmul backward); ds[ch] = sum g' * x and
+// db[ch] = sum g' in float64; dot = sum g * ((inside ? y : 0) - q), y recomputed, for the
+// output's binary-point gradient (as bwd). Any of gx, ds/db, dot may be null.
+void bn_affine_bwd(const float* __restrict g, const float* __restrict x, int64_t n, int64_t c, int64_t p,
+                   const float* s, const float* sh, const float* __restrict q, const uint8_t* __restrict inside,
+                   float* __restrict gx, double* ds, double* db, double* dot) {
+  double dt = 0.0;
+  if (ds != nullptr)
+    for (int64_t ch = 0; ch < c; ++ch) ds[ch] = db[ch] = 0.0;
+  for (int64_t b = 0; b < n; ++b) {
+    for (int64_t ch = 0; ch < c; ++ch) {
+      const int64_t o = (b * c + ch) * p;
+      const float sc = s[ch], bc = sh[ch];
+      double as = 0.0, ab = 0.0, ad = 0.0;
+      for (int64_t i = 0; i < p; ++i) {
+        const float gi = g[o + i];
+        const bool in = inside[o + i] != 0;
+        const float gs = in ? gi : 0.0f;
+        if (gx != nullptr) gx[o + i] = gs * sc;
+        if (ds != nullptr) {
+          as += static_cast<double>(gs) * static_cast<double>(x[o + i]);
+          ab += static_cast<double>(gs);
+        }
+        if (dot != nullptr) {
+          const float y = x[o + i] * sc + bc;
+          const float d = (in ? y : 0.0f) - q[o + i];
+          ad += static_cast<double>(gi) * static_cast<double>(d);
+        }
+      }
+      if (ds != nullptr) {
+        ds[ch] += as;
+        db[ch] += ab;
+      }
+      dt += ad;
+    }
+  }
+  if (dot != nullptr) *dot = dt;
+}
+
 }  // namespace
 
 extern "C" {
@@ -283,6 +402,36 @@ void qfx_cast_bwd_f32(const float* g, const float* x, const float* q, const uint
 void qfx_cast_bwd_f64(const double* g, const double* x, const double* q, const uint8_t* inside, double* gx,
                       int64_t n, double* dot) {
   bwd_dispatch<double, true>(g, x, q, inside, gx, n, dot);
+}
+
+void qfx_bn_sums_f32(const float* x, int64_t n, int64_t c, int64_t p, double* s1, double* s2) {
+  bn_sums(x, n, c, p, s1, s2);
+}
+
+void qfx_bn_stats_bwd_f32(const float* x, int64_t n, int64_t c, int64_t p, const double* a, const double* b,
+                          const double* mean, float* gx) {
+  bn_stats_bwd(x, n, c, p, a, b, mean, gx);
+}
+
+int qfx_bn_affine_fwd_f32(const float* x, int64_t n, int64_t c, int64_t p, const float* s, const float* sh,
+                          float* q, uint8_t* inside, double scale, double lo, double hi, double inv, int mode) {
+  const float fs = float(scale), fl = float(lo), fh = float(hi), fi = float(inv);
+  switch (mode) {
+    case RND: bn_affine_fwd<RND>(x, n, c, p, s, sh, q, inside, fs, fl, fh, fi); return 0;
+    case RND_ZERO: bn_affine_fwd<RND_ZERO>(x, n, c, p, s, sh, q, inside, fs, fl, fh, fi); return 0;
+    case RND_MIN_INF: bn_affine_fwd<RND_MIN_INF>(x, n, c, p, s, sh, q, inside, fs, fl, fh, fi); return 0;
+    case RND_INF: bn_affine_fwd<RND_INF>(x, n, c, p, s, sh, q, inside, fs, fl, fh, fi); return 0;
+    case RND_CONV: bn_affine_fwd<RND_CONV>(x, n, c, p, s, sh, q, inside, fs, fl, fh, fi); return 0;
+    case TRN: bn_affine_fwd<TRN>(x, n, c, p, s, sh, q, inside, fs, fl, fh, fi); return 0;
+    case TRN_ZERO: bn_affine_fwd<TRN_ZERO>(x, n, c, p, s, sh, q, inside, fs, fl, fh, fi); return 0;
+  }
+  return 1;
+}
+
+void qfx_bn_affine_bwd_f32(const float* g, const float* x, int64_t n, int64_t c, int64_t p, const float* s,
+                           const float* sh, const float* q, const uint8_t* inside, float* gx, double* ds, double* db,
+                           double* dot) {
+  bn_affine_bwd(g, x, n, c, p, s, sh, q, inside, gx, ds, db, dot);
 }
 
 }  // extern "C"
@@ -323,6 +472,18 @@ class _Kernels:
             b.restype = None
             b.argtypes = [P, P, P, P, P, I64, P]
             self._fwd[dtype], self._bwd[dtype] = f, b
+        self._bn_sums = lib.qfx_bn_sums_f32
+        self._bn_sums.restype = None
+        self._bn_sums.argtypes = [P, I64, I64, I64, P, P]
+        self._bn_stats_bwd = lib.qfx_bn_stats_bwd_f32
+        self._bn_stats_bwd.restype = None
+        self._bn_stats_bwd.argtypes = [P, I64, I64, I64, P, P, P, P]
+        self._bn_affine_fwd = lib.qfx_bn_affine_fwd_f32
+        self._bn_affine_fwd.restype = ctypes.c_int
+        self._bn_affine_fwd.argtypes = [P, I64, I64, I64, P, P, P, P, D, D, D, D, ctypes.c_int]
+        self._bn_affine_bwd = lib.qfx_bn_affine_bwd_f32
+        self._bn_affine_bwd.restype = None
+        self._bn_affine_bwd.argtypes = [P, P, I64, I64, I64, P, P, P, P, P, P, P, P]
         self._lib = lib  # keep loaded
 
     def forward(self, x: torch.Tensor, plan, mode: int) -> "tuple[torch.Tensor, torch.Tensor]":
@@ -346,6 +507,47 @@ class _Kernels:
             ctypes.byref(dot) if dot is not None else None,
         )
         return gx, (dot.value if dot is not None else None)
+
+
+    # -- BatchNorm2d in training (qfx.nn.norm); x: contiguous float32 [N, C, H, W] ----------
+    def bn_sums(self, x: torch.Tensor) -> "tuple[list[float], list[float]]":
+        """Per-channel ``(sum x, sum x*x)`` in float64 (exact where the caller checked it)."""
+        n, c = x.shape[0], x.shape[1]
+        s1, s2 = (ctypes.c_double * c)(), (ctypes.c_double * c)()
+        self._bn_sums(x.data_ptr(), n, c, x.shape[2] * x.shape[3], s1, s2)
+        return list(s1), list(s2)
+
+    def bn_stats_backward(self, x: torch.Tensor, a: "list[float]", b: "list[float]", mean: "list[float]") -> torch.Tensor:
+        """``a[c] + b[c] * (x - mean[c])`` per channel, in float64, rounded to float32."""
+        c = x.shape[1]
+        arr = ctypes.c_double * c
+        gx = torch.empty(x.shape, dtype=torch.float32)
+        self._bn_stats_bwd(x.data_ptr(), x.shape[0], c, x.shape[2] * x.shape[3], arr(*a), arr(*b), arr(*mean), gx.data_ptr())
+        return gx
+
+    def bn_affine_forward(self, x: torch.Tensor, s: torch.Tensor, b: torch.Tensor, plan, mode: int):
+        """``(q, inside)``: the fast cast of ``x * s[c] + b[c]`` (float32 ``s``, ``b`` of C elements)."""
+        scale, lo, hi, inv = plan
+        q = torch.empty(x.shape, dtype=torch.float32)
+        inside = torch.empty(x.shape, dtype=torch.uint8)
+        if self._bn_affine_fwd(x.data_ptr(), x.shape[0], x.shape[1], x.shape[2] * x.shape[3], s.data_ptr(), b.data_ptr(),
+                               q.data_ptr(), inside.data_ptr(), scale, lo, hi, inv, mode):
+            raise ValueError(f"qfx fused cast: unknown rounding code {mode}")
+        return q, inside
+
+    def bn_affine_backward(self, g, x, s, b, q, inside, want_x: bool, want_sb: bool, want_dot: bool):
+        """``(grad_x, grad_s, grad_b, dot)`` of :meth:`bn_affine_forward`, None where not wanted."""
+        c = x.shape[1]
+        gx = torch.empty(x.shape, dtype=torch.float32) if want_x else None
+        ds, db = ((ctypes.c_double * c)(), (ctypes.c_double * c)()) if want_sb else (None, None)
+        dot = ctypes.c_double(0.0) if want_dot else None
+        self._bn_affine_bwd(
+            g.data_ptr(), x.data_ptr(), x.shape[0], c, x.shape[2] * x.shape[3], s.data_ptr(), b.data_ptr(), q.data_ptr(),
+            inside.data_ptr(), gx.data_ptr() if gx is not None else None, ds, db,
+            ctypes.byref(dot) if dot is not None else None,
+        )
+        return gx, (list(ds) if ds is not None else None), (list(db) if db is not None else None), (
+            dot.value if dot is not None else None)
 
 
 _lock = threading.Lock()

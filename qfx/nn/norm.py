@@ -11,6 +11,7 @@ from torch import nn
 
 from .. import _fixed
 from ..types import FixedType
+from . import _bn_fused
 from .accumulate import check_float64_exact
 from .base import QuantizedModule
 from .config import ConfigLike, as_config
@@ -118,11 +119,11 @@ class QBatchNorm2d(QuantizedModule, nn.BatchNorm2d):
             return self.quant["scale"](scale).double(), self.quant["shift"](shift).double()
 
     def _check_exact(self) -> "tuple[FixedType, bool]":
-        """``(type of x * scale + shift, whether float32 holds it and the operands)``; raises
-        unless float64 holds it."""
+        """``(input format, whether float32 holds it, scale, shift and every x * scale + shift)``;
+        raises unless float64 holds ``x * scale + shift``."""
         x_fmt, s_fmt, b_fmt = (self.quant[k].effective_format() for k in ("input", "scale", "shift"))
         assert isinstance(x_fmt, FixedType) and isinstance(s_fmt, FixedType) and isinstance(b_fmt, FixedType)
-        return _bn_types(x_fmt, s_fmt, b_fmt)
+        return x_fmt, _bn_types(x_fmt, s_fmt, b_fmt)[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not isinstance(x, torch.Tensor) or not x.is_floating_point():
@@ -130,16 +131,21 @@ class QBatchNorm2d(QuantizedModule, nn.BatchNorm2d):
         if x.dim() != 4 or x.shape[1] != self.num_features:
             raise ValueError(f"QBatchNorm2d expects input of shape [N, {self.num_features}, H, W], got {list(x.shape)}")
         xq_in = self.quant["input"](x)
-        xq = xq_in.double()
         use_batch = self.training or self.running_mean is None
         if use_batch:
-            mean = xq.mean(dim=(0, 2, 3))
-            var = xq.var(dim=(0, 2, 3), unbiased=False)
+            # The fused CPU kernels (qfx.nn._bn_fused) where they apply: exact statistics.
+            frac = _bn_fused.stats_frac(xq_in, self.quant["input"].effective_format())
+            if frac is not None:
+                mean, var = _bn_fused.batch_stats(xq_in, frac)
+            else:
+                xq = xq_in.double()
+                mean = xq.mean(dim=(0, 2, 3))
+                var = xq.var(dim=(0, 2, 3), unbiased=False)
             if self.training and self.track_running_stats and self.running_mean is not None:
                 with torch.no_grad():
                     self.num_batches_tracked += 1
                     m = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
-                    count = xq.numel() // self.num_features
+                    count = xq_in.numel() // self.num_features
                     unbiased = var.detach() * (count / max(count - 1, 1))
                     self.running_mean.mul_(1 - m).add_(mean.detach().to(self.running_mean.dtype), alpha=m)
                     self.running_var.mul_(1 - m).add_(unbiased.to(self.running_var.dtype), alpha=m)
@@ -148,14 +154,17 @@ class QBatchNorm2d(QuantizedModule, nn.BatchNorm2d):
         scale, shift = self._float_scale_shift(mean, var)
         scale_q = self.quant["scale"](scale).double()
         shift_q = self.quant["shift"](shift).double()
-        _, fits_float32 = self._check_exact()
+        _, fits_float32 = self._check_exact()  # after the scale/shift quantizers calibrated
+        fused = _bn_fused.affine_plan(self, xq_in) if fits_float32 else None
+        if fused is not None:
+            return self._result(_bn_fused.affine_cast(xq_in, scale_q, shift_q, fused), x.dtype)
         if xq_in.dtype == torch.float32 and fits_float32:
             # float32 holds x, scale, shift and every x * scale + shift (the type t) exactly:
             # the same values as in float64, one rounding-free multiply-add.
             s32, b32 = scale_q.float(), shift_q.float()
             y = torch.addcmul(b32[None, :, None, None], xq_in, s32[None, :, None, None])
         else:
-            y = xq * scale_q[None, :, None, None] + shift_q[None, :, None, None]
+            y = xq_in.double() * scale_q[None, :, None, None] + shift_q[None, :, None, None]
         return self._result(self.quant["output"](y), x.dtype)
 
 

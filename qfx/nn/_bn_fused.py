@@ -1,0 +1,194 @@
+"""The fused CPU path of :class:`qfx.nn.QBatchNorm2d` (float32 activations, ``qfx._fused``).
+
+Two autograd Functions replace about twenty small torch ops per call:
+
+``batch_stats``
+    The per-channel mean and biased variance of the quantized input, computed from
+    exact float64 sums (fixed-point values whose sums fit 53 bits add exactly in any
+    order) and then correctly rounded: the exact mean and variance of the batch,
+    independent of summation order and thread count. The backward is the usual
+    ``dmean / n + dvar * 2 (x - mean) / n`` in one pass.
+``affine_cast``
+    ``cast(x * scale_q[c] + shift_q[c], output)`` in one pass: the multiply-add in
+    float32 (exact: the layer checked that float32 holds every operand and result) and
+    the fused fast cast, with the straight-through backward of the float32 fast cast
+    (``qfx.quant._FixedSTEFast``) and the gradients of the multiply-add in one pass.
+
+Forward values are bit-identical to the torch path of ``QBatchNorm2d.forward`` wherever
+the torch path's float64 mean and variance round like the exact ones (they differ by at
+most an ulp otherwise, in training mode only; eval mode and exports use the running
+statistics). Gradients agree up to summation order (sums here are float64).
+``tests/test_bn_fused.py`` compares both paths.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .. import _fused
+from ..quant import _LN2, _fast_plan, _fused_kernels, _int_frac
+from ..types import FixedType
+
+__all__ = ["AffinePlan", "stats_frac", "affine_plan", "batch_stats", "affine_cast"]
+
+_EXACT_SUM_LIMIT = 2.0**53
+
+
+@dataclass(frozen=True)
+class AffinePlan:
+    """The fused multiply-add and output cast: the kernels, the learnable output binary
+    point (or None) and the output cast's ``_fast_plan`` and rounding code."""
+
+    kernels: Any
+    out_frac: "torch.Tensor | None"
+    out_plan: tuple
+    out_mode: int
+
+
+def stats_frac(xq: torch.Tensor, x_fmt: FixedType) -> "int | None":
+    """The input's fractional-bit count when the fused batch statistics apply to ``xq`` (float32
+    ``[N, C, H, W]`` values of ``x_fmt`` whose per-channel sums of squares fit 53 bits, on
+    CPU with the kernels built), else None."""
+    if not isinstance(x_fmt, FixedType) or xq.dtype != torch.float32 or xq.dim() != 4 or xq.numel() == 0:
+        return None
+    if _fused_kernels(xq) is None:
+        return None
+    m = float(max(-x_fmt.min_code, x_fmt.max_code))
+    count = xq.numel() // xq.shape[1]
+    return x_fmt.frac_bits if count * m * m < _EXACT_SUM_LIMIT else None
+
+
+def affine_plan(layer: Any, xq: torch.Tensor) -> "AffinePlan | None":
+    """The fused multiply-add and cast for ``layer`` (a QBatchNorm2d whose formats float32
+    holds) on its quantized input ``xq``, or None where the torch path must run (no
+    kernels, float64 activations, an output quantizer that tracks overflow, still has to
+    calibrate or is per channel, a format outside the fast cast)."""
+    if xq.dtype != torch.float32 or xq.dim() != 4 or xq.numel() == 0:
+        return None
+    k = _fused_kernels(xq)
+    if k is None:
+        return None
+    oq = layer.quant["output"]
+    if oq.track_overflow or not isinstance(oq.fmt, FixedType):
+        return None
+    fb = oq.frac_bits
+    out_frac = None
+    if fb is None:
+        t = oq.fmt
+        frac = t.frac_bits
+    elif fb.numel() != 1:
+        return None
+    elif isinstance(fb, torch.nn.Parameter):
+        if not bool(oq.calibrated):  # the first call calibrates through the quantizer
+            return None
+        t = oq.fmt
+        frac = _int_frac(fb, t)
+        out_frac = fb
+    else:  # frozen: the rounded binary point is in the format
+        t = oq.effective_format()
+        frac = t.frac_bits
+    plan = _fast_plan(t, frac)
+    if plan is None:
+        return None
+    return AffinePlan(k, out_frac, plan, _fused.ROUNDING_CODES[t.rounding])
+
+
+def _exact_ratio(num: int, den: int, shift: int) -> float:
+    """``num / (den * 2**shift)`` correctly rounded (Python's int division is)."""
+    return num / (den << shift) if shift >= 0 else (num << -shift) / den
+
+
+class _BatchStats(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, k, frac: int):  # type: ignore[override]
+        x = x.contiguous()
+        n = x.numel() // x.shape[1]
+        s1, s2 = k.bn_sums(x)
+        mean, var = [], []
+        for a, b in zip(s1, s2):
+            if not (math.isfinite(a) and math.isfinite(b)):
+                mean.append(math.nan)
+                var.append(math.nan)
+                continue
+            c1 = int(math.ldexp(a, frac))  # sum of the codes, exactly
+            c2 = int(math.ldexp(b, 2 * frac))  # sum of their squares
+            mean.append(_exact_ratio(c1, n, frac))
+            var.append(_exact_ratio(n * c2 - c1 * c1, n * n, 2 * frac))
+        ctx.k, ctx.n, ctx.mean = k, n, mean
+        ctx.save_for_backward(x)
+        return torch.tensor(mean, dtype=torch.float64), torch.tensor(var, dtype=torch.float64)
+
+    @staticmethod
+    def backward(ctx, g_mean, g_var):  # type: ignore[override]
+        if not ctx.needs_input_grad[0]:
+            return None, None, None
+        (x,) = ctx.saved_tensors
+        n = ctx.n
+        if torch.is_grad_enabled():  # create_graph: differentiable torch ops, same formula
+            mean = torch.tensor(ctx.mean, dtype=torch.float64)[None, :, None, None]
+            g = torch.zeros((), dtype=torch.float64)
+            if g_mean is not None:
+                g = g + g_mean[None, :, None, None] / n
+            if g_var is not None:
+                g = g + (2.0 / n) * g_var[None, :, None, None] * (x.double() - mean)
+            return g.expand(x.shape).to(x.dtype), None, None
+        c = x.shape[1]
+        a = [0.0] * c if g_mean is None else [v / n for v in g_mean.tolist()]
+        b = [0.0] * c if g_var is None else [2.0 * v / n for v in g_var.tolist()]
+        return ctx.k.bn_stats_backward(x, a, b, ctx.mean), None, None
+
+
+class _AffineCast(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, scale_q, shift_q, out_frac, plan: AffinePlan):  # type: ignore[override]
+        x = x.contiguous()
+        s = scale_q.detach().float().contiguous()
+        b = shift_q.detach().float().contiguous()
+        q, inside = plan.kernels.bn_affine_forward(x, s, b, plan.out_plan, plan.out_mode)
+        ctx.k = plan.kernels
+        ctx.frac_shape = None if out_frac is None else out_frac.shape
+        ctx.frac_dtype = None if out_frac is None else out_frac.dtype
+        ctx.save_for_backward(x, s, b, q, inside)
+        return q
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        x, s, b, q, inside = ctx.saved_tensors
+        want_x = ctx.needs_input_grad[0]
+        want_sb = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
+        want_f = ctx.frac_shape is not None and ctx.needs_input_grad[3]
+        gx = gs = gb = gf = None
+        if torch.is_grad_enabled():  # create_graph: differentiable torch ops, same values
+            m = inside.bool()
+            sv, bv = s[None, :, None, None], b[None, :, None, None]
+            g_in = torch.where(m, grad, 0.0)
+            gx = g_in * sv
+            gs = (g_in.double() * x.double()).sum((0, 2, 3))
+            gb = g_in.double().sum((0, 2, 3))
+            if want_f:
+                gf = (grad * (torch.where(m, x * sv + bv, 0.0) - q)).sum().mul(_LN2).reshape(ctx.frac_shape)
+        else:
+            g = grad if grad.dtype == torch.float32 else grad.float()
+            g = g.expand(x.shape).contiguous()
+            gx, ds, db, dot = ctx.k.bn_affine_backward(g, x, s, b, q, inside, want_x, want_sb, want_f)
+            if want_sb:
+                gs = torch.tensor(ds, dtype=torch.float64)
+                gb = torch.tensor(db, dtype=torch.float64)
+            if want_f:
+                gf = torch.tensor(dot * _LN2, dtype=ctx.frac_dtype).reshape(ctx.frac_shape)
+        return (gx if want_x else None), gs, gb, gf, None
+
+
+def batch_stats(xq: torch.Tensor, frac: int) -> "tuple[torch.Tensor, torch.Tensor]":
+    """``(mean, var)`` per channel (float64, biased variance) of the quantized input, whose
+    values have ``frac`` fractional bits (:func:`stats_frac`)."""
+    return _BatchStats.apply(xq, _fused_kernels(xq), frac)
+
+
+def affine_cast(xq: torch.Tensor, scale_q: torch.Tensor, shift_q: torch.Tensor, plan: AffinePlan) -> torch.Tensor:
+    """``cast(xq * scale_q[c] + shift_q[c], output)`` (float32), differentiable."""
+    return _AffineCast.apply(xq, scale_q, shift_q, plan.out_frac, plan)
