@@ -1,14 +1,18 @@
 """Build an hls4ml model from a frozen qfx model, with the qfx formats as hls4ml precisions.
 
-:func:`to_hls4ml` covers the MLP subset: an ``nn.Sequential`` of
-:class:`qfx.nn.QLinear` and :class:`qfx.nn.QReLU` with fixed-point formats.
-It builds an equivalent float64 ``torch.nn.Sequential`` whose weights and
-biases are the qfx-quantized values, asks hls4ml for a per-layer config
-(``config_from_pytorch_model(..., granularity='name')``), writes the qfx
-formats into it and converts with ``convert_from_pytorch_model``.
+:func:`to_hls4ml` covers an ``nn.Sequential`` of :class:`qfx.nn.QLinear`,
+:class:`qfx.nn.QConv2d`, :class:`qfx.nn.QReLU`, :class:`qfx.nn.QMaxPool2d`
+and :class:`qfx.nn.QFlatten` with fixed-point formats (an MLP, or a CNN such
+as conv -> ReLU -> pool -> flatten -> dense). It builds an equivalent float64
+``torch.nn.Sequential`` whose weights and biases are the qfx-quantized values,
+asks hls4ml for a per-layer config (``config_from_pytorch_model(...,
+granularity='name')``), writes the qfx formats into it and converts with
+``convert_from_pytorch_model``.
 
-What hls4ml's C++ computes (``io_parallel``, ``Latency`` strategy,
-``nnet_dense_latency.h`` and ``nnet_activation.h``), next to qfx:
+What hls4ml's C++ computes (``io_parallel``, ``Latency`` strategy;
+``nnet_dense_latency.h``, ``nnet_conv2d_latency.h`` with the im2col
+``fill_buffer`` that ``FPGABackend.generate_conv2d_line_buffer_fn`` writes,
+``nnet_pooling.h``, ``nnet_activation.h``), next to qfx:
 
 ============  =======================================  ===============================
 tensor        hls4ml                                   qfx
@@ -21,9 +25,13 @@ bias          ``bias_t`` = ``bias``, then              ``cast(b, bias)``, then
               ``acc = (accum_t) bias``                 ``acc = cast(b, accum)``
 product       ``mult = (accum_t)(x * w)``              exact ``x * w``
 step          ``acc += mult`` (cast to ``accum_t``)    ``acc = cast(acc + x*w, accum)``
-order         ascending input index                    ascending input index
+order         dense: ascending input index;            dense: ascending input index;
+              conv: (kernel row, kernel column,        conv: (channel, kernel row,
+              channel), channels last                  kernel column)
+padding       conv: im2col writes ``0``                zero taps (exact zero products)
 result        ``(result_t) acc``                       ``cast(acc, output)``
 ReLU          ``res = x > 0 ? x : 0`` in ``result_t``  ``cast(max(x, 0), output)``
+max pool      ``(result_t)(accum_t) max(window)``      ``cast(max(window), output)``
 ============  =======================================  ===============================
 
 The one semantic difference: hls4ml casts every *product* to ``accum_t``
@@ -39,10 +47,39 @@ equal a product-first emulation. (Modes whose rounding commutes with adding an
 on-grid accumulator, AP_TRN / AP_RND, without product overflow, happen to agree;
 the refusal is kept conservative.)
 
-Other layer-boundary limits: hls4ml has no input cast on a dense layer or an
-activation, its input is simply the previous layer's ``result_t``; so a
-layer's ``input`` format must hold every value of the previous layer's
-output format (the cast is then the identity), else :func:`to_hls4ml` refuses.
+Summation order. hls4ml keeps tensors channels last: a convolution sums its
+products in (kernel row, kernel column, channel) order, and a dense layer
+after a flatten of ``[C, H, W]`` sums in (row, column, channel) order (hls4ml
+drops the transpose before the flatten and permutes the dense weights). qfx
+sums in (channel, row, column) order. With an accumulator holding every
+product, no step rounds; the order matters only when a step overflows and the
+accumulator saturates (``AP_SAT``, ``AP_SAT_ZERO``, ``AP_SAT_SYM``: the
+result depends on which partial sums hit the limit). A wrapping accumulator
+(``AP_WRAP``) computes the sum modulo its range whatever the order, and an
+accumulator holding every partial sum never overflows. So a saturating
+accumulator narrower than the partial sums is refused where the two orders
+differ (more than one channel and more than one kernel tap or pixel).
+Measured with the refusal bypassed, on random, corner and out-of-range inputs: a
+2->3 channel 3x3 conv with accum ``ap_fixed<15,3,AP_TRN,AP_SAT>``, 4411 of
+24192 outputs differ from qfx and none from a channels-last-order emulation; a
+dense layer after the flatten of a ``[3, 6, 6]`` map with accum
+``ap_fixed<20,6,AP_TRN,AP_SAT>``, 4 of 448 (again none from the channels-last
+emulation).
+
+Other layer-boundary limits: hls4ml has no input cast on a dense or conv
+layer, an activation or a pooling layer; its input is simply the previous
+layer's ``result_t``; so a layer's ``input`` format must hold every value of
+the previous output format (the cast is then the identity), else
+:func:`to_hls4ml` refuses. hls4ml's PyTorch converter ignores ``groups`` and
+drops ``dilation`` when it writes the im2col code, so both are refused unless
+1; max pooling is supported without padding, dilation or ``ceil_mode``.
+
+Layout. The hls4ml model takes the input in PyTorch's order
+(``[N, C, H, W]``, or flattened per sample): its converter inserts a
+transpose to channels last (``ChannelsLastConversion='full'``, a pure
+reordering in the input type) and, for a model ending in a feature map, one
+back (``TransposeOutputs``), so ``predict`` returns the order ``model(x)``
+has, flattened per sample.
 """
 
 from __future__ import annotations
@@ -55,12 +92,14 @@ import torch
 from torch import nn
 
 from .arith import holds_all_values
-from .nn import QLinear, QReLU
+from .nn import QConv2d, QFlatten, QLinear, QMaxPool2d, QReLU
 from .types import FixedType, Overflow
 
 __all__ = ["to_hls4ml", "hls4ml_precision", "Hls4mlInteropError"]
 
 _BACKENDS = ("Vitis", "Vivado")
+_SUPPORTED = (QLinear, QConv2d, QReLU, QMaxPool2d, QFlatten)
+_SUPPORTED_NAMES = "QLinear, QConv2d, QReLU, QMaxPool2d and QFlatten"
 
 
 class Hls4mlInteropError(ValueError):
@@ -109,25 +148,85 @@ def _check_input(layer: Any, current: FixedType | None, where: str) -> FixedType
 
 
 def _layers(model: nn.Module) -> list[nn.Module]:
-    if isinstance(model, (QLinear, QReLU)):
+    if isinstance(model, _SUPPORTED):
         return [model]
     if not isinstance(model, nn.Sequential):
-        raise Hls4mlInteropError(f"to_hls4ml needs an nn.Sequential of QLinear/QReLU, not {type(model).__name__}")
+        raise Hls4mlInteropError(f"to_hls4ml needs an nn.Sequential of {_SUPPORTED_NAMES}, not {type(model).__name__}")
     out: list[nn.Module] = []
     for m in model:
         if isinstance(m, nn.Sequential):
             out.extend(_layers(m))
-        elif isinstance(m, (QLinear, QReLU)):
+        elif isinstance(m, _SUPPORTED):
             out.append(m)
         elif isinstance(m, nn.Identity):
             continue
         else:
-            raise Hls4mlInteropError(
-                f"to_hls4ml supports QLinear and QReLU (the MLP subset), not {type(m).__name__}"
-            )
+            raise Hls4mlInteropError(f"to_hls4ml supports {_SUPPORTED_NAMES}, not {type(m).__name__}")
     if not out:
         raise Hls4mlInteropError("to_hls4ml: the model has no layers")
     return out
+
+
+def _mac_precisions(m: Any, where: str, order_differs: str | None) -> tuple[dict[str, str], FixedType]:
+    """The hls4ml precisions of a QLinear/QConv2d, and its output format.
+
+    ``order_differs`` says why hls4ml sums this layer's products in another
+    order than qfx (None when the orders are the same).
+    """
+    if m.config.multiply != "exact":
+        raise Hls4mlInteropError(f"{where}: multiply={m.config.multiply!r} is not supported")
+    wfmt = _fmt(m, "weight", where)
+    afmt = _fmt(m, "accum", where)
+    ofmt = _fmt(m, "output", where)
+    prod = m.product_format()
+    if not holds_all_values(afmt, prod):
+        raise Hls4mlInteropError(
+            f"{where}: accum {afmt} does not hold every product of type {prod}. hls4ml "
+            f"casts each product to accum_t before adding it (mult[i] = (accum_t)(x*w); "
+            f"acc += mult[i]), qfx adds the exact product and casts the sum once, so the "
+            f"results would differ. Use accum='auto' or an accum holding the product type"
+        )
+    if order_differs is not None and afmt.overflow is not Overflow.AP_WRAP and not m.accum_is_exact():
+        raise Hls4mlInteropError(
+            f"{where}: {order_differs}; with the saturating accum {afmt}, which does not hold every "
+            f"partial sum, the order changes which partial sums saturate, so the results would "
+            f"differ. Use accum='auto', an accum holding every partial sum "
+            f"({m.auto_accum_format()}), or AP_WRAP overflow"
+        )
+    bfmt = _fmt(m, "bias", where) if m.bias is not None else afmt  # zeros: any type holds them
+    prec = {
+        "weight": hls4ml_precision(wfmt),
+        "bias": hls4ml_precision(bfmt),
+        "accum": hls4ml_precision(afmt),
+        "result": hls4ml_precision(ofmt),
+    }
+    return prec, ofmt
+
+
+def _float_copy(m: Any, torch_layer: nn.Module) -> nn.Module:
+    """``torch_layer`` (float64, with a bias) holding ``m``'s quantized weight and bias (zeros without one)."""
+    with torch.no_grad():
+        wq, bq = m._quantized_params()
+        torch_layer.weight.copy_(wq)
+        torch_layer.bias.copy_(bq if bq is not None else torch.zeros_like(torch_layer.bias))
+    return torch_layer
+
+
+def _input_shape(first: nn.Module, example_input: torch.Tensor) -> tuple[int, ...]:
+    """The per-sample input shape: ``(in_features,)`` or ``(C, H, W)``."""
+    if not isinstance(example_input, torch.Tensor):
+        raise TypeError(f"example_input must be a torch.Tensor, not {type(example_input).__name__}")
+    if isinstance(first, QLinear):
+        n_in = first.in_features
+        if example_input.dim() not in (1, 2) or example_input.shape[-1] != n_in:
+            raise ValueError(f"example_input must be a tensor of shape [batch, {n_in}] or [{n_in}]")
+        return (n_in,)
+    if isinstance(first, QConv2d):
+        c = first.in_channels
+        if example_input.dim() not in (3, 4) or example_input.shape[-3] != c:
+            raise ValueError(f"example_input must be a tensor of shape [batch, {c}, H, W] or [{c}, H, W]")
+        return tuple(int(v) for v in example_input.shape[-3:])
+    raise Hls4mlInteropError("the first layer must be a QLinear or a QConv2d (it carries the input format)")
 
 
 def to_hls4ml(
@@ -146,11 +245,15 @@ def to_hls4ml(
     ----------
     model : nn.Module
         A frozen ``nn.Sequential`` (nested Sequentials allowed) of
-        :class:`qfx.nn.QLinear` and :class:`qfx.nn.QReLU`, all formats fixed
-        point; the first layer carries the input format.
+        :class:`qfx.nn.QLinear`, :class:`qfx.nn.QConv2d`,
+        :class:`qfx.nn.QReLU`, :class:`qfx.nn.QMaxPool2d` and
+        :class:`qfx.nn.QFlatten`, all formats fixed point; the first layer (a
+        QLinear or a QConv2d) carries the input format. A QLinear after a
+        feature map needs a QFlatten before it.
     example_input : torch.Tensor
-        A tensor of shape ``[batch, in_features]`` (or ``[in_features]``); only its
-        feature size is used (checked against the first layer).
+        ``[batch, in_features]`` (or ``[in_features]``) for an MLP,
+        ``[batch, C, H, W]`` (or ``[C, H, W]``) for a CNN; only its per-sample
+        shape is used.
     output_dir : str or Path
         The hls4ml project directory.
     backend : {"Vitis", "Vivado"}
@@ -160,69 +263,119 @@ def to_hls4ml(
     Returns
     -------
     hls4ml.model.ModelGraph
-        Not compiled yet; call ``.compile()`` then ``.predict(x)`` with a float64
-        ``[batch, in_features]`` numpy array.
+        Not compiled yet; call ``.compile()`` then ``.predict(x)`` with a
+        float64 numpy array in PyTorch's layout (``[batch, in_features]``, or
+        ``[batch, C, H, W]`` flattened per sample); the outputs come flattened
+        per sample in PyTorch's order.
 
     Raises
     ------
     Hls4mlInteropError
-        For layers, formats or accumulators hls4ml cannot reproduce exactly
-        (see the module docstring).
+        For layers, formats, geometries or accumulators hls4ml cannot reproduce
+        exactly (see the module docstring); nothing is written then.
+    ValueError
+        For an unknown backend or an ``example_input`` of the wrong shape.
     """
     if backend not in _BACKENDS:
         raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
     layers = _layers(model)
     for m in layers:
-        if not m.frozen:
+        if not isinstance(m, QFlatten) and not m.frozen:
             raise Hls4mlInteropError("freeze the model first (qfx.nn.freeze(model))")
-    if not isinstance(layers[0], QLinear):
-        raise Hls4mlInteropError("the first layer must be a QLinear (it carries the input format)")
-    n_in = layers[0].in_features
-    if not isinstance(example_input, torch.Tensor) or example_input.shape[-1] != n_in:
-        raise ValueError(f"example_input must be a tensor of shape [..., {n_in}]")
-
-    import hls4ml  # slow import, and optional for the rest of qfx
+    in_shape = _input_shape(layers[0], example_input)
 
     # 1. the equivalent float64 torch model (quantized weights) and each layer's precisions
     modules: "collections.OrderedDict[str, nn.Module]" = collections.OrderedDict()
     precisions: dict[str, dict[str, str]] = {}
     current: FixedType | None = None
     input_fmt: FixedType | None = None
+    shape: tuple[int, ...] = in_shape
+    # why the next dense layer after a flatten sums in another order than qfx (None: same order).
+    # Conservative: hls4ml only permutes when the dense follows the flatten directly.
+    flatten_order: str | None = None
     for i, m in enumerate(layers):
         where = f"layer {i} ({type(m).__name__})"
+        if isinstance(m, QFlatten):
+            if (m.start_dim, m.end_dim) != (1, -1):
+                raise Hls4mlInteropError(
+                    f"{where}: only a flatten of every non-batch dimension (start_dim=1, end_dim=-1) "
+                    f"is supported, not start_dim={m.start_dim}, end_dim={m.end_dim}"
+                )
+            if len(shape) == 3:
+                c, h, w = shape
+                if c > 1 and h * w > 1:
+                    flatten_order = (
+                        f"after the flatten of a [{c}, {h}, {w}] feature map hls4ml sums the products in "
+                        f"(row, column, channel) order (channels last), qfx in (channel, row, column) order"
+                    )
+                shape = (c * h * w,)
+                name = f"flatten{i}"
+                modules[name] = nn.Flatten()
+                precisions[name] = {"result": hls4ml_precision(current)}
+            continue  # a flatten of a vector changes nothing: no hls4ml layer
         current = _check_input(m, current, where)
         if input_fmt is None:
             input_fmt = current
         if isinstance(m, QLinear):
-            if m.config.multiply != "exact":
-                raise Hls4mlInteropError(f"{where}: multiply={m.config.multiply!r} is not supported")
-            wfmt = _fmt(m, "weight", where)
-            afmt = _fmt(m, "accum", where)
-            ofmt = _fmt(m, "output", where)
-            prod = m.product_format()
-            if not holds_all_values(afmt, prod):
+            if len(shape) != 1:
                 raise Hls4mlInteropError(
-                    f"{where}: accum {afmt} does not hold every product of type {prod}. hls4ml "
-                    f"casts each product to accum_t before adding it (mult[i] = (accum_t)(x*w); "
-                    f"acc += mult[i]), qfx adds the exact product and casts the sum once, so the "
-                    f"results would differ. Use accum='auto' or an accum holding the product type"
+                    f"{where}: the input is a {list(shape)} feature map; put a QFlatten before the QLinear"
                 )
-            with torch.no_grad():
-                wq, bq = m._quantized_params()
-            lin = nn.Linear(m.in_features, m.out_features, bias=True, dtype=torch.float64)
-            with torch.no_grad():
-                lin.weight.copy_(wq)
-                lin.bias.copy_(bq if bq is not None else torch.zeros(m.out_features, dtype=torch.float64))
+            if shape[0] != m.in_features:
+                raise Hls4mlInteropError(f"{where}: expects {m.in_features} features, gets {shape[0]}")
+            prec, current = _mac_precisions(m, where, flatten_order)
+            flatten_order = None
             name = f"dense{i}"
-            modules[name] = lin
-            bfmt = _fmt(m, "bias", where) if bq is not None else afmt  # zeros: any type holds them
-            precisions[name] = {
-                "weight": hls4ml_precision(wfmt),
-                "bias": hls4ml_precision(bfmt),
-                "accum": hls4ml_precision(afmt),
-                "result": hls4ml_precision(ofmt),
-            }
+            modules[name] = _float_copy(m, nn.Linear(m.in_features, m.out_features, bias=True, dtype=torch.float64))
+            precisions[name] = prec
+            shape = (m.out_features,)
+        elif isinstance(m, QConv2d):
+            if len(shape) != 3 or shape[0] != m.in_channels:
+                raise Hls4mlInteropError(f"{where}: expects a [{m.in_channels}, H, W] feature map, gets {list(shape)}")
+            if m.groups != 1:
+                raise Hls4mlInteropError(
+                    f"{where}: groups={m.groups}; hls4ml's PyTorch converter ignores groups (it would "
+                    f"build a dense convolution), only groups=1 is supported"
+                )
+            if tuple(m.dilation) != (1, 1):
+                raise Hls4mlInteropError(
+                    f"{where}: dilation={tuple(m.dilation)}; hls4ml's io_parallel im2col code is "
+                    f"written without dilation, only dilation 1 is supported"
+                )
+            kh, kw = m.kernel_size
+            order = None
+            if m.in_channels > 1 and kh * kw > 1:
+                order = (
+                    "hls4ml sums a convolution's products in (kernel row, kernel column, channel) "
+                    "order (channels last), qfx in (channel, kernel row, kernel column) order"
+                )
+            prec, current = _mac_precisions(m, where, order)
+            name = f"conv{i}"
+            conv = nn.Conv2d(
+                m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, bias=True, dtype=torch.float64
+            )
+            modules[name] = _float_copy(m, conv)
+            precisions[name] = prec
+            (sh, sw), (ph, pw) = m.stride, m.padding
+            shape = (m.out_channels, (shape[1] + 2 * ph - kh) // sh + 1, (shape[2] + 2 * pw - kw) // sw + 1)
+        elif isinstance(m, QMaxPool2d):
+            if len(shape) != 3:
+                raise Hls4mlInteropError(f"{where}: needs a [C, H, W] feature map, gets {list(shape)}")
+            kh, kw = m.kernel_size if isinstance(m.kernel_size, tuple) else (m.kernel_size,) * 2
+            sh, sw = m.stride if isinstance(m.stride, tuple) else (m.stride,) * 2
+            for attr, value, ok in (("padding", m.padding, (0, 0)), ("dilation", m.dilation, (1, 1))):
+                pair = value if isinstance(value, tuple) else (value, value)
+                if tuple(pair) != ok:
+                    raise Hls4mlInteropError(f"{where}: {attr}={value} is not supported (only {ok[0]})")
+            if m.ceil_mode:
+                raise Hls4mlInteropError(f"{where}: ceil_mode=True is not supported")
+            # the max is one of the inputs: exact in the input type (accum_t), then one cast to result_t
+            ofmt = _fmt(m, "output", where) if m.effective_format("output") is not None else current
+            name = f"pool{i}"
+            modules[name] = nn.MaxPool2d((kh, kw), (sh, sw))
+            precisions[name] = {"accum": hls4ml_precision(current), "result": hls4ml_precision(ofmt)}
             current = ofmt
+            shape = (shape[0], (shape[1] - kh) // sh + 1, (shape[2] - kw) // sw + 1)
         else:  # QReLU
             ofmt = _fmt(m, "output", where)
             name = f"relu{i}"
@@ -231,9 +384,17 @@ def to_hls4ml(
             current = ofmt
     torch_model = nn.Sequential(modules).double().eval()
 
+    import hls4ml  # slow import, and optional for the rest of qfx
+
     # 2. hls4ml's per-name config, with the qfx formats written in
     cfg = hls4ml.utils.config_from_pytorch_model(
-        torch_model, (n_in,), granularity="name", backend=backend, default_precision="ap_fixed<16,6>"
+        torch_model,
+        in_shape,
+        granularity="name",
+        backend=backend,
+        default_precision="ap_fixed<16,6>",
+        channels_last_conversion="full",
+        transpose_outputs=True,
     )
     names = cfg["LayerName"]
     missing = [n for n in precisions if n not in names]
