@@ -12,7 +12,11 @@ of each is reported, and their ratio (qfx / float); the same for the thread's
 CPU time per step (``time.thread_time``), which time slices lost to other
 processes do not inflate.
 
-Two more contenders put the ratio in context, timed in the same interleaved rounds:
+Three more contenders put the ratio in context, timed in the same interleaved rounds:
+
+``qfx, binary points frozen``
+    The same qfx model after :func:`qfx.nn.freeze` (formats fixed, nothing learned
+    but the weights): what learning the binary points costs.
 
 ``eager fake-quant floor``
     The float model with the cheapest possible eager cast (an ``autograd.Function``
@@ -186,6 +190,10 @@ def main(argv: "list[str] | None" = None) -> int:
     qtrain.calibrate(qmodel, [(x, y)])
     steps = {"float": _step_fn(fmodel, x, y), "qfx": _step_fn(qmodel, x, y)}
     if not args.no_peers:
+        import copy
+
+        frozen = qfx.nn.freeze(copy.deepcopy(qmodel)).train()
+        steps["qfx, binary points frozen"] = _step_fn(frozen, x, y)
         steps["eager fake-quant floor"] = _step_fn(_FloorCNN(fmodel).train(), x, y)
         bmodel = _brevitas_cnn()
         if bmodel is not None:
