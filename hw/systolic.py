@@ -13,18 +13,23 @@ design (DESIGN.md, "Layer semantics")::
 Products are exact; every cast is a :class:`qfx.hw.cast.CastUnit`; the
 multiplier of a PE comes from :func:`qfx.hw.pe.multiply.multiplier_for`, so
 fixed-point, K-hot (shift-add), minifloat and L-Mul weights are all supported.
+With ``pack=True`` (int8-class fixed-point operands) two adjacent columns
+share one DSP48E2 multiply, packed as :class:`qfx.hw.pe.PackedMACPE` packs
+them (Xilinx WP486).
 """
 
 from __future__ import annotations
 
-from amaranth.hdl import Module, Signal, unsigned
+from amaranth.hdl import Cat, Module, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from qfx.types import FixedType, KHot, MinifloatType
 
 from .cast import CastUnit, check_fixed, fixed_shape
+from .pe.mac import DSP48E2_A_BITS, DSP48E2_B_BITS
 from .pe.multiply import MULTIPLY_MODES, multiplier_for, weight_shape
+from .pe.packed import PACK_SHIFT, check_packable, unpack_products
 
 __all__ = ["SystolicArray"]
 
@@ -73,6 +78,19 @@ class SystolicArray(wiring.Component):
         Output format; the final cast ``cast(acc, out_fmt)``.
     multiply : str
         ``"exact"`` (exact products) or ``"lmul"`` (L-Mul, minifloat weights).
+    pack : bool
+        Pair columns ``(2j, 2j + 1)`` on one packed multiply (Xilinx WP486,
+        as in :class:`~qfx.hw.pe.PackedMACPE`): ``A = (W[k, 2j + 1] << 18) +
+        W[k, 2j]``, ``B = x``, one ``27 x 18`` product ``P`` (a DSP48E2 with
+        its MREG) from which both exact products are recovered
+        (:func:`~qfx.hw.pe.packed.unpack_products`); the two partial sums,
+        casts and registers stay separate, so the results are those of the
+        unpacked array, bit for bit. A pair shares its input ``x`` in the
+        same cycle, so the PE grid has ``G = ceil(C / 2)`` columns (an odd
+        last column is an ordinary PE) and the latency shrinks to ``R + G +
+        2``. Needs ``multiply="exact"``, FixedType weights and the operand
+        limits of :func:`~qfx.hw.pe.packed.check_packable` (int8 x int8
+        fits). Default False: one multiplier per PE.
 
     Attributes
     ----------
@@ -88,7 +106,7 @@ class SystolicArray(wiring.Component):
         every row is computed with one weight matrix: while ``weights.valid``
         is high no new input row is accepted (weights take priority), and
         ``weights.ready`` rises once the rows in flight have passed the last
-        PE (at most ``R + C`` cycles without output stalls). Weights hold
+        PE (at most ``R + G`` cycles without output stalls). Weights hold
         their value until rewritten; they reset to 0.
     x : In(stream.Signature(ArrayLayout(fixed_shape(x_fmt), R)))
         Input rows ``X[n, 0..R-1]``, one per beat.
@@ -96,8 +114,10 @@ class SystolicArray(wiring.Component):
         Output rows ``Y[n, 0..C-1]``, one per beat, in input order.
     product_fmt : FixedType
         Exact product type of one PE.
+    grid_cols : int
+        ``G``: PE-grid columns, ``C`` (``ceil(C / 2)`` with ``pack``).
     latency : int
-        ``R + C + 2``.
+        ``R + G + 2``.
 
     Handshake: ``y.valid`` comes from a register; when ``y`` holds a row that
     is not taken (``y.valid & ~y.ready``) the whole array stalls (every
@@ -106,27 +126,29 @@ class SystolicArray(wiring.Component):
     (~y.valid | y.ready) & ~weights.valid``; ``weights.ready`` does not
     depend on any valid.
 
-    Latency ``R + C + 2`` cycles: a row accepted in cycle ``t`` is on ``y``
-    (``y.valid`` high) from cycle ``t + R + C + 2`` when the array is not
-    stalled (input register 1, skew ``R - 1``, rightward travel ``C - 1``,
-    product register 1, partial sum 1, de-skew and output register 1);
-    each stalled cycle adds one. Throughput one row (``R * C``
-    multiply-accumulates) per cycle in steady state.
+    Latency ``R + G + 2`` cycles (``R + C + 2`` unpacked): a row accepted
+    in cycle ``t`` is on ``y`` (``y.valid`` high) from cycle ``t + R + G +
+    2`` when the array is not stalled (input register 1, skew ``R - 1``,
+    rightward travel ``G - 1``, product register 1, partial sum 1, de-skew
+    and output register 1); each stalled cycle adds one. Throughput one row
+    (``R * C`` multiply-accumulates) per cycle in steady state.
 
     Raises
     ------
     TypeError
         If ``rows`` or ``cols`` is not an int, ``x_fmt``, ``acc_fmt`` or
-        ``out_fmt`` is not a FixedType, ``multiply`` is not a str, or the
-        weight format does not suit ``multiply``.
+        ``out_fmt`` is not a FixedType, ``multiply`` is not a str, ``pack``
+        is not a bool, or the weight format does not suit ``multiply``
+        (with ``pack``: is not a FixedType).
     ValueError
         If ``rows`` or ``cols`` is below 1, ``multiply`` is not one of
-        ``"exact"``, ``"lmul"``, or an exact product or sum type would
-        exceed 64 bits.
+        ``"exact"``, ``"lmul"``, an exact product or sum type would
+        exceed 64 bits, or (``pack``) ``multiply`` is not ``"exact"`` or
+        the operands exceed the packing limits.
     """
 
     def __init__(self, rows: int, cols: int, x_fmt: FixedType, w_fmt: "FixedType | KHot | MinifloatType",
-                 acc_fmt: FixedType, out_fmt: FixedType, multiply: str = "exact") -> None:
+                 acc_fmt: FixedType, out_fmt: FixedType, multiply: str = "exact", pack: bool = False) -> None:
         self._rows = _check_size("rows", rows)
         self._cols = _check_size("cols", cols)
         self._x_fmt = check_fixed("x_fmt", x_fmt)
@@ -150,6 +172,16 @@ class SystolicArray(wiring.Component):
                 f"SystolicArray: the exact sum of accumulator {acc_fmt} and product {self._p_fmt} needs a type "
                 f"wider than qfx emulates ({err}); use a narrower accumulator or operands"
             ) from None
+        if not isinstance(pack, bool):
+            raise TypeError(f"pack must be a bool, not {type(pack).__name__} {pack!r}")
+        if pack:
+            if multiply != "exact":
+                raise ValueError(f"SystolicArray: pack=True needs multiply='exact', not {multiply!r}")
+            if not isinstance(w_fmt, FixedType):
+                raise TypeError(f"SystolicArray: pack=True needs a FixedType weight format, not {w_fmt}")
+            check_packable(self._x_fmt, w_fmt, "SystolicArray(pack=True)")
+        self._pack = pack
+        self._grid_cols = (self._cols + 1) // 2 if pack else self._cols
         self._row_bits = max(1, (self._rows - 1).bit_length())
         self._weight_layout = data.StructLayout({
             "row": unsigned(self._row_bits),
@@ -168,14 +200,16 @@ class SystolicArray(wiring.Component):
     acc_fmt = property(lambda self: self._acc_fmt, doc="Accumulator format.")
     out_fmt = property(lambda self: self._out_fmt, doc="Output format.")
     multiply = property(lambda self: self._multiply, doc="``'exact'`` or ``'lmul'``.")
+    pack = property(lambda self: self._pack, doc="Two columns per packed DSP48E2 multiply (WP486).")
+    grid_cols = property(lambda self: self._grid_cols, doc="``G``: PE-grid columns (``ceil(C / 2)`` packed).")
     product_fmt = property(lambda self: self._p_fmt, doc="Exact product type of one PE.")
     weight_shape = property(lambda self: self._w_shape, doc="Shape (or layout) of one weight word.")
     weight_layout = property(lambda self: self._weight_layout, doc="Payload layout of ``weights``.")
 
     @property
     def latency(self) -> int:
-        """Cycles from an accepted input row to its output row, without stalls: ``R + C + 2``."""
-        return self._rows + self._cols + 2
+        """Cycles from an accepted input row to its output row, without stalls: ``R + G + 2``."""
+        return self._rows + self._grid_cols + 2
 
     def elaborate(self, platform):
         m = Module()
@@ -196,7 +230,7 @@ class SystolicArray(wiring.Component):
             m.d.sync += [valid[j].eq(valid[j - 1]) for j in range(1, len(valid))]
         # Rows that still meet a weight: up to the partial-sum registers of the last PE row.
         busy = Signal()
-        in_grid = valid[: R + C]
+        in_grid = valid[: R + self._grid_cols]
         any_in = in_grid[0]
         for v in in_grid[1:]:
             any_in = any_in | v
@@ -204,6 +238,8 @@ class SystolicArray(wiring.Component):
         m.d.comb += self.weights.ready.eq(~busy)
 
         # ---- weight registers ----------------------------------------------------------------
+        if self._pack:
+            return self._elaborate_packed(m, en)
         wreg = [[Signal(self._w_shape, name=f"w_{k}_{c}") for c in range(C)] for k in range(R)]
         row = self.weights.payload.row
         with m.If(self.weights.valid & self.weights.ready):
@@ -276,7 +312,128 @@ class SystolicArray(wiring.Component):
             m.d.comb += self.y.payload[c].eq(y_reg)
         return m
 
+    def _elaborate_packed(self, m: Module, en) -> Module:
+        """The grid with column pairs on packed multiplies (``pack=True``); ``m`` holds the control."""
+        R, C, G = self._rows, self._cols, self._grid_cols
+        acc_fmt, p_fmt, s_fmt = self._acc_fmt, self._p_fmt, self._s_fmt
+        f = s_fmt.frac_bits
+        # Grid column j holds columns 2j and 2j + 1 (an odd last column alone).
+        groups = [tuple(range(2 * j, min(2 * j + 2, C))) for j in range(G)]
+        w_shape = fixed_shape(self._w_fmt)
+
+        # ---- weight registers: a pair is stored as its packed A operand, computed once at load -----
+        # A = (w1 << 18) + w0 = Cat(sext18(w0), w1 - [w0 < 0]): keeping w0 and hi = w1 - [w0 < 0]
+        # costs one flip-flop more than the two codes and leaves no adder per PE (weights are stationary).
+        hi_shape = signed(DSP48E2_A_BITS - PACK_SHIFT)
+        row = self.weights.payload.row
+        wlo, whi, wsingle = {}, {}, {}
+        for k in range(R):
+            for j, cs in enumerate(groups):
+                if len(cs) == 2:
+                    wlo[k, j] = Signal(w_shape, name=f"wlo_{k}_{j}")
+                    whi[k, j] = Signal(hi_shape, name=f"whi_{k}_{j}")
+                else:
+                    wsingle[k, j] = Signal(w_shape, name=f"w_{k}_{cs[0]}")
+        load_hi = []
+        for j, cs in enumerate(groups):
+            if len(cs) == 2:
+                hi = Signal(hi_shape, name=f"load_hi_{j}")
+                w0, w1 = self.weights.payload.w[cs[0]], self.weights.payload.w[cs[1]]
+                borrow = w0[-1] if self._w_fmt.signed else 0  # w0 < 0
+                m.d.comb += hi.eq(w1 - borrow)
+                load_hi.append(hi)
+            else:
+                load_hi.append(None)
+        with m.If(self.weights.valid & self.weights.ready):
+            for k in range(R):
+                with m.If(row == k if k else ~row.any()):
+                    for j, cs in enumerate(groups):
+                        if len(cs) == 2:
+                            m.d.sync += [wlo[k, j].eq(self.weights.payload.w[cs[0]]), whi[k, j].eq(load_hi[j])]
+                        else:
+                            m.d.sync += wsingle[k, j].eq(self.weights.payload.w[cs[0]])
+
+        # ---- input register and skew (as unpacked) ---------------------------------------------
+        x_shape = fixed_shape(self._x_fmt)
+        x_left = []
+        for k in range(R):
+            prev = Signal(x_shape, name=f"xin_{k}")
+            with m.If(en):
+                m.d.sync += prev.eq(self.x.payload[k])
+            for d in range(k):
+                nxt = Signal(x_shape, name=f"skew_{k}_{d}")
+                with m.If(en):
+                    m.d.sync += nxt.eq(prev)
+                prev = nxt
+            x_left.append(prev)
+
+        # ---- the PE grid: per grid column one product register (packed: one DSP48E2) ----------
+        psum_above = [None] * C
+        for k in range(R):
+            x_in = x_left[k]
+            for j, cs in enumerate(groups):
+                if len(cs) == 2:
+                    lo18 = Signal(signed(PACK_SHIFT), name=f"alo_{k}_{j}")
+                    a = Signal(signed(DSP48E2_A_BITS), name=f"a_{k}_{j}")
+                    b = Signal(signed(DSP48E2_B_BITS), name=f"b_{k}_{j}")
+                    m.d.comb += [lo18.eq(wlo[k, j]), a.eq(Cat(lo18, whi[k, j])), b.eq(x_in)]
+                    prod = Signal(signed(DSP48E2_A_BITS + DSP48E2_B_BITS), name=f"pp_{k}_{j}")
+                    with m.If(en):
+                        m.d.sync += prod.eq(a * b)
+                    products = []
+                    for c, value in zip(cs, unpack_products(prod)):
+                        p = Signal(fixed_shape(p_fmt), name=f"p_{k}_{c}")
+                        m.d.comb += p.eq(value)
+                        products.append(p)
+                else:
+                    mul = multiplier_for(self._x_fmt, self._w_fmt, self._multiply)
+                    m.submodules[f"mul_{k}_{cs[0]}"] = mul
+                    m.d.comb += [mul.x.eq(x_in), mul.w.eq(wsingle[k, j])]
+                    p = Signal(fixed_shape(p_fmt), name=f"p_{k}_{cs[0]}")
+                    with m.If(en):
+                        m.d.sync += p.eq(mul.p)
+                    products = [p]
+                for c, preg in zip(cs, products):
+                    total = Signal(fixed_shape(s_fmt), name=f"sum_{k}_{c}")
+                    term = preg << (f - p_fmt.frac_bits)
+                    if psum_above[c] is None:
+                        m.d.comb += total.eq(term)
+                    else:
+                        m.d.comb += total.eq((psum_above[c] << (f - acc_fmt.frac_bits)) + term)
+                    cast = CastUnit(s_fmt, acc_fmt)
+                    m.submodules[f"cast_{k}_{c}"] = cast
+                    m.d.comb += cast.i.eq(total)
+                    psum = Signal(fixed_shape(acc_fmt), name=f"acc_{k}_{c}")
+                    with m.If(en):
+                        m.d.sync += psum.eq(cast.o)
+                    psum_above[c] = psum
+                if j < G - 1:
+                    x_next = Signal(x_shape, name=f"x_{k}_{j + 1}")
+                    with m.If(en):
+                        m.d.sync += x_next.eq(x_in)
+                    x_in = x_next
+
+        # ---- output cast, de-skew (per grid column) and output register ------------------------
+        o_shape = fixed_shape(self._out_fmt)
+        for j, cs in enumerate(groups):
+            for c in cs:
+                ocast = CastUnit(acc_fmt, self._out_fmt)
+                m.submodules[f"out_cast_{c}"] = ocast
+                m.d.comb += ocast.i.eq(psum_above[c])
+                prev = ocast.o
+                for d in range(G - 1 - j):
+                    nxt = Signal(o_shape, name=f"deskew_{c}_{d}")
+                    with m.If(en):
+                        m.d.sync += nxt.eq(prev)
+                    prev = nxt
+                y_reg = Signal(o_shape, name=f"y_{c}")  # not the port itself: see elaborate()
+                with m.If(en):
+                    m.d.sync += y_reg.eq(prev)
+                m.d.comb += self.y.payload[c].eq(y_reg)
+        return m
+
     def __repr__(self) -> str:
         names = ("_rows", "_cols", "_x_fmt", "_w_fmt", "_acc_fmt", "_out_fmt")
         args = ", ".join(str(getattr(self, n, "?")) for n in names)
-        return f"SystolicArray({args}, multiply={getattr(self, '_multiply', '?')!r})"
+        pack = ", pack=True" if getattr(self, "_pack", False) else ""
+        return f"SystolicArray({args}, multiply={getattr(self, '_multiply', '?')!r}{pack})"

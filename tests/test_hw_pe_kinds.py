@@ -36,6 +36,7 @@ from qfx.hw.pe import (
     weight_shape,
     weight_words,
 )
+from qfx.hw.pe.multiply import khot_max_shift
 from qfx.manifest import mac_product_format, minifloat_hull_codes
 from qfx.reference import _fixed_to_minifloat_fields, _lmul_products, _minifloat_fields, _weight_grid_codes
 from qfx.types import FixedType, KHot, MinifloatType, parse_type
@@ -162,6 +163,10 @@ def test_weight_words():
     assert (words == weight_words(kh, (sh, sg))).all()
     # digit 0 in the low bits: shift (3 bits) then sign (2 bits, two's complement)
     assert int(words[0]) & 7 == sh[0, 0] and (int(words[0]) >> 3) & 3 == sg[0, 0] & 3
+    # a valid manifest may spell -128 as -(1 << 8) + (1 << 7); the word holds the canonical -(1 << 7)
+    k8 = P("khot<2,ap_int<8>>")
+    assert khot_digits(np.array([-128]), k8)[0].tolist() == [[7, 0]]
+    assert weight_words(k8, (np.array([[8, 7]]), np.array([[-1, 1]]))).tolist() == [7 | (3 << 4)]
     fx = P("ap_fixed<8,1>")
     assert weight_words(fx, {"weight": np.array([-128, 5])}).tolist() == [-128, 5]
     mf = P("fp8_e4m3fn")
@@ -199,31 +204,49 @@ KHOT_ALL_DIGITS = ["khot<2,ap_fixed<4,1>>", "khot<2,ap_ufixed<4,2>>", "khot<3,ap
 
 @pytest.mark.parametrize("w_s", KHOT_ALL_DIGITS)
 def test_khot_multiplier_all_digit_combinations(w_s):
-    """Every (shift, sign) combination of every digit, including digit sets outside the base's codes
-    (those wrap to the product width)."""
+    """Every (shift, sign) combination of every digit, shifts 0..base.width as a manifest may hold
+    them: combinations that spell a code of the format (canonical or not, e.g. -4 = -(1 << 3) +
+    (1 << 2)) become canonical words in weight_words and give exact products; the others are
+    refused by weight_words, naming the sum."""
     w_fmt = P(w_s)
     x_fmt = P("ap_fixed<5,2>")
     dut = multiplier_for(x_fmt, w_fmt)
-    pf = dut.product_fmt
     one = [(s, g) for s in range(w_fmt.base.width + 1) for g in (-1, 0, 1)]
     combos = [()]
     for _ in range(w_fmt.k):
         combos = [c + (d,) for c in combos for d in one]
     shifts = np.array([[d[0] for d in c] for c in combos])
     signs = np.array([[d[1] for d in c] for c in combos])
-    words = weight_words(w_fmt, (shifts, signs))
     grid = _weight_grid_codes(_node(w_fmt, weight_khot_shifts=shifts, weight_khot_signs=signs), False)
+    valid = np.isin(grid, w_fmt.codes())
+    for i in np.flatnonzero(~valid)[:5]:
+        with pytest.raises(ValueError, match=f"K-hot digits sum to {grid[i]}, which is not a code of"):
+            weight_words(w_fmt, (shifts[i:i + 1], signs[i:i + 1]))
+    shifts, signs, grid = shifts[valid], signs[valid], grid[valid]
+    words = weight_words(w_fmt, (shifts, signs))
+    ref_sh, ref_sg = khot_digits(grid, w_fmt)  # the canonical spelling of each code
+    assert (words == weight_words(w_fmt, (ref_sh, ref_sg))).all()
+    noncanonical = ((shifts != ref_sh) | (signs != ref_sg)).any(axis=-1)
+    assert noncanonical.sum() >= 5  # spellings the canonical form replaces were among them
     xs = [x_fmt.min_code, x_fmt.max_code, 0, 1, -1, 5, -11]
     pairs = [(x, int(w)) for x in xs for w in words]
     got = _sweep(dut, pairs)
-    expected = _wrap([x * int(g) for x in xs for g in grid], pf)
+    expected = [x * int(g) for x in xs for g in grid]
     bad = [i for i in range(len(pairs)) if got[i] != expected[i]]
-    assert not bad, f"{w_s}: x, digits {pairs[bad[0]][0]}, {combos[bad[0] % len(combos)]} -> {got[bad[0]]}, want {expected[bad[0]]}"
-    in_range = (grid >= w_fmt.base.min_code) & (grid <= w_fmt.base.max_code)
-    assert in_range.sum() > 10  # the valid digit sets were among them: exact, no wrap
-    for i, (x, _) in enumerate(pairs):
-        if in_range[i % len(combos)]:
-            assert got[i] == x * int(grid[i % len(combos)])
+    assert not bad, f"{w_s}: x {pairs[bad[0]][0]}, code {grid[bad[0] % len(grid)]} -> {got[bad[0]]}, want {expected[bad[0]]}"
+
+
+def test_khot_max_shift_bounds_canonical_digits():
+    """khot_digits of every code stays within khot_max_shift, digit j within max_shift - 2 j (the
+    ranges the K-hot multiplier's shifters cover), and reaches max_shift."""
+    for w_s in ("khot<2,ap_int<8>>", "khot<2,ap_uint<8>>", "khot<3,ap_fixed<6,0>>", "khot<1,ap_fixed<5,1>>",
+                "khot<2,ap_ufixed<4,2>>", "khot<4,ap_int<9>>"):
+        w_fmt = P(w_s)
+        sh, sg = khot_digits(w_fmt.codes(), w_fmt)
+        top = khot_max_shift(w_fmt)
+        assert sh.max() == top, w_s
+        for j in range(w_fmt.k):
+            assert sh[:, j].max() <= max(0, top - 2 * j), (w_s, j)
 
 
 @pytest.mark.parametrize("x_s,w_s", [("ap_fixed<8,3>", "khot<2,ap_fixed<8,1>>"), ("ap_int<8>", "khot<2,ap_int<8>>"),

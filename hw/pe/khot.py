@@ -66,11 +66,13 @@ class KHotPE(wiring.Component):
     x : Signal(fixed_shape(x)), in
         Input code.
     shift : ArrayLayout(unsigned(S), k), in
-        Digit positions, ``0 .. w.base.width`` (``S = (w.base.width).bit_length()``).
+        Digit positions (``S = (w.base.width).bit_length()``).
     sign : ArrayLayout(signed(2), k), in
         Digit signs: ``+1``, ``-1`` or ``0`` (an unused digit). The digits
-        must encode a code of ``w.base`` (as ``khot_digits`` gives them);
-        otherwise the product wraps to ``P``'s width.
+        must be the canonical digits of a code of ``w`` (as
+        :func:`qfx.khot_digits` and :func:`~qfx.hw.pe.weight_words` give
+        them: digit ``j`` at ``0 .. khot_max_shift(w) - 2 j``); other digit
+        sets give don't-care products.
     valid, clear : Signal(1), in
         Accumulate this term / start from ``init`` (see the table).
     init : Signal(fixed_shape(acc)), in

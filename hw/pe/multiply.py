@@ -35,7 +35,7 @@ from amaranth.lib.wiring import In, Out
 
 from qfx.arith import lmul_offset_bits, minifloat_hull
 from qfx.manifest import mac_product_format
-from qfx.types import FixedType, KHot, MinifloatType
+from qfx.types import FixedType, KHot, MinifloatType, naf_digits
 
 from ..cast import check_fixed, fixed_shape
 
@@ -45,6 +45,8 @@ __all__ = [
     "weight_shape",
     "weight_words",
     "khot_shift_bits",
+    "khot_max_shift",
+    "khot_canonical_digits",
     "FixedMultiplier",
     "KHotMultiplier",
     "MinifloatMultiplier",
@@ -85,6 +87,44 @@ def khot_shift_bits(w_fmt: KHot) -> int:
     return w_fmt.base.width.bit_length()
 
 
+def khot_max_shift(w_fmt: KHot) -> int:
+    """The highest digit position of a canonical digit set (:func:`qfx.khot_digits`) of ``w_fmt``.
+
+    Canonical digits are the non-adjacent form (NAF) of the code: a code of bit length ``L``
+    has NAF digits at positions ``0 .. L``, and ``|code| <= 2**(W-1)`` (signed base of width
+    ``W``) gives ``W - 1``; an unsigned base (codes up to ``2**W - 1``) gives ``W``. Digit ``j``
+    (most significant first) then lies at ``0 .. max_shift - 2 j`` (no two adjacent digits).
+    """
+    return w_fmt.base.width - 1 if w_fmt.base.signed else w_fmt.base.width
+
+
+def khot_canonical_digits(w_fmt: KHot, shifts: np.ndarray, signs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Any digit set of codes of ``w_fmt`` as the canonical one :func:`qfx.khot_digits` gives.
+
+    A manifest may spell a code with other digits (``-128 = -(1 << 8) + (1 << 7)``); the
+    product units rely on the canonical form (NAF, most significant first, unused digits
+    ``(0, 0)``), whose positions are bounded by :func:`khot_max_shift`. ValueError when the
+    digits do not sum to a code of ``w_fmt``.
+    """
+    k = w_fmt.k
+    codes = (signs.astype(np.int64) << shifts.astype(np.int64)).sum(axis=-1)
+    allowed = w_fmt.codes()
+    pos = np.searchsorted(allowed, codes.ravel()).clip(0, len(allowed) - 1)
+    if not np.all(allowed[pos] == codes.ravel()):
+        bad = codes.ravel()[allowed[pos] != codes.ravel()][0]
+        raise ValueError(f"K-hot digits sum to {bad}, which is not a code of {w_fmt}")
+    naf = naf_digits(codes, w_fmt.max_digits)  # least significant first
+    out_shifts = np.zeros(codes.shape + (k,), dtype=np.int64)
+    out_signs = np.zeros(codes.shape + (k,), dtype=np.int64)
+    slot = np.zeros(codes.shape, dtype=np.int64)
+    for position in range(w_fmt.max_digits - 1, -1, -1):
+        idx = np.nonzero(naf[..., position])
+        out_shifts[idx + (slot[idx],)] = position
+        out_signs[idx + (slot[idx],)] = naf[..., position][idx]
+        slot[idx] += 1
+    return out_shifts, out_signs
+
+
 def _khot_digit_layout(w_fmt: KHot) -> data.StructLayout:
     return data.StructLayout({"shift": unsigned(khot_shift_bits(w_fmt)), "sign": signed(2)})
 
@@ -95,9 +135,9 @@ def weight_shape(w_fmt: "FixedType | KHot | MinifloatType", multiply: str = "exa
     * FixedType: ``fixed_shape(w_fmt)`` (the weight code);
     * KHot: ``ArrayLayout(StructLayout({"shift": unsigned(S), "sign": signed(2)}), k)``
       with ``S = khot_shift_bits(w_fmt)``: digit ``j`` is ``sign[j] << shift[j]``
-      (the manifest's ``weight_khot_shifts`` / ``weight_khot_signs``, most
-      significant digit first; an unused digit has sign 0); digit ``j``
-      occupies bits ``j*(S+2) ..``, its shift in the low ``S`` bits;
+      (the canonical digits of :func:`qfx.khot_digits`, most significant digit
+      first; an unused digit has sign 0); digit ``j`` occupies bits
+      ``j*(S+2) ..``, its shift in the low ``S`` bits;
     * MinifloatType (``exact`` or ``lmul``): ``unsigned(w_fmt.bits)``, the raw
       bit pattern as the manifest stores it.
 
@@ -149,7 +189,10 @@ def weight_words(w_fmt: "FixedType | KHot | MinifloatType", weights: Any, multip
         A node's ``arrays`` mapping (roles ``weight``, or ``weight_khot_shifts``
         and ``weight_khot_signs`` for K-hot), an integer array (FixedType:
         codes; MinifloatType: bit patterns) or, for K-hot, a ``(shifts,
-        signs)`` pair whose last axis is the ``k`` digits.
+        signs)`` pair whose last axis is the ``k`` digits. K-hot digits may
+        spell a code in any way the manifest allows; the words hold its
+        canonical digits (:func:`khot_canonical_digits`), which the K-hot
+        product unit needs.
     multiply : {"exact", "lmul"}
 
     Returns
@@ -185,6 +228,7 @@ def weight_words(w_fmt: "FixedType | KHot | MinifloatType", weights: Any, multip
             raise ValueError(f"K-hot shifts {shifts.shape} and signs {signs.shape} must both end in k={k} digits")
         _check_range(shifts, 0, w_fmt.base.width, "weight_khot_shifts")
         _check_range(signs, -1, 1, "weight_khot_signs")
+        shifts, signs = khot_canonical_digits(w_fmt, shifts.astype(np.int64), signs.astype(np.int64))
         s_bits = khot_shift_bits(w_fmt)
         big = width > 62
         words = np.zeros(shifts.shape[:-1], dtype=object if big else np.int64)
@@ -285,10 +329,14 @@ class KHotMultiplier(_Multiplier):
     ``w[j].sign``), its code ``sum(sign[j] << shift[j])`` on the grid of
     ``w_fmt.base``. The product ``sum(sign[j] * (x << shift[j]))`` is built
     as: ``-x`` once (shared by all digits); per digit a 2:1 choice of ``x`` /
-    ``-x`` / 0 followed by a left shifter over ``0 .. base.width`` positions
-    (shift amounts beyond that are undefined and produce don't-care bits);
-    a ``k``-input adder at the product width. No multiplier, no conditional
-    negation after the shifters, no carry-in per digit.
+    ``-x`` / 0 followed by a left shifter; a ``k``-input adder at the product
+    width. No multiplier, no conditional negation after the shifters, no
+    carry-in per digit. The digits must be canonical (:func:`qfx.khot_digits`,
+    :func:`weight_words`): digit ``j`` lies at ``0 .. khot_max_shift(w_fmt) -
+    2 j``, so each shifter covers only those positions (an int8 weight: 0..7
+    and 0..5, three stages each instead of four over 0..8) and is only as
+    wide as its largest term. Other digit sets, even of valid codes, give
+    don't-care products.
 
     Parameters
     ----------
@@ -301,9 +349,9 @@ class KHotMultiplier(_Multiplier):
     ----------
     x : Signal(fixed_shape(x_fmt)), in
     w : View(weight_shape(w_fmt)), in
-        ``w[j].shift`` (unsigned, ``0 .. base.width``), ``w[j].sign``
-        (``+1``, ``-1``, ``0``). Digits must encode a code of ``w_fmt.base``
-        (as :func:`qfx.khot_digits` gives them); otherwise ``p`` wraps.
+        ``w[j].shift`` (unsigned), ``w[j].sign`` (``+1``, ``-1``, ``0``):
+        the canonical digits of a code of ``w_fmt`` (as
+        :func:`qfx.khot_digits` and :func:`weight_words` give them).
     p : Signal(fixed_shape(product_fmt)), out
         ``x * w``, exact, of type ``x_fmt * w_fmt.base``.
 
@@ -341,12 +389,15 @@ class KHotMultiplier(_Multiplier):
             src = Signal(src_shape, name=f"src{j}")
             # sign: 01 -> x, 11 -> -x, 00 -> 0 (10 never occurs).
             m.d.comb += src.eq(Mux(sign[0], Mux(sign[1], neg_x, self.x), 0))
-            # Log shifter over the shift bits (2**(S-1) <= max_shift < 2**S), cut to the product width;
-            # shift amounts beyond max_shift never occur in valid digits and are not clamped.
+            # Canonical digit j lies at 0 .. top (non-adjacent digits, most significant first): a log
+            # shifter over the bits of top only, each stage cut to the widest term (and the product
+            # width); amounts beyond top never occur and are not clamped.
+            top = max(0, khot_max_shift(w_fmt) - 2 * j)
+            cap = min(len(src) + top, pw)
             cur = src
-            for b in range(s_bits):
+            for b in range(min(s_bits, top.bit_length())):
                 amount = 1 << b
-                width = min(len(cur) + amount, pw)
+                width = min(len(cur) + amount, cap)
                 nxt = Signal(signed(width), name=f"sh{j}_{b}")
                 m.d.comb += nxt.eq(Mux(digit.shift[b], cur << amount, cur))
                 cur = nxt

@@ -12,10 +12,47 @@ from ..cast import check_fixed, fixed_shape
 from ._accumulate import accumulate, sum_format
 from .mac import DSP48E2_A_BITS, DSP48E2_B_BITS, dsp_operand_bits
 
-__all__ = ["PackedMACPE", "PACK_SHIFT"]
+__all__ = ["PackedMACPE", "PACK_SHIFT", "check_packable", "unpack_products"]
 
 #: Bit offset of the second weight in the packed A operand (WP486).
 PACK_SHIFT = 18
+
+
+def check_packable(x: FixedType, w: FixedType, what: str) -> None:
+    """Raise ValueError (naming ``what``) unless ``x`` and ``w`` fit the WP486 packing.
+
+    Limits (two's complement bits; an unsigned format needs one more): ``w``
+    at most ``27 - 18 - 1 = 8`` bits (``(w1 << 18) + w0`` must be a 27-bit A
+    operand even for the most negative ``w1`` and a negative ``w0``), ``x`` at
+    most 18 bits (B), and ``x * w`` at most 18 bits (``w0 x`` must stay in the
+    low product field).
+    """
+    xb, wb = dsp_operand_bits(x), dsp_operand_bits(w)
+    w_max = DSP48E2_A_BITS - PACK_SHIFT - 1  # the sign-extended w0 may borrow from w1
+    if wb > w_max:
+        raise ValueError(
+            f"{what}: weight {w} needs {wb} signed bits; packing two weights into the "
+            f"DSP48E2's {DSP48E2_A_BITS}-bit A operand at offset {PACK_SHIFT} allows at most {w_max}"
+        )
+    if xb > DSP48E2_B_BITS:
+        raise ValueError(
+            f"{what}: input {x} needs {xb} signed bits; the DSP48E2's B operand has {DSP48E2_B_BITS}"
+        )
+    if xb + wb > PACK_SHIFT:
+        raise ValueError(
+            f"{what}: the product of {x} ({xb} signed bits) and {w} ({wb} signed bits) needs "
+            f"{xb + wb} bits; the low product field of the packed multiply has {PACK_SHIFT}"
+        )
+
+
+def unpack_products(prod):
+    """The two products ``(w0 x, w1 x)`` in the packed product ``prod = ((w1 << 18) + w0) * x``.
+
+    ``w0 x`` is the low 18 bits read as signed; ``w1 x`` is ``(prod >> 18) +
+    prod[17]``: the arithmetic shift borrowed one where ``w0 x`` is negative.
+    Both are exact when the formats pass :func:`check_packable`.
+    """
+    return prod[:PACK_SHIFT].as_signed(), prod[PACK_SHIFT:].as_signed() + prod[PACK_SHIFT - 1]
 
 
 class PackedMACPE(wiring.Component):
@@ -92,22 +129,7 @@ class PackedMACPE(wiring.Component):
         self._x_fmt = check_fixed("x", x)
         self._w_fmt = check_fixed("w", w)
         self._acc_fmt = check_fixed("acc", acc)
-        xb, wb = dsp_operand_bits(x), dsp_operand_bits(w)
-        w_max = DSP48E2_A_BITS - PACK_SHIFT - 1  # the sign-extended w0 may borrow from w1
-        if wb > w_max:
-            raise ValueError(
-                f"PackedMACPE: weight {w} needs {wb} signed bits; packing two weights into the "
-                f"DSP48E2's {DSP48E2_A_BITS}-bit A operand at offset {PACK_SHIFT} allows at most {w_max}"
-            )
-        if xb > DSP48E2_B_BITS:
-            raise ValueError(
-                f"PackedMACPE: input {x} needs {xb} signed bits; the DSP48E2's B operand has {DSP48E2_B_BITS}"
-            )
-        if xb + wb > PACK_SHIFT:
-            raise ValueError(
-                f"PackedMACPE: the product of {x} ({xb} signed bits) and {w} ({wb} signed bits) needs "
-                f"{xb + wb} bits; the low product field of the packed multiply has {PACK_SHIFT}"
-            )
+        check_packable(x, w, "PackedMACPE")
         self._p_fmt = x * w
         sum_format(acc, self._p_fmt, "PackedMACPE")
         super().__init__({
@@ -146,10 +168,8 @@ class PackedMACPE(wiring.Component):
         ]
         p0 = Signal(fixed_shape(self._p_fmt), name="p0")
         p1 = Signal(fixed_shape(self._p_fmt), name="p1")
-        m.d.comb += [
-            p0.eq(prod[:PACK_SHIFT].as_signed()),
-            p1.eq(prod[PACK_SHIFT:].as_signed() + prod[PACK_SHIFT - 1]),
-        ]
+        lo, hi = unpack_products(prod)
+        m.d.comb += [p0.eq(lo), p1.eq(hi)]
         common = dict(p_fmt=self._p_fmt, acc_fmt=self._acc_fmt, valid=valid1, clear=clear1)
         accumulate(m, p=p0, init=init0, acc=self.acc0, o_valid=self.o_valid, name="cast0", **common)
         accumulate(m, p=p1, init=init1, acc=self.acc1, o_valid=None, name="cast1", **common)
