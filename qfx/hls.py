@@ -23,12 +23,23 @@
     here: every code must fit 53 bits, so the double is exact, and ap_fixed's
     double constructor is exact for representable values).
 ``<top>_tb.cpp``
-    A testbench reading input *codes* (raw bit patterns, assigned with
-    ``.range()``) and printing output codes.
+    A testbench working on *codes* (raw bit patterns, assigned with
+    ``.range()``). Without arguments (what ``csim_design`` runs) it checks
+    itself: it feeds ``tb_input.txt`` to the top function, compares every
+    output code with ``tb_expected.txt``, prints the first mismatch (vector,
+    element, expected, got) and returns 1 on any, 0 when all are equal. With
+    one argument (a file, ``-`` for stdin) it prints the output codes
+    (:func:`csim`).
+``tb_input.txt``, ``tb_expected.txt``
+    The self-check's data (:func:`testbench_codes`): 16 input vectors
+    (corners, then random codes from a fixed seed) and the output codes the
+    integer reference :func:`qfx.reference.run` gives for them.
 ``run_hls.tcl``
-    open_project, set_top, add_files (+ -tb), open_solution, set_part
-    (``xczu3eg-sbva484-1-i``, Ultra96 v2), create_clock -period 10,
-    csim_design, csynth_design, export_design.
+    open_project, set_top, add_files (+ -tb: the testbench and its two data
+    files), open_solution, set_part (``xczu3eg-sbva484-1-i``, Ultra96 v2),
+    create_clock -period 10, csim_design (self-checking: a mismatch fails
+    it), csynth_design, export_design. Run from the ``hls`` folder:
+    ``vitis_hls -f run_hls.tcl``.
 
 Semantics are :mod:`qfx.reference`'s: ``acc = (accum_t)bias`` (0 without
 bias), ``acc = (accum_t)(acc + x[k] * w[k])`` in the manifest's
@@ -40,8 +51,10 @@ Supported: dense (also on [C, H, W]: rows of the last axis), conv2d (stride, pad
 relu, relu6, leaky_relu, add, maxpool2d, avgpool2d (power-of-two divisor or
 reciprocal), flatten; fixed-point weights (per-channel formats too, on their
 envelope grid), K-hot weights as shifts and adds from the manifest's digit
-arrays, minifloat weights with ``multiply: exact`` (as the exact fixed-point
-values of their hull grid), and L-Mul (``multiply: lmul``, template
+arrays, minifloat weights with ``multiply: exact`` (template ``_minifloat.j2``: the
+manifest's bit patterns as ``ap_uint<1+E+M>`` arrays, decoded by a per-node
+``<node>_wdec`` to their exact value on the hull grid, the ``<node>_w_t``
+multiplier operand), and L-Mul (``multiply: lmul``, template
 ``_lmul.j2``): the weights as precomputed minifloat fields (sign, zero,
 exponent, mantissa field) in ``static const`` arrays; a per-node helper
 ``<node>_lmul(x, fields)`` rounds the activation code to the weight format
@@ -54,12 +67,14 @@ like every product. Where the reference refuses a manifest (a
 non-saturating weight format that an activation overflows) the C++
 saturates.
 
-``csim(out_dir, input_codes)`` compiles ``<top>.cpp`` + testbench with
-``g++ -std=c++14 -O1 -Wall -Wno-unknown-pragmas`` (g++ does not know the HLS
-pragmas; that is their point) against the Xilinx ``ap_types`` headers of the
-hls4ml wheel, included with ``-isystem`` (their own warnings are theirs),
-caches the executable by content hash under ``$QFX_CACHE_DIR/hls`` (default
-``~/.cache/qfx/hls``) and returns the output codes.
+``csim(out_dir, input_codes)`` compiles ``<top>.cpp`` and the testbench
+with ``g++ -std=c++14 -O1 -Wall -Wno-unknown-pragmas`` (g++ does not know
+the HLS pragmas; that is their point; see :data:`CXX_FLAGS` for the rest)
+against the Xilinx ``ap_types`` headers of the hls4ml wheel, included with
+``-isystem`` (and their own -Wall warnings silenced around the includes in
+``<top>.h``), caches the executable by content hash under
+``$QFX_CACHE_DIR/hls`` (default ``~/.cache/qfx/hls``) and returns the output
+codes.
 """
 
 from __future__ import annotations
@@ -98,6 +113,9 @@ __all__ = [
     "cache_dir",
     "template_dir",
     "generated_files",
+    "testbench_codes",
+    "TB_INPUT",
+    "TB_EXPECTED",
     "compiler_warnings",
     "render",
     "build",
@@ -105,14 +123,25 @@ __all__ = [
 
 PART = "xczu3eg-sbva484-1-i"
 CLOCK_NS = 10
-CXX_FLAGS = ("-std=c++14", "-O1", "-Wall", "-Wno-unknown-pragmas")
+# The -Wno-... flags switch off the warnings GCC 12 checks in its "access analysis" pass (string, heap and
+# dangling-pointer checks): ~20% of the compile time of ap_types code, and the generated code (no pointers,
+# heap or strings) cannot trigger them; a plain -Wall compile of it is warning-free too (tests/test_hls.py).
+# -O1: -O2 compiled no faster and ran no faster here; -O0 runs ~25x slower.
+CXX_FLAGS = ("-std=c++14", "-O1", "-Wall", "-Wno-unknown-pragmas", "-Wno-stringop-overflow", "-Wno-stringop-overread",
+             "-Wno-dangling-pointer", "-Wno-use-after-free", "-Wno-mismatched-new-delete", "-Wno-mismatched-dealloc",
+             "-Wno-free-nonheap-object")
 SUPPORTED_OPS = ("input", "output", "dense", "conv2d", "batchnorm", "relu", "relu6", "leaky_relu", "add",
                  "maxpool2d", "avgpool2d", "flatten")
 # Identifiers the generated C++ or its headers already use at global scope (or the testbench in main).
 _RESERVED = frozenset("""std hls qfx_cast qfx_caster in_stream out_stream stdin stdout stderr printf scanf fprintf
     fscanf fopen FILE size_t ssdm_int_sim""".split())
 _ERROR_LINES = 40
-_FORMAT_VERSION = "qfx-hls-v1"
+_FORMAT_VERSION = "qfx-hls-v2"
+TB_INPUT = "tb_input.txt"
+TB_EXPECTED = "tb_expected.txt"
+TB_VECTORS = 16
+# The widest ap_fixed / ap_int the ap_types headers declare by default (AP_INT_MAX_W in ap_common.h).
+AP_MAX_WIDTH = 1024
 
 
 class HlsCompileError(RuntimeError):
@@ -217,7 +246,8 @@ def _mac_context(node: Node, reuse: int) -> tuple[dict, list[tuple[str, str]]]:
     in_fmt: FixedType = f["input"]
     wfmt = f["weight"]
     codes = node.arrays["weight"]
-    ctx: dict[str, Any] = dict(khot=False, lmul=False, exact=bool(p["accum_exact"]), order=", ".join(p["accum_order"]),
+    ctx: dict[str, Any] = dict(khot=False, lmul=False, minifloat=False, exact=bool(p["accum_exact"]),
+                               order=", ".join(p["accum_order"]),
                                weight_fmt=str(wfmt) if not isinstance(wfmt, tuple) else "per-channel " + ", ".join(map(str, wfmt)),
                                accum_fmt=str(f["accum"]), bias=bool(p["bias"]), n_w=int(codes.size))
     types: list[tuple[str, str]] = [("in", _cpp(in_fmt))]
@@ -241,7 +271,17 @@ def _mac_context(node: Node, reuse: int) -> tuple[dict, list[tuple[str, str]]]:
 
         hull = weight_grid(wfmt)
         types.append(("w", _cpp(hull)))
-        ctx["weights"] = _literals(minifloat_hull_codes(codes, wfmt), hull.frac_bits, where + " weight")
+        e, m = wfmt.exponent_bits, wfmt.mantissa_bits
+        bits = np.asarray(codes, dtype=np.int64).reshape(-1)
+        hull_codes = minifloat_hull_codes(bits, wfmt)
+        # the magnitude needs the hull's bits but its sign; every code of the weights must fit (checked)
+        mag = hull.width - 1 if hull.signed else hull.width
+        if bits.size and (int(bits.min()) < 0 or int(bits.max()) >= 1 << (1 + e + m)
+                          or int(np.abs(hull_codes).max()) >= 1 << mag):  # pragma: no cover - load checks the codes
+            raise _fail(node, f"weight bit patterns do not fit {wfmt}")
+        ctx.update(minifloat=True, mf=dict(fmt=str(wfmt), e=e, m=m, bits=1 + e + m, frac=hull.frac_bits,
+                                           subnormals=wfmt.subnormals, mag=mag, width=hull.width),
+                   weight_bits=[str(int(v)) for v in bits.tolist()])
     elif isinstance(wfmt, tuple):
         env = weight_envelope(wfmt)
         if not isinstance(env, FixedType):  # pragma: no cover - load checks per-channel formats are fixed-point
@@ -282,6 +322,39 @@ def _lmul_context(ctx: dict, node: Node, in_fmt: FixedType, wfmt: MinifloatType)
         we=[str(int(v)) for v in e.tolist()], wf=[str(int(v)) for v in f.tolist()]))
     return [("e", f"ap_int<{e_bound.bit_length() + 1}>"), ("f", f"ap_uint<{max(m, 1)}>"),
             ("p", _exact(prod.width, prod.int_bits))]
+
+
+def _check_span(node: Node, m: Manifest) -> None:
+    """Refuse a node whose grids span more bits than ``ap_fixed`` holds (``AP_INT_MAX_W``).
+
+    The C++ forms sums, products and widening casts (``qfx_cast``) whose
+    ap_fixed type covers every grid involved: from the highest msb to the
+    lowest lsb of the node's formats, its sources' output formats and, for
+    dense / conv, the product grid. ap_types refuses wider types (a compile
+    error deep in its templates), so the generator says so first.
+    """
+    from .manifest import weight_grid
+
+    fmts: list[FixedType] = [m.node(s).output_format for s in node.inputs]
+    for v in node.formats.values():
+        for t in v if isinstance(v, tuple) else (v,):
+            fmts.append(weight_grid(t) if isinstance(t, (KHot, MinifloatType)) else t)
+    fixed = [t for t in fmts if isinstance(t, FixedType)]
+    if not fixed:  # pragma: no cover - every node has a fixed-point output format
+        return
+    msb = max(_ibits(t) for t in fixed)
+    lsb = -max(t.frac_bits for t in fixed)
+    if node.op in ("dense", "conv2d"):
+        w = node.formats["weight"]
+        wg = weight_envelope(w) if isinstance(w, tuple) else weight_grid(w)
+        # a product's grid: input lsb + weight lsb, width of both plus one
+        lsb = min(lsb, -(node.formats["input"].frac_bits + wg.frac_bits))
+        msb = max(msb, _ibits(node.formats["input"]) + _ibits(wg) + 1)
+    span = msb - lsb + 2  # a sign bit and the carry of a sum
+    if span > AP_MAX_WIDTH:
+        raise _fail(node, f"its formats span {span} bits (from 2**{msb} down to 2**{lsb}), beyond the "
+                          f"{AP_MAX_WIDTH}-bit maximum of ap_fixed (AP_INT_MAX_W); the HLS C++ cannot declare "
+                          "its intermediate types. Bring the formats' binary points closer together")
 
 
 def _node_context(node: Node, reuse: int) -> tuple[dict, list[tuple[str, str]]]:
@@ -385,7 +458,59 @@ def _env(path: str):
 
 def generated_files(top: str) -> tuple[str, ...]:
     """Names of the files :func:`generate` writes into ``out_dir/hls``."""
-    return (f"{top}.h", f"{top}.cpp", f"{top}_tb.cpp", "run_hls.tcl")
+    return (f"{top}.h", f"{top}.cpp", f"{top}_tb.cpp", "run_hls.tcl", TB_INPUT, TB_EXPECTED)
+
+
+def testbench_codes(manifest: Manifest, vectors: int = TB_VECTORS, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The self-check's input codes ``[N, n_in]`` and expected output codes ``[N, n_out]``.
+
+    Six corner vectors (min, max, zero, alternating extremes both ways, a ramp
+    over the codes) then random codes, from a fixed seed; the expected codes
+    are the integer reference's (:func:`qfx.reference.run_codes`, which
+    needs no torch), never the C++'s. Codes are limited to +-(2**53 - 1)
+    (their values are exact doubles). A vector the reference refuses (a
+    non-saturating weight format an activation overflows, where the C++
+    saturates) is left out.
+
+    Parameters
+    ----------
+    manifest : Manifest
+        The loaded manifest.
+    vectors : int
+        How many vectors to draw (before refused ones are left out).
+    seed : int
+        Seed of the random vectors.
+    """
+    from .reference import run_codes as run  # torch-free: generators never import torch
+
+    fmt = manifest.input_node.output_format
+    lim = (1 << 53) - 1
+    lo, hi = max(fmt.min_code, -lim), min(fmt.max_code, lim)
+    n_in = int(np.prod(manifest.input_node.output_shape))
+    ramp = np.array([lo + (i * (hi - lo)) // max(1, n_in - 1) for i in range(n_in)], dtype=np.int64)
+    alt = np.arange(n_in) % 2 == 0
+    rows = [np.full(n_in, lo), np.full(n_in, hi), np.full(n_in, min(max(0, lo), hi)), np.where(alt, lo, hi),
+            np.where(alt, hi, lo), ramp][:vectors]
+    if vectors > len(rows):
+        rng = np.random.default_rng(seed)
+        # integers() is limited to int64; every code here is within +-2**53
+        rows += list(rng.integers(lo, hi, size=(vectors - len(rows), n_in), endpoint=True))
+    codes = np.array(rows, dtype=np.int64).reshape(len(rows), n_in)
+    x = codes.reshape((len(rows),) + manifest.input_node.output_shape)
+    out = manifest.output
+    try:
+        ref = run(manifest, x)
+        return codes, np.asarray(ref[out]).reshape(len(rows), -1)
+    except ValueError:
+        keep, want = [], []
+        for i in range(len(rows)):
+            try:
+                want.append(np.asarray(run(manifest, x[i:i + 1])[out]).reshape(-1))
+            except ValueError:
+                continue
+            keep.append(i)
+        n_out = int(np.prod(manifest.output_node.output_shape))
+        return codes[keep], np.array(want, dtype=object).reshape(len(keep), n_out)
 
 
 def render(manifest: "Manifest | str | os.PathLike", *, top: str = "qfx_top", reuse_factor: int = 1) -> dict[str, str]:
@@ -409,6 +534,8 @@ def render(manifest: "Manifest | str | os.PathLike", *, top: str = "qfx_top", re
         if n.op not in SUPPORTED_OPS:
             raise ValueError(f"node {n.name!r}: op {n.op!r} is not supported by the HLS generator "
                              f"(supported: {', '.join(SUPPORTED_OPS)})")
+    for n in m.nodes:
+        _check_span(n, m)
     env = _env(str(template_dir()))
     from . import __version__ as version
 
@@ -464,12 +591,27 @@ def render(manifest: "Manifest | str | os.PathLike", *, top: str = "qfx_top", re
         input_buffer=f"{in_node.name}_buf", result_buffer=buffer_of(result),
         part=PART, clock_ns=CLOCK_NS,
     )
-    h, cpp, tb, tcl = generated_files(top)
+    h, cpp, tb, tcl, tb_in, tb_want = generated_files(top)
+    tb_codes, tb_expected = testbench_codes(m)
+    in_fmt, out_fmt = in_node.output_format, out_node.output_format
+    refused = TB_VECTORS - len(tb_codes)
+    left_out = f"; {refused} vector(s) the reference refuses left out" if refused else ""
+
+    def raw(codes: np.ndarray, width: int) -> list[list[str]]:
+        mask = (1 << width) - 1
+        return [[str(int(v) & mask) for v in row] for row in codes.tolist()]
+
     return {
         h: env.get_template("top.h.j2").render(**common),
         cpp: env.get_template("top.cpp.j2").render(**common),
         tb: env.get_template("testbench.cpp.j2").render(**common),
         tcl: env.get_template("run_hls.tcl.j2").render(**common),
+        tb_in: env.get_template("tb_codes.txt.j2").render(
+            **common, file=tb_in, n=common["n_in"], width=in_fmt.width, rows=raw(tb_codes, in_fmt.width), note=left_out,
+            what=f"Input codes of {in_fmt}: corner vectors, then random ones (seed 0)."),
+        tb_want: env.get_template("tb_codes.txt.j2").render(
+            **common, file=tb_want, n=common["n_out"], width=out_fmt.width, rows=raw(tb_expected, out_fmt.width),
+            note=left_out, what=f"Expected output codes of {out_fmt}, from the integer reference (qfx.reference.run)."),
     }
 
 
@@ -581,6 +723,9 @@ def build(out_dir: "str | os.PathLike") -> tuple[Path, str, bool]:
     inc = include_dir()
     cxx, ident = compiler()
     srcs = [d / f"{top}.cpp", d / f"{top}_tb.cpp"]
+    missing = [p.name for p in srcs if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{d}: {', '.join(missing)} missing; regenerate the project (qfx.hls.generate)")
     h = hashlib.sha256()
     for part in (_FORMAT_VERSION, ident, " ".join(CXX_FLAGS), headers_fingerprint(str(inc))):
         h.update(part.encode() + b"\0")
@@ -605,6 +750,8 @@ def build(out_dir: "str | os.PathLike") -> tuple[Path, str, bool]:
         tmp = Path(tempfile.mkdtemp(prefix="tmp-build-", dir=cache_dir()))
         try:
             out = tmp / "csim"
+            # one g++ call: on this 2-core machine, shared with other jobs, compiling the design and the
+            # testbench as two parallel processes measured slower than one call doing both
             cmd = [cxx, *CXX_FLAGS, "-isystem", str(inc), "-I", str(d), *map(str, srcs), "-o", str(out)]
             proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
             log = proc.stdout + proc.stderr
@@ -644,7 +791,7 @@ def csim_run(out_dir: "str | os.PathLike", input_codes: Any) -> CsimResult:
     for r in range(x.shape[0]):
         lines.append(" ".join(str(v & mask) for v in flat[r * n_in:(r + 1) * n_in]))
     exe, log, cached = build(d)
-    proc = subprocess.run([str(exe)], input="\n".join(lines) + "\n", capture_output=True, text=True, check=False)
+    proc = subprocess.run([str(exe), "-"], input="\n".join(lines) + "\n", capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"C simulation {exe} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
     rows = [ln.split() for ln in proc.stdout.splitlines() if ln.strip()]

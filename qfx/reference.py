@@ -80,7 +80,6 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
-import torch
 
 from .intops import (  # noqa: F401  (cast_codes, to_real and INT64_SAFE_BITS are re-exported)
     INT64_SAFE_BITS,
@@ -93,10 +92,9 @@ from .intops import (  # noqa: F401  (cast_codes, to_real and INT64_SAFE_BITS ar
     to_real,
 )
 from .manifest import Manifest, Node, load, mac_auto_accum, mac_product_format, minifloat_hull_codes, weight_envelope
-from .quant import to_codes
 from .types import FixedType, KHot, MinifloatType
 
-__all__ = ["run", "cast_codes", "to_real", "INT64_SAFE_BITS"]
+__all__ = ["run", "run_codes", "cast_codes", "to_real", "INT64_SAFE_BITS"]
 
 
 
@@ -391,6 +389,10 @@ def run(manifest: "Manifest | str | Path", x: Any, *, big_ints: bool = False) ->
         unsigned codes) of the node's ``formats.output``, batch dimension
         first, in topological order. :func:`to_real` gives values.
     """
+    import torch  # only here: run_codes (the hardware half's entry) needs no torch
+
+    from .quant import to_codes
+
     m = manifest if isinstance(manifest, Manifest) else load(manifest)
     xt = torch.as_tensor(x) if not isinstance(x, torch.Tensor) else x
     if not xt.is_floating_point():
@@ -398,12 +400,28 @@ def run(manifest: "Manifest | str | Path", x: Any, *, big_ints: bool = False) ->
     in_node = m.input_node
     if tuple(xt.shape[1:]) != in_node.output_shape or xt.dim() != len(in_node.output_shape) + 1:
         raise ValueError(f"input shape {list(xt.shape)} does not match [N, {', '.join(map(str, in_node.output_shape))}]")
+    codes = to_codes(xt.detach().cpu(), in_node.output_format).numpy().astype(np.int64)
+    return run_codes(m, codes, big_ints=big_ints)
+
+
+def run_codes(manifest: "Manifest | str | Path", codes: Any, *, big_ints: bool = False) -> dict[str, np.ndarray]:
+    """:func:`run` from the input node's integer codes ``[N, *input_shape]`` (no torch; the HLS generator's
+    testbench data). The codes must lie in the input format's range."""
+    m = manifest if isinstance(manifest, Manifest) else load(manifest)
+    in_node = m.input_node
+    x = np.asarray(codes)
+    if x.dtype.kind not in "iu" or tuple(x.shape[1:]) != in_node.output_shape or x.ndim != len(in_node.output_shape) + 1:
+        raise ValueError(f"run_codes needs integer codes [N, {', '.join(map(str, in_node.output_shape))}], "
+                         f"got {x.dtype} {list(x.shape)}")
+    fmt = in_node.output_format
+    if x.size and (int(x.min()) < fmt.min_code or int(x.max()) > fmt.max_code):
+        raise ValueError(f"run_codes: input codes outside {fmt.min_code}..{fmt.max_code} of {fmt}")
     out: dict[str, np.ndarray] = {}
     frac: dict[str, int] = {}
     for node in m.nodes:
         f = node.formats
         if node.op == "input":
-            y = to_codes(xt.detach().cpu(), f["output"]).numpy().astype(np.int64)
+            y = x.astype(np.int64)
         else:
             srcs = [out[s] for s in node.inputs]
             fracs = [frac[s] for s in node.inputs]

@@ -188,6 +188,39 @@ LMUL_MODELS = {
     "lmul_formats": (lmul_formats, (12,), 3.0, {"dense"}),
     "lmul_cnn": (lmul_cnn, (2, 6, 5), 2.0, {"conv2d", "relu", "maxpool2d", "flatten", "dense"}),
 }
+
+
+def khot_cnn() -> nn.Module:
+    # K-hot weights on conv2d: two digits with a bias, then three digits, grouped and strided without bias
+    return init_weights(nn.Sequential(
+        QConv2d(2, 4, 3, padding=1, input=X, weight=KHOT, bias=B, accum=NARROW, output=Y),
+        QReLU(output=U),
+        QConv2d(4, 4, (2, 3), stride=(1, 2), groups=2, bias=False, input=X, weight="khot<3,ap_fixed<8,2>>",
+                output=Y),
+        QFlatten(),
+        QLinear(4 * 5 * 2, 5, input=X, weight=W, bias=B, output=Y),
+    ), 31)
+
+
+def minifloat_mlp() -> nn.Module:
+    # minifloat weights with exact products (multiply: exact): OCP fp8, an fp6 with subnormals, an e3m2
+    # without subnormals and a narrow accumulator that rounds and overflows, an e3m0 (no mantissa bits)
+    return init_weights(nn.Sequential(
+        QLinear(12, 8, input=X, weight="fp8_e4m3fn", bias=B, output=Y),
+        QReLU(output=U),
+        QLinear(8, 6, input=X, weight="fp6_e2m3fn", bias=B, output=Y),
+        QLeakyReLU(0.25, input=Y, output=X),
+        QLinear(6, 6, input=X, weight="e3m2<subnormals=false,saturate=true>", bias=B, accum=NARROW, output=Y),
+        QLinear(6, 4, input=X, weight="e3m0<inf_nan=fn,saturate=true>", bias=False, output=Y),
+    ), 33)
+
+
+# Format kinds the HLS C simulation covers beyond MODELS: K-hot weights on conv2d, minifloat weights with
+# exact products on dense (the RTL tests keep MODELS).
+FORMAT_MODELS = {
+    "khot_cnn": (khot_cnn, (2, 6, 5), 2.0, {"conv2d", "relu", "flatten", "dense"}),
+    "minifloat_mlp": (minifloat_mlp, (12,), 2.0, {"dense", "relu", "leaky_relu"}),
+}
 N_RANDOM = 64
 
 
