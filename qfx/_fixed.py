@@ -19,7 +19,6 @@ exact by construction, never by luck:
 from __future__ import annotations
 
 import functools
-import math
 
 import torch
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .types import KHot, naf_digits
+from .types import KHot, khot_slots
 
 #: Widest K-hot base word: codes and midpoints stay exact in float64.
 KHOT_MAX_WIDTH = 48
@@ -51,22 +51,4 @@ def khot_digits(codes: np.ndarray | torch.Tensor, t: KHot) -> tuple[np.ndarray, 
     if not np.issubdtype(c.dtype, np.integer):
         if not np.all(np.isfinite(c)) or not np.all(c == np.round(c)):
             raise ValueError("khot_digits needs integer codes (use qfx.to_codes first)")
-    c = c.astype(np.int64)
-    allowed = t.codes()
-    pos = np.searchsorted(allowed, c.ravel()).clip(0, len(allowed) - 1)
-    if not np.all(allowed[pos] == c.ravel()):
-        bad = c.ravel()[allowed[pos] != c.ravel()][0]
-        raise ValueError(f"code {bad} is not representable in {t}")
-    digits = naf_digits(c, t.max_digits)  # least significant first
-    shifts = np.zeros(c.shape + (t.k,), dtype=np.int64)
-    signs = np.zeros(c.shape + (t.k,), dtype=np.int8)
-    slot = np.zeros(c.shape, dtype=np.int64)
-    for position in range(t.max_digits - 1, -1, -1):
-        d = digits[..., position]
-        nz = d != 0
-        idx = np.nonzero(nz)
-        sl = slot[idx]
-        shifts[idx + (sl,)] = position
-        signs[idx + (sl,)] = d[idx]
-        slot[idx] += 1
-    return shifts, signs
+    return khot_slots(c.astype(np.int64), t, dtype=np.int8)

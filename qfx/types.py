@@ -22,9 +22,8 @@ from __future__ import annotations
 import difflib
 import enum
 import functools
-import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Union
 
 import numpy as np
@@ -570,6 +569,31 @@ def naf_digits(codes: np.ndarray, positions: int) -> np.ndarray:
     if np.any(n != 0):
         raise ValueError(f"codes need more than {positions} signed-digit positions")
     return out
+
+
+def khot_slots(codes: np.ndarray, t: "KHot", dtype=np.int64) -> "tuple[np.ndarray, np.ndarray]":
+    """The ``(shifts, signs)`` slots of K-hot codes of ``t``, each of shape ``codes.shape + (k,)``.
+
+    The digits are the canonical signed-digit (non-adjacent) form, most significant first;
+    unused slots are ``(0, 0)``; ``code = sum(signs << shifts)``. ``signs`` has ``dtype``.
+    ValueError (naming the first one) when a code is not representable in ``t``.
+    """
+    c = np.asarray(codes, dtype=np.int64)
+    allowed = t.codes()
+    pos = np.searchsorted(allowed, c.ravel()).clip(0, len(allowed) - 1)
+    if not np.all(allowed[pos] == c.ravel()):
+        bad = c.ravel()[allowed[pos] != c.ravel()][0]
+        raise ValueError(f"code {bad} is not representable in {t}")
+    digits = naf_digits(c, t.max_digits)  # least significant first
+    shifts = np.zeros(c.shape + (t.k,), dtype=np.int64)
+    signs = np.zeros(c.shape + (t.k,), dtype=dtype)
+    slot = np.zeros(c.shape, dtype=np.int64)
+    for position in range(t.max_digits - 1, -1, -1):
+        idx = np.nonzero(digits[..., position])
+        shifts[idx + (slot[idx],)] = position
+        signs[idx + (slot[idx],)] = digits[..., position][idx]
+        slot[idx] += 1
+    return shifts, signs
 
 
 def naf_weight(codes: np.ndarray) -> np.ndarray:

@@ -35,7 +35,7 @@ from amaranth.lib.wiring import In, Out
 
 from qfx.arith import lmul_offset_bits, minifloat_hull
 from qfx.manifest import mac_product_format
-from qfx.types import FixedType, KHot, MinifloatType, naf_digits
+from qfx.types import FixedType, KHot, MinifloatType, khot_slots
 
 from ..cast import check_fixed, fixed_shape
 
@@ -106,23 +106,12 @@ def khot_canonical_digits(w_fmt: KHot, shifts: np.ndarray, signs: np.ndarray) ->
     ``(0, 0)``), whose positions are bounded by :func:`khot_max_shift`. ValueError when the
     digits do not sum to a code of ``w_fmt``.
     """
-    k = w_fmt.k
     codes = (signs.astype(np.int64) << shifts.astype(np.int64)).sum(axis=-1)
-    allowed = w_fmt.codes()
-    pos = np.searchsorted(allowed, codes.ravel()).clip(0, len(allowed) - 1)
-    if not np.all(allowed[pos] == codes.ravel()):
-        bad = codes.ravel()[allowed[pos] != codes.ravel()][0]
-        raise ValueError(f"K-hot digits sum to {bad}, which is not a code of {w_fmt}")
-    naf = naf_digits(codes, w_fmt.max_digits)  # least significant first
-    out_shifts = np.zeros(codes.shape + (k,), dtype=np.int64)
-    out_signs = np.zeros(codes.shape + (k,), dtype=np.int64)
-    slot = np.zeros(codes.shape, dtype=np.int64)
-    for position in range(w_fmt.max_digits - 1, -1, -1):
-        idx = np.nonzero(naf[..., position])
-        out_shifts[idx + (slot[idx],)] = position
-        out_signs[idx + (slot[idx],)] = naf[..., position][idx]
-        slot[idx] += 1
-    return out_shifts, out_signs
+    try:
+        return khot_slots(codes, w_fmt)
+    except ValueError:
+        bad = next(int(c) for c in codes.ravel() if not np.isin(c, w_fmt.codes()))
+        raise ValueError(f"K-hot digits sum to {bad}, which is not a code of {w_fmt}") from None
 
 
 def _khot_digit_layout(w_fmt: KHot) -> data.StructLayout:
