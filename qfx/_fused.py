@@ -64,6 +64,7 @@ _SOURCE = r"""
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 namespace {
 
@@ -163,9 +164,19 @@ QFX_INLINE void block(typename Tr<T>::V x, typename Tr<T>::V& q, typename Tr<T>:
   inside = nan | ((r > splat<T>(lo - T(0.5))) & (r < splat<T>(hi + T(0.5))));
 }
 
-template <typename T, int M>
+// The value a block casts: x itself, or BatchNorm's x * s + b (float32, no contraction; the
+// caller checks it is exact).
+struct Identity {
+  template <typename V> QFX_INLINE V operator()(V x) const { return x; }  // keeps -0.0
+};
+struct MulAdd {
+  Tr<float>::V s, b;
+  QFX_INLINE Tr<float>::V operator()(Tr<float>::V x) const { return x * s + b; }
+};
+
+template <typename T, int M, typename Pre>
 QFX_INLINE void fwd(const T* __restrict x, T* __restrict q, uint8_t* __restrict inside, int64_t n, T scale, T lo,
-                    T hi, T inv) {
+                    T hi, T inv, Pre pre) {
   typedef typename Tr<T>::V V;
   typedef typename Tr<T>::M Mk;
   int64_t i = 0;
@@ -173,7 +184,7 @@ QFX_INLINE void fwd(const T* __restrict x, T* __restrict q, uint8_t* __restrict 
     V xv, qv;
     Mk in;
     std::memcpy(&xv, x + i, sizeof xv);
-    block<T, M>(xv, qv, in, scale, lo, hi, inv);
+    block<T, M>(pre(xv), qv, in, scale, lo, hi, inv);
     std::memcpy(q + i, &qv, sizeof qv);
     const vb bytes = mask_bytes(in);
     std::memcpy(inside + i, &bytes, sizeof bytes);
@@ -185,7 +196,7 @@ QFX_INLINE void fwd(const T* __restrict x, T* __restrict q, uint8_t* __restrict 
     V xv, qv;
     Mk in;
     std::memcpy(&xv, xs, sizeof xv);
-    block<T, M>(xv, qv, in, scale, lo, hi, inv);
+    block<T, M>(pre(xv), qv, in, scale, lo, hi, inv);
     std::memcpy(qs, &qv, sizeof qv);
     for (int64_t j = 0; j < m; ++j) {
       q[i + j] = qs[j];
@@ -194,18 +205,26 @@ QFX_INLINE void fwd(const T* __restrict x, T* __restrict q, uint8_t* __restrict 
   }
 }
 
-template <typename T>
-int fwd_mode(const T* x, T* q, uint8_t* inside, int64_t n, T scale, T lo, T hi, T inv, int mode) {
+template <int M> using ModeC = std::integral_constant<int, M>;
+
+// fn(ModeC<M>{}) for the rounding mode's number: 0, or 1 for an unknown mode.
+template <typename Fn>
+int with_mode(int mode, Fn fn) {
   switch (mode) {
-    case RND: fwd<T, RND>(x, q, inside, n, scale, lo, hi, inv); return 0;
-    case RND_ZERO: fwd<T, RND_ZERO>(x, q, inside, n, scale, lo, hi, inv); return 0;
-    case RND_MIN_INF: fwd<T, RND_MIN_INF>(x, q, inside, n, scale, lo, hi, inv); return 0;
-    case RND_INF: fwd<T, RND_INF>(x, q, inside, n, scale, lo, hi, inv); return 0;
-    case RND_CONV: fwd<T, RND_CONV>(x, q, inside, n, scale, lo, hi, inv); return 0;
-    case TRN: fwd<T, TRN>(x, q, inside, n, scale, lo, hi, inv); return 0;
-    case TRN_ZERO: fwd<T, TRN_ZERO>(x, q, inside, n, scale, lo, hi, inv); return 0;
+    case RND: fn(ModeC<RND>{}); return 0;
+    case RND_ZERO: fn(ModeC<RND_ZERO>{}); return 0;
+    case RND_MIN_INF: fn(ModeC<RND_MIN_INF>{}); return 0;
+    case RND_INF: fn(ModeC<RND_INF>{}); return 0;
+    case RND_CONV: fn(ModeC<RND_CONV>{}); return 0;
+    case TRN: fn(ModeC<TRN>{}); return 0;
+    case TRN_ZERO: fn(ModeC<TRN_ZERO>{}); return 0;
   }
   return 1;
+}
+
+template <typename T>
+int fwd_mode(const T* x, T* q, uint8_t* inside, int64_t n, T scale, T lo, T hi, T inv, int mode) {
+  return with_mode(mode, [&](auto m) { fwd<T, decltype(m)::value>(x, q, inside, n, scale, lo, hi, inv, Identity{}); });
 }
 
 // grad_x (GX): g where inside, else 0 (MUL_MASK: g * (inside ? 1 : 0), which keeps NaN and
@@ -302,42 +321,18 @@ void bn_stats_bwd(const float* __restrict x, int64_t n, int64_t c, int64_t p, co
 }
 
 // y = cast(x * s[ch] + b[ch]): the multiply-add in float32 (exact: the caller checks that
-// float32 holds every x * s + b), then the fused cast of one block at a time.
-template <int M>
-void bn_affine_fwd(const float* __restrict x, int64_t n, int64_t c, int64_t p, const float* s, const float* sh,
-                   float* __restrict q, uint8_t* __restrict inside, float scale, float lo, float hi, float inv) {
-  typedef Tr<float>::V V;
-  typedef Tr<float>::M Mk;
-  for (int64_t b = 0; b < n; ++b) {
-    for (int64_t ch = 0; ch < c; ++ch) {
-      const int64_t o = (b * c + ch) * p;
-      const V vs = splat<float>(s[ch]), vb_ = splat<float>(sh[ch]);
-      int64_t i = 0;
-      for (; i + L <= p; i += L) {
-        V xv, qv;
-        Mk in;
-        std::memcpy(&xv, x + o + i, sizeof xv);
-        block<float, M>(xv * vs + vb_, qv, in, scale, lo, hi, inv);
-        std::memcpy(q + o + i, &qv, sizeof qv);
-        const vb bytes = mask_bytes(in);
-        std::memcpy(inside + o + i, &bytes, sizeof bytes);
-      }
-      if (i < p) {
-        const int64_t m = p - i;
-        float xs[L] = {}, qs[L];
-        std::memcpy(xs, x + o + i, m * sizeof(float));
-        V xv, qv;
-        Mk in;
-        std::memcpy(&xv, xs, sizeof xv);
-        block<float, M>(xv * vs + vb_, qv, in, scale, lo, hi, inv);
-        std::memcpy(qs, &qv, sizeof qv);
-        for (int64_t j = 0; j < m; ++j) {
-          q[o + i + j] = qs[j];
-          inside[o + i + j] = static_cast<uint8_t>(in[j] & 1);
-        }
+// float32 holds every x * s + b), then the fused cast, plane by plane.
+int bn_affine_fwd(const float* x, int64_t n, int64_t c, int64_t p, const float* s, const float* sh, float* q,
+                  uint8_t* inside, float scale, float lo, float hi, float inv, int mode) {
+  return with_mode(mode, [&](auto m) {
+    for (int64_t b = 0; b < n; ++b) {
+      for (int64_t ch = 0; ch < c; ++ch) {
+        const int64_t o = (b * c + ch) * p;
+        fwd<float, decltype(m)::value>(x + o, q + o, inside + o, p, scale, lo, hi, inv,
+                                       MulAdd{splat<float>(s[ch]), splat<float>(sh[ch])});
       }
     }
-  }
+  });
 }
 
 // The backward of bn_affine_fwd: g' = g where inside (else an exact 0, as the float32 fast
@@ -415,17 +410,7 @@ void qfx_bn_stats_bwd_f32(const float* x, int64_t n, int64_t c, int64_t p, const
 
 int qfx_bn_affine_fwd_f32(const float* x, int64_t n, int64_t c, int64_t p, const float* s, const float* sh,
                           float* q, uint8_t* inside, double scale, double lo, double hi, double inv, int mode) {
-  const float fs = float(scale), fl = float(lo), fh = float(hi), fi = float(inv);
-  switch (mode) {
-    case RND: bn_affine_fwd<RND>(x, n, c, p, s, sh, q, inside, fs, fl, fh, fi); return 0;
-    case RND_ZERO: bn_affine_fwd<RND_ZERO>(x, n, c, p, s, sh, q, inside, fs, fl, fh, fi); return 0;
-    case RND_MIN_INF: bn_affine_fwd<RND_MIN_INF>(x, n, c, p, s, sh, q, inside, fs, fl, fh, fi); return 0;
-    case RND_INF: bn_affine_fwd<RND_INF>(x, n, c, p, s, sh, q, inside, fs, fl, fh, fi); return 0;
-    case RND_CONV: bn_affine_fwd<RND_CONV>(x, n, c, p, s, sh, q, inside, fs, fl, fh, fi); return 0;
-    case TRN: bn_affine_fwd<TRN>(x, n, c, p, s, sh, q, inside, fs, fl, fh, fi); return 0;
-    case TRN_ZERO: bn_affine_fwd<TRN_ZERO>(x, n, c, p, s, sh, q, inside, fs, fl, fh, fi); return 0;
-  }
-  return 1;
+  return bn_affine_fwd(x, n, c, p, s, sh, q, inside, float(scale), float(lo), float(hi), float(inv), mode);
 }
 
 void qfx_bn_affine_bwd_f32(const float* g, const float* x, int64_t n, int64_t c, int64_t p, const float* s,
