@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from .. import _fused
-from ..quant import _LN2, _fast_plan, _fused_kernels, _int_frac
+from ..quant import _LN2, _fast_plan, _fused_kernels
 from ..types import FixedType
 
 __all__ = ["AffinePlan", "stats_frac", "affine_plan", "batch_stats", "affine_cast"]
@@ -72,25 +72,10 @@ def affine_plan(layer: Any, xq: torch.Tensor) -> "AffinePlan | None":
     k = _fused_kernels(xq)
     if k is None:
         return None
-    oq = layer.quant["output"]
-    if oq.track_overflow or not isinstance(oq.fmt, FixedType):
+    cast = layer.quant["output"].scalar_fixed_cast()
+    if cast is None:
         return None
-    fb = oq.frac_bits
-    out_frac = None
-    if fb is None:
-        t = oq.fmt
-        frac = t.frac_bits
-    elif fb.numel() != 1:
-        return None
-    elif isinstance(fb, torch.nn.Parameter):
-        if not bool(oq.calibrated):  # the first call calibrates through the quantizer
-            return None
-        t = oq.fmt
-        frac = _int_frac(fb, t)
-        out_frac = fb
-    else:  # frozen: the rounded binary point is in the format
-        t = oq.effective_format()
-        frac = t.frac_bits
+    t, frac, out_frac = cast
     plan = _fast_plan(t, frac)
     if plan is None:
         return None

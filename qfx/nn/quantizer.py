@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from .. import _fixed
-from ..quant import overflow_mask, quantize
+from ..quant import _int_frac, overflow_mask, quantize
 from ..arith import envelope
 from ..types import FixedType, Format, KHot, MinifloatType
 
@@ -198,6 +198,25 @@ class TensorQuantizer(nn.Module):
         if self.track_overflow:
             self.overflow_count += self.count_overflow(x)
         return q
+
+    def scalar_fixed_cast(self) -> "tuple[FixedType, int, torch.Tensor | None] | None":
+        """``(format, fractional bits, learnable binary point or None)`` the next :meth:`forward`
+        casts with, where that is one fixed-point cast with a single binary point and nothing
+        else (no overflow count, no calibration pending); else None. For fused kernels that
+        replace the call (``qfx.nn._bn_fused``)."""
+        fb = self.frac_bits
+        if self.track_overflow or not isinstance(self.fmt, FixedType):
+            return None
+        if fb is None:
+            return self.fmt, self.fmt.frac_bits, None
+        if fb.numel() != 1:
+            return None
+        if isinstance(fb, nn.Parameter):
+            if not bool(self.calibrated):  # the first call calibrates through forward()
+                return None
+            return self.fmt, _int_frac(fb, self.fmt), fb
+        t = self.effective_format()  # frozen: the rounded binary point
+        return t, t.frac_bits, None
 
     @torch.no_grad()
     def count_overflow(self, x: torch.Tensor) -> int:
