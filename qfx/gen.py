@@ -113,6 +113,7 @@ def generate(manifest_path: "str | Path", out_dir: "str | Path", *, board: str =
     from qfx.boards import check_fit, get_board, render_board_files
     from qfx.cost.estimate import estimate as analytic_estimate
     from qfx.hw.accel import Accelerator, axis_width
+    from qfx.hw.accel.top import stream_formats
     from qfx.hw.accel.engines import engine_cycles
     from qfx.hw.verilog import to_verilog
 
@@ -167,7 +168,7 @@ def generate(manifest_path: "str | Path", out_dir: "str | Path", *, board: str =
         for name, text in hls.render(man, top=top, reuse_factor=reuse_factor).items():
             files[f"hls/{name}"] = text
 
-    in_fmt, out_fmt = _stream_formats(man)
+    in_fmt, out_fmt = stream_formats(man)
     layers = []
     for node in man:
         entry: dict[str, Any] = {"name": node.name, "source": node.source, "op": node.op,
@@ -208,15 +209,6 @@ def generate(manifest_path: "str | Path", out_dir: "str | Path", *, board: str =
     files["design.json"] = json.dumps(design, indent=2, sort_keys=False) + "\n"
     write_files(out_dir, files, force=force, replace=("rtl", "board", "hls"))
     return design
-
-
-def _stream_formats(man: Any) -> tuple[Any, Any]:
-    """Formats of the input codes and of the codes the output node passes on (through flatten /
-    output), from the manifest alone (as :class:`qfx.hw.accel.Accelerator` states them)."""
-    node = man.node(man.output_node.inputs[0])
-    while node.op in ("flatten", "output"):
-        node = man.node(node.inputs[0])
-    return man.input_node.formats["output"], node.formats["output"]
 
 
 def _check_fit(board: Any, est: dict[str, Any], check_fit: Any) -> None:

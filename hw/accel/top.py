@@ -16,7 +16,7 @@ from ..cast import fixed_shape
 from .engines import AddEngine, ElementwiseEngine, EngineError, MACEngine, PoolEngine, engine_cycles
 from .weights import plan_weights
 
-__all__ = ["Accelerator", "SUPPORTED_OPS", "axis_width"]
+__all__ = ["Accelerator", "SUPPORTED_OPS", "axis_width", "emitted_format", "stream_formats"]
 
 #: Manifest ops the RTL accelerator builds.
 SUPPORTED_OPS = ("input", "dense", "conv2d", "batchnorm", "relu", "relu6", "leaky_relu", "add",
@@ -34,6 +34,19 @@ def axis_width(fmt: FixedType) -> int:
     while width < fmt.width:
         width *= 2
     return width
+
+
+def emitted_format(manifest: Manifest, name: str) -> FixedType:
+    """Format of the codes node ``name`` emits (flatten / output pass their input through)."""
+    node = manifest.node(name)
+    while node.op in ("flatten", "output"):
+        node = manifest.node(node.inputs[0])
+    return node.formats["output"]
+
+
+def stream_formats(manifest: Manifest) -> "tuple[FixedType, FixedType]":
+    """Formats of the accelerator's input and output stream codes (no RTL built)."""
+    return manifest.input_node.formats["output"], emitted_format(manifest, manifest.output_node.inputs[0])
 
 
 class Accelerator(wiring.Component):
@@ -80,8 +93,7 @@ class Accelerator(wiring.Component):
             if node.op not in SUPPORTED_OPS:
                 raise EngineError(f"node {node.name!r}: op {node.op!r} has no RTL engine; supported: "
                                   f"{', '.join(SUPPORTED_OPS)}")
-        self._in_fmt = manifest.input_node.formats["output"]
-        self._out_fmt = self._format_of(manifest.output_node.inputs[0])
+        self._in_fmt, self._out_fmt = stream_formats(manifest)
         self._n_in = math.prod(manifest.input_node.output_shape)
         self._n_out = math.prod(manifest.output_node.output_shape)
         self._plans = {n.name: plan_weights(n) for n in manifest if n.op in ("dense", "conv2d")}
@@ -99,13 +111,6 @@ class Accelerator(wiring.Component):
             "done": Out(1),
             "busy": Out(1),
         })
-
-    def _format_of(self, name: str) -> FixedType:
-        """Format of the codes node ``name`` emits (flatten / output pass their input through)."""
-        node = self._manifest.node(name)
-        if node.op in ("flatten", "output"):
-            return self._format_of(node.inputs[0])
-        return node.formats["output"]
 
     @property
     def manifest(self) -> Manifest:
@@ -125,7 +130,7 @@ class Accelerator(wiring.Component):
         for node in self._manifest:
             if node.op in ("input", "flatten", "output"):
                 continue
-            srcs = [self._format_of(s) for s in node.inputs]
+            srcs = [emitted_format(self._manifest, s) for s in node.inputs]
             if node.op in ("dense", "conv2d"):
                 out[node.name] = MACEngine(node, srcs[0], self._plans[node.name])
             elif node.op in ("maxpool2d", "avgpool2d"):
