@@ -96,7 +96,7 @@ import numpy as np
 
 from ._toolchain import ap_types_dir, compiler, headers_fingerprint, locked
 from .arith import lmul_offset_bits, lmul_product_type
-from .intops import minifloat_fields
+from .intops import corner_and_random_codes, minifloat_fields
 from .manifest import CONV_ORDER, DENSE_ORDER, Manifest, Node, is_valid_name, load, minifloat_hull_codes, weight_envelope
 from .types import FixedType, KHot, MinifloatType
 
@@ -487,23 +487,15 @@ def testbench_codes(manifest: Manifest, vectors: int = TB_VECTORS, seed: int = 0
     lim = (1 << 53) - 1
     lo, hi = max(fmt.min_code, -lim), min(fmt.max_code, lim)
     n_in = int(np.prod(manifest.input_node.output_shape))
-    ramp = np.array([lo + (i * (hi - lo)) // max(1, n_in - 1) for i in range(n_in)], dtype=np.int64)
-    alt = np.arange(n_in) % 2 == 0
-    rows = [np.full(n_in, lo), np.full(n_in, hi), np.full(n_in, min(max(0, lo), hi)), np.where(alt, lo, hi),
-            np.where(alt, hi, lo), ramp][:vectors]
-    if vectors > len(rows):
-        rng = np.random.default_rng(seed)
-        # integers() is limited to int64; every code here is within +-2**53
-        rows += list(rng.integers(lo, hi, size=(vectors - len(rows), n_in), endpoint=True))
-    codes = np.array(rows, dtype=np.int64).reshape(len(rows), n_in)
-    x = codes.reshape((len(rows),) + manifest.input_node.output_shape)
+    codes = corner_and_random_codes(lo, hi, vectors, n_in, seed)
+    x = codes.reshape((vectors,) + manifest.input_node.output_shape)
     out = manifest.output
     try:
         ref = run(manifest, x)
-        return codes, np.asarray(ref[out]).reshape(len(rows), -1)
+        return codes, np.asarray(ref[out]).reshape(vectors, -1)
     except ValueError:
         keep, want = [], []
-        for i in range(len(rows)):
+        for i in range(vectors):
             try:
                 want.append(np.asarray(run(manifest, x[i:i + 1])[out]).reshape(-1))
             except ValueError:

@@ -17,7 +17,7 @@ from .arith import lmul_offset_bits
 from .types import FixedType, KHot, MinifloatType, Overflow, Rounding, parse_type
 
 __all__ = ["cast_codes", "to_real", "INT64_SAFE_BITS", "minifloat_fields", "fixed_to_minifloat_fields",
-           "lmul_products"]
+           "lmul_products", "corner_and_random_codes"]
 
 #: Intermediates of at most this many bits (sign included) are computed in int64.
 INT64_SAFE_BITS = 62
@@ -249,3 +249,18 @@ def _lmul_products(
 minifloat_fields = _minifloat_fields
 fixed_to_minifloat_fields = _fixed_to_minifloat_fields
 lmul_products = _lmul_products
+
+
+def corner_and_random_codes(lo: int, hi: int, n: int, n_in: int, seed: int) -> np.ndarray:
+    """``n`` input vectors of ``n_in`` codes in ``lo..hi``: corners first (min, max, zero,
+    alternating extremes both ways, a ramp over the codes), then random codes from ``seed``.
+    Used by ``qfx sim`` and the HLS testbench data; codes must fit int64."""
+    rng = np.random.default_rng(seed)
+    alt = np.arange(n_in) % 2 == 0
+    ramp = [lo + (i * (hi - lo)) // max(1, n_in - 1) for i in range(n_in)]  # Python ints: no overflow
+    corners = [np.full(n_in, lo), np.full(n_in, hi), np.full(n_in, min(max(0, lo), hi)), np.where(alt, lo, hi),
+               np.where(alt, hi, lo), np.array(ramp, dtype=np.int64)]
+    rows = corners[: min(n, len(corners))]
+    if n > len(rows):
+        rows += list(rng.integers(lo, hi, size=(n - len(rows), n_in), endpoint=True))
+    return np.array(rows, dtype=np.int64).reshape(n, n_in)

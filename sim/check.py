@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from qfx.intops import corner_and_random_codes  # re-exported: tests and scripts use it from here
+
 from .accel import Design, DesignError, RtlRun, load_design, simulate
 
 __all__ = ["Mismatch", "CheckResult", "Report", "verify", "resolve_manifest", "corner_and_random_codes"]
@@ -104,18 +106,6 @@ def resolve_manifest(design: Design, manifest: "str | os.PathLike | None") -> Pa
             return c
     raise DesignError(f"manifest {str(cand)!r} (from {'--manifest' if manifest else 'design.json'}) not found; "
                       "pass --manifest PATH (the folder given to qfx-gen)")
-
-
-def corner_and_random_codes(lo: int, hi: int, n: int, n_in: int, seed: int) -> np.ndarray:
-    """``n`` input vectors: corners first (min, max, zero, alternating extremes, ramp), then random codes."""
-    rng = np.random.default_rng(seed)
-    corners = [np.full(n_in, lo), np.full(n_in, hi), np.full(n_in, min(max(0, lo), hi)),
-               np.where(np.arange(n_in) % 2 == 0, lo, hi), np.where(np.arange(n_in) % 2 == 0, hi, lo),
-               lo + (np.arange(n_in) * (hi - lo) // max(1, n_in - 1))]
-    rows = corners[: min(n, len(corners))]
-    if n > len(rows):
-        rows += list(rng.integers(lo, hi + 1, size=(n - len(rows), n_in)))
-    return np.array(rows, dtype=np.int64).reshape(n, n_in)
 
 
 def _first(expected: np.ndarray, actual: np.ndarray, layer: str, shape: tuple[int, ...], fmt: Any,
