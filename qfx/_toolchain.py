@@ -68,10 +68,17 @@ def compiler_path() -> str:
 def compiler() -> tuple[str, str]:
     """(absolute path, identity string) of the C++ compiler: ``$QFX_CXX`` or g++."""
     path = compiler_path()
-    version = subprocess.run([path, "--version"], capture_output=True, text=True, check=False)
-    machine = subprocess.run([path, "-dumpmachine"], capture_output=True, text=True, check=False)
+    return path, compiler_identity(path)
+
+
+@functools.lru_cache(maxsize=None)
+def compiler_identity(path: str) -> str:
+    """``realpath|first line of --version|-dumpmachine`` of the C++ compiler at ``path``: the part
+    of build-cache keys that says which compiler built an object. OSError if it cannot run."""
+    version = subprocess.run([path, "--version"], capture_output=True, text=True, check=False, timeout=60)
+    machine = subprocess.run([path, "-dumpmachine"], capture_output=True, text=True, check=False, timeout=60)
     first = version.stdout.splitlines()[0] if version.stdout else ""
-    return path, f"{os.path.realpath(path)}|{first}|{machine.stdout.strip()}"
+    return f"{os.path.realpath(path)}|{first}|{machine.stdout.strip()}"
 
 
 @functools.lru_cache(maxsize=None)

@@ -257,17 +257,16 @@ def build(sources: "Mapping[str, str | bytes] | Sequence[str | os.PathLike]", to
     return final
 
 
-@functools.lru_cache(maxsize=None)
 def _cxx_identity() -> str:
-    """The C++ compiler Verilator's makefile uses (``$CXX`` or g++): path and version line."""
+    """The C++ compiler Verilator's makefile uses (``$CXX`` or g++), as qfx._toolchain identifies one."""
+    from qfx._toolchain import compiler_identity
+
     name = os.environ.get("CXX", "g++")
     path = shutil.which(name) or name
     try:
-        r = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=60)
-        first = r.stdout.splitlines()[0] if r.stdout else ""
-    except (OSError, subprocess.TimeoutExpired):
-        first = ""
-    return f"{os.path.realpath(path)}|{first}"
+        return compiler_identity(path)
+    except (OSError, subprocess.TimeoutExpired):  # no such compiler: the build itself will say so
+        return path
 
 
 def _runtime_key(args: Sequence[str], waves: bool, vl: Verilator) -> str:
