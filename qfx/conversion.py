@@ -14,8 +14,6 @@ float                                           qfx
 ``nn.ReLU`` / ``F.relu`` / ``torch.relu``       :class:`qfx.nn.QReLU`
 ``nn.ReLU6``                                    :class:`qfx.nn.QReLU6`
 ``nn.LeakyReLU`` (slope ``2**-s``)              :class:`qfx.nn.QLeakyReLU`
-``nn.Hardtanh`` / ``F.hardtanh`` / ``clamp``    :class:`qfx.nn.QHardtanh` (constant dyadic bounds;
-``clip`` (``torch.`` or method)                 ``torch.clamp(x, min, max)`` either bound optional)
 ``a + b`` / ``torch.add`` / ``a.add(b)``        :class:`qfx.nn.QAdd` (a new module)
 ``nn.MaxPool2d`` / ``nn.AvgPool2d``             :class:`qfx.nn.QMaxPool2d` / :class:`qfx.nn.QAvgPool2d`
 ``nn.Flatten`` / ``torch.flatten`` / ``.flatten``  :class:`qfx.nn.QFlatten`
@@ -58,7 +56,7 @@ How the keys are used, per kind:
 - ``BatchNorm2d``: ``input``, ``scale``, ``shift``, ``output``. Without a
   ``scale`` (``shift``) the ``weight`` (``bias``) format is used.
 - ``add``: ``in_a`` and ``in_b`` (each defaulting to ``input``), ``output``.
-- ``ReLU``, ``ReLU6``, ``LeakyReLU``, ``Hardtanh``, ``clamp``: ``output``; an ``input`` cast only if it
+- ``ReLU``, ``ReLU6``, ``LeakyReLU``: ``output``; an ``input`` cast only if it
   is given in ``types:`` or ``layers:`` (the ``default`` input is meant for
   the layers that read a new tensor; an activation takes the previous layer's
   output as it is).
@@ -117,8 +115,6 @@ KINDS: dict[str, str] = {
     "ReLU": "nn.ReLU, F.relu, torch.relu, x.relu()",
     "ReLU6": "nn.ReLU6",
     "LeakyReLU": "nn.LeakyReLU with a power-of-two negative_slope",
-    "Hardtanh": "nn.Hardtanh, F.hardtanh (dyadic bounds such as -1, 1, 0.75)",
-    "clamp": "torch.clamp / torch.clip / x.clamp() / x.clip() with constant dyadic bounds",
     "add": "a + b, torch.add(a, b), a.add(b) on two tensors",
     "MaxPool2d": "nn.MaxPool2d",
     "AvgPool2d": "nn.AvgPool2d",
@@ -132,7 +128,6 @@ _MODULE_KINDS: tuple[tuple[type, str], ...] = (
     (nn.BatchNorm2d, "BatchNorm2d"),
     (nn.ReLU, "ReLU"),
     (nn.ReLU6, "ReLU6"),
-    (nn.Hardtanh, "Hardtanh"),  # after ReLU6, its subclass
     (nn.LeakyReLU, "LeakyReLU"),
     (nn.MaxPool2d, "MaxPool2d"),
     (nn.AvgPool2d, "AvgPool2d"),
@@ -145,14 +140,10 @@ _FUNCTION_KINDS = {
     torch.flatten: "Flatten",
     torch.relu: "ReLU",
     F.relu: "ReLU",
-    F.hardtanh: "Hardtanh",
-    torch.clamp: "clamp",
-    torch.clip: "clamp",
 }
-_METHOD_KINDS = {"add": "add", "add_": "add", "flatten": "Flatten", "relu": "ReLU", "relu_": "ReLU",
-                 "clamp": "clamp", "clip": "clamp"}
+_METHOD_KINDS = {"add": "add", "add_": "add", "flatten": "Flatten", "relu": "ReLU", "relu_": "ReLU"}
 #: Kinds whose input (and, for max pooling, output) cast comes only from types:/layers:.
-_PASS_THROUGH_INPUT = ("ReLU", "ReLU6", "LeakyReLU", "Hardtanh", "clamp", "MaxPool2d")
+_PASS_THROUGH_INPUT = ("ReLU", "ReLU6", "LeakyReLU", "MaxPool2d")
 _TOP_KEYS = ("default", "types", "layers", "fold_bn")
 
 
@@ -392,48 +383,12 @@ def _check_call(node: fx.Node, kind: str) -> "str | None":
             return "unsupported arguments"
         del inplace
         return None
-    if kind in ("Hardtanh", "clamp"):
-        try:
-            _clamp_bounds(node, kind)
-        except ValueError as err:
-            return str(err)
-        return None
     if kind == "Flatten":
         dims = args[1:] + [kwargs.pop("start_dim", None), kwargs.pop("end_dim", None)]
         if kwargs or any(isinstance(d, fx.Node) for d in dims) or len(args) > 3:
             return "start_dim and end_dim must be constants"
         return None
     return None
-
-
-def _clamp_bounds(node: fx.Node, kind: str) -> "tuple[float | None, float | None]":
-    """The constant ``(min, max)`` of an ``F.hardtanh`` / ``torch.clamp`` call (ValueError otherwise)."""
-    args, kwargs = list(node.args)[1:], dict(node.kwargs)
-    if kind == "Hardtanh":
-        names, defaults = ("min_val", "max_val", "inplace"), (-1.0, 1.0, False)
-    else:
-        names, defaults = ("min", "max"), (None, None)
-    if len(args) > len(names):
-        raise ValueError(f"takes at most {len(names)} arguments after the input ({', '.join(names)})")
-    vals = dict(zip(names, defaults))
-    vals.update(zip(names, args))
-    for k in list(kwargs):
-        if k not in names:
-            raise ValueError(f"unsupported keyword argument {k!r}; supported: {', '.join(names)}")
-        vals[k] = kwargs.pop(k)
-    lo, hi = vals[names[0]], vals[names[1]]
-    for what, v in ((names[0], lo), (names[1], hi)):
-        if v is not None and (isinstance(v, (bool, fx.Node)) or not isinstance(v, (int, float))):
-            raise ValueError(f"{what} must be a constant number (a tensor bound is not supported), got "
-                             f"{type(v).__name__}")
-    if lo is None and hi is None:
-        raise ValueError("clamp needs min or max")
-    from .nn.activation import dyadic_bound
-
-    for what, v in ((names[0], lo), (names[1], hi)):
-        if v is not None:
-            dyadic_bound(v, what)
-    return (None if lo is None else float(lo)), (None if hi is None else float(hi))
 
 
 def _flatten_dims(node: fx.Node) -> tuple[int, int]:
@@ -471,9 +426,6 @@ def _build(kind: str, float_module: "nn.Module | None", node: fx.Node, cfg: Laye
         return qnn.QReLU6(config=cfg)
     if kind == "LeakyReLU":
         return qnn.QLeakyReLU(m.negative_slope, config=cfg)
-    if kind in ("Hardtanh", "clamp"):
-        lo, hi = (m.min_val, m.max_val) if m is not None else _clamp_bounds(node, kind)
-        return qnn.QHardtanh(lo, hi, config=cfg)
     if kind == "MaxPool2d":
         return qnn.QMaxPool2d(m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode, config=cfg)
     if kind == "AvgPool2d":

@@ -10,7 +10,7 @@
    still move it, so no format could be exported honestly.
 2. **Traces** the copy with ``torch.fx``; every :mod:`qfx.nn` layer is a leaf.
    Supported: ``QLinear``, ``QConv2d``, ``QBatchNorm2d``, ``QReLU``,
-   ``QReLU6``, ``QLeakyReLU``, ``QHardtanh``, ``QAdd``, ``QMaxPool2d``, ``QAvgPool2d``,
+   ``QReLU6``, ``QLeakyReLU``, ``QAdd``, ``QMaxPool2d``, ``QAvgPool2d``,
    ``QFlatten``; ``nn.Identity`` / ``nn.Dropout`` (identity in eval) pass
    through; ``torch.flatten(x, 1)``, ``x.flatten(1)`` and ``x.view(N, -1)`` /
    ``x.reshape(N, -1)`` become flatten nodes. Anything else (a float
@@ -72,7 +72,6 @@ from .nn import (
     QMaxPool2d,
     QReLU,
     QReLU6,
-    QHardtanh,
     QuantizedModule,
     TensorQuantizer,
     freeze,
@@ -364,7 +363,7 @@ class _Builder:
         if handler is None:
             raise ExportError(
                 f"unsupported module {path!r} ({type(mod).__module__}.{type(mod).__name__}); export handles the qfx.nn "
-                f"layers (QLinear, QConv2d, QBatchNorm2d, QReLU, QReLU6, QLeakyReLU, QHardtanh, QAdd, QMaxPool2d, QAvgPool2d, "
+                f"layers (QLinear, QConv2d, QBatchNorm2d, QReLU, QReLU6, QLeakyReLU, QAdd, QMaxPool2d, QAvgPool2d, "
                 f"QFlatten); convert float layers with qfx.nn.<Layer>.from_float"
             )
         _check_finite(mod, path)
@@ -477,10 +476,7 @@ def _batchnorm(b: _Builder, n: fx.Node, mod: QBatchNorm2d, path: str, prods: lis
 def _elementwise(op: str) -> Callable:
     def handler(b: _Builder, n: fx.Node, mod: Any, path: str, prods: list[_Entry]) -> None:
         (prod,) = prods
-        params: dict[str, Any] = {"slope_shift": mod.slope_shift} if op == "leaky_relu" else {}
-        if op == "clamp":
-            lo, hi, frac = mod.bound_codes
-            params = {"lo": lo, "hi": hi, "frac": frac}
+        params = {"slope_shift": mod.slope_shift} if op == "leaky_relu" else {}
         formats = {"input": _in_fmt(mod, prod), "output": mod.effective_format("output")}
         b.add(n, op, path, prods, params=params, formats=formats)
 
@@ -547,7 +543,6 @@ _HANDLERS: dict[type, Callable] = {
     QReLU: _elementwise("relu"),
     QReLU6: _elementwise("relu6"),
     QLeakyReLU: _elementwise("leaky_relu"),
-    QHardtanh: _elementwise("clamp"),
     QAdd: _add,
     QMaxPool2d: _maxpool,
     QAvgPool2d: _avgpool,

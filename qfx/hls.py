@@ -48,7 +48,7 @@ its output format. ap_fixed's own products and sums are exact, so each C++
 cast is the reference's ``cast_codes``.
 
 Supported: dense (also on [C, H, W]: rows of the last axis), conv2d (stride, padding, dilation, groups), batchnorm,
-relu, relu6, leaky_relu, clamp, add, maxpool2d, avgpool2d (power-of-two divisor or
+relu, relu6, leaky_relu, add, maxpool2d, avgpool2d (power-of-two divisor or
 reciprocal), flatten; fixed-point weights (per-channel formats too, on their
 envelope grid), K-hot weights as shifts and adds from the manifest's digit
 arrays, minifloat weights with ``multiply: exact`` (template ``_minifloat.j2``: the
@@ -130,7 +130,7 @@ CLOCK_NS = 10
 CXX_FLAGS = ("-std=c++14", "-O1", "-Wall", "-Wno-unknown-pragmas", "-Wno-stringop-overflow", "-Wno-stringop-overread",
              "-Wno-dangling-pointer", "-Wno-use-after-free", "-Wno-mismatched-new-delete", "-Wno-mismatched-dealloc",
              "-Wno-free-nonheap-object")
-SUPPORTED_OPS = ("input", "output", "dense", "conv2d", "batchnorm", "relu", "relu6", "leaky_relu", "clamp", "add",
+SUPPORTED_OPS = ("input", "output", "dense", "conv2d", "batchnorm", "relu", "relu6", "leaky_relu", "add",
                  "maxpool2d", "avgpool2d", "flatten")
 # Identifiers the generated C++ or its headers already use at global scope (or the testbench in main).
 _RESERVED = frozenset("""std hls qfx_cast qfx_caster in_stream out_stream stdin stdout stderr printf scanf fprintf
@@ -392,19 +392,10 @@ def _node_context(node: Node, reuse: int) -> tuple[dict, list[tuple[str, str]]]:
         ctx.update(c=c, hw=n_in // c,
                    scales=_literals(node.arrays["scale"], f["scale"].frac_bits, f"node {node.name!r} scale"),
                    shifts=_literals(node.arrays["shift"], f["shift"].frac_bits, f"node {node.name!r} shift"))
-    elif op in ("relu", "relu6", "leaky_relu", "clamp"):
+    elif op in ("relu", "relu6", "leaky_relu"):
         xi: FixedType = f["input"]
         types = [("in", _cpp(xi))]
-        if op == "clamp":
-            bf = int(p["frac"])
-            bounds = [int(p[k]) for k in ("lo", "hi") if p[k] is not None]
-            frac = max(xi.frac_bits, bf)
-            ib = max(_ibits(xi), max(abs(b) for b in bounds).bit_length() + 1 - bf) + 1
-            types.append(("r", _exact(ib + frac, ib)))
-            for key in ("lo", "hi"):
-                lit = None if p[key] is None else _literal(p[key], bf, f"node {node.name!r} {key}")
-                ctx[key], ctx[f"{key}_text"] = lit, ("-inf" if key == "lo" else "inf") if lit is None else lit
-        elif op == "relu6":
+        if op == "relu6":
             frac = max(xi.frac_bits, -1)
             ib = max(_ibits(xi), 4) + 1
             types.append(("r", _exact(ib + frac, ib)))

@@ -75,7 +75,7 @@ Params per op (:data:`OPS`): dense ``in_features, out_features, bias,
 multiply, accum_order, accum_exact``; conv2d ``in_channels, out_channels,
 kernel, stride, padding, dilation, groups`` and the dense ones but the feature
 counts; batchnorm ``num_features``; leaky_relu ``slope_shift`` (slope
-``2**-s``); clamp ``lo, hi, frac`` (bounds ``lo * 2**-frac`` and ``hi * 2**-frac``, either null); maxpool2d ``kernel, stride, padding, dilation, ceil_mode``;
+``2**-s``); maxpool2d ``kernel, stride, padding, dilation, ceil_mode``;
 avgpool2d ``kernel, stride, padding, divisor`` (zero padding counted; a
 ``reciprocal`` format and array when the divisor is not a power of two);
 flatten ``start_dim, end_dim`` (inclusive, counted without the batch
@@ -214,7 +214,6 @@ OPS: dict[str, OpSpec] = {
     "relu": OpSpec(1, ("input", "output")),
     "relu6": OpSpec(1, ("input", "output")),
     "leaky_relu": OpSpec(1, ("input", "output"), (), ("slope_shift",)),
-    "clamp": OpSpec(1, ("input", "output"), (), ("lo", "hi", "frac")),
     "add": OpSpec(2, ("in_a", "in_b", "output")),
     "maxpool2d": OpSpec(1, ("input", "output"), (), ("kernel", "stride", "padding", "dilation", "ceil_mode")),
     "avgpool2d": OpSpec(1, ("input", "output"), ("reciprocal",), ("kernel", "stride", "padding", "divisor")),
@@ -439,7 +438,7 @@ def infer_output_shape(op: str, params: Mapping[str, Any], input_shapes: Sequenc
     if op == "input":
         raise ValueError("the input node's shape is given, not inferred")
     x = shapes[0]
-    if op in ("output", "relu", "relu6", "leaky_relu", "clamp", "batchnorm"):
+    if op in ("output", "relu", "relu6", "leaky_relu", "batchnorm"):
         if op == "batchnorm":
             if len(x) != 3 or x[0] != params["num_features"]:
                 raise ValueError(f"batchnorm needs input [{params['num_features']}, H, W], got {list(x)}")
@@ -585,18 +584,6 @@ def _check_params(ck: _Checker, where: str, op: str, params: dict) -> dict:
         _int_param(ck, where, p, "num_features", 1)
     elif op == "leaky_relu":
         _int_param(ck, where, p, "slope_shift", 1)
-    elif op == "clamp":
-        frac = p["frac"]
-        if not _is_int(frac) or not -32 <= frac <= 32:
-            raise ck.fail(where, f"params.frac must be an int in [-32, 32], got {frac!r}")
-        for key in ("lo", "hi"):
-            v = p[key]
-            if v is not None and (not _is_int(v) or abs(v) >= 1 << 53):
-                raise ck.fail(where, f"params.{key} must be null or an int code below 2**53 in magnitude, got {v!r}")
-        if p["lo"] is None and p["hi"] is None:
-            raise ck.fail(where, "params.lo and params.hi are both null: a clamp needs a bound")
-        if p["lo"] is not None and p["hi"] is not None and p["lo"] > p["hi"]:
-            raise ck.fail(where, f"params.lo ({p['lo']}) must not exceed params.hi ({p['hi']})")
     elif op in ("maxpool2d", "avgpool2d"):
         p["kernel"] = _pair(ck, where, p, "kernel", 1)
         p["stride"] = _pair(ck, where, p, "stride", 1)

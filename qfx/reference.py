@@ -57,9 +57,6 @@ Layers (``x`` = the producer's codes, cast to the node's input format first):
 ``batchnorm``
     ``cast(x * scale[c] + align(shift[c]), output)`` on the grid
     ``max(F_x + F_scale, F_shift)``: one rounding.
-``clamp``
-    ``min(max(x, lo), hi)`` (a null bound left out) on the grid ``max(F_x, frac)`` where the
-    bounds ``lo * 2**-frac``, ``hi * 2**-frac`` and ``x`` are exact; then ``cast(., output)``.
 ``relu`` / ``relu6`` / ``leaky_relu``
     ``max(x, 0)``; ``min(max(x, 0), 6)`` on the grid ``max(F_x, -1)`` where
     6 is ``3 << (F + 1)``; ``x << s`` where ``x >= 0`` else ``x``, on the grid
@@ -292,17 +289,6 @@ def _activation(node: Node, x: np.ndarray, x_frac: int, force_big: bool) -> np.n
         v = _shl(_big(xq) if big else xq, frac - fx)
         six = 3 << (frac + 1)
         return cast_codes(np.minimum(np.maximum(v, 0), six), frac, f["output"])
-    if node.op == "clamp":
-        p = node.params
-        bf = int(p["frac"])
-        frac = max(fx, bf)
-        big = force_big or max(xi.width + frac - fx, 54 + frac - bf) + 2 > INT64_SAFE_BITS
-        v = _shl(_big(xq) if big else xq, frac - fx)
-        if p["lo"] is not None:
-            v = np.maximum(v, int(p["lo"]) << (frac - bf))
-        if p["hi"] is not None:
-            v = np.minimum(v, int(p["hi"]) << (frac - bf))
-        return cast_codes(v, frac, f["output"])
     s = int(node.params["slope_shift"])  # leaky_relu
     big = force_big or xi.width + s > INT64_SAFE_BITS
     v = _big(xq) if big else xq
@@ -443,7 +429,7 @@ def run_codes(manifest: "Manifest | str | Path", codes: Any, *, big_ints: bool =
                 y = _mac(node, srcs[0], fracs[0], big_ints)
             elif node.op == "batchnorm":
                 y = _batchnorm(node, srcs[0], fracs[0], big_ints)
-            elif node.op in ("relu", "relu6", "leaky_relu", "clamp"):
+            elif node.op in ("relu", "relu6", "leaky_relu"):
                 y = _activation(node, srcs[0], fracs[0], big_ints)
             elif node.op == "add":
                 y = _add(node, srcs[0], fracs[0], srcs[1], fracs[1], big_ints)

@@ -13,7 +13,6 @@ from qfx.nn import (
     QBatchNorm2d,
     QConv2d,
     QFlatten,
-    QHardtanh,
     QLeakyReLU,
     QLinear,
     QMaxPool2d,
@@ -131,18 +130,6 @@ def coarse() -> nn.Module:
     ), 15)
 
 
-def clamps() -> nn.Module:
-    # bounds on a grid finer than the input (-0.75, 0.3125), a one-sided bound, bounds past the
-    # output range (saturated by the cast), an unsigned input, a wrapping output
-    return init_weights(nn.Sequential(
-        QLinear(8, 6, input=X, weight=W, bias=B, output=Y),
-        QHardtanh(-0.75, 1.5, input="ap_fixed<6,3,AP_RND>", output="ap_fixed<7,2,AP_RND_CONV,AP_SAT>"),
-        QLinear(6, 5, input=X, weight=W, bias=B, output=Y),
-        QHardtanh(None, 0.3125, output="ap_fixed<6,1,AP_RND,AP_SAT_SYM>"),
-        QHardtanh(-6.0, 24.0, input="ap_ufixed<5,3,AP_TRN>", output="ap_fixed<5,3,AP_RND_INF,AP_WRAP>"),
-    ), 17)
-
-
 # The layer x format matrix of the hardware tests (HLS C simulation, RTL accelerator).
 # id -> (model factory, input shape without batch, random scale, ops it must contain)
 MODELS = {
@@ -153,7 +140,6 @@ MODELS = {
     "residual": (lambda: init_weights(Residual(), 5), (2, 6, 6), 3.0, {"conv2d", "add", "batchnorm", "flatten"}),
     "khot_mlp": (lambda: init_weights(mlp(KHOT, NARROW), 11), (12,), 2.0, {"dense"}),
     "per_channel": (per_channel, (2, 4, 4), 2.0, {"conv2d", "relu", "flatten", "dense"}),
-    "clamp": (clamps, (8,), 3.0, {"dense", "clamp"}),
     "coarse": (coarse, (1, 7, 5), 40.0, {"conv2d", "relu6", "avgpool2d", "dense", "maxpool2d", "relu", "flatten"}),
 }
 

@@ -16,7 +16,7 @@ computes exactly what :mod:`qfx.reference` documents for its op:
 * :class:`AddEngine` (add): buffers both operands (the two paths of a
   residual block arrive at different times; buffering both means the fork
   that feeds them can never deadlock), then one element per cycle.
-* :class:`ElementwiseEngine` (batchnorm, relu, relu6, leaky_relu, clamp): no
+* :class:`ElementwiseEngine` (batchnorm, relu, relu6, leaky_relu): no
   buffer, one element per cycle, a one-stage pipeline.
 
 An engine that buffers takes a new input tensor only after it has issued
@@ -427,12 +427,11 @@ class AddEngine(_Engine):
 
 
 class ElementwiseEngine(_Engine):
-    """batchnorm / relu / relu6 / leaky_relu / clamp node: one element per cycle, latency 1, no buffer.
+    """batchnorm / relu / relu6 / leaky_relu node: one element per cycle, latency 1, no buffer.
 
     batchnorm: ``cast(x * scale[c] + align(shift[c]), output)`` (one rounding);
     relu: ``max(x, 0)``; relu6: ``min(max(x, 0), 6)`` on the grid ``max(F_x, -1)``;
     leaky_relu: ``x << s`` where ``x >= 0`` else ``x``, on the grid ``F_x + s``;
-    clamp: ``min(max(x, lo), hi)`` on the grid ``max(F_x, frac)`` (bounds exact there);
     each cast to ``output``. ``x`` is the producer's code cast to ``input``.
     """
 
@@ -484,23 +483,6 @@ class ElementwiseEngine(_Engine):
             shifted = x << (frac - fx)
             neg = x[-1] if xi.signed else Const(0, 1)
             m.d.comb += v.eq(Mux(neg, 0, Mux(shifted > six, six, shifted)))
-        elif node.op == "clamp":
-            p = node.params
-            bf = int(p["frac"])
-            frac = max(fx, bf)
-            bounds = {k: None if p[k] is None else int(p[k]) << (frac - bf) for k in ("lo", "hi")}
-            width = max([xi.width + frac - fx + (0 if xi.signed else 1)]
-                        + [abs(b).bit_length() + 1 for b in bounds.values() if b is not None])
-            v_fmt = FixedType(width, width - frac, signed=True)
-            v = Signal(fixed_shape(v_fmt))
-            r: Value = x << (frac - fx)
-            if bounds["lo"] is not None:
-                lo = Const(bounds["lo"], signed(width))
-                r = Mux(r < lo, lo, r)
-            if bounds["hi"] is not None:
-                hi = Const(bounds["hi"], signed(width))
-                r = Mux(r > hi, hi, r)
-            m.d.comb += v.eq(r)
         elif node.op == "leaky_relu":
             s = int(node.params["slope_shift"])
             v_fmt = FixedType(xi.width + s, xi.int_bits, signed=xi.signed)

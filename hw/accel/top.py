@@ -19,9 +19,9 @@ from .weights import plan_weights
 __all__ = ["Accelerator", "SUPPORTED_OPS", "axis_width", "emitted_format", "stream_formats"]
 
 #: Manifest ops the RTL accelerator builds.
-SUPPORTED_OPS = ("input", "dense", "conv2d", "batchnorm", "relu", "relu6", "leaky_relu", "clamp", "add",
+SUPPORTED_OPS = ("input", "dense", "conv2d", "batchnorm", "relu", "relu6", "leaky_relu", "add",
                  "maxpool2d", "avgpool2d", "flatten", "output")
-_ELEMENTWISE = ("batchnorm", "relu", "relu6", "leaky_relu", "clamp")
+_ELEMENTWISE = ("batchnorm", "relu", "relu6", "leaky_relu")
 
 
 def axis_width(fmt: FixedType) -> int:

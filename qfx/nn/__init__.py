@@ -16,7 +16,7 @@ module                   contents
 ``qfx.nn.linear``        :class:`QLinear`
 ``qfx.nn.conv``          :class:`QConv2d`
 ``qfx.nn.norm``          :class:`QBatchNorm2d`, :func:`fold_batchnorm`
-``qfx.nn.activation``    :class:`QReLU`, :class:`QReLU6`, :class:`QLeakyReLU`, :class:`QHardtanh`
+``qfx.nn.activation``    :class:`QReLU`, :class:`QReLU6`, :class:`QLeakyReLU`
 ``qfx.nn.add``           :class:`QAdd`
 ``qfx.nn.pool``          :class:`QMaxPool2d`, :class:`QAvgPool2d`
 ``qfx.nn.flatten``       :class:`QFlatten`
@@ -24,7 +24,7 @@ module                   contents
 """
 
 from .accumulate import auto_accumulator, lmul_product_type, minifloat_hull, product_type
-from .activation import QHardtanh, QLeakyReLU, QReLU, QReLU6
+from .activation import QLeakyReLU, QReLU, QReLU6
 from .add import QAdd
 from .base import QuantizedModule, freeze, reset_overflow_counts, set_track_overflow
 from .config import FORMAT_KEYS, LEARNABLE_KEYS, OPTION_KEYS, LayerConfig, as_config
@@ -49,7 +49,6 @@ __all__ = [
     "fold_batchnorm",
     "QReLU",
     "QReLU6",
-    "QHardtanh",
     "QLeakyReLU",
     "QAdd",
     "QMaxPool2d",
