@@ -24,6 +24,7 @@ float                                           qfx
 ``torch.clamp`` / ``x.clamp`` / ``torch.clip``    :class:`qfx.nn.QClamp` (constant bounds)
 ``a - b`` / ``torch.sub`` / ``a.sub(b)``          :class:`qfx.nn.QSub` (two tensors)
 ``a * b`` / ``torch.mul`` / ``a.mul(b)``          :class:`qfx.nn.QMul` (two tensors)
+``nn.ZeroPad2d``                                  :class:`qfx.nn.QZeroPad2d` (no formats)
 ``nn.Identity``, ``nn.Dropout*``                removed (the value passes through)
 ==============================================  ==============================================
 
@@ -140,6 +141,7 @@ KINDS: dict[str, str] = {
     "clamp": "torch.clamp, torch.clip, x.clamp(), x.clip() with constant min/max",
     "sub": "a - b, torch.sub(a, b), a.sub(b) on two tensors of the same shape",
     "mul": "a * b, torch.mul(a, b), a.mul(b) on two tensors of the same shape",
+    "ZeroPad2d": "nn.ZeroPad2d (amounts >= 0)",
 }
 
 _REMOVED = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
@@ -156,6 +158,7 @@ _MODULE_KINDS: tuple[tuple[type, str], ...] = (
     (nn.BatchNorm1d, "BatchNorm1d"),
     (nn.AdaptiveAvgPool2d, "GlobalAvgPool2d"),
     (nn.Hardtanh, "Hardtanh"),  # after nn.ReLU6, a subclass of it
+    (nn.ZeroPad2d, "ZeroPad2d"),
 )
 _FUNCTION_KINDS = {
     operator.add: "add",
@@ -571,6 +574,8 @@ def _build(kind: str, float_module: "nn.Module | None", node: fx.Node, cfg: Laye
         return qnn.QClamp(lo, hi, config=cfg)
     if kind == "cat":
         return qnn.QCat(int(_cat_args(node)[1]), config=cfg)
+    if kind == "ZeroPad2d":
+        return qnn.QZeroPad2d(tuple(m.padding))
     raise AssertionError(kind)  # pragma: no cover
 
 

@@ -73,6 +73,7 @@ from .nn import (
     QGlobalAvgPool2d,
     QMul,
     QSub,
+    QZeroPad2d,
     QConv2d,
     QFlatten,
     QLeakyReLU,
@@ -115,7 +116,7 @@ _RESHAPE_METHODS = ("view", "reshape", "flatten")
 
 class _Tracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        if isinstance(m, (QuantizedModule, QFlatten)):
+        if isinstance(m, (QuantizedModule, QFlatten, QZeroPad2d)):
             return True
         return super().is_leaf_module(m, qualname)
 
@@ -272,7 +273,7 @@ class _Builder:
                 seen.add(user)
                 if user.op == "call_module":
                     mod = self.module(user)
-                    if isinstance(mod, (QFlatten,) + _PASS_THROUGH_MODULES):
+                    if isinstance(mod, (QFlatten, QZeroPad2d) + _PASS_THROUGH_MODULES):
                         stack.append(user)
                         continue
                     if isinstance(mod, (QAdd, QSub, QMul)):
@@ -619,6 +620,9 @@ _HANDLERS: dict[type, Callable] = {
     QClamp: _clamp,
     QSub: _binary("sub"),
     QMul: _binary("mul"),
+    QZeroPad2d: lambda b, n, mod, path, prods: b.add(
+        n, "pad", path, prods, params={"padding": [int(v) for v in mod.padding]},
+        formats={"input": prods[0].formats["output"], "output": prods[0].formats["output"]}),
 }
 
 

@@ -131,7 +131,7 @@ CXX_FLAGS = ("-std=c++14", "-O1", "-Wall", "-Wno-unknown-pragmas", "-Wno-stringo
              "-Wno-dangling-pointer", "-Wno-use-after-free", "-Wno-mismatched-new-delete", "-Wno-mismatched-dealloc",
              "-Wno-free-nonheap-object")
 SUPPORTED_OPS = ("input", "output", "dense", "conv2d", "batchnorm", "relu", "relu6", "leaky_relu", "add",
-                 "maxpool2d", "avgpool2d", "flatten", "concat", "clamp", "sub", "mul")
+                 "maxpool2d", "avgpool2d", "flatten", "concat", "clamp", "sub", "mul", "pad")
 # Identifiers the generated C++ or its headers already use at global scope (or the testbench in main).
 _RESERVED = frozenset("""std hls qfx_cast qfx_caster in_stream out_stream stdin stdout stderr printf scanf fprintf
     fscanf fopen FILE size_t ssdm_int_sim""".split())
@@ -412,6 +412,11 @@ def _node_context(node: Node, reuse: int) -> tuple[dict, list[tuple[str, str]]]:
             parts.append(dict(src=src, n=size, offset=offset))
             offset += size
         ctx["parts"] = parts
+    elif op == "pad":
+        types = [("in", _cpp(f["input"])), ("out", _cpp(f["output"]))]
+        c, h, w = node.input_shapes[0]
+        left, right, top, bottom = p["padding"]
+        ctx.update(c=c, h=h, w=w, ho=node.output_shape[1], wo=node.output_shape[2], left=left, top=top)
     elif op == "clamp":
         types = [("in", _cpp(f["input"])), ("out", _cpp(f["output"]))]
         fo = f["output"].frac_bits

@@ -81,7 +81,8 @@ avgpool2d ``kernel, stride, padding, divisor`` (zero padding counted; a
 flatten ``start_dim, end_dim`` (inclusive, counted without the batch
 dimension); concat ``axis`` (counted without the batch dimension; two or more
 inputs); clamp ``min_code, max_code`` (codes of the output format, or null for
-no bound); relu, relu6, add, sub, mul, input, output none. batchnorm takes
+no bound); pad ``padding`` (``[left, right, top, bottom]`` zeros, ZeroPad2d's order;
+``formats.input == formats.output ==`` the producer's); relu, relu6, add, sub, mul, input, output none. batchnorm takes
 ``[C, H, W]``, ``[C, L]`` or ``[C]``.
 
 Node fields (all required):
@@ -227,6 +228,7 @@ OPS: dict[str, OpSpec] = {
     "clamp": OpSpec(1, ("input", "output"), (), ("min_code", "max_code")),
     "sub": OpSpec(2, ("in_a", "in_b", "output")),
     "mul": OpSpec(2, ("in_a", "in_b", "output")),
+    "pad": OpSpec(1, ("input", "output"), (), ("padding",)),
 }
 
 TOP_KEYS = ("schema", "version", "generator", "model", "tensors", "input", "output", "nodes")
@@ -455,6 +457,11 @@ def infer_output_shape(op: str, params: Mapping[str, Any], input_shapes: Sequenc
         return x
     if op == "clamp":
         return x
+    if op == "pad":
+        if len(x) != 3:
+            raise ValueError(f"pad needs input [C, H, W], got {list(x)}")
+        left, right, top, bottom = params["padding"]
+        return (x[0], x[1] + top + bottom, x[2] + left + right)
     if op in ("add", "sub", "mul"):
         if shapes[0] != shapes[1]:
             raise ValueError(f"{op} needs operands of the same shape, got {list(shapes[0])} and {list(shapes[1])}")
@@ -621,6 +628,11 @@ def _check_params(ck: _Checker, where: str, op: str, params: dict) -> dict:
         _int_param(ck, where, p, "end_dim", 0)
     elif op == "concat":
         _int_param(ck, where, p, "axis", 0)
+    elif op == "pad":
+        v = p["padding"]
+        if not isinstance(v, list) or len(v) != 4 or not all(_is_int(a) and a >= 0 for a in v):
+            raise ck.fail(where, f"params.padding must be [left, right, top, bottom] of ints >= 0, got {v!r}")
+        p["padding"] = tuple(v)
     elif op == "clamp":
         for key in ("min_code", "max_code"):
             v = p[key]
@@ -830,11 +842,11 @@ def load(path: "str | Path") -> Manifest:
                 raise ck.fail(where, str(err)) from None
             if want != out_shape:
                 raise ck.fail(where, f"output_shape {list(out_shape)} disagrees with what the op computes from its input: {list(want)}")
-        if op in ("flatten", "output"):
+        if op in ("flatten", "output", "pad"):
             prod = by_name[inputs[0]].output_format
-            if op == "flatten" and formats["input"] != prod:
+            if op in ("flatten", "pad") and formats["input"] != prod:
                 raise ck.fail(where, f"formats.input {formats['input']} must equal the producer's output format {prod}")
-            if formats["output"] != (formats["input"] if op == "flatten" else prod):
+            if formats["output"] != (formats["input"] if op in ("flatten", "pad") else prod):
                 raise ck.fail(where, f"formats.output {formats['output']} must equal the format it passes through ({prod})")
         if op in ("dense", "conv2d"):
             n_terms = params["in_features"] if op == "dense" else params["in_channels"] // params["groups"] * params["kernel"][0] * params["kernel"][1]

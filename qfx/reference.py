@@ -84,6 +84,9 @@ Layers (``x`` = the producer's codes, cast to the node's input format first):
     ``cast(align(cast(a, in_a)) - align(cast(b, in_b)), output)`` /
     ``cast(cast(a, in_a) * cast(b, in_b), output)`` on the grid ``F_a + F_b``
     (exact products).
+``pad``
+    The codes with ``padding = [left, right, top, bottom]`` zero codes around
+    each channel (zero is a code of every format; no cast).
 ``batchnorm`` on ``[C]`` / ``[C, L]`` (BatchNorm1d) is the same per-channel
 formula, the channel the first axis.
 """
@@ -484,6 +487,9 @@ def run_codes(manifest: "Manifest | str | Path", codes: Any, *, big_ints: bool =
                 y = _concat(node, srcs, fracs)
             elif node.op == "clamp":
                 y = _clamp(node, srcs[0], fracs[0])
+            elif node.op == "pad":
+                left, right, top, bottom = node.params["padding"]
+                y = np.pad(srcs[0], ((0, 0), (0, 0), (top, bottom), (left, right)))
             elif node.op == "maxpool2d":
                 y = _maxpool(node, srcs[0], fracs[0], big_ints)
             elif node.op == "avgpool2d":

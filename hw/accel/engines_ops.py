@@ -31,10 +31,10 @@ from ..cast import CastUnit, fixed_shape
 from .engines import EngineError, _buffer, _load, _OutputStage, _Sequencer
 from .loops import LoopNest
 
-__all__ = ["BinaryEngine", "ConcatEngine", "ClampEngine", "OPS", "ops_engine", "ops_engine_cycles"]
+__all__ = ["BinaryEngine", "ConcatEngine", "ClampEngine", "PadEngine", "OPS", "ops_engine", "ops_engine_cycles"]
 
 #: Manifest ops built by this module.
-OPS = ("concat", "clamp", "sub", "mul")
+OPS = ("concat", "clamp", "sub", "mul", "pad")
 
 
 class _OpsEngine(wiring.Component):
@@ -222,6 +222,45 @@ class ClampEngine(_OpsEngine):
         return m
 
 
+class PadEngine(_OpsEngine):
+    """pad node (ZeroPad2d): streams, no buffer. For every output position in C order it either
+    forwards the next input code (inside) or emits a zero code (the border); one per cycle.
+
+    Parameters
+    ----------
+    node : Node
+        A ``pad`` node.
+    src : FixedType
+        Format of the codes arriving on ``i`` (equal to the node's output format).
+    """
+
+    def __init__(self, node: Node, src: FixedType) -> None:
+        self._src = src
+        super().__init__(node, {"i": In(stream.Signature(fixed_shape(src))),
+                                "o": Out(stream.Signature(fixed_shape(node.formats["output"])))})
+
+    @property
+    def input_ports(self) -> list:
+        return [self.i]
+
+    def elaborate(self, platform):
+        m = Module()
+        c, h, w = self._node.input_shapes[0]
+        _, ho, wo = self._node.output_shape
+        left, _right, top, _bottom = self._node.params["padding"]
+        loops = LoopNest("pad", [c, ho, wo])
+        _ch, y, x = loops.counters
+        inside = Signal()
+        m.d.comb += inside.eq((y >= top) & (y < top + h) & (x >= left) & (x < left + w))
+        out = _OutputStage(m, self.o)
+        # inside: wait for an input beat; border: emit a zero whenever the output stage advances
+        take = Signal()
+        m.d.comb += [self.i.ready.eq(out.adv & inside), take.eq(out.adv & (~inside | self.i.valid))]
+        loops.step(m, take)
+        out.emit(m, take, Mux(inside, self.i.payload, 0))
+        return m
+
+
 def ops_engine(node: Node, srcs: "list[FixedType]") -> wiring.Component:
     """The engine of a node whose op is in :data:`OPS` (``srcs``: its producers' emitted formats)."""
     if node.op in ("sub", "mul"):
@@ -230,6 +269,8 @@ def ops_engine(node: Node, srcs: "list[FixedType]") -> wiring.Component:
         return ConcatEngine(node, srcs)
     if node.op == "clamp":
         return ClampEngine(node, srcs[0])
+    if node.op == "pad":
+        return PadEngine(node, srcs[0])
     raise EngineError(f"node {node.name!r}: op {node.op!r} is not one of {OPS}")  # pragma: no cover
 
 
@@ -238,6 +279,8 @@ def ops_engine_cycles(node: Node) -> dict[str, int]:
     n_out = math.prod(node.output_shape)
     if node.op in ("sub", "mul"):
         return {"load": n_out, "compute": n_out, "outputs": n_out}
+    if node.op == "pad":
+        return {"load": 0, "compute": n_out, "outputs": n_out}
     if node.op == "concat":
         return {"load": max(math.prod(s) for s in node.input_shapes), "compute": n_out, "outputs": n_out}
     return {"load": 0, "compute": n_out, "outputs": n_out}

@@ -247,6 +247,8 @@ def engine_features(manifest: Manifest) -> dict[str, dict[str, float]]:
             out[node.name] = _concat_features(node, [fmt_of(s) for s in node.inputs])
         else:
             out[node.name] = _elementwise_features(node, src)
+            if node.op == "pad":  # the output position counters (hw/accel/engines_ops.py)
+                out[node.name]["ctr_bits"] = float(sum(_bits(v) for v in node.output_shape if v > 1))
     return out
 
 

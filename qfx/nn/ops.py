@@ -20,7 +20,7 @@ from .base import QuantizedModule
 from .config import ConfigLike, as_config
 from .norm import QBatchNorm2d
 
-__all__ = ["QBatchNorm1d", "QGlobalAvgPool2d", "QCat", "QClamp", "QSub", "QMul", "avg_factor"]
+__all__ = ["QBatchNorm1d", "QGlobalAvgPool2d", "QCat", "QClamp", "QSub", "QMul", "QZeroPad2d", "avg_factor"]
 
 
 def _check_float(t: object, layer: str, name: str = "x") -> torch.Tensor:
@@ -271,3 +271,22 @@ class QMul(_QBinary):
     """
 
     _op = "mul"
+
+
+class QZeroPad2d(nn.ZeroPad2d):
+    """:class:`torch.nn.ZeroPad2d` in a quantized model: values pass unchanged, zeros around them.
+
+    Zero is a value of every format, so the output format is the producer's (no cast, no config key).
+    The manifest op is ``pad`` with ``padding = [left, right, top, bottom]``.
+
+    Parameters
+    ----------
+    padding : int or 4-tuple
+        As for :class:`torch.nn.ZeroPad2d`; every amount >= 0 (cropping is not supported).
+    """
+
+    def __init__(self, padding: Any, *, config: ConfigLike = None, **overrides: Any) -> None:
+        as_config(config, **overrides)
+        super().__init__(padding)
+        if any(isinstance(p, bool) or not isinstance(p, int) or p < 0 for p in self.padding):
+            raise ValueError(f"QZeroPad2d needs padding amounts >= 0 (no cropping), got {self.padding}")
