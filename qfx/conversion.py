@@ -17,6 +17,14 @@ float                                           qfx
 ``a + b`` / ``torch.add`` / ``a.add(b)``        :class:`qfx.nn.QAdd` (a new module)
 ``nn.MaxPool2d`` / ``nn.AvgPool2d``             :class:`qfx.nn.QMaxPool2d` / :class:`qfx.nn.QAvgPool2d`
 ``nn.Flatten`` / ``torch.flatten`` / ``.flatten``  :class:`qfx.nn.QFlatten`
+``nn.BatchNorm1d`` ([N, C] or [N, C, L])         :class:`qfx.nn.QBatchNorm1d`
+``nn.AdaptiveAvgPool2d(1)`` / ``x.mean((2, 3))``  :class:`qfx.nn.QGlobalAvgPool2d`
+``torch.cat`` / ``torch.concat`` (dim=1)          :class:`qfx.nn.QCat`
+``nn.Hardtanh`` / ``F.hardtanh``                  :class:`qfx.nn.QClamp`
+``torch.clamp`` / ``x.clamp`` / ``torch.clip``    :class:`qfx.nn.QClamp` (constant bounds)
+``a - b`` / ``torch.sub`` / ``a.sub(b)``          :class:`qfx.nn.QSub` (two tensors)
+``a * b`` / ``torch.mul`` / ``a.mul(b)``          :class:`qfx.nn.QMul` (two tensors)
+``nn.ZeroPad2d``                                  :class:`qfx.nn.QZeroPad2d` (no formats)
 ``nn.Identity``, ``nn.Dropout*``                removed (the value passes through)
 ==============================================  ==============================================
 
@@ -65,6 +73,13 @@ How the keys are used, per kind:
 - ``AvgPool2d``: ``input``, ``output``; ``reciprocal`` when the divisor is
   not a power of two.
 - ``Flatten``: no formats.
+- ``BatchNorm1d``: as ``BatchNorm2d`` (never folded).
+- ``GlobalAvgPool2d``: ``input``, ``output``; ``reciprocal`` when ``H * W`` is
+  not a power of two (known at the first forward pass; export names the layer).
+- ``cat``: ``output``; every input is cast to it.
+- ``Hardtanh``, ``clamp``: ``output`` (the bounds are cast to it); an ``input``
+  cast only from ``types:`` / ``layers:``, as for ``ReLU``.
+- ``sub``, ``mul``: ``in_a``, ``in_b`` (each defaulting to ``input``), ``output``.
 
 With ``fold_bn: true`` each ``BatchNorm2d`` fed by a ``Conv2d`` (and only by
 it) is folded into that conv before quantization (:func:`qfx.nn.fold_batchnorm`,
@@ -119,6 +134,14 @@ KINDS: dict[str, str] = {
     "MaxPool2d": "nn.MaxPool2d",
     "AvgPool2d": "nn.AvgPool2d",
     "Flatten": "nn.Flatten, torch.flatten, x.flatten()",
+    "BatchNorm1d": "nn.BatchNorm1d on [N, C] or [N, C, L]",
+    "GlobalAvgPool2d": "nn.AdaptiveAvgPool2d(1) / ((1, 1)), x.mean((2, 3)) / mean(dim=(-2, -1)) on [N, C, H, W]",
+    "cat": "torch.cat / torch.concat / torch.concatenate of two or more tensors along dim=1 (channels)",
+    "Hardtanh": "nn.Hardtanh, F.hardtanh",
+    "clamp": "torch.clamp, torch.clip, x.clamp(), x.clip() with constant min/max",
+    "sub": "a - b, torch.sub(a, b), a.sub(b) on two tensors of the same shape",
+    "mul": "a * b, torch.mul(a, b), a.mul(b) on two tensors of the same shape",
+    "ZeroPad2d": "nn.ZeroPad2d (amounts >= 0)",
 }
 
 _REMOVED = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
@@ -132,6 +155,10 @@ _MODULE_KINDS: tuple[tuple[type, str], ...] = (
     (nn.MaxPool2d, "MaxPool2d"),
     (nn.AvgPool2d, "AvgPool2d"),
     (nn.Flatten, "Flatten"),
+    (nn.BatchNorm1d, "BatchNorm1d"),
+    (nn.AdaptiveAvgPool2d, "GlobalAvgPool2d"),
+    (nn.Hardtanh, "Hardtanh"),  # after nn.ReLU6, a subclass of it
+    (nn.ZeroPad2d, "ZeroPad2d"),
 )
 _FUNCTION_KINDS = {
     operator.add: "add",
@@ -140,10 +167,22 @@ _FUNCTION_KINDS = {
     torch.flatten: "Flatten",
     torch.relu: "ReLU",
     F.relu: "ReLU",
+    operator.sub: "sub",
+    torch.sub: "sub",
+    operator.mul: "mul",
+    torch.mul: "mul",
+    torch.cat: "cat",
+    torch.concat: "cat",
+    torch.concatenate: "cat",
+    torch.mean: "GlobalAvgPool2d",
+    torch.clamp: "clamp",
+    torch.clip: "clamp",
+    F.hardtanh: "Hardtanh",
 }
-_METHOD_KINDS = {"add": "add", "add_": "add", "flatten": "Flatten", "relu": "ReLU", "relu_": "ReLU"}
+_METHOD_KINDS = {"add": "add", "add_": "add", "flatten": "Flatten", "relu": "ReLU", "relu_": "ReLU",
+                 "sub": "sub", "mul": "mul", "mean": "GlobalAvgPool2d", "clamp": "clamp", "clip": "clamp"}
 #: Kinds whose input (and, for max pooling, output) cast comes only from types:/layers:.
-_PASS_THROUGH_INPUT = ("ReLU", "ReLU6", "LeakyReLU", "MaxPool2d")
+_PASS_THROUGH_INPUT = ("ReLU", "ReLU6", "LeakyReLU", "MaxPool2d", "Hardtanh", "clamp")
 _TOP_KEYS = ("default", "types", "layers", "fold_bn")
 
 
@@ -152,8 +191,8 @@ class ConversionError(ValueError):
 
 
 def _supported_text() -> str:
-    rows = [f"  {kind:<12} {src}" for kind, src in KINDS.items()]
-    rows.append("  (removed)    nn.Identity, nn.Dropout, nn.Dropout1d/2d/3d, nn.AlphaDropout")
+    rows = [f"  {kind:<16} {src}" for kind, src in KINDS.items()]
+    rows.append("  (removed)        nn.Identity, nn.Dropout, nn.Dropout1d/2d/3d, nn.AlphaDropout")
     return "supported:\n" + "\n".join(rows)
 
 
@@ -255,15 +294,15 @@ def _resolve(cfg: dict[str, Any], kind: str, name: str) -> dict[str, Any]:
         merged.pop("input", None)
     if kind == "MaxPool2d" and "output" not in explicit:
         merged.pop("output", None)
-    if kind == "BatchNorm2d":
+    if kind in ("BatchNorm2d", "BatchNorm1d"):
         for key, fallback in (("scale", "weight"), ("shift", "bias")):
             if merged.get(key) is None and merged.get(fallback) is not None:
                 fmt = merged[fallback]
                 fmt_obj = parse_type(fmt) if isinstance(fmt, str) else fmt
                 if not isinstance(fmt_obj, FixedType):
                     raise ConversionError(
-                        f"layer {name!r} (BatchNorm2d) has no {key!r} format and its {fallback!r} format "
-                        f"{fmt} is not fixed point; give one, e.g. types: {{BatchNorm2d: {{{key}: 'ap_fixed<8,2,AP_RND,AP_SAT>'}}}}"
+                        f"layer {name!r} ({kind}) has no {key!r} format and its {fallback!r} format "
+                        f"{fmt} is not fixed point; give one, e.g. types: {{{kind}: {{{key}: 'ap_fixed<8,2,AP_RND,AP_SAT>'}}}}"
                     )
                 merged[key] = fmt
     return merged
@@ -324,7 +363,7 @@ def _classify(gm: fx.GraphModule) -> tuple[dict[fx.Node, str], dict[str, str]]:
                 problems.append(f"module {node.target!r} ({type(m).__module__}.{type(m).__name__})")
                 continue
             calls[node.target] = calls.get(node.target, 0) + 1
-            if kind in ("Linear", "Conv2d", "BatchNorm2d") and calls[node.target] > 1:
+            if kind in ("Linear", "Conv2d", "BatchNorm2d", "BatchNorm1d") and calls[node.target] > 1:
                 problems.append(
                     f"module {node.target!r} ({kind}) is called more than once; qfx needs one call per "
                     "layer with weights (each call is a hardware instance): use separate modules"
@@ -332,6 +371,10 @@ def _classify(gm: fx.GraphModule) -> tuple[dict[fx.Node, str], dict[str, str]]:
                 continue
             if kind == "MaxPool2d" and m.return_indices:
                 problems.append(f"module {node.target!r} (MaxPool2d with return_indices=True)")
+                continue
+            if kind == "GlobalAvgPool2d" and m.output_size not in (1, (1, 1), [1, 1]):
+                problems.append(f"module {node.target!r} (AdaptiveAvgPool2d): output_size {m.output_size!r} is not "
+                                "supported; only 1 or (1, 1) (global average pooling)")
                 continue
             node_kind[node] = kind
             if kind != "removed":
@@ -360,8 +403,87 @@ def _classify(gm: fx.GraphModule) -> tuple[dict[fx.Node, str], dict[str, str]]:
     return node_kind, names
 
 
+_SPATIAL_DIMS = ({2, 3}, {-2, -1})
+
+
+def _mean_args(node: fx.Node) -> "tuple[object, object, dict]":
+    args, kwargs = list(node.args), dict(node.kwargs)
+    dim = args[1] if len(args) > 1 else kwargs.pop("dim", None)
+    keepdim = args[2] if len(args) > 2 else kwargs.pop("keepdim", False)
+    kwargs.pop("dim", None)
+    kwargs.pop("keepdim", None)
+    return dim, keepdim, kwargs
+
+
+def _clamp_args(node: fx.Node, kind: str) -> "tuple[object, object, dict]":
+    args, kwargs = list(node.args), dict(node.kwargs)
+    lo_key, hi_key, lo0, hi0 = ("min_val", "max_val", -1.0, 1.0) if kind == "Hardtanh" else ("min", "max", None, None)
+    lo = args[1] if len(args) > 1 else kwargs.pop(lo_key, lo0)
+    hi = args[2] if len(args) > 2 else kwargs.pop(hi_key, hi0)
+    kwargs.pop(lo_key, None)
+    kwargs.pop(hi_key, None)
+    if kind == "Hardtanh":
+        if len(args) > 3:
+            kwargs["inplace"] = args[3]
+        kwargs.pop("inplace", None)
+    return lo, hi, kwargs
+
+
+def _cat_args(node: fx.Node) -> "tuple[object, object, dict]":
+    args, kwargs = list(node.args), dict(node.kwargs)
+    tensors = args[0] if args else kwargs.pop("tensors", None)
+    dim = args[1] if len(args) > 1 else kwargs.pop("dim", kwargs.pop("axis", 0))
+    kwargs.pop("dim", None)
+    return tensors, dim, kwargs
+
+
 def _check_call(node: fx.Node, kind: str) -> "str | None":
     args, kwargs = list(node.args), dict(node.kwargs)
+    if kind in ("sub", "mul"):
+        alpha = kwargs.pop("alpha", 1)
+        if kind == "sub" and len(args) > 2:
+            alpha = args[2]
+        if alpha != 1:
+            return "alpha != 1 is not supported"
+        other = args[1] if len(args) > 1 else kwargs.pop("other", None)
+        kwargs.pop("other", None)
+        if kwargs:
+            return f"unsupported keyword arguments {sorted(kwargs)}; supported: two tensor operands"
+        if not (isinstance(args[0], fx.Node) and isinstance(other, fx.Node)):
+            return (f"argument 'other' is a constant; only the {'difference' if kind == 'sub' else 'product'} of two "
+                    "tensors of the same shape is supported")
+        return None
+    if kind == "GlobalAvgPool2d":
+        dim, keepdim, rest = _mean_args(node)
+        if rest:
+            return f"unsupported arguments {sorted(rest)}; supported: dim=(2, 3) or (-2, -1), keepdim"
+        dims = set(dim) if isinstance(dim, (tuple, list)) and all(isinstance(d, int) for d in dim) else None
+        if dims is None or len(dims) != len(dim) or dims not in _SPATIAL_DIMS:
+            return (f"argument dim={dim!r} is not supported; only the mean over the spatial dims of [N, C, H, W]: "
+                    "dim=(2, 3) or (-2, -1) (global average pooling)")
+        if not isinstance(keepdim, bool):
+            return f"argument keepdim={keepdim!r} must be a constant True or False"
+        return None
+    if kind in ("clamp", "Hardtanh"):
+        lo, hi, rest = _clamp_args(node, kind)
+        if rest:
+            return f"unsupported arguments {sorted(rest)}; supported: constant min / max"
+        for label, v in (("min", lo), ("max", hi)):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+                return f"argument {label}={v!r} is not supported; only constant numbers (or None) as bounds"
+        if lo is None and hi is None:
+            return "needs a min or a max bound"
+        return None
+    if kind == "cat":
+        tensors, dim, rest = _cat_args(node)
+        if rest:
+            return f"unsupported arguments {sorted(rest)}; supported: a list of tensors and dim=1"
+        if not isinstance(tensors, (list, tuple)) or len(tensors) < 2 or not all(isinstance(t, fx.Node) for t in tensors):
+            return "argument tensors must be a list of two or more tensors"
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim == 0 or dim > 1:
+            return (f"argument dim={dim!r} is not supported; only the channel dim, dim=1 (a negative dim is checked "
+                    "to be the channel dim at export)")
+        return None
     if kind == "add":
         alpha = kwargs.pop("alpha", 1)
         if len(args) > 2:
@@ -438,6 +560,22 @@ def _build(kind: str, float_module: "nn.Module | None", node: fx.Node, cfg: Laye
         return qnn.QFlatten(*_flatten_dims(node))
     if kind == "add":
         return qnn.QAdd(config=cfg)
+    if kind == "sub":
+        return qnn.QSub(config=cfg)
+    if kind == "mul":
+        return qnn.QMul(config=cfg)
+    if kind == "BatchNorm1d":
+        return qnn.QBatchNorm1d.from_float(m, config=cfg)
+    if kind == "GlobalAvgPool2d":
+        keepdim = True if m is not None else _mean_args(node)[1]
+        return qnn.QGlobalAvgPool2d(bool(keepdim), config=cfg)
+    if kind in ("Hardtanh", "clamp"):
+        lo, hi = (m.min_val, m.max_val) if m is not None else _clamp_args(node, kind)[:2]
+        return qnn.QClamp(lo, hi, config=cfg)
+    if kind == "cat":
+        return qnn.QCat(int(_cat_args(node)[1]), config=cfg)
+    if kind == "ZeroPad2d":
+        return qnn.QZeroPad2d(tuple(m.padding))
     raise AssertionError(kind)  # pragma: no cover
 
 
@@ -549,10 +687,12 @@ def convert(
                 raise ConversionError(f"layer {name!r} ({kind}): {err}") from None
             q.train(model.training)
             gm.add_submodule(name, q.to(device) if device is not None else q)
-            x = node.args[0]
-            if kind == "add":
+            x = node.args[0] if node.args else None
+            if kind in ("add", "sub", "mul"):
                 other = node.args[1] if len(node.args) > 1 else node.kwargs["other"]
                 node.args = (x, other)
+            elif kind == "cat":
+                node.args = tuple(_cat_args(node)[0])
             else:
                 node.args = (x,)
             node.kwargs = {}

@@ -11,7 +11,9 @@
 2. **Traces** the copy with ``torch.fx``; every :mod:`qfx.nn` layer is a leaf.
    Supported: ``QLinear``, ``QConv2d``, ``QBatchNorm2d``, ``QReLU``,
    ``QReLU6``, ``QLeakyReLU``, ``QAdd``, ``QMaxPool2d``, ``QAvgPool2d``,
-   ``QFlatten``; ``nn.Identity`` / ``nn.Dropout`` (identity in eval) pass
+   ``QFlatten``, ``QBatchNorm1d``, ``QGlobalAvgPool2d`` (an ``avgpool2d`` node with
+   kernel = stride = H x W, then a ``flatten`` node unless ``keepdim``), ``QCat``
+   (``concat``), ``QClamp`` (``clamp``), ``QSub``, ``QMul``; ``nn.Identity`` / ``nn.Dropout`` (identity in eval) pass
    through; ``torch.flatten(x, 1)``, ``x.flatten(1)`` and ``x.view(N, -1)`` /
    ``x.reshape(N, -1)`` become flatten nodes. Anything else (a float
    ``nn.Linear``, ``torch.relu``, a plain ``+``) is an error naming it.
@@ -64,7 +66,14 @@ from .manifest import (
 from .nn import (
     QAdd,
     QAvgPool2d,
+    QBatchNorm1d,
     QBatchNorm2d,
+    QCat,
+    QClamp,
+    QGlobalAvgPool2d,
+    QMul,
+    QSub,
+    QZeroPad2d,
     QConv2d,
     QFlatten,
     QLeakyReLU,
@@ -107,7 +116,7 @@ _RESHAPE_METHODS = ("view", "reshape", "flatten")
 
 class _Tracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        if isinstance(m, (QuantizedModule, QFlatten)):
+        if isinstance(m, (QuantizedModule, QFlatten, QZeroPad2d)):
             return True
         return super().is_leaf_module(m, qualname)
 
@@ -225,7 +234,10 @@ class _Builder:
     def tensor_args(self, n: fx.Node) -> list[fx.Node]:
         if n.kwargs and n.op == "call_module":
             raise ExportError(f"{_describe(n)} is called with keyword arguments {sorted(n.kwargs)}; pass tensors positionally")
-        return [a for a in n.args if isinstance(a, fx.Node) and a not in self.skipped]
+        flat: list = []
+        for a in n.args:  # QCat([a, b]) passes its tensors as one list
+            flat.extend(a if isinstance(a, (list, tuple)) else [a])
+        return [a for a in flat if isinstance(a, fx.Node) and a not in self.skipped]
 
     def producer(self, n: fx.Node, a: fx.Node) -> _Entry:
         if a not in self.of:
@@ -261,10 +273,10 @@ class _Builder:
                 seen.add(user)
                 if user.op == "call_module":
                     mod = self.module(user)
-                    if isinstance(mod, (QFlatten,) + _PASS_THROUGH_MODULES):
+                    if isinstance(mod, (QFlatten, QZeroPad2d) + _PASS_THROUGH_MODULES):
                         stack.append(user)
                         continue
-                    if isinstance(mod, QAdd):
+                    if isinstance(mod, (QAdd, QSub, QMul)):
                         for pos, a in enumerate(user.args[:2]):
                             if a is cur:
                                 t = mod.effective_format("in_a" if pos == 0 else "in_b")
@@ -363,8 +375,8 @@ class _Builder:
         if handler is None:
             raise ExportError(
                 f"unsupported module {path!r} ({type(mod).__module__}.{type(mod).__name__}); export handles the qfx.nn "
-                f"layers (QLinear, QConv2d, QBatchNorm2d, QReLU, QReLU6, QLeakyReLU, QAdd, QMaxPool2d, QAvgPool2d, "
-                f"QFlatten); convert float layers with qfx.nn.<Layer>.from_float"
+                f"layers (QLinear, QConv2d, QBatchNorm2d, QBatchNorm1d, QReLU, QReLU6, QLeakyReLU, QAdd, QSub, QMul, "
+                f"QMaxPool2d, QAvgPool2d, QGlobalAvgPool2d, QCat, QClamp, QFlatten); convert float layers with qfx.nn.<Layer>.from_float"
             )
         _check_finite(mod, path)
         prods = [self.producer(n, a) for a in args]
@@ -536,6 +548,61 @@ def _flatten(b: _Builder, n: fx.Node, mod: QFlatten, path: str, prods: list[_Ent
     b.flatten(n, prod, start - 1, end - 1, path)
 
 
+def _global_avgpool(b: _Builder, n: fx.Node, mod: QGlobalAvgPool2d, path: str, prods: list[_Entry]) -> None:
+    (prod,) = prods
+    if len(prod.output_shape) != 3:
+        raise ExportError(f"layer {path!r}: QGlobalAvgPool2d needs a [C, H, W] input, got {prod.output_shape}")
+    c, h, w = prod.output_shape
+    divisor = h * w
+    formats = {"input": mod.effective_format("input"), "output": mod.effective_format("output")}
+    arrays = {}
+    if divisor & (divisor - 1):
+        r = mod.reciprocal_format()
+        if r is None:  # pragma: no cover - the forward pass of the shape recorder refuses it first
+            raise ExportError(f"layer {path!r}: {h}x{w} = {divisor} is not a power of two; give a reciprocal format")
+        formats["reciprocal"] = r
+        arrays["reciprocal"] = _codes(torch.tensor(1.0 / divisor, dtype=torch.float64), r, path, "the reciprocal")
+    params = {"kernel": [h, w], "stride": [h, w], "padding": [0, 0], "divisor": divisor}
+    if mod.keepdim:
+        b.add(n, "avgpool2d", path, prods, params=params, formats=formats, arrays=arrays)
+        return
+    # [N, C] like mean((2, 3)): the pool on [C, 1, 1], then a flatten node (one fx node, two manifest nodes)
+    pool = _Entry(name=sanitize_name(path, b.taken), op="avgpool2d", source=path, fx_node=n, inputs=[prod.name],
+                  input_shapes=[list(prod.output_shape)], output_shape=[c, 1, 1], params=params, formats=formats,
+                  arrays=arrays)
+    b.entries.append(pool)
+    b.flatten(n, pool, 0, 2, f"{path}_flatten")
+
+
+def _cat(b: _Builder, n: fx.Node, mod: QCat, path: str, prods: list[_Entry]) -> None:
+    if len(prods) < 2:
+        raise ExportError(f"layer {path!r}: QCat needs two or more tensor inputs, got {len(prods)}")
+    rank = len(prods[0].output_shape) + 1
+    if not -rank <= mod.dim < rank or mod.dim % rank != 1:
+        raise ExportError(f"layer {path!r}: QCat along dim {mod.dim} of a rank-{rank} tensor is not supported; only "
+                          "dim=1 (channels / features) is")
+    b.add(n, "concat", path, prods, params={"axis": 0}, formats={"output": mod.effective_format("output")})
+
+
+def _clamp(b: _Builder, n: fx.Node, mod: QClamp, path: str, prods: list[_Entry]) -> None:
+    (prod,) = prods
+    out = mod.effective_format("output")
+    lo, hi = mod.bounds()
+    params = {"min_code": None if lo is None else int(to_codes(torch.tensor(lo, dtype=torch.float64), out)),
+              "max_code": None if hi is None else int(to_codes(torch.tensor(hi, dtype=torch.float64), out))}
+    b.add(n, "clamp", path, prods, params=params, formats={"input": _in_fmt(mod, prod), "output": out})
+
+
+def _binary(op: str) -> Callable:
+    def handler(b: _Builder, n: fx.Node, mod: Any, path: str, prods: list[_Entry]) -> None:
+        if len(prods) != 2:
+            raise ExportError(f"layer {path!r}: {type(mod).__name__} needs two tensor operands, got {len(prods)}")
+        formats = {k: mod.effective_format(k) for k in ("in_a", "in_b", "output")}
+        b.add(n, op, path, prods, formats=formats)
+
+    return handler
+
+
 _HANDLERS: dict[type, Callable] = {
     QLinear: _dense,
     QConv2d: _conv,
@@ -547,6 +614,15 @@ _HANDLERS: dict[type, Callable] = {
     QMaxPool2d: _maxpool,
     QAvgPool2d: _avgpool,
     QFlatten: _flatten,
+    QBatchNorm1d: _batchnorm,
+    QGlobalAvgPool2d: _global_avgpool,
+    QCat: _cat,
+    QClamp: _clamp,
+    QSub: _binary("sub"),
+    QMul: _binary("mul"),
+    QZeroPad2d: lambda b, n, mod, path, prods: b.add(
+        n, "pad", path, prods, params={"padding": [int(v) for v in mod.padding]},
+        formats={"input": prods[0].formats["output"], "output": prods[0].formats["output"]}),
 }
 
 
@@ -762,6 +838,12 @@ def emulate(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
     m = _prepare(model)
     gm, b = _build(m, x)
     entry_of = {e.fx_node: e for e in b.entries}
+    # an fx node that became several manifest nodes (QGlobalAvgPool2d then flatten): the earlier ones
+    # hold the same values in their own shapes
+    extra: dict[fx.Node, list[_Entry]] = {}
+    for e in b.entries:
+        if entry_of[e.fx_node] is not e:
+            extra.setdefault(e.fx_node, []).append(e)
     out: dict[str, torch.Tensor] = {}
 
     class _Recorder(fx.Interpreter):
@@ -772,6 +854,8 @@ def emulate(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
                 out[e.name] = v
                 return v
             v = super().run_node(n)
+            for e in extra.get(n, ()):
+                out[e.name] = v.reshape((v.shape[0], *e.output_shape))
             if n in entry_of:
                 e = entry_of[n]
                 out[e.name] = v if e.op != "output" else out[e.inputs[0]]

@@ -131,7 +131,7 @@ CXX_FLAGS = ("-std=c++14", "-O1", "-Wall", "-Wno-unknown-pragmas", "-Wno-stringo
              "-Wno-dangling-pointer", "-Wno-use-after-free", "-Wno-mismatched-new-delete", "-Wno-mismatched-dealloc",
              "-Wno-free-nonheap-object")
 SUPPORTED_OPS = ("input", "output", "dense", "conv2d", "batchnorm", "relu", "relu6", "leaky_relu", "add",
-                 "maxpool2d", "avgpool2d", "flatten")
+                 "maxpool2d", "avgpool2d", "flatten", "concat", "clamp", "sub", "mul", "pad")
 # Identifiers the generated C++ or its headers already use at global scope (or the testbench in main).
 _RESERVED = frozenset("""std hls qfx_cast qfx_caster in_stream out_stream stdin stdout stderr printf scanf fprintf
     fscanf fopen FILE size_t ssdm_int_sim""".split())
@@ -385,9 +385,6 @@ def _node_context(node: Node, reuse: int) -> tuple[dict, list[tuple[str, str]]]:
                    ic_per_group=c // g, oc_per_group=oc // g, xval="v", part_w=max(1, math.ceil(n_k / reuse)))
     elif op == "batchnorm":
         c = p["num_features"]
-        shape = node.input_shapes[0]
-        if len(shape) != 3:
-            raise _fail(node, f"batchnorm on a {len(shape)}-d input is not supported by the HLS generator (expects [C, H, W])")
         types = [("in", _cpp(f["input"])), ("scale", _cpp(f["scale"])), ("shift", _cpp(f["shift"])), ("out", _cpp(f["output"]))]
         ctx.update(c=c, hw=n_in // c,
                    scales=_literals(node.arrays["scale"], f["scale"].frac_bits, f"node {node.name!r} scale"),
@@ -404,9 +401,27 @@ def _node_context(node: Node, reuse: int) -> tuple[dict, list[tuple[str, str]]]:
             ctx["slope_shift"] = s
             types.append(("r", _exact(xi.width + s + 1, _ibits(xi))))
         types.append(("out", _cpp(f["output"])))
-    elif op == "add":
+    elif op in ("add", "sub", "mul"):
         types = [("a", _cpp(f["in_a"])), ("b", _cpp(f["in_b"])), ("out", _cpp(f["output"]))]
         ctx["src_b"] = node.inputs[1]
+    elif op == "concat":
+        types = [("out", _cpp(f["output"]))]
+        parts, offset = [], 0
+        for src, shape in zip(node.inputs, node.input_shapes):
+            size = int(np.prod(shape))
+            parts.append(dict(src=src, n=size, offset=offset))
+            offset += size
+        ctx["parts"] = parts
+    elif op == "pad":
+        types = [("in", _cpp(f["input"])), ("out", _cpp(f["output"]))]
+        c, h, w = node.input_shapes[0]
+        left, right, top, bottom = p["padding"]
+        ctx.update(c=c, h=h, w=w, ho=node.output_shape[1], wo=node.output_shape[2], left=left, top=top)
+    elif op == "clamp":
+        types = [("in", _cpp(f["input"])), ("out", _cpp(f["output"]))]
+        fo = f["output"].frac_bits
+        ctx.update({k: None if p[key] is None else _literal(p[key], fo, f"node {node.name!r} {key}")
+                    for k, key in (("lo", "min_code"), ("hi", "max_code"))})
     elif op == "maxpool2d":
         ctx.update(_pool_geometry(node))
         types = [("in", _cpp(f["input"])), ("out", _cpp(f["output"]))]

@@ -79,7 +79,11 @@ counts; batchnorm ``num_features``; leaky_relu ``slope_shift`` (slope
 avgpool2d ``kernel, stride, padding, divisor`` (zero padding counted; a
 ``reciprocal`` format and array when the divisor is not a power of two);
 flatten ``start_dim, end_dim`` (inclusive, counted without the batch
-dimension); relu, relu6, add, input, output none.
+dimension); concat ``axis`` (counted without the batch dimension; two or more
+inputs); clamp ``min_code, max_code`` (codes of the output format, or null for
+no bound); pad ``padding`` (``[left, right, top, bottom]`` zeros, ZeroPad2d's order;
+``formats.input == formats.output ==`` the producer's); relu, relu6, add, sub, mul, input, output none. batchnorm takes
+``[C, H, W]``, ``[C, L]`` or ``[C]``.
 
 Node fields (all required):
 
@@ -176,6 +180,8 @@ class OpSpec:
     formats: tuple[str, ...]
     optional_formats: tuple[str, ...] = ()
     params: tuple[str, ...] = ()
+    #: ``n_inputs`` is a minimum (concat takes two or more)
+    variadic: bool = False
 
 
 _MAC_FORMATS = ("input", "weight", "accum", "output")
@@ -218,6 +224,11 @@ OPS: dict[str, OpSpec] = {
     "maxpool2d": OpSpec(1, ("input", "output"), (), ("kernel", "stride", "padding", "dilation", "ceil_mode")),
     "avgpool2d": OpSpec(1, ("input", "output"), ("reciprocal",), ("kernel", "stride", "padding", "divisor")),
     "flatten": OpSpec(1, ("input", "output"), (), ("start_dim", "end_dim")),
+    "concat": OpSpec(2, ("output",), (), ("axis",), variadic=True),
+    "clamp": OpSpec(1, ("input", "output"), (), ("min_code", "max_code")),
+    "sub": OpSpec(2, ("in_a", "in_b", "output")),
+    "mul": OpSpec(2, ("in_a", "in_b", "output")),
+    "pad": OpSpec(1, ("input", "output"), (), ("padding",)),
 }
 
 TOP_KEYS = ("schema", "version", "generator", "model", "tensors", "input", "output", "nodes")
@@ -440,13 +451,30 @@ def infer_output_shape(op: str, params: Mapping[str, Any], input_shapes: Sequenc
     x = shapes[0]
     if op in ("output", "relu", "relu6", "leaky_relu", "batchnorm"):
         if op == "batchnorm":
-            if len(x) != 3 or x[0] != params["num_features"]:
-                raise ValueError(f"batchnorm needs input [{params['num_features']}, H, W], got {list(x)}")
+            if len(x) not in (1, 2, 3) or x[0] != params["num_features"]:
+                raise ValueError(f"batchnorm needs input [{params['num_features']}, H, W], [{params['num_features']}, L] "
+                                 f"or [{params['num_features']}], got {list(x)}")
         return x
-    if op == "add":
+    if op == "clamp":
+        return x
+    if op == "pad":
+        if len(x) != 3:
+            raise ValueError(f"pad needs input [C, H, W], got {list(x)}")
+        left, right, top, bottom = params["padding"]
+        return (x[0], x[1] + top + bottom, x[2] + left + right)
+    if op in ("add", "sub", "mul"):
         if shapes[0] != shapes[1]:
-            raise ValueError(f"add needs operands of the same shape, got {list(shapes[0])} and {list(shapes[1])}")
+            raise ValueError(f"{op} needs operands of the same shape, got {list(shapes[0])} and {list(shapes[1])}")
         return x
+    if op == "concat":
+        axis = int(params["axis"])
+        if not 0 <= axis < len(x):
+            raise ValueError(f"concat axis {axis} does not fit input {list(x)}")
+        for s in shapes[1:]:
+            if len(s) != len(x) or s[:axis] + s[axis + 1:] != x[:axis] + x[axis + 1:]:
+                raise ValueError(f"concat along axis {axis} needs inputs equal in every other axis, got "
+                                 f"{[list(v) for v in shapes]}")
+        return x[:axis] + (sum(s[axis] for s in shapes),) + x[axis + 1:]
     if op == "dense":
         if len(x) < 1 or x[-1] != params["in_features"]:
             raise ValueError(f"dense needs input [..., {params['in_features']}], got {list(x)}")
@@ -598,6 +626,20 @@ def _check_params(ck: _Checker, where: str, op: str, params: dict) -> dict:
     elif op == "flatten":
         _int_param(ck, where, p, "start_dim", 0)
         _int_param(ck, where, p, "end_dim", 0)
+    elif op == "concat":
+        _int_param(ck, where, p, "axis", 0)
+    elif op == "pad":
+        v = p["padding"]
+        if not isinstance(v, list) or len(v) != 4 or not all(_is_int(a) and a >= 0 for a in v):
+            raise ck.fail(where, f"params.padding must be [left, right, top, bottom] of ints >= 0, got {v!r}")
+        p["padding"] = tuple(v)
+    elif op == "clamp":
+        for key in ("min_code", "max_code"):
+            v = p[key]
+            if v is not None and not _is_int(v):
+                raise ck.fail(where, f"params.{key} must be an integer code or null, got {v!r}")
+        if p["min_code"] is not None and p["max_code"] is not None and p["min_code"] > p["max_code"]:
+            raise ck.fail(where, f"params.min_code {p['min_code']} exceeds max_code {p['max_code']}")
     return p
 
 
@@ -772,8 +814,9 @@ def load(path: "str | Path") -> Manifest:
         if not isinstance(nd["source"], str):
             raise ck.fail(where, f"source must be a string, got {nd['source']!r}")
         inputs = nd["inputs"]
-        if not isinstance(inputs, list) or len(inputs) != spec.n_inputs:
-            raise ck.fail(where, f"inputs must list {spec.n_inputs} node name(s), got {inputs!r}")
+        if not isinstance(inputs, list) or (len(inputs) < spec.n_inputs if spec.variadic else len(inputs) != spec.n_inputs):
+            what = f"{spec.n_inputs} or more" if spec.variadic else str(spec.n_inputs)
+            raise ck.fail(where, f"inputs must list {what} node name(s), got {inputs!r}")
         for src in inputs:
             if not isinstance(src, str):
                 raise ck.fail(where, f"inputs must be node names (strings), got {src!r}")
@@ -799,17 +842,24 @@ def load(path: "str | Path") -> Manifest:
                 raise ck.fail(where, str(err)) from None
             if want != out_shape:
                 raise ck.fail(where, f"output_shape {list(out_shape)} disagrees with what the op computes from its input: {list(want)}")
-        if op in ("flatten", "output"):
+        if op in ("flatten", "output", "pad"):
             prod = by_name[inputs[0]].output_format
-            if op == "flatten" and formats["input"] != prod:
+            if op in ("flatten", "pad") and formats["input"] != prod:
                 raise ck.fail(where, f"formats.input {formats['input']} must equal the producer's output format {prod}")
-            if formats["output"] != (formats["input"] if op == "flatten" else prod):
+            if formats["output"] != (formats["input"] if op in ("flatten", "pad") else prod):
                 raise ck.fail(where, f"formats.output {formats['output']} must equal the format it passes through ({prod})")
         if op in ("dense", "conv2d"):
             n_terms = params["in_features"] if op == "dense" else params["in_channels"] // params["groups"] * params["kernel"][0] * params["kernel"][1]
             exact = accum_is_exact(formats, params["multiply"], n_terms)
             if exact != params["accum_exact"]:
                 raise ck.fail(where, f"params.accum_exact is {str(params['accum_exact']).lower()} but accum {formats['accum']} {'holds' if exact else 'does not hold'} every partial sum exactly")
+        if op == "clamp":
+            out_fmt = formats["output"]
+            for key in ("min_code", "max_code"):
+                v = params[key]
+                if v is not None and not out_fmt.min_code <= v <= out_fmt.max_code:
+                    raise ck.fail(where, f"params.{key} {v} lies outside {out_fmt.min_code}..{out_fmt.max_code}, the codes "
+                                         f"of the output format {out_fmt}")
         if op == "avgpool2d":
             n = params["divisor"]
             pow2 = n & (n - 1) == 0

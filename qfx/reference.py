@@ -72,6 +72,23 @@ Layers (``x`` = the producer's codes, cast to the node's input format first):
     ``cast(s * reciprocal, output)`` on the grid ``F_x + F_r``.
 ``flatten`` / ``output``
     The codes, reshaped / unchanged.
+``concat``
+    Every input cast to ``output`` (``cast(x_i, output)``), then joined along
+    ``params.axis``; in C order with axis 0 (channels) that is the inputs one
+    after another.
+``clamp``
+    ``min(max(cast(cast(x, input), output), min_code), max_code)``: the bounds
+    are codes of ``output`` (export casts Hardtanh's / clamp's constants to the
+    output format); a missing bound is not applied.
+``sub`` / ``mul``
+    ``cast(align(cast(a, in_a)) - align(cast(b, in_b)), output)`` /
+    ``cast(cast(a, in_a) * cast(b, in_b), output)`` on the grid ``F_a + F_b``
+    (exact products).
+``pad``
+    The codes with ``padding = [left, right, top, bottom]`` zero codes around
+    each channel (zero is a code of every format; no cast).
+``batchnorm`` on ``[C]`` / ``[C, L]`` (BatchNorm1d) is the same per-channel
+formula, the channel the first axis.
 """
 
 from __future__ import annotations
@@ -271,7 +288,7 @@ def _batchnorm(node: Node, x: np.ndarray, x_frac: int, force_big: bool) -> np.nd
         xq, scale, shift = _big(xq), _big(scale), _big(shift)
     prod_frac = xi.frac_bits + sc.frac_bits
     frac = max(prod_frac, sh.frac_bits)
-    bc = (None, slice(None), None, None)
+    bc = (None, slice(None)) + (None,) * (xq.ndim - 2)  # [N, C, ...]: BatchNorm2d and BatchNorm1d
     s = _shl(xq * scale[bc], frac - prod_frac) + _shl(shift[bc], frac - sh.frac_bits)
     return cast_codes(s, frac, f["output"])
 
@@ -304,6 +321,37 @@ def _add(node: Node, a: np.ndarray, fa_src: int, b: np.ndarray, fb_src: int, for
         aq, bq = _big(aq), _big(bq)
     frac = max(ta.frac_bits, tb.frac_bits)
     return cast_codes(_shl(aq, frac - ta.frac_bits) + _shl(bq, frac - tb.frac_bits), frac, f["output"])
+
+
+def _sub_mul(node: Node, a: np.ndarray, fa_src: int, b: np.ndarray, fb_src: int, force_big: bool) -> np.ndarray:
+    f = node.formats
+    ta, tb = f["in_a"], f["in_b"]
+    big = force_big or _width(lambda: ta - tb if node.op == "sub" else ta * tb) > INT64_SAFE_BITS
+    aq, bq = cast_codes(a, fa_src, ta), cast_codes(b, fb_src, tb)
+    if big:
+        aq, bq = _big(aq), _big(bq)
+    if node.op == "mul":
+        return cast_codes(aq * bq, ta.frac_bits + tb.frac_bits, f["output"])
+    frac = max(ta.frac_bits, tb.frac_bits)
+    return cast_codes(_shl(aq, frac - ta.frac_bits) - _shl(bq, frac - tb.frac_bits), frac, f["output"])
+
+
+def _concat(node: Node, srcs: list, fracs: list) -> np.ndarray:
+    out_fmt = node.formats["output"]
+    parts = [cast_codes(x, fx, out_fmt) for x, fx in zip(srcs, fracs)]
+    if any(np.asarray(p).dtype == object for p in parts):
+        parts = [_big(p) for p in parts]
+    return np.concatenate(parts, axis=int(node.params["axis"]) + 1)
+
+
+def _clamp(node: Node, x: np.ndarray, x_frac: int) -> np.ndarray:
+    f, p = node.formats, node.params
+    y = cast_codes(cast_codes(x, x_frac, f["input"]), f["input"].frac_bits, f["output"])
+    if p["min_code"] is not None:
+        y = np.maximum(y, p["min_code"])
+    if p["max_code"] is not None:
+        y = np.minimum(y, p["max_code"])
+    return y
 
 
 def _pool_windows(x: np.ndarray, node: Node, fill: Any, ceil_mode: bool) -> tuple[np.ndarray, tuple[int, int]]:
@@ -433,6 +481,15 @@ def run_codes(manifest: "Manifest | str | Path", codes: Any, *, big_ints: bool =
                 y = _activation(node, srcs[0], fracs[0], big_ints)
             elif node.op == "add":
                 y = _add(node, srcs[0], fracs[0], srcs[1], fracs[1], big_ints)
+            elif node.op in ("sub", "mul"):
+                y = _sub_mul(node, srcs[0], fracs[0], srcs[1], fracs[1], big_ints)
+            elif node.op == "concat":
+                y = _concat(node, srcs, fracs)
+            elif node.op == "clamp":
+                y = _clamp(node, srcs[0], fracs[0])
+            elif node.op == "pad":
+                left, right, top, bottom = node.params["padding"]
+                y = np.pad(srcs[0], ((0, 0), (0, 0), (top, bottom), (left, right)))
             elif node.op == "maxpool2d":
                 y = _maxpool(node, srcs[0], fracs[0], big_ints)
             elif node.op == "avgpool2d":

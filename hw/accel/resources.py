@@ -121,6 +121,16 @@ def estimate_resources(manifest: Manifest) -> dict[str, Any]:
                 kh, kw = node.params["kernel"]
                 dsp = multiplier_dsps(dsp_operand_bits(f["input"].accumulator(kh * kw)),
                                       dsp_operand_bits(f["reciprocal"]))
+        elif node.op in ("sub", "mul"):  # buffered like add (hw/accel/engines_ops.py)
+            n = math.prod(node.output_shape)
+            ramb18 = _ramb18("ram", n, f["in_a"].width) + _ramb18("ram", n, f["in_b"].width)
+            bits = n * (f["in_a"].width + f["in_b"].width)
+            if node.op == "mul":
+                dsp = multiplier_dsps(dsp_operand_bits(f["in_a"]), dsp_operand_bits(f["in_b"]))
+        elif node.op == "concat":  # every input buffered in the output format
+            w = f["output"].width
+            ramb18 = sum(_ramb18("ram", math.prod(s), w) for s in node.input_shapes)
+            bits = math.prod(node.output_shape) * w
         elif node.op == "add":
             n = math.prod(node.output_shape)
             ramb18 = _ramb18("ram", n, f["in_a"].width) + _ramb18("ram", n, f["in_b"].width)

@@ -14,13 +14,15 @@ from qfx.types import FixedType
 
 from ..cast import fixed_shape
 from .engines import AddEngine, ElementwiseEngine, EngineError, MACEngine, PoolEngine, engine_cycles
+from .engines_ops import OPS as _OPS_ENGINE_OPS
+from .engines_ops import ops_engine, ops_engine_cycles
 from .weights import plan_weights
 
 __all__ = ["Accelerator", "SUPPORTED_OPS", "axis_width", "emitted_format", "stream_formats"]
 
 #: Manifest ops the RTL accelerator builds.
 SUPPORTED_OPS = ("input", "dense", "conv2d", "batchnorm", "relu", "relu6", "leaky_relu", "add",
-                 "maxpool2d", "avgpool2d", "flatten", "output")
+                 "maxpool2d", "avgpool2d", "flatten", "output") + _OPS_ENGINE_OPS
 _ELEMENTWISE = ("batchnorm", "relu", "relu6", "leaky_relu")
 
 
@@ -139,6 +141,8 @@ class Accelerator(wiring.Component):
                 out[node.name] = AddEngine(node, srcs[0], srcs[1])
             elif node.op in _ELEMENTWISE:
                 out[node.name] = ElementwiseEngine(node, srcs[0])
+            elif node.op in _OPS_ENGINE_OPS:
+                out[node.name] = ops_engine(node, srcs)
         return out
 
     def cycle_estimate(self) -> dict[str, Any]:
@@ -153,7 +157,7 @@ class Accelerator(wiring.Component):
         for node in self._manifest:
             if node.op in ("input", "flatten", "output"):
                 continue
-            c = per[node.name] = engine_cycles(node)
+            c = per[node.name] = ops_engine_cycles(node) if node.op in _OPS_ENGINE_OPS else engine_cycles(node)
             total += c["compute"] + 2 if c["load"] else 1
         return {"engines": per, "total": total + 2}  # + the start pulse and the done register
 
@@ -178,7 +182,8 @@ class Accelerator(wiring.Component):
 
         consumers: dict[str, list[Any]] = {}
         for name, eng in engines.items():
-            ports = [eng.a, eng.b] if isinstance(eng, AddEngine) else [eng.i]
+            ports = (eng.input_ports if hasattr(eng, "input_ports")
+                     else [eng.a, eng.b] if isinstance(eng, AddEngine) else [eng.i])
             for port, producer in zip(ports, man.node(name).inputs):
                 consumers.setdefault(resolve(producer), []).append(port)
         out_src = resolve(man.output_node.name)

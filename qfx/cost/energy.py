@@ -161,7 +161,7 @@ def energy_per_inference(manifest: Manifest, dsp_per_layer: dict[str, float], br
             mac_total["pj"] += prod + accu
         else:
             n = cyc["compute"]
-            x = f.get("input") or f.get("in_a")
+            x = f.get("input") or f.get("in_a") or f.get("output")  # concat: inputs cast to the output
             if node.op == "batchnorm":
                 dsp = dsp_per_layer.get(node.name, 0) > 0
                 prod = _mult(x.width, f["scale"].width) * (f_hard if dsp else f_soft) * n

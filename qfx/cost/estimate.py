@@ -182,6 +182,31 @@ def _add_features(node: Node) -> dict[str, float]:
     return f
 
 
+def _binary_features(node: Node) -> dict[str, float]:
+    """sub / mul (hw/accel/engines_ops.py): the add engine's structure; mul's exact product is wider."""
+    f = _add_features(node)
+    a, b, out = node.formats["in_a"], node.formats["in_b"], node.formats["output"]
+    if node.op == "mul":
+        f["arith_bits"] = (a * b).width + out.width + a.width + b.width
+    return f
+
+
+def _concat_features(node: Node, srcs: "list[FixedType]") -> dict[str, float]:
+    """concat (hw/accel/engines_ops.py): one buffer per input in the output format, a cast on each entry."""
+    f = _zero()
+    out = node.formats["output"]
+    sizes = [math.prod(s) for s in node.input_shapes]
+    f["const"] = 1.0
+    f["ctr_bits"] = float(sum(_bits(n) for n in sizes) + _bits(sum(sizes)))
+    f["arith_bits"] = float(sum(s.width for s in srcs) + out.width * len(sizes))
+    f["cast_logic_bits"] = float(sum(_cast_logic_bits(s, out) for s in srcs))
+    lut = [_lutram(n, out.width) for n in sizes]
+    f["lutram_luts"] = float(sum(lut))
+    f["addr_bits"] = float(sum(_bits(n) for n in sizes))
+    f["reg_bits"] = float(out.width * (1 + sum(1 for v in lut if v)))
+    return f
+
+
 def _elementwise_features(node: Node, src: FixedType) -> dict[str, float]:
     f = _zero()
     x, out = node.formats["input"], node.formats["output"]
@@ -216,8 +241,14 @@ def engine_features(manifest: Manifest) -> dict[str, dict[str, float]]:
             out[node.name] = _pool_features(node, src)
         elif node.op == "add":
             out[node.name] = _add_features(node)
+        elif node.op in ("sub", "mul"):
+            out[node.name] = _binary_features(node)
+        elif node.op == "concat":
+            out[node.name] = _concat_features(node, [fmt_of(s) for s in node.inputs])
         else:
             out[node.name] = _elementwise_features(node, src)
+            if node.op == "pad":  # the output position counters (hw/accel/engines_ops.py)
+                out[node.name]["ctr_bits"] = float(sum(_bits(v) for v in node.output_shape if v > 1))
     return out
 
 

@@ -20,6 +20,8 @@ module                   contents
 ``qfx.nn.add``           :class:`QAdd`
 ``qfx.nn.pool``          :class:`QMaxPool2d`, :class:`QAvgPool2d`
 ``qfx.nn.flatten``       :class:`QFlatten`
+``qfx.nn.ops``           :class:`QBatchNorm1d`, :class:`QGlobalAvgPool2d`, :class:`QCat`,
+                         :class:`QClamp`, :class:`QSub`, :class:`QMul`, :class:`QZeroPad2d`
 =======================  =============================================================
 """
 
@@ -32,6 +34,7 @@ from .conv import QConv2d
 from .flatten import QFlatten
 from .linear import QLinear
 from .norm import QBatchNorm2d, fold_batchnorm
+from .ops import QBatchNorm1d, QCat, QClamp, QGlobalAvgPool2d, QMul, QSub, QZeroPad2d
 from .pool import QAvgPool2d, QMaxPool2d
 from .quantizer import TensorQuantizer
 
@@ -54,6 +57,13 @@ __all__ = [
     "QMaxPool2d",
     "QAvgPool2d",
     "QFlatten",
+    "QBatchNorm1d",
+    "QGlobalAvgPool2d",
+    "QCat",
+    "QClamp",
+    "QSub",
+    "QMul",
+    "QZeroPad2d",
     "freeze",
     "set_track_overflow",
     "reset_overflow_counts",
