@@ -284,18 +284,19 @@ def main(argv: "Sequence[str] | None" = None) -> int:
         design = generate(args.manifest, args.out, board=args.board, targets=_targets(args.target), arch=args.arch,
                           top=args.top, clock_mhz=args.clock_mhz, reuse_factor=args.reuse_factor, synth=args.synth,
                           force=args.force)
-    except (ValueError, FileExistsError, FileNotFoundError, PermissionError, TypeError) as err:
-        print(f"qfx-gen: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("qfx-gen: interrupted", file=sys.stderr)
-        return 130
+    except BaseException as err:  # noqa: BLE001 - every error is one `qfx-gen: error:` line (qfx._errors)
+        from ._errors import error_status
+
+        return error_status("qfx-gen", err)
     print(_summary(design, Path(args.out)))
     if args.report:
         from qfx.cost.cli import cmd_cost
 
-        return cmd_cost(argparse.Namespace(out=args.out, no_synth=False, manifest=args.manifest, board=args.board,
-                                           clock_mhz=args.clock_mhz))
+        from ._errors import report_errors
+
+        cost = argparse.Namespace(out=args.out, no_synth=False, manifest=args.manifest, board=args.board,
+                                  clock_mhz=args.clock_mhz)
+        return report_errors("qfx-gen", lambda: cmd_cost(cost))
     return 0
 
 

@@ -508,7 +508,7 @@ def test_interrupted_checkpoint_write_keeps_the_previous_checkpoint(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         qtrain._atomic_save({"epoch": 2, "model": Interrupting()}, path)
     assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["epoch_0001.pt"]
-    assert torch.load(path, weights_only=False) == {"epoch": 1}
+    assert torch.load(path, weights_only=True) == {"epoch": 1}
 
 
 def _comparable(metrics: dict) -> dict:
@@ -566,7 +566,7 @@ def _interrupt_and_resume(cmd: list[str], env: dict, run: Path, ref_proc: subpro
     assert not (run / "final.pt").exists() and not (run / "metrics.json").exists()
     left = sorted(p.name for p in (run / "checkpoints").iterdir())
     assert left and all(re.fullmatch(r"epoch_000[12]\.pt", n) for n in left), left  # no temporary files
-    state = torch.load(run / "checkpoints" / left[-1], map_location="cpu", weights_only=False)
+    state = torch.load(run / "checkpoints" / left[-1], map_location="cpu", weights_only=True)
     assert state["epoch"] == int(left[-1][6:10]) < 3 and len(state["history"]) == state["epoch"]
 
     r = subprocess.run(cmd + ["-o", str(run), "-q", "--resume"], cwd=ROOT, env=env, capture_output=True,

@@ -239,9 +239,9 @@ def run_cli(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
     if out.exists() and not out.is_dir():  # before the runs, not after minutes of training
-        from ..cli import CliError
+        from ..runs import ConfigError
 
-        raise CliError(f"--out {str(out)!r} exists and is not a folder; choose another --out")
+        raise ConfigError(f"--out {str(out)!r} exists and is not a folder; choose another --out")
     settings = dict(QUICK if args.quick else SETTINGS)
     if args.seeds:
         settings["seeds"] = tuple(args.seeds)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -60,7 +59,7 @@ def _stage(name: str, what: str) -> float:
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    from ..cli import CliError
+    from ..runs import ConfigError as CliError
 
     if args.quick:
         args.epochs = QUICK["epochs"] if args.epochs is None else args.epochs
@@ -102,20 +101,15 @@ def run_cli(args: argparse.Namespace) -> int:
 
 def _run_one(name: str, config: str, out: Path, args: argparse.Namespace) -> dict[str, Any]:
     from .. import export as qexport
-    from ..cli import CliError, load_run
-    from ..cli import main as qfx_main
+    from ..runs import ConfigError as CliError
+    from ..runs import load_run, train_run
 
     t0 = _stage(name, f"train ({config})")
     run_dir = out / name / "run"
-    argv = ["train", str(CONFIG_DIR / config), "-o", str(run_dir)]
-    argv += ["--force"] if args.force else []
-    argv += ["--epochs", str(args.epochs)] if args.epochs is not None else []
+    cfg_path = CONFIG_DIR / config
     if args.float_epochs is not None:
         cfg_path = _config_with_float_epochs(CONFIG_DIR / config, args.float_epochs, out / name)
-        argv[1] = str(cfg_path)
-    if qfx_main(argv) != 0:
-        raise CliError(f"training {name} failed (see above)")
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics = train_run(cfg_path, run_dir, epochs=args.epochs, force=args.force)
     model = load_run(run_dir)
     ptq = _ptq_accuracy(run_dir)
     rec: dict[str, Any] = {
@@ -141,12 +135,12 @@ def _run_one(name: str, config: str, out: Path, args: argparse.Namespace) -> dic
           f"{'bit-exact' if n_bad == 0 else f'{n_bad} MISMATCHES'} ({time.perf_counter() - t0:.1f} s)")
 
     _stage(name, f"qfx-gen --board {BOARD} --target rtl,hls")
-    from ..gen import main as qfx_gen
+    from ..gen import generate
 
     gen_dir = out / name / "gen"
-    if qfx_gen([str(manifest_dir), "--board", BOARD, "-o", str(gen_dir), "--target", "rtl,hls", "--force"]) != 0:
-        raise CliError(f"qfx-gen failed for {name} (see above)")
-    design = json.loads((gen_dir / "design.json").read_text())
+    design = generate(manifest_dir, gen_dir, board=BOARD, targets=("rtl", "hls"), force=True)
+    print(f"[{name}] qfx-gen: {len(design['files'])} files in {gen_dir} (top {design['top']}, "
+          f"{design['latency']['cycles']} cycles per inference)")
     rec["gen"] = str(gen_dir)
 
     t0 = _stage(name, f"qfx sim: RTL (Verilator) + HLS C simulation, {args.vectors} vectors")
@@ -211,12 +205,11 @@ def _config_with_float_epochs(src: Path, float_epochs: int, where: Path) -> Path
 def _ptq_accuracy(run_dir: Path) -> "float | None":
     """Test accuracy (%) of post-training quantization with the run's formats: the run's float
     model, converted, binary points calibrated (as the run calibrated them), frozen, no training."""
-    import torch
     import yaml
 
     from .. import train as qtrain
-    from ..cli import _loaders
     from ..conversion import convert
+    from ..runs import run_loaders
     from .models import build_model
 
     float_path = run_dir / "float.pt"
@@ -225,9 +218,9 @@ def _ptq_accuracy(run_dir: Path) -> "float | None":
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
     seed = cfg["train"]["seed"]
     fmodel = build_model(cfg["model"], seed=seed)
-    fmodel.load_state_dict(torch.load(float_path, map_location="cpu", weights_only=False)["state_dict"])
+    fmodel.load_state_dict(qtrain.load_checkpoint(float_path)["state_dict"])
     fmodel.eval()
-    train_loader, _, test_loader = _loaders(cfg, seed)
+    train_loader, _, test_loader = run_loaders(cfg, seed)
     model = qtrain.ptq(convert(fmodel, cfg["quant"]), train_loader, batches=cfg["train"]["calibrate_batches"])
     return 100 * qtrain.evaluate(model, test_loader)["accuracy"]
 
@@ -296,8 +289,3 @@ def format_summary(summary: dict[str, Any], path: Path) -> str:
     lines.append(f"summary: {path}")
     return "\n".join(lines)
 
-
-if __name__ == "__main__":  # pragma: no cover
-    from ..cli import main
-
-    sys.exit(main(["demo", *sys.argv[1:]]))
