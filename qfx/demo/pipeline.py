@@ -76,6 +76,8 @@ def run_cli(args: argparse.Namespace) -> int:
     if unknown or not models:
         raise CliError(f"--models {args.models!r}: choose from {', '.join(DEMOS)}")
     out = Path(args.output)
+    if out.exists() and not out.is_dir():
+        raise CliError(f"{str(out)!r} exists and is not a folder; choose another -o")
     if out.exists() and any(out.iterdir()) and not args.force:
         raise CliError(f"{str(out)!r} exists and is not empty; use --force to redo the demo there, or another -o")
     # Fail before an hour of training, not after: the RTL simulation needs Verilator.
