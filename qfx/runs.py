@@ -68,7 +68,7 @@ TRAIN_KEYS = {
 }
 DATA_KEYS = {"name": "digits", "batch_size": 64, "split_seed": 0}
 _TOP_KEYS = ("model", "data", "train", "quant")
-#: Files a run writes (``--force`` removes exactly these, nothing else).
+#: Files a run writes (``--force`` removes exactly these and the ``epoch_NNNN.pt`` checkpoints, nothing else).
 RUN_FILES = ("config.yaml", "float.pt", "final.pt", "metrics.json")
 RUN_DIRS = ("checkpoints",)
 
@@ -228,6 +228,14 @@ def prepare_run_dir(run: Path, resume: bool, force: bool) -> bool:
     existing = run.is_dir() and any(run.iterdir())
     if not existing:
         return False
+    # qfx writes and deletes these paths: a link there could lead out of the run folder
+    links = [str(run / n) for n in (*RUN_FILES, *RUN_DIRS) if (run / n).is_symlink()]
+    ckpt = run / "checkpoints"
+    if ckpt.is_dir() and not ckpt.is_symlink():
+        links += [str(q) for q in sorted(ckpt.iterdir()) if q.is_symlink()]
+    if links:
+        raise ConfigError(f"{links[0]!r} is a symbolic link; qfx does not write or delete through links in a run "
+                          "folder: remove it, or choose another -o")
     if resume:
         return True
     if not force:
@@ -235,13 +243,16 @@ def prepare_run_dir(run: Path, resume: bool, force: bool) -> bool:
             f"the run folder {str(run)!r} exists and is not empty; use --resume to continue it, "
             "--force to start over (removes its qfx files), or another -o"
         )
-    import shutil
+    from .train import _CKPT_RE
 
     for name in RUN_FILES:
         (run / name).unlink(missing_ok=True)
-    for name in RUN_DIRS:
-        if (run / name).is_dir():
-            shutil.rmtree(run / name)
+    if ckpt.is_dir():  # only the checkpoints qfx writes; anything else there stays
+        for q in ckpt.iterdir():
+            if q.is_file() and _CKPT_RE.match(q.name):
+                q.unlink()
+        if not any(ckpt.iterdir()):
+            ckpt.rmdir()
     return False
 
 

@@ -80,6 +80,7 @@ def run_cli(args: argparse.Namespace) -> int:
         raise CliError(f"{str(out)!r} exists and is not a folder; choose another -o")
     if out.exists() and any(out.iterdir()) and not args.force:
         raise CliError(f"{str(out)!r} exists and is not empty; use --force to redo the demo there, or another -o")
+    _refuse_links(out)
     # Fail before an hour of training, not after: the RTL simulation needs Verilator.
     from qfx.sim.verilator import VerilatorNotFound, find_verilator
 
@@ -99,6 +100,35 @@ def run_cli(args: argparse.Namespace) -> int:
     (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     print("\n" + format_summary(summary, out / "summary.json"))
     return 0 if summary["bit_exact"] else 1
+
+
+def _refuse_links(out: Path) -> None:
+    """``--force`` redoes the demo in ``out``: refuse a symbolic link anywhere below it (the demo would
+    write or delete through it, outside ``out``)."""
+    import os
+
+    from ..runs import ConfigError
+
+    if not out.is_dir():
+        return
+    for root, dirs, files in os.walk(out):  # does not descend into linked folders
+        for name in sorted(dirs + files):
+            if os.path.islink(os.path.join(root, name)):
+                raise ConfigError(f"{os.path.join(root, name)!r} is a symbolic link; qfx demo does not write or "
+                                  "delete through links: remove it, or choose another -o")
+
+
+def _manifest_folder(folder: Path) -> Path:
+    """``folder`` if export may replace it: absent, empty or holding only a manifest qfx wrote."""
+    from ..manifest import MANIFEST_FILE, TENSORS_FILE
+    from ..runs import ConfigError
+
+    if folder.is_dir():
+        foreign = sorted(p.name for p in folder.iterdir() if p.name not in (MANIFEST_FILE, TENSORS_FILE))
+        if foreign:
+            raise ConfigError(f"{folder} holds files qfx did not write ({', '.join(foreign)}); --force never deletes "
+                              "them: move them away, or choose another -o")
+    return folder
 
 
 def _run_one(name: str, config: str, out: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -129,7 +159,7 @@ def _run_one(name: str, config: str, out: Path, args: argparse.Namespace) -> dic
     from ..data import digits_splits
 
     x_test = digits_splits(0).test.tensors[0]
-    manifest_dir = qexport.export(model, x_test[:1], out / name / "manifest", force=True)
+    manifest_dir = qexport.export(model, x_test[:1], _manifest_folder(out / name / "manifest"), force=True)
     rec["manifest"] = str(manifest_dir)
     rec["reference_vs_emulation"] = _reference_vs_emulation(model, manifest_dir, x_test)
     n_bad = sum(rec["reference_vs_emulation"]["mismatches_per_layer"].values())
