@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Mapping, Sequence
 
 __all__ = ["SynthResult", "SynthError", "synth_xilinx", "yosys_command", "yosys_version", "cache_root",
-           "cell_counts", "error_tail", "run_yosys", "max_parallel_runs", "FAMILIES"]
+           "cell_counts", "error_tail", "run_yosys", "max_parallel_runs", "check_module_name", "FAMILIES"]
 
 #: ``synth_xilinx -family`` values qfx uses: UltraScale+ and 7-series.
 FAMILIES = ("xcup", "xcu", "xc7")
@@ -248,6 +248,18 @@ def max_parallel_runs(jobs: int) -> int:
     return max(1, min(jobs, n))
 
 
+_MODULE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*\Z")
+_OPTIONS_RE = re.compile(r"[A-Za-z0-9_ .=+-]*\Z")
+
+
+def check_module_name(top: object) -> str:
+    """``top`` if it is a plain Verilog module name; ValueError otherwise (it goes into a Yosys script,
+    where ``;`` would start another command and ``!`` a shell one)."""
+    if not isinstance(top, str) or not _MODULE_RE.match(top):
+        raise ValueError(f"top {top!r} is not a Verilog module name ([A-Za-z_][A-Za-z0-9_$]*)")
+    return top
+
+
 def run_yosys(cmd: list[str], verilog: str, top: str, script: str, outputs: Sequence[str], *,
               timeout: float = 1800, runner: Callable[..., subprocess.CompletedProcess] = subprocess.run,
               ) -> dict[str, str]:
@@ -264,6 +276,7 @@ def run_yosys(cmd: list[str], verilog: str, top: str, script: str, outputs: Sequ
         module, how it failed (the signal's name for a kill), the last lines of its log and the
         command that reruns it in the kept folder.
     """
+    check_module_name(top)
     yosys_version(cmd, runner=runner)  # compiles yowasp's cache once, under the lock
     tmp = Path(tempfile.mkdtemp(prefix="qfx-yosys-"))
     (tmp / "design.v").write_text(verilog)
@@ -346,8 +359,10 @@ def synth_xilinx(verilog: str, top: str, *, family: str = "xcup", flatten: bool 
     """
     if family not in FAMILIES:
         raise ValueError(f"family {family!r} is not one of {', '.join(FAMILIES)}")
-    if not isinstance(top, str) or not top:
-        raise ValueError(f"top must be a module name, not {top!r}")
+    check_module_name(top)
+    if not isinstance(extra, str) or not _OPTIONS_RE.match(extra):
+        raise ValueError(f"extra {extra!r}: give synth_xilinx options only (e.g. '-nodsp'), no ';', quotes or "
+                         "line breaks")
     cmd = yosys_command()
     opts = f"-family {family} -top {top} -noiopad" + (" -flatten" if flatten else "") + (f" {extra}" if extra else "")
     key = hashlib.sha256("\0".join([yosys_version(cmd), opts, verilog]).encode()).hexdigest()[:32]

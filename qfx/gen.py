@@ -128,9 +128,11 @@ def generate(manifest_path: "str | Path", out_dir: "str | Path", *, board: str =
     bad = [t for t in targets if t not in TARGETS]
     if bad or not targets:
         raise GenError(f"unknown target {', '.join(bad) or '(none)'}; choose from: {', '.join(TARGETS)}")
-    if not isinstance(top, str) or not _IDENT.match(top) or "__" in top:
-        raise GenError(f"--top {top!r} is not a Verilog / C++ identifier ([A-Za-z_][A-Za-z0-9_]*, no '__'); "
-                       "e.g. --top qfx_top")
+    from qfx.manifest import is_valid_name
+
+    if not isinstance(top, str) or not is_valid_name(top):
+        raise GenError(f"--top {top!r} is not a Verilog / C++ identifier ([A-Za-z][A-Za-z0-9_]*, no '__', not a "
+                       "Verilog or C++ keyword); e.g. --top qfx_top")
     b = get_board(board)
     clock = float(clock_mhz) if clock_mhz is not None else float(b.default_clock_mhz)
     man = load(manifest_path)

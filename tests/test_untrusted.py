@@ -146,3 +146,152 @@ def test_qfx_sim_run_refuses_a_planted_final_pt(finished_run, tmp_path):
     assert r.returncode == 2 and r.stderr.startswith("qfx: error: ") and "Traceback" not in r.stderr
     assert "final.pt: refused" in r.stderr or "Verilator" in r.stderr, r.stderr
     assert not marker.exists()
+
+
+# ---------------------------------------------------------------------------
+# Names from manifests and design folders (they reach Verilog, C++, TCL, Yosys scripts, paths)
+# ---------------------------------------------------------------------------
+
+#: Names that break out of an identifier, a string, a comment, a path or a command.
+BAD_NAMES = ['a"b', "ab\n", "a'b", "x*/y", "/*x", "$x", "x$(id)", "../x", "a/b", "a\nb", "a\rb", "x;y", "a b", "",
+             "module", "endmodule", "wire", "int", "class", "main", "__x", "_x", "9x"]
+
+
+@pytest.fixture(scope="module")
+def small_manifest(tmp_path_factory) -> Path:
+    from qfx.export import export
+    from tests.qmodels import MODELS, model_inputs
+
+    make, shape, scale, _ = MODELS["mlp_auto"]
+    return export(make(), model_inputs(shape, scale, 0)[:4], tmp_path_factory.mktemp("names") / "man")
+
+
+def _edited(src: Path, dst: Path, edit) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    doc = yaml.safe_load((dst / "manifest.yaml").read_text())
+    edit(doc)
+    (dst / "manifest.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    return dst
+
+
+@pytest.mark.parametrize("bad", BAD_NAMES)
+def test_a_bad_node_name_is_refused_at_load(small_manifest, tmp_path, bad):
+    from qfx.manifest import ManifestError, load
+
+    def rename(doc):
+        old = doc["nodes"][2]["name"]
+        doc["nodes"][2]["name"] = bad
+        for n in doc["nodes"]:
+            n["inputs"] = [bad if i == old else i for i in n["inputs"]]
+
+    d = _edited(small_manifest, tmp_path / "m", rename)
+    with pytest.raises(ManifestError, match=r"is not a valid C\+\+/Verilog identifier"):
+        load(d)
+
+
+@pytest.mark.parametrize("key", ["model", "generator", "source"])
+@pytest.mark.parametrize("bad", ["x\nstatic int pwn = system(\"touch marker\");", "x\r#include <evil>", "x\x00y",
+                                 "x\u2028y", "x\x1b[2J"])
+def test_line_breaks_in_free_text_are_refused(small_manifest, tmp_path, key, bad):
+    """``model``, ``generator`` and each node's ``source`` are written into C++/TCL/text comments: a line
+    break would end the comment and let the manifest write code."""
+    from qfx.manifest import ManifestError, load
+
+    def edit(doc):
+        if key == "source":
+            doc["nodes"][1]["source"] = bad
+        else:
+            doc[key] = bad
+
+    with pytest.raises(ManifestError, match=rf"{key} must be a string .*without line breaks or control characters"):
+        load(_edited(small_manifest, tmp_path / "m", edit))
+
+
+def test_other_characters_in_free_text_stay_inside_comments(small_manifest, tmp_path):
+    """Quotes, ``*/``, ``$``, ``..``, backslashes and keywords in ``model`` / ``source`` are kept but only
+    ever appear inside comment lines of the generated C++, and qfx-gen's outputs are still produced."""
+    from qfx import hls
+    from qfx.manifest import load
+
+    text = "M'x\" */ /* $HOME $(id) `id` ../.. \\ module int endmodule"
+
+    def edit(doc):
+        doc["model"] = text
+        doc["nodes"][1]["source"] = text
+
+    man = load(_edited(small_manifest, tmp_path / "m", edit))
+    files = hls.render(man)
+    hits = [(f, ln) for f, body in files.items() for ln in body.splitlines() if "$(id)" in ln]
+    assert hits, "the text was expected in the generated comments"
+    for f, ln in hits:
+        assert ln.lstrip().startswith(("//", "#")), (f, ln)
+    assert qfx_gen_main([str(tmp_path / "m"), "-o", str(tmp_path / "out"), "--target", "rtl,hls"]) == 0
+
+
+def qfx_gen_main(argv):
+    from qfx.gen import main
+
+    return main(argv)
+
+
+@pytest.mark.parametrize("tensors", ["../tensors.npz", "..", ".", "", "a/b.npz", "x\n.npz"])
+def test_the_tensors_file_must_be_in_the_manifest_folder(small_manifest, tmp_path, tensors):
+    from qfx.manifest import ManifestError, load
+
+    def edit(doc):
+        doc["tensors"] = tensors
+
+    with pytest.raises(ManifestError, match="tensors must be a file name in the manifest folder"):
+        load(_edited(small_manifest, tmp_path / "m", edit))
+
+
+@pytest.mark.parametrize("bad", BAD_NAMES)
+def test_qfx_gen_refuses_a_bad_top(small_manifest, tmp_path, bad, capsys):
+    out = tmp_path / "out"
+    assert qfx_gen_main([str(small_manifest), "-o", str(out), "--top", bad]) == 2
+    assert "is not a Verilog / C++ identifier" in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.fixture(scope="module")
+def small_gen(small_manifest, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("gen") / "gen"
+    assert qfx_gen_main([str(small_manifest), "-o", str(out), "--target", "rtl"]) == 0
+    return out
+
+
+@pytest.mark.parametrize("bad", ["../../x", "x;y", 'a"b', "a\nb", "module", "$x", "x*/y"])
+@pytest.mark.parametrize("cmd", ["sim", "cost"])
+def test_a_design_folder_with_a_bad_top_is_refused(small_gen, small_manifest, tmp_path, bad, cmd, capsys):
+    """design.json is untrusted: its ``top`` names files, Yosys' ``-top`` and the generated C++ driver."""
+    import json
+    import shutil
+
+    d = tmp_path / "gen"
+    shutil.copytree(small_gen, d)
+    design = json.loads((d / "design.json").read_text())
+    design["top"] = bad
+    design["manifest"] = str(small_manifest.resolve())
+    (d / "design.json").write_text(json.dumps(design))
+    argv = [cmd, str(d)] + (["--no-synth"] if cmd == "cost" else ["--no-hls"])
+    capsys.readouterr()
+    assert qfx_main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("qfx: error: ") and "Traceback" not in err
+    assert "is not a Verilog / C++ identifier" in err or "Verilator" in err, err
+    assert not list(d.glob("report*"))
+
+
+@pytest.mark.parametrize("bad", ["x; !touch marker", "a\nb", "$x", "../x", "a b", ""])
+def test_yosys_scripts_take_only_module_names(bad, tmp_path):
+    from qfx.cost.synthesis import synth_module
+    from qfx.hw.synth import synth_xilinx
+
+    with pytest.raises(ValueError, match="is not a Verilog module name"):
+        synth_xilinx("module t; endmodule", bad)
+    with pytest.raises(ValueError, match="is not a Verilog module name"):
+        synth_module("module t; endmodule", bad)
+    with pytest.raises(ValueError, match="give synth_xilinx options only"):
+        synth_xilinx("module t; endmodule", "t", extra="-nodsp; !touch marker")

@@ -40,6 +40,11 @@ def load_design(out_dir: "str | Path", manifest: "str | Path | None" = None) -> 
         raise CostError(f"{dj}: not valid JSON ({err})") from None
     if not isinstance(design, dict) or design.get("schema") != "qfx.design":
         raise CostError(f"{dj}: not a qfx-gen design.json (schema {design.get('schema') if isinstance(design, dict) else None!r})")
+    from qfx.manifest import is_valid_name
+
+    if not is_valid_name(design.get("top", "qfx_top")):  # it becomes Yosys' -top and Verilog module names
+        raise CostError(f"{dj}: top {design.get('top')!r} is not a Verilog / C++ identifier (not as qfx-gen writes "
+                        "it); regenerate with qfx-gen --force")
     path = manifest if manifest is not None else design.get("manifest")
     if not path:
         raise CostError(f"{dj} does not name its manifest; pass --manifest PATH (the folder qfx-gen read)")

@@ -23,8 +23,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from qfx.hw.synth import (FAMILIES, SynthError, SynthResult, cache_root, cell_counts, max_parallel_runs, run_yosys,
-                          yosys_command, yosys_version)
+from qfx.hw.synth import (FAMILIES, SynthError, SynthResult, cache_root, cell_counts, check_module_name,
+                          max_parallel_runs, run_yosys, yosys_command, yosys_version)
 
 __all__ = ["ModuleSynth", "synth_module", "synth_accelerator", "SynthError"]
 
@@ -58,6 +58,7 @@ def synth_module(verilog: str, top: str, *, family: str = "xcup", timeout: float
 
     if family not in FAMILIES:
         raise ValueError(f"family {family!r} is not one of {', '.join(FAMILIES)}")
+    check_module_name(top)
     cmd = yosys_command()
     opts = f"-family {family} -top {top} -noiopad -flatten"
     key = hashlib.sha256("\0".join([_CACHE_VERSION, yosys_version(cmd), opts, verilog]).encode()).hexdigest()[:32]

@@ -172,7 +172,7 @@ def _explicit(items: Any, base: dict[str, Any]) -> list[tuple[str, str, str, dic
         where = f"points[{i}]"
         _check_keys(item, POINT_KEYS, where)
         name = item.get("name")
-        if not isinstance(name, str) or not _NAME_RE.match(name):
+        if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
             raise ConfigError(f"{where}: 'name' must be a non-empty string of letters, digits, '_', '.', '-', got {name!r}")
         quant = item.get("quant") or {}
         train = item.get("train") or {}
