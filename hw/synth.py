@@ -24,7 +24,7 @@ Running Yosys safely (:func:`run_yosys`, used by every qfx synthesis):
   finished cache.
 * A run killed by a signal is retried once; a failure that remains raises :class:`SynthError`
   naming the signal, the module, the last lines of Yosys' log and the command that reruns it
-  (its folder is kept).
+  (its folder is kept in ``<cache>/yosys/runs``).
 * :func:`max_parallel_runs` caps side-by-side runs by the CPUs *and* the memory available.
 """
 
@@ -248,6 +248,17 @@ def max_parallel_runs(jobs: int) -> int:
     return max(1, min(jobs, n))
 
 
+def _runs_dir() -> "str | None":
+    """Where a run's folder goes: ``<cache>/runs`` (a failed run's folder is kept there for its rerun
+    command), else the system's temporary folder."""
+    d = cache_root() / "runs"
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    return str(d)
+
+
 _MODULE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*\Z")
 _OPTIONS_RE = re.compile(r"[A-Za-z0-9_ .=+-]*\Z")
 
@@ -278,7 +289,7 @@ def run_yosys(cmd: list[str], verilog: str, top: str, script: str, outputs: Sequ
     """
     check_module_name(top)
     yosys_version(cmd, runner=runner)  # compiles yowasp's cache once, under the lock
-    tmp = Path(tempfile.mkdtemp(prefix="qfx-yosys-"))
+    tmp = Path(tempfile.mkdtemp(prefix=f"{top}-", dir=_runs_dir()))
     (tmp / "design.v").write_text(verilog)
     (tmp / "run.ys").write_text(script + "\n")
     argv = cmd + ["-q", "-l", "yosys.log", "-s", "run.ys"]

@@ -59,8 +59,9 @@ def test_a_run_killed_by_a_signal_is_retried_once(capfd):
     assert "was killed by SIGBUS (signal 7); retrying once" in capfd.readouterr().err
 
 
-def test_a_remaining_failure_names_signal_module_log_and_rerun_command():
+def test_a_remaining_failure_names_signal_module_log_and_rerun_command(tmp_path, monkeypatch):
     cmd = _real_yosys()
+    monkeypatch.setenv("QFX_CACHE_DIR", str(tmp_path))
     runner = FailingRunner(fail=2)
     with pytest.raises(SynthError) as info:
         run_yosys(cmd, MULT, "qfx_t", SCRIPT, ("stat.json",), runner=runner)
@@ -80,14 +81,17 @@ def test_a_remaining_failure_names_signal_module_log_and_rerun_command():
     shutil.rmtree(folder)
 
 
-def test_other_signals_are_named_too():
+def test_other_signals_are_named_too(tmp_path, monkeypatch):
     cmd = _real_yosys()
-    with pytest.raises(SynthError, match=r"'qfx_t' was killed by SIGKILL \(signal 9\) twice"):
+    monkeypatch.setenv("QFX_CACHE_DIR", str(tmp_path))  # the failed run's folder is kept there
+    with pytest.raises(SynthError, match=r"'qfx_t' was killed by SIGKILL \(signal 9\) twice") as info:
         run_yosys(cmd, MULT, "qfx_t", SCRIPT, ("stat.json",), runner=FailingRunner(fail=2, sig=9))
+    assert f"rerun it with: cd {tmp_path / 'yosys' / 'runs'}/qfx_t-" in str(info.value)
 
 
-def test_a_yosys_error_is_not_retried_and_shows_its_error_line(tmp_path):
+def test_a_yosys_error_is_not_retried_and_shows_its_error_line(tmp_path, monkeypatch):
     cmd = _real_yosys()
+    monkeypatch.setenv("QFX_CACHE_DIR", str(tmp_path))
     runner = FailingRunner(fail=0)
     with pytest.raises(SynthError, match=r"(?s)failed \(exit 1\).*ERROR.*nosuchtop.*rerun it with: cd ") as info:
         run_yosys(cmd, MULT, "nosuchtop", SCRIPT.replace("-top qfx_t", "-top nosuchtop"), ("stat.json",),
