@@ -141,7 +141,7 @@ _versions_lock = threading.Lock()
 
 @contextmanager
 def _warm_lock() -> Iterator[None]:
-    """Exclusive across processes while held (``flock`` on ``<cache>/.warm.lock``); a no-op where
+    """Exclusive across processes while held (``flock`` on ``cache_root()/.warm.lock``); a no-op where
     the cache folder cannot be created or ``fcntl`` does not exist (not POSIX)."""
     try:
         import fcntl
