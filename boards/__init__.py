@@ -7,11 +7,12 @@ Public API::
     get_board(name) -> Board                         # aliases, case-insensitive
     check_fit(board, usage) -> list[str]             # problems over the SAFE utilization
     utilization(board, usage) -> dict
-    Board.platform(clock_mhz=None) -> XilinxPlatform  # Amaranth platform (Vivado build plan)
+    platform.make_platform(board, clock_mhz=None) -> XilinxPlatform  # Amaranth platform (Vivado build plan)
     render_board_files(board, design) -> dict[str, str]  # create_project.tcl, constraints.xdc, ...
 
 Board data lives in ``boards/<name>.yaml``; the Vivado scripts are Jinja2 templates in
-``boards/templates``.
+``boards/templates``. The layers: :mod:`.board` (the data) <- :mod:`.fit`, :mod:`.vivado`,
+:mod:`.platform` (Amaranth; import it as ``qfx.boards.platform``); nothing imports upwards.
 """
 
 from .board import RESOURCE_KEYS, Board, Led, PinClock, board_names, get_board, load_board

@@ -98,15 +98,6 @@ class Board:
         """True for Zynq UltraScale+ parts (Yosys family ``xcup``)."""
         return self.family == "xcup"
 
-    def platform(self, *, clock_mhz: float | None = None, toolchain: str = "Vivado"):
-        """A fresh ``amaranth.vendor.XilinxPlatform`` instance for this board.
-
-        ``clock_mhz`` sets the PS fabric clock of PS-clocked boards (see :mod:`qfx.boards.platform`).
-        """
-        from .platform import make_platform
-
-        return make_platform(self, clock_mhz=clock_mhz, toolchain=toolchain)
-
 
 class _Reader:
     """Typed access to one YAML mapping with errors that name the file and the key path."""

@@ -1,4 +1,4 @@
-"""Amaranth platforms for the boards: ``Board.platform()`` -> ``XilinxPlatform`` subclass instance.
+"""Amaranth platforms for the boards: ``make_platform(board)`` -> ``XilinxPlatform`` subclass instance.
 
 * A board with an oscillator on a PL pin (PYNQ-Z2: 125 MHz on H16) gets it as the default clock
   resource ``clk``; Amaranth's own ``sync`` domain logic (BUFGCTRL gated by STARTUPE2 EOS) is used.

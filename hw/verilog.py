@@ -35,7 +35,7 @@ def to_verilog(component: wiring.Component, name: str, *, emit_src: bool = False
         )
     if not isinstance(name, str):
         raise TypeError(f"name must be a str, not {type(name).__name__} {name!r}")
-    if not _IDENT.match(name):
+    if not _IDENT.fullmatch(name):  # not .match: "$" also matches before a final newline
         raise ValueError(f"name {name!r} is not a Verilog identifier ([A-Za-z_][A-Za-z0-9_]*); e.g. 'qfx_cast'")
     if not isinstance(emit_src, bool):
         raise TypeError(f"emit_src must be a bool, not {type(emit_src).__name__} {emit_src!r}")

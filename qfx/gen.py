@@ -128,9 +128,11 @@ def generate(manifest_path: "str | Path", out_dir: "str | Path", *, board: str =
     bad = [t for t in targets if t not in TARGETS]
     if bad or not targets:
         raise GenError(f"unknown target {', '.join(bad) or '(none)'}; choose from: {', '.join(TARGETS)}")
-    if not isinstance(top, str) or not _IDENT.match(top) or "__" in top:
-        raise GenError(f"--top {top!r} is not a Verilog / C++ identifier ([A-Za-z_][A-Za-z0-9_]*, no '__'); "
-                       "e.g. --top qfx_top")
+    from qfx.manifest import is_valid_name
+
+    if not isinstance(top, str) or not is_valid_name(top):
+        raise GenError(f"--top {top!r} is not a Verilog / C++ identifier ([A-Za-z][A-Za-z0-9_]*, no '__', not a "
+                       "Verilog or C++ keyword); e.g. --top qfx_top")
     b = get_board(board)
     clock = float(clock_mhz) if clock_mhz is not None else float(b.default_clock_mhz)
     man = load(manifest_path)
@@ -284,18 +286,19 @@ def main(argv: "Sequence[str] | None" = None) -> int:
         design = generate(args.manifest, args.out, board=args.board, targets=_targets(args.target), arch=args.arch,
                           top=args.top, clock_mhz=args.clock_mhz, reuse_factor=args.reuse_factor, synth=args.synth,
                           force=args.force)
-    except (ValueError, FileExistsError, FileNotFoundError, PermissionError, TypeError) as err:
-        print(f"qfx-gen: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("qfx-gen: interrupted", file=sys.stderr)
-        return 130
+    except BaseException as err:  # noqa: BLE001 - every error is one `qfx-gen: error:` line (qfx._errors)
+        from ._errors import error_status
+
+        return error_status("qfx-gen", err)
     print(_summary(design, Path(args.out)))
     if args.report:
         from qfx.cost.cli import cmd_cost
 
-        return cmd_cost(argparse.Namespace(out=args.out, no_synth=False, manifest=args.manifest, board=args.board,
-                                           clock_mhz=args.clock_mhz))
+        from ._errors import report_errors
+
+        cost = argparse.Namespace(out=args.out, no_synth=False, manifest=args.manifest, board=args.board,
+                                  clock_mhz=args.clock_mhz)
+        return report_errors("qfx-gen", lambda: cmd_cost(cost))
     return 0
 
 

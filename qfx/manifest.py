@@ -269,11 +269,16 @@ _KEYWORDS = frozenset(
 )
 
 
+def _is_plain_text(text: str) -> bool:
+    """No line breaks or other control characters (a string that cannot end a generated comment line)."""
+    return not any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F or c in "\u2028\u2029" for c in text)
+
+
 def is_valid_name(name: object) -> bool:
     """Whether ``name`` is usable as a C++ and Verilog identifier (see :func:`sanitize_name`)."""
     return (
         isinstance(name, str)
-        and bool(_NAME_RE.match(name))
+        and bool(_NAME_RE.fullmatch(name))  # not .match: "$" also matches before a final newline
         and "__" not in name
         and not name.startswith("_")
         and name not in _KEYWORDS
@@ -781,7 +786,8 @@ def load(path: "str | Path") -> Manifest:
     nodes_doc = doc["nodes"]
     if not isinstance(nodes_doc, list) or not nodes_doc:
         raise ck.fail("top level", "nodes must be a non-empty list")
-    if not isinstance(doc["tensors"], str) or "/" in doc["tensors"] or "\\" in doc["tensors"]:
+    if (not isinstance(doc["tensors"], str) or "/" in doc["tensors"] or "\\" in doc["tensors"]
+            or doc["tensors"] in ("", ".", "..") or not _is_plain_text(doc["tensors"])):
         raise ck.fail("top level", f"tensors must be a file name in the manifest folder, got {doc['tensors']!r}")
 
     npz_path = yaml_path.parent / doc["tensors"]
@@ -811,8 +817,9 @@ def load(path: "str | Path") -> Manifest:
             raise ck.fail(where, f"unknown op {op!r}{_suggest(str(op), list(OPS))}; valid ops: {', '.join(OPS)}")
         where = f"node {name!r} ({op})"
         spec = OPS[op]
-        if not isinstance(nd["source"], str):
-            raise ck.fail(where, f"source must be a string, got {nd['source']!r}")
+        if not isinstance(nd["source"], str) or not _is_plain_text(nd["source"]):
+            raise ck.fail(where, f"source must be a string without line breaks or control characters (it is "
+                                 f"written into generated comments), got {nd['source']!r}")
         inputs = nd["inputs"]
         if not isinstance(inputs, list) or (len(inputs) < spec.n_inputs if spec.variadic else len(inputs) != spec.n_inputs):
             what = f"{spec.n_inputs} or more" if spec.variadic else str(spec.n_inputs)
@@ -911,9 +918,10 @@ def load(path: "str | Path") -> Manifest:
     for key in ("input", "output"):
         if doc[key] not in by_name or by_name[doc[key]].op != key:
             raise ck.fail("top level", f"{key}: {doc[key]!r} is not the {key} node")
-    for key in ("model", "generator"):
-        if not isinstance(doc[key], str):
-            raise ck.fail("top level", f"{key} must be a string, got {doc[key]!r}")
+    for key in ("model", "generator"):  # both end up in generated C++ / TCL comments and reports
+        if not isinstance(doc[key], str) or not _is_plain_text(doc[key]) or len(doc[key]) > 200:
+            raise ck.fail("top level", f"{key} must be a string of at most 200 characters without line breaks or "
+                                       f"control characters, got {doc[key]!r}")
     return Manifest(
         version=doc["version"],
         nodes=tuple(nodes),

@@ -67,6 +67,8 @@ __all__ = [
     "FitResult",
     "seed_everything",
     "latest_checkpoint",
+    "load_checkpoint",
+    "CheckpointError",
 ]
 
 _CKPT_RE = re.compile(r"^epoch_(\d{4,})\.pt$")
@@ -135,7 +137,8 @@ def _loader_generators(loader: Any) -> list[torch.Generator]:
 def _rng_state(loader: Any) -> dict[str, Any]:
     return {
         "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
+        # plain data, not the ndarray get_state() holds: checkpoints load with weights_only=True
+        "numpy": _plain_numpy_state(np.random.get_state()),
         "random": random.getstate(),
         "loader": [g.get_state() for g in _loader_generators(loader)],
     }
@@ -143,7 +146,8 @@ def _rng_state(loader: Any) -> dict[str, Any]:
 
 def _set_rng_state(state: dict[str, Any], loader: Any) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), *rest))
     random.setstate(state["random"])
     gens = _loader_generators(loader)
     if len(gens) != len(state["loader"]):
@@ -153,6 +157,40 @@ def _set_rng_state(state: dict[str, Any], loader: Any) -> None:
         )
     for g, s in zip(gens, state["loader"]):
         g.set_state(s)
+
+
+def _plain_numpy_state(state: tuple) -> tuple:
+    kind, keys, pos, has_gauss, cached = state
+    return (str(kind), [int(k) for k in keys], int(pos), int(has_gauss), float(cached))
+
+
+class CheckpointError(ValueError):
+    """A checkpoint qfx refuses to read: unreadable, or holding more than tensors and plain data."""
+
+
+def load_checkpoint(path: "str | Path", map_location: Any = "cpu") -> Any:
+    """Read a checkpoint written by qfx (:func:`_atomic_save`) with ``torch.load(weights_only=True)``.
+
+    Checkpoints hold only tensors and plain data (dicts, lists, tuples, str, numbers, None), so
+    nothing in them can run code; a file holding anything else (a pickled object, e.g. a planted
+    payload) is refused with :class:`CheckpointError` and nothing of it is executed.
+    """
+    import pickle
+
+    path = Path(path)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(
+            f"{path}: refused: the checkpoint holds more than tensors and plain data ({first[:300]}); qfx reads "
+            "checkpoints with torch.load(weights_only=True) and never runs code from them. Use a checkpoint "
+            "written by this qfx version (rerun the training, e.g. qfx train --force)") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        if isinstance(err, (FileNotFoundError, IsADirectoryError, PermissionError)):
+            raise
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(err).__name__}: {str(err)[:300]}); "
+                              "rerun the training that wrote it") from None
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
@@ -442,7 +480,7 @@ def fit(
     start = 0
     ckpt = latest_checkpoint(ckpt_dir) if (resume and ckpt_dir is not None) else None
     if ckpt is not None:
-        state = torch.load(ckpt, map_location=device, weights_only=False)
+        state = load_checkpoint(ckpt, map_location=device)
         net.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["schedule"])

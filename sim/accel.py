@@ -126,6 +126,11 @@ def load_design(out_dir: "str | os.PathLike") -> Design:
                        for k in ("s_axis", "m_axis"))):
         raise DesignError(f"{dj}: malformed 'top' or 'interface' (not as qfx-gen writes them); "
                           "regenerate with qfx-gen --force")
+    from qfx.manifest import is_valid_name
+
+    if not is_valid_name(info["top"]):  # it names files and goes into the generated C++ driver
+        raise DesignError(f"{dj}: top {info['top']!r} is not a Verilog / C++ identifier (not as qfx-gen writes it); "
+                          "regenerate with qfx-gen --force")
     v = d / "rtl" / f"{info['top']}.v"
     if not v.is_file():
         raise DesignError(f"{d}: no rtl/{info['top']}.v (generated with --target rtl? "

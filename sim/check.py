@@ -127,7 +127,7 @@ def verify(out_dir: "str | os.PathLike", x: Any = None, *, vectors: int = 100, s
            hls: bool = True, mode: str = "native", localize: bool = True, model: Any = None) -> Report:
     """Run the checks; see the module docstring. ``x``: float inputs ``[N, *input_shape]`` or None (random).
 
-    ``model``: the qfx model the manifest was exported from (e.g. :func:`qfx.cli.load_run`); when given,
+    ``model``: the qfx model the manifest was exported from (e.g. :func:`qfx.runs.load_run`); when given,
     its PyTorch emulation (:func:`qfx.export.emulate`) is compared with the reference layer by layer too.
     """
     import torch

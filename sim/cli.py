@@ -57,11 +57,11 @@ def cmd_sim(args: argparse.Namespace) -> int:
     waves = args.waves if args.waves else False
     model = None
     if getattr(args, "run", None):
-        from qfx.cli import CliError, load_run
+        from qfx.runs import load_run
 
         try:
             model = load_run(args.run)
-        except (CliError, OSError, ValueError) as err:
+        except (OSError, ValueError) as err:  # qfx.runs.ConfigError, qfx.train.CheckpointError are ValueErrors
             return _err(f"--run {args.run}: {err}")
     try:
         rep = verify(args.out, x, vectors=args.vectors, seed=args.seed, manifest=args.manifest, waves=waves,

@@ -305,6 +305,49 @@ CASES = [
     Case("demo-accuracy-output-is-a-file", "qfx",
          lambda c: ["demo-accuracy", "--quick", "--models", "digits_mlp", "--out", str(c.write("acc", "x"))],
          2, r"--out .*acc. exists and is not a folder; choose another --out", None),
+    Case("demo-accuracy-zero-threads", "qfx", lambda c: ["demo-accuracy", "--quick", "--threads", "0",
+                                                          "--out", str(c.tmp / "acc")],
+         2, r"--threads 0: give 1 or more", _nothing_at("acc")),
+    Case("demo-accuracy-negative-seed", "qfx", lambda c: ["demo-accuracy", "--quick", "--seeds", "-1",
+                                                           "--out", str(c.tmp / "acc")],
+         2, r"--seeds -1: give non-negative integers", _nothing_at("acc")),
+    Case("demo-output-is-a-file", "qfx", lambda c: ["demo", "-o", str(c.write("demo", "x"))],
+         2, r"demo' exists and is not a folder; choose another -o", None),
+    Case("demo-unknown-model", "qfx", lambda c: ["demo", "-o", str(c.tmp / "demo"), "--models", "cnn_w9"],
+         2, r"--models 'cnn_w9': choose from cnn_w8, mlp_khot", _nothing_at("demo")),
+    Case("demo-zero-vectors", "qfx", lambda c: ["demo", "-o", str(c.tmp / "demo"), "--vectors", "0"],
+         2, r"--vectors 0: give at least 1", _nothing_at("demo")),
+    Case("demo-negative-epochs", "qfx", lambda c: ["demo", "-o", str(c.tmp / "demo"), "--float-epochs", "-2"],
+         2, r"--float-epochs -2: give 0 or more", _nothing_at("demo")),
+    # --- qfx explore --------------------------------------------------------------------------
+    Case("explore-missing-config", "qfx", lambda c: ["explore", str(c.tmp / "sweep.yaml"), "-o", str(c.tmp / "ex")],
+         2, r"sweep config '.*sweep\.yaml' does not exist", _nothing_at("ex")),
+    Case("explore-malformed-yaml", "qfx", lambda c: ["explore", str(c.write("s.yaml", "base: [\n")),
+                                                      "-o", str(c.tmp / "ex")],
+         2, r"s\.yaml' is not valid YAML", _nothing_at("ex")),
+    Case("explore-unknown-key", "qfx", lambda c: ["explore", str(c.write("s.yaml", "bsae: x\n")), "-o", str(c.tmp / "ex")],
+         2, r"unknown key 'bsae' \(did you mean 'base'\?\)", _nothing_at("ex")),
+    Case("explore-base-missing", "qfx", lambda c: ["explore", str(c.write("s.yaml", "base: nothere.yaml\nsweep: {fixed: [8]}\n")),
+                                                    "-o", str(c.tmp / "ex")],
+         2, r"base run config '.*nothere\.yaml' does not exist", _nothing_at("ex")),
+    Case("explore-bad-board", "qfx", lambda c: ["explore", _sweep_cfg(c), "-o", str(c.tmp / "ex"), "--board", "ultra69"],
+         2, r"board: unknown board 'ultra69'", _nothing_at("ex")),
+    Case("explore-zero-threads", "qfx", lambda c: ["explore", _sweep_cfg(c), "-o", str(c.tmp / "ex"), "--threads", "0"],
+         2, r"--threads must be >= 1, got 0", _nothing_at("ex")),
+    Case("explore-negative-epochs", "qfx", lambda c: ["explore", _sweep_cfg(c), "-o", str(c.tmp / "ex"), "--epochs", "-1"],
+         2, r"--epochs must be >= 0, got -1", _nothing_at("ex")),
+    Case("explore-output-is-a-file", "qfx", lambda c: ["explore", _sweep_cfg(c), "-o", str(c.write("ex", "x"))],
+         2, r"ex' exists and is not a folder; choose another -o", None),
+    Case("explore-foreign-output", "qfx",
+         lambda c: ["explore", _sweep_cfg(c), "-o", str(c.write("ex/mine.txt", "mine").parent)],
+         2, r"holds files qfx did not write: mine\.txt.*--force",
+         lambda c: sorted(p.name for p in (c.tmp / "ex").iterdir()) == ["mine.txt"] or pytest.fail("ex touched")),
+    # --- qfx train: checkpoints (only tensors and plain data; tests/test_untrusted.py plants payloads) ---------
+    Case("train-resume-corrupt-checkpoint", "qfx",
+         lambda c: (_run_with_checkpoint(c, b"\x80\x02garbage"), _train(c) + ["--resume"])[1],
+         2, r"epoch_0001\.pt: (not a readable checkpoint|refused).*rerun the training", None),
+    Case("sim-run-without-final", "qfx", lambda c: ["sim", str(c.gen), "--run", str(c.write("run/x.txt", "").parent)],
+         2, r"--run .*run: '.*final\.pt' does not exist: the run has not finished", None),
     # --- qfx sim ------------------------------------------------------------------------------
     Case("sim-missing-folder", "qfx", lambda c: ["sim", str(c.tmp / "nope")],
          2, r"no such folder \(give the output folder of qfx-gen", None),
@@ -450,6 +493,20 @@ CASES = [
 ]
 
 
+def _sweep_cfg(c: Ctx) -> str:
+    return str(c.write("sweep.yaml", yaml.safe_dump({"base": {**TINY_RUN}, "sweep": {"fixed": [8]}})))
+
+
+def _run_with_checkpoint(c: Ctx, data: bytes) -> None:
+    """A run folder as an interrupted ``qfx train`` leaves it, its checkpoint replaced by ``data``."""
+    cfg = yaml.safe_load(Path(_run_cfg(c)).read_text())
+    from qfx.runs import load_run_config
+
+    (c.tmp / "run" / "checkpoints").mkdir(parents=True)
+    (c.tmp / "run" / "config.yaml").write_text(yaml.safe_dump(load_run_config(cfg), sort_keys=False))
+    (c.tmp / "run" / "checkpoints" / "epoch_0001.pt").write_bytes(data)
+
+
 def _float_mlp() -> nn.Module:
     return nn.Sequential(nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 4))
 
@@ -508,7 +565,7 @@ def test_interrupted_checkpoint_write_keeps_the_previous_checkpoint(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         qtrain._atomic_save({"epoch": 2, "model": Interrupting()}, path)
     assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["epoch_0001.pt"]
-    assert torch.load(path, weights_only=False) == {"epoch": 1}
+    assert torch.load(path, weights_only=True) == {"epoch": 1}
 
 
 def _comparable(metrics: dict) -> dict:
@@ -566,7 +623,7 @@ def _interrupt_and_resume(cmd: list[str], env: dict, run: Path, ref_proc: subpro
     assert not (run / "final.pt").exists() and not (run / "metrics.json").exists()
     left = sorted(p.name for p in (run / "checkpoints").iterdir())
     assert left and all(re.fullmatch(r"epoch_000[12]\.pt", n) for n in left), left  # no temporary files
-    state = torch.load(run / "checkpoints" / left[-1], map_location="cpu", weights_only=False)
+    state = torch.load(run / "checkpoints" / left[-1], map_location="cpu", weights_only=True)
     assert state["epoch"] == int(left[-1][6:10]) < 3 and len(state["history"]) == state["epoch"]
 
     r = subprocess.run(cmd + ["-o", str(run), "-q", "--resume"], cwd=ROOT, env=env, capture_output=True,
@@ -580,3 +637,58 @@ def _interrupt_and_resume(cmd: list[str], env: dict, run: Path, ref_proc: subpro
     expected = json.loads((ref / "metrics.json").read_text())
     assert expected["qfx"]["resumed_from"] is None
     assert _comparable(resumed) == _comparable(expected)
+
+
+# ---------------------------------------------------------------------------
+# No traceback from any command (issue 15)
+# ---------------------------------------------------------------------------
+
+
+def test_python_m_qfx_cli_reports_errors_raised_in_the_library():
+    """``python -m qfx.cli`` (what ``make demo`` runs) once had two copies of qfx.cli, and an error the
+    demo pipeline raised escaped as a traceback; now it is one ``qfx: error:`` line, exit 2."""
+    for argv in (["demo", "--models", "cnn_w9"], ["explore", "nothere.yaml"]):
+        r = subprocess.run([sys.executable, "-m", "qfx.cli", *argv], cwd=ROOT, capture_output=True, text=True,
+                           timeout=120)
+        assert r.returncode == 2, (argv, r.stderr)
+        assert r.stderr.startswith("qfx: error: ") and "Traceback" not in r.stdout + r.stderr, r.stderr
+
+
+def test_an_unexpected_error_is_one_line_naming_a_bug(ctx, monkeypatch, capsys):
+    """An error qfx did not foresee (here a KeyError planted in the cost report) still gives no traceback."""
+    import qfx.cost.report as report
+
+    def broken(*a, **k):
+        raise KeyError("lut")
+
+    monkeypatch.setattr(report, "write_report", broken)
+    gen = ctx.copy_gen()
+    capsys.readouterr()
+    assert qfx_main(["cost", str(gen), "--no-synth"]) == 2
+    out, err = capsys.readouterr()
+    assert err.startswith("qfx: error: internal error (KeyError: 'lut'); this is a bug in qfx") and "Traceback" not in err
+    monkeypatch.setattr("qfx.gen.generate", broken)
+    assert qfx_gen([str(ctx.manifest), "-o", str(ctx.tmp / "out")]) == 2
+    assert capsys.readouterr().err.startswith("qfx-gen: error: internal error (KeyError")
+
+
+def test_a_tool_failure_and_an_os_error_are_one_line(ctx, monkeypatch, capsys):
+    from qfx.hw.synth import SynthError
+
+    def synth_fails(*a, **k):
+        raise SynthError("Yosys synth_xilinx of 'qfx_top' was killed by SIGBUS (signal 7) twice; ...")
+
+    import qfx.cost.report as report
+
+    monkeypatch.setattr(report, "write_report", synth_fails)
+    capsys.readouterr()
+    assert qfx_main(["cost", str(ctx.copy_gen())]) == 2
+    assert capsys.readouterr().err.startswith("qfx: error: Yosys synth_xilinx of 'qfx_top' was killed by SIGBUS")
+
+    def disk_full(*a, **k):
+        raise OSError(28, "No space left on device", "/out/rtl/qfx_top.v")
+
+    monkeypatch.setattr("qfx.gen.generate", disk_full)
+    assert qfx_gen([str(ctx.manifest), "-o", str(ctx.tmp / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err == "qfx-gen: error: [Errno 28] No space left on device: '/out/rtl/qfx_top.v'\n"

@@ -19,6 +19,7 @@ from amaranth.lib import io
 
 import qfx.boards as qb
 from qfx.boards import board as board_mod
+from qfx.boards.platform import make_platform
 
 TCLSH = shutil.which("tclsh")
 BOARD_DIR = Path(qb.__file__).resolve().parent
@@ -184,7 +185,7 @@ class _Blinky(Elaboratable):
 @pytest.mark.parametrize("name", ["ultra96", "pynq-z2", "zcu104"])
 def test_platform_build_plan(name):
     board = qb.get_board(name)
-    platform = board.platform()
+    platform = make_platform(board)
     plan = platform.prepare(_Blinky())  # writes the plan in memory; Vivado is not run
     for f in ("top.tcl", "top.xdc", "top.v", "build_top.sh"):
         assert f in plan.files
@@ -201,12 +202,12 @@ def test_platform_build_plan(name):
 
 
 def test_platform_clock_choice():
-    plan = qb.get_board("ultra96").platform(clock_mhz=250).prepare(_Blinky())
+    plan = make_platform(qb.get_board("ultra96"), clock_mhz=250).prepare(_Blinky())
     assert "create_clock -name ps_pl_clk0 -period 4.0 " in plan.files["top.xdc"]
     with pytest.raises(ValueError, match="clock_mhz = 500 is outside"):
-        qb.get_board("ultra96").platform(clock_mhz=500)
+        make_platform(qb.get_board("ultra96"), clock_mhz=500)
     with pytest.raises(ValueError, match="fixed 125 MHz oscillator on H16"):
-        qb.get_board("pynq-z2").platform(clock_mhz=100)
+        make_platform(qb.get_board("pynq-z2"), clock_mhz=100)
 
 
 # ------------------------------------------------------------------ Vivado files: validation

@@ -40,6 +40,11 @@ def load_design(out_dir: "str | Path", manifest: "str | Path | None" = None) -> 
         raise CostError(f"{dj}: not valid JSON ({err})") from None
     if not isinstance(design, dict) or design.get("schema") != "qfx.design":
         raise CostError(f"{dj}: not a qfx-gen design.json (schema {design.get('schema') if isinstance(design, dict) else None!r})")
+    from qfx.manifest import is_valid_name
+
+    if not is_valid_name(design.get("top", "qfx_top")):  # it becomes Yosys' -top and Verilog module names
+        raise CostError(f"{dj}: top {design.get('top')!r} is not a Verilog / C++ identifier (not as qfx-gen writes "
+                        "it); regenerate with qfx-gen --force")
     path = manifest if manifest is not None else design.get("manifest")
     if not path:
         raise CostError(f"{dj} does not name its manifest; pass --manifest PATH (the folder qfx-gen read)")
@@ -268,11 +273,18 @@ def _plots(rep: dict[str, Any], out: Path) -> list[str]:
     return ["report_resources.png", "report_energy.png"]
 
 
+#: The files :func:`write_report` writes.
+REPORT_FILES = ("report.json", "report.md", "report_resources.png", "report_energy.png")
+
+
 def write_report(out_dir: "str | Path", manifest_path: "str | Path", *, board: str = "ultra96", top: str = "qfx_top",
                  synth: bool = True, clock_mhz: "float | None" = None) -> dict[str, Any]:
     """Compute the report and write ``report.md``, ``report.json`` and the two PNG plots into ``out_dir``."""
-    rep = cost_report(manifest_path, board=board, top=top, synth=synth, clock_mhz=clock_mhz)
     out = Path(out_dir)
+    for name in REPORT_FILES:  # written in place: a link would be written through, out of the folder
+        if (out / name).is_symlink():
+            raise CostError(f"{out / name} is a symbolic link; qfx cost does not write through links: remove it")
+    rep = cost_report(manifest_path, board=board, top=top, synth=synth, clock_mhz=clock_mhz)
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(rep, indent=1, sort_keys=False, default=_json_default) + "\n")
     (out / "report.md").write_text(_md(rep))

@@ -20,13 +20,11 @@ import hashlib
 import json
 import os
 import re
-import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from qfx.hw.synth import (FAMILIES, SynthError, SynthResult, cache_root, cell_counts, error_tail, yosys_command,
-                          yosys_version)
+from qfx.hw.synth import (FAMILIES, SynthError, SynthResult, cache_root, cell_counts, check_module_name,
+                          max_parallel_runs, run_yosys, yosys_command, yosys_version)
 
 __all__ = ["ModuleSynth", "synth_module", "synth_accelerator", "SynthError"]
 
@@ -60,6 +58,7 @@ def synth_module(verilog: str, top: str, *, family: str = "xcup", timeout: float
 
     if family not in FAMILIES:
         raise ValueError(f"family {family!r} is not one of {', '.join(FAMILIES)}")
+    check_module_name(top)
     cmd = yosys_command()
     opts = f"-family {family} -top {top} -noiopad -flatten"
     key = hashlib.sha256("\0".join([_CACHE_VERSION, yosys_version(cmd), opts, verilog]).encode()).hexdigest()[:32]
@@ -67,21 +66,11 @@ def synth_module(verilog: str, top: str, *, family: str = "xcup", timeout: float
     if cache.exists():
         data = json.loads(cache.read_text())
         return ModuleSynth(top, SynthResult(top=top, family=family, cells=data["cells"]), data["paths"])
-    with tempfile.TemporaryDirectory(prefix="qfx-cost-") as tmp:
-        Path(tmp, "design.v").write_text(verilog)
-        script = (f"read_verilog -sv design.v; synth_xilinx {opts}; tee -q -o stat.json stat -json -tech xilinx; "
-                  "write_json net.json")
-        try:
-            proc = subprocess.run(cmd + ["-q", "-p", script], cwd=tmp, capture_output=True, text=True,
-                                  timeout=timeout)
-        except subprocess.TimeoutExpired:
-            raise SynthError(f"Yosys synth_xilinx of {top!r} ran past {timeout:.0f} s") from None
-        stat, net = Path(tmp, "stat.json"), Path(tmp, "net.json")
-        if proc.returncode != 0 or not stat.exists() or not net.exists():
-            raise SynthError(f"Yosys synth_xilinx of {top!r} failed (exit {proc.returncode}):\n"
-                             f"{error_tail(proc.stdout + proc.stderr)}")
-        report = json.loads(stat.read_text())
-        paths = critical_path(json.loads(net.read_text()), top)
+    script = (f"read_verilog -sv design.v; synth_xilinx {opts}; tee -q -o stat.json stat -json -tech xilinx; "
+              "write_json net.json")
+    out = run_yosys(cmd, verilog, top, script, ("stat.json", "net.json"), timeout=timeout)
+    report = json.loads(out["stat.json"])
+    paths = critical_path(json.loads(out["net.json"]), top)
     cells = cell_counts(report)
     cache.parent.mkdir(parents=True, exist_ok=True)
     part = cache.with_suffix(f".tmp{os.getpid()}")
@@ -118,23 +107,17 @@ def synth_accelerator(manifest: Any, *, top: str = "qfx_top", family: str = "xcu
         for name, eng in engs.items():
             mod = f"{_ident(top)}_{_ident(name)}"
             jobs.append((name, to_verilog(eng, mod), mod))
-    # Independent Yosys processes: run them side by side, the biggest (the whole design) first.
-    workers = max(1, min(len(jobs), _workers()))
+    # Independent Yosys processes: run them side by side, the biggest (the whole design) first;
+    # yowasp's one-time compile happens once, before the fan-out (qfx.hw.synth.yosys_version).
+    if jobs:
+        yosys_version(yosys_command())
+    workers = _workers(len(jobs))
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
         done = {key: pool.submit(synth_module, v, mod, family=family) for key, v, mod in jobs}
         results = {key: fut.result() for key, fut in done.items()}
     return {"engines": {k: r for k, r in results.items() if k != ""}, "whole": results.get("")}
 
 
-def _workers() -> int:
-    """Parallel Yosys runs: ``QFX_SYNTH_JOBS``, else the CPUs this process may use."""
-    env = os.environ.get("QFX_SYNTH_JOBS")
-    if env:
-        try:
-            return max(1, int(env))
-        except ValueError:
-            raise ValueError(f"QFX_SYNTH_JOBS={env!r}: give a positive integer") from None
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+def _workers(jobs: int = 1 << 30) -> int:
+    """Parallel Yosys runs: ``QFX_SYNTH_JOBS``, else the CPUs, capped by the memory available."""
+    return max_parallel_runs(jobs)

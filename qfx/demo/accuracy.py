@@ -235,13 +235,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_cli(args: argparse.Namespace) -> int:
+    from ..runs import ConfigError
+
+    if args.threads is not None and args.threads < 1:
+        raise ConfigError(f"--threads {args.threads}: give 1 or more")
+    if args.seeds and any(s < 0 for s in args.seeds):
+        raise ConfigError(f"--seeds {' '.join(map(str, args.seeds))}: give non-negative integers")
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
     if out.exists() and not out.is_dir():  # before the runs, not after minutes of training
-        from ..cli import CliError
-
-        raise CliError(f"--out {str(out)!r} exists and is not a folder; choose another --out")
+        raise ConfigError(f"--out {str(out)!r} exists and is not a folder; choose another --out")
     settings = dict(QUICK if args.quick else SETTINGS)
     if args.seeds:
         settings["seeds"] = tuple(args.seeds)

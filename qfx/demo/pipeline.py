@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -60,7 +59,7 @@ def _stage(name: str, what: str) -> float:
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    from ..cli import CliError
+    from ..runs import ConfigError as CliError
 
     if args.quick:
         args.epochs = QUICK["epochs"] if args.epochs is None else args.epochs
@@ -77,8 +76,11 @@ def run_cli(args: argparse.Namespace) -> int:
     if unknown or not models:
         raise CliError(f"--models {args.models!r}: choose from {', '.join(DEMOS)}")
     out = Path(args.output)
+    if out.exists() and not out.is_dir():
+        raise CliError(f"{str(out)!r} exists and is not a folder; choose another -o")
     if out.exists() and any(out.iterdir()) and not args.force:
         raise CliError(f"{str(out)!r} exists and is not empty; use --force to redo the demo there, or another -o")
+    _refuse_links(out)
     # Fail before an hour of training, not after: the RTL simulation needs Verilator.
     from qfx.sim.verilator import VerilatorNotFound, find_verilator
 
@@ -100,22 +102,46 @@ def run_cli(args: argparse.Namespace) -> int:
     return 0 if summary["bit_exact"] else 1
 
 
+def _refuse_links(out: Path) -> None:
+    """``--force`` redoes the demo in ``out``: refuse a symbolic link anywhere below it (the demo would
+    write or delete through it, outside ``out``)."""
+    import os
+
+    from ..runs import ConfigError
+
+    if not out.is_dir():
+        return
+    for root, dirs, files in os.walk(out):  # does not descend into linked folders
+        for name in sorted(dirs + files):
+            if os.path.islink(os.path.join(root, name)):
+                raise ConfigError(f"{os.path.join(root, name)!r} is a symbolic link; qfx demo does not write or "
+                                  "delete through links: remove it, or choose another -o")
+
+
+def _manifest_folder(folder: Path) -> Path:
+    """``folder`` if export may replace it: absent, empty or holding only a manifest qfx wrote."""
+    from ..manifest import MANIFEST_FILE, TENSORS_FILE
+    from ..runs import ConfigError
+
+    if folder.is_dir():
+        foreign = sorted(p.name for p in folder.iterdir() if p.name not in (MANIFEST_FILE, TENSORS_FILE))
+        if foreign:
+            raise ConfigError(f"{folder} holds files qfx did not write ({', '.join(foreign)}); --force never deletes "
+                              "them: move them away, or choose another -o")
+    return folder
+
+
 def _run_one(name: str, config: str, out: Path, args: argparse.Namespace) -> dict[str, Any]:
     from .. import export as qexport
-    from ..cli import CliError, load_run
-    from ..cli import main as qfx_main
+    from ..runs import ConfigError as CliError
+    from ..runs import load_run, train_run
 
     t0 = _stage(name, f"train ({config})")
     run_dir = out / name / "run"
-    argv = ["train", str(CONFIG_DIR / config), "-o", str(run_dir)]
-    argv += ["--force"] if args.force else []
-    argv += ["--epochs", str(args.epochs)] if args.epochs is not None else []
+    cfg_path = CONFIG_DIR / config
     if args.float_epochs is not None:
         cfg_path = _config_with_float_epochs(CONFIG_DIR / config, args.float_epochs, out / name)
-        argv[1] = str(cfg_path)
-    if qfx_main(argv) != 0:
-        raise CliError(f"training {name} failed (see above)")
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics = train_run(cfg_path, run_dir, epochs=args.epochs, force=args.force)
     model = load_run(run_dir)
     ptq = _ptq_accuracy(run_dir)
     rec: dict[str, Any] = {
@@ -133,7 +159,7 @@ def _run_one(name: str, config: str, out: Path, args: argparse.Namespace) -> dic
     from ..data import digits_splits
 
     x_test = digits_splits(0).test.tensors[0]
-    manifest_dir = qexport.export(model, x_test[:1], out / name / "manifest", force=True)
+    manifest_dir = qexport.export(model, x_test[:1], _manifest_folder(out / name / "manifest"), force=True)
     rec["manifest"] = str(manifest_dir)
     rec["reference_vs_emulation"] = _reference_vs_emulation(model, manifest_dir, x_test)
     n_bad = sum(rec["reference_vs_emulation"]["mismatches_per_layer"].values())
@@ -141,12 +167,12 @@ def _run_one(name: str, config: str, out: Path, args: argparse.Namespace) -> dic
           f"{'bit-exact' if n_bad == 0 else f'{n_bad} MISMATCHES'} ({time.perf_counter() - t0:.1f} s)")
 
     _stage(name, f"qfx-gen --board {BOARD} --target rtl,hls")
-    from ..gen import main as qfx_gen
+    from ..gen import generate
 
     gen_dir = out / name / "gen"
-    if qfx_gen([str(manifest_dir), "--board", BOARD, "-o", str(gen_dir), "--target", "rtl,hls", "--force"]) != 0:
-        raise CliError(f"qfx-gen failed for {name} (see above)")
-    design = json.loads((gen_dir / "design.json").read_text())
+    design = generate(manifest_dir, gen_dir, board=BOARD, targets=("rtl", "hls"), force=True)
+    print(f"[{name}] qfx-gen: {len(design['files'])} files in {gen_dir} (top {design['top']}, "
+          f"{design['latency']['cycles']} cycles per inference)")
     rec["gen"] = str(gen_dir)
 
     t0 = _stage(name, f"qfx sim: RTL (Verilator) + HLS C simulation, {args.vectors} vectors")
@@ -211,12 +237,11 @@ def _config_with_float_epochs(src: Path, float_epochs: int, where: Path) -> Path
 def _ptq_accuracy(run_dir: Path) -> "float | None":
     """Test accuracy (%) of post-training quantization with the run's formats: the run's float
     model, converted, binary points calibrated (as the run calibrated them), frozen, no training."""
-    import torch
     import yaml
 
     from .. import train as qtrain
-    from ..cli import _loaders
     from ..conversion import convert
+    from ..runs import run_loaders
     from .models import build_model
 
     float_path = run_dir / "float.pt"
@@ -225,9 +250,9 @@ def _ptq_accuracy(run_dir: Path) -> "float | None":
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
     seed = cfg["train"]["seed"]
     fmodel = build_model(cfg["model"], seed=seed)
-    fmodel.load_state_dict(torch.load(float_path, map_location="cpu", weights_only=False)["state_dict"])
+    fmodel.load_state_dict(qtrain.load_checkpoint(float_path)["state_dict"])
     fmodel.eval()
-    train_loader, _, test_loader = _loaders(cfg, seed)
+    train_loader, _, test_loader = run_loaders(cfg, seed)
     model = qtrain.ptq(convert(fmodel, cfg["quant"]), train_loader, batches=cfg["train"]["calibrate_batches"])
     return 100 * qtrain.evaluate(model, test_loader)["accuracy"]
 
@@ -296,8 +321,3 @@ def format_summary(summary: dict[str, Any], path: Path) -> str:
     lines.append(f"summary: {path}")
     return "\n".join(lines)
 
-
-if __name__ == "__main__":  # pragma: no cover
-    from ..cli import main
-
-    sys.exit(main(["demo", *sys.argv[1:]]))

@@ -47,7 +47,7 @@ of ``F`` become ``_``).
 
 Everything is validated before anything trains: unknown keys (with close-name suggestions),
 format spellings, train keys, board, and a conversion of the untrained model with each point's
-quant (layer names). A bad sweep raises :class:`qfx.cli.CliError` naming the point and field
+quant (layer names). A bad sweep raises :class:`qfx.runs.ConfigError` naming the point and field
 (``qfx`` exits 2). A point that fails while it runs (training, export, reference, cost) is
 recorded as ``{"status": "failed", "stage", "reason"}`` and the sweep goes on; the exit status is
 then 1.
@@ -59,7 +59,7 @@ Output folder ``OUT/``::
     explore.md     the table, Pareto-optimal rows marked
     pareto.png     accuracy against LUT, DSP and energy (Pareto front per subplot)
     points/<name>-<key>/   point.json (what was hashed), run/ (config.yaml, final.pt, metrics.json:
-                   :func:`qfx.cli.load_run` reads it), manifest/, result.json, error.txt on failure
+                   :func:`qfx.runs.load_run` reads it), manifest/, result.json, error.txt on failure
     float/<key>/   the float pre-trained model, shared by every point with the same float settings
 
 Cache: ``<key>`` is a content hash of the point's resolved run config (epochs and seed included),

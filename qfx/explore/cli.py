@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..cli import CliError
+from ..runs import ConfigError
 from .points import check_output, run_sweep
 from .sweep import load_sweep
 
@@ -36,10 +36,10 @@ def cmd_explore(args: argparse.Namespace) -> int:
     for name in ("epochs", "float_epochs"):
         v = getattr(args, name)
         if v is not None and v < 0:
-            raise CliError(f"--{name.replace('_', '-')} must be >= 0, got {v}")
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {v}")
     if args.threads is not None:
         if args.threads < 1:
-            raise CliError(f"--threads must be >= 1, got {args.threads}")
+            raise ConfigError(f"--threads must be >= 1, got {args.threads}")
         import torch
 
         torch.set_num_threads(args.threads)

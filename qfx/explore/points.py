@@ -14,7 +14,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
-from ..cli import CliError
+from ..runs import ConfigError
 from .report import plot, summarize, to_markdown
 from .sweep import Point, Sweep
 
@@ -29,8 +29,8 @@ _SOURCE_MODULES = (
 )
 #: ... and single objects of modules that also hold unrelated code (``module:attribute``).
 _SOURCE_OBJECTS = (
-    "qfx.cli:load_run_config", "qfx.cli:_loaders", "qfx.cli:_formats", "qfx.cli:_strip", "qfx.cli:_TRAIN_KEYS",
-    "qfx.cli:_DATA_KEYS", "qfx.demo.accuracy:word_length_config", "qfx.demo.accuracy:khot_config",
+    "qfx.runs:load_run_config", "qfx.runs:run_loaders", "qfx.runs:layer_formats", "qfx.runs:without_n",
+    "qfx.runs:TRAIN_KEYS", "qfx.runs:DATA_KEYS", "qfx.demo.accuracy:word_length_config", "qfx.demo.accuracy:khot_config",
     "qfx.demo.accuracy:_khot_int_bits",
 )
 
@@ -124,10 +124,9 @@ class FloatModels:
 
     def get(self, cfg: dict[str, Any]) -> tuple[Any, "dict[str, Any] | None", "list[Any] | None"]:
         """``(float model in eval mode, float metrics or None, loader generator states or None)``."""
-        import torch
-
         from .. import train as qtrain
-        from ..cli import _loaders, _strip
+        from ..runs import run_loaders as _loaders
+        from ..runs import without_n as _strip
         from ..demo.models import build_model
 
         settings = _float_settings(cfg)
@@ -138,7 +137,7 @@ class FloatModels:
             folder = self.root / key
             path = folder / "float.pt"
             if path.is_file():
-                state = torch.load(path, map_location="cpu", weights_only=False)
+                state = qtrain.load_checkpoint(path)
             else:
                 tc, seed = cfg["train"], cfg["train"]["seed"]
                 fmodel = build_model(cfg["model"], seed=seed)
@@ -164,14 +163,16 @@ class FloatModels:
 
 
 def _train(point: Point, run: Path, floats: FloatModels) -> tuple[Any, dict[str, Any], dict[str, Any]]:
-    """Train the point as ``qfx train`` does; write ``run/`` (readable by :func:`qfx.cli.load_run`).
+    """Train the point as ``qfx train`` does; write ``run/`` (readable by :func:`qfx.runs.load_run`).
 
     Returns ``(frozen model, resolved run config, metrics)``.
     """
     import yaml
 
     from .. import train as qtrain
-    from ..cli import _formats, _loaders, _strip
+    from ..runs import layer_formats as _formats
+    from ..runs import run_loaders as _loaders
+    from ..runs import without_n as _strip
     from ..conversion import convert
     from ..demo.accuracy import khot_config
 
@@ -340,13 +341,13 @@ def check_output(out: Path, force: bool) -> None:
     from ..outdir import foreign_files
 
     if out.exists() and not out.is_dir():
-        raise CliError(f"{str(out)!r} exists and is not a folder; choose another -o")
+        raise ConfigError(f"{str(out)!r} exists and is not a folder; choose another -o")
     if force or not out.is_dir():
         return
     foreign = sorted(set(foreign_files(out)) - _owned(out))
     if foreign:
         more = f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
-        raise CliError(f"{str(out)!r} holds files qfx did not write: {', '.join(foreign[:5])}{more}; choose an empty "
+        raise ConfigError(f"{str(out)!r} holds files qfx did not write: {', '.join(foreign[:5])}{more}; choose an empty "
                        "folder or a previous explore output, or pass --force (files qfx did not write are kept)")
 
 

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..cli import CliError, _suggest, read_yaml
+from ..runs import ConfigError, read_yaml
+from ..runs import suggest as _suggest
 
 SWEEP_KEYS = ("base", "train", "board", "sweep", "points", "description")
 POINT_KEYS = ("name", "quant", "train")
@@ -20,7 +21,7 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 class Point:
     """One point of a sweep, fully resolved.
 
-    ``config`` is the validated run config (:func:`qfx.cli.load_run_config`), ``khot`` is
+    ``config`` is the validated run config (:func:`qfx.runs.load_run_config`), ``khot`` is
     ``(k, base_width)`` for a generated K-hot point, whose weight formats are fixed per layer only
     once the float model exists (``config``'s quant then holds a placeholder).
     """
@@ -47,10 +48,10 @@ class Sweep:
 
 def _check_keys(mapping: Any, valid: Sequence[str], where: str) -> dict[str, Any]:
     if not isinstance(mapping, dict):
-        raise CliError(f"{where} must be a mapping with keys {', '.join(valid)}, got {type(mapping).__name__}")
+        raise ConfigError(f"{where} must be a mapping with keys {', '.join(valid)}, got {type(mapping).__name__}")
     for key in mapping:
         if key not in valid:
-            raise CliError(f"{where}: unknown key {key!r}{_suggest(str(key), valid)}; valid: {', '.join(valid)}")
+            raise ConfigError(f"{where}: unknown key {key!r}{_suggest(str(key), valid)}; valid: {', '.join(valid)}")
     return mapping
 
 
@@ -71,7 +72,7 @@ def _deep_merge(base: Any, over: Any) -> Any:
 
 def _load_base(value: Any, sweep_dir: Path) -> dict[str, Any]:
     """The base run config as written (a path relative to the sweep file, or inline), validated."""
-    from ..cli import load_run_config
+    from ..runs import load_run_config
 
     if isinstance(value, str):
         p = Path(value)
@@ -80,11 +81,11 @@ def _load_base(value: Any, sweep_dir: Path) -> dict[str, Any]:
     elif isinstance(value, dict):
         raw = copy.deepcopy(value)
     else:
-        raise CliError("the sweep needs 'base:': a run config path (relative to the sweep file) or an inline mapping")
+        raise ConfigError("the sweep needs 'base:': a run config path (relative to the sweep file) or an inline mapping")
     try:
         load_run_config(raw)
-    except CliError as err:
-        raise CliError(f"base: {err}") from None
+    except ConfigError as err:
+        raise ConfigError(f"base: {err}") from None
     return raw
 
 
@@ -93,13 +94,13 @@ def _as_list(value: Any, where: str) -> list[Any]:
         return []
     items = value if isinstance(value, list) else [value]
     if not items:
-        raise CliError(f"{where} is an empty list; give at least one value or remove the key")
+        raise ConfigError(f"{where} is an empty list; give at least one value or remove the key")
     return items
 
 
 def _int_arg(value: Any, where: str, low: int, high: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise CliError(f"{where} must be an integer from {low} to {high}, got {value!r}")
+        raise ConfigError(f"{where} must be an integer from {low} to {high}, got {value!r}")
     return value
 
 
@@ -107,13 +108,13 @@ def _minifloat_arg(value: Any, where: str) -> str:
     from ..types import MinifloatType, parse_type
 
     if not isinstance(value, str):
-        raise CliError(f"{where} must be a minifloat spelling such as 'e4m3' or 'fp8_e5m2', got {value!r}")
+        raise ConfigError(f"{where} must be a minifloat spelling such as 'e4m3' or 'fp8_e5m2', got {value!r}")
     try:
         fmt = parse_type(value)
     except ValueError as err:
-        raise CliError(f"{where}: {err}") from None
+        raise ConfigError(f"{where}: {err}") from None
     if not isinstance(fmt, MinifloatType):
-        raise CliError(f"{where}: {value!r} is not a minifloat format (e.g. 'e4m3', 'e2m3', 'fp8_e5m2')")
+        raise ConfigError(f"{where}: {value!r} is not a minifloat format (e.g. 'e4m3', 'e2m3', 'fp8_e5m2')")
     return value
 
 
@@ -165,19 +166,19 @@ def _generated(spec: Any, base: dict[str, Any]) -> list[tuple[str, str, str, dic
 def _explicit(items: Any, base: dict[str, Any]) -> list[tuple[str, str, str, dict[str, Any], Any, dict[str, Any]]]:
     """``(name, kind, description, quant, None, train overrides)`` for each entry of ``points:``."""
     if not isinstance(items, list):
-        raise CliError("points: must be a list of mappings with keys name, quant, train")
+        raise ConfigError("points: must be a list of mappings with keys name, quant, train")
     out = []
     for i, item in enumerate(items):
         where = f"points[{i}]"
         _check_keys(item, POINT_KEYS, where)
         name = item.get("name")
-        if not isinstance(name, str) or not _NAME_RE.match(name):
-            raise CliError(f"{where}: 'name' must be a non-empty string of letters, digits, '_', '.', '-', got {name!r}")
+        if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+            raise ConfigError(f"{where}: 'name' must be a non-empty string of letters, digits, '_', '.', '-', got {name!r}")
         quant = item.get("quant") or {}
         train = item.get("train") or {}
         for key, value in (("quant", quant), ("train", train)):
             if not isinstance(value, dict):
-                raise CliError(f"point {name!r}: '{key}' must be a mapping, got {type(value).__name__}")
+                raise ConfigError(f"point {name!r}: '{key}' must be a mapping, got {type(value).__name__}")
         out.append((name, "custom", "custom", _deep_merge(base.get("quant") or {}, quant), None, train))
     return out
 
@@ -191,7 +192,7 @@ def _check_conversion(point: Point) -> None:
     try:
         convert(build_model(cfg["model"], seed=0).eval(), cfg["quant"])
     except (ValueError, TypeError) as err:
-        raise CliError(f"point {point.name!r}: quant: {err}") from None
+        raise ConfigError(f"point {point.name!r}: quant: {err}") from None
 
 
 def load_sweep(source: "str | Path | dict[str, Any]", *, epochs: "int | None" = None,
@@ -200,10 +201,10 @@ def load_sweep(source: "str | Path | dict[str, Any]", *, epochs: "int | None" = 
     """Read and validate a sweep config; every point resolved to a validated run config.
 
     ``epochs`` / ``float_epochs`` / ``seed`` override every point's ``train`` section (the CLI's
-    quick-run knobs). Raises :class:`~qfx.cli.CliError` naming the point and field.
+    quick-run knobs). Raises :class:`~qfx.runs.ConfigError` naming the point and field.
     """
     from ..boards import get_board
-    from ..cli import load_run_config
+    from ..runs import load_run_config
 
     if isinstance(source, dict):
         raw, path, sweep_dir = copy.deepcopy(source), None, Path.cwd()
@@ -215,29 +216,29 @@ def load_sweep(source: "str | Path | dict[str, Any]", *, epochs: "int | None" = 
     base = _load_base(raw.get("base"), sweep_dir)
     common_train = raw.get("train") or {}
     if not isinstance(common_train, dict):
-        raise CliError("train: must be a mapping of train overrides (see configs/README.md)")
+        raise ConfigError("train: must be a mapping of train overrides (see configs/README.md)")
     board_name = board or raw.get("board") or "ultra96"
     try:
         board_name = get_board(board_name).name
     except (ValueError, TypeError) as err:
-        raise CliError(f"board: {err}") from None
+        raise ConfigError(f"board: {err}") from None
     rows = [(*g, {}) for g in _generated(raw["sweep"], base)] if raw.get("sweep") is not None else []
     rows += _explicit(raw["points"], base) if raw.get("points") is not None else []
     if not rows:
-        raise CliError("the sweep has no points: give 'sweep:' (fixed, khot, minifloat, lmul) and/or 'points:'")
+        raise ConfigError("the sweep has no points: give 'sweep:' (fixed, khot, minifloat, lmul) and/or 'points:'")
     overrides = {k: v for k, v in (("epochs", epochs), ("float_epochs", float_epochs), ("seed", seed)) if v is not None}
     seen: set[str] = set()
     points = []
     for name, kind, spec, quant, khot, train in rows:
         if name in seen:
-            raise CliError(f"point {name!r} appears twice in the sweep; point names must be unique")
+            raise ConfigError(f"point {name!r} appears twice in the sweep; point names must be unique")
         seen.add(name)
         cfg = {**copy.deepcopy(base), "quant": quant}
         cfg["train"] = {**(base.get("train") or {}), **common_train, **train, **overrides}
         try:
             resolved = load_run_config(cfg)
-        except CliError as err:
-            raise CliError(f"point {name!r}: {err}") from None
+        except ConfigError as err:
+            raise ConfigError(f"point {name!r}: {err}") from None
         point = Point(name, kind, spec, resolved, khot)
         _check_conversion(point)
         points.append(point)
