@@ -163,3 +163,51 @@ def test_overrides_are_kept_and_checked(residual):
 
 def test_plan_is_deterministic(residual):
     assert plan(residual, "ultra96").as_dict() == plan(residual, "ultra96").as_dict()
+
+
+@pytest.fixture(scope="module")
+def residual_dir(tmp_path_factory) -> Path:
+    make, shape, scale, _ = MODELS["residual"]
+    d = tmp_path_factory.mktemp("foldgen") / "residual"
+    export(make(), model_inputs(shape, scale, 1), d)
+    return d
+
+
+@pytest.mark.parametrize("content,extra,message", [
+    ("stem: {pe: 3}\n", [], "pe=3 does not divide its 4 output channels; valid pe: 1, 2, 4"),
+    ("nosuch: {pe: 1}\n", [], "which the manifest does not have"),
+    ("stem: [1, 2\n", [], "is not valid YAML"),
+    ("- 1\n", [], "must map layer names"),
+    (None, ["--ii", "3"], "II 3 cycles is not reachable on ultra96: the best reachable II is"),
+])
+def test_gen_cli_folding_errors(residual_dir, tmp_path, capsys, content, extra, message):
+    from qfx.gen import main
+
+    args = [str(residual_dir), "-o", str(tmp_path / "out")] + extra
+    if content is not None:
+        (tmp_path / "f.yaml").write_text(content)
+        args += ["--folding", str(tmp_path / "f.yaml")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("qfx-gen: error: ") and message in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_gen_records_the_plan(residual_dir, tmp_path, capsys):
+    import json
+
+    from qfx.gen import main
+
+    (tmp_path / "f.yaml").write_text("stem: {pe: 2, simd: 3}\n")
+    out = tmp_path / "out"
+    assert main([str(residual_dir), "-o", str(out), "--folding", str(tmp_path / "f.yaml")]) == 0
+    assert "folding plan" in capsys.readouterr().out
+    d = json.loads((out / "design.json").read_text())
+    want = plan(load(residual_dir), "ultra96", overrides={"stem": Folding(2, 3)})
+    assert d["folding"]["ii"] == want.ii and d["folding"]["foldings"]["stem"] == {"pe": 2, "simd": 3}
+    stem = next(ly for ly in d["layers"] if ly["name"] == "stem")
+    assert stem["folding"] == {"pe": 2, "simd": 3}
+    assert stem["planned"]["cycles"] == folded_cycles(load(residual_dir).node("stem"), Folding(2, 3))
+    first = (out / "design.json").read_bytes()
+    assert main([str(residual_dir), "-o", str(out), "--folding", str(tmp_path / "f.yaml")]) == 0
+    assert (out / "design.json").read_bytes() == first
