@@ -178,7 +178,9 @@ def generate(manifest_path: "str | Path", out_dir: "str | Path", *, board: str =
             files[f"board/{name}"] = text
         modules = _verilog_modules(verilog)
     if "hls" in targets:
-        for name, text in hls.render(man, top=top, reuse_factor=reuse_factor).items():
+        # with the RTL, the HLS C++ describes the same folding (its pragmas follow the plan)
+        hfold = fplan.foldings if fplan is not None else None
+        for name, text in hls.render(man, top=top, reuse_factor=reuse_factor, foldings=hfold).items():
             files[f"hls/{name}"] = text
 
     in_fmt, out_fmt = stream_formats(man)
