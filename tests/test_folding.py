@@ -252,3 +252,18 @@ def test_hls_follows_the_folding_and_stays_bit_exact(tmp_path, name):
         want = ref[m.output].reshape(len(got), -1)
         assert (got == want).all(), (name, folds)
         assert len(np.unique(want)) > 3
+
+
+def test_cost_report_shows_the_plan(residual_dir):
+    from qfx.cost.report import _md, cost_report
+
+    m = load(residual_dir)
+    rep = cost_report(residual_dir, synth=False)["folding"]
+    p = plan(m, "ultra96")
+    macs = sum(math.prod(n.output_shape) * (math.prod(n.input_shapes[0][-1:]) if n.op == "dense" else
+                                            n.input_shapes[0][0] // n.params["groups"] * math.prod(n.params["kernel"]))
+               for n in _macs(m))
+    assert rep["ii"] == p.ii and rep["macs_per_cycle"] == round(macs / p.ii, 3)
+    assert rep["mac_units"] == math.floor(get_board("ultra96").safe_limit("dsp")) * (2 if rep["packed_int8"] else 1)
+    assert rep["layers"]["stem"]["folding"] == p.foldings["stem"].as_dict()
+    assert "Automatic folding plan" in _md(cost_report(residual_dir, synth=False))
