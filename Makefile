@@ -36,6 +36,7 @@ bench: setup
 	$(PY) bench/train_step.py
 	# RTL simulation throughput of the demo designs (needs `make demo` first for out/demo/)
 	$(PY) bench/sim_throughput.py
+	$(PY) bench/accel_throughput.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -24,6 +24,15 @@ its resource estimate against the board) do not apply to the HLS project, whose
 resources Vitis HLS reports; design.json then has no ports, modules, cycles, latency or
 resource estimate (``null``).
 
+Folding: ``--folding auto`` (default) lets :func:`qfx.hw.accel.folding.plan` choose each
+dense / conv2d engine's ``pe`` x ``simd`` inside the board's safe caps; ``--folding F.yaml``
+(``{layer: {pe: P, simd: S}}``) fixes some layers, the planner chooses the rest; ``--fps N`` /
+``--ii C`` ask for the smallest plan meeting a target (refused with the best reachable one).
+design.json's ``folding`` holds the plan (II, inferences/s, per-layer foldings, the limit it hit)
+and ``rtl_honours_folding``; each layer its ``folding`` and ``planned`` cycles / resources. Until
+the folded RTL engines land, the RTL is built at folding 1 (``rtl_honours_folding: false``) and
+the layers' ``cycles`` stay the RTL's.
+
 and prints a short summary. Generation never imports torch, and the output is
 byte-identical for the same manifest and options. Bad input (unknown board or
 architecture, an invalid manifest, a design that does not fit the board, foreign files in
@@ -95,7 +104,8 @@ def _ports(component: Any) -> list[dict[str, Any]]:
 def generate(manifest_path: "str | Path", out_dir: "str | Path", *, board: str = "ultra96",
              targets: Sequence[str] = ("rtl",), arch: str = "dataflow", top: str = "qfx_top",
              clock_mhz: "float | None" = None, reuse_factor: int = 1, synth: bool = False,
-             force: bool = False) -> dict[str, Any]:
+             force: bool = False, folding: "str | Path | None" = "auto", fps: "float | None" = None,
+             ii: "int | None" = None) -> dict[str, Any]:
     """Generate the hardware of a manifest into ``out_dir``; return the ``design.json`` contents.
 
     Raises
@@ -136,9 +146,11 @@ def generate(manifest_path: "str | Path", out_dir: "str | Path", *, board: str =
     b = get_board(board)
     clock = float(clock_mhz) if clock_mhz is not None else float(b.default_clock_mhz)
     man = load(manifest_path)
-
     files: dict[str, str] = {}
     rtl = "rtl" in targets
+    # The folding plan is the RTL's (checked against the board); an HLS-only request checks no fit
+    # (Vitis HLS reports its resources) and its C++ does not follow the plan yet.
+    fplan, honoured = None, False
     est: "dict[str, Any] | None" = None
     cycles: "dict[str, Any] | None" = None
     modules: list[str] = []
@@ -148,7 +160,8 @@ def generate(manifest_path: "str | Path", out_dir: "str | Path", *, board: str =
         est = {k: v for k, v in analytic_estimate(man).items() if k != "per_layer"}
         # With --synth, Yosys' LUT / FF decide (the estimate is within about 15 % of them).
         _check_fit(b, {**est, "lut": 0, "ff": 0} if synth else est, check_fit)
-        acc = Accelerator(man)
+        fplan, _ = _folding_plan(man, b, folding, fps=fps, ii=ii, clock_mhz=clock)
+        acc, honoured = _accelerator(Accelerator, man, fplan.foldings)
         verilog = to_verilog(acc, top)
         if synth:
             from qfx.hw.synth import synth_xilinx
@@ -167,7 +180,9 @@ def generate(manifest_path: "str | Path", out_dir: "str | Path", *, board: str =
             files[f"board/{name}"] = text
         modules = _verilog_modules(verilog)
     if "hls" in targets:
-        for name, text in hls.render(man, top=top, reuse_factor=reuse_factor).items():
+        # with the RTL, the HLS C++ describes the same folding (its pragmas follow the plan)
+        hfold = fplan.foldings if fplan is not None else None
+        for name, text in hls.render(man, top=top, reuse_factor=reuse_factor, foldings=hfold).items():
             files[f"hls/{name}"] = text
 
     in_fmt, out_fmt = stream_formats(man)
@@ -177,7 +192,13 @@ def generate(manifest_path: "str | Path", out_dir: "str | Path", *, board: str =
                                  "output_shape": list(node.output_shape),
                                  "formats": {k: _fmt_info(v) for k, v in sorted(node.formats.items())}}
         if rtl and node.op not in ("input", "flatten", "output"):
-            entry["cycles"] = engine_cycles(node)
+            # what the generated RTL does: the plan's cycles only where the RTL honours the folding
+            entry["cycles"] = fplan.layers[node.name]["cycles"] if honoured else engine_cycles(node)
+        if fplan is not None and node.name in fplan.layers:
+            pl = fplan.layers[node.name]
+            if "folding" in pl:
+                entry["folding"] = pl["folding"]
+            entry["planned"] = {"cycles": pl["cycles"], "ii": pl["ii"], "resources_estimate": pl["resources"]}
         layers.append(entry)
     n_in = math.prod(man.input_node.output_shape)
     n_out = math.prod(man.output_node.output_shape)
@@ -206,11 +227,59 @@ def generate(manifest_path: "str | Path", out_dir: "str | Path", *, board: str =
         "layers": layers,
         "latency": {"cycles": cycles["total"], "us": round(cycles["total"] / clock, 3)} if cycles else None,
         "resources_estimate": est,
+        "folding": {**fplan.as_dict(), "request": _folding_request(folding, fps, ii),
+                    "rtl_honours_folding": honoured} if fplan is not None else None,
         "files": sorted(files) + ["design.json"],
     }
     files["design.json"] = json.dumps(design, indent=2, sort_keys=False) + "\n"
     write_files(out_dir, files, force=force, replace=("rtl", "board", "hls"))
     return design
+
+
+def _folding_request(folding: "str | Path | None", fps: "float | None", ii: "int | None") -> dict[str, Any]:
+    spec = "auto" if folding in (None, "auto") else Path(folding).name
+    return {"folding": spec, "fps": fps, "ii": ii}
+
+
+def _folding_plan(man: Any, board: Any, folding: "str | Path | None", *, fps: "float | None", ii: "int | None",
+                  clock_mhz: float) -> tuple[Any, bool]:
+    """The folding plan (:func:`qfx.hw.accel.folding.plan`) for ``--folding auto | F.yaml``, ``--fps``, ``--ii``."""
+    from qfx.hw.accel.folding import plan, parse_foldings
+
+    overrides = {}
+    if folding not in (None, "auto"):
+        import yaml
+
+        path = Path(folding)
+        try:
+            spec = yaml.safe_load(path.read_text())
+        except FileNotFoundError:
+            raise GenError(f"--folding {str(folding)!r}: no such file; give 'auto' or a YAML file "
+                           "of {layer: {pe: P, simd: S}}") from None
+        except yaml.YAMLError as exc:
+            raise GenError(f"--folding {str(folding)!r} is not valid YAML ({exc}); expected {{layer: {{pe: P, "
+                           "simd: S}}}}") from None
+        if spec is None:
+            spec = {}
+        if not isinstance(spec, dict):
+            raise GenError(f"--folding {str(folding)!r} must map layer names to {{pe: P, simd: S}}, "
+                           f"not a {type(spec).__name__}")
+        overrides = parse_foldings({n.name: n for n in man}, spec)
+    return plan(man, board, target_ii=ii, fps=fps, clock_mhz=clock_mhz, overrides=overrides), False
+
+
+def _accelerator(accelerator: Any, man: Any, foldings: Any) -> tuple[Any, bool]:
+    """The RTL accelerator at ``foldings``, and whether the RTL honours them.
+
+    TEMPORARY SHIM (issue 13): the folded engines (``Accelerator(manifest, folding=...)``) land on
+    another branch; until then the RTL is built at folding 1 and design.json says so
+    (``folding.rtl_honours_folding: false``). Remove this check when that branch is merged.
+    """
+    import inspect
+
+    if "folding" in inspect.signature(accelerator).parameters:
+        return accelerator(man, folding=foldings), True
+    return accelerator(man), False
 
 
 def _check_fit(board: Any, est: dict[str, Any], check_fit: Any) -> None:
@@ -241,6 +310,18 @@ def _summary(design: dict[str, Any], out_dir: Path) -> str:
         lines.append(f"  latency {design['latency']['cycles']} cycles = {design['latency']['us']:g} us per inference")
         lines.append(f"  resources: {est['dsp']} DSP, {est['bram36']:g} BRAM36, {est['lut']} LUT, {est['ff']} FF "
                      f"({est['basis']}); all four checked against the board")
+    fold = design.get("folding")
+    if fold:
+        rows = [ly for ly in design["layers"] if "planned" in ly]
+        lines.append(f"  folding plan ({fold['request']['folding']}): II {fold['ii']} cycles = "
+                     f"{fold['inferences_per_s']:,.0f} inferences/s at {fold['clock_mhz']:g} MHz; {fold['limit']}"
+                     + ("" if fold["rtl_honours_folding"] else "; NOT yet in the RTL (built at folding 1)"))
+        lines.append(f"    {'layer':12s} {'pe':>4s} {'simd':>5s} {'load':>7s} {'compute':>8s} {'out':>7s} "
+                     f"{'DSP':>5s} {'LUT':>7s}")
+        for ly in rows:
+            f, c, r = ly.get("folding", {}), ly["planned"]["cycles"], ly["planned"]["resources_estimate"]
+            lines.append(f"    {ly['name'][:12]:12s} {f.get('pe', '-')!s:>4s} {f.get('simd', '-')!s:>5s} "
+                         f"{c['load']:>7d} {c['compute']:>8d} {c['outputs']:>7d} {r['dsp']:>5g} {r['lut']:>7g}")
     busiest = sorted((ly for ly in design["layers"] if "cycles" in ly), key=lambda ly: -ly["cycles"]["compute"])[:3]
     if busiest:
         lines.append("  busiest layers: " + ", ".join(f"{ly['name']} ({ly['cycles']['compute']} cycles)"
@@ -269,6 +350,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", default="qfx_top", help="top module / function name (default: qfx_top)")
     p.add_argument("--clock-mhz", type=float, default=None, help="fabric clock (default: the board's)")
     p.add_argument("--reuse-factor", type=int, default=1, help="HLS reuse factor (default: 1)")
+    p.add_argument("--folding", default="auto",
+                   help="MAC engine folding: auto (default: the planner, qfx.hw.accel.folding.plan) or a YAML "
+                        "file {layer: {pe: P, simd: S}} of per-layer overrides merged over auto")
+    p.add_argument("--fps", type=float, default=None, help="target inferences/s: the smallest folding reaching it")
+    p.add_argument("--ii", type=int, default=None, help="target initiation interval in cycles (instead of --fps)")
     p.add_argument("--synth", action="store_true",
                    help="run Yosys synth_xilinx for LUT/FF/DSP/BRAM counts and check them against the board")
     p.add_argument("--report", action="store_true",
@@ -285,7 +371,7 @@ def main(argv: "Sequence[str] | None" = None) -> int:
     try:
         design = generate(args.manifest, args.out, board=args.board, targets=_targets(args.target), arch=args.arch,
                           top=args.top, clock_mhz=args.clock_mhz, reuse_factor=args.reuse_factor, synth=args.synth,
-                          force=args.force)
+                          force=args.force, folding=args.folding, fps=args.fps, ii=args.ii)
     except BaseException as err:  # noqa: BLE001 - every error is one `qfx-gen: error:` line (qfx._errors)
         from ._errors import error_status
 

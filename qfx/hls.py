@@ -246,7 +246,7 @@ def _mac_context(node: Node, reuse: int) -> tuple[dict, list[tuple[str, str]]]:
     in_fmt: FixedType = f["input"]
     wfmt = f["weight"]
     codes = node.arrays["weight"]
-    ctx: dict[str, Any] = dict(khot=False, lmul=False, minifloat=False, exact=bool(p["accum_exact"]),
+    ctx: dict[str, Any] = dict(khot=False, lmul=False, minifloat=False, exact=bool(p["accum_exact"]), fold=None,
                                order=", ".join(p["accum_order"]),
                                weight_fmt=str(wfmt) if not isinstance(wfmt, tuple) else "per-channel " + ", ".join(map(str, wfmt)),
                                accum_fmt=str(f["accum"]), bias=bool(p["bias"]), n_w=int(codes.size))
@@ -520,14 +520,32 @@ def testbench_codes(manifest: Manifest, vectors: int = TB_VECTORS, seed: int = 0
         return codes[keep], np.array(want, dtype=object).reshape(len(keep), n_out)
 
 
-def render(manifest: "Manifest | str | os.PathLike", *, top: str = "qfx_top", reuse_factor: int = 1) -> dict[str, str]:
-    """File name -> text of the HLS project for a manifest (nothing written)."""
+def render(manifest: "Manifest | str | os.PathLike", *, top: str = "qfx_top", reuse_factor: int = 1,
+           foldings: "Any" = None) -> dict[str, str]:
+    """File name -> text of the HLS project for a manifest (nothing written).
+
+    ``foldings`` (``{layer: Folding}``, :mod:`qfx.hw.accel.folding`, e.g. ``plan(...).foldings``)
+    makes each named dense / conv2d layer describe the RTL's parallelism instead of
+    ``reuse_factor``: its output-channel loop is ``UNROLL factor=pe``, its term loop (one flat
+    loop over k in the documented order) ``PIPELINE II=1`` with ``UNROLL factor=simd``, the input
+    buffer ``ARRAY_PARTITION cyclic factor=simd`` and the weights ``cyclic factor=pe*simd``. The
+    accumulation stays ``acc = cast(acc + x[k] * w[k])`` in order over k, so the C simulation
+    gives the same bits at every folding.
+    """
     if not isinstance(top, str) or not is_valid_name(top):
         raise ValueError(f"top {top!r} is not a valid C++ identifier ([A-Za-z][A-Za-z0-9_]*, no '__', no keyword)")
     if isinstance(reuse_factor, bool) or not isinstance(reuse_factor, int) or reuse_factor < 1:
         raise ValueError(f"reuse_factor must be an int >= 1, got {reuse_factor!r}")
     m = manifest if isinstance(manifest, Manifest) else load(manifest)
     names = {n.name for n in m.nodes}
+    folds: dict[str, Any] = {}
+    if foldings:
+        from .hw.accel.folding import MAC_OPS, check_folding
+
+        for name, f in foldings.items():
+            if name not in names or m.node(name).op not in MAC_OPS:
+                raise ValueError(f"folding names layer {name!r}, which is not a dense/conv2d layer of the manifest")
+            folds[name] = check_folding(m.node(name), f)
     if top in names:
         raise ValueError(f"top {top!r} is also the name of a node; choose another top name")
     if top in _RESERVED or top.lower().startswith("ap_"):
@@ -563,6 +581,9 @@ def render(manifest: "Manifest | str | os.PathLike", *, top: str = "qfx_top", re
     helpers: set[str] = {f"{top}_{s}" for s in ("in_t", "out_t", "N_IN", "N_OUT", "REUSE_FACTOR")}
     for node in m.nodes:
         ctx, types = _node_context(node, reuse_factor)
+        if node.name in folds:
+            pe, simd = folds[node.name].pe, folds[node.name].simd
+            ctx.update(fold=dict(pe=pe, simd=simd), part_w=pe * simd, part_k=simd)
         nodes.append(dict(name=node.name, op=node.op, types=types))
         helpers.update(f"{node.name}_{role}_t" for role, _ in types)
         helpers.update(f"{node.name}_{a}" for a in ("w", "b", "wsh", "wsg", "wneg", "wzero", "we", "wf", "lmul",
@@ -623,7 +644,7 @@ def render(manifest: "Manifest | str | os.PathLike", *, top: str = "qfx_top", re
 
 
 def generate(manifest_path: "str | os.PathLike | Manifest", out_dir: "str | os.PathLike", *, top: str = "qfx_top",
-             reuse_factor: int = 1, force: bool = False) -> Path:
+             reuse_factor: int = 1, force: bool = False, foldings: "Any" = None) -> Path:
     """Render the Vitis HLS project of a manifest into ``out_dir/hls/`` (atomically) and return that folder.
 
     An existing ``out_dir/hls`` holding only files this generator writes is
@@ -638,7 +659,7 @@ def generate(manifest_path: "str | os.PathLike | Manifest", out_dir: "str | os.P
     FileExistsError
         ``out_dir/hls`` holds foreign files and ``force`` is false.
     """
-    files = render(manifest_path, top=top, reuse_factor=reuse_factor)
+    files = render(manifest_path, top=top, reuse_factor=reuse_factor, foldings=foldings)
     dest = Path(out_dir) / "hls"
     if dest.exists() and not dest.is_dir():
         raise FileExistsError(f"{dest} exists and is not a folder")

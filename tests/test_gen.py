@@ -61,8 +61,11 @@ def test_writes_rtl_board_hls_and_design_json(manifest, tmp_path, capsys):
     assert "module res_top(" in verilog and "s_axis_tdata" in verilog
     tcl = (out / "board/create_project.tcl").read_text()
     assert "res_top.v" in tcl and "xczu3eg-sbva484-1-i" in tcl
-    # the HLS files are the HLS generator's own output
-    for name, text in hls.render(man, top="res_top").items():
+    # the HLS files are the HLS generator's own output, at the RTL's folding plan
+    from qfx.hw.accel.folding import Folding
+
+    folds = {k: Folding(**v) for k, v in design["folding"]["foldings"].items()}
+    for name, text in hls.render(man, top="res_top", foldings=folds).items():
         assert (out / "hls" / name).read_text() == text
 
 

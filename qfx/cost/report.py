@@ -142,6 +142,7 @@ def cost_report(manifest_path: "str | Path", *, board: str = "ultra96", top: str
         "factors": {"soft": F_SOFT, "hard": F_HARD},
         "sources": ENERGY_SOURCES,
     }
+    folding = _folding_section(man, b, clock)
     return {
         "schema": "qfx.cost", "version": 1,
         "model": man.model, "manifest": str(manifest_path), "top": top,
@@ -152,7 +153,39 @@ def cost_report(manifest_path: "str | Path", *, board: str = "ultra96", top: str
         "timing": timing,
         "throughput": thr,
         "energy": energy,
+        "folding": folding,
     }
+
+
+def _folding_section(man: Any, b: Any, clock: float) -> "dict[str, Any] | None":
+    """The automatic folding plan (what ``qfx-gen --folding auto`` chooses): per layer its folding,
+    cycles and II, and the fraction of the board's compute ceiling it uses (MACs per cycle /
+    MAC units: the safe DSPs, x 2 when every MAC layer's operands are <= 8 bits, the packed int8
+    MACs of a DSP48E2). None when the design does not fit the board at folding 1."""
+    from qfx.hw.accel.folding import MAC_OPS, FoldingError, mac_dims, plan
+    from qfx.manifest import weight_envelope
+
+    try:
+        p = plan(man, b, clock_mhz=clock)
+    except FoldingError:
+        return None
+    macs = [n for n in man if n.op in MAC_OPS]
+    total = sum(math.prod(mac_dims(n)) for n in macs)
+
+    def width(fmt: Any) -> int:
+        env = weight_envelope(fmt)
+        return getattr(env, "width", None) or getattr(getattr(env, "base", None), "width", 99)
+
+    packed = all(n.formats["input"].width <= 8 and width(n.formats["weight"]) <= 8 for n in macs)
+    units = math.floor(b.safe_limit("dsp")) * (2 if packed else 1)
+    mpc = total / p.ii
+    return {"ii": p.ii, "clock_mhz": clock, "inferences_per_s": round(p.inferences_per_s, 3),
+            "gops": round(2 * total * p.inferences_per_s / 1e9, 4), "macs_per_cycle": round(mpc, 3),
+            "mac_units": units, "packed_int8": packed,
+            "compute_fraction": round(mpc / units, 5) if units else None, "limit": p.limit,
+            "layers": {n: {"folding": v.get("folding"), "cycles": v["cycles"], "ii": v["ii"]}
+                       for n, v in p.layers.items()},
+            "resources": p.resources}
 
 
 def _md(rep: dict[str, Any]) -> str:
@@ -195,6 +228,18 @@ def _md(rep: dict[str, Any]) -> str:
         if row:
             L.append(f"| {label} | {row['clock_mhz']:g} | {row['latency_us']:g} | {row['inferences_per_s']:g} | "
                      f"{row['gops']:.4g} |")
+    fo = rep.get("folding")
+    if fo:
+        frac = f"{100 * fo['compute_fraction']:.2f} %" if fo["compute_fraction"] is not None else "n/a"
+        L += ["", f"Automatic folding plan (qfx-gen --folding auto; analytic, double-buffered engines): II "
+              f"{fo['ii']} cycles = {fo['inferences_per_s']:g} inferences/s, {fo['gops']:g} GOPS at "
+              f"{fo['clock_mhz']:g} MHz; {fo['macs_per_cycle']:g} MACs/cycle = {frac} of the board's "
+              f"{fo['mac_units']} MAC units{' (packed int8)' if fo['packed_int8'] else ''}; stopped: {fo['limit']}.", "",
+              "| layer | pe | simd | load | compute | outputs | II |", "|---|---|---|---|---|---|---|"]
+        for n, v in fo["layers"].items():
+            f, c = v["folding"] or {}, v["cycles"]
+            L.append(f"| {n} | {f.get('pe', '')} | {f.get('simd', '')} | {c['load']} | {c['compute']} | "
+                     f"{c['outputs']} | {v['ii']} |")
     L += ["", "## Energy (model, dynamic, per inference)", "",
           f"Total {en['total_dynamic_pj'] / 1e3:.2f} nJ dynamic ({en['per_inference_uj']:.4g} uJ); static "
           f"{en['static_pj_at_clock'] / 1e3:.2f} nJ ({en['static_note']}).", "",

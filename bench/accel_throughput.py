@@ -1,0 +1,135 @@
+"""Analytic throughput of the dataflow accelerator at folding 1 and at the planner's folding.
+
+For the two digits demo models (structure of ``configs/digits_cnn_w8.yaml`` and
+``configs/digits_mlp_khot.yaml``, converted with random weights: the cycle model and the
+resource estimate do not depend on trained values beyond ROM contents) and a CIFAR-10-sized
+CNN (3x32x32 input, random weights), on a board (default ultra96):
+
+* the initiation interval (II) of :func:`qfx.hw.accel.folding.plan` at folding 1 and at the
+  automatic folding, inferences/s and GOPS (2 ops per MAC) at ``--clock-mhz`` (default: the
+  board's clock; the Fmax of a folded design needs its RTL through Yosys, not done here);
+* the planner's estimated LUT / FF / DSP / BRAM36 (:func:`qfx.hw.accel.folding.folded_resources`);
+* the fraction of the board's compute ceiling used: MACs per cycle / (safe DSPs x 2, the packed
+  int8 MACs of a DSP48E2 (WP486)).
+
+Every number here is analytic (the cycle model of hw/accel/folding.py), not a Verilator
+measurement: the folded RTL engines are not in this branch. ``--verilator`` is reserved for
+that measurement and says so when it cannot run.
+
+    .venv/bin/python bench/accel_throughput.py [--board ultra96] [--clock-mhz F] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def _demo_manifest(config: str, where: Path):
+    import torch
+    import yaml
+
+    from qfx.conversion import convert
+    from qfx.demo.models import build_model
+    from qfx.export import export
+    from qfx.manifest import load
+
+    cfg = yaml.safe_load((ROOT / "configs" / config).read_text())
+    q = convert(build_model(cfg["model"], seed=0), cfg["quant"]).eval()
+    x = torch.rand(8, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        q(x)
+    return load(export(q, x[:1], where / cfg["model"], force=True))
+
+
+def _cifar_manifest(where: Path):
+    import torch
+    from torch import nn
+
+    from qfx.export import export
+    from qfx.manifest import load
+    from qfx.nn import QConv2d, QFlatten, QLinear, QMaxPool2d, QReLU
+
+    X, W, B, Y = ("ap_fixed<8,3,AP_RND,AP_SAT>", "ap_fixed<8,1,AP_RND_CONV,AP_SAT>", "ap_fixed<16,4,AP_RND>",
+                  "ap_fixed<8,3,AP_RND,AP_SAT>")
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        QConv2d(3, 16, 3, padding=1, input=X, weight=W, bias=B, output=Y), QReLU(output=Y), QMaxPool2d(2),
+        QConv2d(16, 32, 3, padding=1, input=X, weight=W, bias=B, output=Y), QReLU(output=Y), QMaxPool2d(2),
+        QConv2d(32, 64, 3, padding=1, input=X, weight=W, bias=B, output=Y), QReLU(output=Y), QMaxPool2d(2),
+        QFlatten(), QLinear(64 * 4 * 4, 10, input=X, weight=W, bias=B, output=Y)).eval()
+    x = torch.rand(4, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        model(x)
+    return load(export(model, x[:1], where / "cifar_cnn", force=True))
+
+
+def _row(name: str, label: str, m, p, board) -> dict:
+    from qfx.hw.accel.folding import MAC_OPS, mac_dims
+
+    macs = sum(math.prod(mac_dims(n)) for n in m if n.op in MAC_OPS)
+    units = board.safe_limit("dsp") * 2
+    mpc = macs / p.ii
+    return {"model": name, "folding": label, "ii": p.ii, "inferences_per_s": p.inferences_per_s,
+            "gops": 2 * macs * p.inferences_per_s / 1e9, "macs": macs, "macs_per_cycle": mpc,
+            "compute_fraction": mpc / units, "resources": p.resources, "limit": p.limit,
+            "foldings": {k: v.as_dict() for k, v in p.foldings.items()}}
+
+
+def main(argv=None) -> int:
+    from qfx.boards import get_board
+    from qfx.hw.accel.folding import plan
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--board", default="ultra96")
+    ap.add_argument("--clock-mhz", type=float, default=None)
+    ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--verilator", action="store_true", help="measure the II in Verilator (needs the folded RTL)")
+    args = ap.parse_args(argv)
+    board = get_board(args.board)
+    if args.verilator:
+        import inspect
+
+        from qfx.hw.accel import Accelerator
+
+        if "folding" not in inspect.signature(Accelerator).parameters:
+            print("accel_throughput: --verilator skipped: this RTL has no folded engines "
+                  "(Accelerator(folding=...) not available)", file=sys.stderr)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        t = Path(tmp)
+        models = {"digits_cnn": _demo_manifest("digits_cnn_w8.yaml", t),
+                  "digits_mlp_khot": _demo_manifest("digits_mlp_khot.yaml", t),
+                  "cifar_cnn": _cifar_manifest(t)}
+        for name, m in models.items():
+            one = plan(m, board, target_ii=10 ** 12, clock_mhz=args.clock_mhz)
+            auto = plan(m, board, clock_mhz=args.clock_mhz)
+            rows += [_row(name, "1", m, one, board), _row(name, "auto", m, auto, board)]
+    clock = rows[0]["inferences_per_s"] * rows[0]["ii"] / 1e6
+    print(f"board {board.name}, {clock:g} MHz (analytic cycle model; the folded RTL is not measured here)")
+    print(f"{'model':16s} {'fold':>5s} {'II':>9s} {'inf/s':>11s} {'GOPS':>8s} {'MAC/cyc':>8s} {'ceiling':>8s} "
+          f"{'DSP':>5s} {'LUT':>7s} {'FF':>7s} {'BRAM':>5s} {'speedup':>8s}")
+    for r in rows:
+        base = next(b for b in rows if b["model"] == r["model"] and b["folding"] == "1")
+        res = r["resources"]
+        print(f"{r['model']:16s} {r['folding']:>5s} {r['ii']:>9d} {r['inferences_per_s']:>11,.0f} {r['gops']:>8.3f} "
+              f"{r['macs_per_cycle']:>8.2f} {100 * r['compute_fraction']:>7.2f}% {res['dsp']:>5g} {res['lut']:>7g} "
+              f"{res['ff']:>7g} {res['bram36']:>5g} {base['ii'] / r['ii']:>7.1f}x")
+    for r in rows:
+        if r["folding"] == "auto":
+            print(f"  {r['model']}: {r['foldings']}; stopped: {r['limit']}")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
