@@ -293,6 +293,8 @@ def plan(manifest: Manifest, board: Any, *, target_ii: "int | None" = None, fps:
 
     b = get_board(board)
     clock = float(clock_mhz) if clock_mhz is not None else float(b.default_clock_mhz)
+    if not math.isfinite(clock):
+        raise FoldingError(f"clock_mhz must be finite, got {clock_mhz!r}")
     if not clock > 0:
         raise FoldingError(f"clock_mhz must be > 0, not {clock_mhz!r}")
     if target_ii is not None and fps is not None:
