@@ -67,12 +67,14 @@ def _rom(m: Module, name: str, shape: Shape, words: list[int]) -> Any:
 
 
 class _InputBuffer:
-    """A double-buffered input tensor: the loader fills one half from a stream while the compute
-    reads the other, so an engine takes inference n+1 while it computes inference n.
+    """A multi-buffered input tensor: the loader fills one slot from a stream while the compute
+    reads another, so an engine takes inference n+1 while it computes inference n.
 
-    Codes arrive on ``port`` (cast from ``src`` to ``dst`` on entry) into half ``wh``; when its
-    last element is written the half is ``full`` and ``wh`` flips. The compute reads half ``rh``
-    while :attr:`ready`; :meth:`release` (in the cycle of its last read) frees it and flips ``rh``.
+    ``slots`` tensor slots (2: double buffering; more where the other operand of an add arrives
+    later, see :meth:`Accelerator.add_slots`) form a ring. Codes arrive on ``port`` (cast from
+    ``src`` to ``dst`` on entry) into slot ``wh``; when its last element is written the slot is
+    ``full`` and ``wh`` moves on. The compute reads slot ``rh`` while :attr:`ready`;
+    :meth:`release` (in the cycle of its last read) frees it and moves ``rh`` on.
 
     ``lanes`` read ports, each its own memory: ``partition=False`` replicates the tensor in every
     lane (any lane reads any element; what a conv window needs), ``partition=True`` stores element
@@ -81,46 +83,45 @@ class _InputBuffer:
     """
 
     def __init__(self, m: Module, name: str, port: Any, src: FixedType, dst: FixedType, depth: int, *,
-                 lanes: int = 1, partition: bool = False) -> None:
+                 lanes: int = 1, partition: bool = False, slots: int = 2) -> None:
         m.submodules[f"{name}_cast"] = cast = CastUnit(src, dst)
         self.words = depth // lanes if partition else depth
-        self.lanes = lanes
-        self.full = [Signal(name=f"{name}_full{h}") for h in range(2)]
-        self.wh, self.rh = Signal(name=f"{name}_wh"), Signal(name=f"{name}_rh")
+        self.lanes, self.slots = lanes, slots
+        self.full = [Signal(name=f"{name}_full{h}") for h in range(slots)]
+        self.wh, self.rh = Signal(range(slots), name=f"{name}_wh"), Signal(range(slots), name=f"{name}_rh")
         self.ready = Signal(name=f"{name}_ready")
-        m.d.comb += self.ready.eq(Mux(self.rh, self.full[1], self.full[0]))
-        space = ~Mux(self.wh, self.full[1], self.full[0])
+        m.d.comb += self.ready.eq(Cat(*self.full).bit_select(self.rh, 1))
+        space = ~Cat(*self.full).bit_select(self.wh, 1)
         take = port.valid & space
         m.d.comb += [cast.i.eq(port.payload), port.ready.eq(space)]
         loops = LoopNest(f"{name}_ld", [self.words, lanes] if partition else [depth])
         loops.step(m, take)
         self._m, self._rps = m, []
-        waddr = Signal(range(2 * self.words), name=f"{name}_waddr")
-        m.d.comb += waddr.eq(Mux(self.wh, self.words + loops[0], loops[0]))
+        waddr = Signal(range(slots * self.words), name=f"{name}_waddr")
+        m.d.comb += waddr.eq(self.wh * self.words + loops[0])
         for j in range(lanes):
-            mem = Memory(shape=fixed_shape(dst), depth=2 * self.words, init=[])
+            mem = Memory(shape=fixed_shape(dst), depth=slots * self.words, init=[])
             m.submodules[f"{name}_buf{j}"] = mem
             wp = mem.write_port()
             sel = (loops[1] == j) if partition and lanes > 1 else Const(1, 1)
             m.d.comb += [wp.addr.eq(waddr), wp.data.eq(cast.o), wp.en.eq(take & sel)]
             self._rps.append(mem.read_port(domain="sync"))
         last = take & loops.all_last()
-        self._set = last
         with m.If(last):
-            m.d.sync += self.wh.eq(~self.wh)
+            m.d.sync += self.wh.eq(Mux(self.wh == slots - 1, 0, self.wh + 1))
         self._release = Signal(name=f"{name}_release")
-        for h in range(2):
+        for h in range(slots):
             with m.If(last & (self.wh == h)):
                 m.d.sync += self.full[h].eq(1)
             with m.Elif(self._release & (self.rh == h)):
                 m.d.sync += self.full[h].eq(0)
         with m.If(self._release):
-            m.d.sync += self.rh.eq(~self.rh)
+            m.d.sync += self.rh.eq(Mux(self.rh == slots - 1, 0, self.rh + 1))
 
     def read(self, lane: int, addr: Value, en: Value = Const(1, 1)) -> Value:
-        """Synchronous read of word ``addr`` of half ``rh`` in ``lane``: the data one cycle later."""
+        """Synchronous read of word ``addr`` of slot ``rh`` in ``lane``: the data one cycle later."""
         rp = self._rps[lane]
-        self._m.d.comb += [rp.addr.eq(Mux(self.rh, self.words + addr, addr)), rp.en.eq(en)]
+        self._m.d.comb += [rp.addr.eq(self.rh * self.words + addr), rp.en.eq(en)]
         return rp.data
 
     def release(self, when: Value) -> None:
@@ -662,8 +663,9 @@ class AddEngine(_Engine):
     Latency: the later operand's load, then one output per cycle plus 2.
     """
 
-    def __init__(self, node: Node, src_a: FixedType, src_b: FixedType) -> None:
+    def __init__(self, node: Node, src_a: FixedType, src_b: FixedType, slots: tuple[int, int] = (2, 2)) -> None:
         self._src_a, self._src_b = src_a, src_b
+        self._slots = slots
         f = node.formats
         self._ta, self._tb, self._out_fmt = f["in_a"], f["in_b"], f["output"]
         self._n = math.prod(node.output_shape)
@@ -676,8 +678,8 @@ class AddEngine(_Engine):
     def elaborate(self, platform):
         m = Module()
         n, ta, tb = self._n, self._ta, self._tb
-        buf_a = _InputBuffer(m, "a", self.a, self._src_a, ta, n)
-        buf_b = _InputBuffer(m, "b", self.b, self._src_b, tb, n)
+        buf_a = _InputBuffer(m, "a", self.a, self._src_a, ta, n, slots=self._slots[0])
+        buf_b = _InputBuffer(m, "b", self.b, self._src_b, tb, n, slots=self._slots[1])
         out = _OutputStage(m, self.o)
         adv = out.adv
         loops = LoopNest("add", [n])

@@ -172,10 +172,36 @@ class Accelerator(wiring.Component):
             elif node.op in ("maxpool2d", "avgpool2d"):
                 out[node.name] = PoolEngine(node, srcs[0])
             elif node.op == "add":
-                out[node.name] = AddEngine(node, srcs[0], srcs[1])
+                out[node.name] = AddEngine(node, srcs[0], srcs[1], self.add_slots(node.name))
             elif node.op in _ELEMENTWISE:
                 out[node.name] = ElementwiseEngine(node, srcs[0])
         return out
+
+    def _schedule(self) -> "tuple[dict[str, dict[str, int]], dict[str, int], int]":
+        """Per engine its cycles and ``ii``; per node the cycle of its last output beat for one
+        tensor alone; the steady-state initiation interval."""
+        per: dict[str, dict[str, int]] = {}
+        finish: dict[str, int] = {self._manifest.input_node.name: self._n_in}
+        for node in self._manifest:
+            if node.op == "input":
+                continue
+            if node.op in ("flatten", "output"):
+                finish[node.name] = finish[node.inputs[0]]
+                continue
+            fold = self._folding.get(node.name, Folding())
+            c = engine_cycles(node, fold)
+            per[node.name] = {**c, "ii": max(c.values())}
+            finish[node.name] = engine_latency(node, fold, max(finish[s] for s in node.inputs))
+        ii = max([self._n_in, self._n_out, *(c["ii"] for c in per.values())])
+        return per, finish, ii
+
+    def add_slots(self, name: str) -> tuple[int, int]:
+        """Tensor slots of an add node's two input buffers: 2 (double buffering), plus one per
+        initiation interval by which that operand arrives before the other, so the early operand
+        of a residual block never stalls the fork that feeds both paths."""
+        _per, finish, ii = self._schedule()
+        fa, fb = (finish[s] for s in self._manifest.node(name).inputs)
+        return 2 + -(-max(0, fb - fa) // ii), 2 + -(-max(0, fa - fb) // ii)
 
     def cycle_estimate(self) -> dict[str, Any]:
         """Cycles per inference, assuming the output is never stalled.
@@ -188,19 +214,7 @@ class Accelerator(wiring.Component):
         tensor alone, start pulse to done pulse (each buffered engine starts when its whole input
         has arrived; :func:`~qfx.hw.accel.engines.engine_latency`).
         """
-        per: dict[str, dict[str, int]] = {}
-        finish: dict[str, int] = {self._manifest.input_node.name: self._n_in}
-        for node in self._manifest:
-            if node.op == "input":
-                continue
-            if node.op in ("flatten", "output"):
-                finish[node.name] = finish[node.inputs[0]]
-                continue
-            c = engine_cycles(node, self._folding.get(node.name, Folding()))
-            per[node.name] = {**c, "ii": max(c.values())}
-            finish[node.name] = engine_latency(node, self._folding.get(node.name, Folding()),
-                                               max(finish[s] for s in node.inputs))
-        ii = max([self._n_in, self._n_out, *(c["ii"] for c in per.values())])
+        per, finish, ii = self._schedule()
         # + the start pulse and the done register
         return {"engines": per, "ii": ii, "total": finish[self._manifest.output_node.name] + 2}
 
