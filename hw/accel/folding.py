@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Any, Mapping
 
-from qfx.manifest import Node
+from qfx.manifest import Manifest, Node
 
 __all__ = ["Folding", "FoldingError", "MAC_OPS", "mac_dims", "valid_pe", "valid_simd", "check_folding",
-           "folded_cycles", "parse_foldings"]
+           "folded_cycles", "parse_foldings", "FoldingPlan", "plan", "layer_cycles", "folded_resources"]
 
 #: Manifest ops whose engines fold.
 MAC_OPS = ("dense", "conv2d")
@@ -136,3 +136,277 @@ def parse_foldings(nodes: Mapping[str, Node], spec: Mapping[str, object]) -> dic
             raise FoldingError(f"folding of layer {name!r}: {exc}") from None
         out[name] = check_folding(nodes[name], f)
     return out
+
+
+# ---------------------------------------------------------------------------
+# The automatic folding planner
+# ---------------------------------------------------------------------------
+
+#: Nodes that are wiring, not engines (no cycles, no resources of their own).
+_WIRING = ("input", "flatten", "output")
+_RESOURCES = ("lut", "ff", "dsp", "bram36")
+
+
+def layer_cycles(node: Node, folding: "Folding | None" = None) -> dict[str, int]:
+    """``load`` / ``compute`` / ``outputs`` cycles of any engine: :func:`folded_cycles` for a MAC
+    engine, :func:`qfx.hw.accel.engines.engine_cycles` (the one definition) for the others, whose
+    cycles no folding changes: they are the floor of the design's initiation interval."""
+    if node.op in MAC_OPS:
+        return folded_cycles(node, folding or Folding())
+    from .engines import engine_cycles
+
+    return engine_cycles(node)
+
+
+def _product_unit(manifest: Manifest, node: Node, base: Mapping[str, float]) -> dict[str, float]:
+    """Resources one more product unit (multiplier + its adder and cast) of ``node`` adds."""
+    from qfx.cost.estimate import FF_COEF, LUT_COEF, engine_features
+
+    f = engine_features(manifest)[node.name]
+    acc = node.formats["accum"]
+    mul_lut = sum(f[k] * LUT_COEF[k] for k in ("mul_fixed_lut", "mul_khot", "mul_minifloat", "mul_lmul"))
+    if f["mul_fixed_lut"] and not LUT_COEF["mul_fixed_lut"]:
+        # the calibration set has no LUT-mapped fixed multiplier; count one LUT per partial-product bit
+        mul_lut = f["mul_fixed_lut"]
+    # adder of the term into the running sum, its cast (rounding / saturation logic) and the
+    # product register of the pipelined tree
+    lut = mul_lut + acc.width + f["cast_logic_bits"] * LUT_COEF["cast_logic_bits"]
+    ff = acc.width + f["cast_logic_bits"] * FF_COEF["cast_logic_bits"]
+    return {"lut": lut, "ff": ff, "dsp": float(base.get("dsp", 0))}
+
+
+def folded_resources(manifest: Manifest, node: Node, folding: Folding,
+                     base: "Mapping[str, float] | None" = None) -> dict[str, float]:
+    """Estimated LUT / FF / DSP / BRAM36 of ``node``'s engine at ``folding``.
+
+    What is estimated (first order, not calibrated on folded designs, which do not exist yet):
+
+    * the engine at folding 1 is :func:`qfx.cost.estimate.estimate`'s per-layer figure (LUT / FF
+      from the Yosys-calibrated model, DSP / BRAM from the structure, :mod:`hw.accel.resources`);
+    * every further product unit (``pe * simd - 1`` of them) adds its multiplier (a DSP MAC: the
+      DSPs of the folding-1 multiplier, no LUT; K-hot, minifloat, L-Mul, LUT-mapped fixed: the
+      calibrated LUT cost of that product unit, 0 DSP), an accumulation adder of the accumulator's
+      width with its cast logic (LUT) and a pipeline register (FF);
+    * the weight ROM is split into ``pe * simd`` banks read in parallel and the input buffer into
+      ``simd`` banks, twice (double buffering); each bank goes to block RAM or LUTs by
+      :func:`hw.accel.resources.memory_map`, so a highly folded layer can leave block RAM for LUTs;
+    * the packing of two int8 MACs into one DSP48E2 is not assumed (it is the RTL's choice).
+    """
+    from qfx.cost.estimate import LUT_COEF
+    from .resources import memory_map, rom_width
+    from .weights import plan_weights
+
+    check_folding(node, folding)
+    if base is None:
+        from qfx.cost.estimate import estimate
+
+        base = estimate(manifest)["per_layer"][node.name]
+    units = folding.pe * folding.simd
+    if units == 1:
+        return {k: float(base[k]) for k in _RESOURCES}
+    unit = _product_unit(manifest, node, base)
+    wplan = plan_weights(node)
+    x = node.formats["input"]
+    n_in = math.prod(node.input_shapes[0])
+    # memories at folding 1 (what `base` holds) and banked
+    w_width = rom_width(wplan.words, wplan.word_shape.width)
+    one_w = memory_map("rom", len(wplan.words), w_width)
+    one_x = memory_map("ram", n_in, x.width)
+    bank_w = memory_map("rom", max(len(wplan.words) // units, 1), w_width)
+    bank_x = memory_map("ram", max(n_in // folding.simd, 1), x.width)
+    ramb18 = (units * bank_w["ramb18"] + 2 * folding.simd * bank_x["ramb18"]
+              - one_w["ramb18"] - one_x["ramb18"])
+    mem_lut = ((units * bank_w["rom_luts"] - one_w["rom_luts"]) * LUT_COEF["rom_luts"]
+               + (2 * folding.simd * bank_x["lutram_luts"] - one_x["lutram_luts"]) * LUT_COEF["lutram_luts"])
+    extra = units - 1
+    return {
+        "lut": float(round(base["lut"] + extra * unit["lut"] + max(mem_lut, 0.0))),
+        "ff": float(round(base["ff"] + extra * unit["ff"])),
+        "dsp": float(base["dsp"] + extra * unit["dsp"]),
+        "bram36": float(base["bram36"]) + max(ramb18, 0.0) / 2,
+    }
+
+
+@dataclass(frozen=True)
+class FoldingPlan:
+    """The folding the planner chose and what it predicts.
+
+    Attributes
+    ----------
+    foldings : dict[str, Folding]
+        Per dense / conv2d layer, in manifest order.
+    layers : dict[str, dict]
+        Per engine: ``cycles`` (load / compute / outputs), ``ii`` (their maximum), ``folding``
+        (MAC engines) and ``resources`` (estimated, see :func:`folded_resources`).
+    ii : int
+        Initiation interval of the design: the slowest engine's.
+    clock_mhz : float
+    resources : dict[str, float]
+        Whole-design estimate (engines + the top-level stream glue).
+    limit : str
+        Why the planner stopped (target met, a non-MAC floor, or the resource that blocked the next step).
+    """
+
+    board: str
+    foldings: dict
+    layers: dict
+    ii: int
+    clock_mhz: float
+    resources: dict
+    limit: str
+
+    @property
+    def inferences_per_s(self) -> float:
+        return self.clock_mhz * 1e6 / self.ii
+
+    @property
+    def bottleneck(self) -> str:
+        return max(self.layers, key=lambda n: self.layers[n]["ii"])
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"board": self.board, "ii": self.ii, "clock_mhz": self.clock_mhz,
+                "inferences_per_s": round(self.inferences_per_s, 3), "bottleneck": self.bottleneck,
+                "limit": self.limit, "resources": dict(self.resources),
+                "foldings": {n: f.as_dict() for n, f in self.foldings.items()}}
+
+
+def _next(values: list[int], v: int) -> "int | None":
+    bigger = [d for d in values if d > v]
+    return bigger[0] if bigger else None
+
+
+def plan(manifest: Manifest, board: Any, *, target_ii: "int | None" = None, fps: "float | None" = None,
+         clock_mhz: "float | None" = None, overrides: "Mapping[str, Folding] | None" = None) -> FoldingPlan:
+    """Choose each dense / conv2d layer's folding for ``board``.
+
+    Greedy and deterministic: start at folding 1 (or the ``overrides``, which stay fixed); while
+    the slowest engine is a MAC engine limited by its compute, raise its folding one valid step
+    (the cheaper of the next ``simd`` and the next ``pe`` in product units, ``simd`` first on a
+    tie; the other if the cheaper one does not fit) as long as the whole design fits the board's
+    safe utilization (:func:`qfx.boards.check_fit` on :func:`folded_resources`). It stops at the
+    first design meeting ``target_ii`` (or ``fps`` at ``clock_mhz``, default the board's clock)
+    -- the smallest such design the greedy order reaches -- or, without a target, when the
+    bottleneck is a non-MAC floor (an engine's load / output beats, a pool / add / element-wise
+    engine) or no step fits.
+
+    Raises
+    ------
+    FoldingError
+        An override that does not divide its layer, a bad target, or a target the board cannot
+        reach (the best reachable II / fps and what limits it).
+    """
+    from qfx.boards import check_fit, get_board
+    from qfx.cost.estimate import TOP_FF, TOP_LUT, estimate
+
+    b = get_board(board)
+    clock = float(clock_mhz) if clock_mhz is not None else float(b.default_clock_mhz)
+    if not clock > 0:
+        raise FoldingError(f"clock_mhz must be > 0, not {clock_mhz!r}")
+    if target_ii is not None and fps is not None:
+        raise FoldingError("give a target II or a target fps, not both")
+    if fps is not None:
+        if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not fps > 0:
+            raise FoldingError(f"target fps must be a number > 0, not {fps!r}")
+        target_ii = max(int(math.floor(clock * 1e6 / fps)), 0)
+        if target_ii < 1:
+            raise FoldingError(f"{fps:g} inferences/s needs under one cycle per inference at {clock:g} MHz")
+    elif target_ii is not None and (isinstance(target_ii, bool) or not isinstance(target_ii, int) or target_ii < 1):
+        raise FoldingError(f"target II must be an int >= 1 cycles, not {target_ii!r}")
+    nodes = {n.name: n for n in manifest}
+    fixed = dict(overrides or {})
+    for name, f in fixed.items():
+        if name not in nodes or nodes[name].op not in MAC_OPS:
+            macs = [n for n, node in nodes.items() if node.op in MAC_OPS]
+            raise FoldingError(f"folding names layer {name!r}, which is not a dense/conv2d layer of the manifest; "
+                               f"its dense/conv2d layers: {', '.join(macs) or '(none)'}")
+        check_folding(nodes[name], f)
+    base = estimate(manifest)["per_layer"]
+    engines = [n for n in manifest if n.op not in _WIRING]
+    fold = {n.name: fixed.get(n.name, Folding()) for n in engines if n.op in MAC_OPS}
+    static = {n.name: layer_cycles(n) for n in engines if n.op not in MAC_OPS}
+    res_cache: dict[tuple[str, Folding], dict[str, float]] = {}
+
+    def res(name: str, f: "Folding | None") -> dict[str, float]:
+        if f is None:
+            return {k: float(base[name][k]) for k in _RESOURCES}
+        key = (name, f)
+        if key not in res_cache:
+            res_cache[key] = folded_resources(manifest, nodes[name], f, base[name])
+        return res_cache[key]
+
+    def totals(fd: Mapping[str, Folding]) -> dict[str, float]:
+        t = {"lut": float(round(TOP_LUT)), "ff": float(round(TOP_FF)), "dsp": 0.0, "bram36": 0.0}
+        for n in engines:
+            r = res(n.name, fd.get(n.name))
+            for k in _RESOURCES:
+                t[k] += r[k]
+        return t
+
+    def cycles(name: str, fd: Mapping[str, Folding]) -> dict[str, int]:
+        return folded_cycles(nodes[name], fd[name]) if name in fd else static[name]
+
+    def ii_of(fd: Mapping[str, Folding]) -> tuple[int, str]:
+        worst, who = 0, ""
+        for n in engines:  # manifest order: the first of equals is the bottleneck (deterministic)
+            c = max(cycles(n.name, fd).values())
+            if c > worst:
+                worst, who = c, n.name
+        return worst, who
+
+    start = totals(fold)
+    over = check_fit(b, start)
+    if over:
+        raise FoldingError(f"the design does not fit {b.name} even at the requested folding: " + "; ".join(over))
+    limit = ""
+    while True:
+        ii, who = ii_of(fold)
+        if target_ii is not None and ii <= target_ii:
+            limit = f"target II {target_ii} met"
+            break
+        c = cycles(who, fold)
+        if who not in fold or who in fixed or c["compute"] <= max(c["load"], c["outputs"]):
+            if who not in fold:
+                limit = f"non-MAC floor: {nodes[who].op} engine {who!r} needs {ii} cycles"
+            elif who in fixed:
+                limit = f"layer {who!r} is held at its --folding override {fixed[who].as_dict()}"
+            else:
+                limit = (f"stream floor: engine {who!r} needs {ii} cycles to "
+                         f"{'take its input' if c['load'] >= c['outputs'] else 'emit its output'} one element per beat")
+            break
+        f = fold[who]
+        node = nodes[who]
+        steps = []
+        s_next, p_next = _next(valid_simd(node), f.simd), _next(valid_pe(node), f.pe)
+        if s_next is not None:
+            steps.append(Folding(f.pe, s_next))
+        if p_next is not None:
+            steps.append(Folding(p_next, f.simd))
+        steps.sort(key=lambda g: g.pe * g.simd)  # stable: simd first on a tie
+        blocked: list[str] = []
+        for g in steps:
+            trial = {**fold, who: g}
+            problems = check_fit(b, totals(trial))
+            if not problems:
+                fold = trial
+                break
+            blocked.append(f"pe={g.pe}, simd={g.simd} would need " + "; ".join(problems))
+        else:
+            limit = f"resources: the next folding of the bottleneck {who!r} does not fit ({' | '.join(blocked)})"
+            break
+    ii, _ = ii_of(fold)
+    if target_ii is not None and ii > target_ii:
+        best_fps = clock * 1e6 / ii
+        want = f"{fps:g} inferences/s (II {target_ii} cycles at {clock:g} MHz)" if fps is not None \
+            else f"II {target_ii} cycles"
+        raise FoldingError(f"{want} is not reachable on {b.name}: the best reachable II is {ii} cycles "
+                           f"= {best_fps:,.1f} inferences/s at {clock:g} MHz; limited by {limit}")
+    layers: dict[str, dict[str, Any]] = {}
+    for n in engines:
+        c = cycles(n.name, fold)
+        entry: dict[str, Any] = {"cycles": c, "ii": max(c.values())}
+        if n.name in fold:
+            entry["folding"] = fold[n.name].as_dict()
+        entry["resources"] = res(n.name, fold.get(n.name))
+        layers[n.name] = entry
+    return FoldingPlan(board=b.name, foldings=dict(fold), layers=layers, ii=ii, clock_mhz=clock,
+                       resources=totals(fold), limit=limit)
