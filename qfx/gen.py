@@ -42,7 +42,7 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 __all__ = ["main", "generate", "ARCHITECTURES", "TARGETS", "GenError"]
 
@@ -95,8 +95,12 @@ def _ports(component: Any) -> list[dict[str, Any]]:
 def generate(manifest_path: "str | Path", out_dir: "str | Path", *, board: str = "ultra96",
              targets: Sequence[str] = ("rtl",), arch: str = "dataflow", top: str = "qfx_top",
              clock_mhz: "float | None" = None, reuse_factor: int = 1, synth: bool = False,
-             force: bool = False) -> dict[str, Any]:
+             force: bool = False, folding: "Mapping[str, Any] | None" = None) -> dict[str, Any]:
     """Generate the hardware of a manifest into ``out_dir``; return the ``design.json`` contents.
+
+    ``folding``: per dense / conv2d layer its :class:`qfx.hw.accel.folding.Folding` for the RTL
+    (missing layers: ``Folding(1, 1)``); design.json then lists each engine's folded cycles and
+    the design's initiation interval.
 
     Raises
     ------
@@ -114,7 +118,6 @@ def generate(manifest_path: "str | Path", out_dir: "str | Path", *, board: str =
     from qfx.cost.estimate import estimate as analytic_estimate
     from qfx.hw.accel import Accelerator, axis_width
     from qfx.hw.accel.top import stream_formats
-    from qfx.hw.accel.engines import engine_cycles
     from qfx.hw.verilog import to_verilog
 
     from . import hls
@@ -146,7 +149,7 @@ def generate(manifest_path: "str | Path", out_dir: "str | Path", *, board: str =
         est = {k: v for k, v in analytic_estimate(man).items() if k != "per_layer"}
         # With --synth, Yosys' LUT / FF decide (the estimate is within about 15 % of them).
         _check_fit(b, {**est, "lut": 0, "ff": 0} if synth else est, check_fit)
-        acc = Accelerator(man)
+        acc = Accelerator(man, folding=folding)
         verilog = to_verilog(acc, top)
         if synth:
             from qfx.hw.synth import synth_xilinx
@@ -175,7 +178,10 @@ def generate(manifest_path: "str | Path", out_dir: "str | Path", *, board: str =
                                  "output_shape": list(node.output_shape),
                                  "formats": {k: _fmt_info(v) for k, v in sorted(node.formats.items())}}
         if rtl and node.op not in ("input", "flatten", "output"):
-            entry["cycles"] = engine_cycles(node)
+            entry["cycles"] = {k: v for k, v in cycles["engines"][node.name].items() if k != "ii"}
+            entry["ii"] = cycles["engines"][node.name]["ii"]
+            if node.name in acc.folding:
+                entry["folding"] = acc.folding[node.name].as_dict()
         layers.append(entry)
     n_in = math.prod(man.input_node.output_shape)
     n_out = math.prod(man.output_node.output_shape)
@@ -202,7 +208,8 @@ def generate(manifest_path: "str | Path", out_dir: "str | Path", *, board: str =
         "ports": _ports(acc) if rtl else [],
         "modules": modules,
         "layers": layers,
-        "latency": {"cycles": cycles["total"], "us": round(cycles["total"] / clock, 3)} if cycles else None,
+        "latency": {"cycles": cycles["total"], "us": round(cycles["total"] / clock, 3),
+                    "ii_cycles": cycles["ii"]} if cycles else None,
         "resources_estimate": est,
         "files": sorted(files) + ["design.json"],
     }

@@ -275,7 +275,7 @@ module {HARNESS_TOP} (
           out_k <= (out_k == {n_out - 1}) ? 0 : out_k + 1;
         end
         if (a_done) begin
-          if (fdone != 0) $fwrite(fdone, "%0d\n", cycles);
+          if (fdone != 0) $fwrite(fdone, "%0d\\n", cycles);
           vectors_done <= vectors_done + 1;
           if (vectors_done + 1 == n_total) begin
             finished <= 1;
