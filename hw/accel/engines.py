@@ -59,9 +59,27 @@ def _signed(v: Value) -> Value:
     return Cat(v, Const(0, 1)).as_signed()
 
 
+def _is(v: Value, k: int) -> Value:
+    """``v == k``, spelled ``~v.any()`` for 0 (whose ``!v`` in the Verilog trips verilator -Wall)."""
+    return ~v.any() if k == 0 else v == k
+
+
+def _pick(values: list, index: Value) -> Value:
+    """``values[index]`` as a chain of multiplexers (a variable bit-select is a shift and an
+    Array of a size that is not a power of two an incomplete case in the Verilog)."""
+    out = values[0]
+    for k in range(1, len(values)):
+        out = Mux(_is(index, k), values[k], out)
+    return out
+
+
 def _rom(m: Module, name: str, shape: Shape, words: list[int]) -> Any:
-    """A read-only memory with one synchronous read port (block RAM or LUTs, as synthesis decides)."""
-    mem = Memory(shape=shape, depth=max(len(words), 1), init=words or [0])
+    """A read-only memory with one synchronous read port (block RAM or LUTs, as synthesis decides).
+    At least 2 words (a 1-word memory has a zero-width address in the Verilog)."""
+    words = list(words) or [0]
+    if len(words) == 1:
+        words = words * 2
+    mem = Memory(shape=shape, depth=len(words), init=words)
     m.submodules[name] = mem
     return mem.read_port(domain="sync")
 
@@ -90,8 +108,8 @@ class _InputBuffer:
         self.full = [Signal(name=f"{name}_full{h}") for h in range(slots)]
         self.wh, self.rh = Signal(range(slots), name=f"{name}_wh"), Signal(range(slots), name=f"{name}_rh")
         self.ready = Signal(name=f"{name}_ready")
-        m.d.comb += self.ready.eq(Cat(*self.full).bit_select(self.rh, 1))
-        space = ~Cat(*self.full).bit_select(self.wh, 1)
+        m.d.comb += self.ready.eq(_pick(self.full, self.rh))
+        space = ~_pick(self.full, self.wh)
         take = port.valid & space
         m.d.comb += [cast.i.eq(port.payload), port.ready.eq(space)]
         loops = LoopNest(f"{name}_ld", [self.words, lanes] if partition else [depth])
@@ -103,7 +121,7 @@ class _InputBuffer:
             mem = Memory(shape=fixed_shape(dst), depth=slots * self.words, init=[])
             m.submodules[f"{name}_buf{j}"] = mem
             wp = mem.write_port()
-            sel = (loops[1] == j) if partition and lanes > 1 else Const(1, 1)
+            sel = _is(loops[1], j) if partition and lanes > 1 else Const(1, 1)
             m.d.comb += [wp.addr.eq(waddr), wp.data.eq(cast.o), wp.en.eq(take & sel)]
             self._rps.append(mem.read_port(domain="sync"))
         last = take & loops.all_last()
@@ -111,9 +129,9 @@ class _InputBuffer:
             m.d.sync += self.wh.eq(Mux(self.wh == slots - 1, 0, self.wh + 1))
         self._release = Signal(name=f"{name}_release")
         for h in range(slots):
-            with m.If(last & (self.wh == h)):
+            with m.If(last & _is(self.wh, h)):
                 m.d.sync += self.full[h].eq(1)
-            with m.Elif(self._release & (self.rh == h)):
+            with m.Elif(self._release & _is(self.rh, h)):
                 m.d.sync += self.full[h].eq(0)
         with m.If(self._release):
             m.d.sync += self.rh.eq(Mux(self.rh == slots - 1, 0, self.rh + 1))
@@ -401,7 +419,7 @@ class MACEngine(_Engine):
         cslot = Signal(range(slots), name="cslot")
         eslot = Signal(range(slots), name="eslot")
         cslot_busy = Signal()
-        m.d.comb += cslot_busy.eq(Cat(*busy).bit_select(cslot, 1))
+        m.d.comb += cslot_busy.eq(_pick(busy, cslot))
         issue = Signal()
         m.d.comb += issue.eq(buf.ready & (~blk_first | ~cslot_busy))
         loops.step(m, issue)
@@ -490,7 +508,7 @@ class MACEngine(_Engine):
         eloops = LoopNest("emit", [pe, pblk])
         lane, epos = eloops.counters
         e_ready = Signal()
-        m.d.comb += e_ready.eq(Cat(*ready).bit_select(eslot, 1))
+        m.d.comb += e_ready.eq(_pick(ready, eslot))
         e_issue = Signal()
         m.d.comb += e_issue.eq(e_ready & adv)
         eloops.step(m, e_issue)
@@ -498,13 +516,13 @@ class MACEngine(_Engine):
         with m.If(e_done):
             m.d.sync += eslot.eq(Mux(eslot == slots - 1, 0, eslot + 1))
         for s in range(slots):
-            with m.If(issue & blk_first & (cslot == s)):
+            with m.If(issue & blk_first & _is(cslot, s)):
                 m.d.sync += busy[s].eq(1)
-            with m.Elif(e_done & (eslot == s)):
+            with m.Elif(e_done & _is(eslot, s)):
                 m.d.sync += busy[s].eq(0)
-            with m.If(v2 & last2 & end2 & (slot2 == s)):
+            with m.If(v2 & last2 & end2 & _is(slot2, s)):
                 m.d.sync += ready[s].eq(1)
-            with m.Elif(e_done & (eslot == s)):
+            with m.Elif(e_done & _is(eslot, s)):
                 m.d.sync += ready[s].eq(0)
         raddr = Signal(range(slots * pblk))
         m.d.comb += raddr.eq(eslot * pblk + epos)
@@ -517,7 +535,7 @@ class MACEngine(_Engine):
         lane1 = Signal(range(max(pe, 2)), name="lane1")
         with m.If(adv):
             m.d.sync += [ev1.eq(e_issue), lane1.eq(lane)]
-        out.emit(m, ev1 & adv, Array(rdata)[lane1] if pe > 1 else rdata[0])
+        out.emit(m, ev1 & adv, _pick(rdata, lane1))
         return m
 
     def _window_reads(self, m: Module, buf: "_InputBuffer", gi, oy, ox, kc) -> tuple[list, list]:
