@@ -164,7 +164,10 @@ def test_python_driven_modes_and_backpressure_agree(designs):
     for kw in ({"mode": "stream"}, {"mode": "naive"}, {"stall": 40, "seed": 2}):
         r = simulate(d, codes, **kw)
         assert np.array_equal(r.outputs, base.outputs), kw
-    assert simulate(d, codes, stall=40, seed=2).cycles > base.cycles
+    # vectors overlap, so a sink that stalls only now and then is hidden behind the compute; one
+    # that is almost never ready is not (the last vector's beats leave later)
+    slow = simulate(d, codes, stall=90, seed=2)
+    assert np.array_equal(slow.outputs, base.outputs) and slow.cycles > base.cycles
 
 
 @needs_verilator
