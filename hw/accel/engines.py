@@ -6,11 +6,12 @@ codes the same way, so engines chain like the nodes of the manifest. Each
 computes exactly what :mod:`qfx.reference` documents for its op:
 
 * :class:`MACEngine` (dense, conv2d): buffers the whole input tensor, then
-  for every output element in C order runs the documented accumulation loop
+  for every output element runs the documented accumulation loop
   ``acc = cast(init, accum)``; ``acc = cast(acc + x[k] * w[k], accum)`` over
   k = (input channel, kernel row, kernel column); ``y = cast(acc, output)``,
-  one term per cycle. Weights sit in a ROM (block RAM for large layers);
-  the per-channel accumulator start ``cast(bias, accum)`` in a second ROM.
+  folded: ``pe`` output channels x ``simd`` terms per cycle (the casts still
+  in that order), results reordered to C order. Weights sit in a ROM (block
+  RAM for large layers); the accumulator starts ``cast(bias, accum)`` in a second ROM.
 * :class:`PoolEngine` (maxpool2d, avgpool2d): buffers the input, reduces each
   window (max, or exact sum then the divisor), one window element per cycle.
 * :class:`AddEngine` (add): buffers both operands (the two paths of a
@@ -19,8 +20,8 @@ computes exactly what :mod:`qfx.reference` documents for its op:
 * :class:`ElementwiseEngine` (batchnorm, relu, relu6, leaky_relu): no
   buffer, one element per cycle, a one-stage pipeline.
 
-An engine that buffers takes a new input tensor only after it has issued
-every output of the previous one.
+An engine that buffers has a double-buffered input: it takes the next input
+tensor while it computes the current one, so successive inferences overlap.
 """
 
 from __future__ import annotations
