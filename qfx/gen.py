@@ -29,9 +29,9 @@ dense / conv2d engine's ``pe`` x ``simd`` inside the board's safe caps; ``--fold
 (``{layer: {pe: P, simd: S}}``) fixes some layers, the planner chooses the rest; ``--fps N`` /
 ``--ii C`` ask for the smallest plan meeting a target (refused with the best reachable one).
 design.json's ``folding`` holds the plan (II, inferences/s, per-layer foldings, the limit it hit)
-and ``rtl_honours_folding``; each layer its ``folding`` and ``planned`` cycles / resources. Until
-the folded RTL engines land, the RTL is built at folding 1 (``rtl_honours_folding: false``) and
-the layers' ``cycles`` stay the RTL's.
+and its resources; each layer its ``folding``, the RTL engine's ``cycles`` and ``ii`` and the
+plan's ``planned`` cycles / resources. The fit check and ``resources_estimate`` are of the folded
+design.
 
 and prints a short summary. Generation never imports torch, and the output is
 byte-identical for the same manifest and options. Bad input (unknown board or
@@ -51,7 +51,7 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 __all__ = ["main", "generate", "ARCHITECTURES", "TARGETS", "GenError"]
 
@@ -104,9 +104,15 @@ def _ports(component: Any) -> list[dict[str, Any]]:
 def generate(manifest_path: "str | Path", out_dir: "str | Path", *, board: str = "ultra96",
              targets: Sequence[str] = ("rtl",), arch: str = "dataflow", top: str = "qfx_top",
              clock_mhz: "float | None" = None, reuse_factor: int = 1, synth: bool = False,
-             force: bool = False, folding: "str | Path | None" = "auto", fps: "float | None" = None,
-             ii: "int | None" = None) -> dict[str, Any]:
+             force: bool = False, folding: "str | Path | Mapping[str, Any] | None" = "auto",
+             fps: "float | None" = None, ii: "int | None" = None) -> dict[str, Any]:
     """Generate the hardware of a manifest into ``out_dir``; return the ``design.json`` contents.
+
+    ``folding``: ``"auto"`` (the planner chooses every dense / conv2d layer's folding inside the
+    board's safe caps), a YAML file ``{layer: {pe: P, simd: S}}`` (those layers fixed, the planner
+    chooses the rest) or a mapping ``{layer: Folding}`` (exactly those, the rest at folding 1,
+    unless ``fps`` / ``ii`` ask the planner for more). design.json lists each engine's folding,
+    folded cycles and ``ii``, and the design's initiation interval.
 
     Raises
     ------
@@ -124,7 +130,6 @@ def generate(manifest_path: "str | Path", out_dir: "str | Path", *, board: str =
     from qfx.cost.estimate import estimate as analytic_estimate
     from qfx.hw.accel import Accelerator, axis_width
     from qfx.hw.accel.top import stream_formats
-    from qfx.hw.accel.engines import engine_cycles
     from qfx.hw.verilog import to_verilog
 
     from . import hls
@@ -148,9 +153,9 @@ def generate(manifest_path: "str | Path", out_dir: "str | Path", *, board: str =
     man = load(manifest_path)
     files: dict[str, str] = {}
     rtl = "rtl" in targets
-    # The folding plan is the RTL's (checked against the board); an HLS-only request checks no fit
-    # (Vitis HLS reports its resources) and its C++ does not follow the plan yet.
-    fplan, honoured = None, False
+    # The folding plan is the RTL's (checked against the board), and the HLS C++ beside it follows
+    # it; an HLS-only request checks no fit (Vitis HLS reports its resources) and plans nothing.
+    fplan = None
     est: "dict[str, Any] | None" = None
     cycles: "dict[str, Any] | None" = None
     modules: list[str] = []
@@ -160,8 +165,13 @@ def generate(manifest_path: "str | Path", out_dir: "str | Path", *, board: str =
         est = {k: v for k, v in analytic_estimate(man).items() if k != "per_layer"}
         # With --synth, Yosys' LUT / FF decide (the estimate is within about 15 % of them).
         _check_fit(b, {**est, "lut": 0, "ff": 0} if synth else est, check_fit)
-        fplan, _ = _folding_plan(man, b, folding, fps=fps, ii=ii, clock_mhz=clock)
-        acc, honoured = _accelerator(Accelerator, man, fplan.foldings)
+        fplan = _folding_plan(man, b, folding, fps=fps, ii=ii, clock_mhz=clock)
+        # the design that is built: the plan's folded resources (engines + glue), checked again
+        est = {**est, **{k: int(round(fplan.resources[k])) for k in ("lut", "ff", "dsp")},
+               "bram36": float(fplan.resources["bram36"]),
+               "basis": f"{est['basis']}; folded engines per qfx.hw.accel.folding.folded_resources"}
+        _check_fit(b, {**est, "lut": 0, "ff": 0} if synth else est, check_fit)
+        acc = Accelerator(man, folding=fplan.foldings)
         verilog = to_verilog(acc, top)
         if synth:
             from qfx.hw.synth import synth_xilinx
@@ -192,12 +202,12 @@ def generate(manifest_path: "str | Path", out_dir: "str | Path", *, board: str =
                                  "output_shape": list(node.output_shape),
                                  "formats": {k: _fmt_info(v) for k, v in sorted(node.formats.items())}}
         if rtl and node.op not in ("input", "flatten", "output"):
-            # what the generated RTL does: the plan's cycles only where the RTL honours the folding
-            entry["cycles"] = fplan.layers[node.name]["cycles"] if honoured else engine_cycles(node)
+            entry["cycles"] = {k: v for k, v in cycles["engines"][node.name].items() if k != "ii"}
+            entry["ii"] = cycles["engines"][node.name]["ii"]
+            if node.name in acc.folding:
+                entry["folding"] = acc.folding[node.name].as_dict()
         if fplan is not None and node.name in fplan.layers:
             pl = fplan.layers[node.name]
-            if "folding" in pl:
-                entry["folding"] = pl["folding"]
             entry["planned"] = {"cycles": pl["cycles"], "ii": pl["ii"], "resources_estimate": pl["resources"]}
         layers.append(entry)
     n_in = math.prod(man.input_node.output_shape)
@@ -225,10 +235,11 @@ def generate(manifest_path: "str | Path", out_dir: "str | Path", *, board: str =
         "ports": _ports(acc) if rtl else [],
         "modules": modules,
         "layers": layers,
-        "latency": {"cycles": cycles["total"], "us": round(cycles["total"] / clock, 3)} if cycles else None,
+        "latency": {"cycles": cycles["total"], "us": round(cycles["total"] / clock, 3),
+                    "ii_cycles": cycles["ii"]} if cycles else None,
         "resources_estimate": est,
-        "folding": {**fplan.as_dict(), "request": _folding_request(folding, fps, ii),
-                    "rtl_honours_folding": honoured} if fplan is not None else None,
+        "folding": {**fplan.as_dict(), "request": _folding_request(folding, fps, ii)}
+        if fplan is not None else None,
         "files": sorted(files) + ["design.json"],
     }
     files["design.json"] = json.dumps(design, indent=2, sort_keys=False) + "\n"
@@ -236,24 +247,35 @@ def generate(manifest_path: "str | Path", out_dir: "str | Path", *, board: str =
     return design
 
 
-def _folding_request(folding: "str | Path | None", fps: "float | None", ii: "int | None") -> dict[str, Any]:
-    spec = "auto" if folding in (None, "auto") else Path(folding).name
+def _folding_request(folding: Any, fps: "float | None", ii: "int | None") -> dict[str, Any]:
+    if isinstance(folding, Mapping):
+        spec = "mapping"
+    else:
+        spec = "auto" if folding in (None, "auto") else Path(folding).name
     return {"folding": spec, "fps": fps, "ii": ii}
 
 
-def _folding_plan(man: Any, board: Any, folding: "str | Path | None", *, fps: "float | None", ii: "int | None",
-                  clock_mhz: float) -> tuple[Any, bool]:
-    """The folding plan (:func:`qfx.hw.accel.folding.plan`) for ``--folding auto | F.yaml``, ``--fps``, ``--ii``."""
-    from qfx.hw.accel.folding import plan, parse_foldings
+def _folding_plan(man: Any, board: Any, folding: "str | Path | Mapping[str, Any] | None", *,
+                  fps: "float | None", ii: "int | None", clock_mhz: float) -> Any:
+    """The folding plan (:func:`qfx.hw.accel.folding.plan`) for ``--folding auto | F.yaml``, ``--fps``,
+    ``--ii``. A mapping ``{layer: Folding}`` (the Python API) is exact: the other layers stay at
+    folding 1 unless a target asks the planner for more."""
+    from qfx.hw.accel.folding import Folding, parse_foldings, plan
 
-    overrides = {}
-    if folding not in (None, "auto"):
+    nodes = {n.name: n for n in man}
+    overrides: dict[str, Any] = {}
+    exact = False
+    if isinstance(folding, Mapping):
+        exact = True
+        overrides = parse_foldings(nodes, {k: v.as_dict() if isinstance(v, Folding) else v
+                                           for k, v in folding.items()})
+    elif folding not in (None, "auto"):
         import yaml
 
         path = Path(folding)
         try:
             spec = yaml.safe_load(path.read_text())
-        except FileNotFoundError:
+        except (FileNotFoundError, IsADirectoryError):
             raise GenError(f"--folding {str(folding)!r}: no such file; give 'auto' or a YAML file "
                            "of {layer: {pe: P, simd: S}}") from None
         except yaml.YAMLError as exc:
@@ -264,22 +286,11 @@ def _folding_plan(man: Any, board: Any, folding: "str | Path | None", *, fps: "f
         if not isinstance(spec, dict):
             raise GenError(f"--folding {str(folding)!r} must map layer names to {{pe: P, simd: S}}, "
                            f"not a {type(spec).__name__}")
-        overrides = parse_foldings({n.name: n for n in man}, spec)
-    return plan(man, board, target_ii=ii, fps=fps, clock_mhz=clock_mhz, overrides=overrides), False
+        overrides = parse_foldings(nodes, spec)
+    if exact and fps is None and ii is None:
+        ii = 10 ** 15  # met at once: exactly the given foldings
+    return plan(man, board, target_ii=ii, fps=fps, clock_mhz=clock_mhz, overrides=overrides)
 
-
-def _accelerator(accelerator: Any, man: Any, foldings: Any) -> tuple[Any, bool]:
-    """The RTL accelerator at ``foldings``, and whether the RTL honours them.
-
-    TEMPORARY SHIM (issue 13): the folded engines (``Accelerator(manifest, folding=...)``) land on
-    another branch; until then the RTL is built at folding 1 and design.json says so
-    (``folding.rtl_honours_folding: false``). Remove this check when that branch is merged.
-    """
-    import inspect
-
-    if "folding" in inspect.signature(accelerator).parameters:
-        return accelerator(man, folding=foldings), True
-    return accelerator(man), False
 
 
 def _check_fit(board: Any, est: dict[str, Any], check_fit: Any) -> None:
@@ -314,8 +325,7 @@ def _summary(design: dict[str, Any], out_dir: Path) -> str:
     if fold:
         rows = [ly for ly in design["layers"] if "planned" in ly]
         lines.append(f"  folding plan ({fold['request']['folding']}): II {fold['ii']} cycles = "
-                     f"{fold['inferences_per_s']:,.0f} inferences/s at {fold['clock_mhz']:g} MHz; {fold['limit']}"
-                     + ("" if fold["rtl_honours_folding"] else "; NOT yet in the RTL (built at folding 1)"))
+                     f"{fold['inferences_per_s']:,.0f} inferences/s at {fold['clock_mhz']:g} MHz; {fold['limit']}")
         lines.append(f"    {'layer':12s} {'pe':>4s} {'simd':>5s} {'load':>7s} {'compute':>8s} {'out':>7s} "
                      f"{'DSP':>5s} {'LUT':>7s}")
         for ly in rows:

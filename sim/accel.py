@@ -11,8 +11,11 @@ it in several ways, chosen at run time so one cached Verilator build serves all 
     the simulator process's Python start-up (1-3 s per run).
 ``mode="file"``
     The harness itself streams every input vector from a text file (``$fscanf``, one code per
-    AXI4-Stream beat, back to back), pulses ``start`` as soon as ``busy`` falls, and writes
-    every accepted output beat to a file (``$fwrite``), checking ``tlast``. The cocotb test
+    AXI4-Stream beat, back to back), pulses ``start`` for the next vector while the current one
+    is still being input (the accelerator queues one tensor, so successive vectors overlap in
+    the engines), writes every accepted output beat to a file (``$fwrite``), checking ``tlast``,
+    and the cycle of every ``done`` pulse (:attr:`RtlRun.done_at`, whose steady-state differences
+    are the measured initiation interval). The cocotb test
     only starts the clock, raises ``go`` and awaits ``finished``: one Python ``await`` for all
     vectors, no Python per beat or per cycle (the clock is generated in the harness under
     ``--timing``; cocotb's scheduler loop still runs at every half period).
@@ -194,9 +197,9 @@ module {HARNESS_TOP} (
 
   logic f_start, f_valid, f_ready, opened;
   logic [{iw - 1}:0] f_data;
-  integer fin, fout, fprobe, n_total, n_started, out_k, stall_pct, rc;
+  integer fin, fout, fprobe, fdone, n_total, n_started, out_k, stall_pct, rc, in_k, tensors_in;
   logic [{iw - 1}:0] code;
-  string in_name, out_name, probe_name;
+  string in_name, out_name, probe_name, done_name;
   bit probe_on;
 
   assign a_start  = use_file ? f_start : start;
@@ -212,13 +215,14 @@ module {HARNESS_TOP} (
   assign busy = a_busy;
 
   initial begin
-    fin = 0; fout = 0; fprobe = 0; n_total = 0; stall_pct = 0; probe_on = 0;
+    fin = 0; fout = 0; fprobe = 0; fdone = 0; n_total = 0; stall_pct = 0; probe_on = 0;
     if ($value$plusargs("qfx_in=%s", in_name)) begin
       fin = $fopen(in_name, "r");
       if (fin == 0) $fatal(1, "qfx harness: cannot open %s", in_name);
       rc = $fscanf(fin, "%d", n_total);
     end
     if ($value$plusargs("qfx_out=%s", out_name)) fout = $fopen(out_name, "w");
+    if ($value$plusargs("qfx_done=%s", done_name)) fdone = $fopen(done_name, "w");
     if ($value$plusargs("qfx_probe=%s", probe_name)) begin
       fprobe = $fopen(probe_name, "w");
       probe_on = 1;
@@ -241,7 +245,7 @@ module {HARNESS_TOP} (
   always @(posedge cclk) begin
     if (rst) begin
       f_start <= 0; f_valid <= 0; f_ready <= 0; opened <= 0; finished <= 0; error <= 0;
-      vectors_done <= 0; cycles <= 0; n_started <= 0; out_k <= 0;
+      vectors_done <= 0; cycles <= 0; n_started <= 0; out_k <= 0; in_k <= 0; tensors_in <= 0;
     end else if (use_file && go && !finished) begin
       cycles <= cycles + 1;
       if (!opened) begin
@@ -255,13 +259,19 @@ module {HARNESS_TOP} (
         end
       end else begin
         f_start <= 0;
-        if (!a_busy && !f_start && n_started < n_total) begin
+        // back to back: the accelerator holds one open and one queued tensor, so start the next
+        // as soon as fewer than two started tensors are still being input
+        if (!f_start && n_started < n_total && n_started - tensors_in < 2) begin
           f_start <= 1;
           n_started <= n_started + 1;
         end
         if (f_valid && a_tready) begin
           rc = $fscanf(fin, "%h", code);
           if (rc == 1) f_data <= code; else f_valid <= 0;
+          if (in_k == {design.n_in - 1}) begin
+            in_k <= 0;
+            tensors_in <= tensors_in + 1;
+          end else in_k <= in_k + 1;
         end
         if (stall_pct != 0) f_ready <= ($urandom_range(99) >= stall_pct);
         if (a_mvalid && f_ready) begin
@@ -270,10 +280,12 @@ module {HARNESS_TOP} (
           out_k <= (out_k == {n_out - 1}) ? 0 : out_k + 1;
         end
         if (a_done) begin
+          if (fdone != 0) $fwrite(fdone, "%0d\\n", cycles);
           vectors_done <= vectors_done + 1;
           if (vectors_done + 1 == n_total) begin
             finished <= 1;
             $fflush(fout);
+            if (fdone != 0) $fflush(fdone);
           end
         end
       end
@@ -316,6 +328,15 @@ class RtlRun:
     probes: "dict[str, np.ndarray] | None" = None  # layer name -> codes [N, prod(output_shape)]
     waves: "Path | None" = None
     log: str = ""
+    done_at: "list[int] | None" = None  # harness modes: per vector, the cycle of its done pulse
+
+    def steady_ii(self, tail: int = 3) -> "list[int]":
+        """The intervals between the last ``tail + 1`` done pulses (back-to-back vectors): the
+        steady-state initiation interval, once per interval."""
+        if not self.done_at or len(self.done_at) < tail + 1:
+            raise ValueError(f"steady_ii needs at least {tail + 1} vectors simulated in native or file mode")
+        d = self.done_at[-(tail + 1):]
+        return [b - a for a, b in zip(d, d[1:])]
 
 
 def _signed(vals: np.ndarray, width: int, signed: bool) -> np.ndarray:
@@ -380,7 +401,8 @@ def _run(d: Design, x: np.ndarray, mode: str, waves: bool, waves_path: Any, prob
     n = x.shape[0]
     in_file, out_file, probe_file, result_file = (wd / "in.txt", wd / "out.txt", wd / "probe.txt",
                                                   wd / "result.json")
-    for f in (out_file, probe_file, result_file):
+    done_file = wd / "done.txt"
+    for f in (out_file, probe_file, result_file, done_file):
         f.unlink(missing_ok=True)
     masked = x & ((1 << d.in_bits) - 1)
     with open(in_file, "w") as fh:
@@ -390,7 +412,7 @@ def _run(d: Design, x: np.ndarray, mode: str, waves: bool, waves_path: Any, prob
     job = {"mode": mode, "n": n, "n_in": d.n_in, "n_out": d.n_out, "in_file": str(in_file),
            "out_file": str(out_file), "result_file": str(result_file), "limit_cycles": int(limit)}
     (wd / "job.json").write_text(json.dumps(job))
-    plusargs = [f"+qfx_in={in_file}", f"+qfx_out={out_file}", f"+verilator+seed+{seed + 1}"]
+    plusargs = [f"+qfx_in={in_file}", f"+qfx_out={out_file}", f"+qfx_done={done_file}", f"+verilator+seed+{seed + 1}"]
     if probe:
         plusargs.append(f"+qfx_probe={probe_file}")
     if stall:
@@ -436,7 +458,11 @@ def _run(d: Design, x: np.ndarray, mode: str, waves: bool, waves_path: Any, prob
     probes = _read_probes(d, probe_file, n) if probe else None
     return RtlRun(outputs=outs, cycles=int(res.get("cycles", 0)), sim_seconds=float(res.get("seconds", 0.0)),
                   wall_seconds=wall, build_seconds=t_build, build_dir=bdir, mode=mode, probes=probes,
-                  waves=wave_file, log=log)
+                  waves=wave_file, log=log, done_at=_read_done(done_file) if mode == "file" else None)
+
+
+def _read_done(path: Path) -> "list[int]":
+    return [int(t) for t in path.read_text().split()] if path.is_file() else []
 
 
 def _read_beats(path: Path) -> np.ndarray:
@@ -589,7 +615,8 @@ def _run_native(d: Design, n: int, out_w: int, out_signed: bool, plusargs: list[
     outs = _outputs(d, _read_beats(out_file), n, out_w, out_signed)
     probes = _read_probes(d, probe_file, n) if probe else None
     return RtlRun(outputs=outs, cycles=int(m.group(3)), sim_seconds=wall, wall_seconds=wall, build_seconds=t_build,
-                  build_dir=bdir, mode="native", probes=probes, waves=wave_file, log=log)
+                  build_dir=bdir, mode="native", probes=probes, waves=wave_file, log=log,
+                  done_at=_read_done(out_file.parent / "done.txt"))
 
 
 def _read_probes(d: Design, path: Path, n: int) -> dict[str, np.ndarray]:

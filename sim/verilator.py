@@ -329,14 +329,28 @@ def model_dir(build_folder: Path) -> Path:
     return Path(build_folder) / "obj"
 
 
+def _pch_flag_missing(vl: Verilator) -> bool:
+    root = Path(vl.root) if vl.root else Path(vl.executable).resolve().parent.parent / "share" / "verilator"
+    mk = root / "include" / "verilated.mk"
+    try:
+        return re.search(r"^CFG_CXXFLAGS_PCH_I\s*=\s*$", mk.read_text(), re.M) is not None
+    except OSError:
+        return False
+
+
 def _run_build(vl: Verilator, paths: list[Path], top: str, args: list[str], waves: bool, obj: Path, log: Path,
                quiet: bool) -> None:
     import logging
 
     from cocotb_tools.runner import get_runner
 
-    saved = {k: os.environ.get(k) for k in ("PATH", "VERILATOR_ROOT")}
+    saved = {k: os.environ.get(k) for k in ("PATH", "VERILATOR_ROOT", "MAKEFLAGS")}
     os.environ.update({k: v for k, v in vl.env().items() if k in ("PATH", "VERILATOR_ROOT")})
+    if _pch_flag_missing(vl):
+        # The PyPI wheel's verilated.mk has an empty CFG_CXXFLAGS_PCH_I, so a model large enough to
+        # be split into several C++ files (VM_PARALLEL_BUILDS) passes its precompiled header to g++
+        # as an input file and fails; g++ includes it with -include.
+        os.environ["MAKEFLAGS"] = f"{saved['MAKEFLAGS'] or ''} CFG_CXXFLAGS_PCH_I=-include".strip()
     runner_log = logging.getLogger("Verilator")
     old_level = runner_log.level
     if quiet:

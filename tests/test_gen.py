@@ -238,7 +238,7 @@ def test_lut_and_ff_are_checked_without_synth(manifest, tmp_path, capsys, monkey
     assert main([str(manifest), "-o", str(out)]) == 0
     summary = capsys.readouterr().out
     est = json.loads((out / "design.json").read_text())["resources_estimate"]
-    assert est["lut"] > 0 and est["ff"] > 0 and est["basis"] == ce.ESTIMATOR_BASIS
+    assert est["lut"] > 0 and est["ff"] > 0 and est["basis"].startswith(ce.ESTIMATOR_BASIS)
     assert f"{est['lut']} LUT, {est['ff']} FF" in summary and "all four checked against the board" in summary
     # A design term of 60 000 LUTs exceeds the Ultra96's safe 49 392 (70 % of 70 560), DSP/BRAM unchanged.
     monkeypatch.setattr(ce, "TOP_LUT", 60000.0)

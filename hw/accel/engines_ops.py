@@ -28,10 +28,11 @@ from qfx.manifest import Node
 from qfx.types import FixedType
 
 from ..cast import CastUnit, fixed_shape
-from .engines import EngineError, _buffer, _load, _OutputStage, _Sequencer
+from .engines import EngineError, _InputBuffer, _OutputStage, _Sequencer
 from .loops import LoopNest
 
-__all__ = ["BinaryEngine", "ConcatEngine", "ClampEngine", "PadEngine", "OPS", "ops_engine", "ops_engine_cycles"]
+__all__ = ["BinaryEngine", "ConcatEngine", "ClampEngine", "PadEngine", "OPS", "ops_engine", "ops_engine_cycles",
+           "ops_engine_latency"]
 
 #: Manifest ops built by this module.
 OPS = ("concat", "clamp", "sub", "mul", "pad")
@@ -56,6 +57,9 @@ class BinaryEngine(_OpsEngine):
         A ``sub`` or ``mul`` node.
     src_a, src_b : FixedType
         Formats of the codes arriving on ``a`` and ``b``.
+    slots : tuple of int
+        Tensor slots of the ``a`` and ``b`` input buffers (2: double buffering; more for the
+        operand that arrives early, :meth:`qfx.hw.accel.top.Accelerator.input_slots`).
 
     Attributes
     ----------
@@ -65,10 +69,11 @@ class BinaryEngine(_OpsEngine):
         Output codes, C order.
     """
 
-    def __init__(self, node: Node, src_a: FixedType, src_b: FixedType) -> None:
+    def __init__(self, node: Node, src_a: FixedType, src_b: FixedType, slots: "tuple[int, int]" = (2, 2)) -> None:
         if node.op not in ("sub", "mul"):
             raise EngineError(f"node {node.name!r}: BinaryEngine builds sub and mul, not {node.op!r}")
         self._src_a, self._src_b = src_a, src_b
+        self._slots = tuple(slots)
         f = node.formats
         self._ta, self._tb, self._out_fmt = f["in_a"], f["in_b"], f["output"]
         self._n = math.prod(node.output_shape)
@@ -85,25 +90,22 @@ class BinaryEngine(_OpsEngine):
     def elaborate(self, platform):
         m = Module()
         n, ta, tb = self._n, self._ta, self._tb
-        wa, ra = _buffer(m, "abuf", fixed_shape(ta), n)
-        wb, rb = _buffer(m, "bbuf", fixed_shape(tb), n)
-        load_a, load_b = Signal(init=1), Signal(init=1)
-        _load(m, "a", self.a, self._src_a, ta, n, wa, load_a)
-        _load(m, "b", self.b, self._src_b, tb, n, wb, load_b)
+        buf_a = _InputBuffer(m, "a", self.a, self._src_a, ta, n, slots=self._slots[0])
+        buf_b = _InputBuffer(m, "b", self.b, self._src_b, tb, n, slots=self._slots[1])
         out = _OutputStage(m, self.o)
         adv = out.adv
         loops = LoopNest("bin", [n])
-        m.d.comb += [ra.addr.eq(loops[0]), rb.addr.eq(loops[0]), ra.en.eq(adv), rb.en.eq(adv)]
-        seq = _Sequencer(m, out, [load_a, load_b], loops, [])
+        da, db = buf_a.read(0, loops[0], adv), buf_b.read(0, loops[0], adv)
+        seq = _Sequencer(m, out, [buf_a, buf_b], loops, [])
         if self._node.op == "mul":
             r_fmt = ta * tb
             r = Signal(fixed_shape(r_fmt))
-            m.d.comb += r.eq(ra.data * rb.data)
+            m.d.comb += r.eq(da * db)
         else:
             r_fmt = ta - tb
             f = r_fmt.frac_bits
             r = Signal(fixed_shape(r_fmt))
-            m.d.comb += r.eq((ra.data << (f - ta.frac_bits)) - (rb.data << (f - tb.frac_bits)))
+            m.d.comb += r.eq((da << (f - ta.frac_bits)) - (db << (f - tb.frac_bits)))
         m.submodules.out_cast = out_cast = CastUnit(r_fmt, self._out_fmt)
         m.d.comb += out_cast.i.eq(r)
         out.emit(m, seq.v1 & adv, out_cast.o)
@@ -119,6 +121,8 @@ class ConcatEngine(_OpsEngine):
         A ``concat`` node with ``params.axis == 0``.
     srcs : list of FixedType
         Formats of the codes arriving on each input.
+    slots : tuple of int or None
+        Tensor slots of each input buffer (default 2 each: double buffering).
 
     Attributes
     ----------
@@ -127,11 +131,12 @@ class ConcatEngine(_OpsEngine):
     o : Out(stream.Signature(fixed_shape(output)))
     """
 
-    def __init__(self, node: Node, srcs: "list[FixedType]") -> None:
+    def __init__(self, node: Node, srcs: "list[FixedType]", slots: "tuple[int, ...] | None" = None) -> None:
         if int(node.params["axis"]) != 0:
             raise EngineError(f"node {node.name!r}: concat along axis {node.params['axis']} has no RTL engine; "
                               "only the channel axis (0) is supported")
         self._srcs = list(srcs)
+        self._slots = tuple(slots) if slots is not None else (2,) * len(self._srcs)
         self._out_fmt = node.formats["output"]
         self._sizes = [math.prod(s) for s in node.input_shapes]
         members = {f"i{j}": In(stream.Signature(fixed_shape(s))) for j, s in enumerate(self._srcs)}
@@ -146,34 +151,31 @@ class ConcatEngine(_OpsEngine):
         m = Module()
         out_fmt = self._out_fmt
         n_out = sum(self._sizes)
-        loads, reads = [], []
-        for j, (src, size) in enumerate(zip(self._srcs, self._sizes)):
-            wp, rp = _buffer(m, f"buf{j}", fixed_shape(out_fmt), size)
-            loading = Signal(init=1, name=f"load{j}")
-            _load(m, f"in{j}", getattr(self, f"i{j}"), src, out_fmt, size, wp, loading)
-            loads.append(loading)
-            reads.append(rp)
+        bufs = [_InputBuffer(m, f"in{j}", getattr(self, f"i{j}"), src, out_fmt, size, slots=slots)
+                for j, (src, size, slots) in enumerate(zip(self._srcs, self._sizes, self._slots))]
         out = _OutputStage(m, self.o)
         adv = out.adv
         loops = LoopNest("cat", [n_out])
         idx = loops[0]
-        seq = _Sequencer(m, out, loads, loops, [])
-        sel = Signal(range(max(len(reads), 2)))
+        seq = _Sequencer(m, out, bufs, loops, [])
+        sel = Signal(range(max(len(bufs), 2)))
         sel1 = Signal.like(sel)
         offset = 0
         sel_v = Const(0, sel.shape())
-        for j, (rp, size) in enumerate(zip(reads, self._sizes)):
+        reads = []
+        for j, (buf, size) in enumerate(zip(bufs, self._sizes)):
             local = Signal(range(max(size, 2)), name=f"addr{j}")
-            m.d.comb += [local.eq(idx - offset), rp.addr.eq(local), rp.en.eq(adv)]
+            m.d.comb += local.eq(idx - offset)
+            reads.append(buf.read(0, local, adv))
             if j:
                 sel_v = Mux(idx >= offset, j, sel_v)
             offset += size
         m.d.comb += sel.eq(sel_v)
         with m.If(adv):
             m.d.sync += sel1.eq(sel)
-        data = reads[0].data
+        data = reads[0]
         for j in range(1, len(reads)):
-            data = Mux(sel1 == j, reads[j].data, data)
+            data = Mux(sel1 == j, reads[j], data)
         out.emit(m, seq.v1 & adv, data)
         return m
 
@@ -261,12 +263,14 @@ class PadEngine(_OpsEngine):
         return m
 
 
-def ops_engine(node: Node, srcs: "list[FixedType]") -> wiring.Component:
-    """The engine of a node whose op is in :data:`OPS` (``srcs``: its producers' emitted formats)."""
+def ops_engine(node: Node, srcs: "list[FixedType]", slots: "tuple[int, ...] | None" = None) -> wiring.Component:
+    """The engine of a node whose op is in :data:`OPS` (``srcs``: its producers' emitted formats;
+    ``slots``: the tensor slots of each input buffer of a buffered engine, default 2 each)."""
+    slots = tuple(slots) if slots is not None else (2,) * len(srcs)
     if node.op in ("sub", "mul"):
-        return BinaryEngine(node, srcs[0], srcs[1])
+        return BinaryEngine(node, srcs[0], srcs[1], slots[:2])
     if node.op == "concat":
-        return ConcatEngine(node, srcs)
+        return ConcatEngine(node, srcs, slots)
     if node.op == "clamp":
         return ClampEngine(node, srcs[0])
     if node.op == "pad":
@@ -275,7 +279,8 @@ def ops_engine(node: Node, srcs: "list[FixedType]") -> wiring.Component:
 
 
 def ops_engine_cycles(node: Node) -> dict[str, int]:
-    """As :func:`qfx.hw.accel.engines.engine_cycles`: buffered engines load their inputs first."""
+    """As :func:`qfx.hw.accel.engines.engine_cycles` (which defers to this for :data:`OPS`):
+    buffered engines load their inputs (in parallel, double-buffered) while they compute."""
     n_out = math.prod(node.output_shape)
     if node.op in ("sub", "mul"):
         return {"load": n_out, "compute": n_out, "outputs": n_out}
@@ -284,3 +289,26 @@ def ops_engine_cycles(node: Node) -> dict[str, int]:
     if node.op == "concat":
         return {"load": max(math.prod(s) for s in node.input_shapes), "compute": n_out, "outputs": n_out}
     return {"load": 0, "compute": n_out, "outputs": n_out}
+
+
+def ops_engine_latency(node: Node, last_in: int) -> int:
+    """As :func:`qfx.hw.accel.engines.engine_latency`: the cycle of the node's last output beat
+    when its last input beat is accepted in cycle ``last_in`` (one tensor, output never stalled).
+
+    Buffered engines (sub, mul, concat) issue one element per cycle from the cycle after their
+    last input and emit 2 cycles after the issue; clamp emits 1 cycle after its input. The pad
+    engine emits the border positions before its last inside element on its own (one per cycle,
+    from cycle 0 at the earliest), then that element 1 cycle after it arrives, then the trailing
+    border one per cycle.
+    """
+    c = ops_engine_cycles(node)
+    if node.op in ("sub", "mul", "concat"):
+        return last_in + c["compute"] + 2
+    if node.op == "pad":
+        _c, h, w = node.input_shapes[0]
+        _, ho, wo = node.output_shape
+        left, _right, top, _bottom = node.params["padding"]
+        last_inside = (ho * wo) * (_c - 1) + (top + h - 1) * wo + (left + w - 1)  # C-order position
+        trailing = math.prod(node.output_shape) - 1 - last_inside
+        return max(last_in, last_inside) + 1 + trailing
+    return last_in + 1

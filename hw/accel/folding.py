@@ -5,7 +5,7 @@ A dense or conv2d node computes ``O`` output channels at ``P`` output positions,
 ``P`` the number of rows). Its engine is *folded* (FINN's word; hls4ml's reuse factor is
 ``K / simd`` seen from the other side) by
 
-* ``pe``: output channels computed in the same cycle (``pe`` divides ``O``), and
+* ``pe``: output channels computed in the same cycle (``pe`` divides ``O / groups``), and
 * ``simd``: terms of one output consumed per cycle (``simd`` divides ``K``),
 
 so it issues ``O/pe * P * K/simd`` cycles of compute per inference. Folding changes when a term
@@ -80,9 +80,14 @@ def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
+def _groups(node: Node) -> int:
+    return int(node.params.get("groups", 1)) if node.op == "conv2d" else 1
+
+
 def valid_pe(node: Node) -> list[int]:
-    """The ``pe`` values that divide the node's output channels, ascending."""
-    return _divisors(mac_dims(node)[0])
+    """The ``pe`` values that divide the node's output channels per group, ascending (the ``pe``
+    channels of a cycle share their input window, so they lie in one group)."""
+    return _divisors(mac_dims(node)[0] // _groups(node))
 
 
 def valid_simd(node: Node) -> list[int]:
@@ -93,8 +98,10 @@ def valid_simd(node: Node) -> list[int]:
 def check_folding(node: Node, folding: Folding) -> Folding:
     """``folding`` if it divides ``node``; a :class:`FoldingError` naming the valid values otherwise."""
     o, _, k = mac_dims(node)
-    if o % folding.pe:
-        raise FoldingError(f"layer {node.name!r}: pe={folding.pe} does not divide its {o} output channels; "
+    groups = _groups(node)
+    if (o // groups) % folding.pe:
+        what = f"{o} output channels" if groups == 1 else f"{o // groups} output channels per group"
+        raise FoldingError(f"layer {node.name!r}: pe={folding.pe} does not divide its {what}; "
                            f"valid pe: {', '.join(map(str, valid_pe(node)))}")
     if k % folding.simd:
         raise FoldingError(f"layer {node.name!r}: simd={folding.simd} does not divide its {k} terms per "

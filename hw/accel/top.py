@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Mapping
 
-from amaranth.hdl import Const, Module, Signal
+from amaranth.hdl import Const, Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -13,9 +13,10 @@ from qfx.manifest import Manifest
 from qfx.types import FixedType
 
 from ..cast import fixed_shape
-from .engines import AddEngine, ElementwiseEngine, EngineError, MACEngine, PoolEngine, engine_cycles
+from .engines import AddEngine, ElementwiseEngine, EngineError, MACEngine, PoolEngine, engine_cycles, engine_latency
 from .engines_ops import OPS as _OPS_ENGINE_OPS
-from .engines_ops import ops_engine, ops_engine_cycles
+from .engines_ops import ops_engine
+from .folding import MAC_OPS, Folding, FoldingError, check_folding
 from .weights import plan_weights
 
 __all__ = ["Accelerator", "SUPPORTED_OPS", "axis_width", "emitted_format", "stream_formats"]
@@ -61,14 +62,22 @@ class Accelerator(wiring.Component):
     (:mod:`qfx.hw.accel.engines`); a node with several consumers feeds them all in the same cycle.
 
     Control: a ``start`` pulse opens the input for one tensor (``s_axis_tready`` stays low
-    otherwise) and raises ``busy``; ``done`` pulses for one cycle when the last output beat has
-    been accepted, and ``busy`` falls. Input ``tlast`` is not needed (the tensor size is fixed)
-    and is ignored. ``rst`` is synchronous, active high.
+    otherwise) and raises ``busy``; ``done`` pulses for one cycle when the last output beat of a
+    tensor has been accepted, and ``busy`` falls when no tensor is in flight. Tensors overlap: a
+    ``start`` while the input is open queues one more tensor (its beats follow the current one's
+    without a gap; a further ``start`` while one is queued is ignored), and the engines work on
+    successive tensors at once, so back-to-back tensors leave every :meth:`cycle_estimate` ``ii``
+    cycles. A driver that waits for ``busy`` to fall before each ``start`` runs one tensor at a
+    time. Input ``tlast`` is not needed (the tensor size is fixed) and is ignored. ``rst`` is
+    synchronous, active high.
 
     Parameters
     ----------
     manifest : Manifest
         A loaded manifest (:func:`qfx.manifest.load`).
+    folding : Mapping[str, Folding] or None
+        Per dense / conv2d node name, its :class:`~qfx.hw.accel.folding.Folding`
+        (``pe`` x ``simd``); nodes not named get ``Folding(1, 1)``.
 
     Attributes
     ----------
@@ -83,9 +92,12 @@ class Accelerator(wiring.Component):
     ------
     EngineError
         (a ``ValueError``) naming the node and the reason when a node cannot be built.
+    FoldingError
+        (a ``ValueError``) naming the layer when a folding names no dense / conv2d node or does
+        not divide it (with the valid values).
     """
 
-    def __init__(self, manifest: Manifest) -> None:
+    def __init__(self, manifest: Manifest, *, folding: "Mapping[str, Folding] | None" = None) -> None:
         self._MustUse__silence = True  # until the checks below pass: a refused design is not "unused"
         if not isinstance(manifest, Manifest):
             raise TypeError(f"manifest must be a qfx.manifest.Manifest (qfx.manifest.load(path)), not "
@@ -98,7 +110,8 @@ class Accelerator(wiring.Component):
         self._in_fmt, self._out_fmt = stream_formats(manifest)
         self._n_in = math.prod(manifest.input_node.output_shape)
         self._n_out = math.prod(manifest.output_node.output_shape)
-        self._plans = {n.name: plan_weights(n) for n in manifest if n.op in ("dense", "conv2d")}
+        self._plans = {n.name: plan_weights(n) for n in manifest if n.op in MAC_OPS}
+        self._folding = self._check_folding(manifest, folding)
         self._MustUse__silence = False
         super().__init__({
             "s_axis_tdata": In(axis_width(self._in_fmt)),
@@ -114,9 +127,32 @@ class Accelerator(wiring.Component):
             "busy": Out(1),
         })
 
+    @staticmethod
+    def _check_folding(manifest: Manifest, folding: "Mapping[str, Folding] | None") -> dict[str, Folding]:
+        if folding is None:
+            folding = {}
+        if not isinstance(folding, Mapping):
+            raise TypeError(f"folding must be a mapping of layer name -> Folding, not {type(folding).__name__}")
+        macs = [n.name for n in manifest if n.op in MAC_OPS]
+        out = {name: Folding() for name in macs}
+        for name, f in folding.items():
+            if name not in out:
+                raise FoldingError(f"folding names layer {name!r}, which is not a dense / conv2d node of the "
+                                   f"manifest; its dense/conv2d layers: {', '.join(macs) or '(none)'}")
+            if not isinstance(f, Folding):
+                raise TypeError(f"folding of layer {name!r} must be a qfx.hw.accel.folding.Folding, not "
+                                f"{type(f).__name__} {f!r}")
+            out[name] = check_folding(manifest.node(name), f)
+        return out
+
     @property
     def manifest(self) -> Manifest:
         return self._manifest
+
+    @property
+    def folding(self) -> dict[str, Folding]:
+        """Every dense / conv2d node's folding (``Folding(1, 1)`` where none was given)."""
+        return dict(self._folding)
 
     @property
     def input_format(self) -> FixedType:
@@ -134,32 +170,59 @@ class Accelerator(wiring.Component):
                 continue
             srcs = [emitted_format(self._manifest, s) for s in node.inputs]
             if node.op in ("dense", "conv2d"):
-                out[node.name] = MACEngine(node, srcs[0], self._plans[node.name])
+                out[node.name] = MACEngine(node, srcs[0], self._plans[node.name], self._folding[node.name])
             elif node.op in ("maxpool2d", "avgpool2d"):
                 out[node.name] = PoolEngine(node, srcs[0])
             elif node.op == "add":
-                out[node.name] = AddEngine(node, srcs[0], srcs[1])
+                out[node.name] = AddEngine(node, srcs[0], srcs[1], self.input_slots(node.name))
             elif node.op in _ELEMENTWISE:
                 out[node.name] = ElementwiseEngine(node, srcs[0])
             elif node.op in _OPS_ENGINE_OPS:
-                out[node.name] = ops_engine(node, srcs)
+                out[node.name] = ops_engine(node, srcs, self.input_slots(node.name))
         return out
 
-    def cycle_estimate(self) -> dict[str, Any]:
-        """Cycles per inference, per engine and in total, assuming the output is never stalled.
-
-        Buffered engines (dense, conv2d, pools, add) run one after another (each needs its whole
-        input); element-wise engines stream along with their producer. The total is the input
-        transfer plus every buffered engine's compute cycles plus a few cycles of pipeline each.
-        """
+    def _schedule(self) -> "tuple[dict[str, dict[str, int]], dict[str, int], int]":
+        """Per engine its cycles and ``ii``; per node the cycle of its last output beat for one
+        tensor alone; the steady-state initiation interval."""
         per: dict[str, dict[str, int]] = {}
-        total = self._n_in
+        finish: dict[str, int] = {self._manifest.input_node.name: self._n_in}
         for node in self._manifest:
-            if node.op in ("input", "flatten", "output"):
+            if node.op == "input":
                 continue
-            c = per[node.name] = ops_engine_cycles(node) if node.op in _OPS_ENGINE_OPS else engine_cycles(node)
-            total += c["compute"] + 2 if c["load"] else 1
-        return {"engines": per, "total": total + 2}  # + the start pulse and the done register
+            if node.op in ("flatten", "output"):
+                finish[node.name] = finish[node.inputs[0]]
+                continue
+            fold = self._folding.get(node.name, Folding())
+            c = engine_cycles(node, fold)
+            per[node.name] = {**c, "ii": max(c.values())}
+            finish[node.name] = engine_latency(node, fold, max(finish[s] for s in node.inputs))
+        ii = max([self._n_in, self._n_out, *(c["ii"] for c in per.values())])
+        return per, finish, ii
+
+    def input_slots(self, name: str) -> tuple[int, ...]:
+        """Tensor slots of each input buffer of a node with several inputs (add, sub, mul,
+        concat): 2 (double buffering), plus one per initiation interval by which that operand
+        arrives before the latest one, so the early operand of a residual block or a branch never
+        stalls the fork that feeds both paths. Single-input nodes: ``(2,)``."""
+        _per, finish, ii = self._schedule()
+        ends = [finish[s] for s in self._manifest.node(name).inputs]
+        last = max(ends)
+        return tuple(2 + -(-(last - e) // ii) for e in ends)
+
+    def cycle_estimate(self) -> dict[str, Any]:
+        """Cycles per inference, assuming the output is never stalled.
+
+        ``engines``: per computing node, its ``load`` / ``compute`` / ``outputs`` cycles
+        (:func:`~qfx.hw.accel.engines.engine_cycles`, the folded ones from
+        :func:`~qfx.hw.accel.folding.folded_cycles`) and its ``ii``, the largest of the three.
+        ``ii``: the steady-state initiation interval of back-to-back tensors, the slowest engine's
+        (or the input / output transfer's, one beat per cycle). ``total``: the latency of one
+        tensor alone, start pulse to done pulse (each buffered engine starts when its whole input
+        has arrived; :func:`~qfx.hw.accel.engines.engine_latency`).
+        """
+        per, finish, ii = self._schedule()
+        # + the start pulse and the done register
+        return {"engines": per, "ii": ii, "total": finish[self._manifest.output_node.name] + 2}
 
     def elaborate(self, platform):
         m = Module()
@@ -212,10 +275,12 @@ class Accelerator(wiring.Component):
             if name not in consumers:  # pragma: no cover - a validated manifest has no dead nodes
                 raise EngineError(f"node {name!r}: its output is never used")
 
-        # AXI4-Stream boundary and control.
-        armed = Signal()
+        # AXI4-Stream boundary and control: the input is open (armed) for one tensor, a start
+        # while it is open queues the next (pending); in_flight counts accepted starts not yet done.
+        armed, pending = Signal(), Signal()
         in_count = Signal(range(self._n_in))
         out_count = Signal(range(self._n_out))
+        in_flight = Signal(16)
         m.d.comb += [
             in_payload.eq(self.s_axis_tdata[: self._in_fmt.width]),
             in_valid.eq(self.s_axis_tvalid & armed),
@@ -224,16 +289,24 @@ class Accelerator(wiring.Component):
             self.m_axis_tvalid.eq(out_valid),
             out_ready.eq(self.m_axis_tready),
             self.m_axis_tlast.eq(out_count == self._n_out - 1),
+            self.busy.eq(in_flight != 0),
         ]
-        with m.If(self.start & ~self.busy):
-            m.d.sync += [armed.eq(1), self.busy.eq(1), in_count.eq(0), out_count.eq(0)]
+        last_in = Signal()
+        m.d.comb += last_in.eq(self.s_axis_tvalid & self.s_axis_tready & (in_count == self._n_in - 1))
+        accepted = self.start & (~pending | last_in)
+        last_out = Signal()
+        m.d.comb += last_out.eq(out_valid & out_ready & (out_count == self._n_out - 1))
         with m.If(self.s_axis_tvalid & self.s_axis_tready):
-            m.d.sync += in_count.eq(in_count + 1)
-            with m.If(in_count == self._n_in - 1):
-                m.d.sync += [armed.eq(0), in_count.eq(0)]
-        m.d.sync += self.done.eq(0)
+            m.d.sync += in_count.eq(Mux(last_in, 0, in_count + 1))
+        with m.If(last_in):
+            m.d.sync += [armed.eq(pending | self.start), pending.eq(pending & self.start)]
+        with m.Elif(self.start):
+            with m.If(armed):
+                m.d.sync += pending.eq(1)
+            with m.Else():
+                m.d.sync += armed.eq(1)
+        m.d.sync += in_flight.eq(in_flight + accepted - last_out)
+        m.d.sync += self.done.eq(last_out)
         with m.If(out_valid & out_ready):
-            m.d.sync += out_count.eq(out_count + 1)
-            with m.If(out_count == self._n_out - 1):
-                m.d.sync += [out_count.eq(0), self.done.eq(1), self.busy.eq(0)]
+            m.d.sync += out_count.eq(Mux(last_out, 0, out_count + 1))
         return m
