@@ -1,0 +1,167 @@
+"""Fixed-point lookup tables of nonlinear functions: the one definition (torch-free).
+
+A table maps the codes of an input format ``x`` (a :class:`FixedType`, lsb ``2**-F``) to the
+codes of an output format. Its geometry (:class:`TableSpec`) comes from :func:`plan`:
+
+* ``table_range`` ``[lo, hi)`` (default: the input format's whole range ``[min, max + lsb)``)
+  must lie on the input grid, inside the input format's range, and span a power-of-two number
+  of input codes ``span = (hi - lo) / lsb``; otherwise :class:`TableError` (the table cannot
+  cover its declared range).
+* ``size = min(table_size, span)`` entries (``table_size`` a power of two >= 2, default 1024),
+  each covering ``2**shift = span / size`` consecutive input codes.
+
+Index rule (:func:`index`): ``i = (clamp(code, lo_code, lo_code + span - 1) - lo_code) >> shift``:
+inputs outside the range saturate to the first / last entry.
+
+Contents (:func:`contents`): entry ``i`` is ``cast(f(m_i), output)`` with ``m_i`` the midpoint of
+the values its codes cover, ``lo + (i * 2**shift + (2**shift - 1) / 2) * lsb`` (the code itself when
+``shift == 0``). ``f`` is evaluated with mpmath at 60 significant digits (exact rational arithmetic
+for the piecewise-linear functions), turned into a code on a grid 64 bits finer than the output
+with a sticky bit, and cast with :func:`qfx.intops.cast_codes`: the output format's own rounding
+and overflow modes applied to the (correctly rounded) value. An infinite value (``reciprocal(0)``)
+becomes the output's largest code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+from functools import lru_cache
+from typing import Any, Callable
+
+import mpmath
+import numpy as np
+
+from .intops import cast_codes
+from .types import FixedType
+
+__all__ = ["FUNCTIONS", "TableError", "TableSpec", "plan", "contents", "index", "lookup", "DEFAULT_TABLE_SIZE"]
+
+DEFAULT_TABLE_SIZE = 1024
+_EXTRA = 64  # finer grid bits before the output cast
+_DPS = 60
+
+
+class TableError(ValueError):
+    """A table config that cannot cover its declared input range (or names an unknown function)."""
+
+
+def _hardsigmoid(x: Fraction) -> Fraction:
+    return min(max(x / 6 + Fraction(1, 2), Fraction(0)), Fraction(1))
+
+
+#: name -> (exact-rational function or None, mpmath function)
+FUNCTIONS: dict[str, tuple[Any, Callable]] = {
+    "sigmoid": (None, lambda x: 1 / (1 + mpmath.exp(-x))),
+    "tanh": (None, mpmath.tanh),
+    "hardsigmoid": (_hardsigmoid, None),
+    "hardswish": (lambda x: x * _hardsigmoid(x), None),
+    "silu": (None, lambda x: x / (1 + mpmath.exp(-x))),
+    "gelu": (None, lambda x: x * (1 + mpmath.erf(x / mpmath.sqrt(2))) / 2),
+    "exp_neg": (None, lambda x: mpmath.exp(-x)),
+    "reciprocal": (lambda x: None if x == 0 else 1 / x, None),
+}
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """Geometry of a table: ``size`` entries from input code ``lo_code``, ``2**shift`` codes each."""
+
+    function: str
+    size: int
+    shift: int
+    lo_code: int
+
+    @property
+    def hi_code(self) -> int:
+        """The last input code the range covers."""
+        return self.lo_code + (self.size << self.shift) - 1
+
+
+def _pow2(n: int) -> bool:
+    return n >= 1 and n & (n - 1) == 0
+
+
+def plan(function: str, in_fmt: FixedType, table_size: "int | None" = None,
+         table_range: "Any" = None) -> TableSpec:
+    """The :class:`TableSpec` of ``function`` on ``in_fmt`` (see the module docstring for the rules)."""
+    if function not in FUNCTIONS:
+        raise TableError(f"unknown table function {function!r}; known: {', '.join(FUNCTIONS)}")
+    if not isinstance(in_fmt, FixedType):
+        raise TypeError(f"a table input format must be a FixedType, not {in_fmt!r}")
+    size = DEFAULT_TABLE_SIZE if table_size is None else table_size
+    if isinstance(size, bool) or not isinstance(size, int) or size < 2 or not _pow2(size):
+        raise TableError(f"table_size must be a power of two >= 2 (e.g. 1024), got {table_size!r}")
+    F = in_fmt.frac_bits
+    if table_range is None:
+        lo_c, hi_c = in_fmt.min_code, in_fmt.max_code + 1
+    else:
+        if isinstance(table_range, (int, float)) and not isinstance(table_range, bool):
+            lo, hi = -Fraction(table_range), Fraction(table_range)
+        elif isinstance(table_range, (list, tuple)) and len(table_range) == 2:
+            lo, hi = (Fraction(v) for v in table_range)
+        else:
+            raise TableError(f"table_range must be R (for [-R, R)) or [lo, hi], got {table_range!r}")
+        lo_s, hi_s = lo * 2**F, hi * 2**F
+        if lo_s.denominator != 1 or hi_s.denominator != 1:
+            raise TableError(f"table_range [{float(lo)}, {float(hi)}) is not on the grid of the input format "
+                             f"{in_fmt} (lsb 2**-{F}); choose bounds that are multiples of the lsb")
+        lo_c, hi_c = int(lo_s), int(hi_s)
+        if not (in_fmt.min_code <= lo_c < hi_c <= in_fmt.max_code + 1):
+            raise TableError(f"table_range [{float(lo)}, {float(hi)}) is not inside the range "
+                             f"[{in_fmt.min}, {in_fmt.max + in_fmt.lsb}) of the input format {in_fmt}: the input "
+                             "cannot cover the declared range; widen the input format or narrow table_range")
+    span = hi_c - lo_c
+    if not _pow2(span):
+        raise TableError(f"table_range spans {span} input codes of {in_fmt}, not a power of two; the index is a "
+                         "shift of the input code (choose e.g. [-8, 8])")
+    n = min(size, span)
+    return TableSpec(function, n, (span // n).bit_length() - 1, lo_c)
+
+
+def _value_codes(function: str, num: int, den_log2: int, out_fmt: FixedType) -> int:
+    """The output code of ``cast(f(num * 2**-den_log2), out_fmt)`` (correctly rounded)."""
+    exact, approx = FUNCTIONS[function]
+    G = out_fmt.frac_bits + _EXTRA
+    if exact is not None:
+        v = exact(Fraction(num, 2**den_log2))
+        if v is None:
+            return out_fmt.max_code
+        scaled = v * 2**G
+        fl = scaled.numerator // scaled.denominator
+        sticky = int(scaled != fl)
+    else:
+        with mpmath.workdps(_DPS):
+            x = mpmath.mpf(num) / mpmath.mpf(2) ** den_log2
+            scaled = approx(x) * mpmath.mpf(2) ** G
+            fl = int(mpmath.floor(scaled))
+            sticky = int(scaled != fl)
+    return int(cast_codes(np.array([2 * fl + sticky], dtype=object), G + 1, out_fmt)[0])
+
+
+@lru_cache(maxsize=256)
+def _contents(spec: TableSpec, in_frac: int, out_fmt: FixedType) -> tuple[int, ...]:
+    out = []
+    for i in range(spec.size):
+        # midpoint of codes lo + i*2**s .. lo + (i+1)*2**s - 1, on the grid 2**-(F+1)
+        num = 2 * (spec.lo_code + (i << spec.shift)) + (1 << spec.shift) - 1
+        out.append(_value_codes(spec.function, num, in_frac + 1, out_fmt))
+    return tuple(out)
+
+
+def contents(spec: TableSpec, in_fmt: FixedType, out_fmt: FixedType) -> np.ndarray:
+    """The table's entries as codes of ``out_fmt`` (int64, length ``spec.size``)."""
+    if not isinstance(out_fmt, FixedType):
+        raise TypeError(f"a table output format must be a FixedType, not {out_fmt!r}")
+    return np.array(_contents(spec, in_fmt.frac_bits, out_fmt), dtype=np.int64)
+
+
+def index(codes: Any, spec: TableSpec) -> np.ndarray:
+    """The table index of each input code (saturating outside the range)."""
+    c = np.asarray(codes, dtype=np.int64)
+    return (np.clip(c, spec.lo_code, spec.hi_code) - spec.lo_code) >> spec.shift
+
+
+def lookup(codes: Any, spec: TableSpec, table: np.ndarray) -> np.ndarray:
+    """``table[index(codes)]``."""
+    return np.asarray(table)[index(codes, spec)]
