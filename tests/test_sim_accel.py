@@ -137,7 +137,9 @@ def test_folded_designs_bit_exact_and_ii_measured(tmp_path, name, mode):
     export(make(), model_inputs(shape, scale, 7), tmp_path / "m")
     man = load(tmp_path / "m")
     fold = _foldings(man, mode)
-    info = generate(tmp_path / "m", tmp_path / "o", folding=fold)
+    # the ZCU104's DSPs: full unroll of every layer of the residual model (~340 DSP48E2) is over
+    # the Ultra96's safe cap, which qfx-gen's fit check refuses; the RTL under test is the same
+    info = generate(tmp_path / "m", tmp_path / "o", folding=fold, board="zcu104")
     assert {ly["name"]: ly.get("folding") for ly in info["layers"] if "folding" in ly} == {
         k: v.as_dict() for k, v in fold.items()}
     d = load_design(tmp_path / "o")
