@@ -69,7 +69,10 @@ def main(argv=None) -> int:
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    designs = {**export_models(work), **DEMOS}
+    demos = {k: v for k, v in DEMOS.items() if (v / "manifest.yaml").exists()}
+    for k in sorted(set(DEMOS) - set(demos)):
+        print(f"{k}: {DEMOS[k]} not found (run `make demo` first to include it)", flush=True)
+    designs = {**export_models(work), **demos}
     if args.only:
         designs = {k: designs[k] for k in args.only.split(",") if k in designs}
     rows = []

@@ -123,6 +123,8 @@ def test_critical_path_on_a_hand_netlist():
     assert fmax_mhz(p) == pytest.approx(1000 / p["delay_ns"], rel=1e-3)
     t = throughput(1000, 500, 100.0)
     assert t["latency_us"] == 10.0 and t["inferences_per_s"] == 1e5 and t["gops"] == pytest.approx(0.1)
+    t = throughput(250, 500, 100.0, latency_cycles=1200)  # overlapped: one leaves every II cycles
+    assert t["latency_us"] == 12.0 and t["inferences_per_s"] == 4e5 and t["gops"] == pytest.approx(0.4)
 
 
 def test_analytic_estimate_is_fast_and_structural(manifests):
@@ -150,6 +152,33 @@ def test_cli_no_synth_and_deterministic(manifests, tmp_path):
     assert r2.returncode == 0
     for f, data in first.items():
         assert (out / f).read_bytes() == data, f"{f} differs between two runs"
+
+
+def test_cost_reports_the_design_qfx_gen_built(manifests, tmp_path):
+    """qfx cost of a folded design: its foldings (design.json), the II as cycles per inference,
+    the folded resource estimate; a design.json whose folding does not match the manifest is refused."""
+    from qfx.hw.accel.folding import folded_estimate, parse_foldings
+
+    out = tmp_path / "g"
+    assert _gen(manifests["mlp_auto"], out).returncode == 0
+    design = json.loads((out / "design.json").read_text())
+    fold = design["folding"]["foldings"]
+    assert any(f["pe"] * f["simd"] > 1 for f in fold.values())  # the planner folded something
+    r = _cost(out, "--no-synth")
+    assert r.returncode == 0, r.stderr
+    rep = json.loads((out / "report.json").read_text())
+    th = rep["throughput"]
+    assert th["foldings"] == fold
+    assert th["cycles_per_inference"] == design["latency"]["ii_cycles"]
+    assert th["latency_cycles"] == design["latency"]["cycles"]
+    man = load(manifests["mlp_auto"])
+    folded = folded_estimate(man, parse_foldings({n.name: n for n in man}, fold))
+    assert rep["resources"]["dsp"] == folded["dsp"] == design["resources_estimate"]["dsp"]
+    assert rep["resources"]["lut"] == folded["lut"] == design["resources_estimate"]["lut"]
+    design["folding"]["foldings"] = {"no_such_layer": {"pe": 1, "simd": 1}}
+    (out / "design.json").write_text(json.dumps(design))
+    r = _cost(out, "--no-synth")
+    assert r.returncode == 2 and "does not match the manifest" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_cli_bad_input(manifests, tmp_path):

@@ -29,7 +29,8 @@ from typing import Any, Mapping
 from qfx.manifest import Manifest, Node
 
 __all__ = ["Folding", "FoldingError", "MAC_OPS", "mac_dims", "valid_pe", "valid_simd", "check_folding",
-           "folded_cycles", "parse_foldings", "FoldingPlan", "plan", "layer_cycles", "folded_resources"]
+           "folded_cycles", "parse_foldings", "FoldingPlan", "plan", "layer_cycles", "folded_resources",
+           "folded_estimate"]
 
 #: Manifest ops whose engines fold.
 MAC_OPS = ("dense", "conv2d")
@@ -187,8 +188,9 @@ def folded_resources(manifest: Manifest, node: Node, folding: Folding,
       DSPs of the folding-1 multiplier, no LUT; K-hot, minifloat, L-Mul, LUT-mapped fixed: the
       calibrated LUT cost of that product unit, 0 DSP), an accumulation adder of the accumulator's
       width with its cast logic (LUT) and a pipeline register (FF);
-    * the weight ROM is split into ``pe * simd`` banks read in parallel and the input buffer into
-      ``simd`` banks, twice (double buffering); each bank goes to block RAM or LUTs by
+    * the weight ROM is split into ``pe * simd`` banks read in parallel and the input buffer
+      (two slots: double buffering) into ``simd`` read lanes, partitioned for a dense row and
+      replicated for conv windows (as the engine builds them); each goes to block RAM or LUTs by
       :func:`hw.accel.resources.memory_map`, so a highly folded layer can leave block RAM for LUTs;
     * the packing of two int8 MACs into one DSP48E2 is not assumed (it is the RTL's choice).
     """
@@ -211,13 +213,16 @@ def folded_resources(manifest: Manifest, node: Node, folding: Folding,
     # memories at folding 1 (what `base` holds) and banked
     w_width = rom_width(wplan.words, wplan.word_shape.width)
     one_w = memory_map("rom", len(wplan.words), w_width)
-    one_x = memory_map("ram", n_in, x.width)
+    # the input buffer: 2 slots (double buffering); ``simd`` read lanes, each its own memory,
+    # partitioned for a dense row (n_in / simd words a lane), replicated for conv windows
+    one_x = memory_map("ram", 2 * n_in, x.width)
+    lane_words = n_in // folding.simd if node.op == "dense" else n_in
     bank_w = memory_map("rom", max(len(wplan.words) // units, 1), w_width)
-    bank_x = memory_map("ram", max(n_in // folding.simd, 1), x.width)
-    ramb18 = (units * bank_w["ramb18"] + 2 * folding.simd * bank_x["ramb18"]
+    bank_x = memory_map("ram", 2 * max(lane_words, 1), x.width)
+    ramb18 = (units * bank_w["ramb18"] + folding.simd * bank_x["ramb18"]
               - one_w["ramb18"] - one_x["ramb18"])
     mem_lut = ((units * bank_w["rom_luts"] - one_w["rom_luts"]) * LUT_COEF["rom_luts"]
-               + (2 * folding.simd * bank_x["lutram_luts"] - one_x["lutram_luts"]) * LUT_COEF["lutram_luts"])
+               + (folding.simd * bank_x["lutram_luts"] - one_x["lutram_luts"]) * LUT_COEF["lutram_luts"])
     extra = units - 1
     return {
         "lut": float(round(base["lut"] + extra * unit["lut"] + max(mem_lut, 0.0))),
@@ -225,6 +230,26 @@ def folded_resources(manifest: Manifest, node: Node, folding: Folding,
         "dsp": float(base["dsp"] + extra * unit["dsp"]),
         "bram36": float(base["bram36"]) + max(ramb18, 0.0) / 2,
     }
+
+
+def folded_estimate(manifest: Manifest, foldings: "Mapping[str, Folding]") -> dict[str, Any]:
+    """:func:`qfx.cost.estimate.estimate` of the accelerator at ``foldings``: the same keys, each
+    folded dense / conv2d layer's figure from :func:`folded_resources`, the others unchanged."""
+    from qfx.cost.estimate import TOP_FF, TOP_LUT, estimate
+
+    est = estimate(manifest)
+    per: dict[str, dict[str, float]] = {}
+    for name, base in est["per_layer"].items():
+        f = foldings.get(name)
+        if f is not None and f.pe * f.simd > 1:
+            per[name] = {**base, **folded_resources(manifest, manifest.node(name), f, base)}
+        else:
+            per[name] = dict(base)
+    tot = {k: sum(float(v[k]) for v in per.values()) for k in _RESOURCES}
+    return {**est, "lut": int(round(tot["lut"] + round(TOP_LUT))), "ff": int(round(tot["ff"] + round(TOP_FF))),
+            "dsp": int(round(tot["dsp"])), "bram36": tot["bram36"],
+            "basis": f"{est['basis']}; folded engines per qfx.hw.accel.folding.folded_resources",
+            "per_layer": per}
 
 
 @dataclass(frozen=True)

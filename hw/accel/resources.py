@@ -9,6 +9,8 @@ counts depend on how synthesis maps the control and cast logic and are left to Y
   for an average pool with a reciprocal; K-hot (shifts and adds) and L-Mul (one integer
   add) need none. A multiplier takes ``ceil(a / 27) * ceil(b / 18)`` DSP48E2 for signed
   operand widths ``a >= b`` (one DSP up to 27 x 18);
+* every buffered engine's input memory holds its slots (2: double buffering, more for the early
+  operand of a join: :func:`buffer_slots`) times the tensor;
 * an on-chip memory goes to block RAM, ``ceil(bits / 18 Kb)`` RAMB18 (two per BRAM36 tile),
   when it is deeper than 64 words and holds at least 4 Kb (a RAM, written at run time) or more
   than 8 Kb (a ROM, counting only the bit columns its contents do not hold constant:
@@ -29,7 +31,7 @@ from qfx.types import KHot, MinifloatType
 from ..pe.mac import dsp_operand_bits
 from .weights import plan_weights
 
-__all__ = ["estimate_resources", "memory_map", "multiplier_dsps", "rom_width"]
+__all__ = ["estimate_resources", "memory_map", "multiplier_dsps", "rom_width", "buffer_slots"]
 
 _LUTRAM_MAX_DEPTH = 64
 _RAMB18_BITS = 18 * 1024
@@ -92,6 +94,27 @@ def _mac_dsps(node: Node) -> int:
     return multiplier_dsps(x_bits, dsp_operand_bits(w))
 
 
+def buffer_slots(manifest: Manifest) -> dict[str, tuple[int, ...]]:
+    """Per buffered node (dense, conv2d, pools: one input; add, sub, mul, concat: one per input),
+    the tensor slots of each input buffer of its engine at folding 1: 2 (double buffering), more
+    for the early operand of a join (:meth:`qfx.hw.accel.top.Accelerator.input_slots`). A manifest
+    the RTL cannot build gets 2 everywhere (its estimate is then of the engines that exist)."""
+    from .engines import EngineError
+    from .top import Accelerator
+
+    buffered = ("dense", "conv2d", "maxpool2d", "avgpool2d", "add", "sub", "mul", "concat")
+    try:
+        acc = Accelerator(manifest)
+    except EngineError:
+        return {n.name: (2,) * len(n.inputs) for n in manifest if n.op in buffered}
+    acc._MustUse__silence = True  # built for its schedule only
+    out = {}
+    for n in manifest:
+        if n.op in buffered:
+            out[n.name] = acc.input_slots(n.name) if len(n.inputs) > 1 else (2,)
+    return out
+
+
 def estimate_resources(manifest: Manifest) -> dict[str, Any]:
     """``{"dsp", "bram36", "lut", "ff", "memory_bits", "basis", "per_layer"}`` for the dataflow accelerator.
 
@@ -99,42 +122,44 @@ def estimate_resources(manifest: Manifest) -> dict[str, Any]:
     block RAM against a board; run synthesis for the fabric logic.
     """
     per: dict[str, dict[str, float]] = {}
+    slots = buffer_slots(manifest)
     for node in manifest:
         f = node.formats
         dsp, ramb18, bits = 0, 0, 0
+        sl = slots.get(node.name, (2, 2))
         n_in = math.prod(node.input_shapes[0]) if node.input_shapes else 0
         if node.op in ("dense", "conv2d"):
             dsp = _mac_dsps(node)
             plan = plan_weights(node)
             n_w, wb = len(plan.words), plan.word_shape.width
-            ramb18 = _ramb18("ram", n_in, f["input"].width)
+            ramb18 = _ramb18("ram", sl[0] * n_in, f["input"].width)
             ramb18 += _ramb18("rom", n_w, rom_width(plan.words, wb))
             if any(plan.init_codes):  # the accumulator start values (the bias in accum's format)
                 ramb18 += _ramb18("rom", len(plan.init_codes), rom_width(plan.init_codes, f["accum"].width))
-            bits = n_in * f["input"].width + n_w * wb
+            bits = sl[0] * n_in * f["input"].width + n_w * wb
         elif node.op == "batchnorm":
             dsp = multiplier_dsps(dsp_operand_bits(f["input"]), dsp_operand_bits(f["scale"]))
         elif node.op in ("maxpool2d", "avgpool2d"):
-            ramb18 = _ramb18("ram", n_in, f["input"].width)
-            bits = n_in * f["input"].width
+            ramb18 = _ramb18("ram", sl[0] * n_in, f["input"].width)
+            bits = sl[0] * n_in * f["input"].width
             if "reciprocal" in f:
                 kh, kw = node.params["kernel"]
                 dsp = multiplier_dsps(dsp_operand_bits(f["input"].accumulator(kh * kw)),
                                       dsp_operand_bits(f["reciprocal"]))
         elif node.op in ("sub", "mul"):  # buffered like add (hw/accel/engines_ops.py)
             n = math.prod(node.output_shape)
-            ramb18 = _ramb18("ram", n, f["in_a"].width) + _ramb18("ram", n, f["in_b"].width)
-            bits = n * (f["in_a"].width + f["in_b"].width)
+            ramb18 = _ramb18("ram", sl[0] * n, f["in_a"].width) + _ramb18("ram", sl[1] * n, f["in_b"].width)
+            bits = n * (sl[0] * f["in_a"].width + sl[1] * f["in_b"].width)
             if node.op == "mul":
                 dsp = multiplier_dsps(dsp_operand_bits(f["in_a"]), dsp_operand_bits(f["in_b"]))
         elif node.op == "concat":  # every input buffered in the output format
             w = f["output"].width
-            ramb18 = sum(_ramb18("ram", math.prod(s), w) for s in node.input_shapes)
-            bits = math.prod(node.output_shape) * w
+            ramb18 = sum(_ramb18("ram", k * math.prod(s), w) for s, k in zip(node.input_shapes, sl))
+            bits = sum(k * math.prod(s) for s, k in zip(node.input_shapes, sl)) * w
         elif node.op == "add":
             n = math.prod(node.output_shape)
-            ramb18 = _ramb18("ram", n, f["in_a"].width) + _ramb18("ram", n, f["in_b"].width)
-            bits = n * (f["in_a"].width + f["in_b"].width)
+            ramb18 = _ramb18("ram", sl[0] * n, f["in_a"].width) + _ramb18("ram", sl[1] * n, f["in_b"].width)
+            bits = n * (sl[0] * f["in_a"].width + sl[1] * f["in_b"].width)
         if dsp or ramb18 or bits:
             per[node.name] = {"dsp": dsp, "bram36": ramb18 / 2, "memory_bits": bits}
     return {

@@ -29,7 +29,9 @@ def add_cost_command(sub: argparse._SubParsersAction) -> None:
 def cmd_cost(args: argparse.Namespace) -> int:
     from qfx.hw.synth import SynthError
 
-    from .report import load_design, write_report
+    from qfx.manifest import load
+
+    from .report import design_foldings, load_design, write_report
 
     try:
         design, manifest = load_design(args.out, args.manifest)
@@ -38,8 +40,10 @@ def cmd_cost(args: argparse.Namespace) -> int:
         if clock is not None and (isinstance(clock, bool) or not isinstance(clock, (int, float))
                                   or not math.isfinite(clock) or clock <= 0):
             raise ValueError(f"clock {clock!r} MHz: give a finite positive --clock-mhz (e.g. --clock-mhz 100)")
+        # the design as qfx-gen built it: its folding plan (design.json), checked against the manifest
+        folding = design_foldings(design, load(manifest))
         rep = write_report(args.out, manifest, board=board, top=design.get("top", "qfx_top"),
-                           synth=not args.no_synth, clock_mhz=clock)
+                           synth=not args.no_synth, clock_mhz=clock, folding=folding)
     except (SynthError, ValueError, FileNotFoundError, TypeError) as err:
         print(f"qfx: error: {err}", file=sys.stderr)
         return 2
@@ -52,7 +56,8 @@ def summary(rep: dict, out: str) -> str:
     lines = [f"qfx cost: {rep['model']} on {rep['board']['name']}: {r['lut']} LUT, {r['ff']} FF, {r['dsp']} DSP, "
              f"{r['bram36']:g} BRAM36 ({'fits' if rep['fit']['fits'] else 'DOES NOT FIT'}; {r['basis'][:40]}...)"]
     if t.get("fmax_mhz"):
-        lines.append(f"  Fmax estimate {t['fmax_mhz']} MHz; {th['cycles_per_inference']} cycles/inference")
+        lines.append(f"  Fmax estimate {t['fmax_mhz']} MHz; {th['cycles_per_inference']} cycles/inference "
+                     f"(II, back to back; {th['latency_cycles']} for one alone)")
     lines.append(f"  energy {en['total_dynamic_pj'] / 1e3:.1f} nJ/inference (model), MAC {en['mac']['pj_per_mac']:.3f} pJ")
     lines.append(f"  wrote {out}/report.md, report.json, report_resources.png, report_energy.png")
     return "\n".join(lines)

@@ -10,13 +10,13 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from .energy import ENERGY_SOURCES, F_HARD, F_SOFT, energy_per_inference
 from .estimate import estimate
 from .timing import DELAYS_NS, TIMING_METHOD, fmax_mhz, throughput
 
-__all__ = ["CostError", "cost_report", "write_report", "load_design", "REPORT_FILES"]
+__all__ = ["CostError", "cost_report", "write_report", "load_design", "design_foldings", "REPORT_FILES"]
 
 REPORT_FILES = ("report.md", "report.json", "report_resources.png", "report_energy.png")
 _RES = ("lut", "ff", "dsp", "bram36")
@@ -56,22 +56,45 @@ def load_design(out_dir: "str | Path", manifest: "str | Path | None" = None) -> 
     return design, p
 
 
+def design_foldings(design: dict[str, Any], manifest: Any) -> "dict[str, Any] | None":
+    """The per-layer foldings a design.json says its RTL was built with (``folding.foldings``),
+    checked against the manifest (design folders are untrusted input); None for a design
+    written without a folding plan (an HLS-only one)."""
+    fold = design.get("folding")
+    if fold is None:
+        return None
+    from qfx.hw.accel.folding import FoldingError, parse_foldings
+
+    spec = fold.get("foldings") if isinstance(fold, dict) else None
+    if not isinstance(spec, dict):
+        raise CostError("design.json: 'folding' has no 'foldings' map of layer -> {pe, simd}; regenerate with "
+                        "qfx-gen --force")
+    try:
+        return parse_foldings({n.name: n for n in manifest}, spec)
+    except FoldingError as err:
+        raise CostError(f"design.json's folding does not match the manifest: {err}; regenerate with qfx-gen "
+                        "--force") from None
+
+
 def _round(d: dict[str, Any]) -> dict[str, Any]:
     return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in d.items()}
 
 
 def cost_report(manifest_path: "str | Path", *, board: str = "ultra96", top: str = "qfx_top", synth: bool = True,
-                clock_mhz: "float | None" = None) -> dict[str, Any]:
-    """The cost report (a JSON-able dict) of the dataflow accelerator of a manifest on a board."""
+                clock_mhz: "float | None" = None, folding: "Mapping[str, Any] | None" = None) -> dict[str, Any]:
+    """The cost report (a JSON-able dict) of the dataflow accelerator of a manifest on a board,
+    built at ``folding`` (per dense / conv2d layer its :class:`~qfx.hw.accel.folding.Folding`;
+    the others folding 1), as qfx-gen built it (:func:`design_foldings`)."""
     from qfx.boards import check_fit, get_board, utilization
     from qfx.hw.accel import Accelerator
+    from qfx.hw.accel.folding import MAC_OPS, folded_estimate, mac_dims
     from qfx.manifest import load
 
     b = get_board(board)
     man = load(manifest_path)
-    acc = Accelerator(man)
+    acc = Accelerator(man, folding=folding)
     acc._MustUse__silence = True  # built for its cycle model only, never elaborated here
-    est = estimate(man)
+    est = folded_estimate(man, acc.folding) if folding else estimate(man)
     res: dict[str, Any] = {}
     per_layer: dict[str, dict[str, float]] = {}
     paths = None
@@ -79,7 +102,7 @@ def cost_report(manifest_path: "str | Path", *, board: str = "ultra96", top: str
     if synth:
         from .synthesis import synth_accelerator
 
-        r = synth_accelerator(man, top=top, family=b.family)
+        r = synth_accelerator(man, top=top, family=b.family, folding=folding)
         for name, ms in r["engines"].items():
             per_layer[name] = {k: ms.summary()[k] for k in (*_RES, "carry")}
             engine_paths[name] = {**ms.paths, "fmax_mhz": fmax_mhz(ms.paths)}
@@ -108,7 +131,7 @@ def cost_report(manifest_path: "str | Path", *, board: str = "ultra96", top: str
     problems = check_fit(b, usage)
 
     cycles = acc.cycle_estimate()
-    macs = sum(c["compute"] for n, c in cycles["engines"].items() if man.node(n).op in ("dense", "conv2d"))
+    macs = sum(math.prod(mac_dims(n)) for n in man if n.op in MAC_OPS)
     clock = float(clock_mhz) if clock_mhz is not None else float(b.default_clock_mhz)
     timing: dict[str, Any] = {"method": TIMING_METHOD, "delays_ns": dict(DELAYS_NS)}
     if paths is not None:
@@ -118,11 +141,14 @@ def cost_report(manifest_path: "str | Path", *, board: str = "ultra96", top: str
         timing.update({"critical_path": None, "fmax_mhz": None,
                        "note": "no netlist without synthesis: run without --no-synth for the Fmax estimate"})
         f_est = None
-    thr = {"cycles_per_inference": cycles["total"], "macs_per_inference": macs,
-           "at_clock": throughput(cycles["total"], macs, clock),
-           "at_fmax": throughput(cycles["total"], macs, f_est) if f_est else None,
+    thr = {"cycles_per_inference": cycles["ii"], "latency_cycles": cycles["total"], "macs_per_inference": macs,
+           "macs_per_cycle": round(macs / cycles["ii"], 3),
+           "at_clock": throughput(cycles["ii"], macs, clock, latency_cycles=cycles["total"]),
+           "at_fmax": throughput(cycles["ii"], macs, f_est, latency_cycles=cycles["total"]) if f_est else None,
            "per_engine_cycles": cycles["engines"],
-           "note": "one tensor at a time (engines run one after another); inferences/s = clock / cycles"}
+           "foldings": {n: f.as_dict() for n, f in acc.folding.items()},
+           "note": "back-to-back inferences overlap: one leaves every II cycles (cycles_per_inference, the "
+                   "slowest engine's); latency is one tensor alone, start to done"}
 
     dsp_l = {n: v["dsp"] for n, v in per_layer.items()}
     bram_l = {n: v["bram36"] for n, v in per_layer.items()}
@@ -221,8 +247,9 @@ def _md(rep: dict[str, Any]) -> str:
                  f"{cp['start']} -> {cp['end']}): **Fmax estimate {t['fmax_mhz']} MHz**.")
     else:
         L.append(t.get("note", ""))
-    L += ["", f"Cycles per inference: {th['cycles_per_inference']} ({th['macs_per_inference']} MACs, one per cycle per "
-          "dense/conv engine, engines one after another).", "",
+    L += ["", f"Cycles per inference: {th['cycles_per_inference']} (the initiation interval of back-to-back "
+          f"inferences; one alone takes {th['latency_cycles']}); {th['macs_per_inference']} MACs per inference = "
+          f"{th['macs_per_cycle']:g} MACs per cycle.", "",
           "| clock | MHz | latency (us) | inferences/s | GOPS (2 ops/MAC) |", "|---|---|---|---|---|"]
     for label, row in (("chosen", th["at_clock"]), ("estimated Fmax", th["at_fmax"])):
         if row:
@@ -323,13 +350,15 @@ REPORT_FILES = ("report.json", "report.md", "report_resources.png", "report_ener
 
 
 def write_report(out_dir: "str | Path", manifest_path: "str | Path", *, board: str = "ultra96", top: str = "qfx_top",
-                 synth: bool = True, clock_mhz: "float | None" = None) -> dict[str, Any]:
-    """Compute the report and write ``report.md``, ``report.json`` and the two PNG plots into ``out_dir``."""
+                 synth: bool = True, clock_mhz: "float | None" = None,
+                 folding: "Mapping[str, Any] | None" = None) -> dict[str, Any]:
+    """Compute the report (at ``folding``, see :func:`cost_report`) and write ``report.md``,
+    ``report.json`` and the two PNG plots into ``out_dir``."""
     out = Path(out_dir)
     for name in REPORT_FILES:  # written in place: a link would be written through, out of the folder
         if (out / name).is_symlink():
             raise CostError(f"{out / name} is a symbolic link; qfx cost does not write through links: remove it")
-    rep = cost_report(manifest_path, board=board, top=top, synth=synth, clock_mhz=clock_mhz)
+    rep = cost_report(manifest_path, board=board, top=top, synth=synth, clock_mhz=clock_mhz, folding=folding)
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(rep, indent=1, sort_keys=False, default=_json_default) + "\n")
     (out / "report.md").write_text(_md(rep))

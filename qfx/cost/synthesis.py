@@ -86,15 +86,16 @@ def _ident(name: str) -> str:
 
 
 def synth_accelerator(manifest: Any, *, top: str = "qfx_top", family: str = "xcup",
-                      engines: bool = True, whole: bool = True) -> dict[str, Any]:
-    """Synthesize every engine of ``manifest``'s accelerator as its own top, and the whole design.
+                      engines: bool = True, whole: bool = True, folding: Any = None) -> dict[str, Any]:
+    """Synthesize every engine of ``manifest``'s accelerator (at ``folding``: per dense / conv2d
+    layer a :class:`~qfx.hw.accel.folding.Folding`) as its own top, and the whole design.
 
     Returns ``{"engines": {node: ModuleSynth}, "whole": ModuleSynth | None}``.
     """
     from qfx.hw.accel import Accelerator
     from qfx.hw.verilog import to_verilog
 
-    acc = Accelerator(manifest)
+    acc = Accelerator(manifest, folding=folding)
     jobs: list[tuple[str, str, str]] = []  # (key, verilog, module)
     if whole:
         jobs.append(("", to_verilog(acc, top), top))

@@ -184,13 +184,15 @@ def fmax_mhz(paths: dict[str, Any]) -> float:
     return round(1000.0 / max(paths["delay_ns"], 1e-3), 1)
 
 
-def throughput(cycles: int, macs: int, clock_mhz: float) -> dict[str, float]:
-    """Latency, inferences/s and GOPS (2 ops per MAC) at ``clock_mhz`` for ``cycles`` per inference.
+def throughput(cycles: int, macs: int, clock_mhz: float, *, latency_cycles: "int | None" = None) -> dict[str, float]:
+    """Latency, inferences/s and GOPS (2 ops per MAC) at ``clock_mhz``.
 
-    The dataflow accelerator takes one tensor at a time (an engine accepts the next input only
-    after issuing every output), so inferences/s = clock / cycles per inference.
+    ``cycles``: cycles per inference in steady state (the initiation interval: the dataflow
+    engines overlap successive inferences, so one leaves every ``cycles``); inferences/s =
+    clock / cycles. ``latency_cycles``: one inference alone, start to done (default ``cycles``).
     """
     hz = clock_mhz * 1e6
     ips = hz / cycles if cycles else 0.0
-    return {"clock_mhz": round(clock_mhz, 1), "latency_us": round(cycles / clock_mhz, 3),
+    lat = cycles if latency_cycles is None else latency_cycles
+    return {"clock_mhz": round(clock_mhz, 1), "latency_us": round(lat / clock_mhz, 3),
             "inferences_per_s": round(ips, 1), "gops": round(2 * macs * ips / 1e9, 6)}

@@ -199,8 +199,12 @@ def _run_one(name: str, config: str, out: Path, args: argparse.Namespace) -> dic
     from qfx.hw.synth import SynthError
 
     try:
+        from ..cost.report import design_foldings
+        from ..manifest import load as load_manifest
+
         cost = write_report(gen_dir, manifest_dir, board=BOARD, top=design.get("top", "qfx_top"),
-                            synth=not args.no_synth, clock_mhz=design.get("clock_mhz"))
+                            synth=not args.no_synth, clock_mhz=design.get("clock_mhz"),
+                            folding=design_foldings(design, load_manifest(manifest_dir)))
     except SynthError as err:
         raise CliError(f"qfx cost of {name}: {err}\n(--no-synth gives the analytic estimate without Yosys)") from None
     res, th, en = cost["resources"], cost["throughput"], cost["energy"]
