@@ -318,7 +318,9 @@ def _summary(design: dict[str, Any], out_dir: Path) -> str:
         lines.append("  no RTL built (--target without rtl): latency and resources come from the Vitis HLS "
                      "reports; the board fit was not checked")
     else:
-        lines.append(f"  latency {design['latency']['cycles']} cycles = {design['latency']['us']:g} us per inference")
+        lat = design["latency"]
+        lines.append(f"  throughput: one inference every {lat['ii_cycles']} cycles back to back (II); latency "
+                     f"{lat['cycles']} cycles = {lat['us']:g} us for one alone")
         lines.append(f"  resources: {est['dsp']} DSP, {est['bram36']:g} BRAM36, {est['lut']} LUT, {est['ff']} FF "
                      f"({est['basis']}); all four checked against the board")
     fold = design.get("folding")

@@ -172,7 +172,8 @@ def _run_one(name: str, config: str, out: Path, args: argparse.Namespace) -> dic
     gen_dir = out / name / "gen"
     design = generate(manifest_dir, gen_dir, board=BOARD, targets=("rtl", "hls"), force=True)
     print(f"[{name}] qfx-gen: {len(design['files'])} files in {gen_dir} (top {design['top']}, "
-          f"{design['latency']['cycles']} cycles per inference)")
+          f"II {design['latency']['ii_cycles']} cycles per inference back to back, latency "
+          f"{design['latency']['cycles']} cycles)")
     rec["gen"] = str(gen_dir)
 
     t0 = _stage(name, f"qfx sim: RTL (Verilator) + HLS C simulation, {args.vectors} vectors")
