@@ -10,7 +10,8 @@ CNN (3x32x32 input, random weights), on a board (default ultra96):
   board's clock; the Fmax of a folded design needs its RTL through Yosys, not done here);
 * the planner's estimated LUT / FF / DSP / BRAM36 (:func:`qfx.hw.accel.folding.folded_resources`);
 * the fraction of the board's compute ceiling used: MACs per cycle / (safe DSPs x 2, the packed
-  int8 MACs of a DSP48E2 (WP486)).
+  int8 MACs of a DSP48E2 (WP486)), and how busy the instantiated product units are: MACs per
+  cycle / the design's pe x simd units (``busy``).
 
 By default every number is analytic (the cycle model of hw/accel/folding.py). ``--verilator``
 also generates each design with qfx-gen (``folding=`` the plan's) and runs it under Verilator
@@ -81,7 +82,10 @@ def _row(name: str, label: str, m, p, board) -> dict:
     macs = sum(math.prod(mac_dims(n)) for n in m if n.op in MAC_OPS)
     units = board.safe_limit("dsp") * 2
     mpc = macs / p.ii
+    # the product units the design instantiates (pe x simd per MAC engine): how busy they are
+    inst = sum(p.foldings[n.name].pe * p.foldings[n.name].simd for n in m if n.op in MAC_OPS)
     return {"model": name, "folding": label, "ii": p.ii, "inferences_per_s": p.inferences_per_s,
+            "mac_units": inst, "unit_utilization": mpc / inst,
             "gops": 2 * macs * p.inferences_per_s / 1e9, "macs": macs, "macs_per_cycle": mpc,
             "compute_fraction": mpc / units, "resources": p.resources, "limit": p.limit,
             "foldings": {k: v.as_dict() for k, v in p.foldings.items()}}
@@ -142,12 +146,13 @@ def main(argv=None) -> int:
     clock = rows[0]["inferences_per_s"] * rows[0]["ii"] / 1e6
     print(f"board {board.name}, {clock:g} MHz ({'II measured in Verilator where shown' if args.verilator else 'analytic cycle model'})")
     print(f"{'model':16s} {'fold':>5s} {'II':>9s} {'inf/s':>11s} {'GOPS':>8s} {'MAC/cyc':>8s} {'ceiling':>8s} "
-          f"{'DSP':>5s} {'LUT':>7s} {'FF':>7s} {'BRAM':>5s} {'speedup':>8s}")
+          f"{'units':>6s} {'busy':>6s} {'DSP':>5s} {'LUT':>7s} {'FF':>7s} {'BRAM':>5s} {'speedup':>8s}")
     for r in rows:
         base = next(b for b in rows if b["model"] == r["model"] and b["folding"] == "1")
         res = r["resources"]
         print(f"{r['model']:16s} {r['folding']:>5s} {r['ii']:>9d} {r['inferences_per_s']:>11,.0f} {r['gops']:>8.3f} "
-              f"{r['macs_per_cycle']:>8.2f} {100 * r['compute_fraction']:>7.2f}% {res['dsp']:>5g} {res['lut']:>7g} "
+              f"{r['macs_per_cycle']:>8.2f} {100 * r['compute_fraction']:>7.2f}% {r['mac_units']:>6d} "
+              f"{100 * r['unit_utilization']:>5.1f}% {res['dsp']:>5g} {res['lut']:>7g} "
               f"{res['ff']:>7g} {res['bram36']:>5g} {base['ii'] / r['ii']:>7.1f}x"
               + (f"  measured II {r['verilator']['measured_ii']}" if "verilator" in r else ""))
     for r in rows:
