@@ -248,3 +248,36 @@ def test_existing_file_needs_force(tmp_path) -> None:
     assert target.read_bytes() == b"keep"
     to_qonnx(model, x, target, force=True)
     assert target.read_bytes() != b"keep"
+
+
+# ---------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------
+
+
+def test_cli_export_and_import(tmp_path, capsys) -> None:
+    from qfx.cli import main
+
+    model = init_weights(Residual(), 3)
+    x = _inputs((2, 6, 6), 1)[:16]
+    m = load(export(model, x, tmp_path / "manifest"))
+    assert main(["export", str(tmp_path / "manifest"), "--qonnx", str(tmp_path / "m.onnx"), "--batch", "16"]) == 0
+    got = _qonnx_codes(tmp_path / "m.onnx", x, m.output_node.output_format.frac_bits)
+    assert np.array_equal(got, run(m, x)[m.output])
+    assert main(["export", str(tmp_path / "manifest"), "--qonnx", str(tmp_path / "m.onnx")]) == 2  # exists
+    assert "pass force=True" in capsys.readouterr().err
+
+
+def test_cli_refusals_exit_2_and_write_nothing(tmp_path, capsys) -> None:
+    from qfx.cli import main
+
+    model = init_weights(nn.Sequential(QLinear(4, 3, input=X, weight=W, bias=B, output="ap_fixed<6,2,AP_RND,AP_WRAP>")), 0)
+    x = torch.randn(4, 4)
+    export(model, x, tmp_path / "manifest")
+    assert main(["export", str(tmp_path / "manifest"), "--qonnx", str(tmp_path / "m.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("qfx: error: node 'n0': the cast to the output format") and "AP_WRAP" in err
+    (tmp_path / "junk.onnx").write_bytes(b"not onnx")
+    assert main(["import", str(tmp_path / "junk.onnx"), "-o", str(tmp_path / "imported")]) == 2
+    assert "junk.onnx: not an ONNX model" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["junk.onnx", "manifest"]
