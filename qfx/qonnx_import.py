@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from .manifest import CONV_ORDER, DENSE_ORDER, load, mac_auto_accum, mac_product_format, sanitize_name
+from .arith import envelope
 from .types import FixedType, Overflow, Rounding
 
 __all__ = ["from_qonnx", "QonnxImportError", "QONNX_TO_ROUNDING"]
@@ -221,8 +222,7 @@ class _Importer:
         arrays = {"weight": w.codes}
         n_terms = int(np.prod(w.codes.shape[1:]))
         if bias is not None:
-            if isinstance(bias.fmt, tuple):
-                raise QonnxImportError(f"node {n.name!r} ({n.op_type}): a per-channel bias scale is not supported")
+            bias = _one_bias_format(n, bias)
             formats["bias"] = bias.fmt
             arrays["bias"] = bias.codes.reshape(-1)
         try:
@@ -298,7 +298,8 @@ class _Importer:
             if not (src.op == "dense" and src.pending and "bias" not in src.formats and self.consumers.get(other) == 1):
                 raise QonnxImportError(f"node {n.name!r} (Add): a constant is added to something other than a MatMul "
                                        f"result; only the bias of a dense layer is imported")
-            if isinstance(bias.fmt, tuple) or bias.codes.size != src.params["out_features"]:
+            bias = _one_bias_format(n, bias)
+            if bias.codes.size != src.params["out_features"]:
                 raise QonnxImportError(f"node {n.name!r} (Add): the bias must be one quantized value per output")
             src.formats["bias"] = bias.fmt
             src.arrays["bias"] = bias.codes.reshape(-1)
@@ -390,6 +391,21 @@ class _Importer:
                    input_shapes=[list(src.output_shape)], output_shape=list(src.output_shape),
                    formats={"output": src.formats["output"]})
         self.entries.append(e)
+
+
+def _one_bias_format(n: Any, bias: _QConst) -> _QConst:
+    """A per-channel bias (Brevitas: input scale x per-channel weight scale) on one grid, the finest: exact."""
+    if not isinstance(bias.fmt, tuple):
+        return bias
+    codes = bias.codes.reshape(-1)
+    if len(bias.fmt) != codes.size:
+        raise QonnxImportError(f"node {n.name!r} ({n.op_type}): {len(bias.fmt)} bias scales for {codes.size} biases")
+    f_max = max(t.frac_bits for t in bias.fmt)
+    env = envelope(bias.fmt)  # every channel's values on the grid 2**-f_max
+    if env.width > 64:
+        raise QonnxImportError(f"node {n.name!r} ({n.op_type}): the per-channel bias scales span more than 64 bits")
+    shifts = np.array([f_max - t.frac_bits for t in bias.fmt], dtype=np.int64)
+    return _QConst(codes << shifts, env)
 
 
 def _read(path: Path) -> Any:

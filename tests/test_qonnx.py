@@ -119,11 +119,23 @@ class Ops(nn.Module):
         return self.fc(self.gap(c))
 
 
+def per_channel() -> nn.Module:
+    """Per-channel weight formats whose binary points differ by 6 bits (learned on a calibration batch)."""
+    cfg = dict(input=X, weight=W, bias=B, output=Y, learn_binary_point=True, weight_per_channel=True)
+    model = init_weights(nn.Sequential(QConv2d(2, 3, 3, config=cfg), QReLU(output=U), QFlatten(),
+                                       QLinear(3 * 2 * 2, 4, config=cfg)), 7)
+    with torch.no_grad():
+        model[0].weight.mul_(torch.tensor([0.05, 1.0, 4.0])[:, None, None, None])
+        model(torch.randn(16, 2, 4, 4, generator=torch.Generator().manual_seed(0)))  # calibrates the binary points
+    return model
+
+
 MODELS = {
     "mlp": (lambda: init_weights(mlp(), 1), (12,)),
     "cnn": (lambda: init_weights(cnn(), 2), (2, 8, 6)),
     "residual": (lambda: init_weights(Residual(), 3), (2, 6, 6)),
     "ops": (lambda: init_weights(Ops(), 4), (2, 4, 5)),
+    "per_channel": (per_channel, (2, 4, 4)),
 }
 
 

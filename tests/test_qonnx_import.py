@@ -26,6 +26,7 @@ from brevitas.quant import Int8WeightPerTensorFixedPoint as WQ  # noqa: E402
 from brevitas.quant import Int8WeightPerTensorFloat  # noqa: E402
 from brevitas.quant import Int16Bias  # noqa: E402
 from brevitas.quant import Uint8ActPerTensorFixedPoint as UQ  # noqa: E402
+from brevitas.quant.fixed_point import Int8WeightPerChannelFixedPoint as WPC  # noqa: E402
 from qonnx.core.modelwrapper import ModelWrapper  # noqa: E402
 from qonnx.core.onnx_exec import execute_onnx  # noqa: E402
 
@@ -68,6 +69,20 @@ class BrevitasResidual(nn.Module):
         return self.fc(torch.flatten(z, 1))
 
 
+def brevitas_per_channel() -> nn.Module:
+    """Per-output-channel power-of-two weight scales (so per-channel bias scales too)."""
+    model = nn.Sequential(
+        qnn.QuantIdentity(act_quant=AQ, return_quant_tensor=True),
+        qnn.QuantConv2d(2, 3, 3, weight_quant=WPC, bias_quant=Int16Bias, return_quant_tensor=True),
+        qnn.QuantReLU(act_quant=UQ, return_quant_tensor=True),
+        nn.Flatten(),
+        qnn.QuantLinear(3 * 2 * 2, 4, weight_quant=WPC, bias_quant=Int16Bias),
+    )
+    with torch.no_grad():
+        model[1].weight.mul_(torch.tensor([0.05, 1.0, 4.0])[:, None, None, None])
+    return model
+
+
 def _train(model: nn.Module, shape: tuple[int, ...], seed: int) -> nn.Module:
     """A few SGD steps on a regression target (the scales and weights move off their initial values)."""
     g = torch.Generator().manual_seed(seed)
@@ -98,19 +113,23 @@ def _qonnx_run(path, x: torch.Tensor) -> np.ndarray:
 def brevitas_files(tmp_path_factory) -> dict:
     d = tmp_path_factory.mktemp("brevitas")
     out = {}
-    for name, make, shape in (("mlp", brevitas_mlp, (10,)), ("residual", BrevitasResidual, (2, 6, 6))):
+    for name, make, shape in (("mlp", brevitas_mlp, (10,)), ("residual", BrevitasResidual, (2, 6, 6)),
+                              ("per_channel", brevitas_per_channel, (2, 4, 4))):
         model = _train(make(), shape, seed=len(name))
         _brevitas_file(model, shape, d / f"{name}.onnx")
         out[name] = (d / f"{name}.onnx", shape)
     return out
 
 
-@pytest.mark.parametrize("name", ["mlp", "residual"])
+@pytest.mark.parametrize("name", ["mlp", "residual", "per_channel"])
 def test_brevitas_import_equals_qonnx_execution(name: str, brevitas_files, tmp_path) -> None:
     path, shape = brevitas_files[name]
     m = load(qfx.from_qonnx(path, tmp_path / "manifest"))
     ops = [n.op for n in m.nodes]
     assert ops.count("dense") + ops.count("conv2d") >= 2
+    if name == "per_channel":
+        w = next(n for n in m.nodes if n.op == "conv2d").formats["weight"]
+        assert isinstance(w, tuple) and len({t.frac_bits for t in w}) == 3  # one format per output channel
     total = mismatches = 0
     for seed in range(3):
         g = torch.Generator().manual_seed(100 + seed)
