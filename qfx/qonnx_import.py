@@ -18,7 +18,9 @@ input of ``qfx-gen``), whose formats are the ones the Quant nodes define:
   ``MaxPool``, ``Flatten`` / ``Reshape`` to ``[N, -1]``, ``Identity``. A Quant right after a layer
   whose result nothing else reads becomes that layer's output format (the layer's one cast); a
   layer result with no Quant after it keeps an exact format (every value held, nothing rounded);
-  any other Quant of an activation becomes a ``clamp`` node without bounds (a pure cast).
+  any other Quant of an activation becomes a ``clamp`` node without bounds (a pure cast), dropped
+  again when its one reader casts its input to that format anyway (dense, conv2d, relu, maxpool2d,
+  add, clamp).
 
 Refused (:class:`QonnxImportError` naming the ONNX node): files that are not ONNX models, ops
 outside the list above, scales that are not powers of two, non-zero zero points, 1-bit signed
@@ -53,6 +55,10 @@ QONNX_TO_ROUNDING: dict[str, Rounding] = {
     "HALF_UP": Rounding.AP_RND_INF,
     "HALF_DOWN": Rounding.AP_RND_ZERO,
 }
+
+#: ops whose reference casts each input to a format of its own (the format key of each input, in order)
+_CAST_SLOTS: dict[str, tuple[str, ...]] = {"dense": ("input",), "conv2d": ("input",), "relu": ("input",),
+                                           "maxpool2d": ("input",), "add": ("in_a", "in_b"), "clamp": ("input",)}
 
 _SUPPORTED = ("Quant", "Gemm", "MatMul", "Conv", "Add", "Relu", "MaxPool", "Flatten", "Reshape", "Identity")
 
@@ -391,6 +397,26 @@ class _Importer:
                    input_shapes=[list(src.output_shape)], output_shape=list(src.output_shape),
                    formats={"output": src.formats["output"]})
         self.entries.append(e)
+        self.fold_casts()
+
+    def fold_casts(self) -> None:
+        """Drop a bound-less clamp (a pure cast) read by one layer that casts its input to the same format anyway."""
+        readers: dict[str, list[_Entry]] = {}
+        for e in self.entries:
+            for i in e.inputs:
+                readers.setdefault(i, []).append(e)
+        keep = []
+        for c in self.entries:
+            users = readers.get(c.name, [])
+            if c.op == "clamp" and c.params == {"min_code": None, "max_code": None} and len(users) == 1:
+                user = users[0]
+                slots = [k for k, i in zip(_CAST_SLOTS.get(user.op, ()), user.inputs) if i == c.name]
+                if len(slots) == 1 and user.inputs.count(c.name) == 1 and user.formats[slots[0]] == c.formats["output"]:
+                    user.inputs = [c.inputs[0] if i == c.name else i for i in user.inputs]
+                    readers[c.inputs[0]] = [r for r in readers[c.inputs[0]] if r is not c] + [user]
+                    continue
+            keep.append(c)
+        self.entries = keep
 
 
 def _one_bias_format(n: Any, bias: _QConst) -> _QConst:
