@@ -273,3 +273,14 @@ def test_brevitas_import_four_ways(brevitas_files, tmp_path) -> None:
     want = np.concatenate([_qonnx_run(path, x[i:i + BATCH]) for i in range(0, len(x), BATCH)])
     got = rep.rtl_outputs.reshape(want.shape) * 2.0 ** -m.output_node.output_format.frac_bits
     assert int((got != want).sum()) == 0
+
+
+def test_malformed_graph_refused(tmp_path) -> None:
+    """A parseable file whose graph is broken (a node reads a tensor nothing defines)."""
+    h = onnx.helper
+    graph = h.make_graph([h.make_node("Relu", ["nowhere"], ["y"], name="dangling")], "g",
+                         [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4])],
+                         [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4])])
+    path = tmp_path / "broken.onnx"
+    onnx.save(h.make_model(graph, opset_imports=[h.make_opsetid("", 11)]), str(path))
+    _check_refused(path, tmp_path, r"broken.onnx: malformed ONNX model: .*nowhere")
