@@ -499,7 +499,7 @@ def manifest_to_qonnx(manifest: "Manifest | str | os.PathLike", *, batch: int = 
     g.nodes.append(onnx.helper.make_node("Identity", [out_t.name], [out_name], name=out_name))
     inputs = [onnx.helper.make_tensor_value_info(graph_in, onnx.TensorProto.FLOAT, list(in_shape))]
     outputs = [onnx.helper.make_tensor_value_info(out_name, onnx.TensorProto.FLOAT, list(out_t.shape))]
-    graph = onnx.helper.make_graph(g.nodes, sanitize_graph_name(m.model), inputs, outputs, initializer=g.inits,
+    graph = onnx.helper.make_graph(g.nodes, _graph_name(m.model), inputs, outputs, initializer=g.inits,
                                    value_info=g.value_info)
     model = onnx.helper.make_model(
         graph,
@@ -519,7 +519,7 @@ def _refuse_input(node: Node, fmt: FixedType) -> None:
     )
 
 
-def sanitize_graph_name(text: str) -> str:
+def _graph_name(text: str) -> str:
     return text or "qfx_model"
 
 

