@@ -5,8 +5,9 @@
   sub / mul / global pool) go to QONNX with :func:`qfx.export.to_qonnx`; ``qonnx``'s own executor
   (``qonnx.core.onnx_exec.execute_onnx``) on the file equals qfx's integer reference
   (:mod:`qfx.reference`) bit for bit on random float inputs (ties at half an lsb included, so the
-  input's rounding mode is exercised) and on exact codes. Every quantization mode and both
-  saturating overflow modes occur on a cast that drops bits.
+  input's rounding mode is exercised) and on exact codes. The models use every QONNX rounding mode
+  qfx maps to, the split lowering of AP_RND / AP_RND_MIN_INF, and both saturating overflow modes
+  (changing the ROUND or the AP_RND mapping makes these tests fail: checked by hand).
 * Refusals: wrapping casts that can overflow, narrow accumulators, L-Mul, minifloat weights,
   too-wide formats: a QonnxExportError naming the node and the reason, nothing written.
 """
@@ -175,7 +176,7 @@ def test_qonnx_execution_equals_reference(name: str, tmp_path) -> None:
 
 
 def test_every_rounding_mode_is_exercised(tmp_path) -> None:
-    """The models' casts that drop bits use every quantization mode: the equality above covers each."""
+    """The exported models use every mapped QONNX rounding mode and the split (Where) lowering."""
     seen: set[str] = set()
     for name, (make, shape) in MODELS.items():
         model = make()
