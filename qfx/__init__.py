@@ -43,6 +43,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "nn": ("nn", None),
     "train": ("train", None),
     "export": ("export", None),
+    "from_qonnx": ("qonnx_import", "from_qonnx"),
     "manifest": ("manifest", None),
     "reference": ("reference", None),
     "hls": ("hls", None),

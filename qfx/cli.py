@@ -114,6 +114,8 @@ COMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
     "sim": lambda sub: __import__("qfx.sim.cli", fromlist=["add_sim_command"]).add_sim_command(sub),
     "cost": lambda sub: __import__("qfx.cost.cli", fromlist=["add_cost_command"]).add_cost_command(sub),
     "explore": lambda sub: __import__("qfx.explore", fromlist=["add_explore_command"]).add_explore_command(sub),
+    "export": lambda sub: __import__("qfx.qonnx_cli", fromlist=["add_export_command"]).add_export_command(sub),
+    "import": lambda sub: __import__("qfx.qonnx_cli", fromlist=["add_import_command"]).add_import_command(sub),
 }
 
 

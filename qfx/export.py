@@ -88,7 +88,7 @@ from .nn import (
 from .quant import quantize, to_codes
 from .types import FixedType, KHot, MinifloatType
 
-__all__ = ["export", "emulate", "ExportError", "write_npz", "to_hls4ml"]
+__all__ = ["export", "emulate", "ExportError", "write_npz", "to_hls4ml", "to_qonnx"]
 
 
 def to_hls4ml(*args: Any, **kwargs: Any) -> Any:
@@ -99,6 +99,16 @@ def to_hls4ml(*args: Any, **kwargs: Any) -> Any:
     from .hls4ml_interop import to_hls4ml as convert
 
     return convert(*args, **kwargs)
+
+
+def to_qonnx(model: nn.Module, example_input: torch.Tensor, path: "str | os.PathLike", *, force: bool = False) -> Path:
+    """The model as a QONNX file (Quant nodes between standard ONNX ops; :func:`qfx.qonnx_export.to_qonnx`).
+
+    onnx is imported only when this is called.
+    """
+    from .qonnx_export import to_qonnx as convert
+
+    return convert(model, example_input, path, force=force)
 
 
 class ExportError(ValueError):
