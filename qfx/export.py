@@ -86,7 +86,7 @@ from .nn import (
     freeze,
 )
 from .quant import quantize, to_codes
-from .types import FixedType, KHot, MinifloatType
+from .types import FixedType, KHot, MinifloatType, MXType
 
 __all__ = ["export", "emulate", "ExportError", "write_npz", "to_hls4ml"]
 
@@ -420,6 +420,12 @@ def _mac(b: _Builder, n: fx.Node, mod: Any, path: str, prods: list[_Entry], op: 
     formats["accum"] = mod.effective_format("accum")
     formats["output"] = mod.effective_format("output")
     multiply = mod.config.multiply
+    if isinstance(formats["weight"], MXType):
+        raise ExportError(
+            f"layer {path!r}: MX weights ({formats['weight']}) cannot be exported to a manifest yet: "
+            "the integer reference, HLS and RTL have no MX layers (issue 17 item 4); export a model "
+            "with fixed-point, K-hot or minifloat weights, or train with MX and convert the weights"
+        )
     w = mod.weight.detach()
     arrays = {"weight": _codes(w, formats["weight"], path, "the weight")}
     wfmt = formats["weight"]

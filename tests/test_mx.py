@@ -413,3 +413,97 @@ def test_straight_through_gradient(name):
             sat_mask[i, j] = abs(r) > GRIDS[name][0][-1]
     assert torch.equal(x.grad, (~sat_mask).float())
     assert count_overflow(x.detach(), t) == int(sat_mask.sum())
+
+
+# -- MX weights in QLinear / QConv2d --------------------------------------------------------
+
+X_FMT = "ap_fixed<8,3,AP_RND_CONV,AP_SAT>"
+Y_FMT = "ap_fixed<32,12,AP_RND_CONV,AP_SAT>"
+
+
+def _model_weight(w: torch.Tensor, name: str, block: int) -> list[list[Fraction]]:
+    """Weight rows (blocks along the last axis) by the exact model."""
+    rows = []
+    for row in w.tolist():
+        vals = []
+        for b in range(0, len(row), block):
+            vals += model_encode(row[b : b + block], name)[2]
+        rows.append(vals)
+    return rows
+
+
+@pytest.mark.parametrize("name", ALL_NAMES)
+def test_qlinear_mx_weight_exact(name):
+    from qfx.nn import QLinear
+
+    torch.manual_seed(0)
+    layer = QLinear(32, 5, bias=False, input=X_FMT, weight=f"{name}<block=16>", output=Y_FMT)
+    with torch.no_grad():
+        layer.weight.mul_(torch.exp2(torch.randint(-6, 3, (5, 32)).float()))
+    x = torch.randn(3, 32) * 2
+    y = layer(x)
+    xq = [[Fraction(v) for v in r] for r in quantize(x, X_FMT).tolist()]
+    wq = _model_weight(layer.weight.detach(), name, 16)
+    exact = torch.tensor([[float(sum(a * b for a, b in zip(xr, wr))) for wr in wq] for xr in xq], dtype=torch.float64)
+    assert torch.equal(y.double(), quantize(exact, Y_FMT).double())
+    # an explicit accumulator as wide as the auto one (the step-by-step loop) gives the same bits
+    wide = QLinear(32, 5, bias=False, input=X_FMT, weight=f"{name}<block=16>", output=Y_FMT,
+                   accum=str(layer.auto_accum_format()))
+    wide.load_state_dict(layer.state_dict())
+    assert not wide.config.accum_is_auto and torch.equal(wide(x), y)
+
+
+def test_qconv2d_mx_weight_blocks_along_input_channels():
+    from qfx.nn import QConv2d
+
+    torch.manual_seed(1)
+    conv = QConv2d(16, 3, 3, bias=False, input=X_FMT, weight="mxfp4_e2m1<block=16,axis=1>", output=Y_FMT)
+    x = torch.randn(2, 16, 5, 5)
+    wq = quantize(conv.weight.detach(), "mxfp4_e2m1<block=16,axis=1>").double()
+    # blocks of the exact model: one per (out channel, kh, kw), along the input channels
+    w_model = conv.weight.detach().permute(0, 2, 3, 1).reshape(-1, 16)
+    vals = torch.tensor([[float(v) for v in model_encode(r, "mxfp4_e2m1")[2]] for r in w_model.tolist()])
+    assert torch.equal(vals.reshape(3, 3, 3, 16).permute(0, 3, 1, 2).double(), wq)
+    ref = torch.nn.functional.conv2d(quantize(x, X_FMT).double(), wq)
+    assert torch.equal(conv(x).double(), quantize(ref, Y_FMT).double())
+
+
+def test_mx_weight_training_with_ste():
+    from qfx.nn import QLinear
+
+    g = torch.Generator().manual_seed(2)
+    target = torch.randn(4, 32, generator=g) * 0.5
+    x = torch.randn(256, 32, generator=g)
+    y = x @ target.T
+    layer = QLinear(32, 4, bias=False, input=X_FMT, weight="mxfp6_e2m3", output=Y_FMT)
+    opt = torch.optim.Adam(layer.parameters(), lr=0.05)
+    losses = []
+    for _ in range(60):
+        opt.zero_grad()
+        loss = torch.nn.functional.mse_loss(layer(x), y)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.05 * losses[0]
+    # the weights the layer computes with are MX values (idempotent under the format)
+    wq = quantize(layer.weight.detach(), "mxfp6_e2m3")
+    assert torch.equal(quantize(wq, "mxfp6_e2m3"), wq)
+
+
+def test_mx_layer_bad_input(tmp_path):
+    from qfx.export import ExportError, export
+    from qfx.nn import QConv2d, QLinear
+
+    with pytest.raises(ValueError) as err:
+        QLinear(20, 4, bias=False, input=X_FMT, weight="mxfp4_e2m1", output=Y_FMT)
+    assert "QLinear: weight format mxfp4_e2m1" in str(err.value) and "length 20" in str(err.value)
+    with pytest.raises(ValueError, match="axis=1"):
+        QConv2d(32, 4, 3, bias=False, input=X_FMT, weight="mxfp4_e2m1", output=Y_FMT)
+    with pytest.raises(ValueError, match="only weights may be K-hot, minifloat or MX"):
+        QLinear(32, 4, bias=False, input="mxfp8_e4m3", weight="mxfp4_e2m1", output=Y_FMT)
+    with pytest.raises(ValueError, match="mxfp4_e2m1 is not fixed point"):
+        QLinear(32, 4, bias=False, input=X_FMT, weight="mxfp4_e2m1", output=Y_FMT, learn_binary_point=["weight"])
+    model = torch.nn.Sequential(QLinear(32, 4, bias=False, input=X_FMT, weight="mxfp4_e2m1", output=Y_FMT))
+    with pytest.raises(ExportError, match="layer '0': MX weights"):
+        export(model, torch.randn(1, 32), tmp_path / "m")
+    assert not (tmp_path / "m").exists()
