@@ -85,7 +85,7 @@ from .nn import (
     TensorQuantizer,
     freeze,
 )
-from .quant import quantize, to_codes
+from .quant import mx_encode, quantize, to_codes
 from .types import FixedType, KHot, MinifloatType, MXType
 
 __all__ = ["export", "emulate", "ExportError", "write_npz", "to_hls4ml"]
@@ -409,6 +409,22 @@ def _codes(x: torch.Tensor, fmt: Any, path: str, what: str) -> np.ndarray:
     return c.cpu().numpy().astype(np.int64).reshape(tuple(x.shape))
 
 
+def _check_mx_weight(mod: Any, path: str, op: str, fmt: MXType) -> None:
+    """What a manifest can hold of MX weights: dense layers, blocks along the input features,
+    an exact accumulator (the block-shift reduction of qfx.reference; any order, same bits)."""
+    if op != "dense":
+        raise ExportError(f"layer {path!r}: MX weights ({fmt}) are exported for dense layers only; "
+                          "use a fixed-point, K-hot or minifloat weight format for this convolution")
+    if fmt.axis % 2 != 1:
+        raise ExportError(f"layer {path!r}: MX weight blocks must run along the input features (axis -1) "
+                          f"to be exported, not axis {fmt.axis}; use {fmt.name}<block={fmt.block_size}>")
+    if not mod.accum_is_exact():
+        raise ExportError(f"layer {path!r}: MX weights need an exact accumulator to be exported (accum 'auto', or "
+                          f"one holding {mod.auto_accum_format()}), not {mod.effective_format('accum')}")
+    if not bool(torch.isfinite(mod.weight.detach()).all()):
+        raise ExportError(f"layer {path!r}: the weights hold inf/NaN, so their MX ({fmt}) blocks are NaN")
+
+
 def _mac(b: _Builder, n: fx.Node, mod: Any, path: str, prods: list[_Entry], op: str) -> None:
     (prod,) = prods
     formats: dict[str, Any] = {
@@ -421,13 +437,13 @@ def _mac(b: _Builder, n: fx.Node, mod: Any, path: str, prods: list[_Entry], op: 
     formats["output"] = mod.effective_format("output")
     multiply = mod.config.multiply
     if isinstance(formats["weight"], MXType):
-        raise ExportError(
-            f"layer {path!r}: MX weights ({formats['weight']}) cannot be exported to a manifest yet: "
-            "the integer reference, HLS and RTL have no MX layers (issue 17 item 4); export a model "
-            "with fixed-point, K-hot or minifloat weights, or train with MX and convert the weights"
-        )
+        _check_mx_weight(mod, path, op, formats["weight"])
     w = mod.weight.detach()
-    arrays = {"weight": _codes(w, formats["weight"], path, "the weight")}
+    if isinstance(formats["weight"], MXType):
+        scales, codes = mx_encode(w.double(), formats["weight"], f"layer {path!r}: the weight")
+        arrays = {"weight": codes.cpu().numpy().astype(np.int64), "weight_mx_scales": scales.cpu().numpy().astype(np.int64)}
+    else:
+        arrays = {"weight": _codes(w, formats["weight"], path, "the weight")}
     wfmt = formats["weight"]
     if isinstance(wfmt, MinifloatType):
         vals = quantize(w.double(), wfmt)
@@ -460,7 +476,7 @@ def _mac(b: _Builder, n: fx.Node, mod: Any, path: str, prods: list[_Entry], op: 
         bias=mod.bias is not None,
         multiply=multiply,
         accum_order=list(order),
-        accum_exact=accum_is_exact(formats, multiply, mod.n_terms),
+        accum_exact=accum_is_exact(formats, multiply, mod.n_terms, arrays),
     )
     if params["accum_exact"] != mod.accum_is_exact():  # pragma: no cover - the two agree by construction
         raise AssertionError(f"layer {path!r}: accum exactness disagrees with qfx.nn")

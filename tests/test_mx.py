@@ -27,6 +27,7 @@ import warnings
 from bisect import bisect_left
 from fractions import Fraction
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -490,8 +491,7 @@ def test_mx_weight_training_with_ste():
     assert torch.equal(quantize(wq, "mxfp6_e2m3"), wq)
 
 
-def test_mx_layer_bad_input(tmp_path):
-    from qfx.export import ExportError, export
+def test_mx_layer_bad_input():
     from qfx.nn import QConv2d, QLinear
 
     with pytest.raises(ValueError) as err:
@@ -503,7 +503,107 @@ def test_mx_layer_bad_input(tmp_path):
         QLinear(32, 4, bias=False, input="mxfp8_e4m3", weight="mxfp4_e2m1", output=Y_FMT)
     with pytest.raises(ValueError, match="mxfp4_e2m1 is not fixed point"):
         QLinear(32, 4, bias=False, input=X_FMT, weight="mxfp4_e2m1", output=Y_FMT, learn_binary_point=["weight"])
-    model = torch.nn.Sequential(QLinear(32, 4, bias=False, input=X_FMT, weight="mxfp4_e2m1", output=Y_FMT))
-    with pytest.raises(ExportError, match="layer '0': MX weights"):
-        export(model, torch.randn(1, 32), tmp_path / "m")
-    assert not (tmp_path / "m").exists()
+
+
+# -- manifest export and the integer reference (issue 17 item 4, dense only) -----------------
+
+
+def _mx_mlp(weight: str, bias: bool = True):
+    from qfx.nn import QLinear, QReLU
+
+    torch.manual_seed(4)
+    model = torch.nn.Sequential(
+        QLinear(32, 16, bias="ap_fixed<12,4,AP_RND>" if bias else False, input=X_FMT, weight=weight, output="ap_fixed<10,4,AP_RND_CONV,AP_SAT>"),
+        QReLU(output="ap_ufixed<8,3,AP_RND,AP_SAT>"),
+        QLinear(16, 4, bias=False, input=X_FMT, weight=weight.replace("<block=32>", "<block=16>"), output="ap_fixed<12,4,AP_RND_CONV,AP_SAT>"),
+    )
+    with torch.no_grad():
+        for m in model:
+            if isinstance(m, QLinear):
+                m.weight.mul_(torch.exp2(torch.randint(-5, 2, m.weight.shape).float()))
+    return model
+
+
+@pytest.mark.parametrize("name", ALL_NAMES)
+def test_mx_dense_reference_bit_exact(name, tmp_path):
+    from qfx.export import emulate, export
+    from qfx.manifest import load
+    from qfx.quant import to_codes as codes_of
+    from qfx.reference import run
+
+    model = _mx_mlp(f"{name}<block=16>")
+    x = torch.randn(64, 32, generator=torch.Generator().manual_seed(5)) * 3
+    export(model, x, tmp_path / "m")
+    export(model, x, tmp_path / "again")
+    for f in ("manifest.yaml", "tensors.npz"):  # deterministic: byte-identical files
+        assert (tmp_path / "m" / f).read_bytes() == (tmp_path / "again" / f).read_bytes()
+    man = load(tmp_path / "m")
+    dense = [n for n in man if n.op == "dense"]
+    assert [str(n.formats["weight"]) for n in dense] == [f"{name}<block=16>"] * 2
+    # the stored weights are the exact model's scale bytes and element codes
+    w0 = model[0].weight.detach()
+    for o in range(w0.shape[0]):
+        for j in range(2):
+            s, c, _ = model_encode(w0[o, 16 * j : 16 * (j + 1)].tolist(), name)
+            assert dense[0].arrays["weight_mx_scales"][o, j] == s
+            assert dense[0].arrays["weight"][o, 16 * j : 16 * (j + 1)].tolist() == c
+    ref, emu = run(man, x), emulate(model, x)
+    for node in man:
+        want = codes_of(emu[node.name], node.output_format).numpy()
+        assert np.array_equal(np.asarray(ref[node.name], dtype=np.int64), want), node.name
+    big = run(man, x, big_ints=True)  # the Python-int path gives the same codes
+    assert all(np.array_equal(np.asarray(big[k], dtype=np.int64), np.asarray(ref[k], dtype=np.int64)) for k in ref)
+
+
+def test_mx_export_and_manifest_bad_input(tmp_path):
+    import yaml
+
+    from qfx.export import ExportError, export
+    from qfx.hls import generate
+    from qfx.manifest import ManifestError, load
+    from qfx.nn import QConv2d, QLinear
+
+    x = torch.randn(2, 32)
+    narrow = torch.nn.Sequential(QLinear(32, 4, bias=False, input=X_FMT, weight="mxfp4_e2m1", output=Y_FMT, accum="ap_fixed<12,4>"))
+    with pytest.raises(ExportError, match="layer '0': MX weights need an exact accumulator"):
+        export(narrow, x, tmp_path / "a")
+    conv = torch.nn.Sequential(QConv2d(32, 4, 1, bias=False, input=X_FMT, weight="mxfp4_e2m1<axis=1>", output=Y_FMT))
+    with pytest.raises(ExportError, match="dense layers only"):
+        export(conv, torch.randn(1, 32, 2, 2), tmp_path / "b")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    model = _mx_mlp("mxfp4_e2m1<block=32>")
+    export(model, x, tmp_path / "m")
+    man = load(tmp_path / "m")
+    with pytest.raises(ValueError, match="MX weights .* have no HLS C\\+\\+ generator"):
+        generate(man, tmp_path / "hls")
+    from qfx.gen import GenError
+    from qfx.gen import generate as qfx_gen
+
+    with pytest.raises(GenError, match="node 'n0': MX weights"):
+        qfx_gen(tmp_path / "m", tmp_path / "gen")
+    assert not (tmp_path / "gen").exists() and not (tmp_path / "hls").exists()
+    from qfx.hw.accel.engines import EngineError
+    from qfx.hw.accel.top import Accelerator
+
+    with pytest.raises(EngineError, match="have no RTL engine"):
+        Accelerator(man)
+    from qfx.cost.estimate import estimate
+
+    with pytest.raises(ValueError, match="have no RTL engine to estimate"):
+        estimate(man)
+    # a tampered manifest: a NaN scale, a wrong accum_exact
+    npz = dict(np.load(tmp_path / "m" / "tensors.npz"))
+    key = next(k for k in npz if k.endswith("weight_mx_scales"))
+    bad = dict(npz)
+    bad[key] = bad[key].copy()
+    bad[key][0, 0] = 255
+    np.savez(tmp_path / "m" / "tensors.npz", **bad)
+    with pytest.raises(ManifestError, match="255 is NaN"):
+        load(tmp_path / "m")
+    np.savez(tmp_path / "m" / "tensors.npz", **npz)
+    doc = yaml.safe_load((tmp_path / "m" / "manifest.yaml").read_text())
+    node = next(n for n in doc["nodes"] if n["op"] == "dense")
+    node["formats"]["accum"] = "ap_fixed<12,4>"
+    (tmp_path / "m" / "manifest.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    with pytest.raises(ManifestError, match="does not hold every partial sum of the MX weights"):
+        load(tmp_path / "m")

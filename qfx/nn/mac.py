@@ -10,8 +10,10 @@ from .. import _fixed
 from .._lmul import _operand_format as _lmul_operand_format
 from .._lmul import lmul
 from ..quant import quantize
-from ..types import MAX_WIDTH, FixedType, KHot, MinifloatType, MXType
-from ..arith import weight_hull
+from ..types import MX_SCALE_BIAS, FixedType, KHot, MinifloatType, MXType
+from ..arith import mx_element_grid, weight_hull
+from ..arith import mx_value_hull as arith_mx_value_hull
+from ..quant import mx_encode
 from .accumulate import (
     accumulate_steps,
     auto_accumulator,
@@ -56,33 +58,26 @@ def float32_kernels_exact() -> bool:
 
 
 def mx_value_hull(values: torch.Tensor, fmt: MXType, layer: str = "the layer") -> FixedType:
-    """The narrowest signed FixedType holding every value of ``values`` (MX weight values).
+    """:func:`qfx.arith.mx_value_hull` of MX weight values (a tensor of MX values of ``fmt``).
 
-    An MX format's values span E8M0's whole range (2**-127 .. 2**127 scales), far wider than any
-    accumulator; the values of one weight tensor span only its blocks' scales. So for MX
-    weights the products, ``accum="auto"`` and the exactness checks are sized from the
-    current quantized weights: their finest bit (lowest set bit of every nonzero value) and
-    their largest magnitude. ValueError for NaN (a weight block of inf/NaN).
+    The products, ``accum="auto"`` and the exactness checks of a layer with MX weights are
+    sized from the values its quantized weights hold now (an MX format's scales span
+    2**-127..2**127). ValueError naming ``layer`` for inf/NaN (NaN blocks) or a span beyond 64 bits.
     """
-    v = values.detach().double().reshape(-1)
+    v = values.detach().double()
     if not bool(torch.isfinite(v).all()):
         raise ValueError(f"{layer}: some weights are inf/NaN, so their MX ({fmt}) blocks are NaN; "
                          "the weights must be finite")
-    v = v[v != 0]
-    if v.numel() == 0:
-        return FixedType(2, 1)
-    m, e = torch.frexp(v)  # |v| = |m| 2**e, 0.5 <= |m| < 1: 53-bit integer mantissa |m| 2**53
-    mant = (m.abs() * 2.0**53).to(torch.int64)
-    low = (mant & -mant).double().log2().round().to(torch.int64)  # trailing zero bits
-    frac = int((53 - e.to(torch.int64) - low).max())
-    int_bits = int(e.max()) + 1  # |v| < 2**e: a signed type with e+1 integer bits holds +-v
-    if int_bits + frac > MAX_WIDTH:
-        raise ValueError(
-            f"{layer}: the MX ({fmt}) weights span 2**{-frac}..2**{int_bits - 1} ({int_bits + frac} bits: "
-            f"their block scales lie far apart), beyond the {MAX_WIDTH} bits qfx emulates exactly; "
-            "clip or regularise the weights so that the block scales lie closer together"
-        )
-    return FixedType(int_bits + frac, int_bits)
+    scales, _ = mx_encode(v, fmt)
+    s = scales - MX_SCALE_BIAS
+    axis = fmt.axis % v.dim()
+    f_e = mx_element_grid(fmt).frac_bits
+    # element values on their grid: v * 2**(F_e - s), exact (a power-of-two scaling)
+    grid = torch.ldexp(v, (f_e - s).repeat_interleave(fmt.block_size, dim=axis)).to(torch.int64)
+    try:
+        return arith_mx_value_hull(scales.numpy() - MX_SCALE_BIAS, grid.cpu().numpy(), fmt)
+    except ValueError as err:
+        raise ValueError(f"{layer}: {err}") from None
 
 
 class MACLayer(QuantizedModule):
