@@ -41,7 +41,7 @@ import torch
 from . import _fixed, _minifloat
 from .types import MX_SCALE_BIAS, MX_SCALE_NAN, FixedType, MinifloatType, MXType
 
-__all__ = ["mx_blocks", "quantize_mx", "mx_encode", "mx_decode", "mx_saturated"]
+__all__ = ["mx_blocks", "quantize_mx", "quantize_mx_with_mask", "mx_encode", "mx_decode", "mx_saturated"]
 
 
 def _pow2(k: torch.Tensor) -> torch.Tensor:
@@ -112,6 +112,28 @@ def _split(
     return scaled, elems, shared, nan_block, axis
 
 
+def _saturated(scaled: torch.Tensor, nan_block: torch.Tensor, t: MXType) -> torch.Tensor:
+    return (scaled.abs() > t.element.max) & ~nan_block[..., None]
+
+
+def quantize_mx_with_mask(
+    x: torch.Tensor,
+    t: MXType,
+    *,
+    stochastic: bool = False,
+    generator: "torch.Generator | None" = None,
+    what: str = "the tensor",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(MX values of x, mask of the elements left alone)`` from one pass (the training path):
+    the mask is False where the element saturated (:func:`mx_saturated`) and in NaN blocks."""
+    scaled, elems, shared, nan_block, axis = _split(x, t, stochastic, generator, what)
+    safe = torch.where(nan_block, torch.zeros_like(shared), shared)
+    values = elems * _pow2(safe)[..., None]
+    values = torch.where(nan_block[..., None], torch.full_like(values, float("nan")), values)
+    inside = ~_saturated(scaled, nan_block, t) & ~nan_block[..., None]
+    return _unblocked(values, axis).to(result_dtype(x)), _unblocked(inside, axis)
+
+
 def quantize_mx(
     x: torch.Tensor,
     t: MXType,
@@ -121,11 +143,7 @@ def quantize_mx(
     what: str = "the tensor",
 ) -> torch.Tensor:
     """MX values of ``x`` (shape of ``x``; float32 or float64, see the module docstring)."""
-    _, elems, shared, nan_block, axis = _split(x, t, stochastic, generator, what)
-    safe = torch.where(nan_block, torch.zeros_like(shared), shared)
-    values = elems * _pow2(safe)[..., None]
-    values = torch.where(nan_block[..., None], torch.full_like(values, float("nan")), values)
-    return _unblocked(values, axis).to(result_dtype(x))
+    return quantize_mx_with_mask(x, t, stochastic=stochastic, generator=generator, what=what)[0]
 
 
 def mx_saturated(x: torch.Tensor, t: MXType, what: str = "the tensor") -> torch.Tensor:
@@ -134,10 +152,7 @@ def mx_saturated(x: torch.Tensor, t: MXType, what: str = "the tensor") -> torch.
     These saturate (or round down to the max); NaN blocks count as not saturated.
     """
     scaled, _, _, nan_block, axis = _split(x, t, False, None, what)
-    e = t.element
-    top = e.max if isinstance(e, MinifloatType) else e.max
-    out = (scaled.abs() > top) & ~nan_block[..., None]
-    return _unblocked(out, axis)
+    return _unblocked(_saturated(scaled, nan_block, t), axis)
 
 
 def mx_encode(x: torch.Tensor, t: MXType, what: str = "the tensor") -> tuple[torch.Tensor, torch.Tensor]:
@@ -175,14 +190,14 @@ def mx_decode(scales: torch.Tensor, codes: torch.Tensor, t: MXType) -> torch.Ten
                          f"{list(codes.shape)} with {t} (expected {want})")
     s = scales.to(torch.int64)
     if bool(((s < 0) | (s > MX_SCALE_NAN)).any()):
-        raise ValueError(f"mx_decode: E8M0 scale codes must lie in 0..255")
+        raise ValueError("mx_decode: E8M0 scale codes must lie in 0..255")
     e = t.element
     if isinstance(e, MinifloatType):
         elems = _minifloat.minifloat_from_bits(codes, e)
     else:
         c = codes.to(torch.int64)
         if bool(((c < -e.max_code) | (c > e.max_code)).any()):
-            raise ValueError(f"mx_decode: MXINT8 element codes must lie in -127..127")
+            raise ValueError("mx_decode: MXINT8 element codes must lie in -127..127")
         elems = c.double() * 2.0**-e.frac_bits
     eb = elems.movedim(axis, -1)
     eb = eb.reshape(*eb.shape[:-1], eb.shape[-1] // t.block_size, t.block_size)

@@ -413,10 +413,9 @@ class _MaskSTE(torch.autograd.Function):
 
 
 def _mx_quantize(x: torch.Tensor, t: MXType, stochastic: bool, generator, what: str) -> torch.Tensor:
-    q = _mx.quantize_mx(x, t, stochastic=stochastic, generator=generator, what=what)
     if not x.requires_grad:
-        return q
-    inside = ~_mx.mx_saturated(x, t, what) & ~torch.isnan(q)
+        return _mx.quantize_mx(x, t, stochastic=stochastic, generator=generator, what=what)
+    q, inside = _mx.quantize_mx_with_mask(x, t, stochastic=stochastic, generator=generator, what=what)
     return _MaskSTE.apply(x, q, inside)
 
 

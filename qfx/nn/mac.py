@@ -75,7 +75,7 @@ def mx_value_hull(values: torch.Tensor, fmt: MXType, layer: str = "the layer") -
     # element values on their grid: v * 2**(F_e - s), exact (a power-of-two scaling)
     grid = torch.ldexp(v, (f_e - s).repeat_interleave(fmt.block_size, dim=axis)).to(torch.int64)
     try:
-        return arith_mx_value_hull(scales.numpy() - MX_SCALE_BIAS, grid.cpu().numpy(), fmt)
+        return arith_mx_value_hull(scales.cpu().numpy() - MX_SCALE_BIAS, grid.cpu().numpy(), fmt)
     except ValueError as err:
         raise ValueError(f"{layer}: {err}") from None
 
