@@ -410,14 +410,15 @@ def _codes(x: torch.Tensor, fmt: Any, path: str, what: str) -> np.ndarray:
 
 
 def _check_mx_weight(mod: Any, path: str, op: str, fmt: MXType) -> None:
-    """What a manifest can hold of MX weights: dense layers, blocks along the input features,
-    an exact accumulator (the block-shift reduction of qfx.reference; any order, same bits)."""
-    if op != "dense":
-        raise ExportError(f"layer {path!r}: MX weights ({fmt}) are exported for dense layers only; "
-                          "use a fixed-point, K-hot or minifloat weight format for this convolution")
-    if fmt.axis % 2 != 1:
-        raise ExportError(f"layer {path!r}: MX weight blocks must run along the input features (axis -1) "
-                          f"to be exported, not axis {fmt.axis}; use {fmt.name}<block={fmt.block_size}>")
+    """What a manifest can hold of MX weights: blocks along the input features (dense) or input
+    channels (conv2d), an exact accumulator (the block-shift reduction of qfx.reference; any
+    order, same bits)."""
+    ndim = mod.weight.dim()
+    if fmt.axis % ndim != 1:
+        what, spell = ("input features", f"{fmt.name}<block={fmt.block_size}>") if op == "dense" else (
+            "input channels", f"{fmt.name}<block={fmt.block_size},axis=1>")
+        raise ExportError(f"layer {path!r}: MX weight blocks must run along the {what} (axis 1 of the weight) "
+                          f"to be exported, not axis {fmt.axis}; use {spell}")
     if not mod.accum_is_exact():
         raise ExportError(f"layer {path!r}: MX weights need an exact accumulator to be exported (accum 'auto', or "
                           f"one holding {mod.auto_accum_format()}), not {mod.effective_format('accum')}")

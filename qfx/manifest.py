@@ -10,9 +10,10 @@ An exported model is a folder holding two files:
     weights as bit patterns (``sign | exponent field | mantissa field``),
     K-hot digit decompositions as ``shifts`` / ``signs`` (``code = sum(signs
     << shifts)``, most significant digit first, unused slots sign 0).
-    MX weights (dense only) as element codes (minifloat bit patterns; MXINT8 the
-    signed integer ``round(P * 64)``) plus ``weight_mx_scales``, the E8M0 byte of
-    each block of the input-feature axis (``[out_features, in_features / block]``).
+    MX weights (dense and conv2d) as element codes (minifloat bit patterns; MXINT8
+    the signed integer ``round(P * 64)``) plus ``weight_mx_scales``, the E8M0 byte of
+    each block along the weight's axis 1 (input features / input channels): the
+    weight's shape with that axis divided by the block size.
 
 Schema, version 1 (an excerpt of a real export: a residual block)::
 
@@ -113,7 +114,7 @@ Node fields (all required):
 ``arrays``
     Role -> key in ``tensors.npz``: ``weight``, ``bias``,
     ``weight_khot_shifts``, ``weight_khot_signs`` (dense / conv2d),
-    ``weight_mx_scales`` (dense with an MX weight format), ``scale``,
+    ``weight_mx_scales`` (dense / conv2d with an MX weight format), ``scale``,
     ``shift`` (batchnorm), ``reciprocal`` (avgpool2d with a divisor that is
     not a power of two).
 
@@ -355,7 +356,7 @@ def mx_weight_grid_codes(codes: np.ndarray, fmt: MXType) -> np.ndarray:
 
 
 def mx_weight_hull(fmt: MXType, arrays: Mapping[str, np.ndarray]) -> FixedType:
-    """The FixedType holding every MX weight value of a dense node (from ``weight`` and
+    """The FixedType holding every MX weight value of a dense / conv2d node (from ``weight`` and
     ``weight_mx_scales``): what sizes its products (:func:`qfx.arith.mx_value_hull`)."""
     return mx_value_hull(arrays["weight_mx_scales"] - MX_SCALE_BIAS, mx_weight_grid_codes(arrays["weight"], fmt), fmt)
 
@@ -714,14 +715,16 @@ def _parse_formats(ck: _Checker, where: str, op: str, spec: OpSpec, formats: Any
             raise ck.fail(where, f"multiply: lmul needs a minifloat weight format, not {formats['weight']}")
         w = out["weight"]
         if isinstance(w, MXType):
-            if op != "dense":
-                raise ck.fail(where, f"formats.weight {w}: MX weights are supported on dense nodes only")
-            if w.axis not in (-1, 1):
-                raise ck.fail(where, f"formats.weight {w}: MX blocks of a dense weight must run along the input "
-                                     f"features (axis -1), e.g. {w.name}<block={w.block_size}>")
-            if params["in_features"] % w.block_size:
-                raise ck.fail(where, f"formats.weight {w}: the block size {w.block_size} does not divide "
-                                     f"in_features={params['in_features']}")
+            # blocks along the reduction's input axis: dense in_features (axis 1 / -1), conv in_channels (axis 1)
+            ok_axes = (-1, 1) if op == "dense" else (1, -3)
+            n_in = params["in_features"] if op == "dense" else params["in_channels"] // params["groups"]
+            what = "input features (axis -1)" if op == "dense" else "input channels (axis 1)"
+            if w.axis not in ok_axes:
+                raise ck.fail(where, f"formats.weight {w}: MX blocks of a {op} weight must run along the {what}, "
+                                     f"e.g. {w.name}<block={w.block_size}{'' if op == 'dense' else ',axis=1'}>")
+            if n_in % w.block_size:
+                raise ck.fail(where, f"formats.weight {w}: the block size {w.block_size} does not divide the "
+                                     f"{n_in} {what.split(' (')[0]}")
             if not params["accum_exact"]:
                 raise ck.fail(where, f"formats.weight {w}: MX weights need an exact accumulator (accum_exact: true); "
                                      "the order of a rounding MX accumulation is not defined yet")
@@ -755,8 +758,8 @@ def _expected_arrays(op: str, params: dict, formats: dict, input_shape: tuple[in
     out = {"weight": w}
     if params["bias"]:
         out["bias"] = (w[0],)
-    if isinstance(formats["weight"], MXType):
-        out["weight_mx_scales"] = (w[0], w[1] // formats["weight"].block_size)
+    if isinstance(formats["weight"], MXType):  # the weight's shape with the block axis (1) divided
+        out["weight_mx_scales"] = (w[0], w[1] // formats["weight"].block_size, *w[2:])
     if isinstance(formats["weight"], KHot):
         out["weight_khot_shifts"] = w + (formats["weight"].k,)
         out["weight_khot_signs"] = w + (formats["weight"].k,)
@@ -956,7 +959,7 @@ def load(path: "str | Path") -> Manifest:
         _check_array_values(ck, where, formats, arrays)
         if isinstance(formats.get("weight"), MXType):
             try:
-                exact = accum_is_exact(formats, params["multiply"], params["in_features"], arrays)
+                exact = accum_is_exact(formats, params["multiply"], n_terms, arrays)
             except ValueError as err:
                 raise ck.fail(where, f"MX weights: {err}") from None
             if not exact:

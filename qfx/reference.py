@@ -54,13 +54,15 @@ Layers (``x`` = the producer's codes, cast to the node's input format first):
     normalised, ``e < emin``) and the product is ``N << (ea + eb - M + F_P)``
     with ``N = 2**M + fa + fb + 2**(M - l(M))``, signed ``sa ^ sb``, zero if an
     operand is zero; accumulated as above.
-    MX weights (dense, exact accumulator): the element codes become small
+    MX weights (exact accumulator): the element codes become small
     integers ``P`` on the element's grid ``2**-F_e`` (minifloat hull codes, or
     MXINT8's codes); per block ``j`` of the input features the partial sum
     ``S_j = sum_k x[k] * P[k]`` is exact on ``F_x + F_e``; the block scale is a
     shift: ``acc = sum_j S_j << (s_j - s_min)`` on the grid ``F_x + F_e - s_min``
     (``s_j`` the unbiased E8M0 exponents, ``s_min`` the smallest of the
-    layer), the bias aligned and added, then one cast to ``output``.
+    layer), the bias aligned and added, then one cast to ``output``. conv2d (blocks
+    along the input channels): each element is shifted by its block's
+    ``s - s_min`` onto the same grid and the im2col matmul is exact (any order).
 ``batchnorm``
     ``cast(x * scale[c] + align(shift[c]), output)`` on the grid
     ``max(F_x + F_scale, F_shift)``: one rounding.
@@ -218,9 +220,38 @@ def _mx_dense(node: Node, x: np.ndarray, x_frac: int, force_big: bool) -> np.nda
     return cast_codes(acc, frac, out_fmt).reshape(*lead, n_out)
 
 
+def _mx_conv(node: Node, x: np.ndarray, x_frac: int, force_big: bool) -> np.ndarray:
+    """A conv2d node with MX weights (exact accumulator): each element shifted by its block's
+    scale onto the finest block grid, then the exact im2col matmul (same bits in any order)."""
+    f, p = node.formats, node.params
+    t: MXType = f["weight"]
+    in_fmt, out_fmt, bias_fmt = f["input"], f["output"], f.get("bias")
+    f_e = mx_element_grid(t).frac_bits
+    scales = node.arrays["weight_mx_scales"] - MX_SCALE_BIAS  # [O, C/G/block, KH, KW]
+    s_min = int(scales.min())
+    shifts = np.repeat(scales - s_min, t.block_size, axis=1)  # per element, like the weight
+    acc_frac = in_fmt.frac_bits + f_e - s_min
+    auto = mac_auto_accum(mac_product_format(in_fmt, mx_weight_hull(t, node.arrays), "exact"), _n_terms(node), bias_fmt)
+    frac = max(acc_frac, bias_fmt.frac_bits) if bias_fmt is not None else acc_frac
+    big = force_big or auto.width + max(frac - auto.frac_bits, 0) + 1 > INT64_SAFE_BITS
+    xq = cast_codes(x, x_frac, in_fmt)
+    w = mx_weight_grid_codes(node.arrays["weight"], t)
+    if big:
+        xq, w, shifts = _big(xq), _big(w), _big(shifts)
+    w = w << shifts  # on the grid 2**-(F_e - s_min)
+    cols, (ho, wo) = _im2col(xq, node)
+    groups = p["groups"]
+    w_rows = w.reshape(groups, p["out_channels"] // groups, cols.shape[2])
+    acc = _shl(np.matmul(w_rows[None], cols), frac - acc_frac)  # [B, G, O/G, L]
+    if bias_fmt is not None:
+        bias = node.arrays["bias"].reshape(groups, -1)[None, :, :, None]
+        acc = acc + _shl(_big(bias) if big else bias, frac - bias_fmt.frac_bits)
+    return cast_codes(acc, frac, out_fmt).reshape(cols.shape[0], p["out_channels"], ho, wo)
+
+
 def _mac(node: Node, x: np.ndarray, x_frac: int, force_big: bool) -> np.ndarray:
     if isinstance(node.formats["weight"], MXType):
-        return _mx_dense(node, x, x_frac, force_big)
+        return _mx_dense(node, x, x_frac, force_big) if node.op == "dense" else _mx_conv(node, x, x_frac, force_big)
     f, p = node.formats, node.params
     in_fmt, accum, out_fmt = f["input"], f["accum"], f["output"]
     bias_fmt = f.get("bias")

@@ -567,9 +567,9 @@ def test_mx_export_and_manifest_bad_input(tmp_path):
     narrow = torch.nn.Sequential(QLinear(32, 4, bias=False, input=X_FMT, weight="mxfp4_e2m1", output=Y_FMT, accum="ap_fixed<12,4>"))
     with pytest.raises(ExportError, match="layer '0': MX weights need an exact accumulator"):
         export(narrow, x, tmp_path / "a")
-    conv = torch.nn.Sequential(QConv2d(32, 4, 1, bias=False, input=X_FMT, weight="mxfp4_e2m1<axis=1>", output=Y_FMT))
-    with pytest.raises(ExportError, match="dense layers only"):
-        export(conv, torch.randn(1, 32, 2, 2), tmp_path / "b")
+    conv = torch.nn.Sequential(QConv2d(4, 4, 1, bias=False, input=X_FMT, weight="mxfp4_e2m1<block=1>", output=Y_FMT))
+    with pytest.raises(ExportError, match=r"layer '0': MX weight blocks must run along the input channels .*axis=1>"):
+        export(conv, torch.randn(1, 4, 2, 2), tmp_path / "b")
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
     model = _mx_mlp("mxfp4_e2m1<block=32>")
     export(model, x, tmp_path / "m")
@@ -607,3 +607,41 @@ def test_mx_export_and_manifest_bad_input(tmp_path):
     (tmp_path / "m" / "manifest.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
     with pytest.raises(ManifestError, match="does not hold every partial sum of the MX weights"):
         load(tmp_path / "m")
+
+
+@pytest.mark.parametrize("name, groups", [("mxfp4_e2m1", 1), ("mxfp8_e4m3", 2), ("mxint8", 1), ("mxfp6_e3m2", 2)])
+def test_mx_conv_reference_bit_exact(name, groups, tmp_path):
+    from qfx.export import emulate, export
+    from qfx.manifest import load
+    from qfx.nn import QConv2d, QFlatten, QLinear, QReLU
+    from qfx.quant import to_codes as codes_of
+    from qfx.reference import run
+
+    torch.manual_seed(6)
+    model = torch.nn.Sequential(
+        QConv2d(32, 8, 3, padding=1, groups=groups, bias="ap_fixed<12,4,AP_RND>", input=X_FMT,
+                weight=f"{name}<block={16 // groups},axis=1>", output="ap_fixed<10,4,AP_RND_CONV,AP_SAT>"),
+        QReLU(output="ap_ufixed<8,3,AP_RND,AP_SAT>"),
+        QFlatten(),
+        QLinear(8 * 4 * 4, 4, bias=False, input=X_FMT, weight=f"{name}", output=Y_FMT),
+    )
+    with torch.no_grad():
+        for m in model:
+            if isinstance(m, (QConv2d, QLinear)):
+                m.weight.mul_(torch.exp2(torch.randint(-5, 2, m.weight.shape).float()))
+    x = torch.randn(8, 32, 4, 4, generator=torch.Generator().manual_seed(7)) * 3
+    export(model, x, tmp_path / "m")
+    man = load(tmp_path / "m")
+    conv = next(n for n in man if n.op == "conv2d")
+    w = model[0].weight.detach()
+    assert conv.arrays["weight_mx_scales"].shape == (8, 32 // groups // (16 // groups), 3, 3)
+    for o, i, j in ((0, 0, 0), (7, 2, 1), (3, 1, 2)):  # blocks along the input channels, by the exact model
+        for b in range(conv.arrays["weight_mx_scales"].shape[1]):
+            sl = slice(b * (16 // groups), (b + 1) * (16 // groups))
+            s_, c_, _ = model_encode(w[o, sl, i, j].tolist(), name)
+            assert conv.arrays["weight_mx_scales"][o, b, i, j] == s_ and conv.arrays["weight"][o, sl, i, j].tolist() == c_
+    ref, emu = run(man, x), emulate(model, x)
+    for node in man:
+        assert np.array_equal(np.asarray(ref[node.name], dtype=np.int64), codes_of(emu[node.name], node.output_format).numpy()), node.name
+    big = run(man, x, big_ints=True)
+    assert all(np.array_equal(np.asarray(big[k], dtype=np.int64), np.asarray(ref[k], dtype=np.int64)) for k in ref)
