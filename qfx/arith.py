@@ -8,7 +8,9 @@ lives apart from anything that needs PyTorch.
 
 from __future__ import annotations
 
-from .types import FixedType, Format, KHot, MinifloatType, Overflow
+import numpy as np
+
+from .types import MAX_WIDTH, FixedType, Format, KHot, MinifloatType, MXType, Overflow
 
 __all__ = [
     "minifloat_hull",
@@ -116,3 +118,41 @@ def lmul_offset_bits(mantissa_bits: int) -> int:
     if mantissa_bits <= 3:
         return mantissa_bits
     return 3 if mantissa_bits == 4 else 4
+
+
+def mx_element_grid(fmt: MXType) -> FixedType:
+    """The FixedType on whose grid every element value of an MX format is an integer code
+    (a minifloat element's hull; MXINT8's ``ap_fixed<8,2>`` itself)."""
+    return weight_hull(fmt.element)
+
+
+def mx_value_hull(scales: np.ndarray, grid_codes: np.ndarray, fmt: MXType) -> FixedType:
+    """The narrowest signed FixedType holding every value of one MX tensor.
+
+    ``grid_codes`` are the element values as integers on :func:`mx_element_grid`'s grid
+    (``2**-F_e``), ``scales`` the unbiased shared exponents (the tensor's shape with the
+    block axis divided by the block size). A value is ``g * 2**(s - F_e)``: its lowest set
+    bit gives the fractional bits the hull needs, its bit length the integer bits. An MX
+    format spans E8M0's 2**-127..2**127, so layers size products and ``accum="auto"`` from
+    the values a weight tensor holds (qfx.nn, export, the manifest and the reference all
+    call this). ValueError beyond 64 bits.
+    """
+    g = np.asarray(grid_codes, dtype=np.int64)
+    axis = fmt.axis % g.ndim
+    s = np.repeat(np.asarray(scales, dtype=np.int64), fmt.block_size, axis=axis)
+    nz = g != 0
+    if not nz.any():
+        return FixedType(2, 1)
+    a, s = np.abs(g[nz]), s[nz]
+    low = np.round(np.log2(a & -a)).astype(np.int64)  # exact: a power of two below 2**20
+    length = np.floor(np.log2(a)).astype(np.int64) + 1  # bit length (|g| < 2**20: exact)
+    f_e = mx_element_grid(fmt).frac_bits
+    frac = int((f_e - s - low).max())
+    int_bits = int((length + s - f_e).max()) + 1  # |v| < 2**(length + s - F_e), plus the sign
+    if int_bits + frac > MAX_WIDTH:
+        raise ValueError(
+            f"the MX ({fmt}) values span 2**{-frac}..2**{int_bits - 1} ({int_bits + frac} bits: their "
+            f"block scales lie far apart), beyond the {MAX_WIDTH} bits qfx emulates exactly; clip or "
+            "regularise the weights so that the block scales lie closer together"
+        )
+    return FixedType(int_bits + frac, int_bits)

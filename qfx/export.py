@@ -85,8 +85,8 @@ from .nn import (
     TensorQuantizer,
     freeze,
 )
-from .quant import quantize, to_codes
-from .types import FixedType, KHot, MinifloatType
+from .quant import mx_encode, quantize, to_codes
+from .types import FixedType, KHot, MinifloatType, MXType
 
 __all__ = ["export", "emulate", "ExportError", "write_npz", "to_hls4ml", "to_qonnx"]
 
@@ -419,6 +419,23 @@ def _codes(x: torch.Tensor, fmt: Any, path: str, what: str) -> np.ndarray:
     return c.cpu().numpy().astype(np.int64).reshape(tuple(x.shape))
 
 
+def _check_mx_weight(mod: Any, path: str, op: str, fmt: MXType) -> None:
+    """What a manifest can hold of MX weights: blocks along the input features (dense) or input
+    channels (conv2d), an exact accumulator (the block-shift reduction of qfx.reference; any
+    order, same bits)."""
+    ndim = mod.weight.dim()
+    if fmt.axis % ndim != 1:
+        what, spell = ("input features", f"{fmt.name}<block={fmt.block_size}>") if op == "dense" else (
+            "input channels", f"{fmt.name}<block={fmt.block_size},axis=1>")
+        raise ExportError(f"layer {path!r}: MX weight blocks must run along the {what} (axis 1 of the weight) "
+                          f"to be exported, not axis {fmt.axis}; use {spell}")
+    if not mod.accum_is_exact():
+        raise ExportError(f"layer {path!r}: MX weights need an exact accumulator to be exported (accum 'auto', or "
+                          f"one holding {mod.auto_accum_format()}), not {mod.effective_format('accum')}")
+    if not bool(torch.isfinite(mod.weight.detach()).all()):
+        raise ExportError(f"layer {path!r}: the weights hold inf/NaN, so their MX ({fmt}) blocks are NaN")
+
+
 def _mac(b: _Builder, n: fx.Node, mod: Any, path: str, prods: list[_Entry], op: str) -> None:
     (prod,) = prods
     formats: dict[str, Any] = {
@@ -430,8 +447,14 @@ def _mac(b: _Builder, n: fx.Node, mod: Any, path: str, prods: list[_Entry], op: 
     formats["accum"] = mod.effective_format("accum")
     formats["output"] = mod.effective_format("output")
     multiply = mod.config.multiply
+    if isinstance(formats["weight"], MXType):
+        _check_mx_weight(mod, path, op, formats["weight"])
     w = mod.weight.detach()
-    arrays = {"weight": _codes(w, formats["weight"], path, "the weight")}
+    if isinstance(formats["weight"], MXType):
+        scales, codes = mx_encode(w.double(), formats["weight"], f"layer {path!r}: the weight")
+        arrays = {"weight": codes.cpu().numpy().astype(np.int64), "weight_mx_scales": scales.cpu().numpy().astype(np.int64)}
+    else:
+        arrays = {"weight": _codes(w, formats["weight"], path, "the weight")}
     wfmt = formats["weight"]
     if isinstance(wfmt, MinifloatType):
         vals = quantize(w.double(), wfmt)
@@ -464,7 +487,7 @@ def _mac(b: _Builder, n: fx.Node, mod: Any, path: str, prods: list[_Entry], op: 
         bias=mod.bias is not None,
         multiply=multiply,
         accum_order=list(order),
-        accum_exact=accum_is_exact(formats, multiply, mod.n_terms),
+        accum_exact=accum_is_exact(formats, multiply, mod.n_terms, arrays),
     )
     if params["accum_exact"] != mod.accum_is_exact():  # pragma: no cover - the two agree by construction
         raise AssertionError(f"layer {path!r}: accum exactness disagrees with qfx.nn")

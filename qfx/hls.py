@@ -97,7 +97,7 @@ import numpy as np
 from ._toolchain import ap_types_dir, compiler, headers_fingerprint, locked
 from .arith import lmul_offset_bits, lmul_product_type
 from .intops import corner_and_random_codes, minifloat_fields
-from .manifest import CONV_ORDER, DENSE_ORDER, Manifest, Node, is_valid_name, load, minifloat_hull_codes, weight_envelope
+from .manifest import CONV_ORDER, DENSE_ORDER, Manifest, Node, is_valid_name, load, minifloat_hull_codes, refuse_mx, weight_envelope
 from .types import FixedType, KHot, MinifloatType
 
 __all__ = [
@@ -537,6 +537,7 @@ def render(manifest: "Manifest | str | os.PathLike", *, top: str = "qfx_top", re
     if isinstance(reuse_factor, bool) or not isinstance(reuse_factor, int) or reuse_factor < 1:
         raise ValueError(f"reuse_factor must be an int >= 1, got {reuse_factor!r}")
     m = manifest if isinstance(manifest, Manifest) else load(manifest)
+    refuse_mx(m, "HLS C++ generator")
     names = {n.name for n in m.nodes}
     folds: dict[str, Any] = {}
     if foldings:

@@ -10,6 +10,10 @@ An exported model is a folder holding two files:
     weights as bit patterns (``sign | exponent field | mantissa field``),
     K-hot digit decompositions as ``shifts`` / ``signs`` (``code = sum(signs
     << shifts)``, most significant digit first, unused slots sign 0).
+    MX weights (dense and conv2d) as element codes (minifloat bit patterns; MXINT8
+    the signed integer ``round(P * 64)``) plus ``weight_mx_scales``, the E8M0 byte of
+    each block along the weight's axis 1 (input features / input channels): the
+    weight's shape with that axis divided by the block size.
 
 Schema, version 1 (an excerpt of a real export: a residual block)::
 
@@ -109,7 +113,8 @@ Node fields (all required):
     list of spellings, one per output channel.
 ``arrays``
     Role -> key in ``tensors.npz``: ``weight``, ``bias``,
-    ``weight_khot_shifts``, ``weight_khot_signs`` (dense / conv2d), ``scale``,
+    ``weight_khot_shifts``, ``weight_khot_signs`` (dense / conv2d),
+    ``weight_mx_scales`` (dense / conv2d with an MX weight format), ``scale``,
     ``shift`` (batchnorm), ``reciprocal`` (avgpool2d with a divisor that is
     not a power of two).
 
@@ -133,8 +138,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import yaml
 
-from .arith import auto_accumulator, envelope, holds_all_values, product_type, weight_hull
-from .types import FixedType, Format, KHot, MinifloatType, parse_type
+from .arith import auto_accumulator, envelope, holds_all_values, mx_element_grid, mx_value_hull, product_type, weight_hull
+from .types import MX_SCALE_BIAS, FixedType, Format, KHot, MinifloatType, MXType, parse_type
 
 __all__ = [
     "minifloat_hull_codes",
@@ -344,11 +349,43 @@ def mac_auto_accum(product: FixedType, n_terms: int, bias: "FixedType | None") -
     return auto_accumulator(product, n_terms, bias)
 
 
-def accum_is_exact(formats: Mapping[str, Any], multiply: str, n_terms: int) -> bool:
-    """Whether the accumulator of a dense / conv2d node can never round or overflow."""
+def mx_weight_grid_codes(codes: np.ndarray, fmt: MXType) -> np.ndarray:
+    """MX element codes (a manifest's ``weight`` array) as integers on :func:`qfx.arith.mx_element_grid`'s grid."""
+    e = fmt.element
+    return minifloat_hull_codes(codes, e) if isinstance(e, MinifloatType) else np.asarray(codes, dtype=np.int64)
+
+
+def mx_weight_hull(fmt: MXType, arrays: Mapping[str, np.ndarray]) -> FixedType:
+    """The FixedType holding every MX weight value of a dense / conv2d node (from ``weight`` and
+    ``weight_mx_scales``): what sizes its products (:func:`qfx.arith.mx_value_hull`)."""
+    return mx_value_hull(arrays["weight_mx_scales"] - MX_SCALE_BIAS, mx_weight_grid_codes(arrays["weight"], fmt), fmt)
+
+
+def refuse_mx(manifest: "Manifest", tool: str) -> None:
+    """ValueError naming the first node with MX weights: ``tool`` (HLS C++, RTL) has no MX layers yet."""
+    for node in manifest.nodes:
+        if isinstance(node.formats.get("weight"), MXType):
+            raise ValueError(
+                f"node {node.name!r}: MX weights ({node.formats['weight']}) have no {tool} yet (issue 17 item 4); "
+                "qfx.reference runs the manifest, or export with fixed-point, K-hot or minifloat weights"
+            )
+
+
+def accum_is_exact(
+    formats: Mapping[str, Any], multiply: str, n_terms: int, arrays: "Mapping[str, np.ndarray] | None" = None
+) -> bool:
+    """Whether the accumulator of a dense / conv2d node can never round or overflow.
+
+    MX weights: the products are sized from the weight values (``arrays``, required).
+    """
+    weight = formats["weight"]
     try:
+        if isinstance(weight, MXType):
+            if arrays is None:
+                raise TypeError("accum_is_exact: MX weights need the node's arrays")
+            weight = mx_weight_hull(weight, arrays)
         auto = mac_auto_accum(
-            mac_product_format(formats["input"], formats["weight"], multiply), n_terms, formats.get("bias")
+            mac_product_format(formats["input"], weight, multiply), n_terms, formats.get("bias")
         )
     except ValueError:
         return False
@@ -676,6 +713,21 @@ def _parse_formats(ck: _Checker, where: str, op: str, spec: OpSpec, formats: Any
             raise ck.fail(where, "params.bias is " + str(params["bias"]).lower() + " but formats.bias is " + ("present" if "bias" in out else "missing"))
         if params["multiply"] == "lmul" and not isinstance(out["weight"], MinifloatType):
             raise ck.fail(where, f"multiply: lmul needs a minifloat weight format, not {formats['weight']}")
+        w = out["weight"]
+        if isinstance(w, MXType):
+            # blocks along the reduction's input axis: dense in_features (axis 1 / -1), conv in_channels (axis 1)
+            ok_axes = (-1, 1) if op == "dense" else (1, -3)
+            n_in = params["in_features"] if op == "dense" else params["in_channels"] // params["groups"]
+            what = "input features (axis -1)" if op == "dense" else "input channels (axis 1)"
+            if w.axis not in ok_axes:
+                raise ck.fail(where, f"formats.weight {w}: MX blocks of a {op} weight must run along the {what}, "
+                                     f"e.g. {w.name}<block={w.block_size}{'' if op == 'dense' else ',axis=1'}>")
+            if n_in % w.block_size:
+                raise ck.fail(where, f"formats.weight {w}: the block size {w.block_size} does not divide the "
+                                     f"{n_in} {what.split(' (')[0]}")
+            if not params["accum_exact"]:
+                raise ck.fail(where, f"formats.weight {w}: MX weights need an exact accumulator (accum_exact: true); "
+                                     "the order of a rounding MX accumulation is not defined yet")
         n_out = params["out_features" if op == "dense" else "out_channels"]
         if isinstance(out["weight"], tuple) and len(out["weight"]) != n_out:
             raise ck.fail(where, f"formats.weight lists {len(out['weight'])} per-channel formats for {n_out} output channels")
@@ -706,6 +758,8 @@ def _expected_arrays(op: str, params: dict, formats: dict, input_shape: tuple[in
     out = {"weight": w}
     if params["bias"]:
         out["bias"] = (w[0],)
+    if isinstance(formats["weight"], MXType):  # the weight's shape with the block axis (1) divided
+        out["weight_mx_scales"] = (w[0], w[1] // formats["weight"].block_size, *w[2:])
     if isinstance(formats["weight"], KHot):
         out["weight_khot_shifts"] = w + (formats["weight"].k,)
         out["weight_khot_signs"] = w + (formats["weight"].k,)
@@ -716,6 +770,14 @@ def _code_range(fmt: Any, where: str, ck: _Checker, role: str, a: np.ndarray) ->
     """Codes within their formats' ranges; K-hot representable; minifloat finite."""
     if a.size == 0:
         return
+    if isinstance(fmt, MXType):
+        e = fmt.element
+        if isinstance(e, FixedType):  # MXINT8: the symmetric range
+            if a.min() < -e.max_code or a.max() > e.max_code:
+                raise ck.fail(where, f"array {role!r}: {fmt} element codes must lie in {-e.max_code}..{e.max_code}, "
+                                     f"found {int(a.min())}..{int(a.max())}")
+            return
+        fmt = e
     if isinstance(fmt, MinifloatType):
         if a.min() < 0 or a.max() >= (1 << fmt.bits):
             raise ck.fail(where, f"array {role!r}: bit patterns of {fmt} must lie in 0..{(1 << fmt.bits) - 1}, found {int(a.min())}..{int(a.max())}")
@@ -857,7 +919,8 @@ def load(path: "str | Path") -> Manifest:
                 raise ck.fail(where, f"formats.output {formats['output']} must equal the format it passes through ({prod})")
         if op in ("dense", "conv2d"):
             n_terms = params["in_features"] if op == "dense" else params["in_channels"] // params["groups"] * params["kernel"][0] * params["kernel"][1]
-            exact = accum_is_exact(formats, params["multiply"], n_terms)
+            # MX weights: sized from the weight values, checked once the arrays are read (below)
+            exact = params["accum_exact"] if isinstance(formats["weight"], MXType) else accum_is_exact(formats, params["multiply"], n_terms)
             if exact != params["accum_exact"]:
                 raise ck.fail(where, f"params.accum_exact is {str(params['accum_exact']).lower()} but accum {formats['accum']} {'holds' if exact else 'does not hold'} every partial sum exactly")
         if op == "clamp":
@@ -894,6 +957,14 @@ def load(path: "str | Path") -> Manifest:
                 raise ck.fail(where, f"array {role!r} ({key}) has shape {list(a.shape)}, expected {list(shape)}")
             arrays[role] = a
         _check_array_values(ck, where, formats, arrays)
+        if isinstance(formats.get("weight"), MXType):
+            try:
+                exact = accum_is_exact(formats, params["multiply"], n_terms, arrays)
+            except ValueError as err:
+                raise ck.fail(where, f"MX weights: {err}") from None
+            if not exact:
+                raise ck.fail(where, f"params.accum_exact is true but accum {formats['accum']} does not hold every "
+                                     "partial sum of the MX weights exactly")
         node = Node(
             name=name,
             op=op,
@@ -935,7 +1006,7 @@ def load(path: "str | Path") -> Manifest:
 
 def _check_array_values(ck: _Checker, where: str, formats: dict, arrays: dict[str, np.ndarray]) -> None:
     for role, a in arrays.items():
-        if role in ("weight_khot_shifts", "weight_khot_signs"):
+        if role in ("weight_khot_shifts", "weight_khot_signs", "weight_mx_scales"):
             continue
         fmt = formats["weight" if role == "weight" else role]
         if role == "weight" and isinstance(fmt, tuple):
@@ -943,6 +1014,11 @@ def _check_array_values(ck: _Checker, where: str, formats: dict, arrays: dict[st
                 _code_range(t, where, ck, f"weight[{o}]", a[o])
         else:
             _code_range(fmt, where, ck, role, a)
+    if "weight_mx_scales" in arrays:
+        sc = arrays["weight_mx_scales"]
+        if sc.size and (sc.min() < 0 or sc.max() > 2 * MX_SCALE_BIAS):
+            raise ck.fail(where, f"array 'weight_mx_scales': E8M0 scale codes must lie in 0..{2 * MX_SCALE_BIAS} "
+                                 f"(255 is NaN; weights must be finite), found {int(sc.min())}..{int(sc.max())}")
     if "weight_khot_shifts" in arrays:
         fmt = formats["weight"]
         shifts, signs = arrays["weight_khot_shifts"], arrays["weight_khot_signs"]

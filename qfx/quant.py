@@ -22,11 +22,16 @@ Special values
     to its extreme values.
     Minifloat: see ``qfx._minifloat`` (NaN -> NaN; overflow -> +-max when
     saturating, else inf or NaN as the format encodes).
+    MX (``MXType``): see ``qfx._mx`` (a block holding NaN or inf is all NaN;
+    elements saturate to the element's max). :func:`mx_encode` /
+    :func:`mx_decode` give the E8M0 scales and element codes.
 
 Gradients
     ``x`` gets a straight-through gradient: 1 where the value is inside the
     format's range, 0 where it saturated or wrapped (or overflowed a
-    minifloat).
+    minifloat). MX: 1 where ``|x| / 2**shared_exp`` lies within the element's
+    max (the shared exponent is treated as a constant), 0 where it saturated
+    and in NaN blocks.
 
     ``frac_bits`` (fixed point only) is the learnable binary point: a float
     tensor, scalar or broadcastable to ``x`` (e.g. ``[C, 1, 1, 1]`` for per
@@ -60,8 +65,8 @@ from typing import Union
 
 import torch
 
-from . import _fixed, _fused, _khot, _minifloat
-from .types import MAX_FRAC_BITS, Format, FixedType, KHot, MinifloatType, Overflow, parse_type
+from . import _fixed, _fused, _khot, _minifloat, _mx
+from .types import MAX_FRAC_BITS, Format, FixedType, KHot, MinifloatType, MXType, Overflow, parse_type
 
 __all__ = [
     "quantize",
@@ -70,6 +75,8 @@ __all__ = [
     "from_codes",
     "overflow_mask",
     "count_overflow",
+    "mx_encode",
+    "mx_decode",
 ]
 
 FormatLike = Union[Format, str]
@@ -116,9 +123,9 @@ def _format(fmt: FormatLike) -> Format:
 
 
 def _checked(fmt: object) -> Format:
-    if not isinstance(fmt, (FixedType, MinifloatType, KHot)):
+    if not isinstance(fmt, (FixedType, MinifloatType, KHot, MXType)):
         raise TypeError(
-            f"expected a qfx format (FixedType, MinifloatType, KHot or a spelling such as "
+            f"expected a qfx format (FixedType, MinifloatType, KHot, MXType or a spelling such as "
             f"'ap_fixed<8,3>'), got {type(fmt).__name__}"
         )
     return fmt
@@ -390,6 +397,28 @@ def _khot_values(x: torch.Tensor, t: KHot) -> torch.Tensor:
     return (codes * (2.0 ** -t.base.frac_bits)).to(out_dtype)
 
 
+class _MaskSTE(torch.autograd.Function):
+    """Straight-through gradient where ``inside`` (a precomputed mask)."""
+
+    @staticmethod
+    def forward(ctx, x, q, inside):  # type: ignore[override]
+        ctx.save_for_backward(inside)
+        ctx.mark_non_differentiable(inside)
+        return q
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        (inside,) = ctx.saved_tensors
+        return torch.where(inside, grad, torch.zeros((), dtype=grad.dtype, device=grad.device)), None, None
+
+
+def _mx_quantize(x: torch.Tensor, t: MXType, stochastic: bool, generator, what: str) -> torch.Tensor:
+    if not x.requires_grad:
+        return _mx.quantize_mx(x, t, stochastic=stochastic, generator=generator, what=what)
+    q, inside = _mx.quantize_mx_with_mask(x, t, stochastic=stochastic, generator=generator, what=what)
+    return _MaskSTE.apply(x, q, inside)
+
+
 # -- public API ---------------------------------------------------------------
 
 
@@ -400,6 +429,7 @@ def quantize(
     frac_bits: torch.Tensor | None = None,
     stochastic: bool = False,
     generator: torch.Generator | None = None,
+    what: str = "the tensor",
 ) -> torch.Tensor:
     """Values of ``fmt`` after converting ``x`` (bit-exact; differentiable).
 
@@ -413,18 +443,22 @@ def quantize(
         Fixed point only: learnable fractional-bit count overriding
         ``fmt.frac_bits`` (word length fixed); see the module docstring.
     stochastic : bool
-        Minifloat only: stochastic rounding (round up with probability equal
-        to the remainder) instead of round-to-nearest-even. Training only;
-        the hardware rounds to nearest even.
+        Minifloat and MX only: stochastic rounding (round up with probability
+        equal to the remainder) instead of round-to-nearest-even. Training
+        only; the hardware rounds to nearest even.
     generator : torch.Generator, optional
-        Random source for stochastic rounding.
+        Random source for stochastic rounding (seed it for reproducible bits).
+    what : str
+        MX only: the tensor's name in errors (e.g. ``"QLinear 'fc1' weight"``).
     """
     x = _check_tensor(x)
     t = _format(fmt)
     if frac_bits is not None and not isinstance(t, FixedType):
         raise ValueError(f"frac_bits applies to fixed-point formats only, not {t}")
-    if stochastic and not isinstance(t, MinifloatType):
-        raise ValueError(f"stochastic rounding applies to minifloat formats only, not {t}")
+    if stochastic and not isinstance(t, (MinifloatType, MXType)):
+        raise ValueError(f"stochastic rounding applies to MX and minifloat formats only, not {t}")
+    if isinstance(t, MXType):
+        return _mx_quantize(x, t, stochastic, generator, what)
     if isinstance(t, FixedType):
         if frac_bits is not None:
             if not isinstance(frac_bits, torch.Tensor):
@@ -455,6 +489,8 @@ def to_codes(x: torch.Tensor, fmt: FormatLike) -> torch.Tensor:
     """
     x = _check_tensor(x).detach()
     t = _format(fmt)
+    if isinstance(t, MXType):
+        raise TypeError(f"{t} stores two arrays (block scales and element codes): use qfx.quant.mx_encode")
     if isinstance(t, FixedType):
         return _fixed.codes_fixed(x, t, t.frac_bits)
     if isinstance(t, KHot):
@@ -470,6 +506,8 @@ def from_codes(codes: torch.Tensor, fmt: FormatLike) -> torch.Tensor:
     if not isinstance(codes, torch.Tensor) or codes.is_floating_point() or codes.is_complex():
         raise TypeError("from_codes needs an integer torch.Tensor of codes")
     t = _format(fmt)
+    if isinstance(t, MXType):
+        raise TypeError(f"{t} stores two arrays (block scales and element codes): use qfx.quant.mx_decode")
     if isinstance(t, MinifloatType):
         return _minifloat.minifloat_from_bits(codes, t)
     base = t.base if isinstance(t, KHot) else t
@@ -491,10 +529,13 @@ def overflow_mask(x: torch.Tensor, fmt: FormatLike) -> torch.Tensor:
     Fixed point: the rounded code lies outside the range (for signed
     ``AP_SAT_SYM``, the most negative code counts too). Minifloat: the rounded
     magnitude exceeds ``max`` (inf inputs included). K-hot: beyond the extreme
-    representable values. NaN is never counted.
+    representable values. MX: the scaled element exceeds the element's max
+    (see :func:`qfx._mx.mx_saturated`). NaN is never counted.
     """
     x = _check_tensor(x).detach()
     t = _format(fmt)
+    if isinstance(t, MXType):
+        return _mx.mx_saturated(x, t)
     if isinstance(t, FixedType):
         return _fixed.out_of_range(_fixed.rounded_codes(x, t, t.frac_bits), t)
     if isinstance(t, KHot):
@@ -508,3 +549,20 @@ def overflow_mask(x: torch.Tensor, fmt: FormatLike) -> torch.Tensor:
 def count_overflow(x: torch.Tensor, fmt: FormatLike) -> int:
     """How many elements of ``x`` saturate or wrap when converted to ``fmt``."""
     return int(overflow_mask(x, fmt).sum().item())
+
+
+def mx_encode(x: torch.Tensor, fmt: FormatLike, what: str = "the tensor") -> "tuple[torch.Tensor, torch.Tensor]":
+    """``(E8M0 scale codes, element codes)`` (int64) of ``x`` in an MX format (see :func:`qfx._mx.mx_encode`)."""
+    x = _check_tensor(x)
+    t = _format(fmt)
+    if not isinstance(t, MXType):
+        raise TypeError(f"mx_encode needs an MX format (e.g. 'mxfp4_e2m1'), not {t}; use to_codes")
+    return _mx.mx_encode(x, t, what)
+
+
+def mx_decode(scales: torch.Tensor, codes: torch.Tensor, fmt: FormatLike) -> torch.Tensor:
+    """Values (float64) of MX scale and element codes (inverse of :func:`mx_encode`)."""
+    t = _format(fmt)
+    if not isinstance(t, MXType):
+        raise TypeError(f"mx_decode needs an MX format (e.g. 'mxfp4_e2m1'), not {t}; use from_codes")
+    return _mx.mx_decode(scales, codes, t)

@@ -54,6 +54,15 @@ Layers (``x`` = the producer's codes, cast to the node's input format first):
     normalised, ``e < emin``) and the product is ``N << (ea + eb - M + F_P)``
     with ``N = 2**M + fa + fb + 2**(M - l(M))``, signed ``sa ^ sb``, zero if an
     operand is zero; accumulated as above.
+    MX weights (exact accumulator): the element codes become small
+    integers ``P`` on the element's grid ``2**-F_e`` (minifloat hull codes, or
+    MXINT8's codes); per block ``j`` of the input features the partial sum
+    ``S_j = sum_k x[k] * P[k]`` is exact on ``F_x + F_e``; the block scale is a
+    shift: ``acc = sum_j S_j << (s_j - s_min)`` on the grid ``F_x + F_e - s_min``
+    (``s_j`` the unbiased E8M0 exponents, ``s_min`` the smallest of the
+    layer), the bias aligned and added, then one cast to ``output``. conv2d (blocks
+    along the input channels): each element is shifted by its block's
+    ``s - s_min`` onto the same grid and the im2col matmul is exact (any order).
 ``batchnorm``
     ``cast(x * scale[c] + align(shift[c]), output)`` on the grid
     ``max(F_x + F_scale, F_shift)``: one rounding.
@@ -108,8 +117,19 @@ from .intops import (  # noqa: F401  (cast_codes, to_real and INT64_SAFE_BITS ar
     cast_codes,
     to_real,
 )
-from .manifest import Manifest, Node, load, mac_auto_accum, mac_product_format, minifloat_hull_codes, weight_envelope
-from .types import FixedType, KHot, MinifloatType
+from .arith import mx_element_grid
+from .manifest import (
+    Manifest,
+    Node,
+    load,
+    mac_auto_accum,
+    mac_product_format,
+    minifloat_hull_codes,
+    mx_weight_grid_codes,
+    mx_weight_hull,
+    weight_envelope,
+)
+from .types import MX_SCALE_BIAS, FixedType, KHot, MinifloatType, MXType
 
 __all__ = ["run", "run_codes", "cast_codes", "to_real", "INT64_SAFE_BITS"]
 
@@ -166,7 +186,72 @@ def _im2col(x: np.ndarray, node: Node) -> tuple[np.ndarray, tuple[int, int]]:
     return cols.reshape(n, g, (c // g) * kh * kw, ho * wo), (ho, wo)
 
 
+def _mx_dense(node: Node, x: np.ndarray, x_frac: int, force_big: bool) -> np.ndarray:
+    """A dense node with MX weights (exact accumulator): block partial sums of small integer
+    products, each shifted by its block's scale onto the finest block grid, summed, cast once."""
+    f, p = node.formats, node.params
+    t: MXType = f["weight"]
+    in_fmt, out_fmt, bias_fmt = f["input"], f["output"], f.get("bias")
+    k_in, n_out, block = p["in_features"], p["out_features"], t.block_size
+    n_blocks = k_in // block
+    f_e = mx_element_grid(t).frac_bits
+    scales = node.arrays["weight_mx_scales"] - MX_SCALE_BIAS  # [O, NB] unbiased shared exponents
+    s_min = int(scales.min())
+    shifts = scales - s_min
+    # the finest grid: F_x + F_e - s_min; every partial sum lies in the auto accumulator's range
+    acc_frac = in_fmt.frac_bits + f_e - s_min
+    auto = mac_auto_accum(mac_product_format(in_fmt, mx_weight_hull(t, node.arrays), "exact"), k_in, bias_fmt)
+    frac = max(acc_frac, bias_fmt.frac_bits) if bias_fmt is not None else acc_frac
+    need = auto.width + max(frac - auto.frac_bits, 0) + 1
+    big = force_big or need > INT64_SAFE_BITS
+    xq = cast_codes(x, x_frac, in_fmt)
+    w = mx_weight_grid_codes(node.arrays["weight"], t)  # [O, K] small integers on 2**-F_e
+    if big:
+        xq, w, shifts = _big(xq), _big(w), _big(shifts)
+    lead = xq.shape[:-1]
+    xb = xq.reshape(-1, n_blocks, block).transpose(1, 0, 2)  # [NB, B, block]
+    wb = w.reshape(n_out, n_blocks, block).transpose(1, 2, 0)  # [NB, block, O]
+    partial = np.matmul(xb, wb)  # [NB, B, O]: the exact block sums of element products
+    acc = (partial << shifts.T[:, None, :]).sum(axis=0)  # the block scale as a shift
+    acc = _shl(acc, frac - acc_frac)
+    if bias_fmt is not None:
+        bias = node.arrays["bias"][None, :]
+        acc = acc + _shl(_big(bias) if big else bias, frac - bias_fmt.frac_bits)
+    return cast_codes(acc, frac, out_fmt).reshape(*lead, n_out)
+
+
+def _mx_conv(node: Node, x: np.ndarray, x_frac: int, force_big: bool) -> np.ndarray:
+    """A conv2d node with MX weights (exact accumulator): each element shifted by its block's
+    scale onto the finest block grid, then the exact im2col matmul (same bits in any order)."""
+    f, p = node.formats, node.params
+    t: MXType = f["weight"]
+    in_fmt, out_fmt, bias_fmt = f["input"], f["output"], f.get("bias")
+    f_e = mx_element_grid(t).frac_bits
+    scales = node.arrays["weight_mx_scales"] - MX_SCALE_BIAS  # [O, C/G/block, KH, KW]
+    s_min = int(scales.min())
+    shifts = np.repeat(scales - s_min, t.block_size, axis=1)  # per element, like the weight
+    acc_frac = in_fmt.frac_bits + f_e - s_min
+    auto = mac_auto_accum(mac_product_format(in_fmt, mx_weight_hull(t, node.arrays), "exact"), _n_terms(node), bias_fmt)
+    frac = max(acc_frac, bias_fmt.frac_bits) if bias_fmt is not None else acc_frac
+    big = force_big or auto.width + max(frac - auto.frac_bits, 0) + 1 > INT64_SAFE_BITS
+    xq = cast_codes(x, x_frac, in_fmt)
+    w = mx_weight_grid_codes(node.arrays["weight"], t)
+    if big:
+        xq, w, shifts = _big(xq), _big(w), _big(shifts)
+    w = w << shifts  # on the grid 2**-(F_e - s_min)
+    cols, (ho, wo) = _im2col(xq, node)
+    groups = p["groups"]
+    w_rows = w.reshape(groups, p["out_channels"] // groups, cols.shape[2])
+    acc = _shl(np.matmul(w_rows[None], cols), frac - acc_frac)  # [B, G, O/G, L]
+    if bias_fmt is not None:
+        bias = node.arrays["bias"].reshape(groups, -1)[None, :, :, None]
+        acc = acc + _shl(_big(bias) if big else bias, frac - bias_fmt.frac_bits)
+    return cast_codes(acc, frac, out_fmt).reshape(cols.shape[0], p["out_channels"], ho, wo)
+
+
 def _mac(node: Node, x: np.ndarray, x_frac: int, force_big: bool) -> np.ndarray:
+    if isinstance(node.formats["weight"], MXType):
+        return _mx_dense(node, x, x_frac, force_big) if node.op == "dense" else _mx_conv(node, x, x_frac, force_big)
     f, p = node.formats, node.params
     in_fmt, accum, out_fmt = f["input"], f["accum"], f["output"]
     bias_fmt = f.get("bias")

@@ -9,6 +9,10 @@ Three kinds of format exist, all immutable and hashable:
   OCP names (``fp8_e4m3fn`` ...) are presets.
 * :class:`KHot` restricts a fixed-point base format to values with at most ``k``
   nonzero signed power-of-two digits, so that a multiply is ``k`` shifts.
+* :class:`MXType` is an OCP Microscaling (MX v1.0) block format: blocks of
+  ``block_size`` elements along one axis share a power-of-two E8M0 scale; the
+  elements are one of the spec's element formats (defined here once, from the
+  minifloat and fixed-point formats above).
 
 :func:`parse_type` reads every spelling and ``str(t)`` writes it back:
 ``parse_type(str(t)) == t`` for every format.
@@ -19,6 +23,7 @@ take their formats from here; nothing else re-encodes a format.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import enum
 import functools
@@ -34,6 +39,8 @@ __all__ = [
     "FixedType",
     "MinifloatType",
     "KHot",
+    "MXType",
+    "MX_ELEMENTS",
     "Format",
     "parse_type",
     "OCP_MINIFLOATS",
@@ -645,7 +652,158 @@ def _khot_codes(width: int, signed: bool, k: int) -> np.ndarray:
     return codes
 
 
-Format = Union[FixedType, MinifloatType, KHot]
+# ---------------------------------------------------------------------------
+# OCP Microscaling (MX) block formats
+# ---------------------------------------------------------------------------
+
+
+def _saturating(name: str) -> MinifloatType:
+    # MX v1.0 section 6.3: element conversion clamps normal values beyond the element's
+    # max normal to +-max normal (also for E4M3/E5M2, which otherwise overflow to NaN/inf).
+    return dataclasses.replace(OCP_MINIFLOATS[name], saturate=True)
+
+
+#: The element formats of the OCP MX v1.0 concrete formats (spec table 1), by MX name:
+#: ``(element format, emax_elem)``. ``emax_elem`` is the exponent of the element's largest
+#: binade, subtracted from ``floor(log2(max|block|))`` to give the shared exponent.
+#: MXINT8's element is an 8-bit two's complement integer with an implicit scale of 2**-6
+#: (``ap_fixed<8,2>``), rounded to nearest even and saturated symmetrically to +-127/64
+#: (the -2.0 code is not produced, as in the spec's reference library).
+MX_ELEMENTS: dict[str, tuple[Union[MinifloatType, FixedType], int]] = {
+    "mxfp8_e4m3": (_saturating("fp8_e4m3fn"), 8),
+    "mxfp8_e5m2": (_saturating("fp8_e5m2"), 15),
+    "mxfp6_e2m3": (_saturating("fp6_e2m3fn"), 2),
+    "mxfp6_e3m2": (_saturating("fp6_e3m2fn"), 4),
+    "mxfp4_e2m1": (_saturating("fp4_e2m1fn"), 2),
+    "mxint8": (FixedType(8, 2, True, Rounding.AP_RND_CONV, Overflow.AP_SAT_SYM), 0),
+}
+assert all(isinstance(e, FixedType) or e.emax == emax for e, emax in MX_ELEMENTS.values())
+
+#: E8M0 scale: unbiased exponents -127..127; the code 0xFF is NaN.
+MX_SCALE_BIAS = 127
+MX_SCALE_NAN = 0xFF
+MX_BLOCK_SIZE = 32
+_MX_EXAMPLE = "mxfp4_e2m1<block=32,axis=-1>"
+
+
+@dataclass(frozen=True)
+class MXType:
+    """An OCP Microscaling (MX v1.0) block format.
+
+    A tensor is cut into blocks of ``block_size`` consecutive elements along
+    ``axis``; each block stores one E8M0 scale ``X = 2**shared_exp`` and
+    ``block_size`` elements ``P`` of the element format; its values are ``X * P``.
+    Conversion (``qfx.quantize``, spec section 6.3)::
+
+        shared_exp = floor(log2(max|V|)) - emax_elem     # clamped below to -127
+        P_i = element(V_i / 2**shared_exp)               # round to nearest even, saturate
+
+    A block of zeros gets ``shared_exp = -127``. A block holding inf or NaN, or
+    whose shared exponent would exceed 127, has the NaN scale (every value NaN).
+
+    Parameters
+    ----------
+    name : str
+        One of :data:`MX_ELEMENTS`: ``mxfp8_e4m3``, ``mxfp8_e5m2``, ``mxfp6_e2m3``,
+        ``mxfp6_e3m2``, ``mxfp4_e2m1``, ``mxint8``.
+    block_size : int
+        Elements per block, >= 1 (the spec's concrete formats use 32). It must
+        divide the tensor's size along ``axis`` (checked where a tensor meets it).
+    axis : int
+        The tensor axis the blocks run along (negative counts from the end).
+
+    Attributes
+    ----------
+    element : MinifloatType or FixedType
+        The element format.
+    emax_elem : int
+        Exponent of the element format's largest binade.
+    bits : int
+        Bits per element (the E8M0 scale adds 8 per block).
+    """
+
+    name: str
+    block_size: int = MX_BLOCK_SIZE
+    axis: int = -1
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or self.name.strip().lower() not in MX_ELEMENTS:
+            close = difflib.get_close_matches(str(self.name).strip().lower(), list(MX_ELEMENTS), n=1)
+            hint = f"did you mean {close[0]}? " if close else ""
+            raise ValueError(
+                f"unknown MX element format {self.name!r}; {hint}the OCP MX v1.0 formats are "
+                f"{', '.join(MX_ELEMENTS)}; e.g. {_MX_EXAMPLE}"
+            )
+        block = _check_int("block_size", self.block_size, _MX_EXAMPLE)
+        if block < 1:
+            raise ValueError(f"MX block_size={block} must be >= 1 (the OCP default is 32); e.g. {_MX_EXAMPLE}")
+        axis = _check_int("axis", self.axis, _MX_EXAMPLE)
+        object.__setattr__(self, "name", self.name.strip().lower())
+        object.__setattr__(self, "block_size", block)
+        object.__setattr__(self, "axis", axis)
+
+    @property
+    def element(self) -> "MinifloatType | FixedType":
+        return MX_ELEMENTS[self.name][0]
+
+    @property
+    def emax_elem(self) -> int:
+        return MX_ELEMENTS[self.name][1]
+
+    @property
+    def bits(self) -> int:
+        return self.element.bits
+
+    def block_axis(self, shape: "tuple[int, ...]", what: str = "the tensor") -> int:
+        """The non-negative axis of a tensor of ``shape`` the blocks run along (checked).
+
+        ValueError naming ``what`` and the fix when the axis does not exist or
+        ``block_size`` does not divide its length.
+        """
+        shape = tuple(int(s) for s in shape)
+        if not -len(shape) <= self.axis < len(shape):
+            raise ValueError(
+                f"{what} of shape {list(shape)} has no axis {self.axis} for the MX blocks of {self}; "
+                f"give an existing axis, e.g. {self.name}<block={self.block_size},axis=-1>"
+            )
+        axis = self.axis % len(shape)
+        n = shape[axis]
+        if n % self.block_size:
+            divisors = [d for d in range(1, min(n, 64) + 1) if n % d == 0]
+            raise ValueError(
+                f"{what} of shape {list(shape)}: the MX block size {self.block_size} of {self} does not "
+                f"divide its axis {self.axis} (length {n}); use a block size dividing {n} "
+                f"(e.g. {self.name}<block={max(divisors)},axis={self.axis}>), blocks along another axis, "
+                f"or pad that axis to a multiple of {self.block_size}"
+            )
+        return axis
+
+    def __str__(self) -> str:
+        opts = []
+        if self.block_size != MX_BLOCK_SIZE:
+            opts.append(f"block={self.block_size}")
+        if self.axis != -1:
+            opts.append(f"axis={self.axis}")
+        return f"{self.name}<{','.join(opts)}>" if opts else self.name
+
+    def __repr__(self) -> str:
+        return f"MXType({str(self)!r})"
+
+
+def _parse_mx(name: str, opts_text: "str | None", spelling: str) -> MXType:
+    kwargs: dict[str, int] = {}
+    if opts_text is not None and opts_text.strip():
+        for item in opts_text.split(","):
+            if "=" not in item:
+                raise ValueError(f"option {item.strip()!r} in {spelling!r} is not key=value; e.g. {_MX_EXAMPLE}")
+            key, value = (t.strip() for t in item.split("=", 1))
+            if key not in ("block", "axis"):
+                raise ValueError(f"unknown MX option {key!r} in {spelling!r}; options: block, axis; e.g. {_MX_EXAMPLE}")
+            kwargs["block_size" if key == "block" else key] = _parse_int_arg(value, key, spelling)
+    return MXType(name, **kwargs)
+
+
+Format = Union[FixedType, MinifloatType, KHot, MXType]
 
 
 # ---------------------------------------------------------------------------
@@ -661,7 +819,8 @@ _FLOAT_RE = re.compile(r"^([a-z0-9_]+)(?:<(.*)>)?$", re.S)
 _SPELLINGS = (
     "ap_fixed<8,3>, ap_fixed<8,3,AP_RND_CONV,AP_SAT>, ap_ufixed<6,2>, ap_int<8>, ap_uint<4>, "
     "khot<2,ap_fixed<8,1>>, fp8_e4m3fn, fp8_e5m2, fp6_e2m3fn, fp6_e3m2fn, fp4_e2m1fn, e4m3, "
-    "e5m2<saturate=true>, e4m3<bias=7,inf_nan=fn>"
+    "e5m2<saturate=true>, e4m3<bias=7,inf_nan=fn>, mxfp8_e4m3, mxfp8_e5m2, mxfp6_e2m3, mxfp6_e3m2, "
+    "mxfp4_e2m1<block=16,axis=-1>, mxint8"
 )
 
 
@@ -734,16 +893,16 @@ def _parse_minifloat(name: str, opts_text: str | None, spelling: str) -> Miniflo
 
 
 def parse_type(text: "str | Format") -> Format:
-    """Parse a format spelling (HLS ``ap_*`` types, ``khot<k,base>``, minifloats).
+    """Parse a format spelling (HLS ``ap_*`` types, ``khot<k,base>``, minifloats, MX).
 
     Examples: ``"ap_fixed<8,3,AP_RND_CONV,AP_SAT>"``, ``"ap_ufixed<6,2>"``,
     ``"ap_int<8>"``, ``"khot<2,ap_fixed<8,1>>"``, ``"fp8_e4m3fn"``, ``"e5m2"``,
-    ``"e4m3<bias=8,saturate=true>"``. Omitted ap_fixed modes default to
+    ``"e4m3<bias=8,saturate=true>"``, ``"mxfp4_e2m1"``, ``"mxint8<block=16,axis=0>"``. Omitted ap_fixed modes default to
     ``AP_TRN`` / ``AP_WRAP`` as in HLS. Format objects pass through unchanged.
 
     Raises ``ValueError`` naming the bad part and showing a valid spelling.
     """
-    if isinstance(text, (FixedType, MinifloatType, KHot)):
+    if isinstance(text, (FixedType, MinifloatType, KHot, MXType)):
         return text
     if not isinstance(text, str):
         raise TypeError(f"a format spelling must be a str, not {type(text).__name__}; e.g. {_FIXED_EXAMPLE}")
@@ -771,7 +930,12 @@ def parse_type(text: "str | Format") -> Format:
         return KHot(base, k)
     head = re.match(r"^([A-Za-z_][A-Za-z0-9_]*)", compact)
     name = head.group(1).lower() if head else ""
-    known = ("ap_fixed", "ap_ufixed", "ap_int", "ap_uint", "khot", *OCP_MINIFLOATS)
+    if name.startswith("mx"):
+        m = _FLOAT_RE.match(compact.lower())
+        if not m or m.group(1) != name:
+            raise ValueError(f"malformed MX format {spelling!r}: unbalanced or missing <...>; e.g. {_MX_EXAMPLE}")
+        return _parse_mx(name, m.group(2), spelling)
+    known = ("ap_fixed", "ap_ufixed", "ap_int", "ap_uint", "khot", *OCP_MINIFLOATS, *MX_ELEMENTS)
     if compact.startswith(("ap_", "khot")) or (
         name and "<" in compact and not _EXMY_RE.match(name) and name not in OCP_MINIFLOATS
     ):

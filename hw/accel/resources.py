@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from qfx.manifest import Manifest, Node, weight_envelope
+from qfx.manifest import Manifest, Node, refuse_mx, weight_envelope
 from qfx.types import KHot, MinifloatType
 
 from ..pe.mac import dsp_operand_bits
@@ -121,6 +121,7 @@ def estimate_resources(manifest: Manifest) -> dict[str, Any]:
     ``lut`` and ``ff`` are 0 here (see the module docstring): this estimate checks DSP and
     block RAM against a board; run synthesis for the fabric logic.
     """
+    refuse_mx(manifest, "RTL engine to estimate")
     per: dict[str, dict[str, float]] = {}
     slots = buffer_slots(manifest)
     for node in manifest:

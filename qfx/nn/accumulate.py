@@ -16,6 +16,10 @@ lies on the grid of a *product type* P (a FixedType):
   :func:`minifloat_hull` is the narrowest FixedType holding every finite value;
 * L-Mul: the activation is cast to the weight's minifloat format first and
   :func:`lmul_product_type` bounds the exact L-Mul result.
+* MX weight (``MXType``): ``P = input * mx_value_hull(current weights)``: an MX
+  format's scales span 2**-127..2**127, so the hull is taken over the values the
+  quantized weight tensor holds now (:func:`qfx.nn.mac.mx_value_hull`), and
+  ``accum="auto"`` follows the weights as they train.
 
 ``accum="auto"`` is ``P.accumulator(n_terms)`` (plus the bias: ``S + bias``),
 the narrowest type in which every partial sum, in any order, is exact.

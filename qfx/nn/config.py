@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 from typing import Any, Iterable, Mapping, Union
 
-from ..types import FixedType, Format, KHot, MinifloatType, parse_type
+from ..types import FixedType, Format, KHot, MinifloatType, MXType, parse_type
 
 __all__ = ["LayerConfig", "FORMAT_KEYS", "OPTION_KEYS", "LEARNABLE_KEYS", "as_config"]
 
@@ -43,7 +43,7 @@ ConfigLike = Union["LayerConfig", Mapping[str, Any], None]
 def _parse(key: str, value: Any) -> Format | None:
     if value is None:
         return None
-    if isinstance(value, (FixedType, MinifloatType, KHot)):
+    if isinstance(value, (FixedType, MinifloatType, KHot, MXType)):
         return value
     if not isinstance(value, str):
         raise TypeError(
@@ -61,7 +61,8 @@ def _fixed_only(key: str, fmt: Format | None) -> FixedType | None:
         return fmt
     raise ValueError(
         f"config key {key!r} must be a fixed-point format (ap_fixed / ap_ufixed / ap_int), "
-        f"not {fmt}; only weights may be K-hot or minifloat. E.g. {key}: '{_FIXED_EXAMPLE}'"
+        f"not {fmt}; only weights may be K-hot, minifloat or MX (MX activations: qfx.quantize on the "
+        f"tensor, not a layer format yet). E.g. {key}: '{_FIXED_EXAMPLE}'"
     )
 
 
@@ -73,8 +74,9 @@ class LayerConfig:
     ----------
     input, bias, output, scale, shift, reciprocal, in_a, in_b : FixedType or str, optional
         Fixed-point formats of the layer's tensors (``None``: not given).
-    weight : FixedType, KHot, MinifloatType or str, optional
-        Weight format.
+    weight : FixedType, KHot, MinifloatType, MXType or str, optional
+        Weight format (MX, e.g. ``"mxfp4_e2m1"``: QLinear / QConv2d, blocks along the
+        format's axis of the weight tensor).
     accum : FixedType or str, optional
         Accumulator format, or ``"auto"`` (the default): the narrowest format
         in which no rounding or overflow can occur. Always fixed point, also

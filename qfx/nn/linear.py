@@ -37,7 +37,9 @@ class QLinear(MACLayer, nn.Linear):
     Weight formats: FixedType, KHot (products exact), or MinifloatType
     (products exact, accumulated in fixed point; with ``multiply="lmul"`` the
     activation is first cast to the weight's minifloat format and each product
-    is ``qfx.lmul(x, w, weight_format, exact=True)``).
+    is ``qfx.lmul(x, w, weight_format, exact=True)``), or MXType (e.g. ``"mxfp4_e2m1"``,
+    blocks along the weight's last axis by default; products exact, accumulated in fixed
+    point sized from the current weights, see :mod:`qfx.nn.accumulate`).
 
     Parameters
     ----------

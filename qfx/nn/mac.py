@@ -10,8 +10,10 @@ from .. import _fixed
 from .._lmul import _operand_format as _lmul_operand_format
 from .._lmul import lmul
 from ..quant import quantize
-from ..types import FixedType, KHot, MinifloatType
-from ..arith import weight_hull
+from ..types import MX_SCALE_BIAS, FixedType, KHot, MinifloatType, MXType
+from ..arith import mx_element_grid, weight_hull
+from ..arith import mx_value_hull as arith_mx_value_hull
+from ..quant import mx_encode
 from .accumulate import (
     accumulate_steps,
     auto_accumulator,
@@ -23,14 +25,14 @@ from .accumulate import (
 from .base import QuantizedModule
 from .config import LayerConfig
 
-__all__ = ["MACLayer"]
+__all__ = ["MACLayer", "mx_value_hull"]
 
 
 def _split_bias(bias: object, overrides: dict) -> tuple[bool, dict]:
     """``bias`` is torch's flag, or a bias format (which implies ``bias=True``)."""
     if isinstance(bias, bool):
         return bias, overrides
-    if isinstance(bias, (str, FixedType, MinifloatType, KHot)):
+    if isinstance(bias, (str, FixedType, MinifloatType, KHot, MXType)):
         return True, {**overrides, "bias": bias}
     raise TypeError(f"bias must be a bool or a bias format (e.g. 'ap_fixed<16,6>'), not {bias!r}")
 
@@ -55,6 +57,29 @@ def float32_kernels_exact() -> bool:
     )
 
 
+def mx_value_hull(values: torch.Tensor, fmt: MXType, layer: str = "the layer") -> FixedType:
+    """:func:`qfx.arith.mx_value_hull` of MX weight values (a tensor of MX values of ``fmt``).
+
+    The products, ``accum="auto"`` and the exactness checks of a layer with MX weights are
+    sized from the values its quantized weights hold now (an MX format's scales span
+    2**-127..2**127). ValueError naming ``layer`` for inf/NaN (NaN blocks) or a span beyond 64 bits.
+    """
+    v = values.detach().double()
+    if not bool(torch.isfinite(v).all()):
+        raise ValueError(f"{layer}: some weights are inf/NaN, so their MX ({fmt}) blocks are NaN; "
+                         "the weights must be finite")
+    scales, _ = mx_encode(v, fmt)
+    s = scales - MX_SCALE_BIAS
+    axis = fmt.axis % v.dim()
+    f_e = mx_element_grid(fmt).frac_bits
+    # element values on their grid: v * 2**(F_e - s), exact (a power-of-two scaling)
+    grid = torch.ldexp(v, (f_e - s).repeat_interleave(fmt.block_size, dim=axis)).to(torch.int64)
+    try:
+        return arith_mx_value_hull(scales.cpu().numpy() - MX_SCALE_BIAS, grid.cpu().numpy(), fmt)
+    except ValueError as err:
+        raise ValueError(f"{layer}: {err}") from None
+
+
 class MACLayer(QuantizedModule):
     """Shared by the layers that reduce products ``x[k] * w[k]`` into an accumulator.
 
@@ -77,6 +102,15 @@ class MACLayer(QuantizedModule):
                     f"not {config.weight}"
                 )
             _lmul_operand_format(config.weight)  # raises for formats L-Mul emulation does not cover
+        if isinstance(config.weight, MXType):
+            try:
+                config.weight.block_axis(tuple(self.weight.shape), "the weight")
+            except ValueError as err:
+                hint = ""
+                if self.weight.dim() == 4:
+                    hint = (f" (QConv2d weights are [out, in/groups, kh, kw]: blocks along the input "
+                            f"channels are {config.weight.name}<block={config.weight.block_size},axis=1>)")
+                raise ValueError(f"{layer}: weight format {config.weight}: {err}{hint}") from None
         if config.weight_per_channel and config.learns("weight"):
             frac_shape = weight_frac_shape
         else:
@@ -108,7 +142,7 @@ class MACLayer(QuantizedModule):
         point crosses a rounding boundary).
         """
         x_fmt = self.quant["input"].effective_format()
-        w_env = self.quant["weight"].envelope_format()
+        w_env = self._weight_envelope()
         b_fmt = self.quant["bias"].effective_format() if "bias" in self.quant else None
         a_fmt = self.quant["accum"].effective_format() if "accum" in self.quant else None
         key = (x_fmt, w_env, b_fmt, a_fmt, self.config.multiply, self.n_terms)
@@ -126,10 +160,24 @@ class MACLayer(QuantizedModule):
             cache[key] = plan = (auto, exact, fits)
         return plan
 
+    def _weight_envelope(self):
+        """The weight format that sizes the products: the quantizer's envelope, or for an MX
+        weight the :func:`mx_value_hull` of the current quantized weights (cached per weight version)."""
+        wq = self.quant["weight"]
+        if not isinstance(wq.fmt, MXType):
+            return wq.envelope_format()
+        key = (self.weight.data_ptr(), self.weight._version, wq.fmt)
+        cached = self.__dict__.get("_mx_hull")
+        if cached is None or cached[0] != key:
+            with torch.no_grad():
+                values = wq(self.weight.detach())
+            self.__dict__["_mx_hull"] = cached = (key, mx_value_hull(values, wq.fmt, type(self).__name__))
+        return cached[1]
+
     def product_format(self) -> FixedType:
         """The type holding every product ``x[k] * w[k]`` exactly (with the current formats)."""
         x_fmt = self.quant["input"].effective_format()
-        return product_type(x_fmt, self.quant["weight"].envelope_format(), self.config.multiply)
+        return product_type(x_fmt, self._weight_envelope(), self.config.multiply)
 
     def auto_accum_format(self) -> FixedType:
         """What ``accum='auto'`` is with the current formats (the bias included)."""
@@ -156,7 +204,7 @@ class MACLayer(QuantizedModule):
         precision only (:func:`float32_kernels_exact`), and ``F.conv2d`` is
         called with NNPACK (Winograd/FFT) off.
         """
-        if device.type != "cpu" or self.config.multiply == "lmul":
+        if device.type != "cpu" or self.config.multiply == "lmul" or isinstance(self.quant["weight"].fmt, MXType):
             return False
         _, exact, fits = self._mac_plan()
         return exact and fits and float32_kernels_exact()
@@ -164,6 +212,9 @@ class MACLayer(QuantizedModule):
     # -- forward pieces ------------------------------------------------------------
     def _quantized_params(self, dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor | None]:
         w = self.quant["weight"](self.weight).to(dtype)
+        if isinstance(self.quant["weight"].fmt, MXType):
+            key = (self.weight.data_ptr(), self.weight._version, self.quant["weight"].fmt)
+            self.__dict__["_mx_hull"] = (key, mx_value_hull(w.detach(), self.quant["weight"].fmt, type(self).__name__))
         if isinstance(self.quant["weight"].fmt, MinifloatType) and not bool(torch.isfinite(w).all()):
             raise ValueError(
                 f"some weights overflow {self.quant['weight'].fmt} to inf/NaN; use a saturating "

@@ -11,7 +11,7 @@ from torch import nn
 from .. import _fixed
 from ..quant import _int_frac, overflow_mask, quantize
 from ..arith import envelope
-from ..types import FixedType, Format, KHot, MinifloatType
+from ..types import FixedType, Format, KHot, MinifloatType, MXType
 
 __all__ = ["TensorQuantizer", "envelope"]
 
@@ -29,7 +29,7 @@ class TensorQuantizer(nn.Module):
 
     Parameters
     ----------
-    fmt : FixedType, KHot or MinifloatType
+    fmt : FixedType, KHot, MinifloatType or MXType
         The format. With a learnable binary point its word length, signedness
         and rounding/overflow modes stay fixed and its binary point is the
         initial value.
@@ -72,12 +72,12 @@ class TensorQuantizer(nn.Module):
         track_overflow: bool = False,
     ) -> None:
         super().__init__()
-        if not isinstance(fmt, (FixedType, KHot, MinifloatType)):
+        if not isinstance(fmt, (FixedType, KHot, MinifloatType, MXType)):
             raise TypeError(f"{name}: expected a qfx format, not {type(fmt).__name__}")
         if learnable and not isinstance(fmt, FixedType):
             raise ValueError(
                 f"{name}: a learnable binary point needs a fixed-point format, not {fmt} "
-                f"(K-hot and minifloat formats have no movable binary point)"
+                f"(K-hot, minifloat and MX formats have no movable binary point)"
             )
         self.fmt = fmt
         self.name = name
@@ -187,7 +187,7 @@ class TensorQuantizer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         fb = self.frac_bits
         if fb is None:
-            q = quantize(x, self.fmt)
+            q = quantize(x, self.fmt, what=f"the {self.name} tensor") if isinstance(self.fmt, MXType) else quantize(x, self.fmt)
         elif fb.dim() == 0 and not isinstance(fb, nn.Parameter):
             q = quantize(x, self.effective_format())
         else:
