@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 
 from .manifest import Manifest, Node, load, mac_auto_accum, mac_product_format
-from .types import FixedType, KHot, MinifloatType, Overflow, Rounding
+from .types import FixedType, KHot, MinifloatType, MXType, Overflow, Rounding
 
 __all__ = ["manifest_to_qonnx", "write_qonnx", "to_qonnx", "QonnxExportError", "QONNX_DOMAIN", "ROUNDING_TO_QONNX"]
 
@@ -248,6 +248,9 @@ def _mac(g: _Graph, node: Node, x: _T) -> _T:
     if isinstance(wfmt, MinifloatType):
         raise QonnxExportError(f"node {name!r}: minifloat weights ({wfmt}) are not exported to QONNX (only integer "
                                f"Quant nodes are written)")
+    if isinstance(wfmt, MXType):
+        raise QonnxExportError(f"node {name!r}: MX block-scaled weights ({wfmt}) are not exported to QONNX (a shared "
+                               f"per-block scale has no QONNX Quant form; only integer Quant nodes are written)")
     if not p["accum_exact"]:
         raise QonnxExportError(
             f"node {name!r}: the accumulator {f['accum']} can round or overflow inside the MAC loop (one cast per "

@@ -226,6 +226,8 @@ REFUSED = [
      r"node 'n0': the accumulator ap_fixed<10,3,AP_RND,AP_SAT> can round or overflow inside the MAC loop"),
     (lambda: nn.Sequential(QLinear(4, 3, bias=False, input=X, weight="fp8_e4m3fn", output=Y)),
      r"node 'n0': minifloat weights"),
+    (lambda: nn.Sequential(QLinear(32, 3, bias=False, input=X, weight="mxfp4_e2m1", output=Y)),
+     r"node 'n0': MX block-scaled weights \(mxfp4_e2m1"),
     (lambda: nn.Sequential(QLinear(4, 3, bias=False, input=X, weight="fp8_e4m3fn", multiply="lmul", output=Y)),
      r"node 'n0': L-Mul"),
     (lambda: nn.Sequential(QLinear(4, 3, bias=False, input="ap_fixed<8,3,AP_RND,AP_WRAP>", weight=W, output=Y)),
