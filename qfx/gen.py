@@ -133,7 +133,7 @@ def generate(manifest_path: "str | Path", out_dir: "str | Path", *, board: str =
     from qfx.hw.verilog import to_verilog
 
     from . import hls
-    from .manifest import load, refuse_mx
+    from .manifest import load
     from .outdir import write_files
 
     if arch not in ARCHITECTURES:
@@ -151,10 +151,6 @@ def generate(manifest_path: "str | Path", out_dir: "str | Path", *, board: str =
     b = get_board(board)
     clock = float(clock_mhz) if clock_mhz is not None else float(b.default_clock_mhz)
     man = load(manifest_path)
-    try:
-        refuse_mx(man, "HLS C++ or RTL generator")
-    except ValueError as err:
-        raise GenError(f"{manifest_path}: {err}") from None
     files: dict[str, str] = {}
     rtl = "rtl" in targets
     # The folding plan is the RTL's (checked against the board), and the HLS C++ beside it follows

@@ -453,6 +453,16 @@ class MACEngine(_Engine):
         ocb_lin = (gi * (og // pe) + ocb) if groups > 1 else ocb
         waddr = Signal(range(max(len(rom_words), 2)))
         m.d.comb += [waddr.eq(ocb_lin * ks + kc), w_rp.addr.eq(waddr), w_rp.en.eq(1)]
+        mx, sh1 = plan.mx, None
+        if mx is not None:  # MX weights: the block scales' shifts, a ROM beside the weight ROM (engines_mx)
+            from .engines_mx import lane_groups, mx_shift_words
+
+            mx_groups = lane_groups(mx.block_of_term, simd)
+            if mx.max_shift:
+                s_rp = _rom(m, "shift_rom", unsigned(pe * len(mx_groups) * mx.shift_bits),
+                            mx_shift_words(mx, pe, simd, mx_groups, oc_blocks, k_terms))
+                m.d.comb += [s_rp.addr.eq(waddr), s_rp.en.eq(1)]
+                sh1 = s_rp.data
         abits = fixed_shape(acc_fmt).width
         init_codes = plan.init_codes
         if any(init_codes):
@@ -494,13 +504,23 @@ class MACEngine(_Engine):
         init2 = Signal(pe * abits, name="init2")
         m.d.sync += [v2.eq(v1), first2.eq(first1), last2.eq(last1), end2.eq(end1), slot2.eq(slot1),
                      wa2.eq(wa1), init2.eq(init1)]
+        if sh1 is not None:
+            sh2 = Signal(sh1.shape(), name="shift2")
+            m.d.sync += sh2.eq(sh1)
         banks = []
         for i in range(pe):
             acc = Signal(fixed_shape(acc_fmt), name=f"acc_{i}")
             base = Signal(fixed_shape(acc_fmt), name=f"base_{i}")
             m.d.comb += base.eq(Mux(first2, init2[i * abits: (i + 1) * abits].as_signed() if acc_fmt.signed
                                     else init2[i * abits: (i + 1) * abits], acc))
-            nxt = self._accumulate(m, f"acc{i}", base, products[i], p_fmt)
+            if mx is not None:
+                from .engines_mx import mx_accumulate
+
+                sb, ng = mx.shift_bits, len(mx_groups)
+                nxt = mx_accumulate(m, f"acc{i}", base, products[i], p_fmt, acc_fmt, mx, mx_groups,
+                                    lambda g, i=i: sh2[(i * ng + g) * sb: (i * ng + g + 1) * sb])
+            else:
+                nxt = self._accumulate(m, f"acc{i}", base, products[i], p_fmt)
             with m.If(v2):
                 m.d.sync += acc.eq(nxt)
             m.submodules[f"out_cast_{i}"] = out_cast = CastUnit(acc_fmt, out_fmt)

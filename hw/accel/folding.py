@@ -224,6 +224,11 @@ def folded_resources(manifest: Manifest, node: Node, folding: Folding,
     mem_lut = ((units * bank_w["rom_luts"] - one_w["rom_luts"]) * LUT_COEF["rom_luts"]
                + (folding.simd * bank_x["lutram_luts"] - one_x["lutram_luts"]) * LUT_COEF["lutram_luts"])
     extra = units - 1
+    if wplan.mx is not None:  # MX: pe x lane-group shifters at this folding, one at folding 1 (engines_mx)
+        from .engines_mx import mx_shifter_cost
+
+        mem_lut += (mx_shifter_cost(node, folding.pe, folding.simd)["shifter_luts"]
+                    - mx_shifter_cost(node)["shifter_luts"]) * LUT_COEF["mx_shift_luts"]
     return {
         "lut": float(round(base["lut"] + extra * unit["lut"] + max(mem_lut, 0.0))),
         "ff": float(round(base["ff"] + extra * unit["ff"])),

@@ -25,8 +25,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from qfx.manifest import Manifest, Node, refuse_mx, weight_envelope
-from qfx.types import KHot, MinifloatType
+from qfx.manifest import Manifest, Node, weight_envelope
+from qfx.types import KHot, MinifloatType, MXType
 
 from ..pe.mac import dsp_operand_bits
 from .weights import plan_weights
@@ -85,7 +85,8 @@ def _mac_dsps(node: Node) -> int:
     f = node.formats
     if node.params["multiply"] == "lmul":
         return 0
-    w = weight_envelope(f["weight"])
+    w = f["weight"]
+    w = w.element if isinstance(w, MXType) else weight_envelope(w)  # MX: the element product unit
     if isinstance(w, KHot):
         return 0
     x_bits = dsp_operand_bits(f["input"])
@@ -121,7 +122,6 @@ def estimate_resources(manifest: Manifest) -> dict[str, Any]:
     ``lut`` and ``ff`` are 0 here (see the module docstring): this estimate checks DSP and
     block RAM against a board; run synthesis for the fabric logic.
     """
-    refuse_mx(manifest, "RTL engine to estimate")
     per: dict[str, dict[str, float]] = {}
     slots = buffer_slots(manifest)
     for node in manifest:
@@ -138,6 +138,13 @@ def estimate_resources(manifest: Manifest) -> dict[str, Any]:
             if any(plan.init_codes):  # the accumulator start values (the bias in accum's format)
                 ramb18 += _ramb18("rom", len(plan.init_codes), rom_width(plan.init_codes, f["accum"].width))
             bits = sl[0] * n_in * f["input"].width + n_w * wb
+            if plan.mx is not None and plan.mx.max_shift:  # MX: the block scales' shift ROM (engines_mx)
+                from .engines_mx import mx_shift_words
+
+                o_ch = len(plan.init_codes)
+                words = mx_shift_words(plan.mx, 1, 1, [(0, 1)], o_ch, n_w // o_ch)
+                ramb18 += _ramb18("rom", len(words), rom_width(words, plan.mx.shift_bits))
+                bits += len(words) * plan.mx.shift_bits
         elif node.op == "batchnorm":
             dsp = multiplier_dsps(dsp_operand_bits(f["input"]), dsp_operand_bits(f["scale"]))
         elif node.op in ("maxpool2d", "avgpool2d"):

@@ -9,7 +9,7 @@ from amaranth.hdl import Const, Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from qfx.manifest import Manifest, refuse_mx
+from qfx.manifest import Manifest
 from qfx.types import FixedType
 
 from ..cast import fixed_shape
@@ -103,10 +103,6 @@ class Accelerator(wiring.Component):
             raise TypeError(f"manifest must be a qfx.manifest.Manifest (qfx.manifest.load(path)), not "
                             f"{type(manifest).__name__}")
         self._manifest = manifest
-        try:
-            refuse_mx(manifest, "RTL engine")
-        except ValueError as err:
-            raise EngineError(str(err)) from None
         for node in manifest:
             if node.op not in SUPPORTED_OPS:
                 raise EngineError(f"node {node.name!r}: op {node.op!r} has no RTL engine; supported: "

@@ -9,7 +9,7 @@ import numpy as np
 from amaranth.hdl import Shape, unsigned
 
 from qfx.manifest import Node, weight_envelope
-from qfx.types import FixedType
+from qfx.types import FixedType, MXType
 
 from ..pe.multiply import multiplier_for, weight_shape, weight_words
 from .engines import EngineError, init_codes
@@ -41,6 +41,7 @@ class WeightPlan:
     multiply: str
     words: list
     init_codes: list
+    mx: Any = None  # MX weights: the engines_mx.MXPlan (w_fmt is then the element format)
 
     @property
     def word_shape(self) -> Shape:
@@ -57,7 +58,12 @@ def plan_weights(node: Node) -> WeightPlan:
     f = node.formats
     fmt, multiply = f["weight"], node.params["multiply"]
     arrays = node.arrays
-    if isinstance(fmt, tuple):
+    if isinstance(fmt, MXType):  # the elements in their own product unit; the block scales as shifts
+        from .engines_mx import mx_plan
+
+        mx = mx_plan(node)
+        w_fmt, raw = fmt.element, np.asarray(arrays["weight"])
+    elif isinstance(fmt, tuple):
         env = weight_envelope(fmt)
         w = np.asarray(arrays["weight"])
         shifts = np.array([env.frac_bits - t.frac_bits for t in fmt], dtype=np.int64).reshape((-1,) + (1,) * (w.ndim - 1))
@@ -65,11 +71,13 @@ def plan_weights(node: Node) -> WeightPlan:
         w_fmt, raw = env, codes
     else:
         w_fmt, raw = fmt, arrays
+    if not isinstance(fmt, MXType):
+        mx = None
     try:
         words = weight_words(w_fmt, raw, multiply)
         multiplier_for(f["input"], w_fmt, multiply)._MustUse__silence = True  # built to validate only
     except (TypeError, ValueError) as err:
         raise EngineError(f"node {node.name!r} ({node.op}): weight format {fmt} with multiply={multiply}: {err}") from None
     flat = [int(v) for v in np.asarray(words).reshape(-1)]
-    return WeightPlan(x_fmt=f["input"], w_fmt=w_fmt, multiply=multiply, words=flat, init_codes=init_codes(node))
+    return WeightPlan(x_fmt=f["input"], w_fmt=w_fmt, multiply=multiply, words=flat, init_codes=init_codes(node), mx=mx)
 

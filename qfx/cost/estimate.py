@@ -31,7 +31,8 @@ __all__ = ["engine_features", "estimate", "FEATURES", "LUT_COEF", "FF_COEF", "ES
 
 #: Feature names (per engine). See :func:`engine_features`.
 FEATURES = ("const", "ctr_bits", "arith_bits", "rom_luts", "lutram_luts", "addr_bits",
-            "mul_fixed_lut", "mul_khot", "mul_minifloat", "mul_lmul", "reg_bits", "cast_logic_bits")
+            "mul_fixed_lut", "mul_khot", "mul_minifloat", "mul_lmul", "reg_bits", "cast_logic_bits",
+            "mx_shift_luts")
 
 # --- calibration constants (bench/cost_calibration.py --fit; see module docstring) ---------
 # Refitted for the folded, double-buffered engines (issue 13: multi-slot input buffers, output-block
@@ -41,8 +42,8 @@ FEATURES = ("const", "ctr_bits", "arith_bits", "rom_luts", "lutram_luts", "addr_
 # of (whole design - sum of its engines) over those designs. Whole-design error on the set:
 # LUT within 18 % (per_channel; 12 % otherwise), FF within 11 %; leave-one-design-out worst LUT 33 %
 # (L-Mul), FF 24 %.
-LUT_COEF: dict[str, float] = {"const": 2.305, "ctr_bits": 1.684, "arith_bits": 0.1051, "rom_luts": 0.9669, "lutram_luts": 0.6548, "addr_bits": 1.158, "mul_fixed_lut": 0, "mul_khot": 0.6018, "mul_minifloat": 0.686, "mul_lmul": 1.603, "reg_bits": 1.141, "cast_logic_bits": 1.666}
-FF_COEF: dict[str, float] = {"const": 0, "ctr_bits": 0.9661, "arith_bits": 0, "rom_luts": 0.2312, "lutram_luts": 0.008021, "addr_bits": 0.2735, "mul_fixed_lut": 0, "mul_khot": 0.08751, "mul_minifloat": 0.1869, "mul_lmul": 0, "reg_bits": 1.369, "cast_logic_bits": 1.109}
+LUT_COEF: dict[str, float] = {"const": 2.305, "ctr_bits": 1.684, "arith_bits": 0.1051, "rom_luts": 0.9669, "lutram_luts": 0.6548, "addr_bits": 1.158, "mul_fixed_lut": 0, "mul_khot": 0.6018, "mul_minifloat": 0.686, "mul_lmul": 1.603, "reg_bits": 1.141, "cast_logic_bits": 1.666, "mx_shift_luts": 1.0}
+FF_COEF: dict[str, float] = {"const": 0, "ctr_bits": 0.9661, "arith_bits": 0, "rom_luts": 0.2312, "lutram_luts": 0.008021, "addr_bits": 0.2735, "mul_fixed_lut": 0, "mul_khot": 0.08751, "mul_minifloat": 0.1869, "mul_lmul": 0, "reg_bits": 1.369, "cast_logic_bits": 1.109, "mx_shift_luts": 0.0}
 TOP_LUT = 39.3
 TOP_FF = 25.3
 # --------------------------------------------------------------------------------------------
@@ -152,6 +153,16 @@ def _mac_features(node: Node, slots: int = 2) -> dict[str, float]:
             f["mul_fixed_lut"] = float(x.width * w.width)
     f["reg_bits"] = float(out.width + acc.width + (wb if r1 else 0) + (acc.width if r2 else 0)
                           + (x.width if l1 else 0))
+    if plan.mx is not None:  # MX weights: the block scales as barrel shifters (structural count, not fitted)
+        from qfx.hw.accel.engines_mx import mx_shift_words, mx_shifter_cost
+
+        c = mx_shifter_cost(node)
+        f["mx_shift_luts"] = c["shifter_luts"]
+        if c["shifters"]:
+            words = mx_shift_words(plan.mx, 1, 1, [(0, 1)], g["o"], k_terms)
+            r3 = _rom_luts(words, plan.mx.shift_bits)
+            f["rom_luts"] += r3
+            f["reg_bits"] += float(c["shift_bits"] * c["shifters"] + (plan.mx.shift_bits if r3 else 0))
     return f
 
 
