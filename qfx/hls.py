@@ -97,8 +97,8 @@ import numpy as np
 from ._toolchain import ap_types_dir, compiler, headers_fingerprint, locked
 from .arith import lmul_offset_bits, lmul_product_type
 from .intops import corner_and_random_codes, minifloat_fields
-from .manifest import CONV_ORDER, DENSE_ORDER, Manifest, Node, is_valid_name, load, minifloat_hull_codes, refuse_mx, weight_envelope
-from .types import FixedType, KHot, MinifloatType
+from .manifest import CONV_ORDER, DENSE_ORDER, Manifest, Node, is_valid_name, load, minifloat_hull_codes, weight_envelope
+from .types import FixedType, KHot, MinifloatType, MXType
 
 __all__ = [
     "PART",
@@ -251,7 +251,12 @@ def _mac_context(node: Node, reuse: int) -> tuple[dict, list[tuple[str, str]]]:
                                weight_fmt=str(wfmt) if not isinstance(wfmt, tuple) else "per-channel " + ", ".join(map(str, wfmt)),
                                accum_fmt=str(f["accum"]), bias=bool(p["bias"]), n_w=int(codes.size))
     types: list[tuple[str, str]] = [("in", _cpp(in_fmt))]
-    if p["multiply"] == "lmul":
+    if isinstance(wfmt, MXType):  # element products and block-scale shifts (qfx/hls_mx.py, mx_<op>.j2)
+        from .hls_mx import mx_context
+
+        types += mx_context(node, in_fmt, ctx, _exact, _cpp, _literals, _mf_fields)
+        ctx["template"] = f"mx_{node.op}"
+    elif p["multiply"] == "lmul":
         if not isinstance(wfmt, MinifloatType):  # pragma: no cover - load checks it
             raise _fail(node, f"multiply: lmul needs a minifloat weight format, not {wfmt}")
         types += _lmul_context(ctx, node, in_fmt, wfmt)
@@ -279,8 +284,7 @@ def _mac_context(node: Node, reuse: int) -> tuple[dict, list[tuple[str, str]]]:
         if bits.size and (int(bits.min()) < 0 or int(bits.max()) >= 1 << (1 + e + m)
                           or int(np.abs(hull_codes).max()) >= 1 << mag):  # pragma: no cover - load checks the codes
             raise _fail(node, f"weight bit patterns do not fit {wfmt}")
-        ctx.update(minifloat=True, mf=dict(fmt=str(wfmt), e=e, m=m, bits=1 + e + m, frac=hull.frac_bits,
-                                           subnormals=wfmt.subnormals, mag=mag, width=hull.width),
+        ctx.update(minifloat=True, mf=_mf_fields(wfmt, hull),
                    weight_bits=[str(int(v)) for v in bits.tolist()])
     elif isinstance(wfmt, tuple):
         env = weight_envelope(wfmt)
@@ -301,6 +305,14 @@ def _mac_context(node: Node, reuse: int) -> tuple[dict, list[tuple[str, str]]]:
         ctx["n_bias"] = int(node.arrays["bias"].size)
     types += [("acc", _cpp(f["accum"])), ("out", _cpp(f["output"]))]
     return ctx, types
+
+
+def _mf_fields(wfmt: MinifloatType, hull: FixedType) -> dict[str, Any]:
+    """What ``_minifloat.j2`` needs to decode ``wfmt`` bit patterns onto ``hull``'s grid."""
+    e, m = wfmt.exponent_bits, wfmt.mantissa_bits
+    mag = hull.width - 1 if hull.signed else hull.width
+    return dict(fmt=str(wfmt), e=e, m=m, bits=1 + e + m, frac=hull.frac_bits, subnormals=wfmt.subnormals, mag=mag,
+                width=hull.width)
 
 
 def _lmul_context(ctx: dict, node: Node, in_fmt: FixedType, wfmt: MinifloatType) -> list[tuple[str, str]]:
@@ -346,7 +358,12 @@ def _check_span(node: Node, m: Manifest) -> None:
     lsb = -max(t.frac_bits for t in fixed)
     if node.op in ("dense", "conv2d"):
         w = node.formats["weight"]
-        wg = weight_envelope(w) if isinstance(w, tuple) else weight_grid(w)
+        if isinstance(w, MXType):  # every MX weight value (the block scales applied)
+            from .manifest import mx_weight_hull
+
+            wg = mx_weight_hull(w, node.arrays)
+        else:
+            wg = weight_envelope(w) if isinstance(w, tuple) else weight_grid(w)
         # a product's grid: input lsb + weight lsb, width of both plus one
         lsb = min(lsb, -(node.formats["input"].frac_bits + wg.frac_bits))
         msb = max(msb, _ibits(node.formats["input"]) + _ibits(wg) + 1)
@@ -537,7 +554,6 @@ def render(manifest: "Manifest | str | os.PathLike", *, top: str = "qfx_top", re
     if isinstance(reuse_factor, bool) or not isinstance(reuse_factor, int) or reuse_factor < 1:
         raise ValueError(f"reuse_factor must be an int >= 1, got {reuse_factor!r}")
     m = manifest if isinstance(manifest, Manifest) else load(manifest)
-    refuse_mx(m, "HLS C++ generator")
     names = {n.name for n in m.nodes}
     folds: dict[str, Any] = {}
     if foldings:
@@ -595,7 +611,7 @@ def render(manifest: "Manifest | str | os.PathLike", *, top: str = "qfx_top", re
         buffers.append(dict(name=f"{node.name}_buf", type=node.name, size=size))
         k = uses.get(node.name, 0)
         if node.op != "input":
-            bodies.append(env.get_template(f"{node.op}.j2").render(n=ctx, reuse=reuse_factor))
+            bodies.append(env.get_template(f"{ctx.get('template', node.op)}.j2").render(n=ctx, reuse=reuse_factor))
             calls.append(dict(name=node.name, args=[buffer_of(s) for s in node.inputs] + [f"{node.name}_buf"]))
         if k >= 2:
             outs = [f"{node.name}_buf{i}" for i in range(k)]
