@@ -149,6 +149,10 @@ def energy_per_inference(manifest: Manifest, dsp_per_layer: dict[str, float], br
             mem = (_read(f["input"].width) + _read(plan.word_shape.width)) * mem_factor * macs
             mem += _read(f["input"].width) * mem_factor * cyc["load"]  # buffer writes
             mem += _read(f["accum"].width) * f_soft * cyc["outputs"]  # accumulator start ROM
+            if plan.mx is not None and plan.mx.max_shift:  # MX: the block scale's shift of each issue's sum
+                op = {**op, "product_pj": op["product_pj"]
+                      + _shift(p_fmt.width + plan.mx.max_shift, plan.mx.shift_bits) * f_soft, "kind": "mx_" + op["kind"]}
+                mem += _read(plan.mx.shift_bits) * mem_factor * macs  # the shift ROM
             prod, accu = op["product_pj"] * macs, op["accumulate_pj"] * macs
             out_cast = _add(f["output"].width) * f_soft * cyc["outputs"]
             row.update({"macs": macs, "kind": op["kind"], "mac_pj_each": op["product_pj"] + op["accumulate_pj"],
