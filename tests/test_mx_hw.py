@@ -51,6 +51,8 @@ def _dense_model(weight: str, block: int, bias: bool = True) -> torch.nn.Module:
         QLinear(8, 4, bias=False, input=X_FMT, weight=f"{weight}<block=4>", output="ap_fixed<12,5,AP_RND_CONV,AP_SAT>"),
     )
     _spread(model, 12, (block, 4))
+    with torch.no_grad():  # a block of zeros: E8M0 scale 2**-127, which must not widen the shifters
+        model[0].weight[1, :block] = 0
     return model
 
 
@@ -104,6 +106,7 @@ def test_mxfp4_dense_four_way_bit_exact(tmp_path, block):
     dense = [n for n in man if n.op == "dense"]
     assert (dense[0].formats["weight"].name, dense[0].formats["weight"].block_size) == ("mxfp4_e2m1", block)
     assert _max_shift(man, dense[0].name) >= 4  # the block scales really differ
+    assert dense[0].arrays["weight_mx_scales"][1, 0] == 0 and _max_shift(man, dense[0].name) <= 16
 
 
 @needs_verilator
