@@ -61,7 +61,7 @@ def _conv_model(weight: str) -> torch.nn.Module:
 
     torch.manual_seed(13)
     model = torch.nn.Sequential(
-        QConv2d(8, 4, 3, padding=1, bias="ap_fixed<12,4,AP_RND>", input=X_FMT, weight=f"{weight}<block=4,axis=1>",
+        QConv2d(8, 4, 3, padding=1, groups=2, bias="ap_fixed<12,4,AP_RND>", input=X_FMT, weight=f"{weight}<block=4,axis=1>",
                 output="ap_fixed<12,5,AP_RND_CONV,AP_SAT>"),
         QReLU(output="ap_ufixed<8,3,AP_RND,AP_SAT>"),
         QFlatten(),
@@ -125,8 +125,8 @@ def test_mx_dense_other_elements_folded_four_way(tmp_path, name, fold):
 
 @needs_verilator
 def test_mxfp4_conv2d_four_way_bit_exact(tmp_path):
-    """An MXFP4 conv2d (blocks of 4 input channels at each kernel position: a shift per product)
-    into an MXFP4 dense layer, four ways bit-exact."""
+    """An MXFP4 grouped conv2d (2 groups, blocks of the 4 input channels of a group at each kernel
+    position: a shift per product) into an MXFP4 dense layer, four ways bit-exact."""
     x = torch.randn(8, 8, 3, 3, generator=torch.Generator().manual_seed(6)) * 3
     man = _four_way(tmp_path, _conv_model("mxfp4_e2m1"), x, vectors=20)
     conv = next(n for n in man if n.op == "conv2d")
