@@ -362,11 +362,15 @@ def mx_weight_hull(fmt: MXType, arrays: Mapping[str, np.ndarray]) -> FixedType:
 
 
 def refuse_mx(manifest: "Manifest", tool: str) -> None:
-    """ValueError naming the first node with MX weights: ``tool`` (HLS C++, RTL) has no MX layers yet."""
+    """ValueError naming the first node with MX weights, for a ``tool`` that has no MX layers.
+
+    The HLS C++, the RTL (qfx-gen) and the estimate build MX dense / conv2d layers
+    (:mod:`qfx.hls_mx`, :mod:`qfx.hw.accel.engines_mx`) and no longer call this; kept for tools
+    that do not."""
     for node in manifest.nodes:
         if isinstance(node.formats.get("weight"), MXType):
             raise ValueError(
-                f"node {node.name!r}: MX weights ({node.formats['weight']}) have no {tool} yet (issue 17 item 4); "
+                f"node {node.name!r}: MX weights ({node.formats['weight']}) have no {tool}; "
                 "qfx.reference runs the manifest, or export with fixed-point, K-hot or minifloat weights"
             )
 
