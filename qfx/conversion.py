@@ -25,6 +25,9 @@ float                                           qfx
 ``a - b`` / ``torch.sub`` / ``a.sub(b)``          :class:`qfx.nn.QSub` (two tensors)
 ``a * b`` / ``torch.mul`` / ``a.mul(b)``          :class:`qfx.nn.QMul` (two tensors)
 ``nn.ZeroPad2d``                                  :class:`qfx.nn.QZeroPad2d` (no formats)
+``nn.Sigmoid`` / ``nn.Tanh`` / ``nn.SiLU`` /      :class:`qfx.nn.QSigmoid` / ``QTanh`` / ``QSiLU`` /
+``nn.GELU`` / ``nn.Hardsigmoid`` /                ``QGELU`` / ``QHardsigmoid`` / ``QHardswish``
+``nn.Hardswish`` (and their functions)            (lookup tables, :mod:`qfx.nn.table`)
 ``nn.Identity``, ``nn.Dropout*``                removed (the value passes through)
 ==============================================  ==============================================
 
@@ -80,6 +83,10 @@ How the keys are used, per kind:
 - ``Hardtanh``, ``clamp``: ``output`` (the bounds are cast to it); an ``input``
   cast only from ``types:`` / ``layers:``, as for ``ReLU``.
 - ``sub``, ``mul``: ``in_a``, ``in_b`` (each defaulting to ``input``), ``output``.
+- ``Sigmoid``, ``Tanh``, ``SiLU``, ``GELU``, ``Hardsigmoid``, ``Hardswish`` (lookup
+  tables): ``input`` (the ``default`` one too: the table is indexed by its codes),
+  ``output``, ``table_size``, ``table_range``; their formats are never learned. A
+  ``table_range`` the input format cannot cover is an error here, naming the layer.
 
 With ``fold_bn: true`` each ``BatchNorm2d`` fed by a ``Conv2d`` (and only by
 it) is folded into that conv before quantization (:func:`qfx.nn.fold_batchnorm`,
@@ -142,7 +149,16 @@ KINDS: dict[str, str] = {
     "sub": "a - b, torch.sub(a, b), a.sub(b) on two tensors of the same shape",
     "mul": "a * b, torch.mul(a, b), a.mul(b) on two tensors of the same shape",
     "ZeroPad2d": "nn.ZeroPad2d (amounts >= 0)",
+    "Sigmoid": "nn.Sigmoid, torch.sigmoid, F.sigmoid, x.sigmoid() (lookup table)",
+    "Tanh": "nn.Tanh, torch.tanh, F.tanh, x.tanh() (lookup table)",
+    "SiLU": "nn.SiLU, F.silu (lookup table)",
+    "GELU": "nn.GELU, F.gelu with approximate='none' (lookup table)",
+    "Hardsigmoid": "nn.Hardsigmoid, F.hardsigmoid (lookup table)",
+    "Hardswish": "nn.Hardswish, F.hardswish (lookup table)",
 }
+#: Lookup-table kinds -> their qfx.tables function.
+_TABLE_KINDS = {"Sigmoid": "sigmoid", "Tanh": "tanh", "SiLU": "silu", "GELU": "gelu",
+                "Hardsigmoid": "hardsigmoid", "Hardswish": "hardswish"}
 
 _REMOVED = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
 _MODULE_KINDS: tuple[tuple[type, str], ...] = (
@@ -159,6 +175,12 @@ _MODULE_KINDS: tuple[tuple[type, str], ...] = (
     (nn.AdaptiveAvgPool2d, "GlobalAvgPool2d"),
     (nn.Hardtanh, "Hardtanh"),  # after nn.ReLU6, a subclass of it
     (nn.ZeroPad2d, "ZeroPad2d"),
+    (nn.Sigmoid, "Sigmoid"),
+    (nn.Tanh, "Tanh"),
+    (nn.SiLU, "SiLU"),
+    (nn.GELU, "GELU"),
+    (nn.Hardsigmoid, "Hardsigmoid"),
+    (nn.Hardswish, "Hardswish"),
 )
 _FUNCTION_KINDS = {
     operator.add: "add",
@@ -178,9 +200,18 @@ _FUNCTION_KINDS = {
     torch.clamp: "clamp",
     torch.clip: "clamp",
     F.hardtanh: "Hardtanh",
+    torch.sigmoid: "Sigmoid",
+    F.sigmoid: "Sigmoid",
+    torch.tanh: "Tanh",
+    F.tanh: "Tanh",
+    F.silu: "SiLU",
+    F.gelu: "GELU",
+    F.hardsigmoid: "Hardsigmoid",
+    F.hardswish: "Hardswish",
 }
 _METHOD_KINDS = {"add": "add", "add_": "add", "flatten": "Flatten", "relu": "ReLU", "relu_": "ReLU",
-                 "sub": "sub", "mul": "mul", "mean": "GlobalAvgPool2d", "clamp": "clamp", "clip": "clamp"}
+                 "sub": "sub", "mul": "mul", "mean": "GlobalAvgPool2d", "clamp": "clamp", "clip": "clamp",
+                 "sigmoid": "Sigmoid", "tanh": "Tanh"}
 #: Kinds whose input (and, for max pooling, output) cast comes only from types:/layers:.
 _PASS_THROUGH_INPUT = ("ReLU", "ReLU6", "LeakyReLU", "MaxPool2d", "Hardtanh", "clamp")
 _TOP_KEYS = ("default", "types", "layers", "fold_bn")
@@ -372,6 +403,10 @@ def _classify(gm: fx.GraphModule) -> tuple[dict[fx.Node, str], dict[str, str]]:
             if kind == "MaxPool2d" and m.return_indices:
                 problems.append(f"module {node.target!r} (MaxPool2d with return_indices=True)")
                 continue
+            if kind == "GELU" and m.approximate != "none":
+                problems.append(f"module {node.target!r} (GELU): approximate={m.approximate!r} is not supported; "
+                                "only approximate='none' (the table is of the exact erf GELU)")
+                continue
             if kind == "GlobalAvgPool2d" and m.output_size not in (1, (1, 1), [1, 1]):
                 problems.append(f"module {node.target!r} (AdaptiveAvgPool2d): output_size {m.output_size!r} is not "
                                 "supported; only 1 or (1, 1) (global average pooling)")
@@ -439,6 +474,21 @@ def _cat_args(node: fx.Node) -> "tuple[object, object, dict]":
 
 def _check_call(node: fx.Node, kind: str) -> "str | None":
     args, kwargs = list(node.args), dict(node.kwargs)
+    if kind in _TABLE_KINDS:
+        if kind == "GELU":
+            approx = args[1] if len(args) > 1 else kwargs.pop("approximate", "none")
+            kwargs.pop("approximate", None)
+            if approx != "none":
+                return f"argument approximate={approx!r} is not supported; only 'none' (the table is of the exact erf GELU)"
+        elif kind in ("SiLU", "Hardsigmoid", "Hardswish"):
+            if len(args) > 1:
+                kwargs["inplace"] = args[1]
+            kwargs.pop("inplace", None)
+        if kwargs or len(args) > 2 or (len(args) == 2 and kind in ("Sigmoid", "Tanh")):
+            return f"unsupported arguments {sorted(kwargs) or args[1:]}; supported: one tensor"
+        if not (args and isinstance(args[0], fx.Node)):
+            return "needs a tensor argument"
+        return None
     if kind in ("sub", "mul"):
         alpha = kwargs.pop("alpha", 1)
         if kind == "sub" and len(args) > 2:
@@ -576,6 +626,8 @@ def _build(kind: str, float_module: "nn.Module | None", node: fx.Node, cfg: Laye
         return qnn.QCat(int(_cat_args(node)[1]), config=cfg)
     if kind == "ZeroPad2d":
         return qnn.QZeroPad2d(tuple(m.padding))
+    if kind in _TABLE_KINDS:
+        return getattr(qnn, "Q" + kind)(config=cfg)  # QSigmoid, QTanh, ..., qfx.nn.table
     raise AssertionError(kind)  # pragma: no cover
 
 
