@@ -238,3 +238,88 @@ def test_table_engine_verilog_lints_clean_and_is_deterministic(exported, tmp_pat
     cmd = [exe, "--lint-only", "-Wall", *(f"-Wno-{w}" for w in LINT_WAIVERS), "--top-module", "qfx_accel", str(path)]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, f"verilator lint failed:\n{r.stdout}\n{r.stderr[-4000:]}"
+
+
+# ---------------------------------------------------------------------------
+# A jet-tagging style MLP 16-64-32-32-5 ending in a softmax, dropped for argmax outputs
+# ---------------------------------------------------------------------------
+
+
+class JetTagger(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2, self.fc3, self.fc4 = nn.Linear(16, 64), nn.Linear(64, 32), nn.Linear(32, 32), nn.Linear(32, 5)
+        self.act2 = nn.SiLU()
+        self.softmax = nn.Softmax(dim=-1)
+
+    def forward(self, x):
+        y = torch.relu(self.fc1(x))
+        y = torch.tanh(self.fc3(self.act2(self.fc2(y))))
+        return self.softmax(self.fc4(y))
+
+
+def _jet_data(n: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    proj = torch.randn(16, 5, generator=torch.Generator().manual_seed(123))
+    x = torch.randn(n, 16, generator=g)
+    return x, (x @ proj).argmax(dim=1)
+
+
+def test_final_softmax_needs_the_option_and_other_softmaxes_are_refused():
+    with pytest.raises(ConversionError, match=r"node 'softmax' \(softmax\) produces the model output.*"
+                                              r"drop_final_softmax: true"):
+        qfx.convert(JetTagger(), CFG)
+
+    class Inner(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc1, self.fc2 = nn.Linear(4, 4), nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.fc2(F.softmax(self.fc1(x), dim=1)).softmax(0)
+
+    with pytest.raises(ConversionError) as e:
+        qfx.convert(Inner(), dict(CFG, drop_final_softmax=True))
+    msg = str(e.value)
+    assert "torch.nn.functional.softmax (node 'softmax'): a softmax inside the model is not supported" in msg
+    assert "method .softmax() (node 'softmax_1'): argument dim=0 is not supported" in msg
+    with pytest.raises(ConversionError, match="drop_final_softmax must be true or false"):
+        qfx.convert(JetTagger(), dict(CFG, drop_final_softmax="yes"))
+
+
+def test_jet_tagger_with_dropped_softmax_four_ways(tmp_path):
+    from qfx.gen import generate
+    from qfx.sim import verilator as qv
+    from qfx.sim.check import verify
+
+    torch.manual_seed(0)
+    float_model = JetTagger()
+    q = qfx.convert(float_model, CFG, drop_final_softmax=True)
+    assert q.meta["qfx"]["dropped_softmax"] == ["softmax"]
+    opt = torch.optim.Adam(q.parameters(), lr=1e-2)
+    q.train()
+    for step in range(30):
+        x, t = _jet_data(64, step)
+        loss = F.cross_entropy(q(x), t)  # the logits: cross-entropy applies the softmax
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    q.eval()
+    x, t = _jet_data(200, 999)
+    with torch.no_grad():
+        logits = q(x)
+    assert (logits.argmax(1) == t).float().mean() > 0.4  # learned something (chance 0.2)
+    export(q, x[:40], tmp_path / "manifest")
+    man = load(tmp_path / "manifest")
+    assert [n.op for n in man].count("table") == 2 and man.node(man.output).output_shape == (5,)
+    ref, emu = run(man, x[:40]), emulate(q, x[:40])
+    for node in man:
+        assert np.array_equal(ref[node.name], qfx.to_codes(emu[node.name], node.output_format).numpy()), node.name
+    try:
+        qv.find_verilator()
+    except qv.VerilatorNotFound:
+        pytest.skip("no Verilator")
+    generate(tmp_path / "manifest", tmp_path / "gen", board="ultra96", targets=("rtl", "hls"))
+    rep = verify(tmp_path / "gen", vectors=40, model=q, seed=3)
+    assert rep.ok, rep.table()
+    assert all(c.mismatches == 0 for c in rep.checks) and len(rep.checks) >= 4
