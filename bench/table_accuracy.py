@@ -24,6 +24,23 @@ F = {
 }
 
 
+def conversion_defaults() -> None:
+    """The table a qfx.nn table layer builds from qfx.convert's DEFAULT_CONFIG (input and output
+    ap_fixed<8,3,AP_RND,AP_SAT>, the input's whole range [-4, 4), table_size 1024 -> 256 entries, one
+    per input code): max error against float64 over every input code."""
+    xi = out = parse_type("ap_fixed<8,3,AP_RND,AP_SAT>")
+    print("| function | input = output | range | entries | max abs error | output lsb |")
+    print("|---|---|---|---|---|---|")
+    for name, f in F.items():
+        if name == "exp_neg":
+            continue
+        spec = plan(name, xi)
+        t = contents(spec, xi, out)
+        codes = np.arange(spec.lo_code, spec.hi_code + 1)
+        err = np.abs(lookup(codes, spec, t) * out.lsb - f(codes * xi.lsb)).max()
+        print(f"| {name} | {xi} | [{xi.min}, {xi.max + xi.lsb}) | {spec.size} | {err:.3e} | {out.lsb:.3e} |")
+
+
 def main() -> None:
     out = parse_type("ap_fixed<16,4,AP_RND,AP_SAT>")
     print("| function | input | range | entries | max abs error | output lsb |")
@@ -41,3 +58,5 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    print()
+    conversion_defaults()

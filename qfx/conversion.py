@@ -25,6 +25,9 @@ float                                           qfx
 ``a - b`` / ``torch.sub`` / ``a.sub(b)``          :class:`qfx.nn.QSub` (two tensors)
 ``a * b`` / ``torch.mul`` / ``a.mul(b)``          :class:`qfx.nn.QMul` (two tensors)
 ``nn.ZeroPad2d``                                  :class:`qfx.nn.QZeroPad2d` (no formats)
+``nn.Sigmoid`` / ``nn.Tanh`` / ``nn.SiLU`` /      :class:`qfx.nn.QSigmoid` / ``QTanh`` / ``QSiLU`` /
+``nn.GELU`` / ``nn.Hardsigmoid`` /                ``QGELU`` / ``QHardsigmoid`` / ``QHardswish``
+``nn.Hardswish`` (and their functions)            (lookup tables, :mod:`qfx.nn.table`)
 ``nn.Identity``, ``nn.Dropout*``                removed (the value passes through)
 ==============================================  ==============================================
 
@@ -36,6 +39,7 @@ listing what is supported.
 Config (a YAML file path or a dict; DESIGN.md "Config")::
 
     fold_bn: false                 # optional: fold each BatchNorm2d into the conv feeding it
+    drop_final_softmax: false      # optional: remove a Softmax that produces the model output
     default:                       # every key of qfx.nn.LayerConfig; a layer uses the keys it needs
       input:  ap_fixed<8,3,AP_RND,AP_SAT>
       weight: ap_fixed<8,1,AP_RND_CONV,AP_SAT>
@@ -80,6 +84,17 @@ How the keys are used, per kind:
 - ``Hardtanh``, ``clamp``: ``output`` (the bounds are cast to it); an ``input``
   cast only from ``types:`` / ``layers:``, as for ``ReLU``.
 - ``sub``, ``mul``: ``in_a``, ``in_b`` (each defaulting to ``input``), ``output``.
+- ``Sigmoid``, ``Tanh``, ``SiLU``, ``GELU``, ``Hardsigmoid``, ``Hardswish`` (lookup
+  tables): ``input`` (the ``default`` one too: the table is indexed by its codes),
+  ``output``, ``table_size``, ``table_range``; their formats are never learned. A
+  ``table_range`` the input format cannot cover is an error here, naming the layer.
+
+With ``drop_final_softmax: true`` a ``nn.Softmax`` / ``F.softmax`` / ``torch.softmax`` /
+``x.softmax`` whose result is the model's output (and only that) is removed: the qfx
+model (and the hardware) output the logits, whose argmax along the softmax dim is the
+float model's (softmax is strictly increasing along its dim). ``meta["qfx"]
+["dropped_softmax"]`` names it. A softmax over the batch dim (0) or without a dim, or
+one inside the model, is an error naming the node (softmax is not a hardware layer yet).
 
 With ``fold_bn: true`` each ``BatchNorm2d`` fed by a ``Conv2d`` (and only by
 it) is folded into that conv before quantization (:func:`qfx.nn.fold_batchnorm`,
@@ -142,7 +157,16 @@ KINDS: dict[str, str] = {
     "sub": "a - b, torch.sub(a, b), a.sub(b) on two tensors of the same shape",
     "mul": "a * b, torch.mul(a, b), a.mul(b) on two tensors of the same shape",
     "ZeroPad2d": "nn.ZeroPad2d (amounts >= 0)",
+    "Sigmoid": "nn.Sigmoid, torch.sigmoid, F.sigmoid, x.sigmoid() (lookup table)",
+    "Tanh": "nn.Tanh, torch.tanh, F.tanh, x.tanh() (lookup table)",
+    "SiLU": "nn.SiLU, F.silu (lookup table)",
+    "GELU": "nn.GELU, F.gelu with approximate='none' (lookup table)",
+    "Hardsigmoid": "nn.Hardsigmoid, F.hardsigmoid (lookup table)",
+    "Hardswish": "nn.Hardswish, F.hardswish (lookup table)",
 }
+#: Lookup-table kinds -> their qfx.tables function.
+_TABLE_KINDS = {"Sigmoid": "sigmoid", "Tanh": "tanh", "SiLU": "silu", "GELU": "gelu",
+                "Hardsigmoid": "hardsigmoid", "Hardswish": "hardswish"}
 
 _REMOVED = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
 _MODULE_KINDS: tuple[tuple[type, str], ...] = (
@@ -159,6 +183,12 @@ _MODULE_KINDS: tuple[tuple[type, str], ...] = (
     (nn.AdaptiveAvgPool2d, "GlobalAvgPool2d"),
     (nn.Hardtanh, "Hardtanh"),  # after nn.ReLU6, a subclass of it
     (nn.ZeroPad2d, "ZeroPad2d"),
+    (nn.Sigmoid, "Sigmoid"),
+    (nn.Tanh, "Tanh"),
+    (nn.SiLU, "SiLU"),
+    (nn.GELU, "GELU"),
+    (nn.Hardsigmoid, "Hardsigmoid"),
+    (nn.Hardswish, "Hardswish"),
 )
 _FUNCTION_KINDS = {
     operator.add: "add",
@@ -178,12 +208,22 @@ _FUNCTION_KINDS = {
     torch.clamp: "clamp",
     torch.clip: "clamp",
     F.hardtanh: "Hardtanh",
+    torch.sigmoid: "Sigmoid",
+    F.sigmoid: "Sigmoid",
+    torch.tanh: "Tanh",
+    F.tanh: "Tanh",
+    F.silu: "SiLU",
+    F.gelu: "GELU",
+    F.hardsigmoid: "Hardsigmoid",
+    F.hardswish: "Hardswish",
 }
 _METHOD_KINDS = {"add": "add", "add_": "add", "flatten": "Flatten", "relu": "ReLU", "relu_": "ReLU",
-                 "sub": "sub", "mul": "mul", "mean": "GlobalAvgPool2d", "clamp": "clamp", "clip": "clamp"}
+                 "sub": "sub", "mul": "mul", "mean": "GlobalAvgPool2d", "clamp": "clamp", "clip": "clamp",
+                 "sigmoid": "Sigmoid", "tanh": "Tanh"}
 #: Kinds whose input (and, for max pooling, output) cast comes only from types:/layers:.
 _PASS_THROUGH_INPUT = ("ReLU", "ReLU6", "LeakyReLU", "MaxPool2d", "Hardtanh", "clamp")
-_TOP_KEYS = ("default", "types", "layers", "fold_bn")
+_TOP_KEYS = ("default", "types", "layers", "fold_bn", "drop_final_softmax")
+_SOFTMAX_FUNCTIONS = (F.softmax, torch.softmax)
 
 
 class ConversionError(ValueError):
@@ -245,7 +285,7 @@ def load_config(config: "str | Path | Mapping[str, Any] | None") -> dict[str, An
             f"unknown top-level config keys {', '.join(hints)}; valid: {', '.join(_TOP_KEYS)}"
             " (layer formats go under 'default:' or 'layers:')"
         )
-    out: dict[str, Any] = {"default": {}, "types": {}, "layers": {}, "fold_bn": False}
+    out: dict[str, Any] = {"default": {}, "types": {}, "layers": {}, "fold_bn": False, "drop_final_softmax": False}
     for key in ("default", "types", "layers"):
         section = raw.get(key) or {}
         if not isinstance(section, Mapping):
@@ -255,6 +295,10 @@ def load_config(config: "str | Path | Mapping[str, Any] | None") -> dict[str, An
     if not isinstance(fold, bool):
         raise ConversionError(f"fold_bn must be true or false, not {fold!r}")
     out["fold_bn"] = fold
+    drop = raw.get("drop_final_softmax", False)
+    if not isinstance(drop, bool):
+        raise ConversionError(f"drop_final_softmax must be true or false, not {drop!r}")
+    out["drop_final_softmax"] = drop
     _check_keys("default", out["default"])
     for kind, entry in out["types"].items():
         if kind not in KINDS:
@@ -347,6 +391,27 @@ def _fn_name(target: Any) -> str:
     return f"{mod}.{name}" if mod else name
 
 
+def _softmax_problem(gm: fx.GraphModule, node: fx.Node) -> "str | None":
+    """None: not a softmax; "": a softmax producing the model output (droppable); else the problem."""
+    if node.op == "call_module" and isinstance(gm.get_submodule(node.target), nn.Softmax):
+        dim, label = gm.get_submodule(node.target).dim, f"module {node.target!r} (Softmax)"
+    elif node.op == "call_function" and node.target in _SOFTMAX_FUNCTIONS:
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+        label = f"{_fn_name(node.target)} (node {node.name!r})"
+    elif node.op == "call_method" and node.target == "softmax":
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+        label = f"method .softmax() (node {node.name!r})"
+    else:
+        return None
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim == 0:
+        return (f"{label}: argument dim={dim!r} is not supported; only a softmax over a class/channel dim "
+                "(dim=1 or -1, not the batch dim 0), as the final layer")
+    if not all(u.op == "output" for u in node.users):
+        return (f"{label}: a softmax inside the model is not supported; only a final softmax, which "
+                "drop_final_softmax: true removes (the outputs are then logits with the same argmax)")
+    return ""
+
+
 def _classify(gm: fx.GraphModule) -> tuple[dict[fx.Node, str], dict[str, str]]:
     """``({node: kind}, {layer name: kind})``; raises for anything unsupported (all at once)."""
     node_kind: dict[fx.Node, str] = {}
@@ -355,6 +420,13 @@ def _classify(gm: fx.GraphModule) -> tuple[dict[fx.Node, str], dict[str, str]]:
     calls: dict[str, int] = {}
     for node in gm.graph.nodes:
         if node.op in ("placeholder", "output"):
+            continue
+        why = _softmax_problem(gm, node)
+        if why is not None:
+            if why:
+                problems.append(why)
+            else:
+                node_kind[node] = "final_softmax"
             continue
         if node.op == "call_module":
             m = gm.get_submodule(node.target)
@@ -371,6 +443,10 @@ def _classify(gm: fx.GraphModule) -> tuple[dict[fx.Node, str], dict[str, str]]:
                 continue
             if kind == "MaxPool2d" and m.return_indices:
                 problems.append(f"module {node.target!r} (MaxPool2d with return_indices=True)")
+                continue
+            if kind == "GELU" and m.approximate != "none":
+                problems.append(f"module {node.target!r} (GELU): approximate={m.approximate!r} is not supported; "
+                                "only approximate='none' (the table is of the exact erf GELU)")
                 continue
             if kind == "GlobalAvgPool2d" and m.output_size not in (1, (1, 1), [1, 1]):
                 problems.append(f"module {node.target!r} (AdaptiveAvgPool2d): output_size {m.output_size!r} is not "
@@ -439,6 +515,21 @@ def _cat_args(node: fx.Node) -> "tuple[object, object, dict]":
 
 def _check_call(node: fx.Node, kind: str) -> "str | None":
     args, kwargs = list(node.args), dict(node.kwargs)
+    if kind in _TABLE_KINDS:
+        if kind == "GELU":
+            approx = args[1] if len(args) > 1 else kwargs.pop("approximate", "none")
+            kwargs.pop("approximate", None)
+            if approx != "none":
+                return f"argument approximate={approx!r} is not supported; only 'none' (the table is of the exact erf GELU)"
+        elif kind in ("SiLU", "Hardsigmoid", "Hardswish"):
+            if len(args) > 1:
+                kwargs["inplace"] = args[1]
+            kwargs.pop("inplace", None)
+        if kwargs or len(args) > 2 or (len(args) == 2 and kind in ("Sigmoid", "Tanh")):
+            return f"unsupported arguments {sorted(kwargs) or args[1:]}; supported: one tensor"
+        if not (args and isinstance(args[0], fx.Node)):
+            return "needs a tensor argument"
+        return None
     if kind in ("sub", "mul"):
         alpha = kwargs.pop("alpha", 1)
         if kind == "sub" and len(args) > 2:
@@ -576,6 +667,8 @@ def _build(kind: str, float_module: "nn.Module | None", node: fx.Node, cfg: Laye
         return qnn.QCat(int(_cat_args(node)[1]), config=cfg)
     if kind == "ZeroPad2d":
         return qnn.QZeroPad2d(tuple(m.padding))
+    if kind in _TABLE_KINDS:
+        return getattr(qnn, "Q" + kind)(config=cfg)  # QSigmoid, QTanh, ..., qfx.nn.table
     raise AssertionError(kind)  # pragma: no cover
 
 
@@ -584,6 +677,7 @@ def convert(
     config: "str | Path | Mapping[str, Any] | None" = None,
     *,
     fold_bn: "bool | None" = None,
+    drop_final_softmax: "bool | None" = None,
 ) -> fx.GraphModule:
     """A qfx model computing ``model`` with the formats of ``config`` (see the module docstring).
 
@@ -596,6 +690,8 @@ def convert(
         :data:`DEFAULT_CONFIG`.
     fold_bn : bool, optional
         Overrides the config's ``fold_bn``.
+    drop_final_softmax : bool, optional
+        Overrides the config's ``drop_final_softmax``.
 
     Returns
     -------
@@ -613,6 +709,8 @@ def convert(
     cfg = load_config(config)
     if fold_bn is not None:
         cfg["fold_bn"] = bool(fold_bn)
+    if drop_final_softmax is not None:
+        cfg["drop_final_softmax"] = bool(drop_final_softmax)
     gm = _trace(model)
     node_kind, names = _classify(gm)
     unknown = [n for n in cfg["layers"] if n not in names]
@@ -637,6 +735,7 @@ def convert(
                 folded[node.target] = src.target
 
     layers_meta: dict[str, dict[str, Any]] = {}
+    dropped: list[str] = []
 
     def layer_config(kind: str, name: str) -> LayerConfig:
         try:
@@ -653,6 +752,17 @@ def convert(
         if kind == "removed":
             node.replace_all_uses_with(node.args[0])
             graph.erase_node(node)
+            continue
+        if kind == "final_softmax":
+            label = node.target if node.op == "call_module" else node.name
+            if not cfg["drop_final_softmax"]:
+                raise ConversionError(
+                    f"node {label!r} (softmax) produces the model output; softmax is not a hardware layer yet. "
+                    "Set drop_final_softmax: true in the config (or convert(..., drop_final_softmax=True)) to "
+                    "output the logits instead (the same argmax along the softmax dim)")
+            node.replace_all_uses_with(node.args[0])
+            graph.erase_node(node)
+            dropped.append(label)
             continue
         if node.op == "call_module":
             name = node.target
@@ -707,6 +817,7 @@ def convert(
         "layers": layers_meta,
         "folded_batchnorms": dict(folded),
         "fold_bn": cfg["fold_bn"],
+        "dropped_softmax": dropped,
         "config": {k: cfg[k] for k in ("default", "types", "layers")},
     }
     return gm

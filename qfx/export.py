@@ -13,7 +13,8 @@
    ``QReLU6``, ``QLeakyReLU``, ``QAdd``, ``QMaxPool2d``, ``QAvgPool2d``,
    ``QFlatten``, ``QBatchNorm1d``, ``QGlobalAvgPool2d`` (an ``avgpool2d`` node with
    kernel = stride = H x W, then a ``flatten`` node unless ``keepdim``), ``QCat``
-   (``concat``), ``QClamp`` (``clamp``), ``QSub``, ``QMul``; ``nn.Identity`` / ``nn.Dropout`` (identity in eval) pass
+   (``concat``), ``QClamp`` (``clamp``), ``QSub``, ``QMul``, the lookup tables ``QSigmoid`` / ``QTanh`` /
+   ``QSiLU`` / ``QGELU`` / ``QHardsigmoid`` / ``QHardswish`` (``table``); ``nn.Identity`` / ``nn.Dropout`` (identity in eval) pass
    through; ``torch.flatten(x, 1)``, ``x.flatten(1)`` and ``x.view(N, -1)`` /
    ``x.reshape(N, -1)`` become flatten nodes. Anything else (a float
    ``nn.Linear``, ``torch.relu``, a plain ``+``) is an error naming it.
@@ -74,6 +75,7 @@ from .nn import (
     QMul,
     QSub,
     QZeroPad2d,
+    QTable,
     QConv2d,
     QFlatten,
     QLeakyReLU,
@@ -386,7 +388,7 @@ class _Builder:
             raise ExportError(
                 f"unsupported module {path!r} ({type(mod).__module__}.{type(mod).__name__}); export handles the qfx.nn "
                 f"layers (QLinear, QConv2d, QBatchNorm2d, QBatchNorm1d, QReLU, QReLU6, QLeakyReLU, QAdd, QSub, QMul, "
-                f"QMaxPool2d, QAvgPool2d, QGlobalAvgPool2d, QCat, QClamp, QFlatten); convert float layers with qfx.nn.<Layer>.from_float"
+                f"QMaxPool2d, QAvgPool2d, QGlobalAvgPool2d, QCat, QClamp, QFlatten, QTable and its QSigmoid/QTanh/...); convert float layers with qfx.nn.<Layer>.from_float"
             )
         _check_finite(mod, path)
         prods = [self.producer(n, a) for a in args]
@@ -626,6 +628,12 @@ def _clamp(b: _Builder, n: fx.Node, mod: QClamp, path: str, prods: list[_Entry])
     b.add(n, "clamp", path, prods, params=params, formats={"input": _in_fmt(mod, prod), "output": out})
 
 
+def _table(b: _Builder, n: fx.Node, mod: QTable, path: str, prods: list[_Entry]) -> None:
+    spec, xi, out, codes = mod.table_codes()
+    params = {"function": mod.function, "size": spec.size, "shift": spec.shift, "lo_code": spec.lo_code}
+    b.add(n, "table", path, prods, params=params, formats={"input": xi, "output": out}, arrays={"table": codes})
+
+
 def _binary(op: str) -> Callable:
     def handler(b: _Builder, n: fx.Node, mod: Any, path: str, prods: list[_Entry]) -> None:
         if len(prods) != 2:
@@ -651,6 +659,7 @@ _HANDLERS: dict[type, Callable] = {
     QGlobalAvgPool2d: _global_avgpool,
     QCat: _cat,
     QClamp: _clamp,
+    QTable: _table,
     QSub: _binary("sub"),
     QMul: _binary("mul"),
     QZeroPad2d: lambda b, n, mod, path, prods: b.add(

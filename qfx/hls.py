@@ -133,7 +133,7 @@ CXX_FLAGS = ("-std=c++14", "-O1", "-Wall", "-Wno-unknown-pragmas", "-Wno-stringo
              "-Wno-dangling-pointer", "-Wno-use-after-free", "-Wno-mismatched-new-delete", "-Wno-mismatched-dealloc",
              "-Wno-free-nonheap-object")
 SUPPORTED_OPS = ("input", "output", "dense", "conv2d", "batchnorm", "relu", "relu6", "leaky_relu", "add",
-                 "maxpool2d", "avgpool2d", "flatten", "concat", "clamp", "sub", "mul", "pad")
+                 "maxpool2d", "avgpool2d", "flatten", "concat", "clamp", "sub", "mul", "pad", "table")
 # Identifiers the generated C++ or its headers already use at global scope (or the testbench in main).
 _RESERVED = frozenset("""std hls qfx_cast qfx_caster in_stream out_stream stdin stdout stderr printf scanf fprintf
     fscanf fopen FILE size_t ssdm_int_sim""".split())
@@ -436,6 +436,14 @@ def _node_context(node: Node, reuse: int) -> tuple[dict, list[tuple[str, str]]]:
         c, h, w = node.input_shapes[0]
         left, right, top, bottom = p["padding"]
         ctx.update(c=c, h=h, w=w, ho=node.output_shape[1], wo=node.output_shape[2], left=left, top=top)
+    elif op == "table":  # template table_act.j2
+        xi: FixedType = f["input"]
+        if xi.width > 62:
+            raise _fail(node, f"the table's input format {xi} is wider than 62 bits; the C++ indexes with a long long")
+        types = [("in", _cpp(xi)), ("code", f"ap_{'' if xi.signed else 'u'}int<{xi.width}>"), ("out", _cpp(f["output"]))]
+        lo, size, shift = int(p["lo_code"]), int(p["size"]), int(p["shift"])
+        ctx.update(function=p["function"], size=size, shift=shift, lo=lo, hi=lo + (size << shift) - 1, width=xi.width,
+                   entries=_literals(node.arrays["table"], f["output"].frac_bits, f"node {node.name!r} table"))
     elif op == "clamp":
         types = [("in", _cpp(f["input"])), ("out", _cpp(f["output"]))]
         fo = f["output"].frac_bits
@@ -606,14 +614,15 @@ def render(manifest: "Manifest | str | os.PathLike", *, top: str = "qfx_top", re
         nodes.append(dict(name=node.name, op=node.op, types=types))
         helpers.update(f"{node.name}_{role}_t" for role, _ in types)
         helpers.update(f"{node.name}_{a}" for a in ("w", "b", "wsh", "wsg", "wneg", "wzero", "we", "wf", "lmul",
-                                                    "scale", "shift", "recip", "buf", "fanout"))
+                                                    "scale", "shift", "recip", "buf", "fanout", "table"))
         if node.op == "output":
             continue
         size = int(np.prod(node.output_shape))
         buffers.append(dict(name=f"{node.name}_buf", type=node.name, size=size))
         k = uses.get(node.name, 0)
         if node.op != "input":
-            bodies.append(env.get_template(f"{ctx.get('template', node.op)}.j2").render(n=ctx, reuse=reuse_factor))
+            template = ctx.get("template", "table_act" if node.op == "table" else node.op)
+            bodies.append(env.get_template(f"{template}.j2").render(n=ctx, reuse=reuse_factor))
             calls.append(dict(name=node.name, args=[buffer_of(s) for s in node.inputs] + [f"{node.name}_buf"]))
         if k >= 2:
             outs = [f"{node.name}_buf{i}" for i in range(k)]

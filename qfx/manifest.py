@@ -86,7 +86,10 @@ flatten ``start_dim, end_dim`` (inclusive, counted without the batch
 dimension); concat ``axis`` (counted without the batch dimension; two or more
 inputs); clamp ``min_code, max_code`` (codes of the output format, or null for
 no bound); pad ``padding`` (``[left, right, top, bottom]`` zeros, ZeroPad2d's order;
-``formats.input == formats.output ==`` the producer's); relu, relu6, add, sub, mul, input, output none. batchnorm takes
+``formats.input == formats.output ==`` the producer's); table ``function, size, shift, lo_code``
+(a :mod:`qfx.tables` lookup table of ``size`` entries from input code ``lo_code``, ``2**shift``
+input codes each; array ``table``: its contents, codes of the output format, checked on load to
+equal :func:`qfx.tables.contents`); relu, relu6, add, sub, mul, input, output none. batchnorm takes
 ``[C, H, W]``, ``[C, L]`` or ``[C]``.
 
 Node fields (all required):
@@ -116,7 +119,7 @@ Node fields (all required):
     ``weight_khot_shifts``, ``weight_khot_signs`` (dense / conv2d),
     ``weight_mx_scales`` (dense / conv2d with an MX weight format), ``scale``,
     ``shift`` (batchnorm), ``reciprocal`` (avgpool2d with a divisor that is
-    not a power of two).
+    not a power of two), ``table`` (table).
 
 Op semantics (what the reference interpreter, the HLS C++ and the RTL compute)
 are documented in :mod:`qfx.reference`.
@@ -234,6 +237,7 @@ OPS: dict[str, OpSpec] = {
     "sub": OpSpec(2, ("in_a", "in_b", "output")),
     "mul": OpSpec(2, ("in_a", "in_b", "output")),
     "pad": OpSpec(1, ("input", "output"), (), ("padding",)),
+    "table": OpSpec(1, ("input", "output"), (), ("function", "size", "shift", "lo_code")),
 }
 
 TOP_KEYS = ("schema", "version", "generator", "model", "tensors", "input", "output", "nodes")
@@ -501,7 +505,7 @@ def infer_output_shape(op: str, params: Mapping[str, Any], input_shapes: Sequenc
                 raise ValueError(f"batchnorm needs input [{params['num_features']}, H, W], [{params['num_features']}, L] "
                                  f"or [{params['num_features']}], got {list(x)}")
         return x
-    if op == "clamp":
+    if op in ("clamp", "table"):
         return x
     if op == "pad":
         if len(x) != 3:
@@ -679,6 +683,17 @@ def _check_params(ck: _Checker, where: str, op: str, params: dict) -> dict:
         if not isinstance(v, list) or len(v) != 4 or not all(_is_int(a) and a >= 0 for a in v):
             raise ck.fail(where, f"params.padding must be [left, right, top, bottom] of ints >= 0, got {v!r}")
         p["padding"] = tuple(v)
+    elif op == "table":
+        from .tables import FUNCTIONS
+
+        if p["function"] not in FUNCTIONS:
+            raise ck.fail(where, f"params.function must be one of {', '.join(FUNCTIONS)}, got {p['function']!r}")
+        size = _int_param(ck, where, p, "size", 2)
+        if size & (size - 1):
+            raise ck.fail(where, f"params.size must be a power of two, got {size}")
+        _int_param(ck, where, p, "shift", 0)
+        if not _is_int(p["lo_code"]):
+            raise ck.fail(where, f"params.lo_code must be an integer code, got {p['lo_code']!r}")
     elif op == "clamp":
         for key in ("min_code", "max_code"):
             v = p[key]
@@ -757,6 +772,8 @@ def _expected_arrays(op: str, params: dict, formats: dict, input_shape: tuple[in
         return {"scale": (params["num_features"],), "shift": (params["num_features"],)}
     elif op == "avgpool2d":
         return {"reciprocal": ()} if "reciprocal" in formats else {}
+    elif op == "table":
+        return {"table": (params["size"],)}
     else:
         return {}
     out = {"weight": w}
@@ -961,6 +978,8 @@ def load(path: "str | Path") -> Manifest:
                 raise ck.fail(where, f"array {role!r} ({key}) has shape {list(a.shape)}, expected {list(shape)}")
             arrays[role] = a
         _check_array_values(ck, where, formats, arrays)
+        if op == "table":
+            _check_table(ck, where, params, formats, arrays["table"])
         if isinstance(formats.get("weight"), MXType):
             try:
                 exact = accum_is_exact(formats, params["multiply"], n_terms, arrays)
@@ -1008,11 +1027,28 @@ def load(path: "str | Path") -> Manifest:
     )
 
 
+def _check_table(ck: _Checker, where: str, params: dict, formats: dict, table: np.ndarray) -> None:
+    """A table node's range lies inside its input format and its contents are qfx.tables' (one definition)."""
+    from .tables import TableSpec, contents
+
+    xi, out = formats["input"], formats["output"]
+    spec = TableSpec(params["function"], params["size"], params["shift"], params["lo_code"])
+    if not (xi.min_code <= spec.lo_code and spec.hi_code <= xi.max_code):
+        raise ck.fail(where, f"the table covers input codes {spec.lo_code}..{spec.hi_code}, outside "
+                             f"{xi.min_code}..{xi.max_code}, the codes of the input format {xi}")
+    want = contents(spec, xi, out)
+    bad = np.flatnonzero(want != table)
+    if bad.size:
+        i = int(bad[0])
+        raise ck.fail(where, f"array 'table' differs from qfx.tables.contents of {spec.function} at {bad.size} "
+                             f"entries, first at {i}: {int(table[i])} != {int(want[i])}")
+
+
 def _check_array_values(ck: _Checker, where: str, formats: dict, arrays: dict[str, np.ndarray]) -> None:
     for role, a in arrays.items():
         if role in ("weight_khot_shifts", "weight_khot_signs", "weight_mx_scales"):
             continue
-        fmt = formats["weight" if role == "weight" else role]
+        fmt = formats["weight" if role == "weight" else "output" if role == "table" else role]
         if role == "weight" and isinstance(fmt, tuple):
             for o, t in enumerate(fmt):
                 _code_range(t, where, ck, f"weight[{o}]", a[o])

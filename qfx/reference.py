@@ -96,6 +96,10 @@ Layers (``x`` = the producer's codes, cast to the node's input format first):
 ``pad``
     The codes with ``padding = [left, right, top, bottom]`` zero codes around
     each channel (zero is a code of every format; no cast).
+``table`` (Sigmoid, Tanh, SiLU, GELU, Hardsigmoid, Hardswish)
+    ``table[(clamp(c, lo_code, lo_code + size * 2**shift - 1) - lo_code) >> shift]``
+    with ``c = cast(x, input)`` (:func:`qfx.tables.lookup`); the entries are codes
+    of ``output`` (:func:`qfx.tables.contents`, checked on load).
 ``batchnorm`` on ``[C]`` / ``[C, L]`` (BatchNorm1d) is the same per-channel
 formula, the channel the first axis.
 """
@@ -439,6 +443,14 @@ def _clamp(node: Node, x: np.ndarray, x_frac: int) -> np.ndarray:
     return y
 
 
+def _table(node: Node, x: np.ndarray, x_frac: int) -> np.ndarray:
+    from .tables import TableSpec, lookup
+
+    p = node.params
+    c = np.asarray(cast_codes(x, x_frac, node.formats["input"]), dtype=np.int64)
+    return lookup(c, TableSpec(p["function"], p["size"], p["shift"], p["lo_code"]), node.arrays["table"])
+
+
 def _pool_windows(x: np.ndarray, node: Node, fill: Any, ceil_mode: bool) -> tuple[np.ndarray, tuple[int, int]]:
     """``[N, C, H, W]`` -> windows ``[N, C, KH*KW, HO, WO]`` (padding filled with ``fill``)."""
     p = node.params
@@ -572,6 +584,8 @@ def run_codes(manifest: "Manifest | str | Path", codes: Any, *, big_ints: bool =
                 y = _concat(node, srcs, fracs)
             elif node.op == "clamp":
                 y = _clamp(node, srcs[0], fracs[0])
+            elif node.op == "table":
+                y = _table(node, srcs[0], fracs[0])
             elif node.op == "pad":
                 left, right, top, bottom = node.params["padding"]
                 y = np.pad(srcs[0], ((0, 0), (0, 0), (top, bottom), (left, right)))

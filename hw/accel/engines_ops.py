@@ -35,7 +35,7 @@ __all__ = ["BinaryEngine", "ConcatEngine", "ClampEngine", "PadEngine", "OPS", "o
            "ops_engine_latency"]
 
 #: Manifest ops built by this module.
-OPS = ("concat", "clamp", "sub", "mul", "pad")
+OPS = ("concat", "clamp", "sub", "mul", "pad", "table")  # table: engines_table.TableEngine
 
 
 class _OpsEngine(wiring.Component):
@@ -275,6 +275,10 @@ def ops_engine(node: Node, srcs: "list[FixedType]", slots: "tuple[int, ...] | No
         return ClampEngine(node, srcs[0])
     if node.op == "pad":
         return PadEngine(node, srcs[0])
+    if node.op == "table":
+        from .engines_table import TableEngine
+
+        return TableEngine(node, srcs[0])
     raise EngineError(f"node {node.name!r}: op {node.op!r} is not one of {OPS}")  # pragma: no cover
 
 
@@ -296,7 +300,7 @@ def ops_engine_latency(node: Node, last_in: int) -> int:
     when its last input beat is accepted in cycle ``last_in`` (one tensor, output never stalled).
 
     Buffered engines (sub, mul, concat) issue one element per cycle from the cycle after their
-    last input and emit 2 cycles after the issue; clamp emits 1 cycle after its input. The pad
+    last input and emit 2 cycles after the issue; clamp and table emit 1 cycle after their input. The pad
     engine emits the border positions before its last inside element on its own (one per cycle,
     from cycle 0 at the earliest), then that element 1 cycle after it arrives, then the trailing
     border one per cycle.

@@ -164,6 +164,8 @@ def estimate_resources(manifest: Manifest) -> dict[str, Any]:
             w = f["output"].width
             ramb18 = sum(_ramb18("ram", k * math.prod(s), w) for s, k in zip(node.input_shapes, sl))
             bits = sum(k * math.prod(s) for s, k in zip(node.input_shapes, sl)) * w
+        elif node.op == "table":  # a comb-read ROM (hw/accel/engines_table.py): LUTs, no block RAM
+            bits = int(node.params["size"]) * f["output"].width
         elif node.op == "add":
             n = math.prod(node.output_shape)
             ramb18 = _ramb18("ram", sl[0] * n, f["in_a"].width) + _ramb18("ram", sl[1] * n, f["in_b"].width)

@@ -177,6 +177,8 @@ def energy_per_inference(manifest: Manifest, dsp_per_layer: dict[str, float], br
                 other = _add(x.width) * f_soft * n
                 if node.op == "add":
                     other += _add(f["output"].width) * f_soft * n
+                if node.op == "table":  # the clip and one ROM read per element
+                    other += (_add(x.width) + _read(f["output"].width)) * f_soft * n
                 prod = 0.0
                 if node.op == "avgpool2d" and "reciprocal" in f:
                     kh, kw = node.params["kernel"]

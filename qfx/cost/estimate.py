@@ -271,6 +271,12 @@ def engine_features(manifest: Manifest) -> dict[str, dict[str, float]]:
             out[node.name] = _elementwise_features(node, src)
             if node.op == "pad":  # the output position counters (hw/accel/engines_ops.py)
                 out[node.name]["ctr_bits"] = float(sum(_bits(v) for v in node.output_shape if v > 1))
+            if node.op == "table":  # comb-read ROM after the clip (hw/accel/engines_table.py): LUTs, never BRAM
+                from qfx.hw.accel.resources import rom_width
+
+                words, w = [int(v) for v in node.arrays["table"]], node.formats["output"].width
+                out[node.name]["rom_luts"] = float(sum(rom_width(words[s:s + 64], w) for s in range(0, len(words), 64)))
+                out[node.name]["arith_bits"] += 3.0 * (node.formats["input"].width + 2)  # two compares, a subtract
     return out
 
 

@@ -22,6 +22,9 @@ module                   contents
 ``qfx.nn.flatten``       :class:`QFlatten`
 ``qfx.nn.ops``           :class:`QBatchNorm1d`, :class:`QGlobalAvgPool2d`, :class:`QCat`,
                          :class:`QClamp`, :class:`QSub`, :class:`QMul`, :class:`QZeroPad2d`
+``qfx.nn.table``         lookup-table activations: :class:`QSigmoid`, :class:`QTanh`,
+                         :class:`QSiLU`, :class:`QGELU`, :class:`QHardsigmoid`,
+                         :class:`QHardswish` (:class:`QTable`)
 =======================  =============================================================
 """
 
@@ -37,6 +40,7 @@ from .norm import QBatchNorm2d, fold_batchnorm
 from .ops import QBatchNorm1d, QCat, QClamp, QGlobalAvgPool2d, QMul, QSub, QZeroPad2d
 from .pool import QAvgPool2d, QMaxPool2d
 from .quantizer import TensorQuantizer
+from .table import QGELU, QHardsigmoid, QHardswish, QSigmoid, QSiLU, QTable, QTanh
 
 __all__ = [
     "LayerConfig",
@@ -64,6 +68,13 @@ __all__ = [
     "QSub",
     "QMul",
     "QZeroPad2d",
+    "QTable",
+    "QSigmoid",
+    "QTanh",
+    "QSiLU",
+    "QGELU",
+    "QHardsigmoid",
+    "QHardswish",
     "freeze",
     "set_track_overflow",
     "reset_overflow_counts",

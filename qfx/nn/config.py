@@ -30,7 +30,7 @@ __all__ = ["LayerConfig", "FORMAT_KEYS", "OPTION_KEYS", "LEARNABLE_KEYS", "as_co
 #: Tensor names a layer config may give a format for.
 FORMAT_KEYS = ("input", "weight", "bias", "accum", "output", "scale", "shift", "reciprocal", "in_a", "in_b")
 #: Non-format options.
-OPTION_KEYS = ("learn_binary_point", "weight_per_channel", "multiply", "track_overflow")
+OPTION_KEYS = ("learn_binary_point", "weight_per_channel", "multiply", "track_overflow", "table_size", "table_range")
 #: Tensors whose binary point can be learned (fixed-point formats only).
 LEARNABLE_KEYS = ("input", "weight", "bias", "output", "scale", "shift", "in_a", "in_b")
 MULTIPLY_MODES = ("exact", "lmul")
@@ -93,6 +93,12 @@ class LayerConfig:
         ``"lmul"``: minifloat weights multiply by L-Mul (see :func:`qfx.lmul`).
     track_overflow : bool
         Count saturated/wrapped elements of every quantized tensor (slower).
+    table_size : int, optional
+        Lookup-table layers (:mod:`qfx.nn.table`): at most this many entries (a power of
+        two; default :data:`qfx.tables.DEFAULT_TABLE_SIZE`).
+    table_range : number or [lo, hi], optional
+        Lookup-table layers: the input range ``[lo, hi)`` the table covers (``R``: ``[-R, R)``;
+        default the input format's whole range); checked by :func:`qfx.tables.plan`.
     """
 
     input: FixedType | None = None
@@ -109,6 +115,8 @@ class LayerConfig:
     weight_per_channel: bool = False
     multiply: str = "exact"
     track_overflow: bool = False
+    table_size: "int | None" = None
+    table_range: Any = None
 
     def __post_init__(self) -> None:
         for key in FORMAT_KEYS:
@@ -150,6 +158,16 @@ class LayerConfig:
         for key in ("weight_per_channel", "track_overflow"):
             if not isinstance(getattr(self, key), bool):
                 raise TypeError(f"{key} must be a bool, not {getattr(self, key)!r}")
+        ts = self.table_size
+        if ts is not None and (isinstance(ts, bool) or not isinstance(ts, int) or ts < 2 or ts & (ts - 1)):
+            raise ValueError(f"table_size must be a power of two >= 2 (e.g. 1024), not {ts!r}")
+        tr = self.table_range
+        if isinstance(tr, (list, tuple)):
+            if len(tr) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in tr):
+                raise ValueError(f"table_range must be R (for [-R, R)) or [lo, hi] (two numbers), not {tr!r}")
+            object.__setattr__(self, "table_range", (tr[0], tr[1]))
+        elif tr is not None and (isinstance(tr, bool) or not isinstance(tr, (int, float)) or not tr > 0):
+            raise ValueError(f"table_range must be R > 0 (for [-R, R)) or [lo, hi], not {tr!r}")
         if self.multiply not in MULTIPLY_MODES:
             raise ValueError(f"multiply must be one of {MULTIPLY_MODES}, not {self.multiply!r}")
 
@@ -185,6 +203,8 @@ class LayerConfig:
                     out[f.name] = v if isinstance(v, str) else str(v)
             elif isinstance(v, frozenset):
                 out[f.name] = sorted(v)
+            elif isinstance(v, tuple):
+                out[f.name] = list(v)
             else:
                 out[f.name] = v
         return out
