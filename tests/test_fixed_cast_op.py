@@ -64,3 +64,18 @@ def test_compiled_fullgraph_matches_eager():
     got = _both(torch.compile(fn, fullgraph=True, backend="aot_eager"), x, f)
     for w, g in zip(want, got):
         assert w.dtype == g.dtype and torch.equal(w, g)
+
+
+def test_quantize_routes_learnable_binary_point_through_op_when_compiled():
+    t = qfx.parse_type("ap_fixed<8,3,AP_RND_CONV,AP_SAT>")
+
+    def fn(a, b):
+        return qfx.quantize(a, t, frac_bits=b)
+
+    x, f = _inputs(torch.float32), torch.tensor(4.0)
+    explain = torch._dynamo.explain(fn)(x.clone().requires_grad_(), f.clone().requires_grad_())
+    assert explain.graph_count == 1 and explain.graph_break_count == 0
+    want = _both(lambda a, b: quant._FixedSTE.apply(a, b, t), x, f)
+    got = _both(torch.compile(fn, fullgraph=True, backend="aot_eager"), x, f)
+    for w, g in zip(want, got):
+        assert torch.equal(w, g)
