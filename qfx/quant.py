@@ -356,6 +356,10 @@ def _fused_kernels(x: torch.Tensor):
 
 def _fixed_ste(x: torch.Tensor, frac_bits: "torch.Tensor | None", t: FixedType) -> torch.Tensor:
     """The differentiable fixed-point cast: the fast Function where it applies."""
+    if frac_bits is not None and _is_compiling():  # traced: the registered op, no .item()
+        from qfx._compiled import fixed_cast_ste
+
+        return fixed_cast_ste(x, frac_bits, t)
     if x.dtype in (torch.float32, torch.float64) and (frac_bits is None or frac_bits.numel() == 1):
         frac = t.frac_bits if frac_bits is None else _int_frac(frac_bits, t)
         plan = _fast_plan(t, frac)
