@@ -25,6 +25,8 @@ float                                           qfx
 ``a - b`` / ``torch.sub`` / ``a.sub(b)``          :class:`qfx.nn.QSub` (two tensors)
 ``a * b`` / ``torch.mul`` / ``a.mul(b)``          :class:`qfx.nn.QMul` (two tensors)
 ``nn.ZeroPad2d``                                  :class:`qfx.nn.QZeroPad2d` (no formats)
+``nn.Conv1d``                                     :class:`qfx.nn.QConv1d` (exported as a height-1 conv2d)
+``nn.MaxPool1d`` / ``nn.AvgPool1d``               :class:`qfx.nn.QMaxPool1d` / :class:`qfx.nn.QAvgPool1d`
 ``nn.Identity``, ``nn.Dropout*``                removed (the value passes through)
 ==============================================  ==============================================
 
@@ -80,6 +82,8 @@ How the keys are used, per kind:
 - ``Hardtanh``, ``clamp``: ``output`` (the bounds are cast to it); an ``input``
   cast only from ``types:`` / ``layers:``, as for ``ReLU``.
 - ``sub``, ``mul``: ``in_a``, ``in_b`` (each defaulting to ``input``), ``output``.
+- ``Conv1d``, ``MaxPool1d``, ``AvgPool1d``: as ``Conv2d``, ``MaxPool2d``, ``AvgPool2d``
+  (the 1-D layers are those 2-D layers on ``[N, C, 1, L]``).
 
 With ``fold_bn: true`` each ``BatchNorm2d`` fed by a ``Conv2d`` (and only by
 it) is folded into that conv before quantization (:func:`qfx.nn.fold_batchnorm`,
@@ -142,6 +146,9 @@ KINDS: dict[str, str] = {
     "sub": "a - b, torch.sub(a, b), a.sub(b) on two tensors of the same shape",
     "mul": "a * b, torch.mul(a, b), a.mul(b) on two tensors of the same shape",
     "ZeroPad2d": "nn.ZeroPad2d (amounts >= 0)",
+    "Conv1d": "nn.Conv1d (padding_mode='zeros')",
+    "MaxPool1d": "nn.MaxPool1d (return_indices=False)",
+    "AvgPool1d": "nn.AvgPool1d (ceil_mode=False)",
 }
 
 _REMOVED = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
@@ -159,6 +166,9 @@ _MODULE_KINDS: tuple[tuple[type, str], ...] = (
     (nn.AdaptiveAvgPool2d, "GlobalAvgPool2d"),
     (nn.Hardtanh, "Hardtanh"),  # after nn.ReLU6, a subclass of it
     (nn.ZeroPad2d, "ZeroPad2d"),
+    (nn.Conv1d, "Conv1d"),
+    (nn.MaxPool1d, "MaxPool1d"),
+    (nn.AvgPool1d, "AvgPool1d"),
 )
 _FUNCTION_KINDS = {
     operator.add: "add",
@@ -182,7 +192,7 @@ _FUNCTION_KINDS = {
 _METHOD_KINDS = {"add": "add", "add_": "add", "flatten": "Flatten", "relu": "ReLU", "relu_": "ReLU",
                  "sub": "sub", "mul": "mul", "mean": "GlobalAvgPool2d", "clamp": "clamp", "clip": "clamp"}
 #: Kinds whose input (and, for max pooling, output) cast comes only from types:/layers:.
-_PASS_THROUGH_INPUT = ("ReLU", "ReLU6", "LeakyReLU", "MaxPool2d", "Hardtanh", "clamp")
+_PASS_THROUGH_INPUT = ("ReLU", "ReLU6", "LeakyReLU", "MaxPool2d", "MaxPool1d", "Hardtanh", "clamp")
 _TOP_KEYS = ("default", "types", "layers", "fold_bn")
 
 
@@ -292,7 +302,7 @@ def _resolve(cfg: dict[str, Any], kind: str, name: str) -> dict[str, Any]:
     merged = {**cfg["default"], **explicit}
     if kind in _PASS_THROUGH_INPUT and "input" not in explicit:
         merged.pop("input", None)
-    if kind == "MaxPool2d" and "output" not in explicit:
+    if kind in ("MaxPool2d", "MaxPool1d") and "output" not in explicit:
         merged.pop("output", None)
     if kind in ("BatchNorm2d", "BatchNorm1d"):
         for key, fallback in (("scale", "weight"), ("shift", "bias")):
@@ -363,14 +373,14 @@ def _classify(gm: fx.GraphModule) -> tuple[dict[fx.Node, str], dict[str, str]]:
                 problems.append(f"module {node.target!r} ({type(m).__module__}.{type(m).__name__})")
                 continue
             calls[node.target] = calls.get(node.target, 0) + 1
-            if kind in ("Linear", "Conv2d", "BatchNorm2d", "BatchNorm1d") and calls[node.target] > 1:
+            if kind in ("Linear", "Conv2d", "Conv1d", "BatchNorm2d", "BatchNorm1d") and calls[node.target] > 1:
                 problems.append(
                     f"module {node.target!r} ({kind}) is called more than once; qfx needs one call per "
                     "layer with weights (each call is a hardware instance): use separate modules"
                 )
                 continue
-            if kind == "MaxPool2d" and m.return_indices:
-                problems.append(f"module {node.target!r} (MaxPool2d with return_indices=True)")
+            if kind in ("MaxPool2d", "MaxPool1d") and m.return_indices:
+                problems.append(f"module {node.target!r} ({kind} with return_indices=True)")
                 continue
             if kind == "GlobalAvgPool2d" and m.output_size not in (1, (1, 1), [1, 1]):
                 problems.append(f"module {node.target!r} (AdaptiveAvgPool2d): output_size {m.output_size!r} is not "
@@ -576,6 +586,12 @@ def _build(kind: str, float_module: "nn.Module | None", node: fx.Node, cfg: Laye
         return qnn.QCat(int(_cat_args(node)[1]), config=cfg)
     if kind == "ZeroPad2d":
         return qnn.QZeroPad2d(tuple(m.padding))
+    if kind == "Conv1d":
+        return qnn.QConv1d.from_float(m, config=cfg)
+    if kind == "MaxPool1d":
+        return qnn.QMaxPool1d(m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode, config=cfg)
+    if kind == "AvgPool1d":
+        return qnn.QAvgPool1d(m.kernel_size, m.stride, m.padding, m.ceil_mode, m.count_include_pad, config=cfg)
     raise AssertionError(kind)  # pragma: no cover
 
 

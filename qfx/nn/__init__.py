@@ -31,6 +31,7 @@ from .add import QAdd
 from .base import QuantizedModule, freeze, reset_overflow_counts, set_track_overflow
 from .config import FORMAT_KEYS, LEARNABLE_KEYS, OPTION_KEYS, LayerConfig, as_config
 from .conv import QConv2d
+from .conv1d import QAvgPool1d, QConv1d, QMaxPool1d
 from .flatten import QFlatten
 from .linear import QLinear
 from .norm import QBatchNorm2d, fold_batchnorm
@@ -64,6 +65,9 @@ __all__ = [
     "QSub",
     "QMul",
     "QZeroPad2d",
+    "QConv1d",
+    "QMaxPool1d",
+    "QAvgPool1d",
     "freeze",
     "set_track_overflow",
     "reset_overflow_counts",
