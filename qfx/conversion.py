@@ -28,6 +28,8 @@ float                                           qfx
 ``nn.Sigmoid`` / ``nn.Tanh`` / ``nn.SiLU`` /      :class:`qfx.nn.QSigmoid` / ``QTanh`` / ``QSiLU`` /
 ``nn.GELU`` / ``nn.Hardsigmoid`` /                ``QGELU`` / ``QHardsigmoid`` / ``QHardswish``
 ``nn.Hardswish`` (and their functions)            (lookup tables, :mod:`qfx.nn.table`)
+``nn.Conv1d``                                     :class:`qfx.nn.QConv1d` (exported as a height-1 conv2d)
+``nn.MaxPool1d`` / ``nn.AvgPool1d``               :class:`qfx.nn.QMaxPool1d` / :class:`qfx.nn.QAvgPool1d`
 ``nn.Identity``, ``nn.Dropout*``                removed (the value passes through)
 ==============================================  ==============================================
 
@@ -95,6 +97,8 @@ model (and the hardware) output the logits, whose argmax along the softmax dim i
 float model's (softmax is strictly increasing along its dim). ``meta["qfx"]
 ["dropped_softmax"]`` names it. A softmax over the batch dim (0) or without a dim, or
 one inside the model, is an error naming the node (softmax is not a hardware layer yet).
+- ``Conv1d``, ``MaxPool1d``, ``AvgPool1d``: as ``Conv2d``, ``MaxPool2d``, ``AvgPool2d``
+  (the 1-D layers are those 2-D layers on ``[N, C, 1, L]``).
 
 With ``fold_bn: true`` each ``BatchNorm2d`` fed by a ``Conv2d`` (and only by
 it) is folded into that conv before quantization (:func:`qfx.nn.fold_batchnorm`,
@@ -163,6 +167,9 @@ KINDS: dict[str, str] = {
     "GELU": "nn.GELU, F.gelu with approximate='none' (lookup table)",
     "Hardsigmoid": "nn.Hardsigmoid, F.hardsigmoid (lookup table)",
     "Hardswish": "nn.Hardswish, F.hardswish (lookup table)",
+    "Conv1d": "nn.Conv1d (padding_mode='zeros')",
+    "MaxPool1d": "nn.MaxPool1d (return_indices=False)",
+    "AvgPool1d": "nn.AvgPool1d (ceil_mode=False)",
 }
 #: Lookup-table kinds -> their qfx.tables function.
 _TABLE_KINDS = {"Sigmoid": "sigmoid", "Tanh": "tanh", "SiLU": "silu", "GELU": "gelu",
@@ -189,6 +196,9 @@ _MODULE_KINDS: tuple[tuple[type, str], ...] = (
     (nn.GELU, "GELU"),
     (nn.Hardsigmoid, "Hardsigmoid"),
     (nn.Hardswish, "Hardswish"),
+    (nn.Conv1d, "Conv1d"),
+    (nn.MaxPool1d, "MaxPool1d"),
+    (nn.AvgPool1d, "AvgPool1d"),
 )
 _FUNCTION_KINDS = {
     operator.add: "add",
@@ -221,7 +231,7 @@ _METHOD_KINDS = {"add": "add", "add_": "add", "flatten": "Flatten", "relu": "ReL
                  "sub": "sub", "mul": "mul", "mean": "GlobalAvgPool2d", "clamp": "clamp", "clip": "clamp",
                  "sigmoid": "Sigmoid", "tanh": "Tanh"}
 #: Kinds whose input (and, for max pooling, output) cast comes only from types:/layers:.
-_PASS_THROUGH_INPUT = ("ReLU", "ReLU6", "LeakyReLU", "MaxPool2d", "Hardtanh", "clamp")
+_PASS_THROUGH_INPUT = ("ReLU", "ReLU6", "LeakyReLU", "MaxPool2d", "MaxPool1d", "Hardtanh", "clamp")
 _TOP_KEYS = ("default", "types", "layers", "fold_bn", "drop_final_softmax")
 _SOFTMAX_FUNCTIONS = (F.softmax, torch.softmax)
 
@@ -336,7 +346,7 @@ def _resolve(cfg: dict[str, Any], kind: str, name: str) -> dict[str, Any]:
     merged = {**cfg["default"], **explicit}
     if kind in _PASS_THROUGH_INPUT and "input" not in explicit:
         merged.pop("input", None)
-    if kind == "MaxPool2d" and "output" not in explicit:
+    if kind in ("MaxPool2d", "MaxPool1d") and "output" not in explicit:
         merged.pop("output", None)
     if kind in ("BatchNorm2d", "BatchNorm1d"):
         for key, fallback in (("scale", "weight"), ("shift", "bias")):
@@ -435,14 +445,14 @@ def _classify(gm: fx.GraphModule) -> tuple[dict[fx.Node, str], dict[str, str]]:
                 problems.append(f"module {node.target!r} ({type(m).__module__}.{type(m).__name__})")
                 continue
             calls[node.target] = calls.get(node.target, 0) + 1
-            if kind in ("Linear", "Conv2d", "BatchNorm2d", "BatchNorm1d") and calls[node.target] > 1:
+            if kind in ("Linear", "Conv2d", "Conv1d", "BatchNorm2d", "BatchNorm1d") and calls[node.target] > 1:
                 problems.append(
                     f"module {node.target!r} ({kind}) is called more than once; qfx needs one call per "
                     "layer with weights (each call is a hardware instance): use separate modules"
                 )
                 continue
-            if kind == "MaxPool2d" and m.return_indices:
-                problems.append(f"module {node.target!r} (MaxPool2d with return_indices=True)")
+            if kind in ("MaxPool2d", "MaxPool1d") and m.return_indices:
+                problems.append(f"module {node.target!r} ({kind} with return_indices=True)")
                 continue
             if kind == "GELU" and m.approximate != "none":
                 problems.append(f"module {node.target!r} (GELU): approximate={m.approximate!r} is not supported; "
@@ -667,6 +677,12 @@ def _build(kind: str, float_module: "nn.Module | None", node: fx.Node, cfg: Laye
         return qnn.QCat(int(_cat_args(node)[1]), config=cfg)
     if kind == "ZeroPad2d":
         return qnn.QZeroPad2d(tuple(m.padding))
+    if kind == "Conv1d":
+        return qnn.QConv1d.from_float(m, config=cfg)
+    if kind == "MaxPool1d":
+        return qnn.QMaxPool1d(m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode, config=cfg)
+    if kind == "AvgPool1d":
+        return qnn.QAvgPool1d(m.kernel_size, m.stride, m.padding, m.ceil_mode, m.count_include_pad, config=cfg)
     if kind in _TABLE_KINDS:
         return getattr(qnn, "Q" + kind)(config=cfg)  # QSigmoid, QTanh, ..., qfx.nn.table
     raise AssertionError(kind)  # pragma: no cover

@@ -14,7 +14,9 @@
    ``QFlatten``, ``QBatchNorm1d``, ``QGlobalAvgPool2d`` (an ``avgpool2d`` node with
    kernel = stride = H x W, then a ``flatten`` node unless ``keepdim``), ``QCat``
    (``concat``), ``QClamp`` (``clamp``), ``QSub``, ``QMul``, the lookup tables ``QSigmoid`` / ``QTanh`` /
-   ``QSiLU`` / ``QGELU`` / ``QHardsigmoid`` / ``QHardswish`` (``table``); ``nn.Identity`` / ``nn.Dropout`` (identity in eval) pass
+   ``QSiLU`` / ``QGELU`` / ``QHardsigmoid`` / ``QHardswish`` (``table``), ``QConv1d`` / ``QMaxPool1d`` /
+   ``QAvgPool1d`` (height-1 ``conv2d`` / ``maxpool2d`` / ``avgpool2d`` nodes; in a model with 1-D layers
+   every ``[N, C, L]`` tensor is written as ``[C, 1, L]``); ``nn.Identity`` / ``nn.Dropout`` (identity in eval) pass
    through; ``torch.flatten(x, 1)``, ``x.flatten(1)`` and ``x.view(N, -1)`` /
    ``x.reshape(N, -1)`` become flatten nodes. Anything else (a float
    ``nn.Linear``, ``torch.relu``, a plain ``+``) is an error naming it.
@@ -87,8 +89,11 @@ from .nn import (
     TensorQuantizer,
     freeze,
 )
+from .nn.conv1d import QAvgPool1d, QConv1d, QMaxPool1d
 from .quant import mx_encode, quantize, to_codes
 from .types import FixedType, KHot, MinifloatType, MXType
+
+_ONE_D = (QConv1d, QMaxPool1d, QAvgPool1d)
 
 __all__ = ["export", "emulate", "ExportError", "write_npz", "to_hls4ml", "to_qonnx"]
 
@@ -238,6 +243,9 @@ class _Builder:
         self.taken: set[str] = set()
         self.of: dict[fx.Node, _Entry] = {}  # fx node -> the entry whose output it is
         self.skipped: set[fx.Node] = set()
+        # a model with 1-D layers (QConv1d, QMaxPool1d, QAvgPool1d): every [N, C, L] tensor is written as the
+        # height-1 2-D tensor [C, 1, L] (same element order), the layout of those layers' 2-D nodes
+        self.lift_1d = any(isinstance(m, _ONE_D) for m in gm.modules())
 
     # -- helpers ------------------------------------------------------------
     def module(self, n: fx.Node) -> nn.Module:
@@ -264,12 +272,23 @@ class _Builder:
             fx_node=n,
             inputs=[i.name for i in inputs],
             input_shapes=[list(i.output_shape) for i in inputs],
-            output_shape=_shape(n) if op != "output" else list(inputs[0].output_shape),
+            output_shape=self.shape(n) if op != "output" else list(inputs[0].output_shape),
             **kw,
         )
         self.entries.append(e)
         self.of[n] = e
         return e
+
+    def shape(self, n: fx.Node) -> list[int]:
+        """The node's manifest shape (without the batch axis): [C, L] -> [C, 1, L] in a model with 1-D layers."""
+        s = _shape(n)
+        return [s[0], 1, s[1]] if self.lift_1d and len(s) == 2 else s
+
+    def dim_map(self, n: fx.Node, dims: "list[int]") -> "list[int]":
+        """Non-batch axes of the torch tensor ``n`` as axes of its manifest shape (see :meth:`shape`)."""
+        if self.lift_1d and len(_shape(n)) == 2:
+            return [0 if d == 0 else 2 for d in dims]
+        return dims
 
     # -- the model input's format ---------------------------------------------
     def input_format(self, placeholder: fx.Node) -> FixedType:
@@ -354,7 +373,7 @@ class _Builder:
             if src is None:
                 raise ExportError(f"{_describe(n)} (node {n.name!r}) has no tensor operand")
             prod = self.producer(n, src)
-            in_shape, out_shape = prod.output_shape, _shape(n)
+            in_shape, out_shape = prod.output_shape, self.shape(n)
             if len(out_shape) != 1 or out_shape[0] != int(np.prod(in_shape)):
                 raise ExportError(
                     f"{_describe(n)} (node {n.name!r}) reshapes {in_shape} to {out_shape}; only a flatten that keeps the "
@@ -575,12 +594,14 @@ def _avgpool(b: _Builder, n: fx.Node, mod: QAvgPool2d, path: str, prods: list[_E
 
 def _flatten(b: _Builder, n: fx.Node, mod: QFlatten, path: str, prods: list[_Entry]) -> None:
     (prod,) = prods
-    rank = len(prod.output_shape) + 1  # with the batch dimension
+    src = n.args[0]
+    rank = len(_shape(src)) + 1 if isinstance(src, fx.Node) else len(prod.output_shape) + 1  # with the batch axis
     start = mod.start_dim % rank
     end = mod.end_dim % rank
     if start == 0:
         raise ExportError(f"layer {path!r}: QFlatten with start_dim=0 merges the batch dimension; use start_dim >= 1")
-    b.flatten(n, prod, start - 1, end - 1, path)
+    start, end = b.dim_map(src, [start - 1, end - 1]) if isinstance(src, fx.Node) else (start - 1, end - 1)
+    b.flatten(n, prod, start, end, path)
 
 
 def _global_avgpool(b: _Builder, n: fx.Node, mod: QGlobalAvgPool2d, path: str, prods: list[_Entry]) -> None:
@@ -612,7 +633,8 @@ def _global_avgpool(b: _Builder, n: fx.Node, mod: QGlobalAvgPool2d, path: str, p
 def _cat(b: _Builder, n: fx.Node, mod: QCat, path: str, prods: list[_Entry]) -> None:
     if len(prods) < 2:
         raise ExportError(f"layer {path!r}: QCat needs two or more tensor inputs, got {len(prods)}")
-    rank = len(prods[0].output_shape) + 1
+    first = n.args[0][0] if n.args and isinstance(n.args[0], (list, tuple)) else (n.args[0] if n.args else None)
+    rank = len(_shape(first)) + 1 if isinstance(first, fx.Node) and "qfx_shape" in first.meta else len(prods[0].output_shape) + 1
     if not -rank <= mod.dim < rank or mod.dim % rank != 1:
         raise ExportError(f"layer {path!r}: QCat along dim {mod.dim} of a rank-{rank} tensor is not supported; only "
                           "dim=1 (channels / features) is")
@@ -893,14 +915,15 @@ def emulate(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
             if n.op == "placeholder":
                 e = entry_of[n]
                 v = quantize(x, e.formats["output"])
-                out[e.name] = v
+                out[e.name] = v.reshape((v.shape[0], *e.output_shape))
                 return v
             v = super().run_node(n)
             for e in extra.get(n, ()):
                 out[e.name] = v.reshape((v.shape[0], *e.output_shape))
             if n in entry_of:
                 e = entry_of[n]
-                out[e.name] = v if e.op != "output" else out[e.inputs[0]]
+                # the manifest's shape ([C, L] of a model with 1-D layers is [C, 1, L]: the same elements)
+                out[e.name] = v.reshape((v.shape[0], *e.output_shape)) if e.op != "output" else out[e.inputs[0]]
             return v
 
     with torch.no_grad():

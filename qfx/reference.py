@@ -543,6 +543,9 @@ def run(manifest: "Manifest | str | Path", x: Any, *, big_ints: bool = False) ->
     if not xt.is_floating_point():
         raise TypeError(f"run needs a floating-point input, got {xt.dtype}")
     in_node = m.input_node
+    shp = tuple(in_node.output_shape)
+    if len(shp) == 3 and shp[1] == 1 and xt.dim() == 3 and tuple(xt.shape[1:]) == (shp[0], shp[2]):
+        xt = xt[:, :, None, :]  # a 1-D model's [N, C, L] input: the manifest's height-1 [N, C, 1, L]
     if tuple(xt.shape[1:]) != in_node.output_shape or xt.dim() != len(in_node.output_shape) + 1:
         raise ValueError(f"input shape {list(xt.shape)} does not match [N, {', '.join(map(str, in_node.output_shape))}]")
     codes = to_codes(xt.detach().cpu(), in_node.output_format).numpy().astype(np.int64)

@@ -34,6 +34,7 @@ from .add import QAdd
 from .base import QuantizedModule, freeze, reset_overflow_counts, set_track_overflow
 from .config import FORMAT_KEYS, LEARNABLE_KEYS, OPTION_KEYS, LayerConfig, as_config
 from .conv import QConv2d
+from .conv1d import QAvgPool1d, QConv1d, QMaxPool1d
 from .flatten import QFlatten
 from .linear import QLinear
 from .norm import QBatchNorm2d, fold_batchnorm
@@ -75,6 +76,9 @@ __all__ = [
     "QGELU",
     "QHardsigmoid",
     "QHardswish",
+    "QConv1d",
+    "QMaxPool1d",
+    "QAvgPool1d",
     "freeze",
     "set_track_overflow",
     "reset_overflow_counts",
