@@ -192,7 +192,8 @@ def folded_resources(manifest: Manifest, node: Node, folding: Folding,
       (two slots: double buffering) into ``simd`` read lanes, partitioned for a dense row and
       replicated for conv windows (as the engine builds them); each goes to block RAM or LUTs by
       :func:`hw.accel.resources.memory_map`, so a highly folded layer can leave block RAM for LUTs;
-    * the packing of two int8 MACs into one DSP48E2 is not assumed (it is the RTL's choice).
+    * where the engine packs (``pe >= 2``, int8-class fixed-point operands: WP486), each pair of
+      output channels shares one DSP multiply per term: ``ceil(pe / 2) * simd`` DSP multiplies.
     """
     from qfx.cost.estimate import LUT_COEF
     from .resources import memory_map, rom_width
@@ -224,10 +225,20 @@ def folded_resources(manifest: Manifest, node: Node, folding: Folding,
     mem_lut = ((units * bank_w["rom_luts"] - one_w["rom_luts"]) * LUT_COEF["rom_luts"]
                + (folding.simd * bank_x["lutram_luts"] - one_x["lutram_luts"]) * LUT_COEF["lutram_luts"])
     extra = units - 1
+    # WP486: output-channel pairs share one DSP multiply per term (MACEngine._packs); the
+    # unpacking add of every pair's high product is fabric logic
+    from .engines import MACEngine
+
+    dsp = float(base["dsp"] + extra * unit["dsp"])
+    unpack_lut = 0.0
+    if MACEngine._packs(node, folding):
+        pairs = folding.pe // 2
+        dsp -= pairs * folding.simd * unit["dsp"]
+        unpack_lut = pairs * folding.simd * (node.formats["input"] * plan_weights(node).w_fmt).width
     return {
-        "lut": float(round(base["lut"] + extra * unit["lut"] + max(mem_lut, 0.0))),
+        "lut": float(round(base["lut"] + extra * unit["lut"] + max(mem_lut, 0.0) + unpack_lut)),
         "ff": float(round(base["ff"] + extra * unit["ff"])),
-        "dsp": float(base["dsp"] + extra * unit["dsp"]),
+        "dsp": dsp,
         "bram36": float(base["bram36"]) + max(ramb18, 0.0) / 2,
     }
 
@@ -312,7 +323,8 @@ def plan(manifest: Manifest, board: Any, *, target_ii: "int | None" = None, fps:
     first design meeting ``target_ii`` (or ``fps`` at ``clock_mhz``, default the board's clock)
     -- the smallest such design the greedy order reaches -- or, without a target, when the
     bottleneck is a non-MAC floor (an engine's load / output beats, a pool / add / element-wise
-    engine) or no step fits.
+    engine) or no step fits. Then, where WP486 packing applies once ``pe`` is even, an odd ``pe``
+    trades a factor 2 of ``simd`` for ``pe`` (same cycles, half the DSP multiplies) if that fits.
 
     Raises
     ------
@@ -420,6 +432,19 @@ def plan(manifest: Manifest, board: Any, *, target_ii: "int | None" = None, fps:
         else:
             limit = f"resources: the next folding of the bottleneck {who!r} does not fit ({' | '.join(blocked)})"
             break
+    # WP486 packing pairs output channels: where a layer packs once its pe is even, trade simd
+    # for pe at the same cycles (pe x 2, simd / 2) when that is valid and fits (fewer DSPs)
+    for name in list(fold):
+        f, node = fold[name], nodes[name]
+        if name in fixed or f.pe % 2 == 0 or f.simd % 2 or (f.pe * 2) not in valid_pe(node):
+            continue
+        g = Folding(f.pe * 2, f.simd // 2)
+        from .engines import MACEngine
+
+        if MACEngine._packs(node, g):
+            trial = {**fold, name: g}
+            if not check_fit(b, totals(trial)):
+                fold = trial
     ii, _ = ii_of(fold)
     if target_ii is not None and ii > target_ii:
         best_fps = clock * 1e6 / ii
