@@ -177,7 +177,7 @@ def _product_unit(manifest: Manifest, node: Node, base: Mapping[str, float]) -> 
 
 
 def folded_resources(manifest: Manifest, node: Node, folding: Folding,
-                     base: "Mapping[str, float] | None" = None) -> dict[str, float]:
+                     base: "Mapping[str, float] | None" = None, *, family: str = "xcup") -> dict[str, float]:
     """Estimated LUT / FF / DSP / BRAM36 of ``node``'s engine at ``folding``.
 
     What is estimated (first order, not calibrated on folded designs, which do not exist yet):
@@ -193,7 +193,9 @@ def folded_resources(manifest: Manifest, node: Node, folding: Folding,
       replicated for conv windows (as the engine builds them); each goes to block RAM or LUTs by
       :func:`hw.accel.resources.memory_map`, so a highly folded layer can leave block RAM for LUTs;
     * where the engine packs (``pe >= 2``, int8-class fixed-point operands: WP486), each pair of
-      output channels shares one DSP multiply per term: ``ceil(pe / 2) * simd`` DSP multiplies.
+      output channels shares one DSP multiply per term: ``ceil(pe / 2) * simd`` DSP multiplies
+      on a DSP48E2 ``family`` (``xcup``); a DSP48E1 (``xc7``) needs two for the 27 x 18 multiply,
+      so there the count stays ``pe * simd``.
     """
     from qfx.cost.estimate import LUT_COEF
     from .resources import memory_map, rom_width
@@ -231,7 +233,7 @@ def folded_resources(manifest: Manifest, node: Node, folding: Folding,
 
     dsp = float(base["dsp"] + extra * unit["dsp"])
     unpack_lut = 0.0
-    if MACEngine._packs(node, folding):
+    if family == "xcup" and MACEngine._packs(node, folding):  # a DSP48E2's 27 x 18 (DSP48E1: 25 x 18)
         pairs = folding.pe // 2
         dsp -= pairs * folding.simd * unit["dsp"]
         unpack_lut = pairs * folding.simd * (node.formats["input"] * plan_weights(node).w_fmt).width
@@ -370,7 +372,7 @@ def plan(manifest: Manifest, board: Any, *, target_ii: "int | None" = None, fps:
             return {k: float(base[name][k]) for k in _RESOURCES}
         key = (name, f)
         if key not in res_cache:
-            res_cache[key] = folded_resources(manifest, nodes[name], f, base[name])
+            res_cache[key] = folded_resources(manifest, nodes[name], f, base[name], family=b.family)
         return res_cache[key]
 
     def totals(fd: Mapping[str, Folding]) -> dict[str, float]:
@@ -436,7 +438,7 @@ def plan(manifest: Manifest, board: Any, *, target_ii: "int | None" = None, fps:
     # for pe at the same cycles (pe x 2, simd / 2) when that is valid and fits (fewer DSPs)
     for name in list(fold):
         f, node = fold[name], nodes[name]
-        if name in fixed or f.pe % 2 == 0 or f.simd % 2 or (f.pe * 2) not in valid_pe(node):
+        if b.family != "xcup" or name in fixed or f.pe % 2 == 0 or f.simd % 2 or (f.pe * 2) not in valid_pe(node):
             continue
         g = Folding(f.pe * 2, f.simd // 2)
         from .engines import MACEngine
