@@ -37,9 +37,10 @@ from amaranth.lib.wiring import In, Out
 
 from qfx.intops import cast_codes
 from qfx.manifest import Node
-from qfx.types import FixedType
+from qfx.types import FixedType, MXType
 
 from ..cast import CastUnit, fixed_shape
+from ..pe.dsp_pipe import PRODUCT_LATENCY, packable, product_stage
 from .folding import MAC_OPS, Folding, check_folding, folded_cycles, mac_dims
 from .loops import LoopNest
 
@@ -63,6 +64,15 @@ def _signed(v: Value) -> Value:
 def _is(v: Value, k: int) -> Value:
     """``v == k``, spelled ``~v.any()`` for 0 (whose ``!v`` in the Verilog trips verilator -Wall)."""
     return ~v.any() if k == 0 else v == k
+
+
+def _delay(m: Module, v: Value, n: int, name: str, *, data: bool = False) -> Value:
+    """``v`` delayed by ``n`` registers (a data value: registers without reset)."""
+    for k in range(n):
+        r = Signal(v.shape(), name=f"{name}_d{k}" if k < n - 1 else name, reset_less=data)
+        m.d.sync += r.eq(v)
+        v = r
+    return v
 
 
 def _pick(values: list, index: Value) -> Value:
@@ -213,7 +223,8 @@ def engine_latency(node: Node, folding: Folding, last_in: int) -> int:
     Buffered engines start computing the cycle after their last input beat. A pool / add engine
     emits its last output 2 cycles after its last issue; an element-wise engine 1 cycle after its
     input. A MAC engine computes blocks (:meth:`MACEngine._blocks`) of ``C`` issue cycles into a
-    ring of output slots; a block's results are readable 3 cycles after its last issue, the
+    ring of output slots; a block's results are readable 3 + D cycles after its last issue (D: the
+    pipeline registers, :meth:`MACEngine._extra_depth`), the
     emitter reads ``E`` codes per block one per cycle (each leaves 2 cycles after its read), and a
     block may start only in a slot whose previous block has been read out.
     """
@@ -228,7 +239,7 @@ def engine_latency(node: Node, folding: Folding, last_in: int) -> int:
             if b >= slots:
                 s = max(s, reads[b - slots] + e_blk)
             starts.append(s)
-            r = s + c_blk + 2
+            r = s + c_blk + 2 + MACEngine._extra_depth(node, folding)
             reads.append(r if b == 0 else max(r, reads[-1] + e_blk))
         return reads[-1] + e_blk + 1
     from .engines_ops import OPS, ops_engine_latency
@@ -369,6 +380,11 @@ class MACEngine(_Engine):
         return self._folding
 
     @property
+    def packed(self) -> bool:
+        """Whether pairs of output channels share one DSP multiply per term (WP486)."""
+        return self._packs(self._node, self._folding)
+
+    @property
     def cycles(self) -> dict[str, int]:
         return folded_cycles(self._node, self._folding)
 
@@ -381,10 +397,38 @@ class MACEngine(_Engine):
         o, p, k_terms = mac_dims(node)
         pblk = 1 if node.op == "dense" else p
         c_blk, e_blk = pblk * (k_terms // folding.simd), folding.pe * pblk
-        # A slot is busy from its block's first issue to its last read, C + E + 3 cycles: enough
-        # slots that neither the compute nor the emitter ever waits for the other in steady state.
-        slots = max(2, -(-(c_blk + e_blk + 3) // max(c_blk, e_blk)))
+        # A slot is busy from its block's first issue to its last read, C + E + 3 + D cycles (D:
+        # the pipeline registers, _extra_depth): enough slots that neither the compute nor the
+        # emitter ever waits for the other in steady state.
+        d = MACEngine._extra_depth(node, folding)
+        slots = max(2, -(-(c_blk + e_blk + 3 + d) // max(c_blk, e_blk)))
         return pblk, c_blk, slots
+
+    @staticmethod
+    def _packs(node: Node, folding: Folding) -> bool:
+        """Whether output channel pairs share DSP multiplies (WP486): ``pe >= 2`` and int8-class
+        fixed-point operands (:func:`~qfx.hw.pe.dsp_pipe.packable`)."""
+        from qfx.manifest import weight_envelope
+
+        f = node.formats
+        return folding.pe >= 2 and packable(f["input"], weight_envelope(f["weight"]), node.params["multiply"])
+
+    @staticmethod
+    def _tree_stages(node: Node, folding: Folding) -> int:
+        """Registers in the exact adder tree of the ``simd`` products: one after every second
+        level (the unpacking of packed products counted as a level); 0 for a declared
+        accumulator, whose per-term casts chain in one cycle."""
+        if not node.params.get("accum_exact", False) or folding.simd < 2 or isinstance(node.formats["weight"], MXType):
+            return 0  # (MX: engines_mx's block-shifted sums are not registered inside)
+        levels = (folding.simd - 1).bit_length()
+        return (levels + int(MACEngine._packs(node, folding))) // 2
+
+    @staticmethod
+    def _extra_depth(node: Node, folding: Folding) -> int:
+        """Pipeline registers beyond the one product register of the unpipelined engine: the A/B
+        and P registers of the product units, the adder tree's, the final sum's and the output
+        cast's."""
+        return PRODUCT_LATENCY - 1 + MACEngine._tree_stages(node, folding) + 2
 
     def elaborate(self, platform):
         m = Module()
@@ -474,7 +518,8 @@ class MACEngine(_Engine):
         else:
             init_word = Const(0, pe * abits)
 
-        # ---- stage 1: operands from the buffer and ROMs; the products
+        # ---- stage 1: operands from the buffer and ROMs into the product units (A/B, M, P
+        # registers: hw/pe/dsp_pipe.py), two output channels per DSP multiply where they pack
         v1, first1, last1, end1 = Signal(name="v1"), Signal(name="first1"), Signal(name="last1"), Signal(name="end1")
         slot1 = Signal(range(slots), name="slot1")
         wa1 = Signal(range(slots * pblk), name="wa1")
@@ -482,53 +527,54 @@ class MACEngine(_Engine):
         m.d.sync += [v1.eq(issue), first1.eq(loops.is_first(len(loops.sizes) - 1)),
                      last1.eq(loops.is_last(len(loops.sizes) - 1)), end1.eq(blk_last), slot1.eq(cslot),
                      wa1.eq(cslot * pblk + pos), pad1.eq(Cat(*pads))]
-        products = [[None] * simd for _ in range(pe)]
-        p_fmt = None
-        for i in range(pe):
-            for j in range(simd):
-                mult = plan.multiplier()
-                m.submodules[f"mul_{i}_{j}"] = mult
-                lane = (i * simd + j) * wbits
-                m.d.comb += [mult.x.eq(Mux(pad1[j], 0, x_data[j])), mult.w.eq(w_rp.data[lane: lane + wbits])]
-                p_fmt = mult.product_fmt
-                p = Signal(fixed_shape(p_fmt), name=f"p_{i}_{j}")
-                m.d.sync += p.eq(mult.p)  # the product register (a DSP48E2's MREG)
-                products[i][j] = p
+        xs = [Mux(pad1[j], 0, x_data[j]) for j in range(simd)]
+        w_lanes = [[w_rp.data[(i * simd + j) * wbits: (i * simd + j + 1) * wbits] for j in range(simd)]
+                   for i in range(pe)]
+        products, p_fmt = product_stage(m, plan, xs, w_lanes, pack=self.packed)
         init1 = Signal(pe * abits, name="init1")
         m.d.comb += init1.eq(init_word)
+        tree_regs = self._tree_stages(self._node, self._folding)
 
-        # ---- stage 2: accumulate the simd products of each of the pe channels
-        v2, first2, last2, end2 = Signal(name="v2"), Signal(name="first2"), Signal(name="last2"), Signal(name="end2")
-        slot2 = Signal(range(slots), name="slot2")
-        wa2 = Signal(range(slots * pblk), name="wa2")
-        init2 = Signal(pe * abits, name="init2")
-        m.d.sync += [v2.eq(v1), first2.eq(first1), last2.eq(last1), end2.eq(end1), slot2.eq(slot1),
-                     wa2.eq(wa1), init2.eq(init1)]
-        if sh1 is not None:
-            sh2 = Signal(sh1.shape(), name="shift2")
-            m.d.sync += sh2.eq(sh1)
+        # ---- stage a: accumulate the simd products of each of the pe channels (the products
+        # after PRODUCT_LATENCY registers, the exact adder tree after its tree_regs registers)
+        lag = PRODUCT_LATENCY + tree_regs
+        va, firsta, lasta, enda = (_delay(m, s, lag, n) for s, n in ((v1, "va"), (first1, "firsta"),
+                                                                     (last1, "lasta"), (end1, "enda")))
+        slota, waa = _delay(m, slot1, lag, "slota"), _delay(m, wa1, lag, "waa")
+        inita = _delay(m, init1, lag, "inita", data=True)
+        # ---- stage f: the final sum registered; stage w: its cast to output registered, written
+        vf, lastf, endf = (_delay(m, s, 1, n) for s, n in ((va, "vf"), (lasta, "lastf"), (enda, "endf")))
+        slotf, waf = _delay(m, slota, 1, "slotf"), _delay(m, waa, 1, "waf")
+        vw, lastw, endw = (_delay(m, s, 1, n) for s, n in ((vf, "vw"), (lastf, "lastw"), (endf, "endw")))
+        slotw, waw = _delay(m, slotf, 1, "slotw"), _delay(m, waf, 1, "waw")
+        if sh1 is not None:  # MX: the block shifts travel with their products
+            sha = _delay(m, sh1, lag, "shifta", data=True)
         banks = []
         for i in range(pe):
             acc = Signal(fixed_shape(acc_fmt), name=f"acc_{i}")
             base = Signal(fixed_shape(acc_fmt), name=f"base_{i}")
-            m.d.comb += base.eq(Mux(first2, init2[i * abits: (i + 1) * abits].as_signed() if acc_fmt.signed
-                                    else init2[i * abits: (i + 1) * abits], acc))
+            m.d.comb += base.eq(Mux(firsta, inita[i * abits: (i + 1) * abits].as_signed() if acc_fmt.signed
+                                    else inita[i * abits: (i + 1) * abits], acc))
             if mx is not None:
                 from .engines_mx import mx_accumulate
 
                 sb, ng = mx.shift_bits, len(mx_groups)
                 nxt = mx_accumulate(m, f"acc{i}", base, products[i], p_fmt, acc_fmt, mx, mx_groups,
-                                    lambda g, i=i: sh2[(i * ng + g) * sb: (i * ng + g + 1) * sb])
+                                    lambda g, i=i: sha[(i * ng + g) * sb: (i * ng + g + 1) * sb])
             else:
                 nxt = self._accumulate(m, f"acc{i}", base, products[i], p_fmt)
-            with m.If(v2):
+            with m.If(va):
                 m.d.sync += acc.eq(nxt)
+            fin = Signal(fixed_shape(acc_fmt), name=f"fin_{i}", reset_less=True)
+            m.d.sync += fin.eq(nxt)
             m.submodules[f"out_cast_{i}"] = out_cast = CastUnit(acc_fmt, out_fmt)
-            m.d.comb += out_cast.i.eq(nxt)
+            m.d.comb += out_cast.i.eq(fin)
+            y = Signal(fixed_shape(out_fmt), name=f"y_{i}", reset_less=True)
+            m.d.sync += y.eq(out_cast.o)
             mem = Memory(shape=fixed_shape(out_fmt), depth=slots * pblk, init=[])
             m.submodules[f"obuf{i}"] = mem
             wp = mem.write_port()
-            m.d.comb += [wp.addr.eq(wa2), wp.data.eq(out_cast.o), wp.en.eq(v2 & last2)]
+            m.d.comb += [wp.addr.eq(waw), wp.data.eq(y), wp.en.eq(vw & lastw)]
             banks.append(mem)
 
         # ---- the emitter: blocks back in C order (channel of the block, then position)
@@ -549,7 +595,7 @@ class MACEngine(_Engine):
                 m.d.sync += busy[s].eq(1)
             with m.Elif(e_done & _is(eslot, s)):
                 m.d.sync += busy[s].eq(0)
-            with m.If(v2 & last2 & end2 & _is(slot2, s)):
+            with m.If(vw & lastw & endw & _is(slotw, s)):
                 m.d.sync += ready[s].eq(1)
             with m.Elif(e_done & _is(eslot, s)):
                 m.d.sync += ready[s].eq(0)
@@ -614,9 +660,13 @@ class MACEngine(_Engine):
         acc_fmt = self._acc_fmt
         if self._exact and len(products) > 1:
             terms = list(products)
+            level = int(self.packed)  # the unpacking add of packed products is a level
             while len(terms) > 1:  # balanced exact adder tree (Amaranth widens every add)
                 terms = [terms[q] + terms[q + 1] if q + 1 < len(terms) else terms[q]
                          for q in range(0, len(terms), 2)]
+                level += 1
+                if level % 2 == 0:  # a register after every second level (_tree_stages)
+                    terms = [_delay(m, t, 1, f"{name}_t{level}_{q}", data=True) for q, t in enumerate(terms)]
             t_fmt = p_fmt.accumulator(len(products))
             tree = Signal(fixed_shape(t_fmt), name=f"{name}_tree")
             m.d.comb += tree.eq(terms[0])

@@ -177,7 +177,7 @@ def _product_unit(manifest: Manifest, node: Node, base: Mapping[str, float]) -> 
 
 
 def folded_resources(manifest: Manifest, node: Node, folding: Folding,
-                     base: "Mapping[str, float] | None" = None) -> dict[str, float]:
+                     base: "Mapping[str, float] | None" = None, *, family: str = "xcup") -> dict[str, float]:
     """Estimated LUT / FF / DSP / BRAM36 of ``node``'s engine at ``folding``.
 
     What is estimated (first order, not calibrated on folded designs, which do not exist yet):
@@ -192,7 +192,10 @@ def folded_resources(manifest: Manifest, node: Node, folding: Folding,
       (two slots: double buffering) into ``simd`` read lanes, partitioned for a dense row and
       replicated for conv windows (as the engine builds them); each goes to block RAM or LUTs by
       :func:`hw.accel.resources.memory_map`, so a highly folded layer can leave block RAM for LUTs;
-    * the packing of two int8 MACs into one DSP48E2 is not assumed (it is the RTL's choice).
+    * where the engine packs (``pe >= 2``, int8-class fixed-point operands: WP486), each pair of
+      output channels shares one DSP multiply per term: ``ceil(pe / 2) * simd`` DSP multiplies
+      on a DSP48E2 ``family`` (``xcup``); a DSP48E1 (``xc7``) needs two for the 27 x 18 multiply,
+      so there the count stays ``pe * simd``.
     """
     from qfx.cost.estimate import LUT_COEF
     from .resources import memory_map, rom_width
@@ -229,10 +232,20 @@ def folded_resources(manifest: Manifest, node: Node, folding: Folding,
 
         mem_lut += (mx_shifter_cost(node, folding.pe, folding.simd)["shifter_luts"]
                     - mx_shifter_cost(node)["shifter_luts"]) * LUT_COEF["mx_shift_luts"]
+    # WP486: output-channel pairs share one DSP multiply per term (MACEngine._packs); the
+    # unpacking add of every pair's high product is fabric logic
+    from .engines import MACEngine
+
+    dsp = float(base["dsp"] + extra * unit["dsp"])
+    unpack_lut = 0.0
+    if family == "xcup" and MACEngine._packs(node, folding):  # a DSP48E2's 27 x 18 (DSP48E1: 25 x 18)
+        pairs = folding.pe // 2
+        dsp -= pairs * folding.simd * unit["dsp"]
+        unpack_lut = pairs * folding.simd * (node.formats["input"] * plan_weights(node).w_fmt).width
     return {
-        "lut": float(round(base["lut"] + extra * unit["lut"] + max(mem_lut, 0.0))),
+        "lut": float(round(base["lut"] + extra * unit["lut"] + max(mem_lut, 0.0) + unpack_lut)),
         "ff": float(round(base["ff"] + extra * unit["ff"])),
-        "dsp": float(base["dsp"] + extra * unit["dsp"]),
+        "dsp": dsp,
         "bram36": float(base["bram36"]) + max(ramb18, 0.0) / 2,
     }
 
@@ -317,7 +330,8 @@ def plan(manifest: Manifest, board: Any, *, target_ii: "int | None" = None, fps:
     first design meeting ``target_ii`` (or ``fps`` at ``clock_mhz``, default the board's clock)
     -- the smallest such design the greedy order reaches -- or, without a target, when the
     bottleneck is a non-MAC floor (an engine's load / output beats, a pool / add / element-wise
-    engine) or no step fits.
+    engine) or no step fits. Then, where WP486 packing applies once ``pe`` is even, an odd ``pe``
+    trades a factor 2 of ``simd`` for ``pe`` (same cycles, half the DSP multiplies) if that fits.
 
     Raises
     ------
@@ -363,7 +377,7 @@ def plan(manifest: Manifest, board: Any, *, target_ii: "int | None" = None, fps:
             return {k: float(base[name][k]) for k in _RESOURCES}
         key = (name, f)
         if key not in res_cache:
-            res_cache[key] = folded_resources(manifest, nodes[name], f, base[name])
+            res_cache[key] = folded_resources(manifest, nodes[name], f, base[name], family=b.family)
         return res_cache[key]
 
     def totals(fd: Mapping[str, Folding]) -> dict[str, float]:
@@ -425,6 +439,19 @@ def plan(manifest: Manifest, board: Any, *, target_ii: "int | None" = None, fps:
         else:
             limit = f"resources: the next folding of the bottleneck {who!r} does not fit ({' | '.join(blocked)})"
             break
+    # WP486 packing pairs output channels: where a layer packs once its pe is even, trade simd
+    # for pe at the same cycles (pe x 2, simd / 2) when that is valid and fits (fewer DSPs)
+    for name in list(fold):
+        f, node = fold[name], nodes[name]
+        if b.family != "xcup" or name in fixed or f.pe % 2 == 0 or f.simd % 2 or (f.pe * 2) not in valid_pe(node):
+            continue
+        g = Folding(f.pe * 2, f.simd // 2)
+        from .engines import MACEngine
+
+        if MACEngine._packs(node, g):
+            trial = {**fold, name: g}
+            if not check_fit(b, totals(trial)):
+                fold = trial
     ii, _ = ii_of(fold)
     if target_ii is not None and ii > target_ii:
         best_fps = clock * 1e6 / ii
