@@ -176,6 +176,28 @@ def _product_unit(manifest: Manifest, node: Node, base: Mapping[str, float]) -> 
     return {"lut": lut, "ff": ff, "dsp": float(base.get("dsp", 0))}
 
 
+def pipeline_register_bits(node: Node, folding: Folding) -> int:
+    """FFs the pipelined MAC engine adds over the unpipelined one it was calibrated on.
+
+    Counted from the structure (hw/pe/dsp_pipe.product_stage and MACEngine), first order: per
+    product unit the operand (A/B) register and one more product register (M / P: the old
+    engine had one), the adder tree's registers (``MACEngine._tree_stages``, each holding the
+    partial sums of its level), and the final sum's and output cast's registers per channel.
+    """
+    from .engines import MACEngine
+    from .weights import plan_weights
+
+    x, acc, out = node.formats["input"], node.formats["accum"], node.formats["output"]
+    w = plan_weights(node).word_shape.width
+    prod = x.width + w
+    bits = folding.pe * folding.simd * (x.width + w + prod)
+    sums, width = folding.simd, prod
+    for _ in range(MACEngine._tree_stages(node, folding)):  # a register after every second level
+        sums, width = -(-sums // 4), width + 2
+        bits += folding.pe * sums * width
+    return int(bits + folding.pe * (acc.width + out.width))
+
+
 def folded_resources(manifest: Manifest, node: Node, folding: Folding,
                      base: "Mapping[str, float] | None" = None, *, family: str = "xcup") -> dict[str, float]:
     """Estimated LUT / FF / DSP / BRAM36 of ``node``'s engine at ``folding``.
@@ -209,6 +231,7 @@ def folded_resources(manifest: Manifest, node: Node, folding: Folding,
     units = folding.pe * folding.simd
     if units == 1:
         return {k: float(base[k]) for k in _RESOURCES}
+    pipe_ff = pipeline_register_bits(node, folding) - pipeline_register_bits(node, Folding())
     unit = _product_unit(manifest, node, base)
     wplan = plan_weights(node)
     x = node.formats["input"]
@@ -244,7 +267,7 @@ def folded_resources(manifest: Manifest, node: Node, folding: Folding,
         unpack_lut = pairs * folding.simd * (node.formats["input"] * plan_weights(node).w_fmt).width
     return {
         "lut": float(round(base["lut"] + extra * unit["lut"] + max(mem_lut, 0.0) + unpack_lut)),
-        "ff": float(round(base["ff"] + extra * unit["ff"])),
+        "ff": float(round(base["ff"] + extra * unit["ff"] + pipe_ff)),
         "dsp": dsp,
         "bram36": float(base["bram36"]) + max(ramb18, 0.0) / 2,
     }

@@ -296,7 +296,13 @@ def estimate(manifest: Manifest) -> dict[str, Any]:
     per: dict[str, dict[str, float]] = {}
     for name, f in feats.items():
         s = struct["per_layer"].get(name, {})
-        per[name] = {"lut": round(max(_dot(f, LUT_COEF), 0.0)), "ff": round(max(_dot(f, FF_COEF), 0.0)),
+        ff = round(max(_dot(f, FF_COEF), 0.0))
+        node = manifest.node(name)
+        if node.op in ("dense", "conv2d"):  # the pipeline registers, counted (not fitted)
+            from qfx.hw.accel.folding import Folding, pipeline_register_bits
+
+            ff += pipeline_register_bits(node, Folding())
+        per[name] = {"lut": round(max(_dot(f, LUT_COEF), 0.0)), "ff": ff,
                      "dsp": int(s.get("dsp", 0)), "bram36": float(s.get("bram36", 0.0))}
     lut = sum(v["lut"] for v in per.values()) + round(TOP_LUT)
     ff = sum(v["ff"] for v in per.values()) + round(TOP_FF)
