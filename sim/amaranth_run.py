@@ -98,8 +98,9 @@ def run_accelerator(acc: Any, inputs: Any, *, stall_in: float = 0.0, stall_out: 
     async def sink(ctx):
         nonlocal now, prev_start
         count = 0
+        carry: list[int] = []  # a beat taken in the cycle ``done`` (registered) reports the previous tensor
         for _ in x:
-            row: list[int] = []
+            row, carry = carry, []
             while True:
                 ready = rng.random() >= stall_out
                 ctx.set(acc.m_axis_tready, int(ready))
@@ -111,9 +112,12 @@ def run_accelerator(acc: Any, inputs: Any, *, stall_in: float = 0.0, stall_out: 
                 prev_start = start
                 t = now - starts[count] + 1 if len(starts) > count else 0
                 if ready and valid:
-                    row.append(_signed(int(data), out_fmt.width, out_fmt.signed))
-                    if bool(last) != (len(row) == n_out):
-                        raise AssertionError(f"tlast {bool(last)} on output beat {len(row)} of {n_out}")
+                    # done pulses the cycle after the previous tensor's last beat: a beat in that
+                    # cycle is the first of the next tensor (back to back at ii == n_out)
+                    beats = carry if done else row
+                    beats.append(_signed(int(data), out_fmt.width, out_fmt.signed))
+                    if bool(last) != (len(beats) == n_out):
+                        raise AssertionError(f"tlast {bool(last)} on output beat {len(beats)} of {n_out}")
                 if done:
                     break
                 if t > max_cycles:
