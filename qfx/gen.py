@@ -130,6 +130,7 @@ def generate(manifest_path: "str | Path", out_dir: "str | Path", *, board: str =
     from qfx.cost.estimate import estimate as analytic_estimate
     from qfx.hw.accel import Accelerator, axis_width
     from qfx.hw.accel.top import stream_formats
+    from qfx.hw.accel.khot_wired import hardwired
     from qfx.hw.verilog import to_verilog
 
     from . import hls
@@ -206,6 +207,8 @@ def generate(manifest_path: "str | Path", out_dir: "str | Path", *, board: str =
             entry["ii"] = cycles["engines"][node.name]["ii"]
             if node.name in acc.folding:
                 entry["folding"] = acc.folding[node.name].as_dict()
+                if hardwired(node, acc.folding[node.name]):
+                    entry["khot_hardwired"] = True  # constant shift-add products, no weight ROM
         if fplan is not None and node.name in fplan.layers:
             pl = fplan.layers[node.name]
             entry["planned"] = {"cycles": pl["cycles"], "ii": pl["ii"], "resources_estimate": pl["resources"]}

@@ -42,6 +42,7 @@ from qfx.types import FixedType, MXType
 from ..cast import CastUnit, fixed_shape
 from ..pe.dsp_pipe import PRODUCT_LATENCY, packable, product_stage
 from .folding import MAC_OPS, Folding, check_folding, folded_cycles, mac_dims
+from .khot_wired import constant_products, hardwired
 from .loops import LoopNest
 
 __all__ = ["MACEngine", "PoolEngine", "AddEngine", "ElementwiseEngine", "EngineError", "stream_shape", "engine_cycles",
@@ -385,6 +386,12 @@ class MACEngine(_Engine):
         return self._packs(self._node, self._folding)
 
     @property
+    def hardwired(self) -> bool:
+        """Whether the products are constant shift-adds of K-hot weights, one per weight (every
+        weight its own product unit: :func:`~qfx.hw.accel.khot_wired.hardwired`; no weight ROM)."""
+        return hardwired(self._node, self._folding)
+
+    @property
     def cycles(self) -> dict[str, int]:
         return folded_cycles(self._node, self._folding)
 
@@ -485,7 +492,8 @@ class MACEngine(_Engine):
         words = plan.words
         rom_words = []
         oc_blocks = g["o"] // pe
-        for b in range(oc_blocks):
+        wired = self.hardwired
+        for b in range(0 if wired else oc_blocks):
             for c in range(ks):
                 word_v = 0
                 for i in range(pe):
@@ -493,10 +501,12 @@ class MACEngine(_Engine):
                         v = words[(b * pe + i) * k_terms + c * simd + j]
                         word_v |= (int(v) & ((1 << wbits) - 1)) << ((i * simd + j) * wbits)
                 rom_words.append(word_v)
-        w_rp = _rom(m, "wrom", unsigned(pe * simd * wbits), rom_words)
         ocb_lin = (gi * (og // pe) + ocb) if groups > 1 else ocb
         waddr = Signal(range(max(len(rom_words), 2)))
-        m.d.comb += [waddr.eq(ocb_lin * ks + kc), w_rp.addr.eq(waddr), w_rp.en.eq(1)]
+        m.d.comb += waddr.eq(ocb_lin * ks + kc)
+        if not wired:  # hard-wired K-hot products have their weights in the wiring (khot_wired)
+            w_rp = _rom(m, "wrom", unsigned(pe * simd * wbits), rom_words)
+            m.d.comb += [w_rp.addr.eq(waddr), w_rp.en.eq(1)]
         mx, sh1 = plan.mx, None
         if mx is not None:  # MX weights: the block scales' shifts, a ROM beside the weight ROM (engines_mx)
             from .engines_mx import lane_groups, mx_shift_words
@@ -528,9 +538,12 @@ class MACEngine(_Engine):
                      last1.eq(loops.is_last(len(loops.sizes) - 1)), end1.eq(blk_last), slot1.eq(cslot),
                      wa1.eq(cslot * pblk + pos), pad1.eq(Cat(*pads))]
         xs = [Mux(pad1[j], 0, x_data[j]) for j in range(simd)]
-        w_lanes = [[w_rp.data[(i * simd + j) * wbits: (i * simd + j + 1) * wbits] for j in range(simd)]
-                   for i in range(pe)]
-        products, p_fmt = product_stage(m, plan, xs, w_lanes, pack=self.packed)
+        if wired:
+            products, p_fmt = constant_products(m, self._node, xs)
+        else:
+            w_lanes = [[w_rp.data[(i * simd + j) * wbits: (i * simd + j + 1) * wbits] for j in range(simd)]
+                       for i in range(pe)]
+            products, p_fmt = product_stage(m, plan, xs, w_lanes, pack=self.packed)
         init1 = Signal(pe * abits, name="init1")
         m.d.comb += init1.eq(init_word)
         tree_regs = self._tree_stages(self._node, self._folding)
