@@ -265,12 +265,53 @@ def folded_resources(manifest: Manifest, node: Node, folding: Folding,
         pairs = folding.pe // 2
         dsp -= pairs * folding.simd * unit["dsp"]
         unpack_lut = pairs * folding.simd * (node.formats["input"] * plan_weights(node).w_fmt).width
+    from .khot_wired import hardwired, hardwired_cost
+
+    if hardwired(node, folding):
+        # the weight ROM is gone; the input buffer's simd lanes stay
+        x_mem = {"lut": (folding.simd * bank_x["lutram_luts"] - one_x["lutram_luts"]) * LUT_COEF["lutram_luts"],
+                 "ramb18": folding.simd * bank_x["ramb18"] - one_x["ramb18"] - one_w["ramb18"]}
+        return _hardwired_resources(manifest, node, folding, base, unit, hardwired_cost(node), one_w, x_mem)
     return {
         "lut": float(round(base["lut"] + extra * unit["lut"] + max(mem_lut, 0.0) + unpack_lut)),
         "ff": float(round(base["ff"] + extra * unit["ff"] + pipe_ff)),
         "dsp": dsp,
         "bram36": float(base["bram36"]) + max(ramb18, 0.0) / 2,
     }
+
+
+def _hardwired_resources(manifest: Manifest, node: Node, folding: Folding, base: Mapping[str, float],
+                         unit: Mapping[str, float], wired: Mapping[str, float],
+                         one_w: Mapping[str, float], x_mem: Mapping[str, float]) -> dict[str, float]:
+    """:func:`folded_resources` of a fully unrolled K-hot node (hw/accel/khot_wired.py): the
+    folding-1 engine without its weight ROM and its one K-hot multiplier (barrel shifters), plus
+    the constant products and the exact adder tree counted on bit ranges from the weights'
+    digits (:func:`~qfx.hw.accel.khot_wired.hardwired_cost`), or for a declared accumulator an
+    add and cast per product (a LUT per accumulator bit, first order), the input
+    buffer's lanes and (conv) their window addresses, the lanes' delay registers in place of the product units' operand
+    and product registers, and per output channel its accumulator, final-sum and output cast.
+    Not calibrated by a fit: checked against Yosys in tests/test_khot_unroll.py and
+    bench/khot_unroll.py."""
+    from qfx.cost.estimate import FF_COEF, LUT_COEF, engine_features
+
+    f = engine_features(manifest)[node.name]
+    units, pe, simd = folding.pe * folding.simd, folding.pe, folding.simd
+    x, acc, out = node.formats["input"], node.formats["accum"], node.formats["output"]
+    mul_lut, mul_ff = f["mul_khot"] * LUT_COEF["mul_khot"], f["mul_khot"] * FF_COEF["mul_khot"]
+    # per extra output channel: its accumulator add, the final-sum, accumulator and output registers;
+    # per extra input lane (conv: replicated buffers): its read register and window address arithmetic
+    lut = (base["lut"] - mul_lut - one_w["rom_luts"] * LUT_COEF["rom_luts"] + max(x_mem["lut"], 0.0)
+           + wired["adder_luts"] + wired["negator_luts"] + wired["delay_luts"] + (pe - 1) * (acc.width + out.width)
+           + (simd - 1) * f["addr_bits"] * LUT_COEF["addr_bits"])
+    ff = (base["ff"] - mul_ff + wired["delay_ffs"] + (pe - 1) * (2 * acc.width + out.width)
+          + (0 if node.op == "dense" else (simd - 1) * x.width))
+    if node.params.get("accum_exact", False):  # the exact tree, counted on the products' bit ranges
+        lut += wired["tree_luts"]
+        ff += wired["tree_ffs"]
+    else:  # declared accumulator: per product an add of acc + p and its cast, chained, combinational
+        lut += (units - pe) * acc.width  # Yosys folds the cast's rounding into the add's carry chain
+    return {"lut": float(round(lut)), "ff": float(round(max(ff, 0.0))), "dsp": 0.0,
+            "bram36": max(float(base["bram36"]) + x_mem["ramb18"] / 2, 0.0)}
 
 
 def folded_estimate(manifest: Manifest, foldings: "Mapping[str, Folding]") -> dict[str, Any]:

@@ -12,8 +12,9 @@ and what remains is ``nnz(w) - 1`` adders per weight (none for a power of two, n
 for a zero weight). No ROM, no barrel shifter, no DSP: the case in which multiplier-free
 arithmetic really saves area and energy.
 
-The products are the exact products of :class:`~qfx.hw.pe.KHotMultiplier` (type
-``x_fmt * w_fmt.base``), so the engine's accumulation (declared-accumulator chain or exact adder
+The products are the exact products of :class:`~qfx.hw.pe.KHotMultiplier` (the values of type
+``x_fmt * w_fmt.base``, each at its natural width: a power of two is ``x`` shifted, a zero weight
+the constant 0), so the engine's accumulation (declared-accumulator chain or exact adder
 tree) and its bits are unchanged. The input codes are delayed by ``PRODUCT_LATENCY`` registers
 (``simd`` lanes, shared by all output channels) so the products arrive when the ROM-fed product
 units' would: the engine's schedule does not change either.
@@ -24,7 +25,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from amaranth.hdl import Module, Signal, Value, signed
+from amaranth.hdl import Const, Module, Shape, Signal, signed
 
 from qfx._khot import khot_digits
 from qfx.manifest import Node
@@ -76,7 +77,6 @@ def constant_products(m: Module, node: Node, xs: list, *, name: str = "kw") -> t
     o, k = shifts.shape[:2]
     if len(xs) != k:
         raise ValueError(f"node {node.name!r}: {len(xs)} input lanes for {k} terms")
-    pshape = fixed_shape(p_fmt)
     products: list[list[Any]] = [[None] * k for _ in range(o)]
     for j in range(k):
         x = xs[j]
@@ -89,46 +89,90 @@ def constant_products(m: Module, node: Node, xs: list, *, name: str = "kw") -> t
             neg = Signal(signed(x_fmt.width + 1), name=f"{name}_nx{j}")
             m.d.comb += neg.eq(-x)
         for i in range(o):
-            terms: list[Value] = []
+            terms = [sg for sg in signs[i, j] if sg]
+            if not terms:  # a zero weight: no hardware
+                products[i][j] = Const(0, 1)
+                continue
+            # Adds at the terms' natural widths, the common trailing zeros (the smallest shift) left
+            # as wiring: only the bits a digit pair really spans cost carry-chain LUTs.
+            low = min(int(s) for s, sg in zip(shifts[i, j], signs[i, j]) if sg)
+            total: Any = None
             for s, sg in zip(shifts[i, j], signs[i, j]):
                 if sg:
-                    terms.append((x if sg > 0 else neg) << int(s))
-            p = Signal(pshape, name=f"{name}_p{i}_{j}")
-            total: Any = terms[0] if terms else 0
-            for t in terms[1:]:
-                total = total + t
+                    t = (x if sg > 0 else neg) << (int(s) - low)
+                    total = t if total is None else total + t
+            p = Signal(Shape.cast(total.shape()), name=f"{name}_p{i}_{j}")
             m.d.comb += p.eq(total)
-            products[i][j] = p
+            products[i][j] = p << low if low else p
     return products, p_fmt
 
 
-def hardwired_cost(node: Node) -> dict[str, float]:
-    """Structural count of the constant products of a fully unrolled K-hot node.
+def _add_bits(a: "tuple[int, int] | None", b: "tuple[int, int] | None") -> "tuple[tuple[int, int] | None, int]":
+    """Bit range ``[lo, hi)`` of the sum of two terms with ranges ``a`` and ``b`` (None: the
+    constant 0), and the carry-chain LUTs of the add: one per result bit above the higher of the
+    two low ends (the bits below it are the other term's, wiring)."""
+    if a is None or b is None:
+        return (a if b is None else b), 0
+    lo, hi = min(a[0], b[0]), max(a[1], b[1]) + 1
+    return (lo, hi), hi - max(a[0], b[0])
 
-    ``adders``: two-input adds (``nnz - 1`` per weight); ``adder_luts``: their LUTs, one per
-    result bit of each add (a carry-chain adder); ``negators`` / ``negator_luts``: the per-lane
-    ``-x``; ``delay_ffs``: the input lanes' ``PRODUCT_LATENCY`` delay registers; ``zero_weights``,
-    ``weights``; and ``mean_nnz``, the mean nonzero digits per weight.
+
+def hardwired_cost(node: Node) -> dict[str, float]:
+    """Structural count of a fully unrolled K-hot node's constant products and exact adder tree.
+
+    Mirrors what :func:`constant_products` and the engine's tree build, on bit ranges: a digit
+    term ``+-x << s`` spans ``[s, s + width(x) + 1)``; an add costs one LUT per result bit above
+    the higher of its operands' low ends (:func:`_add_bits`). ``adders`` / ``adder_luts``: the
+    products' adds (``nnz - 1`` per weight); ``tree_luts`` / ``tree_ffs``: the exact adder tree of each
+    output channel's products, paired as the engine pairs them, and its registers (after every
+    second level, constant low bits not counted); ``negators`` / ``negator_luts``: the
+    per-lane ``-x``; ``delay_ffs`` / ``delay_luts``: the input lanes' ``PRODUCT_LATENCY`` delay
+    (as SRL16E shift registers where it is 3 or more deep, as synth_xilinx maps it);
+    ``weights``, ``zero_weights``, ``mean_nnz`` (nonzero digits per weight).
     """
     from ..pe.dsp_pipe import PRODUCT_LATENCY
 
-    x_fmt, w_fmt = node.formats["input"], node.formats["weight"]
+    x_fmt = node.formats["input"]
     shifts, signs = _digits(node)
-    pw = (x_fmt * w_fmt.base).width
+    xw = x_fmt.width + 1  # +-x, signed
+    o, k = shifts.shape[:2]
     nnz = (signs != 0).sum(axis=-1)
-    adds = np.maximum(nnz - 1, 0)
-    # an add of (x << a) and (x << b), a > b, has the low b bits as wires: it spans the bits above
-    lo = np.where(signs != 0, shifts, 99).min(axis=-1)
-    span = np.minimum(pw, x_fmt.width + 1 + np.where(signs != 0, shifts, 0).max(axis=-1)) - np.where(nnz > 0, lo, 0)
+    prod_luts, tree_luts, tree_ffs = 0, 0, 0
+    for i in range(o):
+        ranges: list = []
+        for j in range(k):
+            r = None
+            for sh, sg in zip(shifts[i, j], signs[i, j]):
+                if sg:
+                    r, c = _add_bits(r, (int(sh), int(sh) + xw))
+                    prod_luts += c
+            ranges.append(r)
+        level = 0
+        while len(ranges) > 1:  # the balanced pairing of MACEngine._accumulate
+            nxt = []
+            for q in range(0, len(ranges), 2):
+                if q + 1 < len(ranges):
+                    r, c = _add_bits(ranges[q], ranges[q + 1])
+                    tree_luts += c
+                    nxt.append(r)
+                else:
+                    nxt.append(ranges[q])
+            ranges = nxt
+            level += 1
+            if level % 2 == 0:  # registered after every second level (MACEngine._tree_stages)
+                tree_ffs += sum(r[1] - r[0] for r in ranges if r is not None)
     negs = int((signs < 0).any(axis=(0, 2)).sum())
-    k = shifts.shape[1]
     return {
         "weights": float(nnz.size),
         "zero_weights": float((nnz == 0).sum()),
         "mean_nnz": float(nnz.mean()) if nnz.size else 0.0,
-        "adders": float(adds.sum()),
-        "adder_luts": float((adds * np.maximum(span, 1)).sum()),
+        "adders": float(np.maximum(nnz - 1, 0).sum()),
+        "adder_luts": float(prod_luts),
+        "tree_luts": float(tree_luts),
+        "tree_ffs": float(tree_ffs),
         "negators": float(negs),
-        "negator_luts": float(negs * (x_fmt.width + 1)),
-        "delay_ffs": float(k * PRODUCT_LATENCY * x_fmt.width),
+        "negator_luts": float(negs * xw),
+        # synth_xilinx maps register chains of 3 or more to SRL16E shift registers (a LUT each)
+        "delay_ffs": 0.0 if PRODUCT_LATENCY >= 3 else float(k * PRODUCT_LATENCY * x_fmt.width),
+        "delay_luts": float(k * x_fmt.width) if PRODUCT_LATENCY >= 3 else 0.0,
     }

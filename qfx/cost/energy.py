@@ -39,6 +39,9 @@ its cast (``acc + p``, ``s`` bits). Product kinds:
                structure gives one, else LUTs), a negation and an exponent shifter in LUTs.
 ``lmul``       L-Mul: one integer add of the exponent+mantissa fields, the alignment shifter and
                a negation in LUTs; no multiplier.
+``shift_add_const``  K-hot at full unroll (hw/accel/khot_wired.py): constant shifts (wiring), the
+               weight's ``nnz - 1`` adds of the product width and a share of the lane's one
+               negation of x; no shifter, no weight-ROM read; soft factor.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ from typing import Any
 from qfx.manifest import Manifest
 from qfx.types import FixedType, KHot, MinifloatType
 
-__all__ = ["ENERGY_SOURCES", "E", "energy_per_inference", "mac_op_energy"]
+__all__ = ["ENERGY_SOURCES", "E", "energy_per_inference", "hardwired_product_pj", "mac_op_energy"]
 
 #: Horowitz ISSCC 2014 (45 nm) base figures, pJ.
 E = {
@@ -112,8 +115,20 @@ def mac_op_energy(x_fmt: FixedType, w_fmt: Any, multiply: str, p_fmt: FixedType,
     return {"kind": kind, "product_pj": prod, "accumulate_pj": _add(s_bits) * f_soft}
 
 
+def hardwired_product_pj(node: Any, f_soft: float = F_SOFT) -> float:
+    """Mean product energy (pJ) per MAC of a fully unrolled K-hot node's constant shift-adds."""
+    from qfx.hw.accel.khot_wired import hardwired_cost
+
+    c = hardwired_cost(node)
+    x, w = node.formats["input"], node.formats["weight"]
+    pw = (x * w.base).width
+    per = (c["adders"] * _add(pw) + c["negators"] * _add(x.width + 1)) / max(c["weights"], 1.0)
+    return per * f_soft
+
+
 def energy_per_inference(manifest: Manifest, dsp_per_layer: dict[str, float], bram_per_layer: dict[str, float],
-                         *, f_soft: float = F_SOFT, f_hard: float = F_HARD) -> dict[str, Any]:
+                         *, f_soft: float = F_SOFT, f_hard: float = F_HARD,
+                         foldings: "dict[str, Any] | None" = None) -> dict[str, Any]:
     """Dynamic energy per inference (pJ), per layer and per kind, with the MAC energy.
 
     ``dsp_per_layer`` / ``bram_per_layer``: DSP48E2 and BRAM36 per node (from synthesis or the
@@ -121,6 +136,7 @@ def energy_per_inference(manifest: Manifest, dsp_per_layer: dict[str, float], br
     buffer read is a BRAM or a LUT RAM access.
     """
     from qfx.hw.accel.engines import engine_cycles
+    from qfx.hw.accel.khot_wired import hardwired
     from qfx.hw.accel.weights import plan_weights
 
     layers: dict[str, dict[str, Any]] = {}
@@ -146,7 +162,10 @@ def energy_per_inference(manifest: Manifest, dsp_per_layer: dict[str, float], br
             macs = cyc["compute"]
             op = mac_op_energy(f["input"], plan.w_fmt, plan.multiply, p_fmt, s_bits,
                                dsp=dsp_per_layer.get(node.name, 0) > 0, f_soft=f_soft, f_hard=f_hard)
-            mem = (_read(f["input"].width) + _read(plan.word_shape.width)) * mem_factor * macs
+            wired = foldings is not None and node.name in foldings and hardwired(node, foldings[node.name])
+            if wired:  # constant products: no multiplier, no weight ROM read
+                op = {**op, "kind": "shift_add_const", "product_pj": hardwired_product_pj(node, f_soft)}
+            mem = (_read(f["input"].width) + (0.0 if wired else _read(plan.word_shape.width))) * mem_factor * macs
             mem += _read(f["input"].width) * mem_factor * cyc["load"]  # buffer writes
             mem += _read(f["accum"].width) * f_soft * cyc["outputs"]  # accumulator start ROM
             if plan.mx is not None and plan.mx.max_shift:  # MX: the block scale's shift of each issue's sum

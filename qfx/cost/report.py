@@ -152,8 +152,8 @@ def cost_report(manifest_path: "str | Path", *, board: str = "ultra96", top: str
 
     dsp_l = {n: v["dsp"] for n, v in per_layer.items()}
     bram_l = {n: v["bram36"] for n, v in per_layer.items()}
-    en = energy_per_inference(man, dsp_l, bram_l)
-    en_uniform = energy_per_inference(man, dsp_l, bram_l, f_hard=F_SOFT)
+    en = energy_per_inference(man, dsp_l, bram_l, foldings=acc.folding)
+    en_uniform = energy_per_inference(man, dsp_l, bram_l, f_hard=F_SOFT, foldings=acc.folding)
     static_w = float(b.power_pl_static_w)
     lat_s = cycles["total"] / (clock * 1e6)
     energy = {
@@ -169,6 +169,9 @@ def cost_report(manifest_path: "str | Path", *, board: str = "ultra96", top: str
         "sources": ENERGY_SOURCES,
     }
     folding = _folding_section(man, b, clock)
+    from .khot import khot_versus_dsp
+
+    khot = khot_versus_dsp(man, acc.folding, family=b.family)
     return {
         "schema": "qfx.cost", "version": 1,
         "model": man.model, "manifest": str(manifest_path), "top": top,
@@ -180,6 +183,7 @@ def cost_report(manifest_path: "str | Path", *, board: str = "ultra96", top: str
         "throughput": thr,
         "energy": energy,
         "folding": folding,
+        "khot_vs_dsp": khot,
     }
 
 
@@ -267,6 +271,18 @@ def _md(rep: dict[str, Any]) -> str:
             f, c = v["folding"] or {}, v["cycles"]
             L.append(f"| {n} | {f.get('pe', '')} | {f.get('simd', '')} | {c['load']} | {c['compute']} | "
                      f"{c['outputs']} | {v['ii']} |")
+    kv = rep.get("khot_vs_dsp")
+    if kv:
+        L += ["", "## K-hot versus its DSP twin", "",
+              f"The DSP twin is each K-hot layer with the K-hot base's fixed-point weights (same codes, same "
+              f"folding, same bits). {kv['dsp_saved']:g} DSP48E2 saved. Basis: {kv['basis']}.", "",
+              "| layer | pe x simd | hard-wired | K-hot LUT | LUT/MAC | DSP | twin LUT | twin LUT/MAC | twin DSP | "
+              "product pJ/MAC K-hot | twin | ratio |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for n, v in kv["layers"].items():
+            k, d = v["khot"], v["dsp_twin"]
+            L.append(f"| {n} | {v['folding']['pe']} x {v['folding']['simd']} | {'yes' if v['hardwired'] else 'no'} | "
+                     f"{k['lut']:g} | {k['lut_per_mac']:g} | {k['dsp']:g} | {d['lut']:g} | {d['lut_per_mac']:g} | "
+                     f"{d['dsp']:g} | {k['product_pj']:.3f} | {d['product_pj']:.3f} | {v['product_energy_ratio']} |")
     L += ["", "## Energy (model, dynamic, per inference)", "",
           f"Total {en['total_dynamic_pj'] / 1e3:.2f} nJ dynamic ({en['per_inference_uj']:.4g} uJ); static "
           f"{en['static_pj_at_clock'] / 1e3:.2f} nJ ({en['static_note']}).", "",
