@@ -352,6 +352,10 @@ class QUpsample(nn.Module):
     1-D input, written as the height-1 ``[C, 1, L]``). The emulation indexes with integers
     (``repeat_interleave``), not with torch's floating-point source index.
 
+    Once called on an ``[N, C, L]`` tensor, the layer is 1-D: it then also takes the height-1
+    layout ``[N, C, 1, L]`` (the manifest's shape, as :class:`qfx.nn.QConv1d` does) and upsamples
+    only its last dim.
+
     Parameters
     ----------
     size : int or tuple of int, optional
@@ -379,6 +383,7 @@ class QUpsample(nn.Module):
         self.mode = "nearest"
         self.size = None if size is None else tuple(int(s) for s in _as_tuple(size))
         self.scale_factor = None if scale_factor is None else tuple(_int_factor(s) for s in _as_tuple(scale_factor))
+        self.one_d = False  # set by the first [N, C, L] input
 
     def _label(self) -> str:
         return f"layer {self.layer!r} (Upsample)" if self.layer else "QUpsample"
@@ -414,8 +419,11 @@ class QUpsample(nn.Module):
         if x.dim() not in (3, 4):
             raise ValueError(f"{self._label()}: only [N, C, L] and [N, C, H, W] inputs are supported, got "
                              f"shape {list(x.shape)}")
+        if x.dim() == 3:
+            self.one_d = True
+        first = 3 if (self.one_d and x.dim() == 4 and x.shape[2] == 1) else 2  # the height-1 layout of [N, C, L]
         y = x
-        for d, s in zip(range(2, x.dim()), self.scales(tuple(x.shape[2:]))):
+        for d, s in zip(range(first, x.dim()), self.scales(tuple(x.shape[first:]))):
             if s > 1:
                 y = y.repeat_interleave(s, dim=d)
         return y
