@@ -25,6 +25,8 @@ float                                           qfx
 ``a - b`` / ``torch.sub`` / ``a.sub(b)``          :class:`qfx.nn.QSub` (two tensors)
 ``a * b`` / ``torch.mul`` / ``a.mul(b)``          :class:`qfx.nn.QMul` (two tensors)
 ``nn.ZeroPad2d``                                  :class:`qfx.nn.QZeroPad2d` (no formats)
+``nn.Upsample`` / ``F.interpolate``               :class:`qfx.nn.QUpsample` (no formats; ``mode='nearest'``,
+(``nn.UpsamplingNearest2d``)                      integer scale factors)
 ``nn.Sigmoid`` / ``nn.Tanh`` / ``nn.SiLU`` /      :class:`qfx.nn.QSigmoid` / ``QTanh`` / ``QSiLU`` /
 ``nn.GELU`` / ``nn.Hardsigmoid`` /                ``QGELU`` / ``QHardsigmoid`` / ``QHardswish``
 ``nn.Hardswish`` (and their functions)            (lookup tables, :mod:`qfx.nn.table`)
@@ -79,6 +81,11 @@ How the keys are used, per kind:
 - ``AvgPool2d``: ``input``, ``output``; ``reciprocal`` when the divisor is
   not a power of two.
 - ``Flatten``: no formats.
+- ``ZeroPad2d``, ``Upsample``: no formats (values pass unchanged). ``Upsample`` is ``nn.Upsample`` /
+  ``nn.UpsamplingNearest2d`` / ``F.interpolate`` with ``mode='nearest'`` and an integer
+  ``scale_factor`` (an int or a tuple of ints) or a ``size`` that is an integer multiple of the
+  input's (checked at the first forward pass); anything else is an error naming the layer and
+  the argument.
 - ``BatchNorm1d``: as ``BatchNorm2d`` (never folded).
 - ``GlobalAvgPool2d``: ``input``, ``output``; ``reciprocal`` when ``H * W`` is
   not a power of two (known at the first forward pass; export names the layer).
@@ -161,6 +168,7 @@ KINDS: dict[str, str] = {
     "sub": "a - b, torch.sub(a, b), a.sub(b) on two tensors of the same shape",
     "mul": "a * b, torch.mul(a, b), a.mul(b) on two tensors of the same shape",
     "ZeroPad2d": "nn.ZeroPad2d (amounts >= 0)",
+    "Upsample": "nn.Upsample, nn.UpsamplingNearest2d, F.interpolate with mode='nearest' and integer scale factors",
     "Sigmoid": "nn.Sigmoid, torch.sigmoid, F.sigmoid, x.sigmoid() (lookup table)",
     "Tanh": "nn.Tanh, torch.tanh, F.tanh, x.tanh() (lookup table)",
     "SiLU": "nn.SiLU, F.silu (lookup table)",
@@ -190,6 +198,7 @@ _MODULE_KINDS: tuple[tuple[type, str], ...] = (
     (nn.AdaptiveAvgPool2d, "GlobalAvgPool2d"),
     (nn.Hardtanh, "Hardtanh"),  # after nn.ReLU6, a subclass of it
     (nn.ZeroPad2d, "ZeroPad2d"),
+    (nn.Upsample, "Upsample"),  # nn.UpsamplingNearest2d too (a subclass; UpsamplingBilinear2d is refused by mode)
     (nn.Sigmoid, "Sigmoid"),
     (nn.Tanh, "Tanh"),
     (nn.SiLU, "SiLU"),
@@ -226,6 +235,7 @@ _FUNCTION_KINDS = {
     F.gelu: "GELU",
     F.hardsigmoid: "Hardsigmoid",
     F.hardswish: "Hardswish",
+    F.interpolate: "Upsample",
 }
 _METHOD_KINDS = {"add": "add", "add_": "add", "flatten": "Flatten", "relu": "ReLU", "relu_": "ReLU",
                  "sub": "sub", "mul": "mul", "mean": "GlobalAvgPool2d", "clamp": "clamp", "clip": "clamp",
@@ -462,6 +472,11 @@ def _classify(gm: fx.GraphModule) -> tuple[dict[fx.Node, str], dict[str, str]]:
                 problems.append(f"module {node.target!r} (AdaptiveAvgPool2d): output_size {m.output_size!r} is not "
                                 "supported; only 1 or (1, 1) (global average pooling)")
                 continue
+            if kind == "Upsample":
+                why = qnn.upsample_problem(m.size, m.scale_factor, m.mode, m.align_corners)
+                if why:
+                    problems.append(f"module {node.target!r} (Upsample): {why}")
+                    continue
             node_kind[node] = kind
             if kind != "removed":
                 names[node.target] = kind
@@ -523,8 +538,35 @@ def _cat_args(node: fx.Node) -> "tuple[object, object, dict]":
     return tensors, dim, kwargs
 
 
+_INTERPOLATE_ARGS = ("input", "size", "scale_factor", "mode", "align_corners", "recompute_scale_factor", "antialias")
+_INTERPOLATE_DEFAULTS = {"size": None, "scale_factor": None, "mode": "nearest", "align_corners": None,
+                         "recompute_scale_factor": None, "antialias": False}
+
+
+def _interpolate_args(node: fx.Node) -> dict:
+    """F.interpolate's arguments by name (defaults filled in); unknown keywords under their own names."""
+    out = dict(_INTERPOLATE_DEFAULTS)
+    for key, v in zip(_INTERPOLATE_ARGS, node.args):
+        out[key] = v
+    out.update(node.kwargs)
+    return out
+
+
 def _check_call(node: fx.Node, kind: str) -> "str | None":
     args, kwargs = list(node.args), dict(node.kwargs)
+    if kind == "Upsample":
+        a = _interpolate_args(node)
+        extra = sorted(k for k in a if k not in _INTERPOLATE_ARGS)
+        if extra:
+            return f"unsupported arguments {extra}; supported: size, scale_factor, mode='nearest'"
+        if not isinstance(a.get("input"), fx.Node):
+            return "needs a tensor argument"
+        for key in ("size", "scale_factor"):
+            v = a[key]
+            if isinstance(v, fx.Node) or (isinstance(v, (tuple, list)) and any(isinstance(u, fx.Node) for u in v)):
+                return (f"argument {key} is computed in forward; only constants are supported (integer scale factors, "
+                        "or a size that is an integer multiple of the input)")
+        return qnn.upsample_problem(a["size"], a["scale_factor"], a["mode"], a["align_corners"], a["antialias"])
     if kind in _TABLE_KINDS:
         if kind == "GELU":
             approx = args[1] if len(args) > 1 else kwargs.pop("approximate", "none")
@@ -677,6 +719,11 @@ def _build(kind: str, float_module: "nn.Module | None", node: fx.Node, cfg: Laye
         return qnn.QCat(int(_cat_args(node)[1]), config=cfg)
     if kind == "ZeroPad2d":
         return qnn.QZeroPad2d(tuple(m.padding))
+    if kind == "Upsample":
+        if m is not None:
+            return qnn.QUpsample(m.size, m.scale_factor, m.mode, m.align_corners, name=str(node.target))
+        a = _interpolate_args(node)
+        return qnn.QUpsample(a["size"], a["scale_factor"], a["mode"], a["align_corners"], name=node.name)
     if kind == "Conv1d":
         return qnn.QConv1d.from_float(m, config=cfg)
     if kind == "MaxPool1d":
@@ -819,6 +866,8 @@ def convert(
                 node.args = (x, other)
             elif kind == "cat":
                 node.args = tuple(_cat_args(node)[0])
+            elif kind == "Upsample":
+                node.args = (_interpolate_args(node)["input"],)
             else:
                 node.args = (x,)
             node.kwargs = {}

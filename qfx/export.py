@@ -77,6 +77,7 @@ from .nn import (
     QMul,
     QSub,
     QZeroPad2d,
+    QUpsample,
     QTable,
     QConv2d,
     QFlatten,
@@ -133,7 +134,7 @@ _RESHAPE_METHODS = ("view", "reshape", "flatten")
 
 class _Tracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        if isinstance(m, (QuantizedModule, QFlatten, QZeroPad2d)):
+        if isinstance(m, (QuantizedModule, QFlatten, QZeroPad2d, QUpsample)):
             return True
         return super().is_leaf_module(m, qualname)
 
@@ -245,7 +246,11 @@ class _Builder:
         self.skipped: set[fx.Node] = set()
         # a model with 1-D layers (QConv1d, QMaxPool1d, QAvgPool1d): every [N, C, L] tensor is written as the
         # height-1 2-D tensor [C, 1, L] (same element order), the layout of those layers' 2-D nodes
-        self.lift_1d = any(isinstance(m, _ONE_D) for m in gm.modules())
+        # (an upsample of an [N, C, L] tensor too: the manifest's upsample is on [C, H, W])
+        self.lift_1d = any(isinstance(m, _ONE_D) for m in gm.modules()) or any(
+            n.op == "call_module" and isinstance(gm.get_submodule(str(n.target)), QUpsample)
+            and n.args and isinstance(n.args[0], fx.Node) and len(n.args[0].meta.get("qfx_shape", ())) == 3
+            for n in gm.graph.nodes)
 
     # -- helpers ------------------------------------------------------------
     def module(self, n: fx.Node) -> nn.Module:
@@ -304,7 +309,7 @@ class _Builder:
                 seen.add(user)
                 if user.op == "call_module":
                     mod = self.module(user)
-                    if isinstance(mod, (QFlatten, QZeroPad2d) + _PASS_THROUGH_MODULES):
+                    if isinstance(mod, (QFlatten, QZeroPad2d, QUpsample) + _PASS_THROUGH_MODULES):
                         stack.append(user)
                         continue
                     if isinstance(mod, (QAdd, QSub, QMul)):
@@ -407,7 +412,7 @@ class _Builder:
             raise ExportError(
                 f"unsupported module {path!r} ({type(mod).__module__}.{type(mod).__name__}); export handles the qfx.nn "
                 f"layers (QLinear, QConv2d, QBatchNorm2d, QBatchNorm1d, QReLU, QReLU6, QLeakyReLU, QAdd, QSub, QMul, "
-                f"QMaxPool2d, QAvgPool2d, QGlobalAvgPool2d, QCat, QClamp, QFlatten, QTable and its QSigmoid/QTanh/...); convert float layers with qfx.nn.<Layer>.from_float"
+                f"QMaxPool2d, QAvgPool2d, QGlobalAvgPool2d, QCat, QClamp, QFlatten, QZeroPad2d, QUpsample, QTable and its QSigmoid/QTanh/...); convert float layers with qfx.nn.<Layer>.from_float"
             )
         _check_finite(mod, path)
         prods = [self.producer(n, a) for a in args]
@@ -656,6 +661,20 @@ def _table(b: _Builder, n: fx.Node, mod: QTable, path: str, prods: list[_Entry])
     b.add(n, "table", path, prods, params=params, formats={"input": xi, "output": out}, arrays={"table": codes})
 
 
+def _upsample(b: _Builder, n: fx.Node, mod: QUpsample, path: str, prods: list[_Entry]) -> None:
+    (prod,) = prods
+    c, h, w = prod.output_shape if len(prod.output_shape) == 3 else (None, None, None)
+    out = b.shape(n)
+    if c is None or len(out) != 3:
+        raise ExportError(f"layer {path!r} (QUpsample): only [N, C, L] and [N, C, H, W] tensors can be exported, "
+                          f"got input {prod.output_shape}")
+    if out[0] != c or out[1] % h or out[2] % w:  # pragma: no cover - QUpsample.forward checks the factors
+        raise AssertionError(f"layer {path!r}: upsample {prod.output_shape} -> {out}")
+    fmt = prod.formats["output"]
+    b.add(n, "upsample", path, prods, params={"scale": [out[1] // h, out[2] // w]},
+          formats={"input": fmt, "output": fmt})
+
+
 def _binary(op: str) -> Callable:
     def handler(b: _Builder, n: fx.Node, mod: Any, path: str, prods: list[_Entry]) -> None:
         if len(prods) != 2:
@@ -687,6 +706,7 @@ _HANDLERS: dict[type, Callable] = {
     QZeroPad2d: lambda b, n, mod, path, prods: b.add(
         n, "pad", path, prods, params={"padding": [int(v) for v in mod.padding]},
         formats={"input": prods[0].formats["output"], "output": prods[0].formats["output"]}),
+    QUpsample: _upsample,
 }
 
 

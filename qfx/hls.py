@@ -133,7 +133,7 @@ CXX_FLAGS = ("-std=c++14", "-O1", "-Wall", "-Wno-unknown-pragmas", "-Wno-stringo
              "-Wno-dangling-pointer", "-Wno-use-after-free", "-Wno-mismatched-new-delete", "-Wno-mismatched-dealloc",
              "-Wno-free-nonheap-object")
 SUPPORTED_OPS = ("input", "output", "dense", "conv2d", "batchnorm", "relu", "relu6", "leaky_relu", "add",
-                 "maxpool2d", "avgpool2d", "flatten", "concat", "clamp", "sub", "mul", "pad", "table")
+                 "maxpool2d", "avgpool2d", "flatten", "concat", "clamp", "sub", "mul", "pad", "upsample", "table")
 # Identifiers the generated C++ or its headers already use at global scope (or the testbench in main).
 _RESERVED = frozenset("""std hls qfx_cast qfx_caster in_stream out_stream stdin stdout stderr printf scanf fprintf
     fscanf fopen FILE size_t ssdm_int_sim""".split())
@@ -436,6 +436,11 @@ def _node_context(node: Node, reuse: int) -> tuple[dict, list[tuple[str, str]]]:
         c, h, w = node.input_shapes[0]
         left, right, top, bottom = p["padding"]
         ctx.update(c=c, h=h, w=w, ho=node.output_shape[1], wo=node.output_shape[2], left=left, top=top)
+    elif op == "upsample":
+        types = [("in", _cpp(f["input"])), ("out", _cpp(f["output"]))]
+        c, h, w = node.input_shapes[0]
+        sh, sw = p["scale"]
+        ctx.update(c=c, h=h, w=w, sh=sh, sw=sw, ho=node.output_shape[1], wo=node.output_shape[2])
     elif op == "table":  # template table_act.j2
         xi: FixedType = f["input"]
         if xi.width > 62:

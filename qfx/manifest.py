@@ -86,6 +86,8 @@ flatten ``start_dim, end_dim`` (inclusive, counted without the batch
 dimension); concat ``axis`` (counted without the batch dimension; two or more
 inputs); clamp ``min_code, max_code`` (codes of the output format, or null for
 no bound); pad ``padding`` (``[left, right, top, bottom]`` zeros, ZeroPad2d's order;
+``formats.input == formats.output ==`` the producer's); upsample ``scale`` (``[sh, sw]``, ints >= 1:
+nearest-neighbour upsampling of ``[C, H, W]`` to ``[C, H * sh, W * sw]``, each code repeated, no cast;
 ``formats.input == formats.output ==`` the producer's); table ``function, size, shift, lo_code``
 (a :mod:`qfx.tables` lookup table of ``size`` entries from input code ``lo_code``, ``2**shift``
 input codes each; array ``table``: its contents, codes of the output format, checked on load to
@@ -237,6 +239,7 @@ OPS: dict[str, OpSpec] = {
     "sub": OpSpec(2, ("in_a", "in_b", "output")),
     "mul": OpSpec(2, ("in_a", "in_b", "output")),
     "pad": OpSpec(1, ("input", "output"), (), ("padding",)),
+    "upsample": OpSpec(1, ("input", "output"), (), ("scale",)),
     "table": OpSpec(1, ("input", "output"), (), ("function", "size", "shift", "lo_code")),
 }
 
@@ -512,6 +515,11 @@ def infer_output_shape(op: str, params: Mapping[str, Any], input_shapes: Sequenc
             raise ValueError(f"pad needs input [C, H, W], got {list(x)}")
         left, right, top, bottom = params["padding"]
         return (x[0], x[1] + top + bottom, x[2] + left + right)
+    if op == "upsample":
+        if len(x) != 3:
+            raise ValueError(f"upsample needs input [C, H, W], got {list(x)}")
+        sh, sw = params["scale"]
+        return (x[0], x[1] * sh, x[2] * sw)
     if op in ("add", "sub", "mul"):
         if shapes[0] != shapes[1]:
             raise ValueError(f"{op} needs operands of the same shape, got {list(shapes[0])} and {list(shapes[1])}")
@@ -683,6 +691,11 @@ def _check_params(ck: _Checker, where: str, op: str, params: dict) -> dict:
         if not isinstance(v, list) or len(v) != 4 or not all(_is_int(a) and a >= 0 for a in v):
             raise ck.fail(where, f"params.padding must be [left, right, top, bottom] of ints >= 0, got {v!r}")
         p["padding"] = tuple(v)
+    elif op == "upsample":
+        v = p["scale"]
+        if not isinstance(v, list) or len(v) != 2 or not all(_is_int(a) and a >= 1 for a in v):
+            raise ck.fail(where, f"params.scale must be [sh, sw] of ints >= 1, got {v!r}")
+        p["scale"] = tuple(v)
     elif op == "table":
         from .tables import FUNCTIONS
 
@@ -932,11 +945,11 @@ def load(path: "str | Path") -> Manifest:
                 raise ck.fail(where, str(err)) from None
             if want != out_shape:
                 raise ck.fail(where, f"output_shape {list(out_shape)} disagrees with what the op computes from its input: {list(want)}")
-        if op in ("flatten", "output", "pad"):
+        if op in ("flatten", "output", "pad", "upsample"):
             prod = by_name[inputs[0]].output_format
-            if op in ("flatten", "pad") and formats["input"] != prod:
+            if op in ("flatten", "pad", "upsample") and formats["input"] != prod:
                 raise ck.fail(where, f"formats.input {formats['input']} must equal the producer's output format {prod}")
-            if formats["output"] != (formats["input"] if op in ("flatten", "pad") else prod):
+            if formats["output"] != (formats["input"] if op in ("flatten", "pad", "upsample") else prod):
                 raise ck.fail(where, f"formats.output {formats['output']} must equal the format it passes through ({prod})")
         if op in ("dense", "conv2d"):
             n_terms = params["in_features"] if op == "dense" else params["in_channels"] // params["groups"] * params["kernel"][0] * params["kernel"][1]

@@ -11,7 +11,8 @@ reads) and builds an ONNX graph that computes the manifest's integer reference
   the exact values of their codes, each behind a ``Quant`` of its format (the identity on those
   values; it states the format, as Brevitas exports do);
 * between the casts, the exact integer arithmetic of the reference becomes MatMul / Conv / Add /
-  Mul / Sub / Relu / Clip / LeakyRelu / MaxPool / AveragePool / Pad / Concat / Reshape. These are
+  Mul / Sub / Relu / Clip / LeakyRelu / MaxPool / AveragePool / Pad / Resize (nearest, integer
+  scales, ``asymmetric`` coordinates with ``floor``: ``y[oy] = x[oy // s]``) / Concat / Reshape. These are
   exact in float32 because every intermediate is an integer multiple of its grid below ``2**24``;
   export checks that bound from the formats and refuses a layer that exceeds it.
 
@@ -431,6 +432,16 @@ def _pad(g: _Graph, node: Node, x: _T) -> _T:
     return _T(y, shape, min(x.lo, 0), max(x.hi, 0), x.frac, x.fmt)
 
 
+def _upsample(g: _Graph, node: Node, x: _T) -> _T:
+    sh, sw = (int(v) for v in node.params["scale"])
+    roi = g.const(f"{node.name}_roi", np.zeros(0, np.float32))
+    scales = g.const(f"{node.name}_scales", np.array([1, 1, sh, sw], np.float32))
+    shape = (g.batch, *node.output_shape)
+    y = g.node("Resize", [x.name, roi, scales], f"{node.name}_resize", shape, mode="nearest",
+               coordinate_transformation_mode="asymmetric", nearest_mode="floor")
+    return _T(y, shape, x.lo, x.hi, x.frac, x.fmt)
+
+
 # ---------------------------------------------------------------------------
 # Public API
 # ---------------------------------------------------------------------------
@@ -491,6 +502,8 @@ def manifest_to_qonnx(manifest: "Manifest | str | os.PathLike", *, batch: int = 
             t = _clamp(g, node, srcs[0])
         elif op == "pad":
             t = _pad(g, node, srcs[0])
+        elif op == "upsample":
+            t = _upsample(g, node, srcs[0])
         elif op == "output":
             t = srcs[0]
             out_t = t

@@ -96,6 +96,9 @@ Layers (``x`` = the producer's codes, cast to the node's input format first):
 ``pad``
     The codes with ``padding = [left, right, top, bottom]`` zero codes around
     each channel (zero is a code of every format; no cast).
+``upsample``
+    Nearest-neighbour upsampling by ``scale = [sh, sw]``: ``y[c, oy, ox] = x[c, oy // sh, ox // sw]``
+    (each code repeated ``sh x sw`` times; no cast).
 ``table`` (Sigmoid, Tanh, SiLU, GELU, Hardsigmoid, Hardswish)
     ``table[(clamp(c, lo_code, lo_code + size * 2**shift - 1) - lo_code) >> shift]``
     with ``c = cast(x, input)`` (:func:`qfx.tables.lookup`); the entries are codes
@@ -592,6 +595,9 @@ def run_codes(manifest: "Manifest | str | Path", codes: Any, *, big_ints: bool =
             elif node.op == "pad":
                 left, right, top, bottom = node.params["padding"]
                 y = np.pad(srcs[0], ((0, 0), (0, 0), (top, bottom), (left, right)))
+            elif node.op == "upsample":
+                sh, sw = node.params["scale"]
+                y = np.repeat(np.repeat(srcs[0], sh, axis=2), sw, axis=3)
             elif node.op == "maxpool2d":
                 y = _maxpool(node, srcs[0], fracs[0], big_ints)
             elif node.op == "avgpool2d":

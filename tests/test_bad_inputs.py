@@ -228,6 +228,21 @@ def _convert_lstm():
     return convert(nn.Sequential(nn.Linear(4, 4), nn.LSTM(4, 4)), {"default": {"weight": "ap_fixed<8,1>"}})
 
 
+class _Interp(nn.Module):
+    """A conv, then F.interpolate with the given arguments."""
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__()
+        self.conv, self.kw = nn.Conv2d(2, 2, 1), kw
+
+    def forward(self, x):
+        return torch.nn.functional.interpolate(self.conv(x), **self.kw)
+
+
+_FIXED = {"default": {"input": "ap_fixed<8,3,AP_RND,AP_SAT>", "weight": "ap_fixed<8,1,AP_RND,AP_SAT>",
+                      "bias": "ap_fixed<8,3>", "output": "ap_fixed<8,3,AP_RND,AP_SAT>"}}
+
+
 def _board_yaml(c: Ctx) -> Any:
     src = yaml.safe_load((ROOT / "boards" / "ultra96.yaml").read_text())
     del src["part"]
@@ -435,6 +450,19 @@ CASES = [
          TypeError, r"[Tt]ensor"),
     Case("convert-unsupported-layer", None, lambda c: _convert_lstm(),
          ValueError, r"LSTM.*(supported|Linear)"),
+    Case("convert-upsample-bilinear", None,
+         lambda c: convert(nn.Sequential(nn.Conv2d(2, 2, 1), nn.Upsample(scale_factor=2, mode="bilinear")), _FIXED),
+         ValueError, r"module '1' \(Upsample\): argument mode='bilinear' is not supported; only mode='nearest'"),
+    Case("convert-interpolate-fractional-scale", None, lambda c: convert(_Interp(scale_factor=1.5), _FIXED),
+         ValueError, r"interpolate \(node 'interpolate'\): argument scale_factor=1\.5 is not supported; only integer "
+                     r"scale factors"),
+    Case("convert-interpolate-align-corners", None,
+         lambda c: convert(_Interp(scale_factor=2, mode="bilinear", align_corners=True), _FIXED),
+         ValueError, r"node 'interpolate'.*mode='bilinear' is not supported"),
+    Case("export-upsample-size-not-a-multiple", None,
+         lambda c: export(convert(_Interp(size=(5, 5)), _FIXED), torch.randn(2, 2, 2, 2), c.tmp / "m"),
+         ValueError, r"layer 'interpolate' \(Upsample\): size \(5, 5\) is not an integer multiple of the input's "
+                     r"spatial size \(2, 2\)", _nothing_at("m")),
     Case("convert-unknown-config-key", None,
          lambda c: convert(_float_mlp(), {"defaults": {"weight": "ap_fixed<8,1>"}}),
          ValueError, r"'defaults'.*did you mean 'default'"),

@@ -42,6 +42,7 @@ from qfx.nn import (  # noqa: E402
     QReLU,
     QReLU6,
     QSub,
+    QUpsample,
     QZeroPad2d,
 )
 from qfx.qonnx_export import QonnxExportError, manifest_to_qonnx  # noqa: E402
@@ -120,6 +121,18 @@ class Ops(nn.Module):
         return self.fc(self.gap(c))
 
 
+def upsampled() -> nn.Module:
+    """Nearest upsampling (Resize) by (2, 3) of the model input and by 2 after a conv."""
+    return nn.Sequential(
+        QUpsample(scale_factor=(2, 3)),
+        QConv2d(2, 3, 3, stride=2, input=X, weight=W, bias=B, output=Y),
+        QUpsample(scale_factor=2),
+        QReLU(input=Y, output=U),
+        QFlatten(),
+        QLinear(3 * 4 * 10, 4, input=X, weight=W, bias=B, output=Y),
+    )
+
+
 def per_channel() -> nn.Module:
     """Per-channel weight formats whose binary points differ by 6 bits (learned on a calibration batch)."""
     cfg = dict(input=X, weight=W, bias=B, output=Y, learn_binary_point=True, weight_per_channel=True)
@@ -137,6 +150,7 @@ MODELS = {
     "residual": (lambda: init_weights(Residual(), 3), (2, 6, 6)),
     "ops": (lambda: init_weights(Ops(), 4), (2, 4, 5)),
     "per_channel": (per_channel, (2, 4, 4)),
+    "upsample": (lambda: init_weights(upsampled(), 5), (2, 3, 4)),
 }
 
 

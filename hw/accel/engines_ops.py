@@ -1,4 +1,4 @@
-"""Engines of the structural ops of issue 14: concat, clamp, sub, mul.
+"""Engines of the structural ops of issue 14: concat, clamp, sub, mul, pad, upsample.
 
 Same stream contract as :mod:`qfx.hw.accel.engines`: single-element ``amaranth.lib.stream``
 ports, C order in and out; each computes what :mod:`qfx.reference` documents for its op.
@@ -11,6 +11,10 @@ ports, C order in and out; each computes what :mod:`qfx.reference` documents for
   the inputs in sequence), one element per cycle.
 * :class:`ClampEngine` (clamp): no buffer, one element per cycle, a one-stage pipeline:
   ``min(max(cast(cast(x, input), output), min_code), max_code)``.
+* :class:`PadEngine` (pad): no buffer; forwards each input code or emits a border zero.
+* :class:`UpsampleEngine` (upsample, nearest): the input buffered (double-buffered, no cast: the
+  formats are equal), then one output element per cycle in C order, each reading input element
+  ``(c, oy // sh, ox // sw)``.
 
 (BatchNorm1d and global average pooling need no engine of their own: they are the manifest's
 ``batchnorm`` on ``[C]`` / ``[C, L]`` and ``avgpool2d`` with kernel = H x W.)
@@ -31,11 +35,11 @@ from ..cast import CastUnit, fixed_shape
 from .engines import EngineError, _InputBuffer, _OutputStage, _Sequencer
 from .loops import LoopNest
 
-__all__ = ["BinaryEngine", "ConcatEngine", "ClampEngine", "PadEngine", "OPS", "ops_engine", "ops_engine_cycles",
+__all__ = ["BinaryEngine", "ConcatEngine", "ClampEngine", "PadEngine", "UpsampleEngine", "OPS", "ops_engine", "ops_engine_cycles",
            "ops_engine_latency"]
 
 #: Manifest ops built by this module.
-OPS = ("concat", "clamp", "sub", "mul", "pad", "table")  # table: engines_table.TableEngine
+OPS = ("concat", "clamp", "sub", "mul", "pad", "upsample", "table")  # table: engines_table.TableEngine
 
 
 class _OpsEngine(wiring.Component):
@@ -263,6 +267,52 @@ class PadEngine(_OpsEngine):
         return m
 
 
+class UpsampleEngine(_OpsEngine):
+    """upsample node (nearest, integer factors ``scale = [sh, sw]``): the input tensor buffered,
+    then one output element per cycle in C order, ``y[c, oy, ox] = x[c, oy // sh, ox // sw]``.
+
+    The output positions run as the loop nest (c, iy, dy, ix, dx) with ``oy = iy * sh + dy`` and
+    ``ox = ix * sw + dx``, so the read address ``(c * H + iy) * W + ix`` needs no division.
+
+    Parameters
+    ----------
+    node : Node
+        An ``upsample`` node.
+    src : FixedType
+        Format of the codes arriving on ``i`` (equal to the node's output format).
+    slots : int
+        Tensor slots of the input buffer (2: double buffering).
+    """
+
+    def __init__(self, node: Node, src: FixedType, slots: int = 2) -> None:
+        self._src = src
+        self._slots = int(slots)
+        self._out_fmt = node.formats["output"]
+        super().__init__(node, {"i": In(stream.Signature(fixed_shape(src))),
+                                "o": Out(stream.Signature(fixed_shape(self._out_fmt)))})
+
+    @property
+    def input_ports(self) -> list:
+        return [self.i]
+
+    def elaborate(self, platform):
+        m = Module()
+        c, h, w = self._node.input_shapes[0]
+        sh, sw = self._node.params["scale"]
+        n_in = c * h * w
+        buf = _InputBuffer(m, "in", self.i, self._src, self._out_fmt, n_in, slots=self._slots)
+        out = _OutputStage(m, self.o)
+        adv = out.adv
+        loops = LoopNest("up", [c, h, sh, w, sw])
+        ch, iy, _dy, ix, _dx = loops.counters
+        seq = _Sequencer(m, out, [buf], loops, [])
+        addr = Signal(range(max(n_in, 2)), name="up_addr")
+        m.d.comb += addr.eq(ch * (h * w) + iy * w + ix)
+        data = buf.read(0, addr, adv)
+        out.emit(m, seq.v1 & adv, data)
+        return m
+
+
 def ops_engine(node: Node, srcs: "list[FixedType]", slots: "tuple[int, ...] | None" = None) -> wiring.Component:
     """The engine of a node whose op is in :data:`OPS` (``srcs``: its producers' emitted formats;
     ``slots``: the tensor slots of each input buffer of a buffered engine, default 2 each)."""
@@ -275,6 +325,8 @@ def ops_engine(node: Node, srcs: "list[FixedType]", slots: "tuple[int, ...] | No
         return ClampEngine(node, srcs[0])
     if node.op == "pad":
         return PadEngine(node, srcs[0])
+    if node.op == "upsample":
+        return UpsampleEngine(node, srcs[0], slots[0])
     if node.op == "table":
         from .engines_table import TableEngine
 
@@ -292,6 +344,8 @@ def ops_engine_cycles(node: Node) -> dict[str, int]:
         return {"load": 0, "compute": n_out, "outputs": n_out}
     if node.op == "concat":
         return {"load": max(math.prod(s) for s in node.input_shapes), "compute": n_out, "outputs": n_out}
+    if node.op == "upsample":
+        return {"load": math.prod(node.input_shapes[0]), "compute": n_out, "outputs": n_out}
     return {"load": 0, "compute": n_out, "outputs": n_out}
 
 
@@ -299,14 +353,14 @@ def ops_engine_latency(node: Node, last_in: int) -> int:
     """As :func:`qfx.hw.accel.engines.engine_latency`: the cycle of the node's last output beat
     when its last input beat is accepted in cycle ``last_in`` (one tensor, output never stalled).
 
-    Buffered engines (sub, mul, concat) issue one element per cycle from the cycle after their
+    Buffered engines (sub, mul, concat, upsample) issue one element per cycle from the cycle after their
     last input and emit 2 cycles after the issue; clamp and table emit 1 cycle after their input. The pad
     engine emits the border positions before its last inside element on its own (one per cycle,
     from cycle 0 at the earliest), then that element 1 cycle after it arrives, then the trailing
     border one per cycle.
     """
     c = ops_engine_cycles(node)
-    if node.op in ("sub", "mul", "concat"):
+    if node.op in ("sub", "mul", "concat", "upsample"):
         return last_in + c["compute"] + 2
     if node.op == "pad":
         _c, h, w = node.input_shapes[0]

@@ -103,7 +103,7 @@ def buffer_slots(manifest: Manifest) -> dict[str, tuple[int, ...]]:
     from .engines import EngineError
     from .top import Accelerator
 
-    buffered = ("dense", "conv2d", "maxpool2d", "avgpool2d", "add", "sub", "mul", "concat")
+    buffered = ("dense", "conv2d", "maxpool2d", "avgpool2d", "add", "sub", "mul", "concat", "upsample")
     try:
         acc = Accelerator(manifest)
     except EngineError:
@@ -164,6 +164,9 @@ def estimate_resources(manifest: Manifest) -> dict[str, Any]:
             w = f["output"].width
             ramb18 = sum(_ramb18("ram", k * math.prod(s), w) for s, k in zip(node.input_shapes, sl))
             bits = sum(k * math.prod(s) for s, k in zip(node.input_shapes, sl)) * w
+        elif node.op == "upsample":  # the input buffered in its own format (engines_ops.UpsampleEngine)
+            ramb18 = _ramb18("ram", sl[0] * n_in, f["output"].width)
+            bits = sl[0] * n_in * f["output"].width
         elif node.op == "table":  # a comb-read ROM (hw/accel/engines_table.py): LUTs, no block RAM
             bits = int(node.params["size"]) * f["output"].width
         elif node.op == "add":

@@ -265,8 +265,12 @@ def engine_features(manifest: Manifest) -> dict[str, dict[str, float]]:
             out[node.name] = _add_features(node, sl)
         elif node.op in ("sub", "mul"):
             out[node.name] = _binary_features(node, sl)
-        elif node.op == "concat":
+        elif node.op in ("concat", "upsample"):  # upsample: one buffered input, read out (engines_ops.py)
             out[node.name] = _concat_features(node, [fmt_of(s) for s in node.inputs], sl)
+            if node.op == "upsample":  # the (c, iy, dy, ix, dx) output counters and the read address
+                c, h, w = node.input_shapes[0]
+                sh, sw = node.params["scale"]
+                out[node.name]["ctr_bits"] = float(_bits(c * h * w) + sum(_bits(v) for v in (c, h, sh, w, sw) if v > 1))
         else:
             out[node.name] = _elementwise_features(node, src)
             if node.op == "pad":  # the output position counters (hw/accel/engines_ops.py)

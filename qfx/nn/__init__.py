@@ -21,7 +21,8 @@ module                   contents
 ``qfx.nn.pool``          :class:`QMaxPool2d`, :class:`QAvgPool2d`
 ``qfx.nn.flatten``       :class:`QFlatten`
 ``qfx.nn.ops``           :class:`QBatchNorm1d`, :class:`QGlobalAvgPool2d`, :class:`QCat`,
-                         :class:`QClamp`, :class:`QSub`, :class:`QMul`, :class:`QZeroPad2d`
+                         :class:`QClamp`, :class:`QSub`, :class:`QMul`, :class:`QZeroPad2d`,
+                         :class:`QUpsample`
 ``qfx.nn.table``         lookup-table activations: :class:`QSigmoid`, :class:`QTanh`,
                          :class:`QSiLU`, :class:`QGELU`, :class:`QHardsigmoid`,
                          :class:`QHardswish` (:class:`QTable`)
@@ -38,7 +39,7 @@ from .conv1d import QAvgPool1d, QConv1d, QMaxPool1d
 from .flatten import QFlatten
 from .linear import QLinear
 from .norm import QBatchNorm2d, fold_batchnorm
-from .ops import QBatchNorm1d, QCat, QClamp, QGlobalAvgPool2d, QMul, QSub, QZeroPad2d
+from .ops import QBatchNorm1d, QCat, QClamp, QGlobalAvgPool2d, QMul, QSub, QUpsample, QZeroPad2d, upsample_problem
 from .pool import QAvgPool2d, QMaxPool2d
 from .quantizer import TensorQuantizer
 from .table import QGELU, QHardsigmoid, QHardswish, QSigmoid, QSiLU, QTable, QTanh
@@ -69,6 +70,7 @@ __all__ = [
     "QSub",
     "QMul",
     "QZeroPad2d",
+    "QUpsample",
     "QTable",
     "QSigmoid",
     "QTanh",

@@ -1,4 +1,5 @@
-"""Structural layers of real models (issue 14): QBatchNorm1d, QGlobalAvgPool2d, QCat, QClamp, QSub, QMul.
+"""Structural layers of real models (issue 14): QBatchNorm1d, QGlobalAvgPool2d, QCat, QClamp, QSub, QMul,
+QZeroPad2d, QUpsample.
 
 Each states its cast points; the integer reference (:mod:`qfx.reference`), the HLS
 templates and the RTL engines compute the same thing from the manifest.
@@ -20,7 +21,7 @@ from .base import QuantizedModule
 from .config import ConfigLike, as_config
 from .norm import QBatchNorm2d
 
-__all__ = ["QBatchNorm1d", "QGlobalAvgPool2d", "QCat", "QClamp", "QSub", "QMul", "QZeroPad2d", "avg_factor"]
+__all__ = ["QBatchNorm1d", "QGlobalAvgPool2d", "QCat", "QClamp", "QSub", "QMul", "QZeroPad2d", "QUpsample", "upsample_problem", "avg_factor"]
 
 
 def _check_float(t: object, layer: str, name: str = "x") -> torch.Tensor:
@@ -290,3 +291,139 @@ class QZeroPad2d(nn.ZeroPad2d):
         super().__init__(padding)
         if any(isinstance(p, bool) or not isinstance(p, int) or p < 0 for p in self.padding):
             raise ValueError(f"QZeroPad2d needs padding amounts >= 0 (no cropping), got {self.padding}")
+
+
+def _int_factor(v: Any) -> "int | None":
+    """``v`` as an int >= 1 when it is one (``2`` or ``2.0``), else None."""
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, int):
+        return v if v >= 1 else None
+    if isinstance(v, float) and v.is_integer() and v >= 1:
+        return int(v)
+    return None
+
+
+def _as_tuple(v: Any) -> "tuple | None":
+    if v is None:
+        return None
+    return tuple(v) if isinstance(v, (tuple, list)) else (v,)
+
+
+def upsample_problem(size: Any = None, scale_factor: Any = None, mode: Any = "nearest", align_corners: Any = None,
+                     antialias: Any = False) -> "str | None":
+    """Why an ``nn.Upsample`` / ``F.interpolate`` call has no qfx version (None: it has one).
+
+    Supported: ``mode='nearest'`` with an integer ``scale_factor`` (an int, or a tuple of ints,
+    one per spatial dim) or a ``size`` (checked at the first forward pass to be an integer
+    multiple of the input's spatial size); ``align_corners`` unset, ``antialias=False``."""
+    if mode != "nearest":
+        return (f"argument mode={mode!r} is not supported; only mode='nearest' (with integer scale factors: "
+                "values are copied, never interpolated)")
+    if align_corners is not None:
+        return (f"argument align_corners={align_corners!r} is not supported; only align_corners=None (the default; "
+                "mode='nearest' does not interpolate)")
+    if antialias:
+        return f"argument antialias={antialias!r} is not supported; only antialias=False"
+    if (size is None) == (scale_factor is None):
+        return "needs exactly one of size and scale_factor (an integer scale factor, or a size that is an integer " \
+               "multiple of the input)"
+    if scale_factor is not None:
+        sf = _as_tuple(scale_factor)
+        if not sf or len(sf) > 2 or any(_int_factor(s) is None for s in sf):
+            return (f"argument scale_factor={scale_factor!r} is not supported; only integer scale factors >= 1 "
+                    "(an int such as 2, or a tuple of ints such as (2, 3), one per spatial dim)")
+    else:
+        sz = _as_tuple(size)
+        if not sz or len(sz) > 2 or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in sz):
+            return (f"argument size={size!r} is not supported; only constant ints >= 1 (an int, or a tuple of ints "
+                    "one per spatial dim), each an integer multiple of the input's size")
+    return None
+
+
+class QUpsample(nn.Module):
+    """``nn.Upsample`` / ``F.interpolate`` with ``mode='nearest'`` and integer scale factors, in a
+    quantized model: every input element repeated ``sh x sw`` times (``s`` for ``[N, C, L]``)::
+
+        y[n, c, oy, ox] = x[n, c, oy // sh, ox // sw]
+
+    Values are copied, never computed, so the output format is the producer's (no cast, no
+    config key). The manifest op is ``upsample`` with ``scale = [sh, sw]`` (``[1, s]`` for a
+    1-D input, written as the height-1 ``[C, 1, L]``). The emulation indexes with integers
+    (``repeat_interleave``), not with torch's floating-point source index.
+
+    Once called on an ``[N, C, L]`` tensor, the layer is 1-D: it then also takes the height-1
+    layout ``[N, C, 1, L]`` (the manifest's shape, as :class:`qfx.nn.QConv1d` does) and upsamples
+    only its last dim.
+
+    Parameters
+    ----------
+    size : int or tuple of int, optional
+        The output's spatial size; each must be an integer multiple of the input's (checked at
+        every forward pass).
+    scale_factor : int or tuple of int, optional
+        Integer factors >= 1 (``2.0`` counts as 2); exactly one of ``size`` and ``scale_factor``.
+    mode : str
+        Must be ``'nearest'``.
+    align_corners : None
+        Must be None.
+    name : str, optional
+        The layer's name, used in error messages (:func:`qfx.convert` sets it).
+    """
+
+    def __init__(self, size: Any = None, scale_factor: Any = None, mode: str = "nearest",
+                 align_corners: Any = None, *, name: "str | None" = None, config: ConfigLike = None,
+                 **overrides: Any) -> None:
+        as_config(config, **overrides)
+        super().__init__()
+        self.layer = name
+        why = upsample_problem(size, scale_factor, mode, align_corners)
+        if why:
+            raise ValueError(f"{self._label()}: {why}")
+        self.mode = "nearest"
+        self.size = None if size is None else tuple(int(s) for s in _as_tuple(size))
+        self.scale_factor = None if scale_factor is None else tuple(_int_factor(s) for s in _as_tuple(scale_factor))
+        self.one_d = False  # set by the first [N, C, L] input
+
+    def _label(self) -> str:
+        return f"layer {self.layer!r} (Upsample)" if self.layer else "QUpsample"
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}" if self.size is not None else f"scale_factor={self.scale_factor}"
+
+    def scales(self, spatial: "tuple[int, ...]") -> tuple[int, ...]:
+        """The integer factor of each spatial dim for an input of spatial size ``spatial``."""
+        k = len(spatial)
+        if k not in (1, 2):
+            raise ValueError(f"{self._label()}: only [N, C, L] and [N, C, H, W] inputs are supported, got "
+                             f"{k} spatial dims")
+        if self.scale_factor is not None:
+            sf = self.scale_factor if len(self.scale_factor) == k else (
+                self.scale_factor * k if len(self.scale_factor) == 1 else None)
+            if sf is None:
+                raise ValueError(f"{self._label()}: scale_factor {self.scale_factor} has {len(self.scale_factor)} "
+                                 f"entries for an input with {k} spatial dim(s); give one, or one per spatial dim")
+            return tuple(sf)
+        sz = self.size if len(self.size) == k else (self.size * k if len(self.size) == 1 else None)
+        if sz is None:
+            raise ValueError(f"{self._label()}: size {self.size} has {len(self.size)} entries for an input with "
+                             f"{k} spatial dim(s); give one, or one per spatial dim")
+        if any(o % i for o, i in zip(sz, spatial)):
+            raise ValueError(f"{self._label()}: size {tuple(sz)} is not an integer multiple of the input's spatial "
+                             f"size {tuple(spatial)}; only integer scale factors are supported (mode='nearest' "
+                             "repeating each element)")
+        return tuple(o // i for o, i in zip(sz, spatial))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_float(x, "QUpsample")
+        if x.dim() not in (3, 4):
+            raise ValueError(f"{self._label()}: only [N, C, L] and [N, C, H, W] inputs are supported, got "
+                             f"shape {list(x.shape)}")
+        if x.dim() == 3:
+            self.one_d = True
+        first = 3 if (self.one_d and x.dim() == 4 and x.shape[2] == 1) else 2  # the height-1 layout of [N, C, L]
+        y = x
+        for d, s in zip(range(first, x.dim()), self.scales(tuple(x.shape[first:]))):
+            if s > 1:
+                y = y.repeat_interleave(s, dim=d)
+        return y
