@@ -44,6 +44,7 @@ overwrites only the files it generates and never deletes anything else.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import difflib
 import json
 import math
@@ -101,6 +102,18 @@ def _ports(component: Any) -> list[dict[str, Any]]:
     return ports
 
 
+#: The granularity of the clock qfx-gen derives from an Fmax estimate (MHz).
+CLOCK_STEP_MHZ = 5.0
+
+
+def clock_from_fmax(fmax_mhz: float, board: Any) -> float:
+    """The fabric clock a design whose Fmax estimate is ``fmax_mhz`` gets by default: the estimate
+    rounded down to a :data:`CLOCK_STEP_MHZ` step (no margin added: the estimate is already a
+    weighted path delay, see qfx.cost.timing), at most ``board.max_clock_mhz``, at least one step."""
+    step = CLOCK_STEP_MHZ
+    return float(min(board.max_clock_mhz, max(step, math.floor(fmax_mhz / step) * step)))
+
+
 def generate(manifest_path: "str | Path", out_dir: "str | Path", *, board: str = "ultra96",
              targets: Sequence[str] = ("rtl",), arch: str = "dataflow", top: str = "qfx_top",
              clock_mhz: "float | None" = None, reuse_factor: int = 1, synth: bool = False,
@@ -151,6 +164,8 @@ def generate(manifest_path: "str | Path", out_dir: "str | Path", *, board: str =
                        "Verilog or C++ keyword); e.g. --top qfx_top")
     b = get_board(board)
     clock = float(clock_mhz) if clock_mhz is not None else float(b.default_clock_mhz)
+    clock_basis = ("--clock-mhz" if clock_mhz is not None else
+                   "the board's default (qfx-gen --synth sets the clock its Fmax estimate supports)")
     man = load(manifest_path)
     files: dict[str, str] = {}
     rtl = "rtl" in targets
@@ -175,12 +190,23 @@ def generate(manifest_path: "str | Path", out_dir: "str | Path", *, board: str =
         acc = Accelerator(man, folding=fplan.foldings)
         verilog = to_verilog(acc, top)
         if synth:
-            from qfx.hw.synth import synth_xilinx
+            from qfx.cost.synthesis import synth_module
+            from qfx.cost.timing import fmax_mhz
 
-            counts = synth_xilinx(verilog, top, family=b.family).summary()
+            ms = synth_module(verilog, top, family=b.family)
+            counts = ms.summary()
             est = {**est, **{k: counts[k] for k in ("lut", "ff", "dsp", "bram36")},
                    "basis": f"Yosys synth_xilinx -family {b.family} (qfx.hw.synth)"}
             _check_fit(b, est, check_fit)
+            fmax = fmax_mhz(ms.paths)
+            if clock_mhz is None:  # the clock the design's Fmax estimate supports
+                clock = clock_from_fmax(fmax, b)
+                if fps is None:  # (an --fps plan was made for the board's default clock, and says so)
+                    fplan = dataclasses.replace(fplan, clock_mhz=clock)
+                clock_basis = (f"the Fmax estimate {fmax:g} MHz (Yosys netlist, qfx.cost.timing), rounded down to "
+                               f"a {CLOCK_STEP_MHZ:g} MHz step, at most the board's {b.max_clock_mhz:g} MHz")
+            else:
+                clock_basis += f"; Fmax estimate {fmax:g} MHz"
         cycles = acc.cycle_estimate()
         files[f"rtl/{top}.v"] = verilog
         design_board = {
@@ -226,6 +252,7 @@ def generate(manifest_path: "str | Path", out_dir: "str | Path", *, board: str =
         "arch": arch,
         "targets": list(targets),
         "clock_mhz": clock,
+        "clock_basis": clock_basis,
         "interface": {
             "s_axis": {"tdata_bits": axis_width(in_fmt), "format": str(in_fmt),
                        "elements": n_in, "shape": list(man.input_node.output_shape), "order": "C"},
@@ -315,6 +342,7 @@ def _summary(design: dict[str, Any], out_dir: Path) -> str:
         f"  top {design['top']}: in {design['interface']['s_axis']['elements']} x "
         f"{design['interface']['s_axis']['format']}, out {design['interface']['m_axis']['elements']} x "
         f"{design['interface']['m_axis']['format']}",
+        f"  clock {design['clock_mhz']:g} MHz: {design.get('clock_basis', '')}",
     ]
     est = design["resources_estimate"]
     if design["latency"] is None or est is None:
@@ -363,7 +391,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", default="rtl", help="comma-separated: rtl, hls (default: rtl)")
     p.add_argument("--arch", default="dataflow", help="RTL architecture (default: dataflow); see below")
     p.add_argument("--top", default="qfx_top", help="top module / function name (default: qfx_top)")
-    p.add_argument("--clock-mhz", type=float, default=None, help="fabric clock (default: the board's)")
+    p.add_argument("--clock-mhz", type=float, default=None,
+                   help="fabric clock (default: with --synth the clock the Fmax estimate supports, else the board's)")
     p.add_argument("--reuse-factor", type=int, default=1, help="HLS reuse factor (default: 1)")
     p.add_argument("--folding", default="auto",
                    help="MAC engine folding: auto (default: the planner, qfx.hw.accel.folding.plan) or a YAML "

@@ -264,3 +264,34 @@ def test_output_is_independent_of_the_hash_seed(manifest, tmp_path):
     assert sorted(trees[0]) == sorted(trees[1])
     differ = [f for f in trees[0] if trees[0][f] != trees[1][f]]
     assert not differ, f"files that depend on the hash seed: {differ}"
+
+
+def test_clock_follows_the_fmax_estimate_with_synth(manifest, tmp_path, capsys):
+    """Issue 13 item 5: with --synth the default clock is what the design's Fmax estimate (Yosys
+    netlist, qfx.cost.timing, computed here independently of qfx-gen) supports; without it the
+    board's default; --clock-mhz always wins. The clock reaches the board files."""
+    from qfx.boards import get_board
+    from qfx.cost.synthesis import synth_module
+    from qfx.cost.timing import fmax_mhz
+    from qfx.gen import CLOCK_STEP_MHZ, clock_from_fmax
+
+    b = get_board("ultra96")
+    assert clock_from_fmax(181.8, b) == 180.0 and clock_from_fmax(999.0, b) == b.max_clock_mhz
+    assert clock_from_fmax(2.0, b) == CLOCK_STEP_MHZ
+    out = tmp_path / "synth"
+    assert main([str(manifest), "-o", str(out), "--synth"]) == 0
+    design = json.loads((out / "design.json").read_text())
+    fmax = fmax_mhz(synth_module((out / "rtl/qfx_top.v").read_text(), "qfx_top", family=b.family).paths)
+    assert design["clock_mhz"] == clock_from_fmax(fmax, b) != b.default_clock_mhz
+    assert f"{fmax:g} MHz" in design["clock_basis"] and "Fmax estimate" in design["clock_basis"]
+    assert design["folding"]["clock_mhz"] == design["clock_mhz"]
+    assert f"{design['clock_mhz']:g} MHz requested" in (out / "board/constraints.xdc").read_text()
+    assert "Fmax estimate" in capsys.readouterr().out
+    plain = tmp_path / "plain"
+    assert main([str(manifest), "-o", str(plain)]) == 0
+    d2 = json.loads((plain / "design.json").read_text())
+    assert d2["clock_mhz"] == b.default_clock_mhz and "default" in d2["clock_basis"]
+    fixed = tmp_path / "fixed"
+    assert main([str(manifest), "-o", str(fixed), "--synth", "--clock-mhz", "150"]) == 0
+    d3 = json.loads((fixed / "design.json").read_text())
+    assert d3["clock_mhz"] == 150.0 and d3["clock_basis"].startswith("--clock-mhz")
