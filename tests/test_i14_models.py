@@ -10,16 +10,13 @@ Each: convert -> 4 QAT steps -> export -> integer reference == emulation on ever
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-import qfx
-from qfx.export import emulate, export
+from qfx.export import export
 from qfx.manifest import load
-from qfx.reference import run
+from tests.fourway import assert_reference_equals_emulation, assert_rtl_and_hls_bit_exact, short_qat
 from tests.test_i14_conv1d import CNN1d
 from tests.test_i14_ops import CFG
 
@@ -44,20 +41,7 @@ MODELS = {
 
 def _qat(name: str):
     make, shape, _ops = MODELS[name]
-    torch.manual_seed(0)
-    q = qfx.convert(make(), CFG)
-    g = torch.Generator().manual_seed(1)
-    opt = torch.optim.Adam(q.parameters(), lr=1e-2)
-    q.train()
-    for _ in range(4):
-        x = torch.randn(32, *shape, generator=g) * 1.5
-        y = q(x)
-        loss = F.mse_loss(y, torch.zeros_like(y) + torch.linspace(-1, 1, y.shape[-1]))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    q.eval()
-    return q, torch.randn(40, *shape, generator=g) * 2.0
+    return short_qat(make, shape, CFG)
 
 
 @pytest.fixture(scope="module", params=list(MODELS))
@@ -71,33 +55,9 @@ def exported(request, tmp_path_factory):
 
 def test_reference_equals_emulation_on_every_layer(exported):
     name, q, x, d = exported
-    man = load(d / "manifest")
-    assert MODELS[name][2] <= {n.op for n in man}
-    ref, emu = run(man, x), emulate(q, x)
-    for node in man:
-        codes = qfx.to_codes(emu[node.name], node.output_format).numpy()
-        bad = np.argwhere(ref[node.name] != codes)
-        assert bad.size == 0, f"{name}: node {node.name} ({node.op}) differs first at {bad[0].tolist()}"
-    assert len(np.unique(ref[man.output])) > 3
+    assert_reference_equals_emulation(name, q, x, load(d / "manifest"), MODELS[name][2])
 
 
 def test_rtl_and_hls_bit_exact(exported):
-    from qfx.gen import generate
-    from qfx.sim import verilator as qv
-    from qfx.sim.check import verify
-
-    name, q, x, d = exported
-    try:
-        qv.find_verilator()
-    except qv.VerilatorNotFound:
-        pytest.skip("no Verilator")
-    generate(d / "manifest", d / "gen", board="ultra96", targets=("rtl", "hls"))
-    rep = verify(d / "gen", vectors=60, model=q, seed=2)
-    assert rep.ok, rep.table()
-    names = [c.name for c in rep.checks]
-    assert any(n.startswith("RTL") for n in names) and any(n.startswith("HLS") for n in names)
-    assert all(c.mismatches == 0 for c in rep.checks)
-    man = load(d / "manifest")
-    fr = man.input_node.formats["output"].frac_bits
-    xf = (rep.inputs * 2.0 ** -fr).reshape((len(rep.inputs),) + tuple(man.input_node.output_shape))
-    assert np.array_equal(rep.rtl_outputs.reshape(len(xf), -1), run(man, xf)[man.output].reshape(len(xf), -1))
+    _name, q, _x, d = exported
+    assert_rtl_and_hls_bit_exact(q, d)

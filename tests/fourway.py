@@ -1,0 +1,88 @@
+"""The four-way check of a model, shared by the layer tests (issue 14 ops, tables, upsample, ...).
+
+``short_qat`` converts a float model and takes a few QAT steps (learned binary points);
+``assert_reference_equals_emulation`` compares the integer reference with the PyTorch emulation on
+every layer; ``assert_rtl_and_hls_bit_exact`` runs ``qfx-gen`` (rtl, hls) and ``verify`` (Verilator
+RTL and g++ C simulation against the reference and the emulation) and recomputes the RTL outputs
+from the reference. Expected values come from the reference and the emulation, never from the
+hardware.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import qfx
+from qfx.export import emulate
+from qfx.manifest import Manifest, load
+from qfx.reference import run
+
+
+def short_qat(make: Callable[[], torch.nn.Module], shape: tuple, cfg: dict, *, steps: int = 4,
+              batch: int = 32, n_test: int = 40) -> tuple[torch.nn.Module, torch.Tensor]:
+    """``qfx.convert(make(), cfg)`` after ``steps`` Adam steps on random inputs of ``shape`` (MSE to a
+    fixed ramp), in eval mode, and ``n_test`` random test inputs."""
+    torch.manual_seed(0)
+    q = qfx.convert(make(), cfg)
+    g = torch.Generator().manual_seed(1)
+    opt = torch.optim.Adam(q.parameters(), lr=1e-2)
+    q.train()
+    for _ in range(steps):
+        x = torch.randn(batch, *shape, generator=g) * 1.5
+        y = q(x)
+        loss = F.mse_loss(y, torch.zeros_like(y) + torch.linspace(-1, 1, y.shape[-1]))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    q.eval()
+    return q, torch.randn(n_test, *shape, generator=g) * 2.0
+
+
+def assert_reference_equals_emulation(name: str, q: torch.nn.Module, x: torch.Tensor, man: Manifest,
+                                      ops: "set[str] | None" = None) -> dict[str, Any]:
+    """Reference == emulation on every layer (and the emulation's output == the model's); the
+    manifest holds ``ops``; the output is not trivially constant. Returns the reference's values."""
+    if ops is not None:
+        assert ops <= {n.op for n in man}, {n.op for n in man}
+    ref, emu = run(man, x), emulate(q, x)
+    assert list(ref) == list(emu) == man.names
+    with torch.no_grad():
+        assert torch.equal(emu[man.output].double(), q(x).double())
+    for node in man:
+        codes = qfx.to_codes(emu[node.name], node.output_format).numpy()
+        bad = np.argwhere(ref[node.name] != codes)
+        assert bad.size == 0, f"{name}: node {node.name} ({node.op}) differs first at {bad[0].tolist()}"
+    assert len(np.unique(ref[man.output])) > 3  # not trivially constant
+    return ref
+
+
+def assert_rtl_and_hls_bit_exact(q: torch.nn.Module, d: Path, *, vectors: int = 60, seed: int = 2,
+                                 manifest: str = "manifest", **gen: Any) -> Any:
+    """``qfx-gen`` ``d/manifest`` into ``d/gen`` (rtl, hls; ``gen`` passed on), then ``verify``: every
+    check (RTL and HLS against the reference, and the emulation of ``q``) with 0 mismatches, and the
+    RTL outputs equal to the reference recomputed on the same codes. Skips without Verilator."""
+    from qfx.gen import generate
+    from qfx.sim import verilator as qv
+    from qfx.sim.check import verify
+
+    try:
+        qv.find_verilator()
+    except qv.VerilatorNotFound:
+        pytest.skip("no Verilator")
+    generate(d / manifest, d / "gen", board="ultra96", targets=("rtl", "hls"), **gen)
+    rep = verify(d / "gen", vectors=vectors, model=q, seed=seed)
+    assert rep.ok, rep.table()
+    names = [c.name for c in rep.checks]
+    assert any(n.startswith("RTL") for n in names) and any(n.startswith("HLS") for n in names)
+    assert all(c.mismatches == 0 for c in rep.checks)
+    man = load(d / manifest)
+    fr = man.input_node.formats["output"].frac_bits
+    xf = (rep.inputs * 2.0 ** -fr).reshape((len(rep.inputs),) + tuple(man.input_node.output_shape))
+    assert np.array_equal(rep.rtl_outputs.reshape(len(xf), -1), run(man, xf)[man.output].reshape(len(xf), -1))
+    return rep
