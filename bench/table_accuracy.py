@@ -1,6 +1,6 @@
 """Max error of each qfx.tables function against float64 math over its table range, every input code.
 
-Run: python bench/table_accuracy.py  (prints a Markdown table). Defaults: 1024 entries over [-8, 8)
+Run: python bench/table_accuracy.py  (prints Markdown tables; the last: softmax, :func:`softmax_accuracy`). Defaults: 1024 entries over [-8, 8)
 on an ap_fixed<16,4> input (exp_neg: [0, 8) on ap_ufixed<16,3>), output ap_fixed<16,4,AP_RND,AP_SAT>.
 """
 
@@ -56,7 +56,45 @@ def main() -> None:
         print(f"| {name} | {xi} | [{rng[0]}, {rng[1]}) | {spec.size} | {err:.3e} | {out.lsb:.3e} |")
 
 
+def softmax_accuracy(n_vectors: int = 100_000, seed: int = 0) -> None:
+    """qfx.nn.QSoftmax (exp table of max - x, exact sum, exact reciprocal, product cast) against float64
+    softmax of the same (quantized) inputs: max abs error over random vectors of input codes drawn
+    uniformly from the input format's whole range, plus all-equal and one-hot-extreme vectors."""
+    import torch
+
+    from qfx.nn import QSoftmax
+    from qfx.tables import SOFTMAX_EXP_DEFAULT, SOFTMAX_RECIPROCAL_DEFAULT
+
+    print("| input | table (entries, d range) | exp | reciprocal | output | F | max abs error | output lsb |")
+    print("|---|---|---|---|---|---|---|---|")
+    rows = [
+        ("ap_fixed<8,3,AP_RND,AP_SAT>", None, None, "ap_ufixed<16,0,AP_RND,AP_SAT>"),
+        ("ap_fixed<8,3,AP_RND,AP_SAT>", None, None, "ap_ufixed<8,0,AP_RND,AP_SAT>"),
+        ("ap_fixed<16,4,AP_RND,AP_SAT>", 1024, [0, 8], "ap_ufixed<16,0,AP_RND,AP_SAT>"),
+    ]
+    g = np.random.default_rng(seed)
+    for xi_s, size, rng, out_s in rows:
+        kw = {k: v for k, v in (("table_size", size), ("table_range", rng)) if v is not None}
+        sm = QSoftmax(1, input=xi_s, output=out_s, **kw)
+        xi = parse_type(xi_s)
+        for n in (5, 10):
+            codes = g.integers(xi.min_code, xi.max_code + 1, size=(n_vectors, n))
+            extra = [np.full(n, xi.min_code), np.full(n, xi.max_code), np.r_[xi.max_code, np.full(n - 1, xi.min_code)]]
+            codes = np.concatenate([codes, np.stack(extra)])
+            x = torch.tensor(codes * xi.lsb, dtype=torch.float64)
+            with torch.no_grad():
+                y = sm(x).double().numpy()
+            ref = torch.softmax(x, dim=1).numpy()
+            err = np.abs(y - ref).max()
+            d = sm.spec
+            span = (d.size << d.shift) * xi.lsb
+            print(f"| {xi_s} | {d.size}, [0, {span:g}) | {SOFTMAX_EXP_DEFAULT} | {SOFTMAX_RECIPROCAL_DEFAULT} | {out_s} | "
+                  f"{n} | {err:.3e} | {parse_type(out_s).lsb:.3e} |")
+
+
 if __name__ == "__main__":
     main()
     print()
     conversion_defaults()
+    print()
+    softmax_accuracy()

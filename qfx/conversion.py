@@ -32,6 +32,8 @@ float                                           qfx
 ``nn.Hardswish`` (and their functions)            (lookup tables, :mod:`qfx.nn.table`)
 ``nn.Conv1d``                                     :class:`qfx.nn.QConv1d` (exported as a height-1 conv2d)
 ``nn.MaxPool1d`` / ``nn.AvgPool1d``               :class:`qfx.nn.QMaxPool1d` / :class:`qfx.nn.QAvgPool1d`
+``nn.Softmax`` / ``F.softmax`` / ``x.softmax``    :class:`qfx.nn.QSoftmax` (dim 1 of ``[N, F]``; exp table,
+                                                  exact sum and reciprocal, :mod:`qfx.nn.softmax`)
 ``nn.Identity``, ``nn.Dropout*``                removed (the value passes through)
 ==============================================  ==============================================
 
@@ -98,12 +100,20 @@ How the keys are used, per kind:
   ``output``, ``table_size``, ``table_range``; their formats are never learned. A
   ``table_range`` the input format cannot cover is an error here, naming the layer.
 
+- ``Softmax``: ``input`` (the ``default`` one too), ``output``, ``exp`` and ``reciprocal``
+  (unsigned; only from ``types:`` / ``layers:``, else :data:`qfx.tables.SOFTMAX_EXP_DEFAULT` /
+  ``SOFTMAX_RECIPROCAL_DEFAULT``: a ``default:`` reciprocal is the pools'), ``table_size``,
+  ``table_range`` (of ``max - x``: ``R`` is ``[0, R)``); formats never learned. Only over
+  ``dim=1`` / ``-1`` of ``[N, F]`` (the rank is checked at the first forward pass); a softmax
+  over the batch dim (0), without a dim, with ``dtype=`` or of another rank is an error naming
+  the layer. Semantics: :mod:`qfx.nn.softmax`.
+
 With ``drop_final_softmax: true`` a ``nn.Softmax`` / ``F.softmax`` / ``torch.softmax`` /
 ``x.softmax`` whose result is the model's output (and only that) is removed: the qfx
 model (and the hardware) output the logits, whose argmax along the softmax dim is the
 float model's (softmax is strictly increasing along its dim). ``meta["qfx"]
-["dropped_softmax"]`` names it. A softmax over the batch dim (0) or without a dim, or
-one inside the model, is an error naming the node (softmax is not a hardware layer yet).
+["dropped_softmax"]`` names it. Without the option (or for a softmax inside the model) it
+becomes a :class:`qfx.nn.QSoftmax` layer.
 - ``Conv1d``, ``MaxPool1d``, ``AvgPool1d``: as ``Conv2d``, ``MaxPool2d``, ``AvgPool2d``
   (the 1-D layers are those 2-D layers on ``[N, C, 1, L]``).
 
@@ -178,6 +188,7 @@ KINDS: dict[str, str] = {
     "Conv1d": "nn.Conv1d (padding_mode='zeros')",
     "MaxPool1d": "nn.MaxPool1d (return_indices=False)",
     "AvgPool1d": "nn.AvgPool1d (ceil_mode=False)",
+    "Softmax": "nn.Softmax, F.softmax, torch.softmax, x.softmax() over dim=1 / -1 of [N, F] (exp table + exact reciprocal)",
 }
 #: Lookup-table kinds -> their qfx.tables function.
 _TABLE_KINDS = {"Sigmoid": "sigmoid", "Tanh": "tanh", "SiLU": "silu", "GELU": "gelu",
@@ -358,6 +369,10 @@ def _resolve(cfg: dict[str, Any], kind: str, name: str) -> dict[str, Any]:
         merged.pop("input", None)
     if kind in ("MaxPool2d", "MaxPool1d") and "output" not in explicit:
         merged.pop("output", None)
+    if kind == "Softmax":  # its own exp / reciprocal formats (a default reciprocal is the pools')
+        for key in ("exp", "reciprocal"):
+            if key not in explicit:
+                merged.pop(key, None)
     if kind in ("BatchNorm2d", "BatchNorm1d"):
         for key, fallback in (("scale", "weight"), ("shift", "bias")):
             if merged.get(key) is None and merged.get(fallback) is not None:
@@ -423,12 +438,13 @@ def _softmax_problem(gm: fx.GraphModule, node: fx.Node) -> "str | None":
         label = f"method .softmax() (node {node.name!r})"
     else:
         return None
-    if isinstance(dim, bool) or not isinstance(dim, int) or dim == 0:
-        return (f"{label}: argument dim={dim!r} is not supported; only a softmax over a class/channel dim "
-                "(dim=1 or -1, not the batch dim 0), as the final layer")
-    if not all(u.op == "output" for u in node.users):
-        return (f"{label}: a softmax inside the model is not supported; only a final softmax, which "
-                "drop_final_softmax: true removes (the outputs are then logits with the same argmax)")
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim not in (1, -1):
+        return (f"{label}: argument dim={dim!r} is not supported; only a softmax over the feature dim of "
+                "[N, F] (dim=1 or -1; not the batch dim 0)")
+    extra = {k: v for k, v in node.kwargs.items() if k not in ("dim", "_stacklevel", "dtype") or
+             (k == "dtype" and v is not None)}
+    if len(node.args) > 2 or extra:
+        return f"{label}: unsupported arguments {sorted(extra) or list(node.args[2:])}; supported: dim=1 or -1"
     return ""
 
 
@@ -446,7 +462,10 @@ def _classify(gm: fx.GraphModule) -> tuple[dict[fx.Node, str], dict[str, str]]:
             if why:
                 problems.append(why)
             else:
-                node_kind[node] = "final_softmax"
+                final = all(u.op == "output" for u in node.users)
+                node_kind[node] = "final_softmax" if final else "Softmax"
+                label = node.target if node.op == "call_module" else node.name
+                names[label] = "Softmax"
             continue
         if node.op == "call_module":
             m = gm.get_submodule(node.target)
@@ -732,6 +751,11 @@ def _build(kind: str, float_module: "nn.Module | None", node: fx.Node, cfg: Laye
         return qnn.QAvgPool1d(m.kernel_size, m.stride, m.padding, m.ceil_mode, m.count_include_pad, config=cfg)
     if kind in _TABLE_KINDS:
         return getattr(qnn, "Q" + kind)(config=cfg)  # QSigmoid, QTanh, ..., qfx.nn.table
+    if kind == "Softmax":
+        if m is not None:
+            return qnn.QSoftmax(m.dim, config=cfg, name=str(node.target))
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+        return qnn.QSoftmax(dim, config=cfg, name=node.name)
     raise AssertionError(kind)  # pragma: no cover
 
 
@@ -816,17 +840,14 @@ def convert(
             node.replace_all_uses_with(node.args[0])
             graph.erase_node(node)
             continue
-        if kind == "final_softmax":
+        if kind == "final_softmax" and cfg["drop_final_softmax"]:
             label = node.target if node.op == "call_module" else node.name
-            if not cfg["drop_final_softmax"]:
-                raise ConversionError(
-                    f"node {label!r} (softmax) produces the model output; softmax is not a hardware layer yet. "
-                    "Set drop_final_softmax: true in the config (or convert(..., drop_final_softmax=True)) to "
-                    "output the logits instead (the same argmax along the softmax dim)")
             node.replace_all_uses_with(node.args[0])
             graph.erase_node(node)
             dropped.append(label)
             continue
+        if kind == "final_softmax":
+            kind = "Softmax"
         if node.op == "call_module":
             name = node.target
             if kind == "BatchNorm2d" and name in folded:

@@ -79,6 +79,7 @@ from .nn import (
     QZeroPad2d,
     QUpsample,
     QTable,
+    QSoftmax,
     QConv2d,
     QFlatten,
     QLeakyReLU,
@@ -412,7 +413,7 @@ class _Builder:
             raise ExportError(
                 f"unsupported module {path!r} ({type(mod).__module__}.{type(mod).__name__}); export handles the qfx.nn "
                 f"layers (QLinear, QConv2d, QBatchNorm2d, QBatchNorm1d, QReLU, QReLU6, QLeakyReLU, QAdd, QSub, QMul, "
-                f"QMaxPool2d, QAvgPool2d, QGlobalAvgPool2d, QCat, QClamp, QFlatten, QZeroPad2d, QUpsample, QTable and its QSigmoid/QTanh/...); convert float layers with qfx.nn.<Layer>.from_float"
+                f"QMaxPool2d, QAvgPool2d, QGlobalAvgPool2d, QCat, QClamp, QFlatten, QZeroPad2d, QUpsample, QSoftmax, QTable and its QSigmoid/QTanh/...); convert float layers with qfx.nn.<Layer>.from_float"
             )
         _check_finite(mod, path)
         prods = [self.producer(n, a) for a in args]
@@ -661,6 +662,17 @@ def _table(b: _Builder, n: fx.Node, mod: QTable, path: str, prods: list[_Entry])
     b.add(n, "table", path, prods, params=params, formats={"input": xi, "output": out}, arrays={"table": codes})
 
 
+def _softmax(b: _Builder, n: fx.Node, mod: QSoftmax, path: str, prods: list[_Entry]) -> None:
+    (prod,) = prods
+    if len(prod.output_shape) != 1:  # pragma: no cover - QSoftmax.forward refuses other ranks first
+        raise ExportError(f"layer {path!r} (QSoftmax): only a softmax over the features of [N, F] is exported, got "
+                          f"input {prod.output_shape}")
+    spec, xi, ef, codes = mod.table_codes()
+    params = {"size": spec.size, "shift": spec.shift, "lo_code": spec.lo_code}
+    formats = {"input": xi, "exp": ef, "reciprocal": mod.reciprocal_format, "output": mod.effective_format("output")}
+    b.add(n, "softmax", path, prods, params=params, formats=formats, arrays={"table": codes})
+
+
 def _upsample(b: _Builder, n: fx.Node, mod: QUpsample, path: str, prods: list[_Entry]) -> None:
     (prod,) = prods
     c, h, w = prod.output_shape if len(prod.output_shape) == 3 else (None, None, None)
@@ -701,6 +713,7 @@ _HANDLERS: dict[type, Callable] = {
     QCat: _cat,
     QClamp: _clamp,
     QTable: _table,
+    QSoftmax: _softmax,
     QSub: _binary("sub"),
     QMul: _binary("mul"),
     QZeroPad2d: lambda b, n, mod, path, prods: b.add(

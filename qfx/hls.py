@@ -133,7 +133,8 @@ CXX_FLAGS = ("-std=c++14", "-O1", "-Wall", "-Wno-unknown-pragmas", "-Wno-stringo
              "-Wno-dangling-pointer", "-Wno-use-after-free", "-Wno-mismatched-new-delete", "-Wno-mismatched-dealloc",
              "-Wno-free-nonheap-object")
 SUPPORTED_OPS = ("input", "output", "dense", "conv2d", "batchnorm", "relu", "relu6", "leaky_relu", "add",
-                 "maxpool2d", "avgpool2d", "flatten", "concat", "clamp", "sub", "mul", "pad", "upsample", "table")
+                 "maxpool2d", "avgpool2d", "flatten", "concat", "clamp", "sub", "mul", "pad", "upsample", "table",
+                 "softmax")
 # Identifiers the generated C++ or its headers already use at global scope (or the testbench in main).
 _RESERVED = frozenset("""std hls qfx_cast qfx_caster in_stream out_stream stdin stdout stderr printf scanf fprintf
     fscanf fopen FILE size_t ssdm_int_sim""".split())
@@ -449,6 +450,22 @@ def _node_context(node: Node, reuse: int) -> tuple[dict, list[tuple[str, str]]]:
         lo, size, shift = int(p["lo_code"]), int(p["size"]), int(p["shift"])
         ctx.update(function=p["function"], size=size, shift=shift, lo=lo, hi=lo + (size << shift) - 1, width=xi.width,
                    entries=_literals(node.arrays["table"], f["output"].frac_bits, f"node {node.name!r} table"))
+    elif op == "softmax":  # template softmax.j2
+        from .tables import softmax_quotient_format, softmax_sum_format
+
+        xi, ef, rf = f["input"], f["exp"], f["reciprocal"]
+        if xi.width > 62:
+            raise _fail(node, f"the softmax input format {xi} is wider than 62 bits; the C++ holds codes in a long long")
+        sf = softmax_sum_format(ef, n_in)
+        k, g = softmax_quotient_format(ef, rf)
+        types = [("in", _cpp(xi)), ("code", f"ap_{'' if xi.signed else 'u'}int<{xi.width}>"), ("exp", _cpp(ef)),
+                 ("ecode", f"ap_uint<{ef.width}>"), ("sum", f"ap_uint<{sf.width}>"), ("num", f"ap_uint<{k + 1}>"),
+                 ("tcode", f"ap_uint<{k + 2}>"), ("quot", f"ap_ufixed<{k + 2},{k + 2 - g}>"), ("recip", _cpp(rf)),
+                 ("out", _cpp(f["output"]))]
+        lo, size, shift = int(p["lo_code"]), int(p["size"]), int(p["shift"])
+        ctx.update(size=size, shift=shift, lo=lo, hi=lo + (size << shift) - 1, width=xi.width, we=ef.width,
+                   fe=ef.frac_bits, k=k,
+                   entries=_literals(node.arrays["table"], ef.frac_bits, f"node {node.name!r} exp table"))
     elif op == "clamp":
         types = [("in", _cpp(f["input"])), ("out", _cpp(f["output"]))]
         fo = f["output"].frac_bits

@@ -91,7 +91,10 @@ nearest-neighbour upsampling of ``[C, H, W]`` to ``[C, H * sh, W * sw]``, each c
 ``formats.input == formats.output ==`` the producer's); table ``function, size, shift, lo_code``
 (a :mod:`qfx.tables` lookup table of ``size`` entries from input code ``lo_code``, ``2**shift``
 input codes each; array ``table``: its contents, codes of the output format, checked on load to
-equal :func:`qfx.tables.contents`); relu, relu6, add, sub, mul, input, output none. batchnorm takes
+equal :func:`qfx.tables.contents`); softmax ``size, shift, lo_code`` (over the features of a ``[F]``
+input: the exp table of ``d = max - x`` on :func:`qfx.tables.softmax_diff_format`, geometry as table's;
+formats ``input, exp, reciprocal, output``; array ``table``: the exp table, codes of ``exp``, checked on
+load to equal :func:`qfx.tables.contents` of ``exp_neg``); relu, relu6, add, sub, mul, input, output none. batchnorm takes
 ``[C, H, W]``, ``[C, L]`` or ``[C]``.
 
 Node fields (all required):
@@ -241,6 +244,7 @@ OPS: dict[str, OpSpec] = {
     "pad": OpSpec(1, ("input", "output"), (), ("padding",)),
     "upsample": OpSpec(1, ("input", "output"), (), ("scale",)),
     "table": OpSpec(1, ("input", "output"), (), ("function", "size", "shift", "lo_code")),
+    "softmax": OpSpec(1, ("input", "exp", "reciprocal", "output"), (), ("size", "shift", "lo_code")),
 }
 
 TOP_KEYS = ("schema", "version", "generator", "model", "tensors", "input", "output", "nodes")
@@ -510,6 +514,10 @@ def infer_output_shape(op: str, params: Mapping[str, Any], input_shapes: Sequenc
         return x
     if op in ("clamp", "table"):
         return x
+    if op == "softmax":
+        if len(x) != 1:
+            raise ValueError(f"softmax runs over the features of a [F] input (a dense layer's output), got {list(x)}")
+        return x
     if op == "pad":
         if len(x) != 3:
             raise ValueError(f"pad needs input [C, H, W], got {list(x)}")
@@ -696,6 +704,13 @@ def _check_params(ck: _Checker, where: str, op: str, params: dict) -> dict:
         if not isinstance(v, list) or len(v) != 2 or not all(_is_int(a) and a >= 1 for a in v):
             raise ck.fail(where, f"params.scale must be [sh, sw] of ints >= 1, got {v!r}")
         p["scale"] = tuple(v)
+    elif op == "softmax":
+        size = _int_param(ck, where, p, "size", 2)
+        if size & (size - 1):
+            raise ck.fail(where, f"params.size must be a power of two, got {size}")
+        _int_param(ck, where, p, "shift", 0)
+        if not _is_int(p["lo_code"]):
+            raise ck.fail(where, f"params.lo_code must be an integer code, got {p['lo_code']!r}")
     elif op == "table":
         from .tables import FUNCTIONS
 
@@ -717,7 +732,7 @@ def _check_params(ck: _Checker, where: str, op: str, params: dict) -> dict:
     return p
 
 
-_FIXED_ONLY = ("input", "bias", "accum", "output", "scale", "shift", "reciprocal", "in_a", "in_b")
+_FIXED_ONLY = ("input", "bias", "accum", "output", "scale", "shift", "reciprocal", "in_a", "in_b", "exp")
 
 
 def _parse_formats(ck: _Checker, where: str, op: str, spec: OpSpec, formats: Any, params: dict) -> dict:
@@ -785,7 +800,7 @@ def _expected_arrays(op: str, params: dict, formats: dict, input_shape: tuple[in
         return {"scale": (params["num_features"],), "shift": (params["num_features"],)}
     elif op == "avgpool2d":
         return {"reciprocal": ()} if "reciprocal" in formats else {}
-    elif op == "table":
+    elif op in ("table", "softmax"):
         return {"table": (params["size"],)}
     else:
         return {}
@@ -993,6 +1008,8 @@ def load(path: "str | Path") -> Manifest:
         _check_array_values(ck, where, formats, arrays)
         if op == "table":
             _check_table(ck, where, params, formats, arrays["table"])
+        if op == "softmax":
+            _check_softmax(ck, where, params, formats, arrays["table"])
         if isinstance(formats.get("weight"), MXType):
             try:
                 exact = accum_is_exact(formats, params["multiply"], n_terms, arrays)
@@ -1057,11 +1074,33 @@ def _check_table(ck: _Checker, where: str, params: dict, formats: dict, table: n
                              f"entries, first at {i}: {int(table[i])} != {int(want[i])}")
 
 
+def _check_softmax(ck: _Checker, where: str, params: dict, formats: dict, table: np.ndarray) -> None:
+    """A softmax node's exp table lies inside its difference format and is qfx.tables' (one definition)."""
+    from .tables import TableError, TableSpec, contents, softmax_check_formats, softmax_diff_format
+
+    dfmt = softmax_diff_format(formats["input"])
+    spec = TableSpec("exp_neg", params["size"], params["shift"], params["lo_code"])
+    if not (dfmt.min_code <= spec.lo_code and spec.hi_code <= dfmt.max_code):
+        raise ck.fail(where, f"the exp table covers max - x codes {spec.lo_code}..{spec.hi_code}, outside "
+                             f"{dfmt.min_code}..{dfmt.max_code}, the codes of the difference format {dfmt}")
+    try:
+        softmax_check_formats(spec, formats["input"], formats["exp"], formats["reciprocal"], formats["output"])
+    except TableError as err:
+        raise ck.fail(where, str(err)) from None
+    want = contents(spec, dfmt, formats["exp"])
+    bad = np.flatnonzero(want != table)
+    if bad.size:
+        i = int(bad[0])
+        raise ck.fail(where, f"array 'table' differs from qfx.tables.contents of exp_neg at {bad.size} "
+                             f"entries, first at {i}: {int(table[i])} != {int(want[i])}")
+
+
 def _check_array_values(ck: _Checker, where: str, formats: dict, arrays: dict[str, np.ndarray]) -> None:
     for role, a in arrays.items():
         if role in ("weight_khot_shifts", "weight_khot_signs", "weight_mx_scales"):
             continue
-        fmt = formats["weight" if role == "weight" else "output" if role == "table" else role]
+        fmt = formats["weight" if role == "weight" else ("exp" if "exp" in formats else "output") if role == "table"
+                      else role]
         if role == "weight" and isinstance(fmt, tuple):
             for o, t in enumerate(fmt):
                 _code_range(t, where, ck, f"weight[{o}]", a[o])

@@ -504,6 +504,12 @@ def manifest_to_qonnx(manifest: "Manifest | str | os.PathLike", *, batch: int = 
             t = _pad(g, node, srcs[0])
         elif op == "upsample":
             t = _upsample(g, node, srcs[0])
+        elif op == "softmax":
+            raise QonnxExportError(
+                f"node {node.name!r} (softmax, source {node.source!r}): a softmax has no exact QONNX lowering (its exp "
+                "table of max - x, the exact integer sum and the exactly divided reciprocal are not expressible as "
+                "ONNX Softmax plus Quant nodes); export the model with drop_final_softmax: true for a final softmax, "
+                "or use the manifest / qfx-gen outputs")
         elif op == "output":
             t = srcs[0]
             out_t = t

@@ -103,6 +103,13 @@ Layers (``x`` = the producer's codes, cast to the node's input format first):
     ``table[(clamp(c, lo_code, lo_code + size * 2**shift - 1) - lo_code) >> shift]``
     with ``c = cast(x, input)`` (:func:`qfx.tables.lookup`); the entries are codes
     of ``output`` (:func:`qfx.tables.contents`, checked on load).
+``softmax`` (over the ``F`` features of each ``[F]`` vector)
+    ``c = cast(x, input)``; ``d_j = max(c) - c_j`` (codes of :func:`qfx.tables.softmax_diff_format`);
+    ``e_j = table[(clamp(d_j, lo, hi) - lo) >> shift]`` (codes of ``exp``, grid ``2**-Fe``, the exp
+    table of ``exp_neg``); ``S = sum_j e_j`` exactly; ``r = cast(2**Fe / S, reciprocal)`` by exact
+    integer division (``q = 2**K // S``, ``t = 2q + (2**K % S != 0)`` on the grid ``2**-(Fr+2)``,
+    ``K = Fe + Fr + 1``, then the reciprocal's cast: :func:`qfx.tables.softmax_reciprocal_codes`);
+    ``y_j = cast(e_j * r, output)`` from the exact product on the grid ``2**-(Fe+Fr)``.
 ``batchnorm`` on ``[C]`` / ``[C, L]`` (BatchNorm1d) is the same per-channel
 formula, the channel the first axis.
 """
@@ -454,6 +461,18 @@ def _table(node: Node, x: np.ndarray, x_frac: int) -> np.ndarray:
     return lookup(c, TableSpec(p["function"], p["size"], p["shift"], p["lo_code"]), node.arrays["table"])
 
 
+def _softmax(node: Node, x: np.ndarray, x_frac: int) -> np.ndarray:
+    from .tables import TableSpec, lookup, softmax_reciprocal_codes
+
+    p, f = node.params, node.formats
+    c = np.asarray(cast_codes(x, x_frac, f["input"]), dtype=np.int64)  # [N, F]
+    d = c.max(axis=-1, keepdims=True) - c
+    e = lookup(d, TableSpec("exp_neg", p["size"], p["shift"], p["lo_code"]), node.arrays["table"])
+    s = e.astype(object).sum(axis=-1, keepdims=True)
+    r = softmax_reciprocal_codes(s, f["exp"], f["reciprocal"]).astype(object)
+    return cast_codes(e.astype(object) * r, f["exp"].frac_bits + f["reciprocal"].frac_bits, f["output"])
+
+
 def _pool_windows(x: np.ndarray, node: Node, fill: Any, ceil_mode: bool) -> tuple[np.ndarray, tuple[int, int]]:
     """``[N, C, H, W]`` -> windows ``[N, C, KH*KW, HO, WO]`` (padding filled with ``fill``)."""
     p = node.params
@@ -592,6 +611,8 @@ def run_codes(manifest: "Manifest | str | Path", codes: Any, *, big_ints: bool =
                 y = _clamp(node, srcs[0], fracs[0])
             elif node.op == "table":
                 y = _table(node, srcs[0], fracs[0])
+            elif node.op == "softmax":
+                y = _softmax(node, srcs[0], fracs[0])
             elif node.op == "pad":
                 left, right, top, bottom = node.params["padding"]
                 y = np.pad(srcs[0], ((0, 0), (0, 0), (top, bottom), (left, right)))

@@ -165,3 +165,70 @@ def index(codes: Any, spec: TableSpec) -> np.ndarray:
 def lookup(codes: Any, spec: TableSpec, table: np.ndarray) -> np.ndarray:
     """``table[index(codes)]``."""
     return np.asarray(table)[index(codes, spec)]
+
+
+# ---------------------------------------------------------------------------
+# Softmax: an exp table of (max - x), an exact sum, an exact reciprocal, one product cast
+# ---------------------------------------------------------------------------
+
+#: Softmax's exp-table and reciprocal formats when the config gives none (``types:`` / ``layers:``).
+SOFTMAX_EXP_DEFAULT = "ap_ufixed<16,1,AP_RND,AP_SAT>"
+SOFTMAX_RECIPROCAL_DEFAULT = "ap_ufixed<16,1,AP_RND,AP_SAT>"
+
+
+def softmax_diff_format(in_fmt: FixedType) -> FixedType:
+    """The format of ``d = max - x`` (codes ``>= 0``, the input's lsb): ``ap_ufixed<W, I>`` of the
+    input's ``ap_fixed<W, I>`` (or ``ap_ufixed<W, I>``), which holds every difference of two input codes."""
+    return FixedType(in_fmt.width, in_fmt.int_bits, signed=False)
+
+
+def softmax_plan(in_fmt: FixedType, table_size: "int | None" = None, table_range: Any = None) -> TableSpec:
+    """The exp table of a softmax: :func:`plan` of ``exp_neg`` (``exp(-d)``) on :func:`softmax_diff_format`.
+
+    ``table_range`` is the range of ``d = max - x`` covered: ``R`` means ``[0, R)``, ``[lo, hi]`` as for
+    :func:`plan`; default the whole range of ``d`` (``[0, 2**I)``)."""
+    if not isinstance(in_fmt, FixedType):
+        raise TypeError(f"a softmax input format must be a FixedType, not {in_fmt!r}")
+    if isinstance(table_range, (int, float)) and not isinstance(table_range, bool):
+        table_range = (0, table_range)
+    return plan("exp_neg", softmax_diff_format(in_fmt), table_size, table_range)
+
+
+def softmax_check_formats(spec: TableSpec, in_fmt: FixedType, exp_fmt: Any, recip_fmt: Any, out_fmt: Any) -> None:
+    """Refuse formats the softmax semantics do not cover (:class:`TableError` with the reason)."""
+    for role, f in (("exp", exp_fmt), ("reciprocal", recip_fmt)):
+        if not isinstance(f, FixedType) or f.signed:
+            raise TableError(f"the softmax {role} format must be unsigned fixed point (ap_ufixed<W,I,...>), not {f}")
+    if not isinstance(out_fmt, FixedType):
+        raise TableError(f"the softmax output format must be fixed point, not {out_fmt}")
+    e0 = int(contents(spec, softmax_diff_format(in_fmt), exp_fmt)[0])
+    if e0 <= 0:
+        raise TableError(f"the softmax exp table's entry for x = max (exp(-0) = 1 cast to {exp_fmt}) is 0, so the sum "
+                         "could be 0; use an exp format that holds values near 1 (e.g. ap_ufixed<16,1,AP_RND,AP_SAT>)")
+    if exp_fmt.frac_bits + recip_fmt.frac_bits + 3 > 52 or exp_fmt.width + recip_fmt.width > 52:
+        raise TableError(f"the softmax exp {exp_fmt} and reciprocal {recip_fmt} formats are too wide together: the "
+                         "reciprocal's quotient and the product must fit 52 bits (the emulation's float64)")
+
+
+def softmax_sum_format(exp_fmt: FixedType, n: int) -> FixedType:
+    """The exact sum of ``n`` codes of ``exp_fmt``: ``ap_ufixed<W + b, I + b>``, ``b = ceil(log2 n)``."""
+    b = max(int(n) - 1, 0).bit_length()
+    return FixedType(exp_fmt.width + b, exp_fmt.int_bits + b, signed=False)
+
+
+def softmax_quotient_format(exp_fmt: FixedType, recip_fmt: FixedType) -> "tuple[int, int]":
+    """``(K, G)``: the reciprocal is computed as ``q = 2**K // S`` (``S``: the sum's code on the exp grid),
+    ``t = 2*q + (2**K % S != 0)`` a code on the grid ``2**-G`` (``K = Fe + Fr + 1``, ``G = Fr + 2``)."""
+    fr = recip_fmt.frac_bits
+    return exp_fmt.frac_bits + fr + 1, fr + 2
+
+
+def softmax_reciprocal_codes(s: Any, exp_fmt: FixedType, recip_fmt: FixedType) -> np.ndarray:
+    """``cast(1 / (S * 2**-Fe), reciprocal)`` for sum codes ``S >= 1``: exact integer division, the
+    quotient with one guard bit and a sticky bit (so every rounding mode of the reciprocal format is
+    applied to the exact value), then :func:`qfx.intops.cast_codes`."""
+    k, g = softmax_quotient_format(exp_fmt, recip_fmt)
+    s = np.asarray(s, dtype=object)
+    num = 1 << k
+    t = (num // s) * 2 + (num % s != 0).astype(object)
+    return cast_codes(t, g, recip_fmt).astype(np.int64)

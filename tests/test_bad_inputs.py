@@ -456,6 +456,10 @@ CASES = [
     Case("convert-interpolate-fractional-scale", None, lambda c: convert(_Interp(scale_factor=1.5), _FIXED),
          ValueError, r"interpolate \(node 'interpolate'\): argument scale_factor=1\.5 is not supported; only integer "
                      r"scale factors"),
+    Case("convert-softmax-batch-dim", None,
+         lambda c: convert(nn.Sequential(nn.Linear(4, 3), nn.Softmax(dim=0), nn.Linear(3, 2)), _FIXED),
+         ValueError, r"module '1' \(Softmax\): argument dim=0 is not supported; only a softmax over the feature dim "
+                     r"of \[N, F\] \(dim=1 or -1; not the batch dim 0\)"),
     Case("convert-interpolate-align-corners", None,
          lambda c: convert(_Interp(scale_factor=2, mode="bilinear", align_corners=True), _FIXED),
          ValueError, r"node 'interpolate'.*mode='bilinear' is not supported"),

@@ -401,9 +401,9 @@ def test_run_hls_tcl_under_tclsh_with_stubs(built, tmp_path):
 def test_unsupported_op_is_named(built, tmp_path):
     man = built["mlp_auto"]["manifest"]
     nodes = list(man.nodes)
-    nodes[2] = dataclasses.replace(nodes[2], op="softmax")
+    nodes[2] = dataclasses.replace(nodes[2], op="lstm")
     bad = dataclasses.replace(man, nodes=tuple(nodes))
-    with pytest.raises(ValueError, match=rf"node '{nodes[2].name}': op 'softmax' is not supported"):
+    with pytest.raises(ValueError, match=rf"node '{nodes[2].name}': op 'lstm' is not supported"):
         hls.generate(bad, tmp_path / "o")
     assert not (tmp_path / "o").exists()
 

@@ -39,7 +39,8 @@ __all__ = ["BinaryEngine", "ConcatEngine", "ClampEngine", "PadEngine", "Upsample
            "ops_engine_latency"]
 
 #: Manifest ops built by this module.
-OPS = ("concat", "clamp", "sub", "mul", "pad", "upsample", "table")  # table: engines_table.TableEngine
+OPS = ("concat", "clamp", "sub", "mul", "pad", "upsample", "table",
+       "softmax")  # table: engines_table.TableEngine; softmax: engines_softmax.SoftmaxEngine
 
 
 class _OpsEngine(wiring.Component):
@@ -331,6 +332,10 @@ def ops_engine(node: Node, srcs: "list[FixedType]", slots: "tuple[int, ...] | No
         from .engines_table import TableEngine
 
         return TableEngine(node, srcs[0])
+    if node.op == "softmax":
+        from .engines_softmax import SoftmaxEngine
+
+        return SoftmaxEngine(node, srcs[0])
     raise EngineError(f"node {node.name!r}: op {node.op!r} is not one of {OPS}")  # pragma: no cover
 
 
@@ -338,6 +343,10 @@ def ops_engine_cycles(node: Node) -> dict[str, int]:
     """As :func:`qfx.hw.accel.engines.engine_cycles` (which defers to this for :data:`OPS`):
     buffered engines load their inputs (in parallel, double-buffered) while they compute."""
     n_out = math.prod(node.output_shape)
+    if node.op == "softmax":
+        from .engines_softmax import softmax_cycles
+
+        return softmax_cycles(node)
     if node.op in ("sub", "mul"):
         return {"load": n_out, "compute": n_out, "outputs": n_out}
     if node.op == "pad":
@@ -360,6 +369,10 @@ def ops_engine_latency(node: Node, last_in: int) -> int:
     border one per cycle.
     """
     c = ops_engine_cycles(node)
+    if node.op == "softmax":
+        from .engines_softmax import softmax_latency
+
+        return softmax_latency(node, last_in)
     if node.op in ("sub", "mul", "concat", "upsample"):
         return last_in + c["compute"] + 2
     if node.op == "pad":

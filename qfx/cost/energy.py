@@ -198,6 +198,11 @@ def energy_per_inference(manifest: Manifest, dsp_per_layer: dict[str, float], br
                     other += _add(f["output"].width) * f_soft * n
                 if node.op == "table":  # the clip and one ROM read per element
                     other += (_add(x.width) + _read(f["output"].width)) * f_soft * n
+                if node.op == "softmax":  # per element: max compare, clip, ROM read, sum, product; one division
+                    m_out = cyc["outputs"]
+                    other += ((_add(x.width) * 3 + _read(f["exp"].width) + _add(f["exp"].width + 8)) * m_out
+                              + _mult(f["exp"].width, f["reciprocal"].width) * m_out
+                              + _add(f["exp"].width + 8) * (f["exp"].frac_bits + f["reciprocal"].frac_bits + 2)) * f_soft
                 prod = 0.0
                 if node.op == "avgpool2d" and "reciprocal" in f:
                     kh, kw = node.params["kernel"]

@@ -32,7 +32,7 @@ __all__ = ["engine_features", "estimate", "FEATURES", "LUT_COEF", "FF_COEF", "ES
 #: Feature names (per engine). See :func:`engine_features`.
 FEATURES = ("const", "ctr_bits", "arith_bits", "rom_luts", "lutram_luts", "addr_bits",
             "mul_fixed_lut", "mul_khot", "mul_minifloat", "mul_lmul", "reg_bits", "cast_logic_bits",
-            "mx_shift_luts")
+            "mx_shift_luts", "div_luts")
 
 # --- calibration constants (bench/cost_calibration.py --fit; see module docstring) ---------
 # Refitted for the folded, double-buffered engines (issue 13: multi-slot input buffers, output-block
@@ -42,10 +42,13 @@ FEATURES = ("const", "ctr_bits", "arith_bits", "rom_luts", "lutram_luts", "addr_
 # of (whole design - sum of its engines) over those designs. Whole-design error on the set:
 # LUT within 18 % (per_channel; 12 % otherwise), FF within 11 %; leave-one-design-out worst LUT 33 %
 # (L-Mul), FF 24 %.
-LUT_COEF: dict[str, float] = {"const": 2.305, "ctr_bits": 1.684, "arith_bits": 0.1051, "rom_luts": 0.9669, "lutram_luts": 0.6548, "addr_bits": 1.158, "mul_fixed_lut": 0, "mul_khot": 0.6018, "mul_minifloat": 0.686, "mul_lmul": 1.603, "reg_bits": 1.141, "cast_logic_bits": 1.666, "mx_shift_luts": 1.0}
-FF_COEF: dict[str, float] = {"const": 0, "ctr_bits": 0.9661, "arith_bits": 0, "rom_luts": 0.2312, "lutram_luts": 0.008021, "addr_bits": 0.2735, "mul_fixed_lut": 0, "mul_khot": 0.08751, "mul_minifloat": 0.1869, "mul_lmul": 0, "reg_bits": 1.369, "cast_logic_bits": 1.109, "mx_shift_luts": 0.0}
+LUT_COEF: dict[str, float] = {"const": 2.305, "ctr_bits": 1.684, "arith_bits": 0.1051, "rom_luts": 0.9669, "lutram_luts": 0.6548, "addr_bits": 1.158, "mul_fixed_lut": 0, "mul_khot": 0.6018, "mul_minifloat": 0.686, "mul_lmul": 1.603, "reg_bits": 1.141, "cast_logic_bits": 1.666, "mx_shift_luts": 1.0, "div_luts": 1.0}
+FF_COEF: dict[str, float] = {"const": 0, "ctr_bits": 0.9661, "arith_bits": 0, "rom_luts": 0.2312, "lutram_luts": 0.008021, "addr_bits": 0.2735, "mul_fixed_lut": 0, "mul_khot": 0.08751, "mul_minifloat": 0.1869, "mul_lmul": 0, "reg_bits": 1.369, "cast_logic_bits": 1.109, "mx_shift_luts": 0.0, "div_luts": 0.0}
 # mx_shift_luts (MX block-scale barrel shifters, hw/accel/engines_mx.py) is a structural count at 1 LUT
 # each, not fitted: the calibration set holds no MX design, so a refit gives it 0 -- keep it at 1.0.
+# div_luts (the softmax engine's combinational divider and its register-file read muxes,
+# hw/accel/engines_softmax.py) is likewise a structural count at 1 LUT each, not fitted (no softmax
+# design in the calibration set): an N/D-bit array divider is N stages of a D-bit subtract-and-select.
 TOP_LUT = 39.3
 TOP_FF = 25.3
 # --------------------------------------------------------------------------------------------
@@ -242,6 +245,30 @@ def _elementwise_features(node: Node, src: FixedType) -> dict[str, float]:
     return f
 
 
+def _softmax_features(node: Node, src: FixedType) -> dict[str, float]:
+    """softmax (hw/accel/engines_softmax.py): two input banks of F codes, F exp codes, the exp ROM, a
+    running max, the exact sum, one combinational divider, one product (DSP: estimate_resources)."""
+    from qfx.hw.accel.resources import rom_width
+    from qfx.tables import softmax_quotient_format, softmax_sum_format
+
+    f = _zero()
+    n = int(node.output_shape[0])
+    x, ef, rf, out = (node.formats[k] for k in ("input", "exp", "reciprocal", "output"))
+    sf = softmax_sum_format(ef, n)
+    k, g = softmax_quotient_format(ef, rf)
+    f["const"] = 1.0
+    f["ctr_bits"] = float(2 * _bits(n) + 2 + 2)  # load / compute counters, bank bits, the state
+    f["arith_bits"] = float(src.width + 2 * x.width + 3 * (x.width + 3) + sf.width + (ef * rf).width)
+    f["reg_bits"] = float(2 * n * x.width + 2 * x.width + n * ef.width + sf.width + rf.width + out.width)
+    tfmt = FixedType(k + 2, k + 2 - g, signed=False)
+    f["cast_logic_bits"] = float(_cast_logic_bits(src, x) + _cast_logic_bits(tfmt, rf) + _cast_logic_bits(ef * rf, out))
+    words = [int(v) for v in node.arrays["table"]]
+    f["rom_luts"] = float(sum(rom_width(words[s:s + 64], ef.width) for s in range(0, len(words), 64)))
+    # (K+1) / sum-bit divider, the 2F-to-1 and F-to-1 read muxes (4 inputs per LUT6 per bit)
+    f["div_luts"] = float((k + 1) * sf.width + x.width * math.ceil(2 * n / 4) + ef.width * math.ceil(n / 4))
+    return f
+
+
 def engine_features(manifest: Manifest) -> dict[str, dict[str, float]]:
     """Per computing node, the feature vector of its engine (names in :data:`FEATURES`)."""
     def fmt_of(name: str) -> FixedType:
@@ -271,6 +298,8 @@ def engine_features(manifest: Manifest) -> dict[str, dict[str, float]]:
                 c, h, w = node.input_shapes[0]
                 sh, sw = node.params["scale"]
                 out[node.name]["ctr_bits"] = float(_bits(c * h * w) + sum(_bits(v) for v in (c, h, sh, w, sw) if v > 1))
+        elif node.op == "softmax":
+            out[node.name] = _softmax_features(node, src)
         else:
             out[node.name] = _elementwise_features(node, src)
             if node.op == "pad":  # the output position counters (hw/accel/engines_ops.py)

@@ -42,6 +42,7 @@ from .norm import QBatchNorm2d, fold_batchnorm
 from .ops import QBatchNorm1d, QCat, QClamp, QGlobalAvgPool2d, QMul, QSub, QUpsample, QZeroPad2d, upsample_problem
 from .pool import QAvgPool2d, QMaxPool2d
 from .quantizer import TensorQuantizer
+from .softmax import QSoftmax
 from .table import QGELU, QHardsigmoid, QHardswish, QSigmoid, QSiLU, QTable, QTanh
 
 __all__ = [
@@ -72,6 +73,7 @@ __all__ = [
     "QZeroPad2d",
     "QUpsample",
     "QTable",
+    "QSoftmax",
     "QSigmoid",
     "QTanh",
     "QSiLU",

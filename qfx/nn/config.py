@@ -28,7 +28,7 @@ from ..types import FixedType, Format, KHot, MinifloatType, MXType, parse_type
 __all__ = ["LayerConfig", "FORMAT_KEYS", "OPTION_KEYS", "LEARNABLE_KEYS", "as_config"]
 
 #: Tensor names a layer config may give a format for.
-FORMAT_KEYS = ("input", "weight", "bias", "accum", "output", "scale", "shift", "reciprocal", "in_a", "in_b")
+FORMAT_KEYS = ("input", "weight", "bias", "accum", "output", "scale", "shift", "reciprocal", "in_a", "in_b", "exp")
 #: Non-format options.
 OPTION_KEYS = ("learn_binary_point", "weight_per_channel", "multiply", "track_overflow", "table_size", "table_range")
 #: Tensors whose binary point can be learned (fixed-point formats only).
@@ -96,6 +96,8 @@ class LayerConfig:
     table_size : int, optional
         Lookup-table layers (:mod:`qfx.nn.table`): at most this many entries (a power of
         two; default :data:`qfx.tables.DEFAULT_TABLE_SIZE`).
+    exp : FixedType or str, optional
+        Softmax (:mod:`qfx.nn.softmax`): the exp table's output format (unsigned).
     table_range : number or [lo, hi], optional
         Lookup-table layers: the input range ``[lo, hi)`` the table covers (``R``: ``[-R, R)``;
         default the input format's whole range); checked by :func:`qfx.tables.plan`.
@@ -111,6 +113,7 @@ class LayerConfig:
     reciprocal: FixedType | None = None
     in_a: FixedType | None = None
     in_b: FixedType | None = None
+    exp: FixedType | None = None
     learn_binary_point: bool | frozenset = False
     weight_per_channel: bool = False
     multiply: str = "exact"
