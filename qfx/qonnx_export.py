@@ -504,6 +504,11 @@ def manifest_to_qonnx(manifest: "Manifest | str | os.PathLike", *, batch: int = 
             t = _pad(g, node, srcs[0])
         elif op == "upsample":
             t = _upsample(g, node, srcs[0])
+        elif op == "layernorm":
+            raise QonnxExportError(
+                f"node {node.name!r} (layer {node.source!r}, LayerNorm): layernorm has no QONNX export; its integer "
+                "statistics (exact sums, mean and var casts, the floor inverse square root, qfx.layernorm) have no "
+                "QONNX/ONNX equivalent that gives the same bits. Generate RTL / HLS with qfx-gen instead")
         elif op == "output":
             t = srcs[0]
             out_t = t

@@ -242,6 +242,34 @@ def _elementwise_features(node: Node, src: FixedType) -> dict[str, float]:
     return f
 
 
+def _layernorm_features(node: Node, src: FixedType, slots: int = 2) -> dict[str, float]:
+    """layernorm (hw/accel/engines_norm.py): a buffered vector, the sum / square-sum accumulators, the
+    digit-by-digit inverse square root (three wide adders and a compare), the affine and two casts."""
+    from qfx import layernorm as lnx
+
+    f = _zero()
+    fm, p = node.formats, node.params
+    nf = int(p["num_features"])
+    tt = lnx.types(fm, nf)
+    ws = fm["inv_std"].width
+    e = 2 * fm["inv_std"].frac_bits + fm["var"].frac_bits
+    wn = max(fm["var"].width, int(p["eps_code"]).bit_length()) + 1
+    wp = max(e + 1, wn + 2 * ws) + 3
+    x, out = fm["input"], fm["output"]
+    f["const"] = 1.0
+    f["ctr_bits"] = float(_bits(nf) * 2 + _bits(ws) + 3)
+    f["arith_bits"] = float(src.width + tt["sum"].width + tt["d"].width + tt["sqsum"].width + tt["mean_pre"].width
+                            + tt["var_pre"].width + 4 * wp + tt["pre"].width + out.width)
+    f["cast_logic_bits"] = float(_cast_logic_bits(src, x) + _cast_logic_bits(tt["pre"], out))
+    f["lutram_luts"] = _lutram(slots * nf, x.width)
+    f["addr_bits"] = float(_bits(nf) * 3)
+    if p["affine"]:
+        f["rom_luts"] = float((fm["scale"].width + (fm["shift"].width if p["bias"] else 0)) * math.ceil(nf / 64))
+    f["reg_bits"] = float(tt["sum"].width + fm["mean"].width + tt["sqsum"].width + wn + 3 * wp + ws + out.width
+                          + (x.width if f["lutram_luts"] else 0))
+    return f
+
+
 def engine_features(manifest: Manifest) -> dict[str, dict[str, float]]:
     """Per computing node, the feature vector of its engine (names in :data:`FEATURES`)."""
     def fmt_of(name: str) -> FixedType:
@@ -265,6 +293,8 @@ def engine_features(manifest: Manifest) -> dict[str, dict[str, float]]:
             out[node.name] = _add_features(node, sl)
         elif node.op in ("sub", "mul"):
             out[node.name] = _binary_features(node, sl)
+        elif node.op == "layernorm":
+            out[node.name] = _layernorm_features(node, src, sl[0])
         elif node.op in ("concat", "upsample"):  # upsample: one buffered input, read out (engines_ops.py)
             out[node.name] = _concat_features(node, [fmt_of(s) for s in node.inputs], sl)
             if node.op == "upsample":  # the (c, iy, dy, ix, dx) output counters and the read address
