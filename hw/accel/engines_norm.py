@@ -44,10 +44,11 @@ from qfx.types import FixedType
 from ..cast import CastUnit, fixed_shape
 from .engines import EngineError, _InputBuffer, _OutputStage
 
-__all__ = ["LayerNormEngine", "layernorm_cycles", "layernorm_latency"]
+__all__ = ["LayerNormEngine", "InvSqrtUnit", "inv_sqrt_widths", "check_layernorm", "layernorm_cycles", "layernorm_latency"]
 
 
-def _check(node: Node) -> None:
+def check_layernorm(node: Node) -> None:
+    """Raise :class:`EngineError` unless the node has an engine (one vector of at least 2 features)."""
     shape = tuple(node.input_shapes[0])
     if len(shape) != 1:
         raise EngineError(f"node {node.name!r}: layernorm on {list(shape)} ({math.prod(shape[:-1])} rows) has no RTL "
@@ -74,6 +75,44 @@ def _signed(v):
     return Cat(v, Const(0, 1)).as_signed()
 
 
+def inv_sqrt_widths(n_bits: int, e: int, width: int) -> int:
+    """Width of the inverse square root's P / A / B registers (every trial fits)."""
+    return max(e + 1, n_bits + 2 * width) + 3
+
+
+class InvSqrtUnit(wiring.Component):
+    """``k = min(isqrt(2**e // n), 2**width - 1)`` for ``n >= 1``, one bit per cycle.
+
+    ``start`` (with ``n``) loads the registers; ``width`` cycles later ``k`` holds the result (kept
+    until the next ``start``)
+    (:func:`qfx.layernorm.inv_sqrt_digits`: ``P = k*k*n``, ``A = (k*n) << (j+1)``, ``B = n << 2j``;
+    the trial ``P + A + B <= 2**e`` decides bit ``j``; only shifts, adds and one compare).
+    """
+
+    def __init__(self, n_bits: int, e: int, width: int) -> None:
+        self._nb, self._e, self._w = int(n_bits), int(e), int(width)
+        super().__init__({"n": In(unsigned(self._nb)), "start": In(1), "k": Out(unsigned(self._w))})
+
+    def elaborate(self, platform):
+        m = Module()
+        ws, wp = self._w, inv_sqrt_widths(self._nb, self._e, self._w)
+        pp, aa, bb = (Signal(unsigned(wp), name=f"isq_{k}") for k in ("p", "a", "b"))
+        trial = Signal(unsigned(wp), name="isq_trial")
+        take = Signal(name="isq_take")
+        m.d.comb += [trial.eq(pp + aa + bb), take.eq(trial <= (1 << self._e))]
+        left = Signal(range(ws + 1), name="isq_left")  # steps still to do
+        with m.If(self.start):
+            m.d.sync += [pp.eq(0), aa.eq(0), bb.eq(self.n << (2 * (ws - 1))), self.k.eq(0), left.eq(ws)]
+        with m.Elif(left.any()):
+            m.d.sync += left.eq(left - 1)
+            with m.If(take):
+                m.d.sync += [pp.eq(trial), aa.eq((aa + (bb << 1)) >> 1)]
+            with m.Else():
+                m.d.sync += aa.eq(aa >> 1)
+            m.d.sync += [bb.eq(bb >> 2), self.k.eq(Cat(take, self.k[:-1]) if ws > 1 else take)]
+        return m
+
+
 class LayerNormEngine(wiring.Component):
     """layernorm node on ``[F]``: see the module docstring for the schedule.
 
@@ -86,7 +125,7 @@ class LayerNormEngine(wiring.Component):
     """
 
     def __init__(self, node: Node, src: FixedType) -> None:
-        _check(node)
+        check_layernorm(node)
         self._node, self._src = node, src
         self._out_fmt = node.formats["output"]
         super().__init__({"i": In(stream.Signature(fixed_shape(src))),
@@ -111,7 +150,6 @@ class LayerNormEngine(wiring.Component):
         e = 2 * sf.frac_bits + vf.frac_bits
         eps = int(p["eps_code"])
         wn = max(vf.width, eps.bit_length()) + 1
-        wp = max(e + 1, wn + 2 * ws) + 3
 
         buf = _InputBuffer(m, "in", self.i, self._src, xi, nf, slots=2)
         idx = Signal(range(nf), name="ln_idx")
@@ -120,9 +158,8 @@ class LayerNormEngine(wiring.Component):
         mean = Signal(fixed_shape(mf), name="ln_mean")
         v_acc = Signal(fixed_shape(tt["sqsum"]), name="ln_sqsum")
         rd_s, rd_v = Signal(name="ln_rd_s"), Signal(name="ln_rd_v")
-        n_reg = Signal(unsigned(wn), name="ln_n")
-        pp, aa, bb = (Signal(unsigned(wp), name=f"ln_{k}") for k in ("p", "a", "b"))
-        kk = Signal(unsigned(ws), name="ln_s")
+        m.submodules.isqrt = isq = InvSqrtUnit(wn, e, ws)
+        kk = isq.k
         j = Signal(range(max(ws, 2)), name="ln_j")
         out = _OutputStage(m, self.o)
         adv = out.adv
@@ -152,12 +189,6 @@ class LayerNormEngine(wiring.Component):
             m.d.sync += v_acc.eq(v_acc + sq)
         with m.If(rd_s):
             m.d.sync += s_acc.eq(s_acc + data)
-
-        # the inverse square root step
-        lim = 1 << e
-        trial = Signal(unsigned(wp), name="ln_trial")
-        take = Signal(name="ln_take")
-        m.d.comb += [trial.eq(pp + aa + bb), take.eq(trial <= lim)]
 
         # output path: stage 1 holds the element read in the previous advancing cycle
         idx1 = Signal(range(nf), name="ln_idx1")
@@ -224,17 +255,12 @@ class LayerNormEngine(wiring.Component):
                 m.next = "VCAST"
             with m.State("VCAST"):
                 m.d.comb += ren.eq(adv)
-                nv = Signal(unsigned(wn), name="ln_nv")
-                m.d.comb += nv.eq(var_cast.o + eps)
-                m.d.sync += [n_reg.eq(nv), pp.eq(0), aa.eq(0), bb.eq(nv << (2 * (ws - 1))), kk.eq(0), j.eq(0)]
+                m.d.comb += [isq.n.eq(var_cast.o + eps), isq.start.eq(1)]
+                m.d.sync += j.eq(0)
                 m.next = "ISQ"
-            with m.State("ISQ"):
+            with m.State("ISQ"):  # the unit steps one bit per cycle (start low)
                 m.d.comb += ren.eq(adv)
-                with m.If(take):
-                    m.d.sync += [pp.eq(trial), aa.eq((aa + (bb << 1)) >> 1)]
-                with m.Else():
-                    m.d.sync += aa.eq(aa >> 1)
-                m.d.sync += [bb.eq(bb >> 2), kk.eq(Cat(take, kk[:-1]) if ws > 1 else take), j.eq(j + 1)]
+                m.d.sync += j.eq(j + 1)
                 with m.If(j == ws - 1):
                     m.next = "OUT"
             with m.State("OUT"):

@@ -329,8 +329,9 @@ def ops_engine(node: Node, srcs: "list[FixedType]", slots: "tuple[int, ...] | No
     if node.op == "upsample":
         return UpsampleEngine(node, srcs[0], slots[0])
     if node.op == "layernorm":
-        from .engines_norm import LayerNormEngine
+        from .engines_norm import LayerNormEngine, check_layernorm
 
+        check_layernorm(node)  # before the Elaboratable exists (a refused one would warn "never used")
         return LayerNormEngine(node, srcs[0])
     if node.op == "table":
         from .engines_table import TableEngine

@@ -254,7 +254,9 @@ def _layernorm_features(node: Node, src: FixedType, slots: int = 2) -> dict[str,
     ws = fm["inv_std"].width
     e = 2 * fm["inv_std"].frac_bits + fm["var"].frac_bits
     wn = max(fm["var"].width, int(p["eps_code"]).bit_length()) + 1
-    wp = max(e + 1, wn + 2 * ws) + 3
+    from qfx.hw.accel.engines_norm import inv_sqrt_widths
+
+    wp = inv_sqrt_widths(wn, e, ws)
     x, out = fm["input"], fm["output"]
     f["const"] = 1.0
     f["ctr_bits"] = float(_bits(nf) * 2 + _bits(ws) + 3)
