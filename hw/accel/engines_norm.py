@@ -42,7 +42,7 @@ from qfx.manifest import Node
 from qfx.types import FixedType
 
 from ..cast import CastUnit, fixed_shape
-from .engines import EngineError, _InputBuffer, _OutputStage
+from .engines import EngineError, _InputBuffer, _is, _OutputStage
 
 __all__ = ["LayerNormEngine", "InvSqrtUnit", "inv_sqrt_widths", "check_layernorm", "layernorm_cycles", "layernorm_latency"]
 
@@ -231,42 +231,45 @@ class LayerNormEngine(wiring.Component):
             m.d.sync += [v1.eq(issuing), idx1.eq(idx)]
         buf.release(issuing & adv & last)
 
-        with m.FSM(name="ln_fsm"):
-            with m.State("SUM"):  # also the idle state: waits for a full buffer
-                m.d.comb += [summing.eq(buf.ready & go), ren.eq(go)]
-                with m.If(summing):
-                    m.d.sync += idx.eq(Mux(last, 0, idx + 1))
-                    with m.If(last):
-                        m.next = "SDRAIN"
-            with m.State("SDRAIN"):
-                m.d.comb += ren.eq(adv)
-                m.next = "MEAN"
-            with m.State("MEAN"):
-                m.d.comb += ren.eq(adv)
-                m.d.sync += [mean.eq(mean_cast.o), s_acc.eq(0), v_acc.eq(0)]
-                m.next = "VAR"
-            with m.State("VAR"):
-                m.d.comb += [in_var.eq(1), ren.eq(1)]
+        # the state machine as a plain register (Amaranth's FSM leaves verilator -Wall warnings)
+        SUM, SDRAIN, MEAN, VAR, VDRAIN, VCAST, ISQ, OUT = range(8)
+        state = Signal(range(8), name="ln_state")
+
+        def st(k: int):
+            return _is(state, k)
+
+        with m.If(st(SUM)):  # also the idle state: waits for a full buffer
+            m.d.comb += [summing.eq(buf.ready & go), ren.eq(go)]
+            with m.If(summing):
                 m.d.sync += idx.eq(Mux(last, 0, idx + 1))
                 with m.If(last):
-                    m.next = "VDRAIN"
-            with m.State("VDRAIN"):
-                m.d.comb += ren.eq(adv)
-                m.next = "VCAST"
-            with m.State("VCAST"):
-                m.d.comb += ren.eq(adv)
-                m.d.comb += [isq.n.eq(var_cast.o + eps), isq.start.eq(1)]
-                m.d.sync += j.eq(0)
-                m.next = "ISQ"
-            with m.State("ISQ"):  # the unit steps one bit per cycle (start low)
-                m.d.comb += ren.eq(adv)
-                m.d.sync += j.eq(j + 1)
-                with m.If(j == ws - 1):
-                    m.next = "OUT"
-            with m.State("OUT"):
-                m.d.comb += [issuing.eq(1), ren.eq(adv)]
-                with m.If(adv):
-                    m.d.sync += idx.eq(Mux(last, 0, idx + 1))
-                    with m.If(last):
-                        m.next = "SUM"
+                    m.d.sync += state.eq(SDRAIN)
+        with m.Elif(st(SDRAIN)):
+            m.d.comb += ren.eq(adv)
+            m.d.sync += state.eq(MEAN)
+        with m.Elif(st(MEAN)):
+            m.d.comb += ren.eq(adv)
+            m.d.sync += [mean.eq(mean_cast.o), s_acc.eq(0), v_acc.eq(0), state.eq(VAR)]
+        with m.Elif(st(VAR)):
+            m.d.comb += [in_var.eq(1), ren.eq(1)]
+            m.d.sync += idx.eq(Mux(last, 0, idx + 1))
+            with m.If(last):
+                m.d.sync += state.eq(VDRAIN)
+        with m.Elif(st(VDRAIN)):
+            m.d.comb += ren.eq(adv)
+            m.d.sync += state.eq(VCAST)
+        with m.Elif(st(VCAST)):
+            m.d.comb += [ren.eq(adv), isq.n.eq(var_cast.o + eps), isq.start.eq(1)]
+            m.d.sync += [j.eq(0), state.eq(ISQ)]
+        with m.Elif(st(ISQ)):  # the unit steps one bit per cycle (start low)
+            m.d.comb += ren.eq(adv)
+            m.d.sync += j.eq(j + 1)
+            with m.If(j == ws - 1):
+                m.d.sync += state.eq(OUT)
+        with m.Else():  # OUT
+            m.d.comb += [issuing.eq(1), ren.eq(adv)]
+            with m.If(adv):
+                m.d.sync += idx.eq(Mux(last, 0, idx + 1))
+                with m.If(last):
+                    m.d.sync += state.eq(SUM)
         return m
