@@ -598,3 +598,28 @@ def test_cost_report_covers_the_layernorm(exported, tmp_path):
     row = rep["energy"]["per_layer"][ln.name]
     assert row["product_pj"] > 0 and row["memory_pj"] > 0 and row["total_pj"] > row["product_pj"]
     assert rep["resources"]["per_layer"][ln.name]["dsp"] >= 2
+
+
+def test_gradient_is_the_float_layernorms():
+    """Backward: the float LayerNorm's gradient of the quantized input / gamma / beta (straight
+    through the integer statistics and the casts; nothing saturates here), while the forward
+    values are the integer rule's."""
+    fm = dict(input="ap_fixed<12,4,AP_RND,AP_SAT>", mean="ap_fixed<16,4,AP_RND,AP_SAT>",
+              var="ap_ufixed<16,6,AP_RND,AP_SAT>", inv_std="ap_ufixed<16,4,AP_TRN,AP_SAT>",
+              scale="ap_fixed<12,3,AP_RND,AP_SAT>", shift="ap_fixed<12,3,AP_RND,AP_SAT>",
+              output="ap_fixed<16,6,AP_RND,AP_SAT>")
+    torch.manual_seed(11)
+    ln = qfx.nn.QLayerNorm(16, **fm)
+    with torch.no_grad():
+        ln.weight.uniform_(0.5, 1.5)
+        ln.bias.uniform_(-0.5, 0.5)
+    x = qfx.quantize(torch.randn(8, 16, dtype=torch.float64), parse_type(fm["input"])).requires_grad_(True)
+    w = torch.randn(8, 16, dtype=torch.float64)
+    (ln(x) * w).sum().backward()
+    g_q = qfx.quantize(ln.weight.detach().double(), parse_type(fm["scale"])).requires_grad_(True)
+    b_q = qfx.quantize(ln.bias.detach().double(), parse_type(fm["shift"])).requires_grad_(True)
+    x2 = x.detach().clone().requires_grad_(True)
+    (F.layer_norm(x2, (16,), g_q, b_q, eps=ln.eps) * w).sum().backward()
+    assert torch.allclose(x.grad, x2.grad, atol=1e-9)
+    assert torch.allclose(ln.weight.grad.double(), g_q.grad, atol=1e-9)
+    assert torch.allclose(ln.bias.grad.double(), b_q.grad, atol=1e-9)
