@@ -267,9 +267,23 @@ def _layernorm_features(node: Node, src: FixedType, slots: int = 2) -> dict[str,
     f["addr_bits"] = float(_bits(nf) * 3)
     if p["affine"]:
         f["rom_luts"] = float((fm["scale"].width + (fm["shift"].width if p["bias"] else 0)) * math.ceil(nf / 64))
-    f["reg_bits"] = float(tt["sum"].width + fm["mean"].width + tt["sqsum"].width + wn + 3 * wp + ws + out.width
-                          + (x.width if f["lutram_luts"] else 0))
+    # with the inverse square root's P / A / B / k registers (for the LUT side; estimate() counts their
+    # flip-flops one per bit instead of the fitted reg_bits rate: layernorm_register_bits)
+    f["reg_bits"] = float(tt["sum"].width + fm["mean"].width + tt["sqsum"].width + out.width
+                          + (x.width if f["lutram_luts"] else 0) + layernorm_register_bits(node))
     return f
+
+
+def layernorm_register_bits(node: Node) -> int:
+    """Flip-flops of the layernorm engine's inverse square root unit (P, A, B, k and its step
+    counter; hw/accel/engines_norm.InvSqrtUnit), counted structurally like the MAC pipeline registers."""
+    from qfx.hw.accel.engines_norm import inv_sqrt_widths
+
+    fm, p = node.formats, node.params
+    ws = fm["inv_std"].width
+    wn = max(fm["var"].width, int(p["eps_code"]).bit_length()) + 1
+    wp = inv_sqrt_widths(wn, 2 * fm["inv_std"].frac_bits + fm["var"].frac_bits, ws)
+    return 3 * wp + ws + ws.bit_length()
 
 
 def engine_features(manifest: Manifest) -> dict[str, dict[str, float]]:
@@ -338,6 +352,9 @@ def estimate(manifest: Manifest) -> dict[str, Any]:
             from qfx.hw.accel.folding import Folding, pipeline_register_bits
 
             ff += pipeline_register_bits(node, Folding())
+        if node.op == "layernorm":  # the isqrt registers one FF per bit (mlp_layernorm: Yosys 489 LUT / 274 FF, here 442 / 330)
+            r = layernorm_register_bits(node)
+            ff = round(max(ff - FF_COEF["reg_bits"] * r + r, 0.0))
         per[name] = {"lut": round(max(_dot(f, LUT_COEF), 0.0)), "ff": ff,
                      "dsp": int(s.get("dsp", 0)), "bram36": float(s.get("bram36", 0.0))}
     lut = sum(v["lut"] for v in per.values()) + round(TOP_LUT)
