@@ -34,7 +34,7 @@ from typing import Any, Mapping
 
 from .types import FixedType, Overflow, Rounding
 
-__all__ = ["FORMAT_KEYS", "check_formats", "eps_code", "types", "inv_sqrt_code", "inv_sqrt_digits", "is_pow2",
+__all__ = ["FORMAT_KEYS", "OPTIONAL_KEYS", "check_formats", "eps_code", "types", "inv_sqrt_code", "inv_sqrt_digits", "is_pow2",
            "E_MAX"]
 
 #: Formats of a layernorm node: required, then optional (scale: affine; shift: bias; reciprocal: F not 2**k).

@@ -71,10 +71,6 @@ def layernorm_latency(node: Node, last_in: int) -> int:
     return last_in + layernorm_cycles(node)["compute"] + 2
 
 
-def _signed(v):
-    return Cat(v, Const(0, 1)).as_signed()
-
-
 def inv_sqrt_widths(n_bits: int, e: int, width: int) -> int:
     """Width of the inverse square root's P / A / B registers (every trial fits)."""
     return max(e + 1, n_bits + 2 * width) + 3
