@@ -623,3 +623,36 @@ def test_gradient_is_the_float_layernorms():
     assert torch.allclose(x.grad, x2.grad, atol=1e-9)
     assert torch.allclose(ln.weight.grad.double(), g_q.grad, atol=1e-9)
     assert torch.allclose(ln.bias.grad.double(), b_q.grad, atol=1e-9)
+
+
+@pytest.mark.parametrize("case", ["pow2_affine", "recip_nobias"])
+def test_hls_inverse_sqrt_exhaustively(case, tmp_path):
+    """The generated C++ helper ``<node>_inv_sqrt`` (g++ against the real ap_types headers), for
+    every n = var code + eps_code the node's var format can give, equals min(math.isqrt(2**E // n),
+    2**W - 1)."""
+    import subprocess
+
+    from qfx import hls
+
+    _model, man = _single_layer(case, tmp_path)
+    node = next(n for n in man if n.op == "layernorm")
+    d = hls.generate(man, tmp_path / "g")
+    vf, sf, eps = node.formats["var"], node.formats["inv_std"], int(node.params["eps_code"])
+    e, w = 2 * sf.frac_bits + vf.frac_bits, sf.width
+    wn = max(vf.width, eps.bit_length()) + 1
+    top = next(p for p in d.glob("*.cpp") if not p.name.endswith("_tb.cpp"))
+    main = tmp_path / "isqrt_main.cpp"
+    main.write_text(f'#include "{top.name}"\n#include <cstdio>\nint main() {{\n'
+                    f'    for (long n = {eps}; n <= {vf.max_code + eps}; n++) {{\n'
+                    f'        ap_uint<{wn}> nv = n;\n        const ap_uint<{w}> c = {node.name}_inv_sqrt(nv).range({w - 1}, 0);\n'
+                    f'        printf("%llu\\n", (unsigned long long)c.to_uint64());\n    }}\n    return 0;\n}}\n')
+    exe = tmp_path / "isqrt_main"
+    cxx = __import__("shutil").which("g++")
+    if cxx is None:
+        pytest.skip("no g++")
+    r = subprocess.run([cxx, *hls.CXX_FLAGS, "-isystem", str(hls.include_dir()), "-I", str(d), str(main), "-o", str(exe)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = [int(v) for v in subprocess.run([str(exe)], capture_output=True, text=True, timeout=60).stdout.split()]
+    want = [min(math.isqrt((1 << e) // n), (1 << w) - 1) for n in range(eps, vf.max_code + eps + 1)]
+    assert got == want
