@@ -89,6 +89,12 @@ How the keys are used, per kind:
   input's (checked at the first forward pass); anything else is an error naming the layer and
   the argument.
 - ``BatchNorm1d``: as ``BatchNorm2d`` (never folded).
+- ``LayerNorm`` (over the last dim): ``input``, ``mean``, ``var`` (unsigned), ``inv_std``
+  (unsigned, ``AP_TRN``, ``AP_SAT``), ``output``; ``scale`` (gamma) with
+  ``elementwise_affine``, ``shift`` (beta) with a bias (as ``BatchNorm2d``, falling back to
+  ``weight`` / ``bias``); ``reciprocal`` when ``F`` is not a power of two. The integer rule is
+  :mod:`qfx.layernorm`'s. ``normalized_shape`` over more than the last dim, ``eps <= 0`` are
+  errors naming the layer.
 - ``GlobalAvgPool2d``: ``input``, ``output``; ``reciprocal`` when ``H * W`` is
   not a power of two (known at the first forward pass; export names the layer).
 - ``cat``: ``output``; every input is cast to it.
@@ -189,6 +195,7 @@ KINDS: dict[str, str] = {
     "MaxPool1d": "nn.MaxPool1d (return_indices=False)",
     "AvgPool1d": "nn.AvgPool1d (ceil_mode=False)",
     "Softmax": "nn.Softmax, F.softmax, torch.softmax, x.softmax() over dim=1 / -1 of [N, F] (exp table + exact reciprocal)",
+    "LayerNorm": "nn.LayerNorm over the last dim (normalized_shape=(F,), eps > 0, elementwise_affine and bias True or False)",
 }
 #: Lookup-table kinds -> their qfx.tables function.
 _TABLE_KINDS = {"Sigmoid": "sigmoid", "Tanh": "tanh", "SiLU": "silu", "GELU": "gelu",
@@ -219,6 +226,7 @@ _MODULE_KINDS: tuple[tuple[type, str], ...] = (
     (nn.Conv1d, "Conv1d"),
     (nn.MaxPool1d, "MaxPool1d"),
     (nn.AvgPool1d, "AvgPool1d"),
+    (nn.LayerNorm, "LayerNorm"),
 )
 _FUNCTION_KINDS = {
     operator.add: "add",
@@ -373,7 +381,7 @@ def _resolve(cfg: dict[str, Any], kind: str, name: str) -> dict[str, Any]:
         for key in ("exp", "reciprocal"):
             if key not in explicit:
                 merged.pop(key, None)
-    if kind in ("BatchNorm2d", "BatchNorm1d"):
+    if kind in ("BatchNorm2d", "BatchNorm1d", "LayerNorm"):
         for key, fallback in (("scale", "weight"), ("shift", "bias")):
             if merged.get(key) is None and merged.get(fallback) is not None:
                 fmt = merged[fallback]
@@ -491,6 +499,15 @@ def _classify(gm: fx.GraphModule) -> tuple[dict[fx.Node, str], dict[str, str]]:
                 problems.append(f"module {node.target!r} (AdaptiveAvgPool2d): output_size {m.output_size!r} is not "
                                 "supported; only 1 or (1, 1) (global average pooling)")
                 continue
+            if kind == "LayerNorm":
+                why = qnn.layernorm_problem(m.normalized_shape, m.eps, m.elementwise_affine)
+                if why:
+                    problems.append(f"module {node.target!r} (LayerNorm): {why}")
+                    continue
+                if calls[node.target] > 1:
+                    problems.append(f"module {node.target!r} (LayerNorm) is called more than once; qfx needs one call "
+                                    "per layer with weights (each call is a hardware instance): use separate modules")
+                    continue
             if kind == "Upsample":
                 why = qnn.upsample_problem(m.size, m.scale_factor, m.mode, m.align_corners)
                 if why:
@@ -728,6 +745,8 @@ def _build(kind: str, float_module: "nn.Module | None", node: fx.Node, cfg: Laye
         return qnn.QMul(config=cfg)
     if kind == "BatchNorm1d":
         return qnn.QBatchNorm1d.from_float(m, config=cfg)
+    if kind == "LayerNorm":
+        return qnn.QLayerNorm.from_float(m, config=cfg)
     if kind == "GlobalAvgPool2d":
         keepdim = True if m is not None else _mean_args(node)[1]
         return qnn.QGlobalAvgPool2d(bool(keepdim), config=cfg)
@@ -865,6 +884,8 @@ def convert(
                     q = _build(kind, float_m, node, lcfg)
             except (ValueError, TypeError) as err:
                 raise ConversionError(f"layer {name!r} ({kind}): {err}") from None
+            if kind == "LayerNorm":
+                q.layer = name  # its forward / export errors name the layer
             q.train(float_m.training)
             gm.add_submodule(name, q.to(device) if device is not None else q)
         else:

@@ -78,6 +78,7 @@ from .nn import (
     QSub,
     QZeroPad2d,
     QUpsample,
+    QLayerNorm,
     QTable,
     QSoftmax,
     QConv2d,
@@ -413,7 +414,7 @@ class _Builder:
             raise ExportError(
                 f"unsupported module {path!r} ({type(mod).__module__}.{type(mod).__name__}); export handles the qfx.nn "
                 f"layers (QLinear, QConv2d, QBatchNorm2d, QBatchNorm1d, QReLU, QReLU6, QLeakyReLU, QAdd, QSub, QMul, "
-                f"QMaxPool2d, QAvgPool2d, QGlobalAvgPool2d, QCat, QClamp, QFlatten, QZeroPad2d, QUpsample, QSoftmax, QTable and its QSigmoid/QTanh/...); convert float layers with qfx.nn.<Layer>.from_float"
+                f"QMaxPool2d, QAvgPool2d, QGlobalAvgPool2d, QCat, QClamp, QFlatten, QZeroPad2d, QUpsample, QSoftmax, QLayerNorm, QTable and its QSigmoid/QTanh/...); convert float layers with qfx.nn.<Layer>.from_float"
             )
         _check_finite(mod, path)
         prods = [self.producer(n, a) for a in args]
@@ -671,6 +672,27 @@ def _softmax(b: _Builder, n: fx.Node, mod: QSoftmax, path: str, prods: list[_Ent
     params = {"size": spec.size, "shift": spec.shift, "lo_code": spec.lo_code}
     formats = {"input": xi, "exp": ef, "reciprocal": mod.reciprocal_format, "output": mod.effective_format("output")}
     b.add(n, "softmax", path, prods, params=params, formats=formats, arrays={"table": codes})
+def _layernorm(b: _Builder, n: fx.Node, mod: QLayerNorm, path: str, prods: list[_Entry]) -> None:
+    (prod,) = prods
+    f = mod.num_features
+    if not prod.output_shape or prod.output_shape[-1] != f:
+        raise ExportError(f"layer {path!r} (LayerNorm): normalizes the last axis of {f} features, but its input is "
+                          f"{prod.output_shape}")
+    formats = {k: mod.effective_format(k) for k in ("input", "mean", "var", "inv_std", "output")}
+    arrays: dict[str, np.ndarray] = {}
+    if mod.weight is not None:
+        formats["scale"] = mod.effective_format("scale")
+        arrays["scale"] = _codes(mod.weight.detach(), formats["scale"], path, "the LayerNorm weight (gamma)")
+    if mod.bias is not None:
+        formats["shift"] = mod.effective_format("shift")
+        arrays["shift"] = _codes(mod.bias.detach(), formats["shift"], path, "the LayerNorm bias (beta)")
+    if "reciprocal" in mod.quant:
+        formats["reciprocal"] = mod.effective_format("reciprocal")
+        arrays["reciprocal"] = _codes(torch.tensor(1.0 / f, dtype=torch.float64), formats["reciprocal"], path,
+                                      "the reciprocal 1/F")
+    params = {"num_features": f, "eps": mod.eps, "eps_code": int(mod.eps_code), "affine": mod.weight is not None,
+              "bias": mod.bias is not None}
+    b.add(n, "layernorm", path, prods, params=params, formats=formats, arrays=arrays)
 
 
 def _upsample(b: _Builder, n: fx.Node, mod: QUpsample, path: str, prods: list[_Entry]) -> None:
@@ -720,6 +742,7 @@ _HANDLERS: dict[type, Callable] = {
         n, "pad", path, prods, params={"padding": [int(v) for v in mod.padding]},
         formats={"input": prods[0].formats["output"], "output": prods[0].formats["output"]}),
     QUpsample: _upsample,
+    QLayerNorm: _layernorm,
 }
 
 

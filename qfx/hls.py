@@ -134,7 +134,7 @@ CXX_FLAGS = ("-std=c++14", "-O1", "-Wall", "-Wno-unknown-pragmas", "-Wno-stringo
              "-Wno-free-nonheap-object")
 SUPPORTED_OPS = ("input", "output", "dense", "conv2d", "batchnorm", "relu", "relu6", "leaky_relu", "add",
                  "maxpool2d", "avgpool2d", "flatten", "concat", "clamp", "sub", "mul", "pad", "upsample", "table",
-                 "softmax")
+                 "softmax", "layernorm")
 # Identifiers the generated C++ or its headers already use at global scope (or the testbench in main).
 _RESERVED = frozenset("""std hls qfx_cast qfx_caster in_stream out_stream stdin stdout stderr printf scanf fprintf
     fscanf fopen FILE size_t ssdm_int_sim""".split())
@@ -442,6 +442,40 @@ def _node_context(node: Node, reuse: int) -> tuple[dict, list[tuple[str, str]]]:
         c, h, w = node.input_shapes[0]
         sh, sw = p["scale"]
         ctx.update(c=c, h=h, w=w, sh=sh, sw=sw, ho=node.output_shape[1], wo=node.output_shape[2])
+    elif op == "layernorm":  # template layernorm.j2 (qfx.layernorm's rule)
+        from . import layernorm as lnx
+
+        nf = int(p["num_features"])
+        tt = lnx.types(f, nf)
+
+        def ex(t: FixedType, extra: int = 0) -> str:  # a signed exact type holding t (extra more fraction bits)
+            return _exact(t.width + (0 if t.signed else 1) + extra, _ibits(t))
+
+        vf, sf = f["var"], f["inv_std"]
+        e = 2 * sf.frac_bits + vf.frac_bits
+        wn = max(vf.width, int(p["eps_code"]).bit_length()) + 1
+        wp = max(e + 1, wn + 2 * sf.width) + 3
+        if wp > 64:
+            raise _fail(node, f"the inverse square root needs {wp}-bit integers (var {vf}, inv_std {sf}); at most 64")
+        types = [("in", _cpp(f["input"])), ("mean", _cpp(f["mean"])), ("var", _cpp(vf)), ("inv", _cpp(sf)),
+                 ("sum", ex(tt["sum"])), ("sq", ex(tt["sqsum"])), ("d", ex(tt["d"])), ("t", ex(tt["t"]))]
+        k = nf.bit_length() - 1
+        if "reciprocal" in f:
+            types.append(("recip", _cpp(f["reciprocal"])))
+            ctx["recip"] = _literal(int(node.arrays["reciprocal"]), f["reciprocal"].frac_bits,
+                                    f"node {node.name!r} reciprocal")
+        else:
+            types += [("mdiv", ex(tt["sum"], k)), ("vdiv", ex(tt["sqsum"], k))]
+            ctx["recip"] = None
+        if p["affine"]:
+            types.append(("scale", _cpp(f["scale"])))
+            ctx["scales"] = _literals(node.arrays["scale"], f["scale"].frac_bits, f"node {node.name!r} gamma")
+        if p["bias"]:
+            types.append(("shift", _cpp(f["shift"])))
+            ctx["shifts"] = _literals(node.arrays["shift"], f["shift"].frac_bits, f"node {node.name!r} beta")
+        types.append(("out", _cpp(f["output"])))
+        ctx.update(f=nf, rows=n_in // nf, k=k, affine=bool(p["affine"]), bias=bool(p["bias"]), eps_code=int(p["eps_code"]),
+                   e=e, ws=sf.width, wv=vf.width, wn=wn, wp=wp)
     elif op == "table":  # template table_act.j2
         xi: FixedType = f["input"]
         if xi.width > 62:

@@ -88,7 +88,10 @@ inputs); clamp ``min_code, max_code`` (codes of the output format, or null for
 no bound); pad ``padding`` (``[left, right, top, bottom]`` zeros, ZeroPad2d's order;
 ``formats.input == formats.output ==`` the producer's); upsample ``scale`` (``[sh, sw]``, ints >= 1:
 nearest-neighbour upsampling of ``[C, H, W]`` to ``[C, H * sh, W * sw]``, each code repeated, no cast;
-``formats.input == formats.output ==`` the producer's); table ``function, size, shift, lo_code``
+``formats.input == formats.output ==`` the producer's); layernorm ``num_features, eps, eps_code, affine, bias``
+(normalization over the last axis, :mod:`qfx.layernorm`; ``eps_code = ceil(eps * 2**F_var)``; formats ``input, mean,
+var, inv_std, output`` and ``scale`` / ``shift`` (gamma / beta, arrays of the same names) with ``affine`` / ``bias``,
+``reciprocal`` (a scalar array) when ``num_features`` is not a power of two); table ``function, size, shift, lo_code``
 (a :mod:`qfx.tables` lookup table of ``size`` entries from input code ``lo_code``, ``2**shift``
 input codes each; array ``table``: its contents, codes of the output format, checked on load to
 equal :func:`qfx.tables.contents`); softmax ``size, shift, lo_code`` (over the features of a ``[F]``
@@ -245,6 +248,8 @@ OPS: dict[str, OpSpec] = {
     "upsample": OpSpec(1, ("input", "output"), (), ("scale",)),
     "table": OpSpec(1, ("input", "output"), (), ("function", "size", "shift", "lo_code")),
     "softmax": OpSpec(1, ("input", "exp", "reciprocal", "output"), (), ("size", "shift", "lo_code")),
+    "layernorm": OpSpec(1, ("input", "mean", "var", "inv_std", "output"), ("scale", "shift", "reciprocal"),
+                        ("num_features", "eps", "eps_code", "affine", "bias")),
 }
 
 TOP_KEYS = ("schema", "version", "generator", "model", "tensors", "input", "output", "nodes")
@@ -517,6 +522,10 @@ def infer_output_shape(op: str, params: Mapping[str, Any], input_shapes: Sequenc
     if op == "softmax":
         if len(x) != 1:
             raise ValueError(f"softmax runs over the features of a [F] input (a dense layer's output), got {list(x)}")
+    if op == "layernorm":
+        if not x or x[-1] != params["num_features"]:
+            raise ValueError(f"layernorm needs input [..., {params['num_features']}] (normalized over the last axis), "
+                             f"got {list(x)}")
         return x
     if op == "pad":
         if len(x) != 3:
@@ -678,6 +687,16 @@ def _check_params(ck: _Checker, where: str, op: str, params: dict) -> dict:
         _int_param(ck, where, p, "num_features", 1)
     elif op == "leaky_relu":
         _int_param(ck, where, p, "slope_shift", 1)
+    elif op == "layernorm":
+        _int_param(ck, where, p, "num_features", 1)
+        _int_param(ck, where, p, "eps_code", 1)
+        _bool_param(ck, where, p, "affine")
+        _bool_param(ck, where, p, "bias")
+        if p["bias"] and not p["affine"]:
+            raise ck.fail(where, "params.bias is true but params.affine is false (a bias comes with elementwise_affine)")
+        e = p["eps"]
+        if isinstance(e, bool) or not isinstance(e, (int, float)) or not 0 < e < float("inf"):
+            raise ck.fail(where, f"params.eps must be a finite number > 0, got {e!r}")
     elif op in ("maxpool2d", "avgpool2d"):
         p["kernel"] = _pair(ck, where, p, "kernel", 1)
         p["stride"] = _pair(ck, where, p, "stride", 1)
@@ -732,7 +751,8 @@ def _check_params(ck: _Checker, where: str, op: str, params: dict) -> dict:
     return p
 
 
-_FIXED_ONLY = ("input", "bias", "accum", "output", "scale", "shift", "reciprocal", "in_a", "in_b", "exp")
+_FIXED_ONLY = ("input", "bias", "accum", "output", "scale", "shift", "reciprocal", "in_a", "in_b", "exp", "mean", "var",
+               "inv_std")
 
 
 def _parse_formats(ck: _Checker, where: str, op: str, spec: OpSpec, formats: Any, params: dict) -> dict:
@@ -802,6 +822,15 @@ def _expected_arrays(op: str, params: dict, formats: dict, input_shape: tuple[in
         return {"reciprocal": ()} if "reciprocal" in formats else {}
     elif op in ("table", "softmax"):
         return {"table": (params["size"],)}
+    elif op == "layernorm":
+        out_ln: dict[str, tuple[int, ...]] = {}
+        if params["affine"]:
+            out_ln["scale"] = (params["num_features"],)
+        if params["bias"]:
+            out_ln["shift"] = (params["num_features"],)
+        if "reciprocal" in formats:
+            out_ln["reciprocal"] = ()
+        return out_ln
     else:
         return {}
     out = {"weight": w}
@@ -979,6 +1008,22 @@ def load(path: "str | Path") -> Manifest:
                 if v is not None and not out_fmt.min_code <= v <= out_fmt.max_code:
                     raise ck.fail(where, f"params.{key} {v} lies outside {out_fmt.min_code}..{out_fmt.max_code}, the codes "
                                          f"of the output format {out_fmt}")
+        if op == "layernorm":
+            from . import layernorm as lnx
+
+            for key, flag in (("scale", "affine"), ("shift", "bias")):
+                if params[flag] != (key in formats):
+                    raise ck.fail(where, f"params.{flag} is {str(params[flag]).lower()} but formats.{key} is "
+                                         + ("present" if key in formats else "missing"))
+            if lnx.is_pow2(params["num_features"]) and "reciprocal" in formats:
+                raise ck.fail(where, f"formats.reciprocal is not used ({params['num_features']} features, a power of two)")
+            try:
+                lnx.check_formats(formats, params["num_features"])
+                want_eps = lnx.eps_code(params["eps"], formats["var"])
+            except ValueError as err:
+                raise ck.fail(where, str(err)) from None
+            if params["eps_code"] != want_eps:
+                raise ck.fail(where, f"params.eps_code {params['eps_code']} must be ceil(eps * 2**F_var) = {want_eps}")
         if op == "avgpool2d":
             n = params["divisor"]
             pow2 = n & (n - 1) == 0

@@ -510,6 +510,11 @@ def manifest_to_qonnx(manifest: "Manifest | str | os.PathLike", *, batch: int = 
                 "table of max - x, the exact integer sum and the exactly divided reciprocal are not expressible as "
                 "ONNX Softmax plus Quant nodes); export the model with drop_final_softmax: true for a final softmax, "
                 "or use the manifest / qfx-gen outputs")
+        elif op == "layernorm":
+            raise QonnxExportError(
+                f"node {node.name!r} (layer {node.source!r}, LayerNorm): layernorm has no QONNX export; its integer "
+                "statistics (exact sums, mean and var casts, the floor inverse square root, qfx.layernorm) have no "
+                "QONNX/ONNX equivalent that gives the same bits. Generate RTL / HLS with qfx-gen instead")
         elif op == "output":
             t = srcs[0]
             out_t = t

@@ -110,6 +110,13 @@ Layers (``x`` = the producer's codes, cast to the node's input format first):
     integer division (``q = 2**K // S``, ``t = 2q + (2**K % S != 0)`` on the grid ``2**-(Fr+2)``,
     ``K = Fe + Fr + 1``, then the reciprocal's cast: :func:`qfx.tables.softmax_reciprocal_codes`);
     ``y_j = cast(e_j * r, output)`` from the exact product on the grid ``2**-(Fe+Fr)``.
+``layernorm`` (LayerNorm over the last axis; :mod:`qfx.layernorm` states the rule)
+    Per row of ``F`` codes ``q = cast(x, input)``: ``S = sum q`` (exact); ``mean = cast(S * 2**-k,
+    mean)`` (``F = 2**k``) or ``cast(S * reciprocal, mean)``; ``d = q - mean`` (exact); ``var =
+    cast(sum d**2 * 2**-k | reciprocal, var)``; ``s = min(isqrt((2**E) // (var + eps_code)),
+    2**W_s - 1)`` with ``E = 2 F_s + F_var`` (the inv_std code, :func:`qfx.layernorm.inv_sqrt_code`,
+    Python integers); ``y = cast(d * s * gamma + beta, output)`` (``d * s * gamma`` without a bias,
+    ``d * s`` without affine): every product and sum exact.
 ``batchnorm`` on ``[C]`` / ``[C, L]`` (BatchNorm1d) is the same per-channel
 formula, the channel the first axis.
 """
@@ -392,6 +399,48 @@ def _batchnorm(node: Node, x: np.ndarray, x_frac: int, force_big: bool) -> np.nd
     return cast_codes(s, frac, f["output"])
 
 
+def _layernorm(node: Node, x: np.ndarray, x_frac: int, force_big: bool) -> np.ndarray:
+    from . import layernorm as lnx
+
+    f, p = node.formats, node.params
+    nf = int(p["num_features"])
+    xi, mf, vf, sf = f["input"], f["mean"], f["var"], f["inv_std"]
+    try:
+        widest = max(t.width for t in lnx.types(f, nf).values())
+    except ValueError:  # a result type beyond 64 bits
+        widest = 65
+    big = force_big or widest + 2 > INT64_SAFE_BITS
+    q = cast_codes(x, x_frac, xi)
+    if big:
+        q = _big(q)
+    q = q.reshape(-1, nf)
+    if lnx.is_pow2(nf):
+        k = nf.bit_length() - 1
+        r, fr = 1, k
+    else:
+        r, fr = int(node.arrays["reciprocal"]), f["reciprocal"].frac_bits
+    s = q.sum(axis=1)
+    mean = cast_codes(s * r, xi.frac_bits + fr, mf)
+    fd = max(xi.frac_bits, mf.frac_bits)
+    d = _shl(q, fd - xi.frac_bits) - _shl(mean, fd - mf.frac_bits)[:, None]
+    v = cast_codes((d * d).sum(axis=1) * r, 2 * fd + fr, vf)
+    e = 2 * sf.frac_bits + vf.frac_bits
+    inv = np.array([lnx.inv_sqrt_code(int(c) + int(p["eps_code"]), e, sf.width) for c in np.asarray(v).reshape(-1)],
+                   dtype=object if big else np.int64)
+    t = d * inv[:, None]
+    frac = fd + sf.frac_bits
+    if p["affine"]:
+        t = t * (_big(node.arrays["scale"]) if big else node.arrays["scale"])[None, :]
+        frac += f["scale"].frac_bits
+        if p["bias"]:
+            fb = f["shift"].frac_bits
+            top = max(frac, fb)
+            t = _shl(t, top - frac) + _shl(_big(node.arrays["shift"]) if big else node.arrays["shift"], top - fb)[None, :]
+            frac = top
+    y = cast_codes(t, frac, f["output"])
+    return np.asarray(y).reshape(x.shape)
+
+
 def _activation(node: Node, x: np.ndarray, x_frac: int, force_big: bool) -> np.ndarray:
     f = node.formats
     xi = f["input"]
@@ -599,6 +648,8 @@ def run_codes(manifest: "Manifest | str | Path", codes: Any, *, big_ints: bool =
                 y = _mac(node, srcs[0], fracs[0], big_ints)
             elif node.op == "batchnorm":
                 y = _batchnorm(node, srcs[0], fracs[0], big_ints)
+            elif node.op == "layernorm":
+                y = _layernorm(node, srcs[0], fracs[0], big_ints)
             elif node.op in ("relu", "relu6", "leaky_relu"):
                 y = _activation(node, srcs[0], fracs[0], big_ints)
             elif node.op == "add":

@@ -467,6 +467,16 @@ CASES = [
          lambda c: export(convert(_Interp(size=(5, 5)), _FIXED), torch.randn(2, 2, 2, 2), c.tmp / "m"),
          ValueError, r"layer 'interpolate' \(Upsample\): size \(5, 5\) is not an integer multiple of the input's "
                      r"spatial size \(2, 2\)", _nothing_at("m")),
+    Case("convert-layernorm-two-dims", None,
+         lambda c: convert(nn.Sequential(nn.Linear(4, 8), nn.LayerNorm((2, 4))), _FIXED),
+         ValueError, r"module '1' \(LayerNorm\): normalized_shape=\(2, 4\) is not supported; only normalization over "
+                     r"the last dim"),
+    Case("convert-layernorm-eps-zero", None,
+         lambda c: convert(nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8, eps=0.0)), _FIXED),
+         ValueError, r"module '1' \(LayerNorm\): eps=0\.0 is not supported; eps must be a finite number > 0"),
+    Case("convert-layernorm-no-intermediate-formats", None,
+         lambda c: convert(nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8)), _FIXED),
+         ValueError, r"layer '1' \(LayerNorm\).*needs the format\(s\) mean, var, inv_std"),
     Case("convert-unknown-config-key", None,
          lambda c: convert(_float_mlp(), {"defaults": {"weight": "ap_fixed<8,1>"}}),
          ValueError, r"'defaults'.*did you mean 'default'"),

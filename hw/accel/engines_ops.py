@@ -39,8 +39,9 @@ __all__ = ["BinaryEngine", "ConcatEngine", "ClampEngine", "PadEngine", "Upsample
            "ops_engine_latency"]
 
 #: Manifest ops built by this module.
-OPS = ("concat", "clamp", "sub", "mul", "pad", "upsample", "table",
-       "softmax")  # table: engines_table.TableEngine; softmax: engines_softmax.SoftmaxEngine
+OPS = ("concat", "clamp", "sub", "mul", "pad", "upsample", "table", "softmax",
+       "layernorm")  # table: engines_table.TableEngine; softmax: engines_softmax.SoftmaxEngine;
+# layernorm: engines_norm.LayerNormEngine
 
 
 class _OpsEngine(wiring.Component):
@@ -328,6 +329,11 @@ def ops_engine(node: Node, srcs: "list[FixedType]", slots: "tuple[int, ...] | No
         return PadEngine(node, srcs[0])
     if node.op == "upsample":
         return UpsampleEngine(node, srcs[0], slots[0])
+    if node.op == "layernorm":
+        from .engines_norm import LayerNormEngine, check_layernorm
+
+        check_layernorm(node)  # before the Elaboratable exists (a refused one would warn "never used")
+        return LayerNormEngine(node, srcs[0])
     if node.op == "table":
         from .engines_table import TableEngine
 
@@ -355,6 +361,10 @@ def ops_engine_cycles(node: Node) -> dict[str, int]:
         return {"load": max(math.prod(s) for s in node.input_shapes), "compute": n_out, "outputs": n_out}
     if node.op == "upsample":
         return {"load": math.prod(node.input_shapes[0]), "compute": n_out, "outputs": n_out}
+    if node.op == "layernorm":
+        from .engines_norm import layernorm_cycles
+
+        return layernorm_cycles(node)
     return {"load": 0, "compute": n_out, "outputs": n_out}
 
 
@@ -373,6 +383,10 @@ def ops_engine_latency(node: Node, last_in: int) -> int:
         from .engines_softmax import softmax_latency
 
         return softmax_latency(node, last_in)
+    if node.op == "layernorm":
+        from .engines_norm import layernorm_latency
+
+        return layernorm_latency(node, last_in)
     if node.op in ("sub", "mul", "concat", "upsample"):
         return last_in + c["compute"] + 2
     if node.op == "pad":

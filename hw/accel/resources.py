@@ -103,7 +103,7 @@ def buffer_slots(manifest: Manifest) -> dict[str, tuple[int, ...]]:
     from .engines import EngineError
     from .top import Accelerator
 
-    buffered = ("dense", "conv2d", "maxpool2d", "avgpool2d", "add", "sub", "mul", "concat", "upsample")
+    buffered = ("dense", "conv2d", "maxpool2d", "avgpool2d", "add", "sub", "mul", "concat", "upsample", "layernorm")
     try:
         acc = Accelerator(manifest)
     except EngineError:
@@ -167,6 +167,17 @@ def estimate_resources(manifest: Manifest) -> dict[str, Any]:
         elif node.op == "upsample":  # the input buffered in its own format (engines_ops.UpsampleEngine)
             ramb18 = _ramb18("ram", sl[0] * n_in, f["output"].width)
             bits = sl[0] * n_in * f["output"].width
+        elif node.op == "layernorm":  # engines_norm.LayerNormEngine: the buffered vector, three multipliers
+            from qfx import layernorm as lnx
+
+            tt = lnx.types(f, int(node.params["num_features"]))
+            ramb18 = _ramb18("ram", sl[0] * n_in, f["input"].width)
+            bits = sl[0] * n_in * f["input"].width
+            d_bits = dsp_operand_bits(tt["d"])
+            dsp = multiplier_dsps(d_bits, d_bits) + multiplier_dsps(d_bits, dsp_operand_bits(f["inv_std"]))
+            if node.params["affine"]:
+                dsp += multiplier_dsps(dsp_operand_bits(tt["t"]), dsp_operand_bits(f["scale"]))
+                bits += int(node.params["num_features"]) * (f["scale"].width + (f["shift"].width if node.params["bias"] else 0))
         elif node.op == "table":  # a comb-read ROM (hw/accel/engines_table.py): LUTs, no block RAM
             bits = int(node.params["size"]) * f["output"].width
         elif node.op == "softmax":  # exp ROM (comb read, LUTs), register banks, one e * r multiplier

@@ -185,7 +185,28 @@ def energy_per_inference(manifest: Manifest, dsp_per_layer: dict[str, float], br
         else:
             n = cyc["compute"]
             x = f.get("input") or f.get("in_a") or f.get("output")  # concat: inputs cast to the output
-            if node.op == "batchnorm":
+            if node.op == "layernorm":  # hw/accel/engines_norm.py: three products per element, the isqrt steps
+                from qfx import layernorm as lnx
+                from qfx.hw.accel.engines_norm import inv_sqrt_widths
+
+                nf, p = int(node.params["num_features"]), node.params
+                tt = lnx.types(f, nf)
+                dsp = dsp_per_layer.get(node.name, 0) > 0
+                fac = f_hard if dsp else f_soft
+                prod = (_mult(tt["d"].width, tt["d"].width) + _mult(tt["d"].width, f["inv_std"].width)) * fac * nf
+                if p["affine"]:
+                    prod += _mult(tt["t"].width, f["scale"].width) * fac * nf
+                ws = f["inv_std"].width
+                wn = max(f["var"].width, int(p["eps_code"]).bit_length()) + 1
+                wp = inv_sqrt_widths(wn, 2 * f["inv_std"].frac_bits + f["var"].frac_bits, ws)
+                other = (_add(tt["sum"].width) + _add(tt["sqsum"].width) + _add(tt["pre"].width)) * f_soft * nf
+                other += 3 * _add(wp) * f_soft * ws
+                mem = _read(x.width) * mem_factor * (cyc["load"] + 3 * nf)  # one write, three reads per element
+                kind = "dsp" if dsp else "lut_mult"
+                add_kind(kind, prod)
+                add_kind("memory", mem)
+                row.update({"kind": kind, "product_pj": prod, "other_pj": other, "memory_pj": mem})
+            elif node.op == "batchnorm":
                 dsp = dsp_per_layer.get(node.name, 0) > 0
                 prod = _mult(x.width, f["scale"].width) * (f_hard if dsp else f_soft) * n
                 other = (_add(f["output"].width + f["shift"].width) + _read(f["scale"].width + f["shift"].width)) * f_soft * n

@@ -269,6 +269,50 @@ def _softmax_features(node: Node, src: FixedType) -> dict[str, float]:
     return f
 
 
+def _layernorm_features(node: Node, src: FixedType, slots: int = 2) -> dict[str, float]:
+    """layernorm (hw/accel/engines_norm.py): a buffered vector, the sum / square-sum accumulators, the
+    digit-by-digit inverse square root (three wide adders and a compare), the affine and two casts."""
+    from qfx import layernorm as lnx
+
+    f = _zero()
+    fm, p = node.formats, node.params
+    nf = int(p["num_features"])
+    tt = lnx.types(fm, nf)
+    ws = fm["inv_std"].width
+    e = 2 * fm["inv_std"].frac_bits + fm["var"].frac_bits
+    wn = max(fm["var"].width, int(p["eps_code"]).bit_length()) + 1
+    from qfx.hw.accel.engines_norm import inv_sqrt_widths
+
+    wp = inv_sqrt_widths(wn, e, ws)
+    x, out = fm["input"], fm["output"]
+    f["const"] = 1.0
+    f["ctr_bits"] = float(_bits(nf) * 2 + _bits(ws) + 3)
+    f["arith_bits"] = float(src.width + tt["sum"].width + tt["d"].width + tt["sqsum"].width + tt["mean_pre"].width
+                            + tt["var_pre"].width + 4 * wp + tt["pre"].width + out.width)
+    f["cast_logic_bits"] = float(_cast_logic_bits(src, x) + _cast_logic_bits(tt["pre"], out))
+    f["lutram_luts"] = _lutram(slots * nf, x.width)
+    f["addr_bits"] = float(_bits(nf) * 3)
+    if p["affine"]:
+        f["rom_luts"] = float((fm["scale"].width + (fm["shift"].width if p["bias"] else 0)) * math.ceil(nf / 64))
+    # with the inverse square root's P / A / B / k registers (for the LUT side; estimate() counts their
+    # flip-flops one per bit instead of the fitted reg_bits rate: layernorm_register_bits)
+    f["reg_bits"] = float(tt["sum"].width + fm["mean"].width + tt["sqsum"].width + out.width
+                          + (x.width if f["lutram_luts"] else 0) + layernorm_register_bits(node))
+    return f
+
+
+def layernorm_register_bits(node: Node) -> int:
+    """Flip-flops of the layernorm engine's inverse square root unit (P, A, B, k and its step
+    counter; hw/accel/engines_norm.InvSqrtUnit), counted structurally like the MAC pipeline registers."""
+    from qfx.hw.accel.engines_norm import inv_sqrt_widths
+
+    fm, p = node.formats, node.params
+    ws = fm["inv_std"].width
+    wn = max(fm["var"].width, int(p["eps_code"]).bit_length()) + 1
+    wp = inv_sqrt_widths(wn, 2 * fm["inv_std"].frac_bits + fm["var"].frac_bits, ws)
+    return 3 * wp + ws + ws.bit_length()
+
+
 def engine_features(manifest: Manifest) -> dict[str, dict[str, float]]:
     """Per computing node, the feature vector of its engine (names in :data:`FEATURES`)."""
     def fmt_of(name: str) -> FixedType:
@@ -292,6 +336,8 @@ def engine_features(manifest: Manifest) -> dict[str, dict[str, float]]:
             out[node.name] = _add_features(node, sl)
         elif node.op in ("sub", "mul"):
             out[node.name] = _binary_features(node, sl)
+        elif node.op == "layernorm":
+            out[node.name] = _layernorm_features(node, src, sl[0])
         elif node.op in ("concat", "upsample"):  # upsample: one buffered input, read out (engines_ops.py)
             out[node.name] = _concat_features(node, [fmt_of(s) for s in node.inputs], sl)
             if node.op == "upsample":  # the (c, iy, dy, ix, dx) output counters and the read address
@@ -335,6 +381,9 @@ def estimate(manifest: Manifest) -> dict[str, Any]:
             from qfx.hw.accel.folding import Folding, pipeline_register_bits
 
             ff += pipeline_register_bits(node, Folding())
+        if node.op == "layernorm":  # the isqrt registers one FF per bit (mlp_layernorm: Yosys 489 LUT / 274 FF, here 442 / 330)
+            r = layernorm_register_bits(node)
+            ff = round(max(ff - FF_COEF["reg_bits"] * r + r, 0.0))
         per[name] = {"lut": round(max(_dot(f, LUT_COEF), 0.0)), "ff": ff,
                      "dsp": int(s.get("dsp", 0)), "bram36": float(s.get("bram36", 0.0))}
     lut = sum(v["lut"] for v in per.values()) + round(TOP_LUT)

@@ -23,6 +23,7 @@ module                   contents
 ``qfx.nn.ops``           :class:`QBatchNorm1d`, :class:`QGlobalAvgPool2d`, :class:`QCat`,
                          :class:`QClamp`, :class:`QSub`, :class:`QMul`, :class:`QZeroPad2d`,
                          :class:`QUpsample`
+``qfx.nn.layernorm``     :class:`QLayerNorm` (integer statistics, :mod:`qfx.layernorm`)
 ``qfx.nn.table``         lookup-table activations: :class:`QSigmoid`, :class:`QTanh`,
                          :class:`QSiLU`, :class:`QGELU`, :class:`QHardsigmoid`,
                          :class:`QHardswish` (:class:`QTable`)
@@ -37,6 +38,7 @@ from .config import FORMAT_KEYS, LEARNABLE_KEYS, OPTION_KEYS, LayerConfig, as_co
 from .conv import QConv2d
 from .conv1d import QAvgPool1d, QConv1d, QMaxPool1d
 from .flatten import QFlatten
+from .layernorm import QLayerNorm, layernorm_problem
 from .linear import QLinear
 from .norm import QBatchNorm2d, fold_batchnorm
 from .ops import QBatchNorm1d, QCat, QClamp, QGlobalAvgPool2d, QMul, QSub, QUpsample, QZeroPad2d, upsample_problem
@@ -65,6 +67,7 @@ __all__ = [
     "QAvgPool2d",
     "QFlatten",
     "QBatchNorm1d",
+    "QLayerNorm",
     "QGlobalAvgPool2d",
     "QCat",
     "QClamp",

@@ -28,7 +28,8 @@ from ..types import FixedType, Format, KHot, MinifloatType, MXType, parse_type
 __all__ = ["LayerConfig", "FORMAT_KEYS", "OPTION_KEYS", "LEARNABLE_KEYS", "as_config"]
 
 #: Tensor names a layer config may give a format for.
-FORMAT_KEYS = ("input", "weight", "bias", "accum", "output", "scale", "shift", "reciprocal", "in_a", "in_b", "exp")
+FORMAT_KEYS = ("input", "weight", "bias", "accum", "output", "scale", "shift", "reciprocal", "in_a", "in_b", "exp",
+               "mean", "var", "inv_std")
 #: Non-format options.
 OPTION_KEYS = ("learn_binary_point", "weight_per_channel", "multiply", "track_overflow", "table_size", "table_range")
 #: Tensors whose binary point can be learned (fixed-point formats only).
@@ -74,6 +75,9 @@ class LayerConfig:
     ----------
     input, bias, output, scale, shift, reciprocal, in_a, in_b : FixedType or str, optional
         Fixed-point formats of the layer's tensors (``None``: not given).
+    mean, var, inv_std : FixedType or str, optional
+        LayerNorm's intermediate formats (:mod:`qfx.layernorm`): the mean, the variance
+        (unsigned) and ``1/sqrt(var + eps)`` (unsigned, ``AP_TRN``, ``AP_SAT``).
     weight : FixedType, KHot, MinifloatType, MXType or str, optional
         Weight format (MX, e.g. ``"mxfp4_e2m1"``: QLinear / QConv2d, blocks along the
         format's axis of the weight tensor).
@@ -114,6 +118,9 @@ class LayerConfig:
     in_a: FixedType | None = None
     in_b: FixedType | None = None
     exp: FixedType | None = None
+    mean: FixedType | None = None
+    var: FixedType | None = None
+    inv_std: FixedType | None = None
     learn_binary_point: bool | frozenset = False
     weight_per_channel: bool = False
     multiply: str = "exact"
