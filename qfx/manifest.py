@@ -522,6 +522,7 @@ def infer_output_shape(op: str, params: Mapping[str, Any], input_shapes: Sequenc
     if op == "softmax":
         if len(x) != 1:
             raise ValueError(f"softmax runs over the features of a [F] input (a dense layer's output), got {list(x)}")
+        return x
     if op == "layernorm":
         if not x or x[-1] != params["num_features"]:
             raise ValueError(f"layernorm needs input [..., {params['num_features']}] (normalized over the last axis), "
