@@ -6,7 +6,7 @@ word), there is nothing to read: each weight is a constant. Its product is then
 
     x * w  =  sum_j  sign_j * (x << shift_j)
 
-over the weight's canonical signed digits (:func:`qfx.khot_digits`), with *constant* shifts: a
+over the weight's canonical signed digits (:func:`qfx.khot_digits`, :func:`qfx.types.khot_slots`), with *constant* shifts: a
 shift is wiring, ``-x`` is formed once per input lane and shared by every weight of that lane,
 and what remains is ``nnz(w) - 1`` adders per weight (none for a power of two, no hardware at all
 for a zero weight). No ROM, no barrel shifter, no DSP: the case in which multiplier-free
@@ -27,9 +27,8 @@ from typing import Any
 import numpy as np
 from amaranth.hdl import Const, Module, Shape, Signal, signed
 
-from qfx._khot import khot_digits
 from qfx.manifest import Node
-from qfx.types import FixedType, KHot
+from qfx.types import FixedType, KHot, khot_slots
 
 from ..cast import fixed_shape
 from .folding import Folding, mac_dims
@@ -59,7 +58,7 @@ def weight_codes(node: Node) -> np.ndarray:
 
 def _digits(node: Node) -> tuple[np.ndarray, np.ndarray]:
     w = node.formats["weight"]
-    return khot_digits(weight_codes(node), w)
+    return khot_slots(weight_codes(node), w, dtype=np.int8)  # qfx.khot_digits' digits, without torch
 
 
 def constant_products(m: Module, node: Node, xs: list, *, name: str = "kw") -> tuple[list, FixedType]:
