@@ -27,6 +27,7 @@ from qfx.conversion import ConversionError
 from qfx.export import ExportError, emulate, export
 from qfx.manifest import ManifestError, load
 from qfx.reference import run, run_codes
+from tests.fourway import assert_rtl_and_hls_bit_exact
 from tests.test_i14_ops import CFG
 
 X = "ap_fixed<8,3,AP_RND,AP_SAT>"
@@ -145,26 +146,8 @@ def test_manifest_scales(exported):
 
 
 def test_rtl_and_hls_bit_exact(exported):
-    from qfx.gen import generate
-    from qfx.sim import verilator as qv
-    from qfx.sim.check import verify
-
-    name, q, x, d = exported
-    try:
-        qv.find_verilator()
-    except qv.VerilatorNotFound:
-        pytest.skip("no Verilator")
-    generate(d / "manifest", d / "gen", board="ultra96", targets=("rtl", "hls"))
-    rep = verify(d / "gen", vectors=60, model=q, seed=2)
-    assert rep.ok, rep.table()
-    names = [c.name for c in rep.checks]
-    assert any(n.startswith("RTL") for n in names) and any(n.startswith("HLS") for n in names)
-    assert all(c.mismatches == 0 for c in rep.checks)
-    # the hardware's outputs are recomputed here from the reference on the same codes
-    man = load(d / "manifest")
-    fr = man.input_node.formats["output"].frac_bits
-    xf = (rep.inputs * 2.0 ** -fr).reshape((len(rep.inputs),) + tuple(man.input_node.output_shape))
-    assert np.array_equal(rep.rtl_outputs.reshape(len(xf), -1), run(man, xf)[man.output].reshape(len(xf), -1))
+    _name, q, _x, d = exported
+    assert_rtl_and_hls_bit_exact(q, d)
 
 
 def test_cost_model_covers_the_upsample_engine(exported):
