@@ -10,7 +10,6 @@ hardware. Models stay small: the Verilator builds share 2 cores.
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -18,10 +17,9 @@ from torch import nn
 
 import qfx
 from qfx.conversion import ConversionError
-from qfx.export import ExportError, emulate, export
+from qfx.export import ExportError, export
 from qfx.manifest import ManifestError, load
-from qfx.reference import run
-from tests.fourway import assert_rtl_and_hls_bit_exact, assert_verilog_lints_clean, short_qat
+from tests.fourway import assert_reference_equals_emulation, assert_rtl_and_hls_bit_exact, assert_verilog_lints_clean, short_qat
 
 CFG = {
     "default": {
@@ -145,17 +143,7 @@ def exported(request, tmp_path_factory):
 
 def test_reference_equals_emulation_on_every_layer(exported):
     name, q, x, d = exported
-    man = load(d / "manifest")
-    assert MODELS[name][2] <= {n.op for n in man}
-    ref, emu = run(man, x), emulate(q, x)
-    assert list(ref) == list(emu) == man.names
-    with torch.no_grad():
-        assert torch.equal(emu[man.output].double(), q(x).double())
-    for node in man:
-        codes = qfx.to_codes(emu[node.name], node.output_format).numpy()
-        bad = np.argwhere(ref[node.name] != codes)
-        assert bad.size == 0, f"{name}: node {node.name} ({node.op}) differs first at {bad[0].tolist()}"
-    assert len(np.unique(ref[man.output])) > 3  # not trivially constant
+    assert_reference_equals_emulation(name, q, x, load(d / "manifest"), MODELS[name][2])
 
 
 def test_rtl_and_hls_bit_exact(exported):

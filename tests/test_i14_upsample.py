@@ -24,10 +24,10 @@ from torch import nn
 
 import qfx
 from qfx.conversion import ConversionError
-from qfx.export import ExportError, emulate, export
+from qfx.export import ExportError, export
 from qfx.manifest import ManifestError, load
 from qfx.reference import run, run_codes
-from tests.fourway import assert_rtl_and_hls_bit_exact, assert_verilog_lints_clean, short_qat
+from tests.fourway import assert_reference_equals_emulation, assert_rtl_and_hls_bit_exact, assert_verilog_lints_clean, short_qat
 from tests.test_i14_ops import CFG
 
 X = "ap_fixed<8,3,AP_RND,AP_SAT>"
@@ -107,15 +107,8 @@ def exported(request, tmp_path_factory):
 def test_reference_equals_emulation_on_every_layer(exported):
     name, q, x, d = exported
     man = load(d / "manifest")
-    assert MODELS[name][2] <= {n.op for n in man}
-    ref, emu = run(man, x), emulate(q, x)
-    assert list(ref) == list(emu) == man.names
-    with torch.no_grad():
-        assert torch.equal(emu[man.output].double(), q(x).double())
+    ref = assert_reference_equals_emulation(name, q, x, man, MODELS[name][2])
     for node in man:
-        codes = qfx.to_codes(emu[node.name], node.output_format).numpy()
-        bad = np.argwhere(ref[node.name] != codes)
-        assert bad.size == 0, f"{name}: node {node.name} ({node.op}) differs first at {bad[0].tolist()}"
         if node.op == "upsample":  # the reference's upsample is torch's nearest interpolate of its input codes
             (src,) = node.inputs
             want = F.interpolate(torch.from_numpy(ref[src]).double(), scale_factor=tuple(node.params["scale"]),
