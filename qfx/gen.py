@@ -118,14 +118,16 @@ def generate(manifest_path: "str | Path", out_dir: "str | Path", *, board: str =
              targets: Sequence[str] = ("rtl",), arch: str = "dataflow", top: str = "qfx_top",
              clock_mhz: "float | None" = None, reuse_factor: int = 1, synth: bool = False,
              force: bool = False, folding: "str | Path | Mapping[str, Any] | None" = "auto",
-             fps: "float | None" = None, ii: "int | None" = None) -> dict[str, Any]:
+             fps: "float | None" = None, ii: "int | None" = None, khot_unroll: bool = False) -> dict[str, Any]:
     """Generate the hardware of a manifest into ``out_dir``; return the ``design.json`` contents.
 
     ``folding``: ``"auto"`` (the planner chooses every dense / conv2d layer's folding inside the
     board's safe caps), a YAML file ``{layer: {pe: P, simd: S}}`` (those layers fixed, the planner
     chooses the rest) or a mapping ``{layer: Folding}`` (exactly those, the rest at folding 1,
     unless ``fps`` / ``ii`` ask the planner for more). design.json lists each engine's folding,
-    folded cycles and ``ii``, and the design's initiation interval.
+    folded cycles and ``ii``, and the design's initiation interval. ``khot_unroll``: fully unroll
+    (hard-wire) every K-hot layer that fits before the planner balances the rest
+    (:func:`qfx.hw.accel.folding.plan`).
 
     Raises
     ------
@@ -181,7 +183,7 @@ def generate(manifest_path: "str | Path", out_dir: "str | Path", *, board: str =
         est = {k: v for k, v in analytic_estimate(man).items() if k != "per_layer"}
         # With --synth, Yosys' LUT / FF decide (the estimate is within about 15 % of them).
         _check_fit(b, {**est, "lut": 0, "ff": 0} if synth else est, check_fit)
-        fplan = _folding_plan(man, b, folding, fps=fps, ii=ii, clock_mhz=clock)
+        fplan = _folding_plan(man, b, folding, fps=fps, ii=ii, clock_mhz=clock, khot_unroll=khot_unroll)
         # the design that is built: the plan's folded resources (engines + glue), checked again
         est = {**est, **{k: int(round(fplan.resources[k])) for k in ("lut", "ff", "dsp")},
                "bram36": float(fplan.resources["bram36"]),
@@ -268,7 +270,7 @@ def generate(manifest_path: "str | Path", out_dir: "str | Path", *, board: str =
         "latency": {"cycles": cycles["total"], "us": round(cycles["total"] / clock, 3),
                     "ii_cycles": cycles["ii"]} if cycles else None,
         "resources_estimate": est,
-        "folding": {**fplan.as_dict(), "request": _folding_request(folding, fps, ii)}
+        "folding": {**fplan.as_dict(), "request": _folding_request(folding, fps, ii, khot_unroll)}
         if fplan is not None else None,
         "files": sorted(files) + ["design.json"],
     }
@@ -277,16 +279,16 @@ def generate(manifest_path: "str | Path", out_dir: "str | Path", *, board: str =
     return design
 
 
-def _folding_request(folding: Any, fps: "float | None", ii: "int | None") -> dict[str, Any]:
+def _folding_request(folding: Any, fps: "float | None", ii: "int | None", khot_unroll: bool = False) -> dict[str, Any]:
     if isinstance(folding, Mapping):
         spec = "mapping"
     else:
         spec = "auto" if folding in (None, "auto") else Path(folding).name
-    return {"folding": spec, "fps": fps, "ii": ii}
+    return {"folding": spec, "fps": fps, "ii": ii, **({"khot_unroll": True} if khot_unroll else {})}
 
 
 def _folding_plan(man: Any, board: Any, folding: "str | Path | Mapping[str, Any] | None", *,
-                  fps: "float | None", ii: "int | None", clock_mhz: float) -> Any:
+                  fps: "float | None", ii: "int | None", clock_mhz: float, khot_unroll: bool = False) -> Any:
     """The folding plan (:func:`qfx.hw.accel.folding.plan`) for ``--folding auto | F.yaml``, ``--fps``,
     ``--ii``. A mapping ``{layer: Folding}`` (the Python API) is exact: the other layers stay at
     folding 1 unless a target asks the planner for more."""
@@ -319,7 +321,8 @@ def _folding_plan(man: Any, board: Any, folding: "str | Path | Mapping[str, Any]
         overrides = parse_foldings(nodes, spec)
     if exact and fps is None and ii is None:
         ii = 10 ** 15  # met at once: exactly the given foldings
-    return plan(man, board, target_ii=ii, fps=fps, clock_mhz=clock_mhz, overrides=overrides)
+    return plan(man, board, target_ii=ii, fps=fps, clock_mhz=clock_mhz, overrides=overrides,
+                khot_unroll=khot_unroll)
 
 
 
@@ -365,6 +368,10 @@ def _summary(design: dict[str, Any], out_dir: Path) -> str:
             f, c, r = ly.get("folding", {}), ly["planned"]["cycles"], ly["planned"]["resources_estimate"]
             lines.append(f"    {ly['name'][:12]:12s} {f.get('pe', '-')!s:>4s} {f.get('simd', '-')!s:>5s} "
                          f"{c['load']:>7d} {c['compute']:>8d} {c['outputs']:>7d} {r['dsp']:>5g} {r['lut']:>7g}")
+        ku = fold.get("khot_unroll")
+        if ku:
+            lines.append("  K-hot hard-wired (full unroll): " + (", ".join(ku["unrolled"]) or "none"))
+            lines.extend(f"  K-hot kept rolled: {n}: {why}" for n, why in ku["kept"].items())
     busiest = sorted((ly for ly in design["layers"] if "cycles" in ly), key=lambda ly: -ly["cycles"]["compute"])[:3]
     if busiest:
         lines.append("  busiest layers: " + ", ".join(f"{ly['name']} ({ly['cycles']['compute']} cycles)"
@@ -399,6 +406,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "file {layer: {pe: P, simd: S}} of per-layer overrides merged over auto")
     p.add_argument("--fps", type=float, default=None, help="target inferences/s: the smallest folding reaching it")
     p.add_argument("--ii", type=int, default=None, help="target initiation interval in cycles (instead of --fps)")
+    p.add_argument("--khot-unroll", action="store_true",
+                   help="fully unroll K-hot layers where the design fits: hard-wired shift-add products, "
+                        "no DSP, no weight ROM (the planner balances the other layers)")
     p.add_argument("--synth", action="store_true",
                    help="run Yosys synth_xilinx for LUT/FF/DSP/BRAM counts and check them against the board")
     p.add_argument("--report", action="store_true",
@@ -415,7 +425,8 @@ def main(argv: "Sequence[str] | None" = None) -> int:
     try:
         design = generate(args.manifest, args.out, board=args.board, targets=_targets(args.target), arch=args.arch,
                           top=args.top, clock_mhz=args.clock_mhz, reuse_factor=args.reuse_factor, synth=args.synth,
-                          force=args.force, folding=args.folding, fps=args.fps, ii=args.ii)
+                          force=args.force, folding=args.folding, fps=args.fps, ii=args.ii,
+                          khot_unroll=args.khot_unroll)
     except BaseException as err:  # noqa: BLE001 - every error is one `qfx-gen: error:` line (qfx._errors)
         from ._errors import error_status
 

@@ -183,3 +183,61 @@ def test_yosys_zero_dsp_lut_per_mac_and_estimate(tmp_path, design):
     assert not hardwired(dnode, f)
     ds = synth_accelerator(d, folding={node.name: f}, whole=False)["engines"][node.name].summary()
     assert ds["dsp"] >= f.pe * f.simd // 2, ds  # one DSP per product pair at least (WP486 packing)
+
+
+def _mlp(tmp_path, widths: tuple[int, ...], name: str = "mlp") -> Manifest:
+    torch.manual_seed(7)
+    layers = []
+    for a, b in zip(widths, widths[1:]):
+        layers.append(QLinear(a, b, input=X, weight=KHOT, bias="ap_fixed<12,4>", accum="auto", output=OUT))
+    export(nn.Sequential(*layers), torch.randn(4, widths[0]), tmp_path / name)
+    return load(tmp_path / name)
+
+
+def test_planner_khot_unroll_hardwires_where_it_pays(tmp_path):
+    """plan(khot_unroll=True): a K-hot conv with one input channel needs a wide rolled folding to
+    keep up with its stream; its full unroll (hard-wired, 0 DSP) costs fewer LUT and FF and the
+    II does not get worse. Without the option the plan is unchanged."""
+    from qfx.hw.accel.folding import plan
+
+    torch.manual_seed(8)
+    model = nn.Sequential(QConv2d(1, 8, 3, padding=1, input=X, weight=KHOT, bias="ap_fixed<12,4>",
+                                  accum="auto", output=OUT))
+    export(model, torch.randn(4, 1, 8, 8), tmp_path / "c")
+    man = load(tmp_path / "c")
+    node = next(n for n in man if n.op == "conv2d")
+    default = plan(man, "ultra96")
+    p = plan(man, "ultra96", khot_unroll=True)
+    assert p.khot_unrolled == (node.name,) and p.khot_kept == {}
+    assert p.foldings[node.name] == _full(node) and hardwired(node, p.foldings[node.name])
+    assert not hardwired(node, default.foldings[node.name])
+    assert p.ii <= default.ii and p.resources["dsp"] == 0
+    assert p.resources["lut"] < default.resources["lut"] and p.resources["ff"] < default.resources["ff"]
+    assert default.khot_unrolled == () and "khot_unroll" not in default.as_dict()
+    assert p.as_dict()["khot_unroll"] == {"unrolled": [node.name], "kept": {}}
+    # an override is respected and named
+    held = plan(man, "ultra96", khot_unroll=True, overrides={node.name: Folding(2, 3)})
+    assert held.foldings[node.name] == Folding(2, 3)
+    assert "override" in held.khot_kept[node.name] and held.khot_unrolled == ()
+    # qfx-gen --khot-unroll builds it: design.json and the summary say so
+    from qfx.gen import main
+
+    assert main([str(tmp_path / "c"), "-o", str(tmp_path / "g"), "--khot-unroll"]) == 0
+    import json
+
+    d = json.loads((tmp_path / "g" / "design.json").read_text())
+    assert d["folding"]["request"]["khot_unroll"] is True and d["folding"]["khot_unroll"]["unrolled"] == [node.name]
+    assert next(e for e in d["layers"] if e["name"] == node.name)["khot_hardwired"] is True
+
+
+def test_planner_khot_unroll_keeps_a_dense_layer_rolled_where_it_costs_more(tmp_path):
+    """A dense layer fed one element per beat needs only ``out_features`` MACs a cycle to keep up:
+    its full unroll would cost more LUT, so it stays at the balanced folding and the plan says why."""
+    from qfx.hw.accel.folding import plan
+
+    man = _mlp(tmp_path, (64, 32, 10))
+    p = plan(man, "ultra96", khot_unroll=True)
+    default = plan(man, "ultra96")
+    assert p.khot_unrolled == () and p.foldings == default.foldings
+    for n in (n for n in man if n.op == "dense"):
+        assert "the full unroll would need" in p.khot_kept[n.name]

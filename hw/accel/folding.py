@@ -23,10 +23,11 @@ read the numbers from here.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from qfx.manifest import Manifest, Node
+from qfx.types import KHot
 
 __all__ = ["Folding", "FoldingError", "MAC_OPS", "mac_dims", "valid_pe", "valid_simd", "check_folding",
            "folded_cycles", "parse_foldings", "FoldingPlan", "plan", "layer_cycles", "folded_resources",
@@ -359,6 +360,10 @@ class FoldingPlan:
         Whole-design estimate (engines + the top-level stream glue).
     limit : str
         Why the planner stopped (target met, a non-MAC floor, or the resource that blocked the next step).
+    khot_unrolled : tuple[str, ...]
+        With ``khot_unroll``: the K-hot layers fully unrolled into hard-wired shift-add products.
+    khot_kept : dict[str, str]
+        With ``khot_unroll``: the K-hot layers left rolled, each with the reason.
     """
 
     board: str
@@ -368,6 +373,8 @@ class FoldingPlan:
     clock_mhz: float
     resources: dict
     limit: str
+    khot_unrolled: tuple = ()
+    khot_kept: dict = field(default_factory=dict)
 
     @property
     def inferences_per_s(self) -> float:
@@ -381,7 +388,9 @@ class FoldingPlan:
         return {"board": self.board, "ii": self.ii, "clock_mhz": self.clock_mhz,
                 "inferences_per_s": round(self.inferences_per_s, 3), "bottleneck": self.bottleneck,
                 "limit": self.limit, "resources": dict(self.resources),
-                "foldings": {n: f.as_dict() for n, f in self.foldings.items()}}
+                "foldings": {n: f.as_dict() for n, f in self.foldings.items()},
+                **({"khot_unroll": {"unrolled": list(self.khot_unrolled), "kept": dict(self.khot_kept)}}
+                   if self.khot_unrolled or self.khot_kept else {})}
 
 
 def _next(values: list[int], v: int) -> "int | None":
@@ -390,7 +399,8 @@ def _next(values: list[int], v: int) -> "int | None":
 
 
 def plan(manifest: Manifest, board: Any, *, target_ii: "int | None" = None, fps: "float | None" = None,
-         clock_mhz: "float | None" = None, overrides: "Mapping[str, Folding] | None" = None) -> FoldingPlan:
+         clock_mhz: "float | None" = None, overrides: "Mapping[str, Folding] | None" = None,
+         khot_unroll: bool = False) -> FoldingPlan:
     """Choose each dense / conv2d layer's folding for ``board``.
 
     Greedy and deterministic: start at folding 1 (or the ``overrides``, which stay fixed); while
@@ -403,6 +413,15 @@ def plan(manifest: Manifest, board: Any, *, target_ii: "int | None" = None, fps:
     bottleneck is a non-MAC floor (an engine's load / output beats, a pool / add / element-wise
     engine) or no step fits. Then, where WP486 packing applies once ``pe`` is even, an odd ``pe``
     trades a factor 2 of ``simd`` for ``pe`` (same cycles, half the DSP multiplies) if that fits.
+
+    ``khot_unroll``: after balancing, each K-hot layer (not overridden) that can be hard-wired
+    (:func:`~qfx.hw.accel.khot_wired.hardwired`) is fully unrolled where that needs fewer LUTs
+    than its rolled folding and the design still fits: its products become constant shift-add
+    trees with no DSP, no weight ROM and no barrel shifter, which the rolled K-hot engine pays for
+    on every product unit. A full unroll is never slower, but it builds every MAC: it pays where
+    the rolled folding must already be wide (a conv with few input channels, a tight target).
+    The plan lists the layers unrolled and, for the others, why not (``khot_unrolled`` /
+    ``khot_kept``).
 
     Raises
     ------
@@ -523,6 +542,41 @@ def plan(manifest: Manifest, board: Any, *, target_ii: "int | None" = None, fps:
             trial = {**fold, name: g}
             if not check_fit(b, totals(trial)):
                 fold = trial
+    # K-hot layers: a full unroll hard-wires every product (constant shift-adds, no ROM, no barrel
+    # shifter, 0 DSP), several times cheaper per MAC than the rolled engine but with every MAC
+    # built; it replaces the balanced rolled folding where it costs fewer LUTs (never slower).
+    unrolled: list[str] = []
+    kept: dict[str, str] = {}
+    if khot_unroll:
+        from .khot_wired import hardwired
+
+        for name in list(fold):
+            node = nodes[name]
+            o, _p, k_terms = mac_dims(node)
+            full = Folding(o, k_terms)
+            if not hardwired(node, full):
+                if isinstance(node.formats.get("weight"), KHot):
+                    kept[name] = ("grouped convolution" if _groups(node) != 1 else
+                                  f"multiply: {node.params.get('multiply')} (hard-wiring needs exact)")
+                continue
+            f = fold[name]
+            if f == full:
+                unrolled.append(name)
+                continue
+            if name in fixed:
+                kept[name] = f"held at its --folding override {f.as_dict()}"
+                continue
+            rolled_lut, full_lut = res(name, f)["lut"], res(name, full)["lut"]
+            if full_lut > rolled_lut:
+                kept[name] = (f"rolled pe={f.pe}, simd={f.simd} meets the II with {rolled_lut:,.0f} LUT; the full "
+                              f"unroll would need {full_lut:,.0f} LUT")
+                continue
+            problems = check_fit(b, totals({**fold, name: full}))
+            if problems:
+                kept[name] = f"full unroll pe={full.pe}, simd={full.simd} would need " + "; ".join(problems)
+                continue
+            fold[name] = full
+            unrolled.append(name)
     ii, _ = ii_of(fold)
     if target_ii is not None and ii > target_ii:
         best_fps = clock * 1e6 / ii
@@ -539,4 +593,4 @@ def plan(manifest: Manifest, board: Any, *, target_ii: "int | None" = None, fps:
         entry["resources"] = res(n.name, fold.get(n.name))
         layers[n.name] = entry
     return FoldingPlan(board=b.name, foldings=dict(fold), layers=layers, ii=ii, clock_mhz=clock,
-                       resources=totals(fold), limit=limit)
+                       resources=totals(fold), limit=limit, khot_unrolled=tuple(unrolled), khot_kept=kept)
