@@ -409,8 +409,18 @@ def _trace(model: nn.Module) -> fx.GraphModule:
             f"the model already contains qfx layers ({', '.join(quantized[:5])}); convert takes a float model"
         )
     root = copy.deepcopy(model)
+    # nn.MultiheadAttention is opaque to torch.fx: the qfx attention block computes it from
+    # linear / matmul / softmax pieces that are quantized one by one (qfx.attention)
+    from qfx.attention import AttentionError, expand_multihead_attention
+
+    try:
+        expand_multihead_attention(root)
+    except AttentionError as err:
+        raise ConversionError(str(err)) from None
     try:
         graph = fx.Tracer().trace(root)
+    except AttentionError as err:  # a call of the attention block it cannot express (masks, cross-attention)
+        raise ConversionError(str(err)) from None
     except Exception as err:  # torch.fx raises many types (TraceError, TypeError, ...)
         raise ConversionError(
             f"torch.fx could not trace {type(model).__name__}.forward: {type(err).__name__}: {err}. "
