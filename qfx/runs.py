@@ -10,7 +10,7 @@ Checkpoints (``float.pt``, ``final.pt``, ``checkpoints/epoch_NNNN.pt``) hold onl
 plain data and are read with ``torch.load(weights_only=True)`` (:func:`qfx.train.load_checkpoint`):
 a file holding anything else is refused, nothing in it runs.
 
-    model: digits_cnn            # a demo model: digits_mlp, digits_cnn
+    model: digits_cnn            # a demo model: digits_mlp, digits_cnn, digits_encoder
     data:                        # or just `data: digits`
       name: digits
       batch_size: 64
