@@ -121,6 +121,17 @@ def test_critical_path_on_a_hand_netlist():
     assert p["lut_levels"] == 2 and p["carry_blocks"] == 1
     assert p["delay_ns"] == pytest.approx(2 * DELAYS_NS["lut"] + DELAYS_NS["carry"] + DELAYS_NS["overhead"])
     assert fmax_mhz(p) == pytest.approx(1000 / p["delay_ns"], rel=1e-3)
+    # a shift-register LUT clocks its data in: a DSP feeding an SRL16E ends a path there, and the
+    # SRL's output starts the next one (a delay line, not a combinational DSP -> SRL -> LUT chain)
+    net["modules"]["top"]["cells"].update({
+        "d0": cell("DSP48E2", {"A": [2]}, {"P": [6]}),
+        "s0": cell("SRL16E", {"D": [6], "A0": [1]}, {"Q": [7]}),
+        "l3": cell("LUT2", {"I0": [7]}, {"O": [8]}),
+        "r2": cell("FDRE", {"D": [8], "C": [1]}, {"Q": [10]}),
+    })
+    p = critical_path(net, "top")
+    assert p["delay_ns"] == pytest.approx(DELAYS_NS["dsp_comb"] + DELAYS_NS["overhead"])
+    assert p["end"] == "SRL16E" and p["start"] == "FDRE"
     t = throughput(1000, 500, 100.0)
     assert t["latency_us"] == 10.0 and t["inferences_per_s"] == 1e5 and t["gops"] == pytest.approx(0.1)
     t = throughput(250, 500, 100.0, latency_cycles=1200)  # overlapped: one leaves every II cycles

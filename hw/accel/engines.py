@@ -150,8 +150,18 @@ class _InputBuffer:
 
     def read(self, lane: int, addr: Value, en: Value = Const(1, 1)) -> Value:
         """Synchronous read of word ``addr`` of slot ``rh`` in ``lane``: the data one cycle later."""
+        return self.read_at(lane, self.address(addr), en)
+
+    def address(self, addr: Value) -> Value:
+        """The memory address of word ``addr`` of slot ``rh`` (register it to read a cycle later:
+        the slot stays the one it was computed in, even if :meth:`release` moved ``rh`` on; the
+        freed slot's reload cannot overwrite it first, its reads see the old data)."""
+        return self.rh * self.words + addr
+
+    def read_at(self, lane: int, addr: Value, en: Value = Const(1, 1)) -> Value:
+        """Synchronous read of memory address ``addr`` (:meth:`address`) in ``lane``."""
         rp = self._rps[lane]
-        self._m.d.comb += [rp.addr.eq(self.rh * self.words + addr), rp.en.eq(en)]
+        self._m.d.comb += [rp.addr.eq(addr), rp.en.eq(en)]
         return rp.data
 
     def release(self, when: Value) -> None:
@@ -227,7 +237,8 @@ def engine_latency(node: Node, folding: Folding, last_in: int) -> int:
     ring of output slots; a block's results are readable 3 + D cycles after its last issue (D: the
     pipeline registers, :meth:`MACEngine._extra_depth`), the
     emitter reads ``E`` codes per block one per cycle (each leaves 2 cycles after its read), and a
-    block may start only in a slot whose previous block has been read out.
+    block may start only in a slot whose previous block has been read out. A batchnorm engine is a
+    pipeline of :attr:`ElementwiseEngine.BN_STAGES` stages.
     """
     c = engine_cycles(node, folding)
     if node.op in MAC_OPS:
@@ -249,6 +260,8 @@ def engine_latency(node: Node, folding: Folding, last_in: int) -> int:
         return ops_engine_latency(node, last_in)
     if node.op in ("maxpool2d", "avgpool2d", "add"):
         return last_in + c["compute"] + 2
+    if node.op == "batchnorm":
+        return last_in + ElementwiseEngine.BN_STAGES
     return last_in + 1
 
 
@@ -431,11 +444,19 @@ class MACEngine(_Engine):
         return (levels + int(MACEngine._packs(node, folding))) // 2
 
     @staticmethod
+    def _window_stages(node: Node) -> int:
+        """Registers between a conv's loop counters and its buffer reads: the window address
+        (``oy * stride - pad + tap``, the inside test, ``c*H*W + y*W + x``) is a chain of adds
+        and compares; registering it keeps it out of the read's cycle. 0 for dense."""
+        return 1 if node.op == "conv2d" else 0
+
+    @staticmethod
     def _extra_depth(node: Node, folding: Folding) -> int:
-        """Pipeline registers beyond the one product register of the unpipelined engine: the A/B
-        and P registers of the product units, the adder tree's, the final sum's and the output
-        cast's."""
-        return PRODUCT_LATENCY - 1 + MACEngine._tree_stages(node, folding) + 2
+        """Pipeline registers beyond the one product register of the unpipelined engine: the
+        window address's (conv), the A/B and P registers of the product units, the adder tree's,
+        the final sum's and the output cast's."""
+        return (MACEngine._window_stages(node) + PRODUCT_LATENCY - 1 + MACEngine._tree_stages(node, folding)
+                + 2)
 
     def elaborate(self, platform):
         m = Module()
@@ -502,8 +523,11 @@ class MACEngine(_Engine):
                         word_v |= (int(v) & ((1 << wbits) - 1)) << ((i * simd + j) * wbits)
                 rom_words.append(word_v)
         ocb_lin = (gi * (og // pe) + ocb) if groups > 1 else ocb
-        waddr = Signal(range(max(len(rom_words), 2)))
-        m.d.comb += waddr.eq(ocb_lin * ks + kc)
+        ws = self._window_stages(self._node)  # the ROM reads wait for the window address's registers
+        waddr0 = Signal(range(max(len(rom_words), 2)))
+        m.d.comb += waddr0.eq(ocb_lin * ks + kc)
+        waddr = _delay(m, waddr0, ws, "wrom_addr")
+        ocb_lin = _delay(m, ocb_lin, ws, "ocb_lin")
         if not wired:  # hard-wired K-hot products have their weights in the wiring (khot_wired)
             w_rp = _rom(m, "wrom", unsigned(pe * simd * wbits), rom_words)
             m.d.comb += [w_rp.addr.eq(waddr), w_rp.en.eq(1)]
@@ -534,9 +558,15 @@ class MACEngine(_Engine):
         slot1 = Signal(range(slots), name="slot1")
         wa1 = Signal(range(slots * pblk), name="wa1")
         pad1 = Signal(simd, name="pad1")
-        m.d.sync += [v1.eq(issue), first1.eq(loops.is_first(len(loops.sizes) - 1)),
-                     last1.eq(loops.is_last(len(loops.sizes) - 1)), end1.eq(blk_last), slot1.eq(cslot),
-                     wa1.eq(cslot * pblk + pos), pad1.eq(Cat(*pads))]
+        first0, last0 = loops.is_first(len(loops.sizes) - 1), loops.is_last(len(loops.sizes) - 1)
+        wa0 = Signal(range(slots * pblk), name="wa0")
+        m.d.comb += wa0.eq(cslot * pblk + pos)
+        issue_w, first_w, last_w, end_w = (_delay(m, v, ws, n) for v, n in
+                                           ((issue, "issue_w"), (first0, "first_w"), (last0, "last_w"),
+                                            (blk_last, "end_w")))
+        slot_w, wa_w = _delay(m, cslot, ws, "slot_w"), _delay(m, wa0, ws, "wa_w")
+        m.d.sync += [v1.eq(issue_w), first1.eq(first_w), last1.eq(last_w), end1.eq(end_w), slot1.eq(slot_w),
+                     wa1.eq(wa_w), pad1.eq(Cat(*pads))]
         xs = [Mux(pad1[j], 0, x_data[j]) for j in range(simd)]
         if wired:
             products, p_fmt = constant_products(m, self._node, xs)
@@ -664,8 +694,9 @@ class MACEngine(_Engine):
             addr = Signal(range(max(n_in, 2)), name=f"addr{j}")
             m.d.comb += addr.eq(Mux(inside, cbase + tc + iy.as_unsigned()[: bits - 1] * w
                                     + ix.as_unsigned()[: bits - 1], 0))
-            data.append(buf.read(j, addr))
-            pads.append(~inside)
+            ws = self._window_stages(self._node)
+            data.append(buf.read_at(j, _delay(m, buf.address(addr), ws, f"waddr{j}")))
+            pads.append(_delay(m, ~inside, ws, f"wpad{j}"))
         return data, pads
 
     def _accumulate(self, m: Module, name: str, base: Value, products: list, p_fmt: FixedType) -> Value:
@@ -807,7 +838,8 @@ class AddEngine(_Engine):
 
 
 class ElementwiseEngine(_Engine):
-    """batchnorm / relu / relu6 / leaky_relu node: one element per cycle, latency 1, no buffer.
+    """batchnorm / relu / relu6 / leaky_relu node: one element per cycle, no buffer; latency 1
+    (batchnorm: :attr:`BN_STAGES`, pipelined around its multiply).
 
     batchnorm: ``cast(x * scale[c] + align(shift[c]), output)`` (one rounding);
     relu: ``max(x, 0)``; relu6: ``min(max(x, 0), 6)`` on the grid ``max(F_x, -1)``;
@@ -829,28 +861,8 @@ class ElementwiseEngine(_Engine):
         x = in_cast.o
         fx = xi.frac_bits
         if node.op == "batchnorm":
-            sc_fmt, sh_fmt = node.formats["scale"], node.formats["shift"]
-            shape = node.output_shape
-            channels, per_channel = shape[0], math.prod(shape[1:])
-            loops = LoopNest("bn", [channels, per_channel])
-            loops.step(m, self.i.valid & self.i.ready)
-            scale_rom = Memory(shape=fixed_shape(sc_fmt), depth=channels,
-                               init=[int(v) for v in np.asarray(node.arrays["scale"]).reshape(-1)])
-            shift_rom = Memory(shape=fixed_shape(sh_fmt), depth=channels,
-                               init=[int(v) for v in np.asarray(node.arrays["shift"]).reshape(-1)])
-            m.submodules.scale_rom, m.submodules.shift_rom = scale_rom, shift_rom
-            sc_rp, sh_rp = scale_rom.read_port(domain="comb"), shift_rom.read_port(domain="comb")
-            m.d.comb += [sc_rp.addr.eq(loops[0]), sh_rp.addr.eq(loops[0])]
-            p_fmt = xi * sc_fmt
-            v_fmt = p_fmt + sh_fmt
-            f = v_fmt.frac_bits
-            prod = Signal(fixed_shape(p_fmt))
-            v = Signal(fixed_shape(v_fmt))
-            m.d.comb += [
-                prod.eq(x * sc_rp.data),
-                v.eq((prod << (f - p_fmt.frac_bits)) + (sh_rp.data << (f - sh_fmt.frac_bits))),
-            ]
-        elif node.op == "relu":
+            return self._batchnorm(m, node, xi, out_fmt, x)
+        if node.op == "relu":
             v_fmt = xi
             v = Signal(fixed_shape(xi))
             m.d.comb += v.eq(Mux(x[-1], 0, x) if xi.signed else x)
@@ -876,6 +888,54 @@ class ElementwiseEngine(_Engine):
         out = _OutputStage(m, self.o)
         m.d.comb += self.i.ready.eq(out.adv)
         out.emit(m, self.i.valid & out.adv, out_cast.o)
+        return m
+
+    #: Pipeline stages of the batchnorm engine (input beat to output register).
+    BN_STAGES = 3
+
+    def _batchnorm(self, m: Module, node: Node, xi: FixedType, out_fmt: FixedType, x: Value):
+        """``cast(x * scale[c] + align(shift[c]), output)`` in :attr:`BN_STAGES` registered stages
+        (the input cast; the DSP multiply with the channel's shift read beside it; the add and the
+        output cast into the output register), so no cycle holds a cast, a multiply and an add at
+        once. The stages move together when the output may advance (a stall pipeline): one element
+        per cycle, latency :attr:`BN_STAGES`."""
+        sc_fmt, sh_fmt = node.formats["scale"], node.formats["shift"]
+        shape = node.output_shape
+        channels, per_channel = shape[0], math.prod(shape[1:])
+        out = _OutputStage(m, self.o)
+        adv = out.adv
+        m.d.comb += self.i.ready.eq(adv)
+        take = self.i.valid & adv
+        loops = LoopNest("bn", [channels, per_channel])
+        loops.step(m, take)
+        # stage 1: the input cast and the element's channel, registered
+        x1 = Signal(fixed_shape(xi), name="bn_x1")
+        c1 = Signal(range(max(channels, 2)), name="bn_c1")
+        v1 = Signal(name="bn_v1")
+        with m.If(adv):
+            m.d.sync += [x1.eq(x), c1.eq(loops[0]), v1.eq(take)]
+        # stage 2: the product (a registered DSP multiply) and the channel's shift
+        scale_rom = Memory(shape=fixed_shape(sc_fmt), depth=channels,
+                           init=[int(v) for v in np.asarray(node.arrays["scale"]).reshape(-1)])
+        shift_rom = Memory(shape=fixed_shape(sh_fmt), depth=channels,
+                           init=[int(v) for v in np.asarray(node.arrays["shift"]).reshape(-1)])
+        m.submodules.scale_rom, m.submodules.shift_rom = scale_rom, shift_rom
+        sc_rp, sh_rp = scale_rom.read_port(domain="comb"), shift_rom.read_port(domain="comb")
+        m.d.comb += [sc_rp.addr.eq(c1), sh_rp.addr.eq(c1)]
+        p_fmt = xi * sc_fmt
+        v_fmt = p_fmt + sh_fmt
+        f = v_fmt.frac_bits
+        prod2 = Signal(fixed_shape(p_fmt), name="bn_prod2")
+        shift2 = Signal(fixed_shape(sh_fmt), name="bn_shift2")
+        v2 = Signal(name="bn_v2")
+        with m.If(adv):
+            m.d.sync += [prod2.eq(x1 * sc_rp.data), shift2.eq(sh_rp.data), v2.eq(v1)]
+        # stage 3: the aligned sum and its one rounding into the output register
+        v = Signal(fixed_shape(v_fmt))
+        m.d.comb += v.eq((prod2 << (f - p_fmt.frac_bits)) + (shift2 << (f - sh_fmt.frac_bits)))
+        m.submodules.out_cast = out_cast = CastUnit(v_fmt, out_fmt)
+        m.d.comb += out_cast.i.eq(v)
+        out.emit(m, v2 & adv, out_cast.o)
         return m
 
 

@@ -183,7 +183,8 @@ def pipeline_register_bits(node: Node, folding: Folding) -> int:
     Counted from the structure (hw/pe/dsp_pipe.product_stage and MACEngine), first order: per
     product unit the operand (A/B) register and one more product register (M / P: the old
     engine had one), the adder tree's registers (``MACEngine._tree_stages``, each holding the
-    partial sums of its level), and the final sum's and output cast's registers per channel.
+    partial sums of its level), a conv's registered window addresses, and the final sum's and
+    output cast's registers per channel.
     """
     from .engines import MACEngine
     from .weights import plan_weights
@@ -196,6 +197,9 @@ def pipeline_register_bits(node: Node, folding: Folding) -> int:
     for _ in range(MACEngine._tree_stages(node, folding)):  # a register after every second level
         sums, width = -(-sums // 4), width + 2
         bits += folding.pe * sums * width
+    if MACEngine._window_stages(node):  # conv: each lane's registered window address and pad flag
+        n_in = math.prod(node.input_shapes[0])
+        bits += folding.simd * ((2 * n_in).bit_length() + 1) + 16  # (+ the ROM address and control)
     return int(bits + folding.pe * (acc.width + out.width))
 
 

@@ -5,9 +5,10 @@ Method
 After ``synth_xilinx`` the flattened netlist (``write_json``) holds Xilinx primitives. Every
 register-to-register path is timed by adding a fixed delay per primitive it passes through
 (:data:`DELAYS_NS`); the slowest path plus a clocking overhead gives the clock period, its
-inverse the Fmax estimate. Registers (FDRE/FDSE/FDCE/FDPE), block RAM (registered read) and
-DSP48E2 with its P register start and end paths; LUTs, MUXF7/8, CARRY8 and LUT RAM reads are
-combinational; a DSP48E2 without a P register is a combinational block.
+inverse the Fmax estimate. Registers (FDRE/FDSE/FDCE/FDPE), shift-register LUTs (SRL16E /
+SRLC32E: data clocked in, the delay lines Yosys maps there have a constant tap), block RAM
+(registered read) and DSP48E2 with its P register start and end paths; LUTs, MUXF7/8, CARRY8 and
+LUT RAM reads are combinational; a DSP48E2 without a P register is a combinational block.
 
 Limits (stated in every report): no placement, so wire delays are an average per logic level,
 not the real routing; Yosys maps (and packs) somewhat differently from Vivado; no clock skew
@@ -81,6 +82,11 @@ def _classify(ctype: str, cell: dict) -> tuple[str, float]:
         return "comb", d["carry"]
     if ctype.startswith("MUXF"):
         return "comb", d["muxf"]
+    if ctype.startswith("SRL"):
+        # a shift register: D and CE are clocked in (a path ends there), Q leaves a clocked bit
+        # (a path starts there, LUT RAM read delay); the A -> Q select is combinational, but the
+        # delay lines Yosys maps to SRLs have a constant address
+        return "seq", d["lutram"]
     if ctype.startswith(_LUTRAM):
         return "comb", d["lutram"]
     if ctype in ("VCC", "GND", "BUFG", "IBUF", "OBUF"):
@@ -156,7 +162,7 @@ def critical_path(netlist: dict, top: str) -> dict[str, Any]:
                 if is_comb(s) and s not in arrival:
                     continue  # a combinational loop: broken here
                 t = out_time(s)
-                if t[0] > best[0]:
+                if t[0] > best[0] or (t[0] == best[0] and best[3] == "input"):  # (a register's clk-to-out is 0 here)
                     best = t
             kind, delay, ctype = info[name]
             lut = 1 if ctype.startswith("LUT") or ctype == "INV" else 0
