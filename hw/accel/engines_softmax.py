@@ -30,7 +30,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from qfx.manifest import Node
-from qfx.tables import softmax_quotient_format, softmax_sum_format
+from qfx.tables import softmax_geometry, softmax_quotient_format, softmax_sum_format
 from qfx.types import FixedType
 
 from ..cast import CastUnit, fixed_shape
@@ -87,8 +87,8 @@ class SoftmaxEngine(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         node = self._node
-        n = int(node.output_shape[0])
         p = node.params
+        _outer, n, _inner = softmax_geometry(p, node.input_shapes[0])
         size, shift, lo = int(p["size"]), int(p["shift"]), int(p["lo_code"])
         hi = lo + (size << shift) - 1
         xi, ef, rf = self._in, self._exp, self._rec
