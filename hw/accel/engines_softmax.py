@@ -45,15 +45,34 @@ def _is(sig, k: int):
 
 
 def softmax_cycles(node: Node) -> dict[str, int]:
-    """``load`` F (double-buffered: the next vector loads meanwhile), ``compute`` 2F + 2 (a start
-    cycle, F exp/sum cycles, the division, F emit cycles), ``outputs`` F."""
-    n = int(node.output_shape[0])
-    return {"load": n, "compute": 2 * n + 2, "outputs": n}
+    """``load`` R F (double-buffered per vector: the next vector loads meanwhile), ``compute``
+    R (2F + 2) (per vector a start cycle, F exp/sum cycles, the division, F emit cycles), ``outputs``
+    R F; ``R`` vectors of ``F`` codes (:func:`qfx.tables.softmax_geometry`)."""
+    outer, n, inner = softmax_geometry(node.params, node.input_shapes[0])
+    rows = outer * inner
+    return {"load": rows * n, "compute": rows * (2 * n + 2), "outputs": rows * n}
 
 
 def softmax_latency(node: Node, last_in: int) -> int:
-    """Cycle of the last output beat when the last input beat is accepted in cycle ``last_in``."""
-    return last_in + 2 * int(node.output_shape[0]) + 3
+    """Cycle of the last output beat when the last input beat is accepted in cycle ``last_in`` at the
+    earliest, the producer offering its ``R F`` beats one per cycle up to then (held back while both
+    banks are full). One vector: ``last_in + 2F + 3``. For ``R`` rows the schedule of the engine: row
+    ``r`` loads into bank ``r % 2`` once row ``r - 2`` has left it (``F + 1`` cycles after that row's
+    start), starts when its bank is full and row ``r - 1`` is done (``2F + 2`` cycles a row), and its
+    last output leaves ``2F + 2`` cycles after its start."""
+    outer, n, inner = softmax_geometry(node.params, node.input_shapes[0])
+    rows = outer * inner
+    first = last_in - (rows * n - 1)  # the earliest cycle of the first beat
+    starts: list[int] = []
+    t = first - 1  # the cycle of the previous accepted beat
+    for r in range(rows):
+        t = max(t + 1, first + r * n)  # the row's first beat
+        if r >= 2:
+            t = max(t, starts[r - 2] + n + 1)  # its bank is free again
+        t += n - 1  # the row's last beat (one a cycle)
+        start = t + 1 if r == 0 else max(t + 1, starts[r - 1] + 2 * n + 2)
+        starts.append(start)
+    return starts[-1] + 2 * n + 2
 
 
 class SoftmaxEngine(wiring.Component):
