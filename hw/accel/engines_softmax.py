@@ -1,8 +1,10 @@
-"""The softmax engine (manifest op ``softmax``: softmax over the ``F`` features of a ``[F]`` vector).
+"""The softmax engines (manifest op ``softmax``: softmax over the ``F`` codes of each vector along an axis).
 
 Same stream contract as :mod:`qfx.hw.accel.engines`: single-element ``amaranth.lib.stream`` ports, C
-order in and out. It computes what :mod:`qfx.reference` documents for ``softmax``, one vector at a
-time, in phases:
+order in and out. Both compute what :mod:`qfx.reference` documents for ``softmax``.
+
+:class:`SoftmaxEngine` (the last axis: ``[F]``, or the ``R`` rows of ``[T, S]`` / ``[H, T, S]``, which
+arrive one after another in C order) works one vector at a time, in phases:
 
 1. **load** (``F`` cycles at one beat per cycle, beside the others): each input is cast to the input
    format (a CastUnit) and kept in one of two register banks with its running maximum; a full bank
@@ -18,8 +20,12 @@ time, in phases:
    CastUnit) through the registered output stage.
 
 Cycle model (:func:`softmax_cycles`): with the last input beat accepted in cycle ``L`` the last output
-beat is visible in cycle ``L + 2F + 3``; back to back, one vector every ``2F + 2`` cycles (``compute``),
-when its producer and consumer keep up (the loads overlap the computing).
+beat is visible in cycle ``L + 2F + 3``; back to back, one vector every ``2F + 2`` cycles (``compute``
+``R (2F + 2)`` a tensor), when its producer and consumer keep up (the loads overlap the computing);
+:func:`softmax_latency` follows the banks for ``R`` rows.
+
+:class:`SoftmaxStridedEngine` (a non-last axis, e.g. the channels of ``[C, H, W]``: a vector's codes
+``inner`` apart in the stream) buffers the whole tensor (:func:`softmax_strided_cycles`).
 """
 
 from __future__ import annotations
@@ -76,12 +82,13 @@ def softmax_latency(node: Node, last_in: int) -> int:
 
 
 class SoftmaxEngine(wiring.Component):
-    """softmax node: buffer the F inputs, max, exp-table reads and exact sum, one exact division, F products.
+    """softmax node over the last axis: per row buffer the F inputs, max, exp-table reads and exact sum,
+    one exact division, F products; the rows one after another.
 
     Parameters
     ----------
     node : Node
-        A ``softmax`` node.
+        A ``softmax`` node over the last axis of its input (no ``axis`` param, or the last).
     src : FixedType
         Format of the codes arriving on ``i``.
     """
