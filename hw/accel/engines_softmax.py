@@ -96,6 +96,9 @@ class SoftmaxEngine(wiring.Component):
     def __init__(self, node: Node, src: FixedType) -> None:
         if node.op != "softmax":
             raise EngineError(f"node {node.name!r}: SoftmaxEngine builds softmax nodes, not {node.op!r}")
+        if softmax_geometry(node.params, node.input_shapes[0])[2] > 1:
+            raise EngineError(f"node {node.name!r}: SoftmaxEngine runs over the last axis; axis "
+                              f"{node.params['axis']} of {list(node.input_shapes[0])} is SoftmaxStridedEngine's")
         self._node, self._src = node, src
         f = node.formats
         self._in, self._exp, self._rec, self._out = f["input"], f["exp"], f["reciprocal"], f["output"]
