@@ -749,8 +749,6 @@ def _check_params(ck: _Checker, where: str, op: str, params: dict) -> dict:
         if size & (size - 1):
             raise ck.fail(where, f"params.size must be a power of two, got {size}")
         _int_param(ck, where, p, "shift", 0)
-        if "axis" in p:
-            _int_param(ck, where, p, "axis", 0)
         if not _is_int(p["lo_code"]):
             raise ck.fail(where, f"params.lo_code must be an integer code, got {p['lo_code']!r}")
     elif op == "clamp":
