@@ -32,8 +32,9 @@ float                                           qfx
 ``nn.Hardswish`` (and their functions)            (lookup tables, :mod:`qfx.nn.table`)
 ``nn.Conv1d``                                     :class:`qfx.nn.QConv1d` (exported as a height-1 conv2d)
 ``nn.MaxPool1d`` / ``nn.AvgPool1d``               :class:`qfx.nn.QMaxPool1d` / :class:`qfx.nn.QAvgPool1d`
-``nn.Softmax`` / ``F.softmax`` / ``x.softmax``    :class:`qfx.nn.QSoftmax` (dim 1 of ``[N, F]``; exp table,
-                                                  exact sum and reciprocal, :mod:`qfx.nn.softmax`)
+``nn.Softmax`` / ``F.softmax`` / ``x.softmax``    :class:`qfx.nn.QSoftmax` (one non-batch dim: ``[N, F]``,
+                                                  the last dim of ``[N, T, S]``, the channels of ``[N, C, H, W]``;
+                                                  exp table, exact sum and reciprocal, :mod:`qfx.nn.softmax`)
 ``nn.Identity``, ``nn.Dropout*``                removed (the value passes through)
 ==============================================  ==============================================
 
@@ -109,10 +110,11 @@ How the keys are used, per kind:
 - ``Softmax``: ``input`` (the ``default`` one too), ``output``, ``exp`` and ``reciprocal``
   (unsigned; only from ``types:`` / ``layers:``, else :data:`qfx.tables.SOFTMAX_EXP_DEFAULT` /
   ``SOFTMAX_RECIPROCAL_DEFAULT``: a ``default:`` reciprocal is the pools'), ``table_size``,
-  ``table_range`` (of ``max - x``: ``R`` is ``[0, R)``); formats never learned. Only over
-  ``dim=1`` / ``-1`` of ``[N, F]`` (the rank is checked at the first forward pass); a softmax
-  over the batch dim (0), without a dim, with ``dtype=`` or of another rank is an error naming
-  the layer. Semantics: :mod:`qfx.nn.softmax`.
+  ``table_range`` (of ``max - x``: ``R`` is ``[0, R)``); formats never learned. Over one
+  non-batch ``dim`` (``-1``: the last dim of ``[N, F]`` / ``[N, T, S]`` / ``[N, H, T, S]``; ``1``:
+  the features of ``[N, F]``, the channels of ``[N, C, H, W]``; the rank is checked at the
+  first forward pass); a softmax over the batch dim (0), without a dim or with ``dtype=`` is
+  an error naming the layer. Semantics: :mod:`qfx.nn.softmax`.
 
 With ``drop_final_softmax: true`` a ``nn.Softmax`` / ``F.softmax`` / ``torch.softmax`` /
 ``x.softmax`` whose result is the model's output (and only that) is removed: the qfx
@@ -194,7 +196,7 @@ KINDS: dict[str, str] = {
     "Conv1d": "nn.Conv1d (padding_mode='zeros')",
     "MaxPool1d": "nn.MaxPool1d (return_indices=False)",
     "AvgPool1d": "nn.AvgPool1d (ceil_mode=False)",
-    "Softmax": "nn.Softmax, F.softmax, torch.softmax, x.softmax() over dim=1 / -1 of [N, F] (exp table + exact reciprocal)",
+    "Softmax": "nn.Softmax, F.softmax, torch.softmax, x.softmax() over one non-batch dim (dim=-1 of [N, F] / [N, T, S], dim=1 over the channels of [N, C, H, W]; exp table + exact reciprocal)",
     "LayerNorm": "nn.LayerNorm over the last dim (normalized_shape=(F,), eps > 0, elementwise_affine and bias True or False)",
 }
 #: Lookup-table kinds -> their qfx.tables function.
@@ -456,13 +458,14 @@ def _softmax_problem(gm: fx.GraphModule, node: fx.Node) -> "str | None":
         label = f"method .softmax() (node {node.name!r})"
     else:
         return None
-    if isinstance(dim, bool) or not isinstance(dim, int) or dim not in (1, -1):
-        return (f"{label}: argument dim={dim!r} is not supported; only a softmax over the feature dim of "
-                "[N, F] (dim=1 or -1; not the batch dim 0)")
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim == 0:
+        from .nn.softmax import DIM_RULE
+
+        return f"{label}: argument dim={dim!r} is not supported; {DIM_RULE}"
     extra = {k: v for k, v in node.kwargs.items() if k not in ("dim", "_stacklevel", "dtype") or
              (k == "dtype" and v is not None)}
     if len(node.args) > 2 or extra:
-        return f"{label}: unsupported arguments {sorted(extra) or list(node.args[2:])}; supported: dim=1 or -1"
+        return f"{label}: unsupported arguments {sorted(extra) or list(node.args[2:])}; supported: dim (an int, not 0)"
     return ""
 
 

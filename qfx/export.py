@@ -664,12 +664,17 @@ def _table(b: _Builder, n: fx.Node, mod: QTable, path: str, prods: list[_Entry])
 
 
 def _softmax(b: _Builder, n: fx.Node, mod: QSoftmax, path: str, prods: list[_Entry]) -> None:
+    from .nn.softmax import softmax_dim
+
     (prod,) = prods
-    if len(prod.output_shape) != 1:  # pragma: no cover - QSoftmax.forward refuses other ranks first
-        raise ExportError(f"layer {path!r} (QSoftmax): only a softmax over the features of [N, F] is exported, got "
-                          f"input {prod.output_shape}")
+    rank = len(prod.output_shape)
+    dim = softmax_dim(mod.dim, rank + 1)
+    if dim is None:  # pragma: no cover - QSoftmax.forward refuses it first
+        raise ExportError(f"layer {path!r} (QSoftmax): dim={mod.dim} does not fit input {prod.output_shape}")
     spec, xi, ef, codes = mod.table_codes()
     params = {"size": spec.size, "shift": spec.shift, "lo_code": spec.lo_code}
+    if dim - 1 != rank - 1:  # not the last axis (absent: the last, as every manifest before it)
+        params["axis"] = dim - 1
     formats = {"input": xi, "exp": ef, "reciprocal": mod.reciprocal_format, "output": mod.effective_format("output")}
     b.add(n, "softmax", path, prods, params=params, formats=formats, arrays={"table": codes})
 def _layernorm(b: _Builder, n: fx.Node, mod: QLayerNorm, path: str, prods: list[_Entry]) -> None:

@@ -485,12 +485,14 @@ def _node_context(node: Node, reuse: int) -> tuple[dict, list[tuple[str, str]]]:
         ctx.update(function=p["function"], size=size, shift=shift, lo=lo, hi=lo + (size << shift) - 1, width=xi.width,
                    entries=_literals(node.arrays["table"], f["output"].frac_bits, f"node {node.name!r} table"))
     elif op == "softmax":  # template softmax.j2
-        from .tables import softmax_quotient_format, softmax_sum_format
+        from .tables import softmax_axis, softmax_geometry, softmax_quotient_format, softmax_sum_format
 
         xi, ef, rf = f["input"], f["exp"], f["reciprocal"]
         if xi.width > 62:
             raise _fail(node, f"the softmax input format {xi} is wider than 62 bits; the C++ holds codes in a long long")
-        sf = softmax_sum_format(ef, n_in)
+        outer, nv, inner = softmax_geometry(p, node.input_shapes[0])
+        ctx.update(outer=outer, nv=nv, inner=inner, axis=softmax_axis(p, node.input_shapes[0]))
+        sf = softmax_sum_format(ef, nv)
         k, g = softmax_quotient_format(ef, rf)
         types = [("in", _cpp(xi)), ("code", f"ap_{'' if xi.signed else 'u'}int<{xi.width}>"), ("exp", _cpp(ef)),
                  ("ecode", f"ap_uint<{ef.width}>"), ("sum", f"ap_uint<{sf.width}>"), ("num", f"ap_uint<{k + 1}>"),

@@ -94,8 +94,10 @@ var, inv_std, output`` and ``scale`` / ``shift`` (gamma / beta, arrays of the sa
 ``reciprocal`` (a scalar array) when ``num_features`` is not a power of two); table ``function, size, shift, lo_code``
 (a :mod:`qfx.tables` lookup table of ``size`` entries from input code ``lo_code``, ``2**shift``
 input codes each; array ``table``: its contents, codes of the output format, checked on load to
-equal :func:`qfx.tables.contents`); softmax ``size, shift, lo_code`` (over the features of a ``[F]``
-input: the exp table of ``d = max - x`` on :func:`qfx.tables.softmax_diff_format`, geometry as table's;
+equal :func:`qfx.tables.contents`); softmax ``size, shift, lo_code`` and optional ``axis`` (the axis whose
+vectors are normalized, counted without the batch dimension; absent: the last, e.g. the features of ``[F]``,
+the rows of ``[T, S]``; ``0`` of ``[C, H, W]``: per pixel across channels):
+the exp table of ``d = max - x`` on :func:`qfx.tables.softmax_diff_format`, geometry as table's;
 formats ``input, exp, reciprocal, output``; array ``table``: the exp table, codes of ``exp``, checked on
 load to equal :func:`qfx.tables.contents` of ``exp_neg``); relu, relu6, add, sub, mul, input, output none. batchnorm takes
 ``[C, H, W]``, ``[C, L]`` or ``[C]``.
@@ -198,6 +200,8 @@ class OpSpec:
     params: tuple[str, ...] = ()
     #: ``n_inputs`` is a minimum (concat takes two or more)
     variadic: bool = False
+    #: params a node may leave out (each has a documented default)
+    optional_params: tuple[str, ...] = ()
 
 
 _MAC_FORMATS = ("input", "weight", "accum", "output")
@@ -247,7 +251,8 @@ OPS: dict[str, OpSpec] = {
     "pad": OpSpec(1, ("input", "output"), (), ("padding",)),
     "upsample": OpSpec(1, ("input", "output"), (), ("scale",)),
     "table": OpSpec(1, ("input", "output"), (), ("function", "size", "shift", "lo_code")),
-    "softmax": OpSpec(1, ("input", "exp", "reciprocal", "output"), (), ("size", "shift", "lo_code")),
+    "softmax": OpSpec(1, ("input", "exp", "reciprocal", "output"), (), ("size", "shift", "lo_code"),
+                      optional_params=("axis",)),
     "layernorm": OpSpec(1, ("input", "mean", "var", "inv_std", "output"), ("scale", "shift", "reciprocal"),
                         ("num_features", "eps", "eps_code", "affine", "bias")),
 }
@@ -520,8 +525,10 @@ def infer_output_shape(op: str, params: Mapping[str, Any], input_shapes: Sequenc
     if op in ("clamp", "table"):
         return x
     if op == "softmax":
-        if len(x) != 1:
-            raise ValueError(f"softmax runs over the features of a [F] input (a dense layer's output), got {list(x)}")
+        axis = params.get("axis", len(x) - 1)
+        if not x or not 0 <= axis < len(x):
+            raise ValueError(f"softmax axis {axis} does not fit input {list(x)} (axes count from 0 without the batch "
+                             "dim; absent: the last)")
         return x
     if op == "layernorm":
         if not x or x[-1] != params["num_features"]:
@@ -729,6 +736,8 @@ def _check_params(ck: _Checker, where: str, op: str, params: dict) -> dict:
         if size & (size - 1):
             raise ck.fail(where, f"params.size must be a power of two, got {size}")
         _int_param(ck, where, p, "shift", 0)
+        if "axis" in p:
+            _int_param(ck, where, p, "axis", 0)
         if not _is_int(p["lo_code"]):
             raise ck.fail(where, f"params.lo_code must be an integer code, got {p['lo_code']!r}")
     elif op == "table":
@@ -980,7 +989,7 @@ def load(path: "str | Path") -> Manifest:
         for j, (src, s) in enumerate(zip(inputs, in_shapes)):
             if by_name[src].output_shape != s:
                 raise ck.fail(where, f"input_shapes[{j}] = {list(s)} but its producer {src!r} outputs {list(by_name[src].output_shape)}")
-        ck.keys(where + " params", nd["params"], spec.params, what="param")
+        ck.keys(where + " params", nd["params"], spec.params, spec.optional_params, what="param")
         params = _check_params(ck, where, op, nd["params"])
         formats = _parse_formats(ck, where, op, spec, nd["formats"], params)
         if op != "input":

@@ -103,7 +103,8 @@ Layers (``x`` = the producer's codes, cast to the node's input format first):
     ``table[(clamp(c, lo_code, lo_code + size * 2**shift - 1) - lo_code) >> shift]``
     with ``c = cast(x, input)`` (:func:`qfx.tables.lookup`); the entries are codes
     of ``output`` (:func:`qfx.tables.contents`, checked on load).
-``softmax`` (over the ``F`` features of each ``[F]`` vector)
+``softmax`` (over each vector of the ``F`` codes along ``params.axis``, default the last axis: the
+features of ``[F]``, each row of ``[T, S]``, per pixel across the channels of ``[C, H, W]`` with axis 0)
     ``c = cast(x, input)``; ``d_j = max(c) - c_j`` (codes of :func:`qfx.tables.softmax_diff_format`);
     ``e_j = table[(clamp(d_j, lo, hi) - lo) >> shift]`` (codes of ``exp``, grid ``2**-Fe``, the exp
     table of ``exp_neg``); ``S = sum_j e_j`` exactly; ``r = cast(2**Fe / S, reciprocal)`` by exact
@@ -511,13 +512,14 @@ def _table(node: Node, x: np.ndarray, x_frac: int) -> np.ndarray:
 
 
 def _softmax(node: Node, x: np.ndarray, x_frac: int) -> np.ndarray:
-    from .tables import TableSpec, lookup, softmax_reciprocal_codes
+    from .tables import TableSpec, lookup, softmax_axis, softmax_reciprocal_codes
 
     p, f = node.params, node.formats
-    c = np.asarray(cast_codes(x, x_frac, f["input"]), dtype=np.int64)  # [N, F]
-    d = c.max(axis=-1, keepdims=True) - c
+    ax = 1 + softmax_axis(p, node.input_shapes[0])  # of [N, ...]
+    c = np.asarray(cast_codes(x, x_frac, f["input"]), dtype=np.int64)
+    d = c.max(axis=ax, keepdims=True) - c
     e = lookup(d, TableSpec("exp_neg", p["size"], p["shift"], p["lo_code"]), node.arrays["table"])
-    s = e.astype(object).sum(axis=-1, keepdims=True)
+    s = e.astype(object).sum(axis=ax, keepdims=True)
     r = softmax_reciprocal_codes(s, f["exp"], f["reciprocal"]).astype(object)
     return cast_codes(e.astype(object) * r, f["exp"].frac_bits + f["reciprocal"].frac_bits, f["output"])
 

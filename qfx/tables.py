@@ -232,3 +232,19 @@ def softmax_reciprocal_codes(s: Any, exp_fmt: FixedType, recip_fmt: FixedType) -
     num = 1 << k
     t = (num // s) * 2 + (num % s != 0).astype(object)
     return cast_codes(t, g, recip_fmt).astype(np.int64)
+
+
+def softmax_axis(params: Any, shape: Any) -> int:
+    """The axis (counted without the batch dim) a softmax node normalizes over: ``params["axis"]`` when
+    given, else the last of ``shape``."""
+    return int(params["axis"]) if "axis" in params else len(tuple(shape)) - 1
+
+
+def softmax_geometry(params: Any, shape: Any) -> "tuple[int, int, int]":
+    """``(outer, n, inner)`` of a softmax over ``axis`` of ``shape`` (C order): element ``(o, j, i)`` at
+    flat index ``(o * n + j) * inner + i``; each of the ``outer * inner`` vectors holds ``n`` codes
+    ``inner`` apart (``inner == 1``: rows of the last axis)."""
+    shape = tuple(int(v) for v in shape)
+    a = softmax_axis(params, shape)
+    return int(np.prod(shape[:a], dtype=np.int64)), shape[a], int(np.prod(shape[a + 1:], dtype=np.int64))
+

@@ -458,8 +458,8 @@ CASES = [
                      r"scale factors"),
     Case("convert-softmax-batch-dim", None,
          lambda c: convert(nn.Sequential(nn.Linear(4, 3), nn.Softmax(dim=0), nn.Linear(3, 2)), _FIXED),
-         ValueError, r"module '1' \(Softmax\): argument dim=0 is not supported; only a softmax over the feature dim "
-                     r"of \[N, F\] \(dim=1 or -1; not the batch dim 0\)"),
+         ValueError, r"module '1' \(Softmax\): argument dim=0 is not supported; a softmax runs over one non-batch dim "
+                     r"given as an int: dim=-1 .*\(not the batch dim 0\)"),
     Case("convert-interpolate-align-corners", None,
          lambda c: convert(_Interp(scale_factor=2, mode="bilinear", align_corners=True), _FIXED),
          ValueError, r"node 'interpolate'.*mode='bilinear' is not supported"),

@@ -343,9 +343,9 @@ def test_layernorm_engine_cycles_measured(tmp_path):
 
 def test_hls_csim_of_a_lone_layernorm_with_rows(tmp_path):
     """[N, 3, F] (three rows per tensor): the reference equals the emulation, the C simulation
-    equals the reference on special and random codes; the RTL refuses it by name."""
+    equals the reference on special and random codes, and so does the RTL (Amaranth simulation)."""
     from qfx import hls
-    from qfx.hw.accel import Accelerator, EngineError
+    from qfx.hw.accel import Accelerator
 
     nf, fmts, kw = CASES["recip_nobias"]
     torch.manual_seed(3)
@@ -360,14 +360,16 @@ def test_hls_csim_of_a_lone_layernorm_with_rows(tmp_path):
     assert node.input_shapes[0] == (3, nf)
     ref = run(man, x)
     assert np.array_equal(ref[node.name], qfx.to_codes(emulate(model, x)[node.name], node.output_format).numpy())
-    acc = Accelerator(man)
-    acc._MustUse__silence = True
-    with pytest.raises(EngineError, match=r"layernorm.*3 rows.*no RTL"):
-        acc.engines()
     hls.generate(man, tmp_path / "g")
     codes = _special_codes(node.formats["input"], 3 * nf, np.random.default_rng(1), 10).reshape(-1, 3, nf)
     got = hls.csim(tmp_path / "g", codes)
-    assert np.array_equal(got, run_codes(man, codes)[man.output].reshape(len(codes), -1))
+    want = run_codes(man, codes)[man.output].reshape(len(codes), -1)
+    assert np.array_equal(got, want)
+    # the RTL engine takes the rows one after another (tests/test_i14_rows.py: row by row against the one-row engine)
+    from qfx.sim.amaranth_run import run_accelerator
+
+    r = run_accelerator(Accelerator(man), codes[:4], back_to_back=True, max_cycles=20_000)
+    assert np.array_equal(r.outputs, want[:4])
 
 
 # ---------------------------------------------------------------------------

@@ -309,11 +309,15 @@ class _Dim(nn.Module):
                                         ("function", r"torch.nn.functional.softmax \(node 'softmax'\)"),
                                         ("method", r"method .softmax\(\) \(node 'softmax'\)")])
 def test_softmax_over_the_batch_dim_is_refused_by_name(form, label):
-    with pytest.raises(ConversionError, match=label + r": argument dim=0 is not supported; only a softmax over the "
-                                                      r"feature dim of \[N, F\] \(dim=1 or -1; not the batch dim 0\)"):
+    with pytest.raises(ConversionError, match=label + r": argument dim=0 is not supported; a softmax runs over one "
+                                                      r"non-batch dim .*\(not the batch dim 0\)"):
         qfx.convert(_Dim(form, 0), CFG)
-    with pytest.raises(ConversionError, match=label + r": argument dim=2 is not supported"):
-        qfx.convert(_Dim(form, 2), CFG)
+    # a dim the tensor does not have (or the batch dim counted from the end): at the first forward pass
+    for dim in (2, -2):
+        q = qfx.convert(_Dim(form, dim), CFG)
+        with pytest.raises(ValueError, match=rf"\(Softmax\): a softmax over dim {dim} of a rank-2 tensor \[3, 3\] is "
+                                             r"not supported; a softmax runs over one non-batch dim"):
+            q(torch.randn(3, 4))
 
 
 def test_other_bad_softmax_inputs(tmp_path):
@@ -328,20 +332,20 @@ def test_other_bad_softmax_inputs(tmp_path):
         def forward(self, x):
             return F.softmax(x, dim=1, dtype=torch.float64)
 
-    with pytest.raises(ConversionError, match=r"unsupported arguments \['dtype'\]; supported: dim=1 or -1"):
+    with pytest.raises(ConversionError, match=r"unsupported arguments \['dtype'\]; supported: dim \(an int, not 0\)"):
         qfx.convert(WithDtype(), CFG)
 
-    class Conv(nn.Module):  # softmax over the channels of [N, C, H, W]: not supported (yet)
+    class Conv(nn.Module):  # over the channels of [N, C, H, W] (dim=1) is supported (tests/test_i14_rows.py); dim 4 is not
         def __init__(self) -> None:
             super().__init__()
             self.conv = nn.Conv2d(1, 3, 1)
 
         def forward(self, x):
-            return torch.softmax(self.conv(x), dim=1)
+            return torch.softmax(self.conv(x), dim=4)
 
     q = qfx.convert(Conv(), CFG)
-    with pytest.raises(ValueError, match=r"layer 'softmax' \(Softmax\): a softmax over dim 1 of a rank-4 tensor "
-                                         r"\[2, 3, 2, 2\] is not supported; only over the features of \[N, F\]"):
+    with pytest.raises(ValueError, match=r"layer 'softmax' \(Softmax\): a softmax over dim 4 of a rank-4 tensor "
+                                         r"\[2, 3, 2, 2\] is not supported; a softmax runs over one non-batch dim"):
         q(torch.randn(2, 1, 2, 2))
     bad_cfgs = [
         ({"exp": "ap_fixed<16,2,AP_RND,AP_SAT>"}, TableError, r"exp format must be unsigned fixed point"),

@@ -1,8 +1,10 @@
-"""The layernorm engine: the rule of :mod:`qfx.layernorm` on one vector of ``F`` codes.
+"""The layernorm engine: the rule of :mod:`qfx.layernorm` on each of the ``R`` rows of ``F`` codes.
 
 Same stream contract as :mod:`qfx.hw.accel.engines` (single-element streams, C order). The input
-vector is double-buffered (:class:`~qfx.hw.accel.engines._InputBuffer`, cast to ``input`` on entry:
-the next tensor loads while this one is computed); a state machine runs, one step per cycle:
+tensor (``[..., F]``: ``R`` = the product of the leading dims rows, one for ``[F]``) is
+double-buffered (:class:`~qfx.hw.accel.engines._InputBuffer`, cast to ``input`` on entry: the next
+tensor loads while this one is computed); a state machine runs, one step per cycle, once per row
+(rows one after another, the same per-row arithmetic; the row's base address ``r * F``):
 
 =========  ===============  ================================================================
 state      cycles           what
@@ -18,13 +20,13 @@ ISQ        W_s              one bit of ``s`` per cycle: the digit-by-digit searc
                             :func:`qfx.layernorm.inv_sqrt_digits`)
 OUT        F (one a beat)   read ``q[i]``; the next cycle ``cast((q[i] - mean) * s * gamma[i] +
                             beta[i], output)`` emitted (stalls with the output); the last read
-                            releases the buffer
+                            of the last row releases the buffer, else the next row's SUM follows
 =========  ===============  ================================================================
 
-Cycles per tensor: ``load = F``, ``compute = 3 F + W_s + 4`` (issue cycles, the steady-state
-initiation interval), ``outputs = F``; the last output beat leaves ``compute + 2`` cycles after the
-last input beat (:func:`layernorm_latency`), as in the other buffered engines.
-Only ``[F]`` inputs (one row) have an engine.
+Cycles per tensor: ``load = R F``, ``compute = R (3 F + W_s + 4)`` (issue cycles, the steady-state
+initiation interval), ``outputs = R F``; the last output beat leaves ``compute + 2`` cycles after
+the last input beat (:func:`layernorm_latency`), as in the other buffered engines (the whole tensor
+is buffered, so a row's statistics never wait for the producer).
 """
 
 from __future__ import annotations
@@ -48,22 +50,23 @@ __all__ = ["LayerNormEngine", "InvSqrtUnit", "inv_sqrt_widths", "check_layernorm
 
 
 def check_layernorm(node: Node) -> None:
-    """Raise :class:`EngineError` unless the node has an engine (one vector of at least 2 features)."""
-    shape = tuple(node.input_shapes[0])
-    if len(shape) != 1:
-        raise EngineError(f"node {node.name!r}: layernorm on {list(shape)} ({math.prod(shape[:-1])} rows) has no RTL "
-                          f"engine yet; only one vector [{node.params['num_features']}] (the HLS C++ and the "
-                          "reference take any leading dims)")
+    """Raise :class:`EngineError` unless the node has an engine (rows of at least 2 features)."""
     if int(node.params["num_features"]) < 2:
         raise EngineError(f"node {node.name!r}: layernorm of a single feature has no RTL engine (its output is "
                           "beta); use at least 2 features")
 
 
+def layernorm_rows(node: Node) -> int:
+    """``R``: the rows normalized one after another (the product of the input's leading dims)."""
+    return math.prod(tuple(node.input_shapes[0])[:-1])
+
+
 def layernorm_cycles(node: Node) -> dict[str, int]:
-    """``load`` (input beats), ``compute`` (the cycles of the state machine per tensor), ``outputs``."""
-    f = int(node.params["num_features"])
+    """``load`` (input beats), ``compute`` (the cycles of the state machine per tensor: ``3 F + W_s + 4``
+    per row), ``outputs``."""
+    f, rows = int(node.params["num_features"]), layernorm_rows(node)
     ws = node.formats["inv_std"].width
-    return {"load": f, "compute": 3 * f + ws + 4, "outputs": f}
+    return {"load": rows * f, "compute": rows * (3 * f + ws + 4), "outputs": rows * f}
 
 
 def layernorm_latency(node: Node, last_in: int) -> int:
@@ -110,12 +113,12 @@ class InvSqrtUnit(wiring.Component):
 
 
 class LayerNormEngine(wiring.Component):
-    """layernorm node on ``[F]``: see the module docstring for the schedule.
+    """layernorm node on ``[..., F]``: see the module docstring for the schedule.
 
     Parameters
     ----------
     node : Node
-        A ``layernorm`` node whose input is one vector ``[F]``.
+        A ``layernorm`` node (input ``[F]`` or ``[..., F]``: each row normalized on its own).
     src : FixedType
         Format of the codes arriving on ``i`` (the producer's output format).
     """
@@ -147,9 +150,16 @@ class LayerNormEngine(wiring.Component):
         eps = int(p["eps_code"])
         wn = max(vf.width, eps.bit_length()) + 1
 
-        buf = _InputBuffer(m, "in", self.i, self._src, xi, nf, slots=2)
+        rows = layernorm_rows(node)
+        buf = _InputBuffer(m, "in", self.i, self._src, xi, rows * nf, slots=2)
         idx = Signal(range(nf), name="ln_idx")
         last = idx == nf - 1
+        if rows > 1:
+            row = Signal(range(rows), name="ln_row")
+            last_row = _is(row, rows - 1)
+            base = Signal(range(rows * nf), name="ln_base")  # row * F
+        else:
+            last_row = Const(1, 1)
         s_acc = Signal(fixed_shape(tt["sum"]), name="ln_sum")
         mean = Signal(fixed_shape(mf), name="ln_mean")
         v_acc = Signal(fixed_shape(tt["sqsum"]), name="ln_sqsum")
@@ -164,7 +174,12 @@ class LayerNormEngine(wiring.Component):
         go = Signal(name="ln_go")
         m.d.comb += go.eq(~v1 | adv)
         ren = Signal(name="ln_ren")
-        data = buf.read(0, idx, ren)
+        if rows > 1:
+            addr = Signal(range(rows * nf), name="ln_addr")
+            m.d.comb += addr.eq(base + idx)
+        else:
+            addr = idx
+        data = buf.read(0, addr, ren)
 
         # the mean and variance casts (S and V read on the grid 2**-k finer, or times the reciprocal)
         recip = None if lnx.is_pow2(nf) else Const(int(node.arrays["reciprocal"]), fixed_shape(f["reciprocal"]))
@@ -225,7 +240,7 @@ class LayerNormEngine(wiring.Component):
         m.d.sync += [rd_s.eq(summing), rd_v.eq(in_var)]
         with m.If(adv):
             m.d.sync += [v1.eq(issuing), idx1.eq(idx)]
-        buf.release(issuing & adv & last)
+        buf.release(issuing & adv & last & last_row)
 
         # the state machine as a plain register (Amaranth's FSM leaves verilator -Wall warnings)
         SUM, SDRAIN, MEAN, VAR, VDRAIN, VCAST, ISQ, OUT = range(8)
@@ -266,6 +281,8 @@ class LayerNormEngine(wiring.Component):
             m.d.comb += [issuing.eq(1), ren.eq(adv)]
             with m.If(adv):
                 m.d.sync += idx.eq(Mux(last, 0, idx + 1))
-                with m.If(last):
+                with m.If(last):  # the next row (or, after the last, the next tensor)
                     m.d.sync += state.eq(SUM)
+                    if rows > 1:
+                        m.d.sync += [row.eq(Mux(last_row, 0, row + 1)), base.eq(Mux(last_row, 0, base + nf))]
         return m

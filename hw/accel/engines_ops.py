@@ -339,8 +339,12 @@ def ops_engine(node: Node, srcs: "list[FixedType]", slots: "tuple[int, ...] | No
 
         return TableEngine(node, srcs[0])
     if node.op == "softmax":
-        from .engines_softmax import SoftmaxEngine
+        from qfx.tables import softmax_geometry
 
+        from .engines_softmax import SoftmaxEngine, SoftmaxStridedEngine
+
+        if softmax_geometry(node.params, node.input_shapes[0])[2] > 1:  # vectors across a non-last axis
+            return SoftmaxStridedEngine(node, srcs[0])
         return SoftmaxEngine(node, srcs[0])
     raise EngineError(f"node {node.name!r}: op {node.op!r} is not one of {OPS}")  # pragma: no cover
 
@@ -350,8 +354,12 @@ def ops_engine_cycles(node: Node) -> dict[str, int]:
     buffered engines load their inputs (in parallel, double-buffered) while they compute."""
     n_out = math.prod(node.output_shape)
     if node.op == "softmax":
-        from .engines_softmax import softmax_cycles
+        from qfx.tables import softmax_geometry
 
+        from .engines_softmax import softmax_cycles, softmax_strided_cycles
+
+        if softmax_geometry(node.params, node.input_shapes[0])[2] > 1:
+            return softmax_strided_cycles(node)
         return softmax_cycles(node)
     if node.op in ("sub", "mul"):
         return {"load": n_out, "compute": n_out, "outputs": n_out}
@@ -380,8 +388,12 @@ def ops_engine_latency(node: Node, last_in: int) -> int:
     """
     c = ops_engine_cycles(node)
     if node.op == "softmax":
+        from qfx.tables import softmax_geometry
+
         from .engines_softmax import softmax_latency
 
+        if softmax_geometry(node.params, node.input_shapes[0])[2] > 1:  # the strided engine: buffered
+            return last_in + c["compute"] + 2
         return softmax_latency(node, last_in)
     if node.op == "layernorm":
         from .engines_norm import layernorm_latency

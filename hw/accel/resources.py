@@ -181,9 +181,16 @@ def estimate_resources(manifest: Manifest) -> dict[str, Any]:
         elif node.op == "table":  # a comb-read ROM (hw/accel/engines_table.py): LUTs, no block RAM
             bits = int(node.params["size"]) * f["output"].width
         elif node.op == "softmax":  # exp ROM (comb read, LUTs), register banks, one e * r multiplier
-            n = int(node.output_shape[0])
+            from qfx.tables import softmax_geometry
+
+            outer, n, inner = softmax_geometry(node.params, node.input_shapes[0])
             dsp = multiplier_dsps(dsp_operand_bits(f["exp"]), dsp_operand_bits(f["reciprocal"]))
-            bits = int(node.params["size"]) * f["exp"].width + n * (2 * f["input"].width + f["exp"].width)
+            bits = int(node.params["size"]) * f["exp"].width
+            if inner > 1:  # SoftmaxStridedEngine: the tensor double-buffered, max / reciprocal register files
+                ramb18 = _ramb18("ram", 2 * n_in, f["input"].width)
+                bits += 2 * n_in * f["input"].width + inner * (f["input"].width + f["reciprocal"].width)
+            else:  # rows reuse the two banks of F codes and the F exp codes
+                bits += n * (2 * f["input"].width + f["exp"].width)
         elif node.op == "add":
             n = math.prod(node.output_shape)
             ramb18 = _ramb18("ram", sl[0] * n, f["in_a"].width) + _ramb18("ram", sl[1] * n, f["in_b"].width)

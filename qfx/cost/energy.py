@@ -190,18 +190,19 @@ def energy_per_inference(manifest: Manifest, dsp_per_layer: dict[str, float], br
                 from qfx.hw.accel.engines_norm import inv_sqrt_widths
 
                 nf, p = int(node.params["num_features"]), node.params
+                rows = cyc["outputs"] // nf  # each row: its statistics, its own inverse square root
                 tt = lnx.types(f, nf)
                 dsp = dsp_per_layer.get(node.name, 0) > 0
                 fac = f_hard if dsp else f_soft
-                prod = (_mult(tt["d"].width, tt["d"].width) + _mult(tt["d"].width, f["inv_std"].width)) * fac * nf
+                prod = (_mult(tt["d"].width, tt["d"].width) + _mult(tt["d"].width, f["inv_std"].width)) * fac * nf * rows
                 if p["affine"]:
-                    prod += _mult(tt["t"].width, f["scale"].width) * fac * nf
+                    prod += _mult(tt["t"].width, f["scale"].width) * fac * nf * rows
                 ws = f["inv_std"].width
                 wn = max(f["var"].width, int(p["eps_code"]).bit_length()) + 1
                 wp = inv_sqrt_widths(wn, 2 * f["inv_std"].frac_bits + f["var"].frac_bits, ws)
-                other = (_add(tt["sum"].width) + _add(tt["sqsum"].width) + _add(tt["pre"].width)) * f_soft * nf
-                other += 3 * _add(wp) * f_soft * ws
-                mem = _read(x.width) * mem_factor * (cyc["load"] + 3 * nf)  # one write, three reads per element
+                other = (_add(tt["sum"].width) + _add(tt["sqsum"].width) + _add(tt["pre"].width)) * f_soft * nf * rows
+                other += 3 * _add(wp) * f_soft * ws * rows
+                mem = _read(x.width) * mem_factor * (cyc["load"] + 3 * nf * rows)  # one write, three reads per element
                 kind = "dsp" if dsp else "lut_mult"
                 add_kind(kind, prod)
                 add_kind("memory", mem)
@@ -219,11 +220,15 @@ def energy_per_inference(manifest: Manifest, dsp_per_layer: dict[str, float], br
                     other += _add(f["output"].width) * f_soft * n
                 if node.op == "table":  # the clip and one ROM read per element
                     other += (_add(x.width) + _read(f["output"].width)) * f_soft * n
-                if node.op == "softmax":  # per element: max compare, clip, ROM read, sum, product; one division
+                if node.op == "softmax":  # per element: max compare, clip, ROM read, sum, product; per vector a division
+                    from qfx.tables import softmax_geometry
+
                     m_out = cyc["outputs"]
+                    outer, nv, inner = softmax_geometry(node.params, node.input_shapes[0])
                     other += ((_add(x.width) * 3 + _read(f["exp"].width) + _add(f["exp"].width + 8)) * m_out
                               + _mult(f["exp"].width, f["reciprocal"].width) * m_out
-                              + _add(f["exp"].width + 8) * (f["exp"].frac_bits + f["reciprocal"].frac_bits + 2)) * f_soft
+                              + _add(f["exp"].width + 8) * (f["exp"].frac_bits + f["reciprocal"].frac_bits + 2)
+                              * outer * inner) * f_soft
                 prod = 0.0
                 if node.op == "avgpool2d" and "reciprocal" in f:
                     kh, kw = node.params["kernel"]

@@ -247,30 +247,41 @@ def _elementwise_features(node: Node, src: FixedType) -> dict[str, float]:
 
 def _softmax_features(node: Node, src: FixedType) -> dict[str, float]:
     """softmax (hw/accel/engines_softmax.py): two input banks of F codes, F exp codes, the exp ROM, a
-    running max, the exact sum, one combinational divider, one product (DSP: estimate_resources)."""
+    running max, the exact sum, one combinational divider, one product (DSP: estimate_resources); rows
+    of the last axis reuse them. Over a non-last axis (SoftmaxStridedEngine): the buffered tensor in
+    place of the banks, two small register files, the same ROM, divider and product."""
     from qfx.hw.accel.resources import rom_width
-    from qfx.tables import softmax_quotient_format, softmax_sum_format
+    from qfx.tables import softmax_geometry, softmax_quotient_format, softmax_sum_format
 
     f = _zero()
-    n = int(node.output_shape[0])
+    outer, n, inner = softmax_geometry(node.params, node.input_shapes[0])
     x, ef, rf, out = (node.formats[k] for k in ("input", "exp", "reciprocal", "output"))
     sf = softmax_sum_format(ef, n)
     k, g = softmax_quotient_format(ef, rf)
     f["const"] = 1.0
-    f["ctr_bits"] = float(2 * _bits(n) + 2 + 2)  # load / compute counters, bank bits, the state
-    f["arith_bits"] = float(src.width + 2 * x.width + 3 * (x.width + 3) + sf.width + (ef * rf).width)
-    f["reg_bits"] = float(2 * n * x.width + 2 * x.width + n * ef.width + sf.width + rf.width + out.width)
     tfmt = FixedType(k + 2, k + 2 - g, signed=False)
     f["cast_logic_bits"] = float(_cast_logic_bits(src, x) + _cast_logic_bits(tfmt, rf) + _cast_logic_bits(ef * rf, out))
     words = [int(v) for v in node.arrays["table"]]
     f["rom_luts"] = float(sum(rom_width(words[s:s + 64], ef.width) for s in range(0, len(words), 64)))
+    if inner > 1:  # SoftmaxStridedEngine: the tensor buffered, max / reciprocal register files of `inner` entries
+        total = outer * n * inner
+        f["ctr_bits"] = float(_bits(n) + 2 * _bits(inner) + _bits(n * inner) + 2 * _bits(outer) + _bits(total) + 5)
+        f["arith_bits"] = float(src.width + 3 * x.width + 3 * (x.width + 3) + sf.width + (ef * rf).width)
+        f["reg_bits"] = float(x.width + sf.width + out.width)
+        f["lutram_luts"] = _lutram(2 * total, x.width) + _lutram(inner, x.width) + _lutram(inner, rf.width)
+        f["addr_bits"] = float(_bits(total) * 2)
+        f["div_luts"] = float((k + 1) * sf.width)
+        return f
+    f["ctr_bits"] = float(2 * _bits(n) + 2 + 2)  # load / compute counters, bank bits, the state
+    f["arith_bits"] = float(src.width + 2 * x.width + 3 * (x.width + 3) + sf.width + (ef * rf).width)
+    f["reg_bits"] = float(2 * n * x.width + 2 * x.width + n * ef.width + sf.width + rf.width + out.width)
     # (K+1) / sum-bit divider, the 2F-to-1 and F-to-1 read muxes (4 inputs per LUT6 per bit)
     f["div_luts"] = float((k + 1) * sf.width + x.width * math.ceil(2 * n / 4) + ef.width * math.ceil(n / 4))
     return f
 
 
 def _layernorm_features(node: Node, src: FixedType, slots: int = 2) -> dict[str, float]:
-    """layernorm (hw/accel/engines_norm.py): a buffered vector, the sum / square-sum accumulators, the
+    """layernorm (hw/accel/engines_norm.py): a buffered tensor of R rows, the row counter, the sum / square-sum accumulators, the
     digit-by-digit inverse square root (three wide adders and a compare), the affine and two casts."""
     from qfx import layernorm as lnx
 
@@ -285,13 +296,14 @@ def _layernorm_features(node: Node, src: FixedType, slots: int = 2) -> dict[str,
 
     wp = inv_sqrt_widths(wn, e, ws)
     x, out = fm["input"], fm["output"]
+    rows = math.prod(tuple(node.input_shapes[0])[:-1])
     f["const"] = 1.0
-    f["ctr_bits"] = float(_bits(nf) * 2 + _bits(ws) + 3)
+    f["ctr_bits"] = float(_bits(nf) * 2 + _bits(ws) + 3 + (_bits(rows) + _bits(rows * nf) if rows > 1 else 0))
     f["arith_bits"] = float(src.width + tt["sum"].width + tt["d"].width + tt["sqsum"].width + tt["mean_pre"].width
                             + tt["var_pre"].width + 4 * wp + tt["pre"].width + out.width)
     f["cast_logic_bits"] = float(_cast_logic_bits(src, x) + _cast_logic_bits(tt["pre"], out))
-    f["lutram_luts"] = _lutram(slots * nf, x.width)
-    f["addr_bits"] = float(_bits(nf) * 3)
+    f["lutram_luts"] = _lutram(slots * rows * nf, x.width)  # the whole tensor: R rows of F
+    f["addr_bits"] = float(_bits(rows * nf) * 3)
     if p["affine"]:
         f["rom_luts"] = float((fm["scale"].width + (fm["shift"].width if p["bias"] else 0)) * math.ceil(nf / 64))
     # with the inverse square root's P / A / B / k registers (for the LUT side; estimate() counts their

@@ -1,6 +1,9 @@
 """Softmax inside the model, as HLS designs build it (hls4ml's ``softmax_stable``): QSoftmax.
 
-Over the feature dim of ``[N, F]`` (``dim=1`` or ``-1``), per row, with integer codes throughout::
+Over one non-batch dim ``dim`` of ``[N, ...]``: the features of ``[N, F]`` (``dim=1`` or ``-1``), the
+last dim of ``[N, T, S]`` / ``[N, H, T, S]`` (``dim=-1``: attention scores, one row per query), the
+channels of ``[N, C, H, W]`` (``dim=1``: per pixel across channels), any other non-batch dim alike.
+Per vector of the ``F`` codes along ``dim`` (every other index fixed), with integer codes throughout::
 
     c_j = code(cast(x_j, input))                      # lsb 2**-F of the input format
     m   = max_j c_j
@@ -37,16 +40,29 @@ from ..types import FixedType, parse_type
 from .base import QuantizedModule
 from .config import ConfigLike, as_config
 
-__all__ = ["QSoftmax"]
+__all__ = ["QSoftmax", "DIM_RULE", "softmax_dim"]
+
+#: What ``dim`` may be (every refusal of a softmax dim says it).
+DIM_RULE = ("a softmax runs over one non-batch dim given as an int: dim=-1 (the last dim of [N, F], [N, T, S], "
+            "[N, H, T, S]), dim=1 (the features of [N, F], the channels of [N, C, H, W]) or another dim >= 1 "
+            "(not the batch dim 0)")
+
+
+def softmax_dim(dim: int, rank: int) -> "int | None":
+    """``dim`` of a rank-``rank`` tensor ``[N, ...]`` as a positive dim ``1 .. rank - 1`` (None: the batch
+    dim or out of range)."""
+    d = dim + rank if dim < 0 else dim
+    return d if 1 <= d < rank else None
 
 
 class QSoftmax(QuantizedModule, nn.Module):
-    """Softmax over dim 1 of ``[N, F]`` with an exp table, an exact sum and an exact reciprocal.
+    """Softmax over one non-batch dim with an exp table, an exact sum and an exact reciprocal.
 
     Parameters
     ----------
     dim : int
-        1 or -1 (the feature dim of ``[N, F]``).
+        The dim, as torch counts it on ``[N, ...]``: any int but the batch dim (0, or ``-rank``: checked
+        at the forward pass), e.g. 1 / -1 on ``[N, F]``, -1 on ``[N, T, S]``, 1 on ``[N, C, H, W]``.
     config : LayerConfig or dict, optional
         ``input``, ``output`` (required), ``exp``, ``reciprocal`` (unsigned fixed point; defaults
         :data:`qfx.tables.SOFTMAX_EXP_DEFAULT`, :data:`qfx.tables.SOFTMAX_RECIPROCAL_DEFAULT`),
@@ -59,9 +75,8 @@ class QSoftmax(QuantizedModule, nn.Module):
         cfg = as_config(config, **overrides)
         super().__init__()
         self.name = name
-        if isinstance(dim, bool) or not isinstance(dim, int) or dim not in (1, -1):
-            raise ValueError(f"layer {name!r} (Softmax): argument dim={dim!r} is not supported; only the feature dim "
-                             "of [N, F], dim=1 or -1 (not the batch dim 0)")
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim == 0:
+            raise ValueError(f"layer {name!r} (Softmax): argument dim={dim!r} is not supported; {DIM_RULE}")
         self.dim = dim
         layer = f"layer {name!r} (Softmax)"
         self._require(cfg, layer, "input", "output")
@@ -98,25 +113,25 @@ class QSoftmax(QuantizedModule, nn.Module):
         if not isinstance(x, torch.Tensor) or not x.is_floating_point():
             raise TypeError(f"layer {self.name!r} (Softmax) expects a floating-point tensor, got "
                             f"{getattr(x, 'dtype', type(x).__name__)}")
-        if x.dim() != 2:
+        dim = softmax_dim(self.dim, x.dim())
+        if dim is None:
             raise ValueError(f"layer {self.name!r} (Softmax): a softmax over dim {self.dim} of a rank-{x.dim()} tensor "
-                             f"{list(x.shape)} is not supported; only over the features of [N, F] (a dense layer's "
-                             "output; flatten first)")
+                             f"{list(x.shape)} is not supported; {DIM_RULE}")
         xq = self.quant["input"](x).double()
         xi = self.quant["input"].effective_format()
         s, fe = self.spec, self.exp_format.frac_bits
         with torch.no_grad():
             c = torch.round(xq.detach() * 2.0**xi.frac_bits).to(torch.int64)
-            d = c.max(dim=1, keepdim=True).values - c
+            d = c.max(dim=dim, keepdim=True).values - c
             e = self._table(x.device)[(d.clamp(s.lo_code, s.hi_code) - s.lo_code) >> s.shift]
-            ssum = e.sum(dim=1, keepdim=True)
+            ssum = e.sum(dim=dim, keepdim=True)
             k, g = tables.softmax_quotient_format(self.exp_format, self.reciprocal_format)
             num = 1 << k
             t = (num // ssum) * 2 + (num % ssum != 0).to(torch.int64)
             r = quantize(t.double() * 2.0**-g, self.reciprocal_format)
             y = self.quant["output"](e.double() * 2.0**-fe * r)
         if torch.is_grad_enabled() and xq.requires_grad:
-            f = torch.softmax(xq, dim=1)
+            f = torch.softmax(xq, dim=dim)
             y = f + (y - f).detach()
         return self._result(y, x.dtype)
 
