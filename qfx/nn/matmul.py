@@ -70,12 +70,12 @@ class QMatMul(QuantizedModule, nn.Module):
         super().__init__()
         self.layer = name
         if cfg.multiply != "exact":
-            raise ValueError(f"{self._label()}: multiply={cfg.multiply!r} is not supported for matmul; only "
+            raise ValueError(f"QMatMul: multiply={cfg.multiply!r} is not supported for matmul; only "
                              "'exact' (L-Mul is a Linear / Conv2d option)")
-        self._require(cfg, self._label(), "in_a", "in_b", "output")
+        self._require(cfg, "QMatMul", "in_a", "in_b", "output")
         for key in ("in_a", "in_b", "output"):
             if not isinstance(getattr(cfg, key), FixedType):
-                raise ValueError(f"{self._label()}: format {key} must be fixed point (ap_fixed / ap_ufixed), "
+                raise ValueError(f"QMatMul: format {key} must be fixed point (ap_fixed / ap_ufixed), "
                                  f"not {getattr(cfg, key)}")
         self._setup_quantizers(cfg, {"in_a": (cfg.in_a, ()), "in_b": (cfg.in_b, ()),
                                      "accum": (None if cfg.accum_is_auto else cfg.accum, ()),
