@@ -389,3 +389,26 @@ def test_manifest_checks_the_new_ops(tmp_path):
     broken(wrong_inner, "matmul inner dims differ")
     path.write_text(text)
     assert load(tmp_path / "m")  # the unchanged export loads
+
+
+def test_qonnx_reorder_model_equals_reference(tmp_path):
+    """permute / reshape lower to ONNX Transpose / Reshape: qonnx's execution of the file equals the
+    integer reference; a matmul is refused naming the node."""
+    pytest.importorskip("qonnx")
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.core.onnx_exec import execute_onnx
+
+    from qfx.export import to_qonnx
+    from qfx.qonnx_export import QonnxExportError
+
+    q, x = short_qat(Reorder, (4, 5), CFG)
+    path = to_qonnx(q, x, tmp_path / "reorder.onnx")
+    man = load(export(q, x, tmp_path / "m"))
+    mw = ModelWrapper(str(path))
+    (y,) = execute_onnx(mw, {mw.graph.input[0].name: x.numpy().astype(np.float32)}).values()
+    codes = y.astype(np.float64) * 2.0 ** man.output_node.output_format.frac_bits
+    ref = run(man, x)[man.output]
+    assert np.array_equal(codes, ref) and len(np.unique(ref)) > 4
+    q2, x2 = short_qat(AttentionHead, (6, 6), CFG)
+    with pytest.raises(QonnxExportError, match=r"node 'matmul' \(matmul, source 'matmul'\).*no QONNX"):
+        to_qonnx(q2, x2, tmp_path / "attn.onnx")
