@@ -614,7 +614,10 @@ def _shape_args(node: fx.Node, kind: str) -> "tuple[tuple | None, str | None]":
     ``(-2, -1)`` as a transpose); ``(None, why)`` when they are not constants."""
     args, kwargs = list(node.args), dict(node.kwargs)
     if node.target is getattr:
-        return ((-2, -1), None) if len(args) == 2 and args[1] == "mT" else (None, f"attribute {args[1:]!r}")
+        if len(args) == 2 and args[1] == "mT":
+            return (-2, -1), None
+        return None, (f"attribute .{args[1] if len(args) > 1 else '?'} is not supported (of tensor attributes only .mT, "
+                      "a transpose of the last two dims; a shape computed in forward is not supported)")
     rest = args[1:]
     key = {"permute": "dims", "reshape": "shape"}.get(kind)
     if kind == "permute" and node.target in ("transpose", torch.transpose):
