@@ -154,6 +154,24 @@ def test_cost_model_covers_the_new_engines(exported):
             assert cyc["engines"][node.name]["compute"] == math.prod(node.output_shape)
 
 
+def test_cost_report_covers_the_new_engines(exported):
+    from qfx.cost.report import cost_report
+
+    _name, _q, _x, d = exported
+    rep = cost_report(d / "manifest", synth=False)
+    man = load(d / "manifest")
+    for node in man:
+        if node.op in ("matmul", "permute"):
+            assert rep["throughput"]["per_engine_cycles"][node.name]["compute"] >= math.prod(node.output_shape)
+            row = rep["energy"]["per_layer"][node.name]
+            assert row["memory_pj"] > 0 and row["total_pj"] > 0
+        if node.op == "matmul":
+            assert rep["energy"]["per_layer"][node.name]["product_pj"] > 0
+            assert rep["resources"]["per_layer"][node.name]["dsp"] >= 1
+        if node.op == "reshape":  # wiring: no engine, no cost
+            assert node.name not in rep["resources"]["per_layer"] and node.name not in rep["energy"]["per_layer"]
+
+
 def test_two_heads_manifest_shapes(exported):
     name, _q, _x, d = exported
     if name != "two_heads":
