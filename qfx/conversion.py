@@ -35,6 +35,11 @@ float                                           qfx
 ``nn.Softmax`` / ``F.softmax`` / ``x.softmax``    :class:`qfx.nn.QSoftmax` (one non-batch dim: ``[N, F]``,
                                                   the last dim of ``[N, T, S]``, the channels of ``[N, C, H, W]``;
                                                   exp table, exact sum and reciprocal, :mod:`qfx.nn.softmax`)
+``a @ b`` / ``torch.matmul`` / ``torch.bmm`` /   :class:`qfx.nn.QMatMul` (two activations, equal leading
+``a.matmul(b)`` / ``a.bmm(b)``                    dims; dense's accum / output casts)
+``x.transpose`` / ``x.permute`` / ``x.mT`` /      :class:`qfx.nn.QPermute` (no formats; the batch dim stays)
+``torch.transpose`` / ``torch.permute``
+``x.reshape`` / ``x.view`` / ``torch.reshape``    :class:`qfx.nn.QReshape` (no formats; the batch dim given as -1)
 ``nn.Identity``, ``nn.Dropout*``                removed (the value passes through)
 ==============================================  ==============================================
 
@@ -99,6 +104,11 @@ How the keys are used, per kind:
 - ``GlobalAvgPool2d``: ``input``, ``output``; ``reciprocal`` when ``H * W`` is
   not a power of two (known at the first forward pass; export names the layer).
 - ``cat``: ``output``; every input is cast to it.
+- ``matmul``: ``in_a``, ``in_b`` (each defaulting to ``input``), ``accum`` (``auto``: exact),
+  ``output``; operands ``[N, .., T, K]`` and ``[N, .., K, S]`` with equal leading dims (checked at
+  the first forward pass, naming the layer). ``multiply: lmul`` is refused.
+- ``permute``, ``reshape``: no formats (codes move, nothing is cast). The batch dim must stay
+  first (``permute``) / be given as ``-1`` (``reshape(-1, T, F)``).
 - ``Hardtanh``, ``clamp``: ``output`` (the bounds are cast to it); an ``input``
   cast only from ``types:`` / ``layers:``, as for ``ReLU``.
 - ``sub``, ``mul``: ``in_a``, ``in_b`` (each defaulting to ``input``), ``output``.
@@ -198,6 +208,9 @@ KINDS: dict[str, str] = {
     "AvgPool1d": "nn.AvgPool1d (ceil_mode=False)",
     "Softmax": "nn.Softmax, F.softmax, torch.softmax, x.softmax() over one non-batch dim (dim=-1 of [N, F] / [N, T, S], dim=1 over the channels of [N, C, H, W]; exp table + exact reciprocal)",
     "LayerNorm": "nn.LayerNorm over the last dim (normalized_shape=(F,), eps > 0, elementwise_affine and bias True or False)",
+    "matmul": "a @ b, torch.matmul, torch.bmm, a.matmul(b), a.bmm(b) of two activations [N, .., T, K] @ [N, .., K, S]",
+    "permute": "x.transpose(i, j), x.permute(...), x.mT, torch.transpose, torch.permute keeping the batch dim first",
+    "reshape": "x.reshape(-1, ...), x.view(-1, ...), torch.reshape(x, (-1, ...)) keeping the batch dim",
 }
 #: Lookup-table kinds -> their qfx.tables function.
 _TABLE_KINDS = {"Sigmoid": "sigmoid", "Tanh": "tanh", "SiLU": "silu", "GELU": "gelu",
@@ -257,10 +270,18 @@ _FUNCTION_KINDS = {
     F.hardsigmoid: "Hardsigmoid",
     F.hardswish: "Hardswish",
     F.interpolate: "Upsample",
+    operator.matmul: "matmul",
+    torch.matmul: "matmul",
+    torch.bmm: "matmul",
+    torch.transpose: "permute",
+    torch.permute: "permute",
+    torch.reshape: "reshape",
+    getattr: "permute",  # x.mT (other attributes are refused in _check_call)
 }
 _METHOD_KINDS = {"add": "add", "add_": "add", "flatten": "Flatten", "relu": "ReLU", "relu_": "ReLU",
                  "sub": "sub", "mul": "mul", "mean": "GlobalAvgPool2d", "clamp": "clamp", "clip": "clamp",
-                 "sigmoid": "Sigmoid", "tanh": "Tanh"}
+                 "sigmoid": "Sigmoid", "tanh": "Tanh", "matmul": "matmul", "bmm": "matmul", "transpose": "permute",
+                 "permute": "permute", "reshape": "reshape", "view": "reshape"}
 #: Kinds whose input (and, for max pooling, output) cast comes only from types:/layers:.
 _PASS_THROUGH_INPUT = ("ReLU", "ReLU6", "LeakyReLU", "MaxPool2d", "MaxPool1d", "Hardtanh", "clamp")
 _TOP_KEYS = ("default", "types", "layers", "fold_bn", "drop_final_softmax")
@@ -601,8 +622,51 @@ def _interpolate_args(node: fx.Node) -> dict:
     return out
 
 
+def _shape_args(node: fx.Node, kind: str) -> "tuple[tuple | None, str | None]":
+    """``(ints, None)``: the constant dims of a permute / transpose / reshape call (for ``.mT``,
+    ``(-2, -1)`` as a transpose); ``(None, why)`` when they are not constants."""
+    args, kwargs = list(node.args), dict(node.kwargs)
+    if node.target is getattr:
+        if len(args) == 2 and args[1] == "mT":
+            return (-2, -1), None
+        return None, (f"attribute .{args[1] if len(args) > 1 else '?'} is not supported (of tensor attributes only .mT, "
+                      "a transpose of the last two dims; a shape computed in forward is not supported)")
+    rest = args[1:]
+    key = {"permute": "dims", "reshape": "shape"}.get(kind)
+    if kind == "permute" and node.target in ("transpose", torch.transpose):
+        rest = rest + [kwargs.pop(k) for k in ("dim0", "dim1") if k in kwargs]
+    elif not rest and kwargs:
+        rest = [kwargs.pop(key if key in kwargs else "size", None)]
+    if kwargs:
+        return None, f"unsupported arguments {sorted(kwargs)}"
+    if len(rest) == 1 and isinstance(rest[0], (tuple, list)):
+        rest = list(rest[0])
+    if not rest or any(isinstance(v, bool) or not isinstance(v, int) for v in rest):
+        return None, (f"the dims {rest!r} must be constant ints (a shape computed in forward, e.g. x.size(0), is not "
+                      "supported; give the batch dim as -1)")
+    return tuple(rest), None
+
+
 def _check_call(node: fx.Node, kind: str) -> "str | None":
     args, kwargs = list(node.args), dict(node.kwargs)
+    if kind in ("permute", "reshape"):
+        dims, why = _shape_args(node, kind)
+        if why:
+            return why
+        if not (args and isinstance(args[0], fx.Node)):
+            return "needs a tensor argument"
+        if kind == "permute" and node.target in ("transpose", torch.transpose) and len(dims) != 2:
+            return f"transpose takes two dims, got {list(dims)}"
+        if kind == "reshape":
+            try:
+                qnn.QReshape(dims)
+            except ValueError as err:
+                return str(err).split(": ", 1)[1]
+        return None
+    if kind == "matmul":
+        if kwargs or len(args) != 2 or not all(isinstance(a, fx.Node) for a in args):
+            return "only the product of two tensors is supported (no out= or other arguments)"
+        return None
     if kind == "Upsample":
         a = _interpolate_args(node)
         extra = sorted(k for k in a if k not in _INTERPOLATE_ARGS)
@@ -775,6 +839,15 @@ def _build(kind: str, float_module: "nn.Module | None", node: fx.Node, cfg: Laye
             return qnn.QUpsample(m.size, m.scale_factor, m.mode, m.align_corners, name=str(node.target))
         a = _interpolate_args(node)
         return qnn.QUpsample(a["size"], a["scale_factor"], a["mode"], a["align_corners"], name=node.name)
+    if kind == "matmul":
+        return qnn.QMatMul(config=cfg, name=node.name)
+    if kind == "permute":
+        dims, _ = _shape_args(node, kind)
+        if node.target is getattr or node.target in ("transpose", torch.transpose):
+            return qnn.QPermute(transpose=dims, name=node.name)
+        return qnn.QPermute(dims, name=node.name)
+    if kind == "reshape":
+        return qnn.QReshape(_shape_args(node, kind)[0], name=node.name)
     if kind == "Conv1d":
         return qnn.QConv1d.from_float(m, config=cfg)
     if kind == "MaxPool1d":
@@ -919,6 +992,8 @@ def convert(
             if kind in ("add", "sub", "mul"):
                 other = node.args[1] if len(node.args) > 1 else node.kwargs["other"]
                 node.args = (x, other)
+            elif kind == "matmul":
+                node.args = (node.args[0], node.args[1])
             elif kind == "cat":
                 node.args = tuple(_cat_args(node)[0])
             elif kind == "Upsample":

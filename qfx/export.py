@@ -16,7 +16,8 @@
    (``concat``), ``QClamp`` (``clamp``), ``QSub``, ``QMul``, the lookup tables ``QSigmoid`` / ``QTanh`` /
    ``QSiLU`` / ``QGELU`` / ``QHardsigmoid`` / ``QHardswish`` (``table``), ``QConv1d`` / ``QMaxPool1d`` /
    ``QAvgPool1d`` (height-1 ``conv2d`` / ``maxpool2d`` / ``avgpool2d`` nodes; in a model with 1-D layers
-   every ``[N, C, L]`` tensor is written as ``[C, 1, L]``); ``nn.Identity`` / ``nn.Dropout`` (identity in eval) pass
+   every ``[N, C, L]`` tensor is written as ``[C, 1, L]``), ``QMatMul`` (``matmul``), ``QPermute`` /
+   ``QReshape`` (``permute`` / ``reshape``, no cast); ``nn.Identity`` / ``nn.Dropout`` (identity in eval) pass
    through; ``torch.flatten(x, 1)``, ``x.flatten(1)`` and ``x.view(N, -1)`` /
    ``x.reshape(N, -1)`` become flatten nodes. Anything else (a float
    ``nn.Linear``, ``torch.relu``, a plain ``+``) is an error naming it.
@@ -62,8 +63,10 @@ from .manifest import (
     SCHEMA,
     SCHEMA_VERSION,
     TENSORS_FILE,
+    MATMUL_ORDER,
     accum_is_exact,
     infer_output_shape,
+    matmul_accum_is_exact,
     sanitize_name,
 )
 from .nn import (
@@ -78,6 +81,9 @@ from .nn import (
     QSub,
     QZeroPad2d,
     QUpsample,
+    QMatMul,
+    QPermute,
+    QReshape,
     QLayerNorm,
     QTable,
     QSoftmax,
@@ -136,7 +142,7 @@ _RESHAPE_METHODS = ("view", "reshape", "flatten")
 
 class _Tracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        if isinstance(m, (QuantizedModule, QFlatten, QZeroPad2d, QUpsample)):
+        if isinstance(m, (QuantizedModule, QFlatten, QZeroPad2d, QUpsample, QPermute, QReshape)):
             return True
         return super().is_leaf_module(m, qualname)
 
@@ -311,10 +317,10 @@ class _Builder:
                 seen.add(user)
                 if user.op == "call_module":
                     mod = self.module(user)
-                    if isinstance(mod, (QFlatten, QZeroPad2d, QUpsample) + _PASS_THROUGH_MODULES):
+                    if isinstance(mod, (QFlatten, QZeroPad2d, QUpsample, QPermute, QReshape) + _PASS_THROUGH_MODULES):
                         stack.append(user)
                         continue
-                    if isinstance(mod, (QAdd, QSub, QMul)):
+                    if isinstance(mod, (QAdd, QSub, QMul, QMatMul)):
                         for pos, a in enumerate(user.args[:2]):
                             if a is cur:
                                 t = mod.effective_format("in_a" if pos == 0 else "in_b")
@@ -414,7 +420,7 @@ class _Builder:
             raise ExportError(
                 f"unsupported module {path!r} ({type(mod).__module__}.{type(mod).__name__}); export handles the qfx.nn "
                 f"layers (QLinear, QConv2d, QBatchNorm2d, QBatchNorm1d, QReLU, QReLU6, QLeakyReLU, QAdd, QSub, QMul, "
-                f"QMaxPool2d, QAvgPool2d, QGlobalAvgPool2d, QCat, QClamp, QFlatten, QZeroPad2d, QUpsample, QSoftmax, QLayerNorm, QTable and its QSigmoid/QTanh/...); convert float layers with qfx.nn.<Layer>.from_float"
+                f"QMaxPool2d, QAvgPool2d, QGlobalAvgPool2d, QCat, QClamp, QFlatten, QZeroPad2d, QUpsample, QMatMul, QPermute, QReshape, QSoftmax, QLayerNorm, QTable and its QSigmoid/QTanh/...); convert float layers with qfx.nn.<Layer>.from_float"
             )
         _check_finite(mod, path)
         prods = [self.producer(n, a) for a in args]
@@ -700,6 +706,37 @@ def _layernorm(b: _Builder, n: fx.Node, mod: QLayerNorm, path: str, prods: list[
     b.add(n, "layernorm", path, prods, params=params, formats=formats, arrays=arrays)
 
 
+def _no_1d(b: _Builder, path: str, kind: str) -> None:
+    if b.lift_1d:
+        raise ExportError(f"layer {path!r} ({kind}): a model with 1-D layers (Conv1d, pools, 1-D Upsample) writes "
+                          f"[N, C, L] tensors as [C, 1, L]; {kind} is not supported in such a model")
+
+
+def _matmul(b: _Builder, n: fx.Node, mod: QMatMul, path: str, prods: list[_Entry]) -> None:
+    _no_1d(b, path, "matmul")
+    if len(prods) != 2:
+        raise ExportError(f"layer {path!r}: QMatMul needs two tensor operands, got {len(prods)}")
+    k = int(prods[0].output_shape[-1])
+    formats = {key: mod.effective_format(key) for key in ("in_a", "in_b", "accum", "output")}
+    params = {"multiply": "exact", "accum_order": list(MATMUL_ORDER),
+              "accum_exact": matmul_accum_is_exact(formats, k)}
+    b.add(n, "matmul", path, prods, params=params, formats=formats)
+
+
+def _permute(b: _Builder, n: fx.Node, mod: QPermute, path: str, prods: list[_Entry]) -> None:
+    _no_1d(b, path, "permute")
+    (prod,) = prods
+    perm = mod.permutation(len(prod.output_shape) + 1)
+    fmt = prod.formats["output"]
+    b.add(n, "permute", path, prods, params={"dims": [d - 1 for d in perm[1:]]}, formats={"input": fmt, "output": fmt})
+
+
+def _reshape(b: _Builder, n: fx.Node, mod: QReshape, path: str, prods: list[_Entry]) -> None:
+    _no_1d(b, path, "reshape")
+    fmt = prods[0].formats["output"]
+    b.add(n, "reshape", path, prods, params={"shape": list(b.shape(n))}, formats={"input": fmt, "output": fmt})
+
+
 def _upsample(b: _Builder, n: fx.Node, mod: QUpsample, path: str, prods: list[_Entry]) -> None:
     (prod,) = prods
     c, h, w = prod.output_shape if len(prod.output_shape) == 3 else (None, None, None)
@@ -748,6 +785,9 @@ _HANDLERS: dict[type, Callable] = {
         formats={"input": prods[0].formats["output"], "output": prods[0].formats["output"]}),
     QUpsample: _upsample,
     QLayerNorm: _layernorm,
+    QMatMul: _matmul,
+    QPermute: _permute,
+    QReshape: _reshape,
 }
 
 

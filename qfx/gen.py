@@ -230,7 +230,7 @@ def generate(manifest_path: "str | Path", out_dir: "str | Path", *, board: str =
         entry: dict[str, Any] = {"name": node.name, "source": node.source, "op": node.op,
                                  "output_shape": list(node.output_shape),
                                  "formats": {k: _fmt_info(v) for k, v in sorted(node.formats.items())}}
-        if rtl and node.op not in ("input", "flatten", "output"):
+        if rtl and node.op not in ("input", "flatten", "reshape", "output"):
             entry["cycles"] = {k: v for k, v in cycles["engines"][node.name].items() if k != "ii"}
             entry["ii"] = cycles["engines"][node.name]["ii"]
             if node.name in acc.folding:

@@ -49,7 +49,9 @@ cast is the reference's ``cast_codes``.
 
 Supported: dense (also on [C, H, W]: rows of the last axis), conv2d (stride, padding, dilation, groups), batchnorm,
 relu, relu6, leaky_relu, add, maxpool2d, avgpool2d (power-of-two divisor or
-reciprocal), flatten; fixed-point weights (per-channel formats too, on their
+reciprocal), flatten, matmul (two activations, ``matmul.j2``: k ascending, the accum cast per step),
+permute (``permute.j2``: a loop nest over the output reading the input at its permuted index),
+reshape (a copy: C order is kept); fixed-point weights (per-channel formats too, on their
 envelope grid), K-hot weights as shifts and adds from the manifest's digit
 arrays, minifloat weights with ``multiply: exact`` (template ``_minifloat.j2``: the
 manifest's bit patterns as ``ap_uint<1+E+M>`` arrays, decoded by a per-node
@@ -134,7 +136,7 @@ CXX_FLAGS = ("-std=c++14", "-O1", "-Wall", "-Wno-unknown-pragmas", "-Wno-stringo
              "-Wno-free-nonheap-object")
 SUPPORTED_OPS = ("input", "output", "dense", "conv2d", "batchnorm", "relu", "relu6", "leaky_relu", "add",
                  "maxpool2d", "avgpool2d", "flatten", "concat", "clamp", "sub", "mul", "pad", "upsample", "table",
-                 "softmax", "layernorm")
+                 "softmax", "layernorm", "matmul", "permute", "reshape")
 # Identifiers the generated C++ or its headers already use at global scope (or the testbench in main).
 _RESERVED = frozenset("""std hls qfx_cast qfx_caster in_stream out_stream stdin stdout stderr printf scanf fprintf
     fscanf fopen FILE size_t ssdm_int_sim""".split())
@@ -370,6 +372,10 @@ def _check_span(node: Node, m: Manifest) -> None:
         # a product's grid: input lsb + weight lsb, width of both plus one
         lsb = min(lsb, -(node.formats["input"].frac_bits + wg.frac_bits))
         msb = max(msb, _ibits(node.formats["input"]) + _ibits(wg) + 1)
+    if node.op == "matmul":  # the exact product in_a * in_b
+        ta, tb = node.formats["in_a"], node.formats["in_b"]
+        lsb = min(lsb, -(ta.frac_bits + tb.frac_bits))
+        msb = max(msb, _ibits(ta) + _ibits(tb) + 1)
     span = msb - lsb + 2  # a sign bit and the carry of a sum
     if span > AP_MAX_WIDTH:
         raise _fail(node, f"its formats span {span} bits (from 2**{msb} down to 2**{lsb}), beyond the "
@@ -424,6 +430,24 @@ def _node_context(node: Node, reuse: int) -> tuple[dict, list[tuple[str, str]]]:
     elif op in ("add", "sub", "mul"):
         types = [("a", _cpp(f["in_a"])), ("b", _cpp(f["in_b"])), ("out", _cpp(f["output"]))]
         ctx["src_b"] = node.inputs[1]
+    elif op == "matmul":  # template matmul.j2: acc = cast(acc + a * b, accum) over k ascending
+        types = [("a", _cpp(f["in_a"])), ("b", _cpp(f["in_b"])), ("acc", _cpp(f["accum"])), ("out", _cpp(f["output"]))]
+        sa, sb = node.input_shapes
+        ctx.update(src_b=node.inputs[1], n_a=int(np.prod(sa)), n_b=int(np.prod(sb)), lead=int(np.prod(sa[:-2])),
+                   t=sa[-2], k=sa[-1], s=sb[-1], exact=bool(p["accum_exact"]), accum_fmt=str(f["accum"]))
+    elif op == "permute":  # template permute.j2: a loop nest over the output, the input read at its index
+        types = [("in", _cpp(f["input"])), ("out", _cpp(f["output"]))]
+        shape_in, shape_out, dims = list(node.input_shapes[0]), list(node.output_shape), list(p["dims"])
+
+        def strides(sh: list) -> list:
+            return [int(np.prod(sh[j + 1:])) for j in range(len(sh))]
+
+        st_in, st_out = strides(shape_in), strides(shape_out)
+        ctx.update(dims=dims, rank=len(dims),
+                   out_index=" + ".join(f"o{j} * {st_out[j]}" for j in range(len(dims))),
+                   in_index=" + ".join(f"o{j} * {st_in[d]}" for j, d in enumerate(dims)))
+    elif op == "reshape":
+        types = [("in", _cpp(f["input"])), ("out", _cpp(f["output"]))]
     elif op == "concat":
         types = [("out", _cpp(f["output"]))]
         parts, offset = [], 0

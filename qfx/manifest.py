@@ -99,7 +99,11 @@ vectors are normalized, counted without the batch dimension; absent: the last, e
 the rows of ``[T, S]``; ``0`` of ``[C, H, W]``: per pixel across channels):
 the exp table of ``d = max - x`` on :func:`qfx.tables.softmax_diff_format`, geometry as table's;
 formats ``input, exp, reciprocal, output``; array ``table``: the exp table, codes of ``exp``, checked on
-load to equal :func:`qfx.tables.contents` of ``exp_neg``); relu, relu6, add, sub, mul, input, output none. batchnorm takes
+load to equal :func:`qfx.tables.contents` of ``exp_neg``); matmul ``multiply`` (``exact``),
+``accum_order`` (``[inner]``), ``accum_exact`` (two inputs ``a [.., T, K]`` and ``b [.., K, S]`` with equal
+leading dims, output ``[.., T, S]``; formats ``in_a, in_b, accum, output`` as dense's input / accum / output);
+permute ``dims`` (the output's axes as axes of the input, counted without the batch dimension; no cast);
+reshape ``shape`` (the output shape, same element count, C order kept; no cast); relu, relu6, add, sub, mul, input, output none. batchnorm takes
 ``[C, H, W]``, ``[C, L]`` or ``[C]``.
 
 Node fields (all required):
@@ -173,6 +177,11 @@ __all__ = [
     "mac_auto_accum",
     "accum_is_exact",
     "weight_envelope",
+    "MATMUL_ORDER",
+    "REORDER_OPS",
+    "matmul_output_shape",
+    "matmul_auto_accum",
+    "matmul_accum_is_exact",
 ]
 
 SCHEMA = "qfx.manifest"
@@ -206,6 +215,10 @@ class OpSpec:
 
 _MAC_FORMATS = ("input", "weight", "accum", "output")
 DENSE_ORDER = ["bias", "in_feature"]
+#: matmul: ``acc = 0``; for k = 0 .. K-1 ``acc = cast(acc + a[.., t, k] * b[.., k, s], accum)``
+MATMUL_ORDER = ["inner"]
+#: Ops that only move codes (no cast; ``formats.input == formats.output ==`` the producer's).
+REORDER_OPS = ("flatten", "pad", "upsample", "permute", "reshape")
 CONV_ORDER = ["bias", "in_channel", "kernel_row", "kernel_col"]
 
 #: Every op kind of schema version 1.
@@ -255,6 +268,9 @@ OPS: dict[str, OpSpec] = {
                       optional_params=("axis",)),
     "layernorm": OpSpec(1, ("input", "mean", "var", "inv_std", "output"), ("scale", "shift", "reciprocal"),
                         ("num_features", "eps", "eps_code", "affine", "bias")),
+    "matmul": OpSpec(2, ("in_a", "in_b", "accum", "output"), (), ("multiply", "accum_order", "accum_exact")),
+    "permute": OpSpec(1, ("input", "output"), (), ("dims",)),
+    "reshape": OpSpec(1, ("input", "output"), (), ("shape",)),
 }
 
 TOP_KEYS = ("schema", "version", "generator", "model", "tensors", "input", "output", "nodes")
@@ -510,6 +526,33 @@ def _pool_out(size: int, k: int, s: int, p: int, d: int, ceil_mode: bool) -> int
     return out
 
 
+def matmul_output_shape(a: Sequence[int], b: Sequence[int]) -> tuple[int, ...]:
+    """``[.., T, K] @ [.., K, S] -> [.., T, S]`` with equal leading dims (no broadcasting); ValueError otherwise."""
+    a, b = tuple(int(v) for v in a), tuple(int(v) for v in b)
+    if len(a) < 2 or len(b) < 2:
+        raise ValueError(f"matmul needs operands of rank >= 2 (without the batch dimension), got {list(a)} and {list(b)}")
+    if len(a) != len(b) or a[:-2] != b[:-2]:
+        raise ValueError(f"matmul needs equal leading dims on both operands (no broadcasting), got {list(a)} and "
+                         f"{list(b)}")
+    if a[-1] != b[-2]:
+        raise ValueError(f"matmul inner dims differ: a {list(a)} has K = {a[-1]}, b {list(b)} has K = {b[-2]}")
+    return a[:-1] + (b[-1],)
+
+
+def matmul_auto_accum(in_a: FixedType, in_b: FixedType, n_terms: int) -> FixedType:
+    """The exact accumulator of a matmul over ``n_terms`` products ``in_a * in_b`` (ValueError beyond 64 bits)."""
+    return auto_accumulator(product_type(in_a, in_b, "exact"), n_terms, None)
+
+
+def matmul_accum_is_exact(formats: Mapping[str, Any], n_terms: int) -> bool:
+    """Whether a matmul's accumulator can never round or overflow (any order gives the same bits)."""
+    try:
+        auto = matmul_auto_accum(formats["in_a"], formats["in_b"], n_terms)
+    except ValueError:
+        return False
+    return holds_all_values(formats["accum"], auto)
+
+
 def infer_output_shape(op: str, params: Mapping[str, Any], input_shapes: Sequence[Sequence[int]]) -> tuple[int, ...]:
     """The output shape (no batch dimension) an op computes; raises ValueError with the reason."""
     shapes = [tuple(int(v) for v in s) for s in input_shapes]
@@ -545,6 +588,20 @@ def infer_output_shape(op: str, params: Mapping[str, Any], input_shapes: Sequenc
             raise ValueError(f"upsample needs input [C, H, W], got {list(x)}")
         sh, sw = params["scale"]
         return (x[0], x[1] * sh, x[2] * sw)
+    if op == "matmul":
+        return matmul_output_shape(shapes[0], shapes[1])
+    if op == "permute":
+        dims = [int(d) for d in params["dims"]]
+        if sorted(dims) != list(range(len(x))):
+            raise ValueError(f"permute dims {dims} are not a permutation of the {len(x)} axes of input {list(x)} "
+                             "(axes counted without the batch dimension)")
+        return tuple(x[d] for d in dims)
+    if op == "reshape":
+        out = tuple(int(v) for v in params["shape"])
+        if math.prod(out) != math.prod(x):
+            raise ValueError(f"reshape of input {list(x)} ({math.prod(x)} elements) to {list(out)} "
+                             f"({math.prod(out)} elements)")
+        return out
     if op in ("add", "sub", "mul"):
         if shapes[0] != shapes[1]:
             raise ValueError(f"{op} needs operands of the same shape, got {list(shapes[0])} and {list(shapes[1])}")
@@ -691,6 +748,21 @@ def _check_params(ck: _Checker, where: str, op: str, params: dict) -> dict:
             p["dilation"] = _pair(ck, where, p, "dilation", 1)
             if p["in_channels"] % p["groups"] or p["out_channels"] % p["groups"]:
                 raise ck.fail(where, f"groups={p['groups']} must divide in_channels={p['in_channels']} and out_channels={p['out_channels']}")
+    elif op == "matmul":
+        _bool_param(ck, where, p, "accum_exact")
+        if p["multiply"] != "exact":
+            raise ck.fail(where, f"params.multiply must be 'exact' for matmul (L-Mul is a dense / conv2d option), "
+                                 f"got {p['multiply']!r}")
+        if p["accum_order"] != MATMUL_ORDER:
+            raise ck.fail(where, f"params.accum_order must be {MATMUL_ORDER} (the only order schema {SCHEMA_VERSION} "
+                                 f"defines), got {p['accum_order']!r}")
+    elif op in ("permute", "reshape"):
+        key = "dims" if op == "permute" else "shape"
+        v = p[key]
+        if not isinstance(v, list) or not v or not all(_is_int(a) and a >= (0 if op == "permute" else 1) for a in v):
+            raise ck.fail(where, f"params.{key} must be a non-empty list of ints >= {0 if op == 'permute' else 1}, "
+                                 f"got {v!r}")
+        p[key] = tuple(v)
     elif op == "batchnorm":
         _int_param(ck, where, p, "num_features", 1)
     elif op == "leaky_relu":
@@ -999,11 +1071,11 @@ def load(path: "str | Path") -> Manifest:
                 raise ck.fail(where, str(err)) from None
             if want != out_shape:
                 raise ck.fail(where, f"output_shape {list(out_shape)} disagrees with what the op computes from its input: {list(want)}")
-        if op in ("flatten", "output", "pad", "upsample"):
+        if op in REORDER_OPS + ("output",):
             prod = by_name[inputs[0]].output_format
-            if op in ("flatten", "pad", "upsample") and formats["input"] != prod:
+            if op in REORDER_OPS and formats["input"] != prod:
                 raise ck.fail(where, f"formats.input {formats['input']} must equal the producer's output format {prod}")
-            if formats["output"] != (formats["input"] if op in ("flatten", "pad", "upsample") else prod):
+            if formats["output"] != (formats["input"] if op in REORDER_OPS else prod):
                 raise ck.fail(where, f"formats.output {formats['output']} must equal the format it passes through ({prod})")
         if op in ("dense", "conv2d"):
             n_terms = params["in_features"] if op == "dense" else params["in_channels"] // params["groups"] * params["kernel"][0] * params["kernel"][1]
@@ -1011,6 +1083,11 @@ def load(path: "str | Path") -> Manifest:
             exact = params["accum_exact"] if isinstance(formats["weight"], MXType) else accum_is_exact(formats, params["multiply"], n_terms)
             if exact != params["accum_exact"]:
                 raise ck.fail(where, f"params.accum_exact is {str(params['accum_exact']).lower()} but accum {formats['accum']} {'holds' if exact else 'does not hold'} every partial sum exactly")
+        if op == "matmul":
+            exact = matmul_accum_is_exact(formats, in_shapes[0][-1])
+            if exact != params["accum_exact"]:
+                raise ck.fail(where, f"params.accum_exact is {str(params['accum_exact']).lower()} but accum "
+                                     f"{formats['accum']} {'holds' if exact else 'does not hold'} every partial sum exactly")
         if op == "clamp":
             out_fmt = formats["output"]
             for key in ("min_code", "max_code"):

@@ -404,6 +404,15 @@ def _reshape(g: _Graph, node: Node, x: _T) -> _T:
     return _T(y, shape, xq.lo, xq.hi, xq.frac, xq.fmt)
 
 
+def _permute(g: _Graph, node: Node, x: _T) -> _T:
+    """permute as an ONNX Transpose (the batch axis stays first); no cast (the format passes through)."""
+    xq = g.cast(x, node.formats["input"], node.name, "input")
+    shape = (g.batch, *node.output_shape)
+    y = g.node("Transpose", [xq.name], f"{node.name}_transpose", shape,
+               perm=[0] + [int(d) + 1 for d in node.params["dims"]])
+    return _T(y, shape, xq.lo, xq.hi, xq.frac, xq.fmt)
+
+
 def _concat(g: _Graph, node: Node, xs: list[_T]) -> _T:
     out = node.formats["output"]
     parts = [g.cast(x, out, node.name, f"input{i}") for i, x in enumerate(xs)]
@@ -494,8 +503,14 @@ def manifest_to_qonnx(manifest: "Manifest | str | os.PathLike", *, batch: int = 
             t = _maxpool(g, node, srcs[0])
         elif op == "avgpool2d":
             t = _avgpool(g, node, srcs[0])
-        elif op == "flatten":
+        elif op in ("flatten", "reshape"):
             t = _reshape(g, node, srcs[0])
+        elif op == "permute":
+            t = _permute(g, node, srcs[0])
+        elif op == "matmul":
+            raise QonnxExportError(
+                f"node {node.name!r} (matmul, source {node.source!r}): the matmul of two activations has no QONNX "
+                "export (an accumulator cast per step has no ONNX equivalent); generate RTL / HLS with qfx-gen instead")
         elif op == "concat":
             t = _concat(g, node, srcs)
         elif op == "clamp":

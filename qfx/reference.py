@@ -118,6 +118,14 @@ features of ``[F]``, each row of ``[T, S]``, per pixel across the channels of ``
     2**W_s - 1)`` with ``E = 2 F_s + F_var`` (the inv_std code, :func:`qfx.layernorm.inv_sqrt_code`,
     Python integers); ``y = cast(d * s * gamma + beta, output)`` (``d * s * gamma`` without a bias,
     ``d * s`` without affine): every product and sum exact.
+``matmul`` (two activations, ``a [.., T, K] @ b [.., K, S]``, equal leading dims)
+    ``qa = cast(a, in_a)``, ``qb = cast(b, in_b)``; per output ``(.., t, s)``: ``acc = 0``, then for
+    ``k = 0 .. K-1`` in order ``acc = cast(align(acc) + align(qa[.., t, k] * qb[.., k, s]), accum)``
+    (products exact on ``F_a + F_b``), then ``cast(acc, output)``. With ``params.accum_exact`` no step
+    can round or overflow: one exact integer matmul, then the output cast (the same bits).
+``permute`` / ``reshape``
+    The codes with their axes permuted by ``params.dims`` (``y = x.transpose(dims)``) / laid out in
+    ``params.shape`` (C order kept); no cast.
 ``batchnorm`` on ``[C]`` / ``[C, L]`` (BatchNorm1d) is the same per-channel
 formula, the channel the first axis.
 """
@@ -485,6 +493,40 @@ def _sub_mul(node: Node, a: np.ndarray, fa_src: int, b: np.ndarray, fb_src: int,
     return cast_codes(_shl(aq, frac - ta.frac_bits) - _shl(bq, frac - tb.frac_bits), frac, f["output"])
 
 
+def _matmul(node: Node, a: np.ndarray, fa_src: int, b: np.ndarray, fb_src: int, force_big: bool) -> np.ndarray:
+    """``a @ b`` on the codes: exact products, the accum cast after every step over k (in order), the output cast."""
+    f = node.formats
+    ta, tb, accum = f["in_a"], f["in_b"], f["accum"]
+    fp = ta.frac_bits + tb.frac_bits
+    k_n = a.shape[-1]
+    p_width = ta.width + tb.width
+    if node.params["accum_exact"]:
+        need = _width(lambda: (ta * tb).accumulator(k_n))
+    else:
+        step = max(accum.frac_bits, fp)
+        need = max(accum.width + step - accum.frac_bits, p_width + step - fp) + 1
+    big = force_big or need > INT64_SAFE_BITS or p_width > INT64_SAFE_BITS
+    qa, qb = cast_codes(a, fa_src, ta), cast_codes(b, fb_src, tb)
+    if big:
+        qa, qb = _big(qa), _big(qb)
+    if node.params["accum_exact"]:
+        if big:  # np.matmul has no object-dtype loop in every numpy: sum the products
+            acc = (qa[..., :, :, None] * qb[..., None, :, :]).sum(axis=-2)
+        else:
+            acc = np.matmul(qa, qb)
+        return cast_codes(acc, fp, f["output"])
+    fa = accum.frac_bits
+    step = max(fa, fp)
+    shape = qa.shape[:-1] + (qb.shape[-1],)
+    acc = np.zeros(shape, dtype=object if big else np.int64)
+    for k in range(k_n):
+        s = _shl(acc, step - fa) + _shl(qa[..., :, k, None] * qb[..., None, k, :], step - fp)
+        acc = cast_codes(s, step, accum)
+        if big:
+            acc = _big(acc)
+    return cast_codes(acc, fa, f["output"])
+
+
 def _concat(node: Node, srcs: list, fracs: list) -> np.ndarray:
     out_fmt = node.formats["output"]
     parts = [cast_codes(x, fx, out_fmt) for x, fx in zip(srcs, fracs)]
@@ -658,6 +700,12 @@ def run_codes(manifest: "Manifest | str | Path", codes: Any, *, big_ints: bool =
                 y = _add(node, srcs[0], fracs[0], srcs[1], fracs[1], big_ints)
             elif node.op in ("sub", "mul"):
                 y = _sub_mul(node, srcs[0], fracs[0], srcs[1], fracs[1], big_ints)
+            elif node.op == "matmul":
+                y = _matmul(node, srcs[0], fracs[0], srcs[1], fracs[1], big_ints)
+            elif node.op == "permute":
+                y = np.transpose(srcs[0], (0,) + tuple(d + 1 for d in node.params["dims"]))
+            elif node.op == "reshape":
+                y = srcs[0].reshape((srcs[0].shape[0],) + tuple(node.params["shape"]))
             elif node.op == "concat":
                 y = _concat(node, srcs, fracs)
             elif node.op == "clamp":

@@ -228,6 +228,18 @@ def _convert_lstm():
     return convert(nn.Sequential(nn.Linear(4, 4), nn.LSTM(4, 4)), {"default": {"weight": "ap_fixed<8,1>"}})
 
 
+class _MatMul(nn.Module):
+    """Two Linear projections of a [N, T, 4] input combined by ``fn`` (a matmul / reorder to refuse)."""
+
+    def __init__(self, fn: Callable) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 3)
+        self.fn = fn
+
+    def forward(self, x):
+        return self.fn(self.a(x), self.b(x))
+
+
 class _Interp(nn.Module):
     """A conv, then F.interpolate with the given arguments."""
 
@@ -477,6 +489,22 @@ CASES = [
     Case("convert-layernorm-no-intermediate-formats", None,
          lambda c: convert(nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8)), _FIXED),
          ValueError, r"layer '1' \(LayerNorm\).*needs the format\(s\) mean, var, inv_std"),
+    Case("forward-matmul-inner-dims", None,
+         lambda c: convert(_MatMul(lambda a, b: a @ b), _FIXED)(torch.randn(2, 5, 4)),
+         ValueError, r"layer 'matmul' \(matmul\): inner dims differ: a \[2, 5, 4\] has K = 4, b \[2, 5, 3\] has "
+                     r"K = 5"),
+    Case("forward-matmul-broadcast", None,
+         lambda c: convert(_MatMul(lambda a, b: a.reshape(-1, 2, 5, 2) @ a.reshape(-1, 1, 2, 10)), _FIXED)(
+             torch.randn(2, 5, 4)),
+         ValueError, r"layer 'matmul' \(matmul\): operands .* have different leading dims; only equal leading dims "
+                     r"\(batch, heads\) are supported, no broadcasting"),
+    Case("forward-transpose-batch-dim", None,
+         lambda c: convert(_MatMul(lambda a, b: a.transpose(0, 1) @ b), _FIXED)(torch.randn(2, 5, 4)),
+         ValueError, r"layer 'transpose' \(permute\): the batch dim \(0\) must stay first"),
+    Case("convert-view-constant-batch", None,
+         lambda c: convert(_MatMul(lambda a, b: a.view(8, 5, 4) @ b.mT), _FIXED),
+         ValueError, r"method \.view\(\) \(node 'view'\): the target shape \[8, 5, 4\] must keep the batch dim, "
+                     r"given as -1 first"),
     Case("convert-unknown-config-key", None,
          lambda c: convert(_float_mlp(), {"defaults": {"weight": "ap_fixed<8,1>"}}),
          ValueError, r"'defaults'.*did you mean 'default'"),

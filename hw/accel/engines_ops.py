@@ -1,4 +1,5 @@
-"""Engines of the structural ops of issue 14: concat, clamp, sub, mul, pad, upsample.
+"""Engines of the structural ops of issue 14: concat, clamp, sub, mul, pad, upsample (matmul and
+permute: :mod:`qfx.hw.accel.engines_matmul`).
 
 Same stream contract as :mod:`qfx.hw.accel.engines`: single-element ``amaranth.lib.stream``
 ports, C order in and out; each computes what :mod:`qfx.reference` documents for its op.
@@ -40,8 +41,8 @@ __all__ = ["BinaryEngine", "ConcatEngine", "ClampEngine", "PadEngine", "Upsample
 
 #: Manifest ops built by this module.
 OPS = ("concat", "clamp", "sub", "mul", "pad", "upsample", "table", "softmax",
-       "layernorm")  # table: engines_table.TableEngine; softmax: engines_softmax.SoftmaxEngine;
-# layernorm: engines_norm.LayerNormEngine
+       "layernorm", "matmul", "permute")  # table: engines_table.TableEngine; softmax: engines_softmax.SoftmaxEngine;
+# layernorm: engines_norm.LayerNormEngine; matmul, permute: engines_matmul
 
 
 class _OpsEngine(wiring.Component):
@@ -346,6 +347,14 @@ def ops_engine(node: Node, srcs: "list[FixedType]", slots: "tuple[int, ...] | No
         if softmax_geometry(node.params, node.input_shapes[0])[2] > 1:  # vectors across a non-last axis
             return SoftmaxStridedEngine(node, srcs[0])
         return SoftmaxEngine(node, srcs[0])
+    if node.op == "matmul":
+        from .engines_matmul import MatMulEngine
+
+        return MatMulEngine(node, srcs[0], srcs[1], slots[:2])
+    if node.op == "permute":
+        from .engines_matmul import PermuteEngine
+
+        return PermuteEngine(node, srcs[0], slots[0])
     raise EngineError(f"node {node.name!r}: op {node.op!r} is not one of {OPS}")  # pragma: no cover
 
 
@@ -362,6 +371,11 @@ def ops_engine_cycles(node: Node) -> dict[str, int]:
             return softmax_strided_cycles(node)
         return softmax_cycles(node)
     if node.op in ("sub", "mul"):
+        return {"load": n_out, "compute": n_out, "outputs": n_out}
+    if node.op == "matmul":  # one product per cycle (engines_matmul.MatMulEngine)
+        return {"load": max(math.prod(s) for s in node.input_shapes),
+                "compute": n_out * int(node.input_shapes[0][-1]), "outputs": n_out}
+    if node.op == "permute":
         return {"load": n_out, "compute": n_out, "outputs": n_out}
     if node.op == "pad":
         return {"load": 0, "compute": n_out, "outputs": n_out}
@@ -399,7 +413,7 @@ def ops_engine_latency(node: Node, last_in: int) -> int:
         from .engines_norm import layernorm_latency
 
         return layernorm_latency(node, last_in)
-    if node.op in ("sub", "mul", "concat", "upsample"):
+    if node.op in ("sub", "mul", "concat", "upsample", "matmul", "permute"):
         return last_in + c["compute"] + 2
     if node.op == "pad":
         _c, h, w = node.input_shapes[0]

@@ -145,7 +145,7 @@ def parse_foldings(nodes: Mapping[str, Node], spec: Mapping[str, object]) -> dic
 # ---------------------------------------------------------------------------
 
 #: Nodes that are wiring, not engines (no cycles, no resources of their own).
-_WIRING = ("input", "flatten", "output")
+_WIRING = ("input", "flatten", "reshape", "output")
 _RESOURCES = ("lut", "ff", "dsp", "bram36")
 
 

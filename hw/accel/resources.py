@@ -103,7 +103,8 @@ def buffer_slots(manifest: Manifest) -> dict[str, tuple[int, ...]]:
     from .engines import EngineError
     from .top import Accelerator
 
-    buffered = ("dense", "conv2d", "maxpool2d", "avgpool2d", "add", "sub", "mul", "concat", "upsample", "layernorm")
+    buffered = ("dense", "conv2d", "maxpool2d", "avgpool2d", "add", "sub", "mul", "concat", "upsample", "layernorm",
+                "matmul", "permute")
     try:
         acc = Accelerator(manifest)
     except EngineError:
@@ -164,6 +165,14 @@ def estimate_resources(manifest: Manifest) -> dict[str, Any]:
             w = f["output"].width
             ramb18 = sum(_ramb18("ram", k * math.prod(s), w) for s, k in zip(node.input_shapes, sl))
             bits = sum(k * math.prod(s) for s, k in zip(node.input_shapes, sl)) * w
+        elif node.op == "matmul":  # engines_matmul.MatMulEngine: both operands buffered, one in_a x in_b multiplier
+            na, nb = (math.prod(s) for s in node.input_shapes)
+            ramb18 = _ramb18("ram", sl[0] * na, f["in_a"].width) + _ramb18("ram", sl[1] * nb, f["in_b"].width)
+            bits = sl[0] * na * f["in_a"].width + sl[1] * nb * f["in_b"].width
+            dsp = multiplier_dsps(dsp_operand_bits(f["in_a"]), dsp_operand_bits(f["in_b"]))
+        elif node.op == "permute":  # engines_matmul.PermuteEngine: the input buffered, read in the permuted order
+            ramb18 = _ramb18("ram", sl[0] * n_in, f["output"].width)
+            bits = sl[0] * n_in * f["output"].width
         elif node.op == "upsample":  # the input buffered in its own format (engines_ops.UpsampleEngine)
             ramb18 = _ramb18("ram", sl[0] * n_in, f["output"].width)
             bits = sl[0] * n_in * f["output"].width

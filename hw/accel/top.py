@@ -19,12 +19,14 @@ from .engines_ops import ops_engine
 from .folding import MAC_OPS, Folding, FoldingError, check_folding
 from .weights import plan_weights
 
-__all__ = ["Accelerator", "SUPPORTED_OPS", "axis_width", "emitted_format", "stream_formats"]
+__all__ = ["Accelerator", "SUPPORTED_OPS", "WIRING_OPS", "axis_width", "emitted_format", "stream_formats"]
 
 #: Manifest ops the RTL accelerator builds.
 SUPPORTED_OPS = ("input", "dense", "conv2d", "batchnorm", "relu", "relu6", "leaky_relu", "add",
-                 "maxpool2d", "avgpool2d", "flatten", "output") + _OPS_ENGINE_OPS
+                 "maxpool2d", "avgpool2d", "flatten", "reshape", "output") + _OPS_ENGINE_OPS
 _ELEMENTWISE = ("batchnorm", "relu", "relu6", "leaky_relu")
+#: Nodes without an engine: the stream passes unchanged (C order is kept).
+WIRING_OPS = ("flatten", "reshape", "output")
 
 
 def axis_width(fmt: FixedType) -> int:
@@ -42,7 +44,7 @@ def axis_width(fmt: FixedType) -> int:
 def emitted_format(manifest: Manifest, name: str) -> FixedType:
     """Format of the codes node ``name`` emits (flatten / output pass their input through)."""
     node = manifest.node(name)
-    while node.op in ("flatten", "output"):
+    while node.op in WIRING_OPS:
         node = manifest.node(node.inputs[0])
     return node.formats["output"]
 
@@ -166,7 +168,7 @@ class Accelerator(wiring.Component):
         """A fresh engine per computing node (name -> engine), in manifest order."""
         out: dict[str, Any] = {}
         for node in self._manifest:
-            if node.op in ("input", "flatten", "output"):
+            if node.op == "input" or node.op in WIRING_OPS:
                 continue
             srcs = [emitted_format(self._manifest, s) for s in node.inputs]
             if node.op in ("dense", "conv2d"):
@@ -189,7 +191,7 @@ class Accelerator(wiring.Component):
         for node in self._manifest:
             if node.op == "input":
                 continue
-            if node.op in ("flatten", "output"):
+            if node.op in WIRING_OPS:
                 finish[node.name] = finish[node.inputs[0]]
                 continue
             fold = self._folding.get(node.name, Folding())
@@ -241,7 +243,7 @@ class Accelerator(wiring.Component):
 
         def resolve(name: str) -> str:
             node = man.node(name)
-            return resolve(node.inputs[0]) if node.op in ("flatten", "output") else name
+            return resolve(node.inputs[0]) if node.op in WIRING_OPS else name
 
         consumers: dict[str, list[Any]] = {}
         for name, eng in engines.items():

@@ -147,7 +147,7 @@ def energy_per_inference(manifest: Manifest, dsp_per_layer: dict[str, float], br
         kinds[k] = kinds.get(k, 0.0) + v
 
     for node in manifest:
-        if node.op in ("input", "flatten", "output"):
+        if node.op in ("input", "flatten", "reshape", "output"):
             continue
         cyc = engine_cycles(node)
         mem_factor = f_hard if bram_per_layer.get(node.name, 0) else f_soft
@@ -180,6 +180,24 @@ def energy_per_inference(manifest: Manifest, dsp_per_layer: dict[str, float], br
             add_kind("accumulate", accu)
             add_kind("memory", mem)
             add_kind("cast/control", out_cast)
+            mac_total["macs"] += macs
+            mac_total["pj"] += prod + accu
+        elif node.op == "matmul":  # hw/accel/engines_matmul.py: one exact product and accumulate per cycle
+            macs = cyc["compute"]
+            a, b = f["in_a"], f["in_b"]
+            dsp = dsp_per_layer.get(node.name, 0) > 0
+            kind = "dsp" if dsp else "lut_mult"
+            prod = _mult(a.width, b.width) * (f_hard if dsp else f_soft) * macs
+            accu = _add((f["accum"] + a * b).width) * f_soft * macs
+            mem = (_read(a.width) + _read(b.width)) * mem_factor * macs  # two operand reads per product
+            mem += (_read(a.width) + _read(b.width)) * mem_factor * cyc["load"]  # buffer writes
+            other = _add(f["output"].width) * f_soft * cyc["outputs"]
+            row.update({"macs": macs, "kind": kind, "product_pj": prod, "accumulate_pj": accu, "memory_pj": mem,
+                        "other_pj": other})
+            add_kind(kind, prod)
+            add_kind("accumulate", accu)
+            add_kind("memory", mem)
+            add_kind("cast/control", other)
             mac_total["macs"] += macs
             mac_total["pj"] += prod + accu
         else:

@@ -211,6 +211,25 @@ def _binary_features(node: Node, slots: "tuple[int, ...]" = (2, 2)) -> dict[str,
     return f
 
 
+def _matmul_features(node: Node, slots: "tuple[int, ...]" = (2, 2)) -> dict[str, float]:
+    """matmul (hw/accel/engines_matmul.py): two buffers, the (g, t, s, k) counters and two read
+    addresses, the exact product, the accumulator's adder and cast, the output cast."""
+    f = _zero()
+    a, b, acc, out = (node.formats[k] for k in ("in_a", "in_b", "accum", "output"))
+    na, nb = (math.prod(s) for s in node.input_shapes)
+    p = a * b
+    s = acc + p
+    f["const"] = 1.0
+    f["ctr_bits"] = float(_bits(na) + _bits(nb) + sum(_bits(v) for v in list(node.input_shapes[0]) + [node.output_shape[-1]]))
+    f["addr_bits"] = float(_bits(na) + _bits(nb))
+    f["arith_bits"] = float(p.width + s.width + out.width + a.width + b.width)
+    f["cast_logic_bits"] = float(_cast_logic_bits(s, acc) + _cast_logic_bits(acc, out))
+    la, lb = _lutram(slots[0] * na, a.width), _lutram(slots[1] * nb, b.width)
+    f["lutram_luts"] = la + lb
+    f["reg_bits"] = float(acc.width + out.width + (a.width if la else 0) + (b.width if lb else 0))
+    return f
+
+
 def _concat_features(node: Node, srcs: "list[FixedType]", slots: "tuple[int, ...] | None" = None) -> dict[str, float]:
     """concat (hw/accel/engines_ops.py): one buffer per input in the output format, a cast on each entry."""
     f = _zero()
@@ -329,14 +348,14 @@ def engine_features(manifest: Manifest) -> dict[str, dict[str, float]]:
     """Per computing node, the feature vector of its engine (names in :data:`FEATURES`)."""
     def fmt_of(name: str) -> FixedType:
         n = manifest.node(name)
-        return fmt_of(n.inputs[0]) if n.op in ("flatten", "output") else n.formats["output"]
+        return fmt_of(n.inputs[0]) if n.op in ("flatten", "reshape", "output") else n.formats["output"]
 
     from qfx.hw.accel.resources import buffer_slots
 
     slots = buffer_slots(manifest)
     out: dict[str, dict[str, float]] = {}
     for node in manifest:
-        if node.op in ("input", "flatten", "output"):
+        if node.op in ("input", "flatten", "reshape", "output"):
             continue
         src = fmt_of(node.inputs[0])
         sl = slots.get(node.name, (2,) * max(len(node.inputs), 1))
@@ -348,10 +367,16 @@ def engine_features(manifest: Manifest) -> dict[str, dict[str, float]]:
             out[node.name] = _add_features(node, sl)
         elif node.op in ("sub", "mul"):
             out[node.name] = _binary_features(node, sl)
+        elif node.op == "matmul":
+            out[node.name] = _matmul_features(node, sl)
         elif node.op == "layernorm":
             out[node.name] = _layernorm_features(node, src, sl[0])
-        elif node.op in ("concat", "upsample"):  # upsample: one buffered input, read out (engines_ops.py)
+        elif node.op in ("concat", "upsample", "permute"):  # upsample / permute: one buffered input, read out
             out[node.name] = _concat_features(node, [fmt_of(s) for s in node.inputs], sl)
+            if node.op == "permute":  # the output counters and the strided read address (engines_matmul.py)
+                n = math.prod(node.output_shape)
+                out[node.name]["ctr_bits"] = float(_bits(n) + sum(_bits(v) for v in node.output_shape if v > 1))
+                out[node.name]["arith_bits"] += float(len(node.output_shape) * _bits(n))
             if node.op == "upsample":  # the (c, iy, dy, ix, dx) output counters and the read address
                 c, h, w = node.input_shapes[0]
                 sh, sw = node.params["scale"]

@@ -24,6 +24,7 @@ module                   contents
                          :class:`QClamp`, :class:`QSub`, :class:`QMul`, :class:`QZeroPad2d`,
                          :class:`QUpsample`
 ``qfx.nn.layernorm``     :class:`QLayerNorm` (integer statistics, :mod:`qfx.layernorm`)
+``qfx.nn.matmul``        :class:`QMatMul` (two activations), :class:`QPermute`, :class:`QReshape`
 ``qfx.nn.table``         lookup-table activations: :class:`QSigmoid`, :class:`QTanh`,
                          :class:`QSiLU`, :class:`QGELU`, :class:`QHardsigmoid`,
                          :class:`QHardswish` (:class:`QTable`)
@@ -40,6 +41,7 @@ from .conv1d import QAvgPool1d, QConv1d, QMaxPool1d
 from .flatten import QFlatten
 from .layernorm import QLayerNorm, layernorm_problem
 from .linear import QLinear
+from .matmul import QMatMul, QPermute, QReshape, matmul_problem
 from .norm import QBatchNorm2d, fold_batchnorm
 from .ops import QBatchNorm1d, QCat, QClamp, QGlobalAvgPool2d, QMul, QSub, QUpsample, QZeroPad2d, upsample_problem
 from .pool import QAvgPool2d, QMaxPool2d
@@ -75,6 +77,9 @@ __all__ = [
     "QMul",
     "QZeroPad2d",
     "QUpsample",
+    "QMatMul",
+    "QPermute",
+    "QReshape",
     "QTable",
     "QSoftmax",
     "QSigmoid",
