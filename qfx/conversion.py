@@ -40,6 +40,8 @@ float                                           qfx
 ``x.transpose`` / ``x.permute`` / ``x.mT`` /      :class:`qfx.nn.QPermute` (no formats; the batch dim stays)
 ``torch.transpose`` / ``torch.permute``
 ``x.reshape`` / ``x.view`` / ``torch.reshape``    :class:`qfx.nn.QReshape` (no formats; the batch dim given as -1)
+``nn.MultiheadAttention`` (self-attention,      :class:`qfx.attention.MultiheadSelfAttention`: per-head
+``batch_first=True``, no masks)                   Linear / matmul / softmax pieces, converted as above
 ``nn.Identity``, ``nn.Dropout*``                removed (the value passes through)
 ==============================================  ==============================================
 
