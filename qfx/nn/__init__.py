@@ -24,6 +24,8 @@ module                   contents
                          :class:`QClamp`, :class:`QSub`, :class:`QMul`, :class:`QZeroPad2d`,
                          :class:`QUpsample`
 ``qfx.nn.layernorm``     :class:`QLayerNorm` (integer statistics, :mod:`qfx.layernorm`)
+``qfx.nn.plan``          :func:`refresh_compile_plan`, :func:`compile_model`: compiled
+                         (torch.compile) forward passes, one graph
 ``qfx.nn.table``         lookup-table activations: :class:`QSigmoid`, :class:`QTanh`,
                          :class:`QSiLU`, :class:`QGELU`, :class:`QHardsigmoid`,
                          :class:`QHardswish` (:class:`QTable`)
@@ -42,6 +44,7 @@ from .layernorm import QLayerNorm, layernorm_problem
 from .linear import QLinear
 from .norm import QBatchNorm2d, fold_batchnorm
 from .ops import QBatchNorm1d, QCat, QClamp, QGlobalAvgPool2d, QMul, QSub, QUpsample, QZeroPad2d, upsample_problem
+from .plan import CompilePlanError, compile_model, refresh_compile_plan
 from .pool import QAvgPool2d, QMaxPool2d
 from .quantizer import TensorQuantizer
 from .softmax import QSoftmax
@@ -87,6 +90,9 @@ __all__ = [
     "QMaxPool1d",
     "QAvgPool1d",
     "freeze",
+    "refresh_compile_plan",
+    "compile_model",
+    "CompilePlanError",
     "set_track_overflow",
     "reset_overflow_counts",
     "product_type",
