@@ -210,37 +210,35 @@ def test_demo_cnn_step_is_one_graph():
 
 
 def _modes_model(dtype: torch.dtype) -> nn.Module:
-    """One tiny dense layer per (rounding, overflow) pair, every tensor in that mode."""
-    layers = nn.ModuleList()
-    for r in Rounding:
-        for o in Overflow:
-            f = f"ap_fixed<7,2,{r.value},{o.value}>"
-            layers.append(QLinear(4, 3, input=f, weight=f, bias=f"ap_fixed<12,4,{r.value},{o.value}>", output=f, **LEARN))
+    """One learnable cast per (rounding, overflow) pair, after a shared dense layer (the casts are
+    what the modes change; the layers' own logic is covered by the models above)."""
+    casts = nn.ModuleList(
+        TensorQuantizer(qfx.parse_type(f"ap_fixed<7,2,{r.value},{o.value}>"), name=f"{r.value}_{o.value}", learnable=True)
+        for r in Rounding for o in Overflow
+    )
 
     class Modes(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.layers = layers
+            self.fc = QLinear(4, 3, input=X, weight=W, bias=B, output="ap_fixed<12,5,AP_RND,AP_SAT>", **LEARN)
+            self.casts = casts
 
         def forward(self, x):
-            return torch.cat([m(x * (1 + i / 8)) for i, m in enumerate(self.layers)], dim=1)
+            h = self.fc(x)
+            return torch.cat([q(h * (1 + i / 8)) for i, q in enumerate(self.casts)], dim=1)
 
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for m in layers:
-            m.weight.copy_(torch.randn(m.weight.shape, generator=g) * 1.5)
-            m.bias.copy_(torch.randn(m.bias.shape, generator=g))
     return Modes().to(dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 def test_every_rounding_and_overflow_mode(dtype, monkeypatch):
-    """All 7 x 6 modes in one model (one compilation per dtype)."""
+    """All 7 x 6 modes in one model (one compilation per dtype), binary points moved off their
+    calibration so that elements saturate or wrap; ties included."""
     model = _modes_model(dtype).train()
     g = torch.Generator().manual_seed(1)
     x = (torch.randn(24, 4, generator=g, dtype=torch.float64) * 4).to(dtype)
     x[:4] = torch.tensor([[0.5 + 1 / 64, -1 / 32, 3.0, -3.0]], dtype=dtype)  # ties and overflow
-    y = torch.randint(0, 3 * len(model.layers), (24,), generator=g)
+    y = torch.randint(0, 3 * len(model.casts), (24,), generator=g)
     qtrain.calibrate(model, [(x, y)])
     with torch.no_grad():  # binary points off their calibration: some elements saturate or wrap
         for q in model.modules():

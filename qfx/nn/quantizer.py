@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from .. import _fixed
-from ..quant import _int_frac, overflow_mask, quantize
+from ..quant import _fast_plan, _int_frac, overflow_mask, quantize
 from ..arith import envelope
 from ..types import FixedType, Format, KHot, MinifloatType, MXType
 from .plan import CompilePlanError, compiling, plan_of, set_plan
@@ -213,10 +213,13 @@ class TensorQuantizer(nn.Module):
             if isinstance(env, FixedType) and _fixed.holds_exactly(env, d)
         )
         frozen = fmt if (fb is not None and fb.dim() == 0 and not isinstance(fb, nn.Parameter)) else None
-        set_plan(self, (calibrated, frozen, holds))
+        # the eager forward's fast cast (_FixedSTEFast) applies to float32 inputs: compiled, its torch-op twin
+        fast = (self.learnable and calibrated and fb.numel() == 1 and fb.dim() == 0  # type: ignore[union-attr]
+                and _fast_plan(self.fmt, _int_frac(fb, self.fmt)) is not None)  # type: ignore[arg-type]
+        set_plan(self, (calibrated, frozen, holds, fast))
 
     def _compiled_forward(self, x: torch.Tensor) -> torch.Tensor:
-        calibrated, frozen, _ = plan_of(self)
+        calibrated, frozen, _, fast = plan_of(self)
         fb = self.frac_bits
         if fb is None:
             return quantize(x, self.fmt)
@@ -229,10 +232,12 @@ class TensorQuantizer(nn.Module):
                 f"{self.name}: the learnable binary point is not calibrated; calibrate before compiling "
                 "(qfx.train.calibrate(model, batches), or one eager forward call)"
             )
-        from .._compiled import fixed_cast_ste
+        from .._compiled import fast_fixed_cast, fixed_cast_ste
 
         if not isinstance(x, torch.Tensor) or not x.is_floating_point():
             return quantize(x, self.fmt, frac_bits=fb)  # quantize's own error
+        if fast and x.dtype == torch.float32:
+            return fast_fixed_cast(x, fb, self.fmt, self._planned_frac)
         return fixed_cast_ste(x, fb, self.fmt, self._planned_frac)
 
     # -- forward --------------------------------------------------------------
