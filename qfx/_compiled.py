@@ -189,39 +189,25 @@ def _(g, x):
 # -- the fast cast in torch ops (Inductor fuses it) -----------------------------------------------
 
 
-@torch.library.custom_op("qfx::planned_frac", mutates_args=())
-def planned_frac(frac_bits: torch.Tensor, planned: torch.Tensor, fmt: str) -> torch.Tensor:
-    """``round(frac_bits)`` as a 0-d int32 tensor, after checking that it is the binary point the
-    compile plan assumed (``CompilePlanError`` otherwise): the one opaque step of
-    :func:`fast_fixed_cast`, on a scalar."""
-    from qfx.quant import _int_frac
-
-    t = _fmt(fmt)
-    frac = _int_frac(frac_bits, t)
-    _check_planned(frac, planned, t)
-    return torch.tensor(int(frac), dtype=torch.int32, device=frac_bits.device)
-
-
-@planned_frac.register_fake
-def _(frac_bits, planned, fmt):
-    return frac_bits.new_empty((), dtype=torch.int32)
-
-
-def _pow2(e: torch.Tensor) -> torch.Tensor:
-    """``2**e`` in float32 for an int32 ``e`` in -126..127, exact by construction (the exponent
-    field written directly: no exp2 whose accuracy the compiler's math library decides)."""
-    return ((e + 127) << 23).view(torch.float32)
+def _pow2(e: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``2**e`` for an integer ``e`` in the normal range of ``dtype`` (float32: -126..127, float64:
+    -1022..1023), exact by construction (the exponent field written directly: no exp2 whose
+    accuracy the compiler's math library decides)."""
+    if dtype == torch.float64:
+        return ((e.to(torch.int64) + 1023) << 52).view(torch.float64)
+    return ((e.to(torch.int32) + 127) << 23).view(torch.float32)
 
 
 class _FastCast(torch.autograd.Function):
     """``qfx.quant._FixedSTEFast`` in torch ops with the binary point as a tensor: the same values
     (``x * 2**F`` exact in float32 for the plan's formats, rounded, clamped, scaled back) and the same
-    ``x`` gradient (a select); the binary point's gradient up to its summation order."""
+    ``x`` gradient (float32: a select, float64: ``grad * inside``); the binary point's gradient up to
+    its summation order."""
 
     @staticmethod
     def forward(ctx, x, frac_bits, f, t: FixedType, lo: float, hi: float):  # type: ignore[override]
-        r = _fixed.round_scaled(x * _pow2(f), t.rounding)
-        q = r.clamp(lo, hi) * _pow2(-f)
+        r = _fixed.round_scaled(x * _pow2(f, x.dtype), t.rounding)
+        q = r.clamp(lo, hi) * _pow2(-f, x.dtype)
         inside = ~((r < lo) | (r > hi))  # NaN codes count as inside, as in _fixed.out_of_range
         ctx.save_for_backward(x, q, inside)
         ctx.frac_shape = frac_bits.shape
@@ -230,7 +216,8 @@ class _FastCast(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
         x, q, inside = ctx.saved_tensors
-        grad_x = torch.where(inside, grad, 0.0)
+        # float32: a select (the fused kernel's exact 0); float64: grad * inside (as _FixedSTE)
+        grad_x = torch.where(inside, grad, 0.0) if x.dtype == torch.float32 else grad * inside
         grad_f = None
         if ctx.needs_input_grad[1]:
             g = grad if grad.dtype == x.dtype else grad.to(x.dtype)
@@ -239,13 +226,23 @@ class _FastCast(torch.autograd.Function):
 
 
 def fast_fixed_cast(x: torch.Tensor, frac_bits: torch.Tensor, t: FixedType, planned: torch.Tensor) -> torch.Tensor:
-    """The differentiable cast of float32 ``x`` to ``t`` with a scalar learnable binary point, where
+    """The differentiable cast of float32/float64 ``x`` to ``t`` with a scalar learnable binary point, where
     the compile plan found ``qfx.quant._fast_plan`` to apply (a saturating mode, at most 22 bits,
-    0 <= F <= 100); Inductor fuses it with its neighbours."""
-    from qfx.quant import _spelling
+    0 <= F <= 100); Inductor fuses it with its neighbours. ``planned``: the plan's rounded binary
+    point; a different one in force raises (``torch._assert_async``)."""
+    from qfx.quant import _spelling, _stale_plan_message
 
     # the clamp bounds of _fast_plan (codes: they do not depend on the binary point)
     signed_sym = t.overflow is Overflow.AP_SAT_SYM and t.signed
     lo = float(_fixed.sat_sym_low(t)) if signed_sym else float(t.min_code)
-    f = planned_frac(frac_bits, planned, _spelling(t))
+    f = torch.round(frac_bits.detach())
+    # A stale plan fails loudly, inside the graph and without a host sync (Inductor keeps the check).
+    torch._assert_async((f == planned).all(), _stale_plan_message(_spelling(t)))
     return _FastCast.apply(x, frac_bits, f, t, lo, float(t.max_code))
+
+
+@functools.lru_cache(maxsize=1024)
+def _stale_message(t: str) -> str:
+    return (f"qfx: the learnable binary point of {t} moved since the compile plan was made: call "
+            "qfx.nn.refresh_compile_plan(model) before each compiled call (qfx.nn.compile_model and "
+            "qfx.train.fit(compile=True) do)")

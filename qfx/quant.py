@@ -437,6 +437,14 @@ def _spelling(t: Format) -> str:
 
 
 @_assume_constant
+def _stale_plan_message(spelling: str) -> str:
+    """The message of a compiled fast cast whose binary point left the compile plan (a constant)."""
+    from ._compiled import _stale_message
+
+    return _stale_message(spelling)
+
+
+@_assume_constant
 def _khot_bounds(t: KHot) -> "tuple[float, float]":
     """The smallest and largest K-hot values (the straight-through gradient's range)."""
     codes = t.codes()

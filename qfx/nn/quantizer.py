@@ -213,7 +213,7 @@ class TensorQuantizer(nn.Module):
             if isinstance(env, FixedType) and _fixed.holds_exactly(env, d)
         )
         frozen = fmt if (fb is not None and fb.dim() == 0 and not isinstance(fb, nn.Parameter)) else None
-        # the eager forward's fast cast (_FixedSTEFast) applies to float32 inputs: compiled, its torch-op twin
+        # the eager forward's fast casts (_FixedSTEFast, _FixedSTEFused64) apply: compiled, their torch-op twin
         fast = (self.learnable and calibrated and fb.numel() == 1 and fb.dim() == 0  # type: ignore[union-attr]
                 and _fast_plan(self.fmt, _int_frac(fb, self.fmt)) is not None)  # type: ignore[arg-type]
         set_plan(self, (calibrated, frozen, holds, fast))
@@ -236,7 +236,7 @@ class TensorQuantizer(nn.Module):
 
         if not isinstance(x, torch.Tensor) or not x.is_floating_point():
             return quantize(x, self.fmt, frac_bits=fb)  # quantize's own error
-        if fast and x.dtype == torch.float32:
+        if fast and x.dtype in (torch.float32, torch.float64):
             return fast_fixed_cast(x, fb, self.fmt, self._planned_frac)
         return fixed_cast_ste(x, fb, self.fmt, self._planned_frac)
 
