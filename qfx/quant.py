@@ -54,6 +54,13 @@ Fused CPU kernels
     under a second, cached in torch's extension folder). Same values and ``x``
     gradients bit for bit as the torch ops; the ``frac_bits`` gradient is summed in
     float64. ``QFX_NO_CPP=1`` (or no compiler: one warning) keeps the torch ops.
+
+Under torch.compile
+    No tensor value is read while tracing: a learnable binary point goes through
+    ``torch.ops.qfx.fixed_cast`` (:mod:`qfx._compiled`; format-only fake kernel), or, for a
+    layer's scalar binary point where the fast cast applies, its torch-op twin
+    (``qfx._compiled.fast_fixed_cast``); K-hot values through ``torch.ops.qfx.khot_values``.
+    The layers' value-dependent choices come from the compile plan (:mod:`qfx.nn.plan`).
 """
 
 from __future__ import annotations
