@@ -1,6 +1,7 @@
 """Time of one training step of the demo CNN: qfx model vs float model, measured in the same run.
 
-    python bench/train_step.py [--batch 64] [--steps 30] [--threads 1] [--config W8|W4|khot] [--json OUT]
+    python bench/train_step.py [--model digits_cnn|resnet8] [--batch 64 [256 ...]] [--steps 30] [--threads 1]
+                               [--config W8|W4|khot] [--no-compile] [--backend inductor] [--json OUT]
 
 One step = forward, cross-entropy, backward, Adam step, on a fixed batch of
 8x8 digits. Both models are the same float-pre-initialised ``digits_cnn``;
@@ -30,6 +31,19 @@ Three more contenders put the ratio in context, timed in the same interleaved ro
     ``QuantIdentity`` around the residual add; 8-bit per-tensor learned scales,
     brevitas' defaults), BatchNorm left in float (brevitas does not quantize it as
     its own layer). Skipped when brevitas is not installed.
+
+Compiled steps (issue 16; ``--compile``, default on): ``float, compiled`` and ``qfx, compiled``
+run forward + loss as one ``torch.compile(fullgraph=True)`` graph (backend ``--backend``,
+default Inductor; its backward compiled with it), the qfx one through
+:func:`qfx.nn.compile_model` (the compile plan refreshed before every step, outside the graph),
+the Adam step eager for all. ``compile_s`` is the wall time of the first compiled step (tracing
+and code generation of forward and backward); ``graphs`` / ``graph_breaks`` come from
+``torch._dynamo.explain`` of the qfx forward + loss. Ratios are against the float step of the
+same mode (eager / compiled) and, for the compiled qfx step, also against the eager float step.
+
+``--model resnet8``: a CIFAR-10-sized ResNet-8 (16-32-64 channels, three basic blocks, 1x1
+shortcuts where the shape changes, global average pool; ``[N, 3, 32, 32]`` random inputs), the
+same W8 config; peers and brevitas are run for the demo CNN only.
 """
 
 from __future__ import annotations
@@ -146,12 +160,14 @@ def _brevitas_cnn(channels: int = 8) -> "torch.nn.Module | None":
         return BrevitasCNN(channels)
 
 
-def _step_fn(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor):
+def _step_fn(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, compiled=None):
+    """One training step; ``compiled``: the compiled forward (+ the model's parameters for Adam)."""
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    fwd = compiled if compiled is not None else model
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(model(x).float(), y)
+        loss = F.cross_entropy(fwd(x).float(), y)
         loss.backward()
         opt.step()
 
@@ -168,30 +184,94 @@ def _time(step, n: int) -> list[tuple[float, float]]:
     return out
 
 
-def main(argv: "list[str] | None" = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--steps", type=int, default=30, help="timed steps per model")
-    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (steps split across them)")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--config", choices=("W8", "W4", "khot"), default="W8")
-    p.add_argument("--json", help="write the result here")
-    p.add_argument("--no-peers", action="store_true", help="time float and qfx only")
-    args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
+class _Basic(torch.nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1, self.relu1 = nn.BatchNorm2d(cout), nn.ReLU()
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2, self.relu2 = nn.BatchNorm2d(cout), nn.ReLU()
+        self.short = None
+        if stride != 1 or cin != cout:
+            self.short = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.bn2(self.conv2(self.relu1(self.bn1(self.conv1(x)))))
+        s = x if self.short is None else self.short(x)
+        return self.relu2(s + y)
+
+
+class ResNet8(torch.nn.Module):
+    """CIFAR-10-sized ResNet-8: stem conv, three basic blocks (16, 32, 64 channels), pool, dense."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.conv1, self.bn1, self.relu1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU()
+        self.layer1, self.layer2, self.layer3 = _Basic(16, 16, 1), _Basic(16, 32, 2), _Basic(32, 64, 2)
+        self.pool, self.flatten, self.fc = nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu1(self.bn1(self.conv1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return self.fc(self.flatten(self.pool(x)))
+
+
+def _data(model: str, batch: int):
+    if model == "resnet8":
+        g = torch.Generator().manual_seed(0)
+        return torch.randn(batch, 3, 32, 32, generator=g), torch.randint(0, 10, (batch,), generator=g)
     from qfx.data import digits_splits
 
     data = digits_splits(0).train
-    x, y = data.tensors[0][: args.batch], data.tensors[1][: args.batch]
-    fmodel = build_model("digits_cnn", seed=0).train()
+    return data.tensors[0][:batch], data.tensors[1][:batch]
+
+
+def _float_model(model: str) -> torch.nn.Module:
+    if model == "resnet8":
+        torch.manual_seed(0)
+        return ResNet8().train()
+    return build_model("digits_cnn", seed=0).train()
+
+
+def _graphs(qmodel: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> "tuple[int, int]":
+    """``(graphs, graph breaks)`` of the qfx forward + loss (``torch._dynamo.explain``)."""
+    from qfx.nn import refresh_compile_plan
+
+    def forward_loss(a, b):
+        return F.cross_entropy(qmodel(a).float(), b)
+
+    with torch.backends.nnpack.flags(enabled=False):
+        refresh_compile_plan(qmodel)
+        e = torch._dynamo.explain(forward_loss)(x, y)
+    torch._dynamo.reset()
+    return e.graph_count, e.graph_break_count
+
+
+def run_one(args: argparse.Namespace, batch: int) -> dict:
+    """The interleaved timing of every contender at one batch size."""
+    import copy
+
+    x, y = _data(args.model, batch)
+    fmodel = _float_model(args.model)
     cfg = {"W8": word_length_config(8), "W4": word_length_config(4), "khot": khot_config(fmodel)}[args.config]
     qmodel = qfx.convert(fmodel, cfg).train()
     qtrain.calibrate(qmodel, [(x, y)])
     steps = {"float": _step_fn(fmodel, x, y), "qfx": _step_fn(qmodel, x, y)}
-    if not args.no_peers:
-        import copy
-
+    compile_s: dict[str, float] = {}
+    graphs = None
+    if args.compile:
+        graphs = _graphs(qmodel, x, y)
+        fc = copy.deepcopy(fmodel)
+        qc = copy.deepcopy(qmodel)
+        steps["float, compiled"] = _step_fn(fc, x, y, torch.compile(fc, fullgraph=True, backend=args.backend))
+        steps["qfx, compiled"] = _step_fn(qc, x, y, qfx.nn.compile_model(qc, backend=args.backend))
+        for k in ("float, compiled", "qfx, compiled"):
+            t0 = time.perf_counter()
+            steps[k]()  # trace + compile forward and backward
+            compile_s[k] = time.perf_counter() - t0
+    if not args.no_peers and args.model == "digits_cnn":
         frozen = qfx.nn.freeze(copy.deepcopy(qmodel)).train()
         steps["qfx, binary points frozen"] = _step_fn(frozen, x, y)
         steps["eager fake-quant floor"] = _step_fn(_FloorCNN(fmodel).train(), x, y)
@@ -207,38 +287,64 @@ def main(argv: "list[str] | None" = None) -> int:
             times[name] += _time(s, per_round)
     med = {k: statistics.median(w for w, _ in v) for k, v in times.items()}
     cpu = {k: statistics.median(c for _, c in v) for k, v in times.items()}
-    ratio = med["qfx"] / med["float"]
-    cpu_ratio = cpu["qfx"] / cpu["float"]
-    peers = {
-        k: {"ms": 1e3 * med[k], "ratio": med[k] / med["float"], "cpu_ms": 1e3 * cpu[k], "cpu_ratio": cpu[k] / cpu["float"]}
+
+    def base(k: str) -> str:
+        return "float, compiled" if k.endswith("compiled") else "float"
+
+    rows = {
+        k: {"ms": 1e3 * med[k], "ratio": med[k] / med[base(k)], "cpu_ms": 1e3 * cpu[k], "cpu_ratio": cpu[k] / cpu[base(k)]}
         for k in steps
-        if k not in ("float", "qfx")
     }
+    if "qfx, compiled" in rows:
+        rows["qfx, compiled"]["ratio_vs_eager_float"] = med["qfx, compiled"] / med["float"]
     result = {
-        "model": "digits_cnn",
+        "model": args.model,
         "config": args.config,
-        "batch": args.batch,
+        "batch": batch,
         "threads": args.threads,
+        "backend": args.backend if args.compile else None,
         "steps_per_model": len(times["float"]),
         "float_ms": 1e3 * med["float"],
         "qfx_ms": 1e3 * med["qfx"],
-        "ratio": ratio,
+        "ratio": med["qfx"] / med["float"],
         "float_cpu_ms": 1e3 * cpu["float"],
         "qfx_cpu_ms": 1e3 * cpu["qfx"],
-        "cpu_ratio": cpu_ratio,
-        "peers": peers,
+        "cpu_ratio": cpu["qfx"] / cpu["float"],
+        "contenders": rows,
+        "compile_s": compile_s,
+        "graphs": None if graphs is None else {"graphs": graphs[0], "graph_breaks": graphs[1]},
         "torch": torch.__version__,
     }
-    print(
-        f"digits_cnn train step, batch {args.batch}, {args.threads} thread(s), config {args.config}: "
-        f"float {result['float_ms']:.2f} ms, qfx {result['qfx_ms']:.2f} ms, ratio qfx/float = {ratio:.2f}x "
-        f"(thread CPU time: float {result['float_cpu_ms']:.2f} ms, qfx {result['qfx_cpu_ms']:.2f} ms, "
-        f"ratio {cpu_ratio:.2f}x)"
-    )
-    for k, v in peers.items():
-        print(f"  {k}: {v['ms']:.2f} ms, {v['ratio']:.2f}x float (thread CPU {v['cpu_ms']:.2f} ms, {v['cpu_ratio']:.2f}x)")
+    print(f"{args.model} train step, batch {batch}, {args.threads} thread(s), config {args.config}"
+          + (f", backend {args.backend}" if args.compile else "") + ":")
+    for k, v in rows.items():
+        extra = f", {v['ratio_vs_eager_float']:.2f}x eager float" if "ratio_vs_eager_float" in v else ""
+        print(f"  {k}: {v['ms']:.2f} ms, {v['ratio']:.2f}x {base(k)}{extra} "
+              f"(thread CPU {v['cpu_ms']:.2f} ms, {v['cpu_ratio']:.2f}x)")
+    if compile_s:
+        print("  compile (first step): " + ", ".join(f"{k} {v:.1f} s" for k, v in compile_s.items()))
+    if graphs is not None:
+        print(f"  torch._dynamo.explain of the qfx forward + loss: {graphs[0]} graph(s), {graphs[1]} break(s)")
+    return result
+
+
+def main(argv: "list[str] | None" = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", choices=("digits_cnn", "resnet8"), default="digits_cnn")
+    p.add_argument("--batch", type=int, nargs="+", default=[64])
+    p.add_argument("--steps", type=int, default=30, help="timed steps per model")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (steps split across them)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--config", choices=("W8", "W4", "khot"), default="W8")
+    p.add_argument("--no-compile", dest="compile", action="store_false", help="eager contenders only")
+    p.add_argument("--backend", default="inductor", help="torch.compile backend of the compiled contenders")
+    p.add_argument("--json", help="write the result here")
+    p.add_argument("--no-peers", action="store_true", help="no frozen / fake-quant floor / brevitas contenders")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    results = [run_one(args, b) for b in args.batch]
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        Path(args.json).write_text(json.dumps(results if len(results) > 1 else results[0], indent=2) + "\n")
     return 0
 
 

@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import Optional
 
 import torch
 
 from qfx import _fixed
-from qfx.types import FixedType, parse_type
+from qfx.types import FixedType, Overflow, parse_type
 
 _LN2 = math.log(2.0)
 
@@ -50,11 +51,15 @@ def _out_dtype(spelling: str, dtype: torch.dtype) -> torch.dtype:
 
 
 @torch.library.custom_op("qfx::fixed_cast", mutates_args=())
-def fixed_cast(x: torch.Tensor, frac_bits: torch.Tensor, fmt: str) -> tuple[torch.Tensor, torch.Tensor]:
+def fixed_cast(
+    x: torch.Tensor, frac_bits: torch.Tensor, fmt: str, planned: Optional[torch.Tensor] = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     from qfx.quant import _int_frac  # the checked round(frac_bits) of the eager path
 
     t = _fmt(fmt)
     frac = _int_frac(frac_bits, t)
+    if planned is not None:
+        _check_planned(frac, planned, t)
     lo, hi = _fixed.frac_bounds(frac)
     want = _out_dtype(fmt, x.dtype)
     if _fixed.result_dtype(t, x.dtype, lo, hi) != want and not _fixed.holds_exactly(t, want, lo, hi):
@@ -66,13 +71,26 @@ def fixed_cast(x: torch.Tensor, frac_bits: torch.Tensor, fmt: str) -> tuple[torc
     return q, inside.view(x.shape).clone() if inside.data_ptr() == x.data_ptr() else inside.view(x.shape)
 
 
+def _check_planned(frac: "int | torch.Tensor", planned: torch.Tensor, t: FixedType) -> None:
+    """Raise CompilePlanError unless the binary point in force is the one the compile plan assumed."""
+    now = torch.as_tensor(frac, dtype=torch.int64, device=planned.device).reshape(planned.shape)
+    if not torch.equal(now, planned):
+        from qfx.nn.plan import CompilePlanError
+
+        raise CompilePlanError(
+            f"the learnable binary point of {t} rounds to {now.tolist()} fractional bits, the compile plan "
+            f"assumed {planned.tolist()}: call qfx.nn.refresh_compile_plan(model) before each compiled call "
+            "(qfx.nn.compile_model and qfx.train.fit(compile=True) do)"
+        )
+
+
 @fixed_cast.register_fake
-def _(x, frac_bits, fmt):
+def _(x, frac_bits, fmt, planned=None):
     return torch.empty_like(x, dtype=_out_dtype(fmt, x.dtype)), torch.empty_like(x, dtype=torch.bool)
 
 
 def _setup_context(ctx, inputs, output):
-    x, frac_bits, _ = inputs
+    x, frac_bits = inputs[0], inputs[1]
     q, inside = output
     ctx.save_for_backward(x, q, inside)
     ctx.frac_shape = frac_bits.shape
@@ -93,15 +111,138 @@ def _backward(ctx, grad, _grad_inside):
             grad_f = ((grad * dq_df).sum() * _LN2).reshape(ctx.frac_shape)
         else:
             grad_f = (grad * dq_df).sum_to_size(ctx.frac_shape) * _LN2
-    return grad_x, grad_f, None
+    return grad_x, grad_f, None, None
 
 
 fixed_cast.register_autograd(_backward, setup_context=_setup_context)
 
 
-def fixed_cast_ste(x: torch.Tensor, frac_bits: torch.Tensor, t: FixedType) -> torch.Tensor:
-    """The differentiable values of ``t`` with a learnable binary point, via the custom op."""
+def fixed_cast_ste(
+    x: torch.Tensor, frac_bits: torch.Tensor, t: FixedType, planned: "torch.Tensor | None" = None
+) -> torch.Tensor:
+    """The differentiable values of ``t`` with a learnable binary point, via the custom op.
+
+    ``planned``: the rounded binary point the compile plan assumed (:mod:`qfx.nn.plan`); the op
+    raises where the one in force differs."""
     if frac_bits.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
         raise TypeError(f"frac_bits for {t} must be a floating-point tensor, got {frac_bits.dtype}")
-    q, _ = torch.ops.qfx.fixed_cast(x, frac_bits, str(t))
+    q, _ = torch.ops.qfx.fixed_cast(x, frac_bits, str(t), planned)
     return q
+
+
+# -- K-hot -----------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=256)
+def _khot(spelling: str):
+    from qfx.types import KHot
+
+    t = parse_type(spelling)
+    if not isinstance(t, KHot):
+        raise ValueError(f"qfx::khot_values takes a K-hot format, got {spelling!r}")
+    return t
+
+
+@torch.library.custom_op("qfx::khot_values", mutates_args=())
+def khot_values(x: torch.Tensor, fmt: str) -> torch.Tensor:
+    """The nearest K-hot values (``qfx.quant._khot_values``): opaque to the compiler, because the
+    code table is built in NumPy (``KHot.codes``), which Dynamo would trace into and branch on."""
+    from qfx.quant import _khot_values
+
+    return _khot_values(x, _khot(fmt))
+
+
+@khot_values.register_fake
+def _(x, fmt):
+    t = _khot(fmt)
+    return torch.empty_like(x, dtype=_fixed.result_dtype(t.base, x.dtype, t.base.frac_bits, t.base.frac_bits))
+
+
+# -- BatchNorm: the per-channel gradient sums of the fused affine kernel ---------------------------
+
+
+@torch.library.custom_op("qfx::bn_affine_sums", mutates_args=())
+def bn_affine_sums(g: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per channel ``(sum g*x, sum g)`` in float64 of float32 ``[N, C, H, W]`` tensors, by the fused
+    kernel that the eager :class:`qfx.nn.QBatchNorm2d` uses (``qfx._fused``), in its summation order:
+    the compiled layer's scale and shift gradients are then the eager ones bit for bit."""
+    from qfx import _fused
+
+    k = _fused.kernels()
+    gc, xc = g.contiguous(), x.contiguous()
+    if k is None or gc.dtype != torch.float32 or xc.dtype != torch.float32 or gc.device.type != "cpu":
+        gd = gc.double()
+        return (gd * xc.double()).sum(dim=(0, 2, 3)), gd.sum(dim=(0, 2, 3))
+    c = x.shape[1]
+    zeros = torch.zeros(c, dtype=torch.float32)
+    ones = torch.ones(x.shape, dtype=torch.uint8)
+    _, ds, db, _ = k.bn_affine_backward(gc, xc, zeros, zeros, xc, ones, False, True, False)
+    return torch.tensor(ds, dtype=torch.float64), torch.tensor(db, dtype=torch.float64)
+
+
+@bn_affine_sums.register_fake
+def _(g, x):
+    c = x.shape[1]
+    return x.new_empty((c,), dtype=torch.float64), x.new_empty((c,), dtype=torch.float64)
+
+
+# -- the fast cast in torch ops (Inductor fuses it) -----------------------------------------------
+
+
+def _pow2(e: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``2**e`` for an integer ``e`` in the normal range of ``dtype`` (float32: -126..127, float64:
+    -1022..1023), exact by construction (the exponent field written directly: no exp2 whose
+    accuracy the compiler's math library decides)."""
+    if dtype == torch.float64:
+        return ((e.to(torch.int64) + 1023) << 52).view(torch.float64)
+    return ((e.to(torch.int32) + 127) << 23).view(torch.float32)
+
+
+class _FastCast(torch.autograd.Function):
+    """``qfx.quant._FixedSTEFast`` in torch ops with the binary point as a tensor: the same values
+    (``x * 2**F`` exact in float32 for the plan's formats, rounded, clamped, scaled back) and the same
+    ``x`` gradient (float32: a select, float64: ``grad * inside``); the binary point's gradient up to
+    its summation order."""
+
+    @staticmethod
+    def forward(ctx, x, frac_bits, f, t: FixedType, lo: float, hi: float):  # type: ignore[override]
+        r = _fixed.round_scaled(x * _pow2(f, x.dtype), t.rounding)
+        q = r.clamp(lo, hi) * _pow2(-f, x.dtype)
+        inside = ~((r < lo) | (r > hi))  # NaN codes count as inside, as in _fixed.out_of_range
+        ctx.save_for_backward(x, q, inside)
+        ctx.frac_shape = frac_bits.shape
+        return q
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        x, q, inside = ctx.saved_tensors
+        # float32: a select (the fused kernel's exact 0); float64: grad * inside (as _FixedSTE)
+        grad_x = torch.where(inside, grad, 0.0) if x.dtype == torch.float32 else grad * inside
+        grad_f = None
+        if ctx.needs_input_grad[1]:
+            g = grad if grad.dtype == x.dtype else grad.to(x.dtype)
+            grad_f = ((g * (torch.where(inside, x, 0.0) - q)).sum() * _LN2).reshape(ctx.frac_shape)
+        return grad_x, grad_f, None, None, None, None
+
+
+def fast_fixed_cast(x: torch.Tensor, frac_bits: torch.Tensor, t: FixedType, planned: torch.Tensor) -> torch.Tensor:
+    """The differentiable cast of float32/float64 ``x`` to ``t`` with a scalar learnable binary point, where
+    the compile plan found ``qfx.quant._fast_plan`` to apply (a saturating mode, at most 22 bits,
+    0 <= F <= 100); Inductor fuses it with its neighbours. ``planned``: the plan's rounded binary
+    point; a different one in force raises (``torch._assert_async``)."""
+    from qfx.quant import _spelling, _stale_plan_message
+
+    # the clamp bounds of _fast_plan (codes: they do not depend on the binary point)
+    signed_sym = t.overflow is Overflow.AP_SAT_SYM and t.signed
+    lo = float(_fixed.sat_sym_low(t)) if signed_sym else float(t.min_code)
+    f = torch.round(frac_bits.detach())
+    # A stale plan fails loudly, inside the graph and without a host sync (Inductor keeps the check).
+    torch._assert_async((f == planned).all(), _stale_plan_message(_spelling(t)))
+    return _FastCast.apply(x, frac_bits, f, t, lo, float(t.max_code))
+
+
+@functools.lru_cache(maxsize=1024)
+def _stale_message(t: str) -> str:
+    return (f"qfx: the learnable binary point of {t} moved since the compile plan was made: call "
+            "qfx.nn.refresh_compile_plan(model) before each compiled call (qfx.nn.compile_model and "
+            "qfx.train.fit(compile=True) do)")

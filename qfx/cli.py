@@ -1,6 +1,6 @@
 """The ``qfx`` command line.
 
-``qfx train CONFIG.yaml -o RUN/ [--epochs N] [--seed S] [--resume] [--force]``
+``qfx train CONFIG.yaml -o RUN/ [--epochs N] [--seed S] [--resume] [--force] [--compile [auto]]``
     Train a demo model with learned binary points; see :func:`cmd_train`.
 ``qfx demo-accuracy [--out DIR] [--quick]``
     The float / PTQ / qfx-trained accuracy table (:mod:`qfx.demo.accuracy`).
@@ -70,8 +70,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     """``qfx train``: float pre-training, conversion, quantization-aware training, freeze, test."""
     from .runs import train_run
 
+    compile = {None: False, "on": True, "auto": "auto"}[args.compile]
     train_run(args.config, args.output, epochs=args.epochs, seed=args.seed, resume=args.resume, force=args.force,
-              quiet=args.quiet)
+              quiet=args.quiet, compile=compile, compile_backend=args.compile_backend)
     return 0
 
 
@@ -85,6 +86,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in RUN/ from its last checkpoint")
     p.add_argument("--force", action="store_true", help="start over in an existing RUN/ (removes its qfx files)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    p.add_argument("--compile", nargs="?", const="on", choices=("on", "auto"),
+                   help="compile each training step with torch.compile (same bits as eager); 'auto': "
+                        "train eagerly with a warning where compilation is unavailable (plain --compile: error)")
+    p.add_argument("--compile-backend", default="inductor",
+                   help="torch.compile backend for --compile (default inductor; aot_eager needs no C++ compiler)")
     p.set_defaults(func=cmd_train)
 
 

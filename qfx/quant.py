@@ -54,6 +54,13 @@ Fused CPU kernels
     under a second, cached in torch's extension folder). Same values and ``x``
     gradients bit for bit as the torch ops; the ``frac_bits`` gradient is summed in
     float64. ``QFX_NO_CPP=1`` (or no compiler: one warning) keeps the torch ops.
+
+Under torch.compile
+    No tensor value is read while tracing: a learnable binary point goes through
+    ``torch.ops.qfx.fixed_cast`` (:mod:`qfx._compiled`; format-only fake kernel), or, for a
+    layer's scalar binary point where the fast cast applies, its torch-op twin
+    (``qfx._compiled.fast_fixed_cast``); K-hot values through ``torch.ops.qfx.khot_values``.
+    The layers' value-dependent choices come from the compile plan (:mod:`qfx.nn.plan`).
 """
 
 from __future__ import annotations
@@ -423,6 +430,34 @@ def _mx_quantize(x: torch.Tensor, t: MXType, stochastic: bool, generator, what: 
     return _MaskSTE.apply(x, q, inside)
 
 
+def _assume_constant(fn):
+    """``fn``'s result is a constant of its (format) arguments: torch.compile calls it instead of
+    tracing into it (NumPy code tables, f-string spellings)."""
+    compiler = getattr(torch, "compiler", None)
+    mark = getattr(compiler, "assume_constant_result", None)
+    return mark(fn) if mark is not None else fn
+
+
+@_assume_constant
+def _spelling(t: Format) -> str:
+    return str(t)
+
+
+@_assume_constant
+def _stale_plan_message(spelling: str) -> str:
+    """The message of a compiled fast cast whose binary point left the compile plan (a constant)."""
+    from ._compiled import _stale_message
+
+    return _stale_message(spelling)
+
+
+@_assume_constant
+def _khot_bounds(t: KHot) -> "tuple[float, float]":
+    """The smallest and largest K-hot values (the straight-through gradient's range)."""
+    codes = t.codes()
+    return float(codes[0]) * 2.0 ** -t.base.frac_bits, float(codes[-1]) * 2.0 ** -t.base.frac_bits
+
+
 # -- public API ---------------------------------------------------------------
 
 
@@ -479,8 +514,13 @@ def quantize(
             return _compiled_kernel(t, x.dtype, _minifloat.result_dtype(x, t))(x)
         q = _minifloat_values(x.detach(), t, stochastic, generator)
         return _STE.apply(x, q, -t.max, t.max) if x.requires_grad else q
-    q = _khot_values(x.detach(), t)
-    lo, hi = (float(c) * 2.0 ** -t.base.frac_bits for c in (t.codes()[0], t.codes()[-1]))
+    if _is_compiling():  # the code table is NumPy: an opaque registered op (qfx._compiled)
+        from ._compiled import khot_values
+
+        q = khot_values(x.detach(), _spelling(t))
+    else:
+        q = _khot_values(x.detach(), t)
+    lo, hi = _khot_bounds(t)
     return _STE.apply(x, q, lo, hi) if x.requires_grad else q
 
 

@@ -258,7 +258,7 @@ def prepare_run_dir(run: Path, resume: bool, force: bool) -> bool:
 
 def train_run(config: "str | Path | dict[str, Any]", output: "str | Path", *, epochs: "int | None" = None,
               seed: "int | None" = None, resume: bool = False, force: bool = False,
-              quiet: bool = False) -> dict[str, Any]:
+              quiet: bool = False, compile: "bool | str" = False, compile_backend: str = "inductor") -> dict[str, Any]:
     """Train a run as ``qfx train`` does: float pre-training, conversion, quantization-aware training
     with learned binary points, freeze, test; writes the run folder ``output`` (see the module
     docstring) and returns its metrics (``metrics.json``).
@@ -267,6 +267,11 @@ def train_run(config: "str | Path | dict[str, Any]", output: "str | Path", *, ep
     continues the run in ``output`` from its last checkpoint, ``force`` starts over there
     (removing only the run's own files). Bad input raises :class:`ConfigError` before anything is
     written.
+
+    ``compile`` (``True`` or ``"auto"``): compiled training steps (:func:`qfx.train.fit`); checked
+    before anything is written: ``True`` raises :class:`qfx.train.CompileUnavailable` where
+    ``compile_backend`` cannot compile here, ``"auto"`` prints one ``qfx: warning:`` line and
+    trains eagerly.
     """
     import yaml
 
@@ -288,6 +293,9 @@ def train_run(config: "str | Path | dict[str, Any]", output: "str | Path", *, ep
         convert(build_model(cfg["model"], seed=cfg["train"]["seed"]).eval(), cfg["quant"])
     except (ValueError, TypeError) as err:
         raise ConfigError(f"quant: {err}") from None
+    if compile:
+        compile = qtrain._check_compile(compile, compile_backend,
+                                        warn=lambda msg: print(f"qfx: warning: {msg}", file=sys.stderr))
     run = Path(output)
     resuming = prepare_run_dir(run, resume, force)
     if resuming and (run / "config.yaml").is_file():
@@ -320,7 +328,7 @@ def train_run(config: "str | Path | dict[str, Any]", output: "str | Path", *, ep
             log(f"float pre-training: {tc['float_epochs']} epochs")
             res = qtrain.fit(fmodel, train_loader, val_loader, epochs=tc["float_epochs"], lr=tc["float_lr"],
                              seed=seed, optimizer=tc["optimizer"], weight_decay=tc["weight_decay"],
-                             progress=progress)
+                             progress=progress, compile=bool(compile), compile_backend=compile_backend)
             fm = {"val": res.final, "test": without_n(qtrain.evaluate(fmodel, test_loader)), "history": res.history}
             metrics["float"] = fm
             qtrain._atomic_save({"state_dict": fmodel.state_dict(), "metrics": fm}, float_path)
@@ -339,6 +347,7 @@ def train_run(config: "str | Path | dict[str, Any]", output: "str | Path", *, ep
         weight_decay=tc["weight_decay"], schedule=tc["schedule"], calibrate_batches=tc["calibrate_batches"],
         freeze_bn_stats=tc["freeze_bn_stats"],
         checkpoint_dir=run / "checkpoints", resume=resuming, progress=progress,
+        compile=bool(compile), compile_backend=compile_backend,
     )
     test = without_n(qtrain.evaluate(model, test_loader))
     metrics["qfx"] = {"history": res.history, "val": res.final, "test": test, "resumed_from": res.resumed_from}

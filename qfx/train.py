@@ -28,6 +28,15 @@ float model for a baseline) for classification:
 - **Freezing**: at the end the learned binary points are rounded and fixed
   (:func:`qfx.nn.freeze`), and the validation metrics in ``final`` are
   measured with the frozen model: the evaluated formats are the exported ones.
+- **Compiled steps** (``compile=True`` / ``"auto"``): forward and loss run as one
+  ``torch.compile(fullgraph=True)`` graph (its backward compiled with it by AOTAutograd), with the
+  layers' value-dependent choices made before each step by
+  :func:`qfx.nn.refresh_compile_plan` (outside the graph). The same bits as the eager step:
+  forward values and weight gradients identical, the binary points' gradients up to their
+  summation order (``tests/test_compile_train.py``). A batch whose shape differs from the first
+  (the last, partial one) runs eagerly, without a recompilation. ``True`` raises
+  :class:`CompileUnavailable` where the backend cannot compile here (e.g. no C++ compiler for
+  Inductor); ``"auto"`` then warns once and trains eagerly.
 - **DistributedDataParallel**: pass the DDP-wrapped model; calibration is
   synchronised, buffers (BatchNorm statistics, calibration state) are
   broadcast from rank 0 at the end, only rank 0 writes checkpoints and shows
@@ -41,6 +50,7 @@ data, freeze, no training. :func:`evaluate` gives loss and accuracy.
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import re
@@ -69,6 +79,8 @@ __all__ = [
     "latest_checkpoint",
     "load_checkpoint",
     "CheckpointError",
+    "CompileUnavailable",
+    "compile_unavailable",
 ]
 
 _CKPT_RE = re.compile(r"^epoch_(\d{4,})\.pt$")
@@ -383,6 +395,89 @@ def _make_schedule(opt: torch.optim.Optimizer, schedule: str, epochs: int):
     raise ValueError(f"schedule must be 'cosine' or 'constant', not {schedule!r}")
 
 
+class CompileUnavailable(RuntimeError):
+    """``torch.compile`` with the asked backend does not work here (the message says why)."""
+
+
+@functools.lru_cache(maxsize=16)
+def compile_unavailable(backend: str = "inductor") -> "str | None":
+    """None when ``torch.compile(..., backend=backend)`` compiles and runs a tiny function here, else
+    the reason in one line (cached per backend for the process). The function carries a fresh constant, so that no cached kernel hides a
+    missing or broken compiler (Inductor's C++ compiler: ``CXX`` / ``torch._inductor.config.cpp.cxx``)."""
+    c = random.Random().random() + 1.0  # a private generator: the global one stays as seeded
+    ns: dict[str, Any] = {}
+    exec(f"def probe(a):\n    return a * {c!r} + 1.0\n", ns)  # a new code object: nothing cached for it
+    probe = ns["probe"]
+    try:
+        got = torch.compile(probe, backend=backend, fullgraph=True, dynamic=False)(torch.ones(3))
+        if not torch.equal(got, torch.ones(3) * c + 1.0):
+            return f"torch.compile (backend {backend!r}) computed a wrong result for a probe"
+    except Exception as err:  # noqa: BLE001 - every failure means: no compiled training here
+        lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+        text = next((ln for ln in lines if "rror" in ln), lines[0] if lines else type(err).__name__)
+        return f"torch.compile (backend {backend!r}) does not work here: {text[:300]}"
+    return None
+
+
+def _check_compile(compile: "bool | str", backend: str, warn: "Callable[[str], None] | None" = None) -> bool:
+    """Whether fit compiles its steps: ``compile`` validated, the backend probed; ``"auto"`` reports
+    a failure through ``warn`` (default: a RuntimeWarning)."""
+    if compile is False or compile is None:
+        return False
+    if compile not in (True, "auto"):
+        raise ValueError(f"compile must be False, True or 'auto', not {compile!r}")
+    if not isinstance(backend, str) or not backend:
+        raise ValueError(f"compile_backend must be a torch.compile backend name such as 'inductor', not {backend!r}")
+    reason = compile_unavailable(backend)
+    if reason is None:
+        return True
+    if compile == "auto":
+        msg = f"{reason}; training eagerly (same results, slower)"
+        if warn is not None:
+            warn(msg)
+        else:
+            import warnings
+
+            warnings.warn(msg, RuntimeWarning, stacklevel=3)
+        return False
+    raise CompileUnavailable(
+        f"{reason}. Install a C++ compiler (g++; or point CXX at one) for Inductor, choose another backend, "
+        "or use compile='auto' (--compile auto) to fall back to eager training"
+    )
+
+
+class _CompiledStep:
+    """Forward and loss of one training step as one compiled graph; the plan refreshed before each call."""
+
+    def __init__(self, model: nn.Module, net: nn.Module, loss_fn: Callable, bits_penalty: float, backend: str) -> None:
+        from .nn.plan import refresh_compile_plan
+
+        self._refresh = refresh_compile_plan
+        self.net = net
+        self.shapes: "tuple | None" = None
+
+        def forward_loss(x: torch.Tensor, y: torch.Tensor):
+            out = model(x)
+            loss = loss_fn(out.float(), y)
+            total = loss
+            if bits_penalty:
+                total = loss + bits_penalty * int_bits(net, differentiable=True).to(loss.device, loss.dtype)
+            return out, loss, total
+
+        self.eager = forward_loss
+        self.compiled = torch.compile(forward_loss, fullgraph=True, backend=backend, dynamic=False)
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor):
+        key = (tuple(x.shape), x.dtype, tuple(y.shape), y.dtype)
+        if self.shapes is None:
+            self.shapes = key
+        if key != self.shapes:  # a partial batch: eager, same bits, no recompilation
+            return self.eager(x, y)
+        with torch.backends.nnpack.flags(enabled=False):  # as the eager convolution does
+            self._refresh(self.net)
+            return self.compiled(x, y)
+
+
 def fit(
     model: nn.Module,
     train_loader: Iterable,
@@ -405,6 +500,8 @@ def fit(
     freeze_bn_stats: bool = False,
     progress: bool = True,
     on_epoch_end: "Callable[[int, dict[str, float]], None] | None" = None,
+    compile: "bool | str" = False,
+    compile_backend: str = "inductor",
 ) -> FitResult:
     """Train ``model`` (in place) for classification; see the module docstring.
 
@@ -453,6 +550,12 @@ def fit(
     on_epoch_end : callable, optional
         ``on_epoch_end(epoch, metrics)`` after each epoch's checkpoint; an
         exception raised there interrupts training (the checkpoint exists).
+    compile : False, True or "auto"
+        Compile each training step (see the module docstring): ``True`` raises
+        :class:`CompileUnavailable` where ``compile_backend`` cannot compile here, ``"auto"``
+        warns and trains eagerly.
+    compile_backend : str
+        The ``torch.compile`` backend (``"inductor"``; ``"aot_eager"`` needs no C++ compiler).
     """
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
         raise ValueError(f"epochs must be a non-negative int, got {epochs!r}")
@@ -462,6 +565,7 @@ def fit(
         raise ValueError(f"bits_penalty must be >= 0, got {bits_penalty!r}")
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs a checkpoint_dir")
+    use_compile = _check_compile(compile, compile_backend)
     loss_fn = loss_fn or F.cross_entropy
     net = _unwrap(model)
     device = _device_of(net)
@@ -495,6 +599,7 @@ def fit(
         _broadcast_state(net)
 
     show = progress and rank == 0
+    step_fn = _CompiledStep(model, net, loss_fn, bits_penalty, compile_backend) if use_compile else None
     for epoch in range(start, epochs):
         sampler = getattr(train_loader, "sampler", None)
         if hasattr(sampler, "set_epoch"):
@@ -507,11 +612,14 @@ def fit(
         for batch in bar:
             x, y = _batch_to(batch, device)
             opt.zero_grad(set_to_none=True)
-            out = model(x)
-            loss = loss_fn(out.float(), y)
-            total = loss
-            if bits_penalty:
-                total = loss + bits_penalty * int_bits(net, differentiable=True).to(loss.device, loss.dtype)
+            if step_fn is not None:
+                out, loss, total = step_fn(x, y)
+            else:
+                out = model(x)
+                loss = loss_fn(out.float(), y)
+                total = loss
+                if bits_penalty:
+                    total = loss + bits_penalty * int_bits(net, differentiable=True).to(loss.device, loss.dtype)
             total.backward()
             opt.step()
             with torch.no_grad():

@@ -25,6 +25,8 @@ module                   contents
                          :class:`QUpsample`
 ``qfx.nn.layernorm``     :class:`QLayerNorm` (integer statistics, :mod:`qfx.layernorm`)
 ``qfx.nn.matmul``        :class:`QMatMul` (two activations), :class:`QPermute`, :class:`QReshape`
+``qfx.nn.plan``          :func:`refresh_compile_plan`, :func:`compile_model`: compiled
+                         (torch.compile) forward passes, one graph
 ``qfx.nn.table``         lookup-table activations: :class:`QSigmoid`, :class:`QTanh`,
                          :class:`QSiLU`, :class:`QGELU`, :class:`QHardsigmoid`,
                          :class:`QHardswish` (:class:`QTable`)
@@ -44,6 +46,7 @@ from .linear import QLinear
 from .matmul import QMatMul, QPermute, QReshape, matmul_problem
 from .norm import QBatchNorm2d, fold_batchnorm
 from .ops import QBatchNorm1d, QCat, QClamp, QGlobalAvgPool2d, QMul, QSub, QUpsample, QZeroPad2d, upsample_problem
+from .plan import CompilePlanError, compile_model, refresh_compile_plan
 from .pool import QAvgPool2d, QMaxPool2d
 from .quantizer import TensorQuantizer
 from .softmax import QSoftmax
@@ -92,6 +95,9 @@ __all__ = [
     "QMaxPool1d",
     "QAvgPool1d",
     "freeze",
+    "refresh_compile_plan",
+    "compile_model",
+    "CompilePlanError",
     "set_track_overflow",
     "reset_overflow_counts",
     "product_type",

@@ -177,3 +177,98 @@ def batch_stats(xq: torch.Tensor, frac: int) -> "tuple[torch.Tensor, torch.Tenso
 def affine_cast(xq: torch.Tensor, scale_q: torch.Tensor, shift_q: torch.Tensor, plan: AffinePlan) -> torch.Tensor:
     """``cast(xq * scale_q[c] + shift_q[c], output)`` (float32), differentiable."""
     return _AffineCast.apply(xq, scale_q, shift_q, plan.out_frac, plan)
+
+
+# -- the compiled path (torch ops Inductor can fuse; the same bits as the kernels above) -----------
+
+
+def compiled_exact_stats(xq: torch.Tensor, x_fmt: FixedType, kernels: bool) -> bool:
+    """Whether the eager forward would take :func:`batch_stats` (the exact statistics) on ``xq``:
+    decided from the dtype, shape and format only, as :func:`stats_frac` does (``kernels``: the
+    fused kernels are built, recorded by the compile plan). Raises where the compiled formula
+    (:class:`_ExactStatsTorch`) cannot give those exact statistics (more than 2**53 in ``n**2 m**2``)."""
+    if not kernels or xq.dtype != torch.float32 or xq.dim() != 4 or xq.numel() == 0 or xq.device.type != "cpu":
+        return False
+    m = float(max(-x_fmt.min_code, x_fmt.max_code))
+    count = xq.numel() // xq.shape[1]
+    if count * m * m >= _EXACT_SUM_LIMIT:
+        return False
+    if float(count) * count * m * m >= _EXACT_SUM_LIMIT:
+        from .plan import CompilePlanError
+
+        raise CompilePlanError(
+            f"QBatchNorm2d: {count} values per channel of {x_fmt} are too many for the compiled exact batch "
+            "statistics (count**2 * max_code**2 must stay below 2**53); train this model eagerly or use smaller batches"
+        )
+    return True
+
+
+class _ExactStatsTorch(torch.autograd.Function):
+    """:class:`_BatchStats` in torch ops. With ``c`` the codes of ``x`` (``x = c 2**-F``) and ``n`` the
+    count, ``sum x`` and ``sum x*x`` are exact in float64 (``n m**2 < 2**53``), and so are ``n sum x*x``
+    and ``(sum x)**2`` (both below ``n**2 m**2 < 2**53``, :func:`compiled_exact_stats`): ``sum x / n``
+    and ``(n sum x*x - (sum x)**2) / n**2`` are then one IEEE division of exact values, the correctly
+    rounded exact mean and variance the kernel computes with Python integers. The backward is the
+    kernel's ``g_mean/n + (2 g_var/n) (x - mean)`` in float64, rounded once to float32."""
+
+    @staticmethod
+    def forward(ctx, x):  # type: ignore[override]
+        n = x.numel() // x.shape[1]
+        xd = x.double()
+        s1 = xd.sum(dim=(0, 2, 3))
+        s2 = (xd * xd).sum(dim=(0, 2, 3))
+        mean = s1 / n
+        var = (n * s2 - s1 * s1) / float(n * n)
+        ctx.n = n
+        ctx.save_for_backward(x, mean)
+        return mean, var
+
+    @staticmethod
+    def backward(ctx, g_mean, g_var):  # type: ignore[override]
+        x, mean = ctx.saved_tensors
+        n = ctx.n
+        a = (g_mean / n)[None, :, None, None]
+        b = (2.0 * g_var / n)[None, :, None, None]
+        return (a + b * (x.double() - mean[None, :, None, None])).to(x.dtype)
+
+
+def compiled_batch_stats(xq: torch.Tensor) -> "tuple[torch.Tensor, torch.Tensor]":
+    """``(mean, var)`` of :func:`batch_stats` in torch ops (see :class:`_ExactStatsTorch`)."""
+    return _ExactStatsTorch.apply(xq)
+
+
+def fused_affine_applies(layer: Any) -> bool:
+    """Whether :func:`affine_plan` can apply to ``layer`` apart from the input's dtype and shape
+    (kernels built, an output cast the fused kernel covers): for the compile plan."""
+    if _fused.kernels() is None:
+        return False
+    cast = layer.quant["output"].scalar_fixed_cast()
+    return cast is not None and _fast_plan(cast[0], cast[1]) is not None
+
+
+class _AffineTorch(torch.autograd.Function):
+    """``x * scale_q[c] + shift_q[c]`` in float32 (exact where the layer checked it) with the
+    gradients of :class:`_AffineCast`: ``grad * scale`` for ``x`` and the kernel's per-channel float64
+    sums of ``grad * x`` and ``grad`` for the scale and shift (``qfx::bn_affine_sums``)."""
+
+    @staticmethod
+    def forward(ctx, x, scale_q, shift_q):  # type: ignore[override]
+        s = scale_q.detach().float()
+        b = shift_q.detach().float()
+        ctx.save_for_backward(x, s)
+        return torch.addcmul(b[None, :, None, None], x, s[None, :, None, None])
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        x, s = ctx.saved_tensors
+        g = grad if grad.dtype == torch.float32 else grad.float()
+        gx = g * s[None, :, None, None]
+        from .._compiled import bn_affine_sums  # the kernel's own sums (same order, same bits)
+
+        gs, gb = bn_affine_sums(g, x)
+        return gx, gs, gb
+
+
+def compiled_affine(xq: torch.Tensor, scale_q: torch.Tensor, shift_q: torch.Tensor) -> torch.Tensor:
+    """The multiply-add of :func:`affine_cast` before its output cast, in torch ops."""
+    return _AffineTorch.apply(xq, scale_q, shift_q)

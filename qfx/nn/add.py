@@ -13,6 +13,7 @@ from ..types import FixedType
 from .accumulate import check_float64_exact
 from .base import QuantizedModule
 from .config import ConfigLike, as_config
+from .plan import compiling, plan_of, set_plan
 
 __all__ = ["QAdd"]
 
@@ -48,15 +49,22 @@ class QAdd(QuantizedModule, nn.Module):
         self._require(cfg, "QAdd", "in_a", "in_b", "output")
         self._setup_quantizers(cfg, {"in_a": (cfg.in_a, ()), "in_b": (cfg.in_b, ()), "output": (cfg.output, ())})
 
+    def _fits_float32(self) -> bool:
+        ta, tb = self.quant["in_a"].effective_format(), self.quant["in_b"].effective_format()
+        assert isinstance(ta, FixedType) and isinstance(tb, FixedType)
+        return _sum_fits_float32(ta, tb)
+
+    def refresh_plan(self) -> None:
+        """Whether float32 holds every sum (and the eager forward's float64 check), for the compiled forward."""
+        set_plan(self, self._fits_float32())
+
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         for name, t in (("a", a), ("b", b)):
             if not isinstance(t, torch.Tensor) or not t.is_floating_point():
                 raise TypeError(f"QAdd expects floating-point tensors, got {getattr(t, 'dtype', type(t).__name__)} for {name}")
         if a.shape != b.shape:
             raise ValueError(f"QAdd needs operands of the same shape, got {list(a.shape)} and {list(b.shape)}")
-        ta, tb = self.quant["in_a"].effective_format(), self.quant["in_b"].effective_format()
-        assert isinstance(ta, FixedType) and isinstance(tb, FixedType)
-        fits_float32 = _sum_fits_float32(ta, tb)
+        fits_float32 = plan_of(self) if compiling() else self._fits_float32()
         qa, qb = self.quant["in_a"](a), self.quant["in_b"](b)
         if qa.dtype == qb.dtype == torch.float32 and fits_float32:
             s = qa + qb  # float32 holds every sum exactly

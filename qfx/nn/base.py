@@ -79,6 +79,11 @@ class QuantizedModule:
         """Every tensor's effective format, by name."""
         return {name: q.effective_format() for name, q in self.quant.items()}
 
+    # -- compile plan -----------------------------------------------------------
+    def refresh_plan(self) -> None:
+        """Record the decisions the compiled forward reads (:mod:`qfx.nn.plan`); run eagerly, after
+        the quantizers' own plans. Layers that decide nothing from values keep this default."""
+
     # -- freezing and overflow --------------------------------------------------
     def freeze(self) -> "QuantizedModule":
         """Write learned binary points back as concrete formats and stop learning them.

@@ -13,6 +13,7 @@ from ..types import Format
 from .config import ConfigLike, as_config
 from .mac import _split_bias
 from .mac import MACLayer
+from .plan import compiling
 
 __all__ = ["QConv2d"]
 
@@ -79,6 +80,8 @@ class QConv2d(MACLayer, nn.Conv2d):
     n_terms : int
         Products per output (``in_channels // groups * KH * KW``).
     """
+
+    _f32_needs_nnpack_off = True
 
     def __init__(
         self,
@@ -160,8 +163,9 @@ class QConv2d(MACLayer, nn.Conv2d):
         o = self.out_channels
 
         def conv(xv: torch.Tensor, wv: torch.Tensor, bv: "torch.Tensor | None") -> torch.Tensor:
-            if xv.dtype == torch.float32:
+            if xv.dtype == torch.float32 and not compiling():
                 # Exact (float32_exact); NNPACK, which may use Winograd or FFT, stays off.
+                # (Compiled: the plan picks float32 only with NNPACK off, see MACLayer.refresh_plan.)
                 with torch.backends.nnpack.flags(enabled=False):
                     return F.conv2d(xv, wv, bv, self.stride, self.padding, self.dilation, g)
             return F.conv2d(xv, wv, bv, self.stride, self.padding, self.dilation, g)

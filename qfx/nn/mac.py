@@ -24,6 +24,7 @@ from .accumulate import (
 )
 from .base import QuantizedModule
 from .config import LayerConfig
+from .plan import CompilePlanError, compiling, plan_of, set_plan
 
 __all__ = ["MACLayer", "mx_value_hull"]
 
@@ -190,7 +191,31 @@ class MACLayer(QuantizedModule):
 
     def accum_is_exact(self) -> bool:
         """Whether the accumulator can neither round nor overflow (auto, or wide enough)."""
+        if compiling():
+            return plan_of(self)[0]
         return self._mac_plan()[1]
+
+    #: The compiled float32 fast path also needs NNPACK off (QConv2d: Winograd/FFT would round).
+    _f32_needs_nnpack_off = False
+
+    @torch.no_grad()
+    def refresh_plan(self) -> None:
+        """``(accum_is_exact, float32 fast path on CPU)`` for the compiled forward, after the eager
+        forward's checks (:meth:`_check_accumulator`; finite minifloat weights)."""
+        layer = type(self).__name__
+        if self.config.multiply == "lmul":
+            raise CompilePlanError(f"{layer}: multiply='lmul' has no compiled path (its checks read activations); train eagerly")
+        wq = self.quant["weight"]
+        if isinstance(wq.fmt, MXType):
+            raise CompilePlanError(f"{layer}: MX weights ({wq.fmt}) have no compiled path; train this model eagerly")
+        _, exact, fits = self._mac_plan()
+        self._check_accumulator(exact)
+        if isinstance(wq.fmt, MinifloatType):
+            self._check_minifloat_weights(wq(self.weight.detach()))
+        f32 = exact and fits and float32_kernels_exact()
+        if f32 and self._f32_needs_nnpack_off and torch.backends.nnpack.is_available() and torch._C._get_nnpack_enabled():
+            f32 = False  # the compiled conv cannot switch NNPACK off itself (qfx.nn.compile_model does)
+        set_plan(self, (exact, f32))
 
     def float32_exact(self, device: torch.device) -> bool:
         """Whether the fast path may multiply and accumulate in float32 (else float64).
@@ -204,6 +229,8 @@ class MACLayer(QuantizedModule):
         precision only (:func:`float32_kernels_exact`), and ``F.conv2d`` is
         called with NNPACK (Winograd/FFT) off.
         """
+        if compiling():
+            return device.type == "cpu" and plan_of(self)[1]
         if device.type != "cpu" or self.config.multiply == "lmul" or isinstance(self.quant["weight"].fmt, MXType):
             return False
         _, exact, fits = self._mac_plan()
@@ -215,13 +242,35 @@ class MACLayer(QuantizedModule):
         if isinstance(self.quant["weight"].fmt, MXType):
             key = (self.weight.data_ptr(), self.weight._version, self.quant["weight"].fmt)
             self.__dict__["_mx_hull"] = (key, mx_value_hull(w.detach(), self.quant["weight"].fmt, type(self).__name__))
-        if isinstance(self.quant["weight"].fmt, MinifloatType) and not bool(torch.isfinite(w).all()):
+        if isinstance(self.quant["weight"].fmt, MinifloatType) and not compiling():  # compiled: checked by the plan
+            self._check_minifloat_weights(w)
+        b = self.quant["bias"](self.bias).to(dtype) if self.bias is not None else None
+        return w, b
+
+    def _check_minifloat_weights(self, w: torch.Tensor) -> None:
+        if not bool(torch.isfinite(w).all()):
             raise ValueError(
                 f"some weights overflow {self.quant['weight'].fmt} to inf/NaN; use a saturating "
                 f"minifloat (option saturate=true, e.g. 'fp8_e4m3fn<saturate=true>') or smaller weights"
             )
-        b = self.quant["bias"](self.bias).to(dtype) if self.bias is not None else None
-        return w, b
+
+    def _check_accumulator(self, exact: bool) -> None:
+        """The eager forward's emulation checks: float64 holds the exact accumulator, or every
+        step ``acc + x*w`` of a narrow one (ValueError naming the layer otherwise)."""
+        if exact:
+            check_float64_exact(self.auto_accum_format(), f"{type(self).__name__}'s exact accumulator")
+            return
+        accum_fmt = self.quant["accum"].effective_format()
+        try:
+            step = accum_fmt + self.product_format()
+        except ValueError:
+            step = None
+        if step is None or step.width > 53:
+            raise ValueError(
+                f"{type(self).__name__}: a step acc + x*w with accum {accum_fmt} and products of type "
+                f"{self.product_format()} needs more than float64's 53 bits; qfx cannot emulate it "
+                f"bit-exactly. Use a narrower accum (fewer fractional bits) or narrower formats"
+            )
 
     def _lmul_operand(self, xq: torch.Tensor) -> torch.Tensor:
         fmt = self.quant["weight"].fmt
@@ -250,8 +299,10 @@ class MACLayer(QuantizedModule):
             xq = self._lmul_operand(xq)
         groups, per_group = w_rows.shape[0], w_rows.shape[1]
         b_rows = bq.reshape(groups, per_group) if bq is not None else None
-        if self.accum_is_exact():
-            check_float64_exact(self.auto_accum_format(), f"{type(self).__name__}'s exact accumulator")
+        exact = self.accum_is_exact()
+        if not compiling():  # compiled: the plan ran the same checks (refresh_plan)
+            self._check_accumulator(exact)
+        if exact:
             if not lmul_mode:
                 return fast(xq, wq, bq)
             wfmt = self.quant["weight"].fmt
@@ -259,17 +310,6 @@ class MACLayer(QuantizedModule):
             if b_rows is not None:
                 acc = acc + b_rows[None, :, :, None]
             return from_columns(acc)
-        accum_fmt = self.quant["accum"].effective_format()
-        try:
-            step = accum_fmt + self.product_format()
-        except ValueError:
-            step = None
-        if step is None or step.width > 53:
-            raise ValueError(
-                f"{type(self).__name__}: a step acc + x*w with accum {accum_fmt} and products of type "
-                f"{self.product_format()} needs more than float64's 53 bits; qfx cannot emulate it "
-                f"bit-exactly. Use a narrower accum (fewer fractional bits) or narrower formats"
-            )
         if lmul_mode:
             wfmt = self.quant["weight"].fmt
 

@@ -9,13 +9,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from .. import _fixed
+from .. import _fixed, _fused
 from ..types import FixedType
 from . import _bn_fused
 from .accumulate import check_float64_exact
 from .base import QuantizedModule
 from .config import ConfigLike, as_config
 from .conv import QConv2d
+from .plan import CompilePlanError, compiling, plan_of, set_plan
 
 __all__ = ["QBatchNorm2d", "fold_batchnorm"]
 
@@ -125,6 +126,16 @@ class QBatchNorm2d(QuantizedModule, nn.BatchNorm2d):
         assert isinstance(x_fmt, FixedType) and isinstance(s_fmt, FixedType) and isinstance(b_fmt, FixedType)
         return x_fmt, _bn_types(x_fmt, s_fmt, b_fmt)[1]
 
+    @torch.no_grad()
+    def refresh_plan(self) -> None:
+        """``(float32 holds the multiply-add, fused kernels built, fused affine applies)`` for the
+        compiled forward, which takes the same paths as the eager one (:mod:`qfx.nn._bn_fused`)."""
+        if self.training and self.track_running_stats and self.momentum is None:
+            raise CompilePlanError("QBatchNorm2d(momentum=None) reads its batch count in Python; give a momentum to compile")
+        _, fits = self._check_exact()
+        kernels = _fused.kernels() is not None
+        set_plan(self, (fits, kernels, fits and _bn_fused.fused_affine_applies(self)))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not isinstance(x, torch.Tensor) or not x.is_floating_point():
             raise TypeError(f"QBatchNorm2d expects a floating-point tensor, got {getattr(x, 'dtype', type(x).__name__)}")
@@ -134,8 +145,15 @@ class QBatchNorm2d(QuantizedModule, nn.BatchNorm2d):
         use_batch = self.training or self.running_mean is None
         if use_batch:
             # The fused CPU kernels (qfx.nn._bn_fused) where they apply: exact statistics.
-            frac = _bn_fused.stats_frac(xq_in, self.quant["input"].effective_format())
-            if frac is not None:
+            compiled = compiling()
+            if compiled:
+                frac = None
+                exact_stats = _bn_fused.compiled_exact_stats(xq_in, self.quant["input"].fmt, plan_of(self)[1])
+            else:
+                frac = _bn_fused.stats_frac(xq_in, self.quant["input"].effective_format())
+            if compiled and exact_stats:
+                mean, var = _bn_fused.compiled_batch_stats(xq_in)
+            elif frac is not None:
                 mean, var = _bn_fused.batch_stats(xq_in, frac)
             else:
                 xq = xq_in.double()
@@ -154,8 +172,15 @@ class QBatchNorm2d(QuantizedModule, nn.BatchNorm2d):
         scale, shift = self._float_scale_shift(mean, var)
         scale_q = self.quant["scale"](scale).double()
         shift_q = self.quant["shift"](shift).double()
-        _, fits_float32 = self._check_exact()  # after the scale/shift quantizers calibrated
-        fused = _bn_fused.affine_plan(self, xq_in) if fits_float32 else None
+        if compiling():
+            fits_float32, _, affine_ok = plan_of(self)
+            if affine_ok and xq_in.dtype == torch.float32 and xq_in.dim() == 4 and xq_in.numel() and xq_in.device.type == "cpu":
+                y = _bn_fused.compiled_affine(xq_in, scale_q, shift_q)
+                return self._result(self.quant["output"](y), x.dtype)
+            fused = None
+        else:
+            _, fits_float32 = self._check_exact()  # after the scale/shift quantizers calibrated
+            fused = _bn_fused.affine_plan(self, xq_in) if fits_float32 else None
         if fused is not None:
             return self._result(_bn_fused.affine_cast(xq_in, scale_q, shift_q, fused), x.dtype)
         if xq_in.dtype == torch.float32 and fits_float32:

@@ -14,12 +14,13 @@ import torch
 from torch import nn
 
 from .. import _fixed
-from ..quant import quantize
+from ..quant import _assume_constant, quantize
 from ..types import FixedType
 from .accumulate import check_float64_exact
 from .base import QuantizedModule
 from .config import ConfigLike, as_config
 from .norm import QBatchNorm2d
+from .plan import compiling
 
 __all__ = ["QBatchNorm1d", "QGlobalAvgPool2d", "QCat", "QClamp", "QSub", "QMul", "QZeroPad2d", "QUpsample", "upsample_problem", "avg_factor"]
 
@@ -77,6 +78,12 @@ def avg_factor(divisor: int, reciprocal: "FixedType | None") -> float:
     return float(quantize(torch.tensor(1.0 / divisor, dtype=torch.float64), reciprocal))
 
 
+@_assume_constant
+def _avg_factor_constant(divisor: int, reciprocal: "FixedType | None") -> float:
+    """:func:`avg_factor`, a constant for torch.compile (it reads a quantized scalar)."""
+    return avg_factor(divisor, reciprocal)
+
+
 class QGlobalAvgPool2d(QuantizedModule, nn.Module):
     """Global average pooling (``AdaptiveAvgPool2d(1)``, ``x.mean((2, 3))``) with QAvgPool2d's rule::
 
@@ -115,10 +122,12 @@ class QGlobalAvgPool2d(QuantizedModule, nn.Module):
             raise ValueError(f"QGlobalAvgPool2d expects input of shape [N, C, H, W], got {list(x.shape)}")
         h, w = int(x.shape[2]), int(x.shape[3])
         n = h * w
-        x_fmt = self.quant["input"].effective_format()
+        # The checks depend on the word lengths only: compiled, the format with its initial binary
+        # point stands in for the learned one (no value read in the graph).
+        x_fmt = self.quant["input"].fmt if compiling() else self.quant["input"].effective_format()
         assert isinstance(x_fmt, FixedType)
         sum_fmt = x_fmt.accumulator(n)
-        factor = avg_factor(n, self.reciprocal_format())
+        factor = _avg_factor_constant(n, self.reciprocal_format()) if compiling() else avg_factor(n, self.reciprocal_format())
         if n & (n - 1):
             check_float64_exact(sum_fmt * self.reciprocal_format(), "QGlobalAvgPool2d's sum times the reciprocal")
         else:

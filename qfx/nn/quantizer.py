@@ -9,9 +9,10 @@ import torch
 from torch import nn
 
 from .. import _fixed
-from ..quant import _int_frac, overflow_mask, quantize
+from ..quant import _fast_plan, _int_frac, overflow_mask, quantize
 from ..arith import envelope
 from ..types import FixedType, Format, KHot, MinifloatType, MXType
+from .plan import CompilePlanError, compiling, plan_of, set_plan
 
 __all__ = ["TensorQuantizer", "envelope"]
 
@@ -183,8 +184,66 @@ class TensorQuantizer(nn.Module):
             self.fmt = self.effective_format()
         self._frozen = True
 
+    # -- compile plan ---------------------------------------------------------
+    @torch.no_grad()
+    def refresh_plan(self) -> None:
+        """Record what the compiled forward needs from values (see :mod:`qfx.nn.plan`): whether
+        it is calibrated, the format of a frozen scalar binary point, the dtypes that hold the
+        effective format exactly, and (a buffer) the rounded binary point the plan assumes."""
+        if self.track_overflow:
+            raise CompilePlanError(
+                f"{self.name}: overflow counting reads values in Python and has no compiled path; "
+                "switch it off (qfx.nn.set_track_overflow(model, False)) to compile"
+            )
+        if isinstance(self.fmt, MXType):
+            raise CompilePlanError(f"{self.name}: MX formats ({self.fmt}) have no compiled path; train this model eagerly")
+        fb = self.frac_bits
+        calibrated = not self.learnable or bool(self.calibrated)
+        if self.learnable and calibrated:
+            rounded = torch.round(fb.detach()).to(torch.int64)  # type: ignore[union-attr]
+            planned = self.__dict__["_buffers"].get("_planned_frac")
+            if planned is None or planned.shape != rounded.shape or planned.device != rounded.device:
+                self.register_buffer("_planned_frac", rounded.clone(), persistent=False)
+            else:
+                planned.copy_(rounded)
+        fmt = self.effective_format() if calibrated else self.fmt
+        env = envelope(fmt)
+        holds = frozenset(
+            d for d in (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+            if isinstance(env, FixedType) and _fixed.holds_exactly(env, d)
+        )
+        frozen = fmt if (fb is not None and fb.dim() == 0 and not isinstance(fb, nn.Parameter)) else None
+        # the eager forward's fast casts (_FixedSTEFast, _FixedSTEFused64) apply: compiled, their torch-op twin
+        fast = (self.learnable and calibrated and fb.numel() == 1 and fb.dim() == 0  # type: ignore[union-attr]
+                and _fast_plan(self.fmt, _int_frac(fb, self.fmt)) is not None)  # type: ignore[arg-type]
+        set_plan(self, (calibrated, frozen, holds, fast))
+
+    def _compiled_forward(self, x: torch.Tensor) -> torch.Tensor:
+        calibrated, frozen, _, fast = plan_of(self)
+        fb = self.frac_bits
+        if fb is None:
+            return quantize(x, self.fmt)
+        if frozen is not None:
+            return quantize(x, frozen)
+        if not isinstance(fb, nn.Parameter):  # frozen per-channel binary point: constant values
+            return quantize(x, self.fmt, frac_bits=fb)
+        if not calibrated:
+            raise CompilePlanError(
+                f"{self.name}: the learnable binary point is not calibrated; calibrate before compiling "
+                "(qfx.train.calibrate(model, batches), or one eager forward call)"
+            )
+        from .._compiled import fast_fixed_cast, fixed_cast_ste
+
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+            return quantize(x, self.fmt, frac_bits=fb)  # quantize's own error
+        if fast and x.dtype in (torch.float32, torch.float64):
+            return fast_fixed_cast(x, fb, self.fmt, self._planned_frac)
+        return fixed_cast_ste(x, fb, self.fmt, self._planned_frac)
+
     # -- forward --------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if compiling():
+            return self._compiled_forward(x)
         fb = self.frac_bits
         if fb is None:
             q = quantize(x, self.fmt, what=f"the {self.name} tensor") if isinstance(self.fmt, MXType) else quantize(x, self.fmt)
@@ -229,6 +288,8 @@ class TensorQuantizer(nn.Module):
 
     def result_dtype(self, dtype: torch.dtype) -> torch.dtype:
         """``dtype`` if it holds every value of the effective format exactly, else float64."""
+        if compiling():
+            return dtype if dtype in plan_of(self)[2] else torch.float64
         fmt = self.envelope_format()
         if isinstance(fmt, FixedType) and _fixed.holds_exactly(fmt, dtype):
             return dtype
