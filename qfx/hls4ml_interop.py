@@ -3,7 +3,15 @@
 :func:`to_hls4ml` covers an ``nn.Sequential`` of :class:`qfx.nn.QLinear`,
 :class:`qfx.nn.QConv2d`, :class:`qfx.nn.QReLU`, :class:`qfx.nn.QMaxPool2d`
 and :class:`qfx.nn.QFlatten` with fixed-point formats (an MLP, or a CNN such
-as conv -> ReLU -> pool -> flatten -> dense). It builds an equivalent float64
+as conv -> ReLU -> pool -> flatten -> dense), or a ``qfx.convert`` result (a
+``torch.fx.GraphModule``) whose nodes form a straight chain of those layers
+(possibly nested in Sequentials): the graph is walked in order, and a branch,
+a join, a function or method node or an unsupported module is refused naming
+the node. QClamp (Hardtanh / clamp) is refused: hls4ml 1.3's PyTorch
+converter has no ``nn.Hardtanh``, and its C++ ``hard_tanh`` (for Keras) is
+``2 * clip(slope * x + shift, 0, 1) - 1`` with fixed bounds -1 and 1 and
+slope / shift in their own types, not a clamp to bounds on the output grid.
+It builds an equivalent float64
 ``torch.nn.Sequential`` whose weights and biases are the qfx-quantized values,
 asks hls4ml for a per-layer config (``config_from_pytorch_model(...,
 granularity='name')``), writes the qfx formats into it and converts with
@@ -89,10 +97,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.fx
 from torch import nn
 
 from .arith import holds_all_values
-from .nn import QConv2d, QFlatten, QLinear, QMaxPool2d, QReLU
+from .nn import QClamp, QConv2d, QFlatten, QLinear, QMaxPool2d, QReLU
 from .types import FixedType, Overflow
 
 __all__ = ["to_hls4ml", "hls4ml_precision", "Hls4mlInteropError"]
@@ -147,21 +156,92 @@ def _check_input(layer: Any, current: FixedType | None, where: str) -> FixedType
     return fin if current is None else current
 
 
-def _layers(model: nn.Module) -> list[nn.Module]:
+_CLAMP_REASON = (
+    "hls4ml cannot express QClamp (Hardtanh / clamp) exactly: hls4ml 1.3's PyTorch converter has no "
+    "handler for nn.Hardtanh (its activations are Softmax, ReLU, LeakyReLU, Threshold, ELU, PReLU, "
+    "Sigmoid, Tanh), and its C++ hard_tanh (nnet_activation.h) computes 2 * clip(slope * x + shift, 0, 1) "
+    "- 1 with slope / shift in their own types, fixed bounds -1 and 1, not a clamp to the bounds cast to "
+    "the output format; end the model in a layer hls4ml supports"
+)
+
+
+def _unsupported(m: nn.Module, where: str) -> Hls4mlInteropError:
+    prefix = f"{where}: " if where else ""
+    if isinstance(m, QClamp):
+        return Hls4mlInteropError(f"{prefix}{_CLAMP_REASON}")
+    return Hls4mlInteropError(f"{prefix}to_hls4ml supports {_SUPPORTED_NAMES}, not {type(m).__name__}")
+
+
+def _layers(model: nn.Module, where: str = "") -> list[tuple[nn.Module, str]]:
+    """The chain of supported layers of ``model``, in order (nested Sequentials flattened, Identity
+    dropped), each with its label for error messages (the fx node for a GraphModule, else empty)."""
+    if isinstance(model, torch.fx.GraphModule):
+        return _graph_layers(model)
     if isinstance(model, _SUPPORTED):
-        return [model]
+        return [(model, where)]
     if not isinstance(model, nn.Sequential):
-        raise Hls4mlInteropError(f"to_hls4ml needs an nn.Sequential of {_SUPPORTED_NAMES}, not {type(model).__name__}")
-    out: list[nn.Module] = []
-    for m in model:
+        if where or isinstance(model, QClamp):  # a graph node's module
+            raise _unsupported(model, where)
+        raise Hls4mlInteropError(
+            f"to_hls4ml needs an nn.Sequential of {_SUPPORTED_NAMES} "
+            f"(or a qfx.convert GraphModule whose nodes form a chain of them), not {type(model).__name__}"
+        )
+    out: list[tuple[nn.Module, str]] = []
+    for k, m in model.named_children():
+        sub = f"{where}.{k}" if where else ""
         if isinstance(m, nn.Sequential):
-            out.extend(_layers(m))
+            out.extend(_layers(m, sub))
         elif isinstance(m, _SUPPORTED):
-            out.append(m)
+            out.append((m, sub))
         elif isinstance(m, nn.Identity):
             continue
         else:
-            raise Hls4mlInteropError(f"to_hls4ml supports {_SUPPORTED_NAMES}, not {type(m).__name__}")
+            raise _unsupported(m, sub)
+    if not out and not where:
+        raise Hls4mlInteropError("to_hls4ml: the model has no layers")
+    return out
+
+
+def _graph_layers(gm: "torch.fx.GraphModule") -> list[tuple[nn.Module, str]]:
+    """The layers of a ``qfx.convert`` GraphModule whose nodes form one straight chain.
+
+    Walks the graph in order: one placeholder, then ``call_module`` nodes each
+    taking exactly the previous node as its only argument and being its only
+    user, then the output returning the last one. Anything else (a branch, a
+    join such as ``cat`` or ``add``, a function or method call, a second input)
+    is refused with the node's name: hls4ml's converter is given a Sequential.
+    """
+    out: list[tuple[nn.Module, str]] = []
+    prev: "torch.fx.Node | None" = None
+    for node in gm.graph.nodes:
+        if node.op == "placeholder":
+            if prev is not None:
+                raise Hls4mlInteropError(f"node '{node.name}': to_hls4ml needs a model with one input")
+        elif node.op == "output":
+            if prev is None or node.args != (prev,):
+                raise Hls4mlInteropError(
+                    f"node '{node.name}': the output must be the last layer of the chain, got {node.args}"
+                )
+            break
+        elif node.op == "call_module":
+            if prev is None or node.args != (prev,) or node.kwargs:
+                raise Hls4mlInteropError(
+                    f"node '{node.name}' ({node.target}): its input is {node.args}, not the single previous "
+                    f"node '{prev.name if prev is not None else None}'; to_hls4ml needs a straight chain"
+                )
+            out.extend(_layers(gm.get_submodule(str(node.target)), f"node '{node.name}' ({node.target})"))
+        else:
+            raise Hls4mlInteropError(
+                f"node '{node.name}' ({node.op} {getattr(node.target, '__name__', node.target)}): to_hls4ml "
+                f"supports a chain of {_SUPPORTED_NAMES} modules only"
+            )
+        if len(node.users) != 1:
+            users = ", ".join(f"'{u.name}'" for u in node.users)
+            raise Hls4mlInteropError(
+                f"node '{node.name}' feeds {len(node.users)} nodes ({users}); to_hls4ml needs a straight "
+                f"chain of {_SUPPORTED_NAMES} (no branches or joins)"
+            )
+        prev = node
     if not out:
         raise Hls4mlInteropError("to_hls4ml: the model has no layers")
     return out
@@ -244,7 +324,8 @@ def to_hls4ml(
     Parameters
     ----------
     model : nn.Module
-        A frozen ``nn.Sequential`` (nested Sequentials allowed) of
+        A frozen ``nn.Sequential`` (nested Sequentials allowed), or a frozen
+        ``qfx.convert`` GraphModule whose nodes form a straight chain, of
         :class:`qfx.nn.QLinear`, :class:`qfx.nn.QConv2d`,
         :class:`qfx.nn.QReLU`, :class:`qfx.nn.QMaxPool2d` and
         :class:`qfx.nn.QFlatten`, all formats fixed point; the first layer (a
@@ -278,7 +359,8 @@ def to_hls4ml(
     """
     if backend not in _BACKENDS:
         raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
-    layers = _layers(model)
+    labeled = _layers(model)
+    layers = [m for m, _ in labeled]
     for m in layers:
         if not isinstance(m, QFlatten) and not m.frozen:
             raise Hls4mlInteropError("freeze the model first (qfx.nn.freeze(model))")
@@ -293,8 +375,8 @@ def to_hls4ml(
     # why the next dense layer after a flatten sums in another order than qfx (None: same order).
     # Conservative: hls4ml only permutes when the dense follows the flatten directly.
     flatten_order: str | None = None
-    for i, m in enumerate(layers):
-        where = f"layer {i} ({type(m).__name__})"
+    for i, (m, label) in enumerate(labeled):
+        where = f"layer {i} ({type(m).__name__}{', ' + label if label else ''})"
         if isinstance(m, QFlatten):
             if (m.start_dim, m.end_dim) != (1, -1):
                 raise Hls4mlInteropError(

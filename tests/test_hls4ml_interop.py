@@ -14,6 +14,15 @@
   and to the integer reference (``qfx.reference.run`` on the export) on random,
   on-grid corner, off-grid and out-of-range inputs, given in PyTorch's NCHW
   order.
+* An issue-14 model: the autoencoder MLP of tests/test_i14_ops.py (12-8-4-8-12, ReLUs), converted
+  with ``qfx.convert`` (a torch.fx GraphModule of nested Sequentials, walked node by node), a few
+  QAT steps with learned binary points, frozen: hls4ml == emulation == integer reference on 407
+  inputs (most saturate in the input cast; hidden layers saturate too). Its final Hardtanh (a
+  QClamp) is *not* carried: hls4ml 1.3's PyTorch converter has no nn.Hardtanh and its C++
+  ``hard_tanh`` is ``2 * clip(slope * x + shift, 0, 1) - 1`` with fixed bounds -1 and 1, so the
+  tested variant ends in its Linear, and the original is refused naming the node ``dec_3``.
+  Graphs that are not a straight chain (the concat block's branches) or contain function
+  nodes are refused naming the node.
 * What hls4ml cannot reproduce is refused: an accumulator narrower than the
   product type (hls4ml casts each product to ``accum_t`` before adding it),
   an activation input cast that is not the identity, grouped or dilated
@@ -40,6 +49,9 @@ from qfx.nn import QAvgPool2d, QConv2d, QFlatten, QLinear, QMaxPool2d, QReLU, fr
 from qfx.reference import run as reference_run
 from qfx.reference import values as reference_values
 from qfx.types import parse_type
+from tests.fourway import short_qat
+from tests.test_i14_ops import CFG as I14_CFG
+from tests.test_i14_ops import AutoencoderMLP, BranchConcat
 
 pytest.importorskip("hls4ml")
 
@@ -331,3 +343,89 @@ def test_accepts_narrow_accum_where_order_cannot_matter(tmp_path, make: Callable
     hls_model = to_hls4ml(model, torch.zeros(1, conv.in_channels, 6, 6), tmp_path / "prj")  # converted, not compiled
     types = {layer.name: {k: str(v.precision) for k, v in layer.types.items()} for layer in hls_model.get_layers()}
     assert types["conv0"]["accum_t"] == accum_t
+
+
+# -- an issue-14 model: the autoencoder MLP of tests/test_i14_ops.py ----------------
+class _AutoencoderLinearOut(AutoencoderMLP):
+    """test_i14_ops' AutoencoderMLP without its final Hardtanh: the decoder ends in its Linear.
+
+    The Hardtanh (a QClamp) is refused by ``to_hls4ml``: hls4ml 1.3's PyTorch converter has no
+    nn.Hardtanh, and its C++ ``hard_tanh`` is ``2 * clip(slope * x + shift, 0, 1) - 1`` with fixed
+    bounds -1 and 1 (test_refuses_the_autoencoders_hardtanh_naming_the_node)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dec = self.dec[:3]
+
+
+def _autoencoder_inputs(fmt: Any, n_random: int, seed: int) -> torch.Tensor:
+    """Random inputs (most beyond the input range: they saturate in the input cast), uniform ones
+    over the range and 2 beyond, the extremes, zeros and half-lsb ties."""
+    lo, hi, lsb = float(fmt.min), float(fmt.max), 2.0 ** -fmt.frac_bits
+    g = torch.Generator().manual_seed(seed)
+    f64 = torch.float64
+    rows = [torch.randn(n_random, 12, generator=g, dtype=f64) * 4.0,
+            lo - 2.0 + torch.rand(n_random, 12, generator=g, dtype=f64) * (hi - lo + 4.0)]
+    rows += [torch.full((1, 12), v, dtype=f64) for v in (0.0, hi, lo, hi + 3.0, lo - 3.0, 0.5 * lsb, -1.5 * lsb)]
+    return torch.cat(rows)
+
+
+@pytest.mark.slow
+def test_hls4ml_csim_matches_qfx_on_the_i14_autoencoder(tmp_path):
+    """qfx.convert (a torch.fx GraphModule of nested Sequentials) -> a few QAT steps with learned
+    binary points -> freeze -> to_hls4ml -> g++ C simulation == the emulation == the integer reference."""
+    q, _ = short_qat(_AutoencoderLinearOut, (12,), I14_CFG, target=lambda x, _y: x)
+    freeze(q).eval()
+    assert isinstance(q, torch.fx.GraphModule)
+    fin = q.get_submodule("enc.0").effective_format("input")
+    x = _autoencoder_inputs(fin, n_random=200, seed=11)
+    hls_model = to_hls4ml(q, x, tmp_path / "prj", backend="Vitis")
+    types = {layer.name: {k: str(v.precision) for k, v in layer.types.items()} for layer in hls_model.get_layers()}
+    for i, (name, kind) in enumerate([("enc.0", "dense"), ("enc.1", "relu"), ("enc.2", "dense"), ("enc.3", "relu"),
+                                      ("dec.0", "dense"), ("dec.1", "relu"), ("dec.2", "dense")]):
+        out = str(q.get_submodule(name).effective_format("output"))  # the learned formats are the hls4ml types
+        t = parse_type(out)  # hls4ml prints ap_fixed<8,3,AP_RND,AP_SAT> as fixed<8,3,RND,SAT,0>
+        want_t = f"{'' if t.signed else 'u'}fixed<{t.width},{t.int_bits},{t.rounding.value[3:]},{t.overflow.value[3:]},0>"
+        assert types[f"{kind}{i}"]["result_t"] == want_t, (name, types[f"{kind}{i}"])
+    hls_model.compile()
+
+    qfx.nn.set_track_overflow(q, True)
+    want = _check_cnn(hls_model, q, x, tmp_path / "export")  # hls4ml == emulation == reference, 0 mismatches
+    assert want.shape == (len(x), 12)
+    # meaningful: many distinct outputs, and the casts really saturated (the input cast on the
+    # out-of-range inputs, and at least one hidden layer's output)
+    assert len(np.unique(want)) > 100
+    counts = {n: m.overflow_counts() for n, m in q.named_modules() if isinstance(m, (QLinear, QReLU))}
+    assert counts["enc.0"]["input"] > 0, counts
+    assert sum(c["output"] for n, c in counts.items() if n != "enc.0") > 0, counts
+
+
+def test_refuses_the_autoencoders_hardtanh_naming_the_node(tmp_path):
+    q = freeze(qfx.convert(AutoencoderMLP(), I14_CFG)).eval()
+    with pytest.raises(Hls4mlInteropError, match=r"node 'dec_3' \(dec\.3\): hls4ml cannot express QClamp") as err:
+        to_hls4ml(q, torch.zeros(1, 12), tmp_path / "prj")
+    assert "no handler for nn.Hardtanh" in str(err.value) and "hard_tanh" in str(err.value)
+    assert not (tmp_path / "prj").exists()
+
+
+def test_refuses_a_branching_graph_naming_the_node(tmp_path):
+    q = qfx.convert(BranchConcat(), I14_CFG)
+    q(torch.randn(4, 2, 3, 3))
+    freeze(q).eval()
+    with pytest.raises(Hls4mlInteropError, match=r"node 'x' feeds 2 nodes \('a', 'b'\); to_hls4ml needs a straight chain"):
+        to_hls4ml(q, torch.zeros(1, 2, 3, 3), tmp_path / "prj")
+    assert not (tmp_path / "prj").exists()
+
+
+def test_refuses_a_function_node_naming_it(tmp_path):
+    # a chain whose ReLU is torch.relu (a call_function node), not a QReLU module: hls4ml would get no
+    # output cast for it
+    root = nn.Module()
+    root.fc = QLinear(16, 4, input=X, weight=W, bias=B, output=Y)
+    g = torch.fx.Graph()
+    y = g.call_module("fc", (g.placeholder("x"),))
+    g.output(g.call_function(torch.relu, (y,)))
+    gm = freeze(torch.fx.GraphModule(root, g)).eval()
+    with pytest.raises(Hls4mlInteropError, match=r"node 'relu' \(call_function relu\): to_hls4ml supports a chain"):
+        to_hls4ml(gm, _inputs(2, 0), tmp_path / "prj")
+    assert not (tmp_path / "prj").exists()
