@@ -197,10 +197,20 @@ def pipeline_register_bits(node: Node, folding: Folding) -> int:
     for _ in range(MACEngine._tree_stages(node, folding)):  # a register after every second level
         sums, width = -(-sums // 4), width + 2
         bits += folding.pe * sums * width
-    if MACEngine._window_stages(node):  # conv: each lane's registered window address and pad flag
-        n_in = math.prod(node.input_shapes[0])
-        bits += folding.simd * ((2 * n_in).bit_length() + 1) + 16  # (+ the ROM address and control)
-    return int(bits + folding.pe * (acc.width + out.width))
+    return int(bits + window_register_bits(node, folding) + folding.pe * (acc.width + out.width))
+
+
+def window_register_bits(node: Node, folding: Folding) -> int:
+    """FFs of a conv engine's registered window addresses (``MACEngine._window_stages``): per
+    ``simd`` lane its buffer address (two slots) and pad flag, plus the ROM address and control
+    delayed beside them; 0 for dense."""
+    from .engines import MACEngine
+
+    stages = MACEngine._window_stages(node)
+    if not stages:
+        return 0
+    n_in = math.prod(node.input_shapes[0])
+    return stages * (folding.simd * ((2 * n_in).bit_length() + 1) + 16)
 
 
 def folded_resources(manifest: Manifest, node: Node, folding: Folding,
@@ -299,7 +309,7 @@ def _hardwired_resources(manifest: Manifest, node: Node, folding: Folding, base:
     the constant products and the exact adder tree counted on bit ranges from the weights'
     digits (:func:`~qfx.hw.accel.khot_wired.hardwired_cost`), or for a declared accumulator an
     add and cast per product (a LUT per accumulator bit, first order), the input
-    buffer's lanes and (conv) their window addresses, the lanes' delay registers in place of the product units' operand
+    buffer's lanes and (conv) their registered window addresses, the lanes' delay registers in place of the product units' operand
     and product registers, and per output channel its accumulator, final-sum and output cast.
     The adds are scaled by :data:`HARDWIRED_ADDER_FIT` (fitted on Yosys); checked against Yosys in
     tests/test_khot_unroll.py and bench/khot_unroll.py."""
@@ -316,7 +326,7 @@ def _hardwired_resources(manifest: Manifest, node: Node, folding: Folding, base:
            + (pe - 1) * (acc.width + out.width)
            + (simd - 1) * f["addr_bits"] * LUT_COEF["addr_bits"])
     ff = (base["ff"] - mul_ff + wired["delay_ffs"] + (pe - 1) * (2 * acc.width + out.width)
-          + (0 if node.op == "dense" else (simd - 1) * x.width))
+          + (0 if node.op == "dense" else (simd - 1) * x.width) + window_register_bits(node, folding))
     if node.params.get("accum_exact", False):  # the exact tree, counted on the products' bit ranges
         lut += HARDWIRED_ADDER_FIT * wired["tree_luts"]
         ff += wired["tree_ffs"]
