@@ -159,3 +159,28 @@ def test_manifest_checks_lmul_matmul(exported, tmp_path):
     broken(lambda n: n["params"].update(accum_exact=False), "accum_exact is false but accum")
     path.write_text(text)
     assert load(tmp_path / "m")
+
+
+def test_cost_model_prices_the_lmul_unit(exported, tmp_path):
+    """The L-Mul matmul: no DSP (field adder and shifter, as dense's L-Mul), the L-Mul feature set, and
+    product energy of kind lmul; the same model with exact matmuls uses DSPs."""
+    from qfx.cost.energy import energy_per_inference
+    from qfx.cost.estimate import engine_features
+    from qfx.hw.accel import estimate_resources
+
+    _q, _x, d = exported
+    man = load(d / "manifest")
+    res = estimate_resources(man)["per_layer"]
+    energy = energy_per_inference(man, {k: v["dsp"] for k, v in res.items()},
+                                  {k: v["bram36"] for k, v in res.items()})["per_layer"]
+    feats = engine_features(man)
+    for name in OPERANDS:
+        assert res[name]["dsp"] == 0
+        assert energy[name]["kind"] == "lmul" and energy[name]["product_pj"] > 0
+        assert feats[name]["mul_lmul"] > 0
+    q, x = short_qat(AttentionHead, (6, 6), CFG)
+    export(q, x, tmp_path / "exact")
+    ex = load(tmp_path / "exact")
+    res_ex = estimate_resources(ex)["per_layer"]
+    assert all(res_ex[n.name]["dsp"] >= 1 for n in ex if n.op == "matmul")
+    assert all(engine_features(ex)[n.name]["mul_lmul"] == 0 for n in ex if n.op == "matmul")
