@@ -65,7 +65,9 @@ bits below the ``M + 1`` kept bits, nearest even, subnormals normalised or
 flushed, overflow saturating to the largest finite value) and returns the
 exact product ``+-(2**M + fx + fw + 2**(M - l(M))) << (ex + ew - M + F_P)``
 on the grid of ``lmul_product_type`` (0 if an operand is 0), accumulated
-like every product. MX weights (dense, conv2d; :mod:`qfx.hls_mx`, templates
+like every product (the rounding is ``<node>_mf(x, ...)``, the product of fields
+``<node>_lmul_fields``; matmul with ``multiply: lmul`` has ``<node>_mf_a`` /
+``<node>_mf_b`` for its two run-time operands and ``<node>_lmul(a, b)``). MX weights (dense, conv2d; :mod:`qfx.hls_mx`, templates
 ``mx_dense.j2`` / ``mx_conv2d.j2``): small element products, the block scale a
 shift of the block's exact partial sum (dense) or of each product (conv2d). Where the reference refuses a manifest (a
 non-saturating weight format that an activation overflows) the C++

@@ -184,3 +184,42 @@ def test_cost_model_prices_the_lmul_unit(exported, tmp_path):
     res_ex = estimate_resources(ex)["per_layer"]
     assert all(res_ex[n.name]["dsp"] >= 1 for n in ex if n.op == "matmul")
     assert all(engine_features(ex)[n.name]["mul_lmul"] == 0 for n in ex if n.op == "matmul")
+
+
+@pytest.mark.parametrize("a_s, b_s, t_s", [
+    ("ap_fixed<7,3>", "ap_fixed<6,2>", "fp8_e4m3fn"),
+    ("ap_fixed<7,3>", "ap_ufixed<5,1>", "fp6_e2m3fn"),  # subnormals on both sides, ties at the quantum
+    ("ap_fixed<6,5>", "ap_fixed<7,3>", "e3m2<subnormals=false,saturate=true>"),  # flush to zero, saturation
+    ("ap_fixed<6,3>", "ap_fixed<6,4>", "e3m0<inf_nan=fn,saturate=true>"),  # no mantissa bits
+])
+def test_lmul_pair_multiplier_all_code_pairs(a_s, b_s, t_s):
+    """The RTL L-Mul unit of matmul (Amaranth simulation) on every (a, b) code pair equals the reference's
+    integer rounding + L-Mul (``_fixed_to_minifloat_fields``, ``_lmul_products``)."""
+    from amaranth.sim import Simulator
+
+    from qfx.arith import lmul_product_type
+    from qfx.hw.pe.multiply import LMulPairMultiplier
+    from qfx.reference import _fixed_to_minifloat_fields, _lmul_products
+    from qfx.types import parse_type
+
+    ta, tb, t = parse_type(a_s), parse_type(b_s), parse_type(t_s)
+    pf = lmul_product_type(t)
+    a = np.repeat(np.arange(ta.min_code, ta.max_code + 1), tb.max_code - tb.min_code + 1)
+    b = np.tile(np.arange(tb.min_code, tb.max_code + 1), ta.max_code - ta.min_code + 1)
+    want = _lmul_products(_fixed_to_minifloat_fields(a, ta.frac_bits, t, "a"),
+                          _fixed_to_minifloat_fields(b, tb.frac_bits, t, "b"), t, pf.frac_bits, False)
+    dut = LMulPairMultiplier(ta, tb, t)
+    assert dut.product_fmt == pf
+    got = []
+
+    async def tb_(ctx):
+        for x, y in zip(a.tolist(), b.tolist()):
+            ctx.set(dut.a, x)
+            ctx.set(dut.b, y)
+            got.append(ctx.get(dut.p))
+
+    sim = Simulator(dut)
+    sim.add_testbench(tb_)
+    sim.run()
+    assert np.array_equal(np.asarray(got), want)
+    assert len(np.unique(want)) > 20
