@@ -108,7 +108,8 @@ How the keys are used, per kind:
 - ``cat``: ``output``; every input is cast to it.
 - ``matmul``: ``in_a``, ``in_b`` (each defaulting to ``input``), ``accum`` (``auto``: exact),
   ``output``; operands ``[N, .., T, K]`` and ``[N, .., K, S]`` with equal leading dims (checked at
-  the first forward pass, naming the layer). ``multiply: lmul`` is refused.
+  the first forward pass, naming the layer). ``multiply: lmul`` needs ``operand``, a minifloat
+  (both operands are rounded to it, then multiplied by L-Mul).
 - ``permute``, ``reshape``: no formats (codes move, nothing is cast). The batch dim must stay
   first (``permute``) / be given as ``-1`` (``reshape(-1, T, F)``).
 - ``Hardtanh``, ``clamp``: ``output`` (the bounds are cast to it); an ``input``

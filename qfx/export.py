@@ -718,7 +718,9 @@ def _matmul(b: _Builder, n: fx.Node, mod: QMatMul, path: str, prods: list[_Entry
         raise ExportError(f"layer {path!r}: QMatMul needs two tensor operands, got {len(prods)}")
     k = int(prods[0].output_shape[-1])
     formats = {key: mod.effective_format(key) for key in ("in_a", "in_b", "accum", "output")}
-    params = {"multiply": "exact", "accum_order": list(MATMUL_ORDER),
+    if mod.operand is not None:  # multiply: lmul, both operands rounded to this minifloat
+        formats["operand"] = mod.operand
+    params = {"multiply": "exact" if mod.operand is None else "lmul", "accum_order": list(MATMUL_ORDER),
               "accum_exact": matmul_accum_is_exact(formats, k)}
     b.add(n, "matmul", path, prods, params=params, formats=formats)
 

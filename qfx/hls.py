@@ -65,7 +65,9 @@ bits below the ``M + 1`` kept bits, nearest even, subnormals normalised or
 flushed, overflow saturating to the largest finite value) and returns the
 exact product ``+-(2**M + fx + fw + 2**(M - l(M))) << (ex + ew - M + F_P)``
 on the grid of ``lmul_product_type`` (0 if an operand is 0), accumulated
-like every product. MX weights (dense, conv2d; :mod:`qfx.hls_mx`, templates
+like every product (the rounding is ``<node>_mf(x, ...)``, the product of fields
+``<node>_lmul_fields``; matmul with ``multiply: lmul`` has ``<node>_mf_a`` /
+``<node>_mf_b`` for its two run-time operands and ``<node>_lmul(a, b)``). MX weights (dense, conv2d; :mod:`qfx.hls_mx`, templates
 ``mx_dense.j2`` / ``mx_conv2d.j2``): small element products, the block scale a
 shift of the block's exact partial sum (dense) or of each product (conv2d). Where the reference refuses a manifest (a
 non-saturating weight format that an activation overflows) the C++
@@ -323,20 +325,34 @@ def _mf_fields(wfmt: MinifloatType, hull: FixedType) -> dict[str, Any]:
 def _lmul_context(ctx: dict, node: Node, in_fmt: FixedType, wfmt: MinifloatType) -> list[tuple[str, str]]:
     """L-Mul (``multiply: lmul``): the weights as precomputed minifloat fields, the constants of the
     ``<node>_lmul`` helper (``_lmul.j2``) and its types; semantics of :mod:`qfx.reference`."""
-    m, frac, w = wfmt.mantissa_bits, in_fmt.frac_bits, in_fmt.width
-    p0 = wfmt.emin + frac  # code bit of the smallest normal's unit
-    prod = lmul_product_type(wfmt)
-    top_e, top_f = wfmt.max_finite_fields
     neg, zero, e, f = minifloat_fields(node.arrays["weight"].reshape(-1), wfmt)
-    # every exponent the helper forms: activation (before saturation), weight, both in [emin - M, emax]
-    e_bound = max(abs(max(-1, p0) - frac) + m + 1, abs(max(w - 1, p0) - frac) + 2, abs(wfmt.emin) + m + 1,
-                  abs(wfmt.emax) + 1)
+    types = _lmul_helpers(ctx, wfmt, [("", "in", "the activation", in_fmt)], pair=False)
+    ctx["lm"].update(wneg=[str(int(v)) for v in neg.tolist()], wzero=[str(int(v)) for v in zero.tolist()],
+                     we=[str(int(v)) for v in e.tolist()], wf=[str(int(v)) for v in f.tolist()])
+    return types
+
+
+def _lmul_helpers(ctx: dict, t: MinifloatType, sides: list[tuple[str, str, str, FixedType]],
+                  pair: bool) -> list[tuple[str, str]]:
+    """The constants of ``_lmul.j2``: one ``<node>_mf<suffix>`` rounding helper per fixed-point side
+    ``(suffix, type role, what, format)``, the fields product ``<node>_lmul_fields`` and ``<node>_lmul``
+    (of an activation and weight fields, or with ``pair`` of two run-time operands, matmul's); the
+    types ``e``, ``f``, ``p`` (one exponent type bounds every exponent any helper forms)."""
+    m = t.mantissa_bits
+    prod = lmul_product_type(t)
+    top_e, top_f = t.max_finite_fields
+    e_bound = max(abs(t.emin) + m + 1, abs(t.emax) + 1)  # weight / operand fields: exponents in [emin - M, emax]
+    side_ctx = []
+    for suffix, role, what, fx in sides:
+        frac, w = fx.frac_bits, fx.width
+        p0 = t.emin + frac  # code bit of the smallest normal's unit
+        # the exponents this side's helper forms before saturation
+        e_bound = max(e_bound, abs(max(-1, p0) - frac) + m + 1, abs(max(w - 1, p0) - frac) + 2)
+        side_ctx.append(dict(suffix=suffix, in_t=role, what=what, frac=frac, w=w, signed=fx.signed, p0=p0))
     ctx.update(lmul=True, lm=dict(
-        fmt=str(wfmt), m=m, frac=frac, w=w, signed=in_fmt.signed, p0=p0, emin=wfmt.emin, subnormals=wfmt.subnormals,
+        fmt=str(t), m=m, emin=t.emin, subnormals=t.subnormals, sides=side_ctx, pair=pair,
         top_e=top_e, top_f=top_f, check_f=top_f < (1 << m) - 1, offset=1 << (m - lmul_offset_bits(m)),
-        fp=prod.frac_bits, pw=prod.width,
-        wneg=[str(int(v)) for v in neg.tolist()], wzero=[str(int(v)) for v in zero.tolist()],
-        we=[str(int(v)) for v in e.tolist()], wf=[str(int(v)) for v in f.tolist()]))
+        fp=prod.frac_bits, pw=prod.width))
     return [("e", f"ap_int<{e_bound.bit_length() + 1}>"), ("f", f"ap_uint<{max(m, 1)}>"),
             ("p", _exact(prod.width, prod.int_bits))]
 
@@ -372,10 +388,14 @@ def _check_span(node: Node, m: Manifest) -> None:
         # a product's grid: input lsb + weight lsb, width of both plus one
         lsb = min(lsb, -(node.formats["input"].frac_bits + wg.frac_bits))
         msb = max(msb, _ibits(node.formats["input"]) + _ibits(wg) + 1)
-    if node.op == "matmul":  # the exact product in_a * in_b
+    if node.op == "matmul":  # the exact product in_a * in_b (or the L-Mul product of the operand format)
         ta, tb = node.formats["in_a"], node.formats["in_b"]
-        lsb = min(lsb, -(ta.frac_bits + tb.frac_bits))
-        msb = max(msb, _ibits(ta) + _ibits(tb) + 1)
+        if node.params["multiply"] == "lmul":
+            pt = lmul_product_type(node.formats["operand"])
+            lsb, msb = min(lsb, -pt.frac_bits), max(msb, _ibits(pt) + 1)
+        else:
+            lsb = min(lsb, -(ta.frac_bits + tb.frac_bits))
+            msb = max(msb, _ibits(ta) + _ibits(tb) + 1)
     span = msb - lsb + 2  # a sign bit and the carry of a sum
     if span > AP_MAX_WIDTH:
         raise _fail(node, f"its formats span {span} bits (from 2**{msb} down to 2**{lsb}), beyond the "
@@ -434,7 +454,10 @@ def _node_context(node: Node, reuse: int) -> tuple[dict, list[tuple[str, str]]]:
         types = [("a", _cpp(f["in_a"])), ("b", _cpp(f["in_b"])), ("acc", _cpp(f["accum"])), ("out", _cpp(f["output"]))]
         sa, sb = node.input_shapes
         ctx.update(src_b=node.inputs[1], n_a=int(np.prod(sa)), n_b=int(np.prod(sb)), lead=int(np.prod(sa[:-2])),
-                   t=sa[-2], k=sa[-1], s=sb[-1], exact=bool(p["accum_exact"]), accum_fmt=str(f["accum"]))
+                   t=sa[-2], k=sa[-1], s=sb[-1], exact=bool(p["accum_exact"]), accum_fmt=str(f["accum"]), lmul=False)
+        if p["multiply"] == "lmul":  # both operands rounded to the operand minifloat, then L-Mul (_lmul.j2)
+            types += _lmul_helpers(ctx, f["operand"], [("_a", "a", "operand a", f["in_a"]),
+                                                       ("_b", "b", "operand b", f["in_b"])], pair=True)
     elif op == "permute":  # template permute.j2: a loop nest over the output, the input read at its index
         types = [("in", _cpp(f["input"])), ("out", _cpp(f["output"]))]
         shape_in, shape_out, dims = list(node.input_shapes[0]), list(node.output_shape), list(p["dims"])
@@ -696,6 +719,7 @@ def render(manifest: "Manifest | str | os.PathLike", *, top: str = "qfx_top", re
         nodes.append(dict(name=node.name, op=node.op, types=types))
         helpers.update(f"{node.name}_{role}_t" for role, _ in types)
         helpers.update(f"{node.name}_{a}" for a in ("w", "b", "wsh", "wsg", "wneg", "wzero", "we", "wf", "lmul",
+                                                    "lmul_fields", "mf", "mf_a", "mf_b",
                                                     "scale", "shift", "recip", "buf", "fanout", "table"))
         if node.op == "output":
             continue

@@ -99,9 +99,11 @@ vectors are normalized, counted without the batch dimension; absent: the last, e
 the rows of ``[T, S]``; ``0`` of ``[C, H, W]``: per pixel across channels):
 the exp table of ``d = max - x`` on :func:`qfx.tables.softmax_diff_format`, geometry as table's;
 formats ``input, exp, reciprocal, output``; array ``table``: the exp table, codes of ``exp``, checked on
-load to equal :func:`qfx.tables.contents` of ``exp_neg``); matmul ``multiply`` (``exact``),
+load to equal :func:`qfx.tables.contents` of ``exp_neg``); matmul ``multiply`` (``exact`` or ``lmul``),
 ``accum_order`` (``[inner]``), ``accum_exact`` (two inputs ``a [.., T, K]`` and ``b [.., K, S]`` with equal
-leading dims, output ``[.., T, S]``; formats ``in_a, in_b, accum, output`` as dense's input / accum / output);
+leading dims, output ``[.., T, S]``; formats ``in_a, in_b, accum, output`` as dense's input / accum / output,
+and with ``multiply: lmul`` the minifloat ``operand`` both operands are rounded to before their L-Mul product,
+whose type is ``lmul_product_type(operand)``);
 permute ``dims`` (the output's axes as axes of the input, counted without the batch dimension; no cast);
 reshape ``shape`` (the output shape, same element count, C order kept; no cast); relu, relu6, add, sub, mul, input, output none. batchnorm takes
 ``[C, H, W]``, ``[C, L]`` or ``[C]``.
@@ -155,7 +157,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import yaml
 
-from .arith import auto_accumulator, envelope, holds_all_values, mx_element_grid, mx_value_hull, product_type, weight_hull
+from .arith import (auto_accumulator, envelope, holds_all_values, lmul_product_type, mx_element_grid, mx_value_hull,
+                    product_type, weight_hull)
 from .types import MX_SCALE_BIAS, FixedType, Format, KHot, MinifloatType, MXType, parse_type
 
 __all__ = [
@@ -181,6 +184,7 @@ __all__ = [
     "REORDER_OPS",
     "matmul_output_shape",
     "matmul_auto_accum",
+    "matmul_product_format",
     "matmul_accum_is_exact",
 ]
 
@@ -268,7 +272,7 @@ OPS: dict[str, OpSpec] = {
                       optional_params=("axis",)),
     "layernorm": OpSpec(1, ("input", "mean", "var", "inv_std", "output"), ("scale", "shift", "reciprocal"),
                         ("num_features", "eps", "eps_code", "affine", "bias")),
-    "matmul": OpSpec(2, ("in_a", "in_b", "accum", "output"), (), ("multiply", "accum_order", "accum_exact")),
+    "matmul": OpSpec(2, ("in_a", "in_b", "accum", "output"), ("operand",), ("multiply", "accum_order", "accum_exact")),
     "permute": OpSpec(1, ("input", "output"), (), ("dims",)),
     "reshape": OpSpec(1, ("input", "output"), (), ("shape",)),
 }
@@ -539,15 +543,26 @@ def matmul_output_shape(a: Sequence[int], b: Sequence[int]) -> tuple[int, ...]:
     return a[:-1] + (b[-1],)
 
 
-def matmul_auto_accum(in_a: FixedType, in_b: FixedType, n_terms: int) -> FixedType:
-    """The exact accumulator of a matmul over ``n_terms`` products ``in_a * in_b`` (ValueError beyond 64 bits)."""
-    return auto_accumulator(product_type(in_a, in_b, "exact"), n_terms, None)
+def matmul_product_format(formats: Mapping[str, Any]) -> FixedType:
+    """The type of a matmul's exact products: ``in_a * in_b``, or with an ``operand`` format (``multiply:
+    lmul``) ``lmul_product_type(operand)`` (ValueError beyond 64 bits)."""
+    op = formats.get("operand")
+    if op is not None:
+        return lmul_product_type(op)
+    return product_type(formats["in_a"], formats["in_b"], "exact")
+
+
+def matmul_auto_accum(in_a: FixedType, in_b: FixedType, n_terms: int,
+                      operand: "MinifloatType | None" = None) -> FixedType:
+    """The exact accumulator of a matmul over ``n_terms`` products ``in_a * in_b`` (L-Mul products of
+    ``operand`` when given; ValueError beyond 64 bits)."""
+    return auto_accumulator(matmul_product_format({"in_a": in_a, "in_b": in_b, "operand": operand}), n_terms, None)
 
 
 def matmul_accum_is_exact(formats: Mapping[str, Any], n_terms: int) -> bool:
     """Whether a matmul's accumulator can never round or overflow (any order gives the same bits)."""
     try:
-        auto = matmul_auto_accum(formats["in_a"], formats["in_b"], n_terms)
+        auto = matmul_auto_accum(formats["in_a"], formats["in_b"], n_terms, formats.get("operand"))
     except ValueError:
         return False
     return holds_all_values(formats["accum"], auto)
@@ -750,9 +765,8 @@ def _check_params(ck: _Checker, where: str, op: str, params: dict) -> dict:
                 raise ck.fail(where, f"groups={p['groups']} must divide in_channels={p['in_channels']} and out_channels={p['out_channels']}")
     elif op == "matmul":
         _bool_param(ck, where, p, "accum_exact")
-        if p["multiply"] != "exact":
-            raise ck.fail(where, f"params.multiply must be 'exact' for matmul (L-Mul is a dense / conv2d option), "
-                                 f"got {p['multiply']!r}")
+        if p["multiply"] not in MULTIPLY_MODES:
+            raise ck.fail(where, f"params.multiply must be one of {MULTIPLY_MODES} for matmul, got {p['multiply']!r}")
         if p["accum_order"] != MATMUL_ORDER:
             raise ck.fail(where, f"params.accum_order must be {MATMUL_ORDER} (the only order schema {SCHEMA_VERSION} "
                                  f"defines), got {p['accum_order']!r}")
@@ -857,6 +871,21 @@ def _parse_formats(ck: _Checker, where: str, op: str, spec: OpSpec, formats: Any
         if key in _FIXED_ONLY and not isinstance(t, FixedType):
             raise ck.fail(where, f"formats.{key} must be a fixed-point format (ap_fixed/ap_ufixed/ap_int), not {spelling}")
         out[key] = t
+    if op == "matmul":
+        lm = params["multiply"] == "lmul"
+        if lm and "operand" not in out:
+            raise ck.fail(where, "multiply: lmul needs formats.operand, the minifloat format both operands are "
+                                 "rounded to (e.g. operand: fp8_e4m3fn)")
+        if not lm and "operand" in out:
+            raise ck.fail(where, f"formats.operand is given but params.multiply is {params['multiply']!r}; the "
+                                 "operand format is used only with multiply: lmul")
+        t = out.get("operand")
+        if lm and not isinstance(t, MinifloatType):
+            raise ck.fail(where, f"multiply: lmul needs a minifloat formats.operand (e.g. fp8_e4m3fn), not "
+                                 f"{formats['operand']}")
+        if lm and (t.mantissa_bits > 23 or t.emin < -126 or t.emax > 127):
+            raise ck.fail(where, f"formats.operand {t}: L-Mul is defined by qfx for minifloats within float32's "
+                                 "range and precision (mantissa <= 23 bits, exponents -126..127)")
     if op in ("dense", "conv2d"):
         if params["bias"] != ("bias" in out):
             raise ck.fail(where, "params.bias is " + str(params["bias"]).lower() + " but formats.bias is " + ("present" if "bias" in out else "missing"))

@@ -123,6 +123,9 @@ features of ``[F]``, each row of ``[T, S]``, per pixel across the channels of ``
     ``k = 0 .. K-1`` in order ``acc = cast(align(acc) + align(qa[.., t, k] * qb[.., k, s]), accum)``
     (products exact on ``F_a + F_b``), then ``cast(acc, output)``. With ``params.accum_exact`` no step
     can round or overflow: one exact integer matmul, then the output cast (the same bits).
+    ``multiply: lmul``: ``qa`` and ``qb`` are each rounded to the minifloat ``formats.operand`` with
+    integers, as dense's activation (nearest even, saturating; no subnormals: flush to zero), and the
+    product is their L-Mul product on the grid of ``lmul_product_type(operand)`` (as dense's).
 ``permute`` / ``reshape``
     The codes with their axes permuted by ``params.dims`` (``y = x.transpose(dims)``) / laid out in
     ``params.shape`` (C order kept); no cast.
@@ -147,12 +150,13 @@ from .intops import (  # noqa: F401  (cast_codes, to_real and INT64_SAFE_BITS ar
     cast_codes,
     to_real,
 )
-from .arith import mx_element_grid
+from .arith import lmul_product_type, mx_element_grid
 from .manifest import (
     Manifest,
     Node,
     load,
     mac_auto_accum,
+    matmul_auto_accum,
     mac_product_format,
     minifloat_hull_codes,
     mx_weight_grid_codes,
@@ -497,18 +501,42 @@ def _matmul(node: Node, a: np.ndarray, fa_src: int, b: np.ndarray, fb_src: int, 
     """``a @ b`` on the codes: exact products, the accum cast after every step over k (in order), the output cast."""
     f = node.formats
     ta, tb, accum = f["in_a"], f["in_b"], f["accum"]
-    fp = ta.frac_bits + tb.frac_bits
+    lm = node.params["multiply"] == "lmul"
+    if lm:
+        prod_fmt = lmul_product_type(f["operand"])
+        fp, p_width = prod_fmt.frac_bits, prod_fmt.width
+    else:
+        fp = ta.frac_bits + tb.frac_bits
+        p_width = ta.width + tb.width
     k_n = a.shape[-1]
-    p_width = ta.width + tb.width
     if node.params["accum_exact"]:
-        need = _width(lambda: (ta * tb).accumulator(k_n))
+        need = _width(lambda: matmul_auto_accum(ta, tb, k_n, f.get("operand")))
     else:
         step = max(accum.frac_bits, fp)
         need = max(accum.width + step - accum.frac_bits, p_width + step - fp) + 1
     big = force_big or need > INT64_SAFE_BITS or p_width > INT64_SAFE_BITS
     qa, qb = cast_codes(a, fa_src, ta), cast_codes(b, fb_src, tb)
-    if big:
-        qa, qb = _big(qa), _big(qb)
+    if lm:
+        t = f["operand"]
+        where = f"node {node.name!r}"
+        a_fields = _fixed_to_minifloat_fields(qa, ta.frac_bits, t, where + " (operand a)")
+        b_fields = _fixed_to_minifloat_fields(qb, tb.frac_bits, t, where + " (operand b)")
+
+        def product(k: int) -> np.ndarray:  # [.., T, S]: the L-Mul products of a[.., :, k] and b[.., k, :]
+            return _lmul_products(tuple(v[..., :, k, None] for v in a_fields),
+                                  tuple(v[..., None, k, :] for v in b_fields), t, fp, big)
+    else:
+        if big:
+            qa, qb = _big(qa), _big(qb)
+
+        def product(k: int) -> np.ndarray:
+            return qa[..., :, k, None] * qb[..., None, k, :]
+    shape = qa.shape[:-1] + (qb.shape[-1],)
+    if lm and node.params["accum_exact"]:
+        acc = np.zeros(shape, dtype=object if big else np.int64)
+        for k in range(k_n):  # exact: the order does not matter
+            acc = acc + product(k)
+        return cast_codes(acc, fp, f["output"])
     if node.params["accum_exact"]:
         if big:  # np.matmul has no object-dtype loop in every numpy: sum the products
             acc = (qa[..., :, :, None] * qb[..., None, :, :]).sum(axis=-2)
@@ -517,10 +545,9 @@ def _matmul(node: Node, a: np.ndarray, fa_src: int, b: np.ndarray, fb_src: int, 
         return cast_codes(acc, fp, f["output"])
     fa = accum.frac_bits
     step = max(fa, fp)
-    shape = qa.shape[:-1] + (qb.shape[-1],)
     acc = np.zeros(shape, dtype=object if big else np.int64)
     for k in range(k_n):
-        s = _shl(acc, step - fa) + _shl(qa[..., :, k, None] * qb[..., None, k, :], step - fp)
+        s = _shl(acc, step - fa) + _shl(product(k), step - fp)
         acc = cast_codes(s, step, accum)
         if big:
             acc = _big(acc)

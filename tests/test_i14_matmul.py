@@ -368,9 +368,9 @@ def test_unsupported_calls_are_refused_at_conversion(fn, words):
     assert "matmul" in msg and "permute" in msg and "reshape" in msg  # the supported table
 
 
-def test_lmul_is_refused_for_matmul():
+def test_lmul_without_operand_is_refused_for_matmul():  # L-Mul itself: tests/test_i14_matmul_lmul.py
     cfg = {**CFG, "layers": {"matmul": {"multiply": "lmul"}}}
-    with pytest.raises(ConversionError, match=r"layer 'matmul' \(matmul\).*multiply='lmul' is not supported"):
+    with pytest.raises(ConversionError, match=r"layer 'matmul' \(matmul\).*multiply='lmul' needs the minifloat operand"):
         qfx.convert(AttentionHead(), cfg)
 
 
@@ -393,7 +393,8 @@ def test_manifest_checks_the_new_ops(tmp_path):
         return next(n for n in nodes if n["op"] == op)
 
     broken(lambda ns: first(ns, "matmul")["params"].update(accum_exact=True), "accum_exact is true but accum")
-    broken(lambda ns: first(ns, "matmul")["params"].update(multiply="lmul"), "multiply must be 'exact' for matmul")
+    broken(lambda ns: first(ns, "matmul")["params"].update(multiply="lmul"), "multiply: lmul needs formats.operand")
+    broken(lambda ns: first(ns, "matmul")["params"].update(multiply="fast"), "multiply must be one of")
     broken(lambda ns: first(ns, "permute")["params"].update(dims=[0, 0, 1]), "not a permutation")
     broken(lambda ns: first(ns, "reshape")["params"].update(shape=[5, 2, 4]), r"reshape of input \[5, 6\]")
     broken(lambda ns: first(ns, "permute")["formats"].update(output="ap_fixed<9,3>"), "must equal")

@@ -7,7 +7,9 @@ Same stream contract as :mod:`qfx.hw.accel.engines`: single-element streams, C o
   then one product per cycle over the loop nest (g, t, s, k), k innermost and ascending:
   ``acc = cast(Mux(k == 0, 0, acc) + a[g, t, k] * b[g, k, s], accum)`` (exact product, exact sum,
   the accum cast after every step, as the reference and the HLS loop), and on the last k the
-  output ``cast(acc, output)``. ``G * T * S * K`` compute cycles.
+  output ``cast(acc, output)``. ``G * T * S * K`` compute cycles. With ``multiply: lmul`` the product
+  is :class:`qfx.hw.pe.multiply.LMulPairMultiplier`'s: both operands rounded to ``formats.operand``
+  by the fixed -> minifloat logic of the dense L-Mul unit, then their L-Mul product (exact).
 * :class:`PermuteEngine` (permute): the input buffered, then one output element per cycle in C
   order of the output, read at the input's permuted address (no cast: the formats are equal).
 
@@ -26,6 +28,7 @@ from qfx.manifest import Node
 from qfx.types import FixedType
 
 from ..cast import CastUnit, fixed_shape
+from ..pe.multiply import LMulPairMultiplier
 from .engines import EngineError, _InputBuffer, _OutputStage, _Sequencer
 from .engines_ops import _OpsEngine
 from .loops import LoopNest
@@ -92,9 +95,15 @@ class MatMulEngine(_OpsEngine):
         m.d.comb += [addr_a.eq((g * t_n + t) * k_n + k), addr_b.eq((g * k_n + k) * s_n + s)]
         da, db = buf_a.read(0, addr_a, adv), buf_b.read(0, addr_b, adv)
         seq = _Sequencer(m, out, [buf_a, buf_b], loops, [3])
-        p_fmt = ta * tb
-        prod = Signal(fixed_shape(p_fmt), name="mm_prod")
-        m.d.comb += prod.eq(da * db)
+        if self._node.params["multiply"] == "lmul":
+            m.submodules.lmul = unit = LMulPairMultiplier(ta, tb, self._node.formats["operand"])
+            p_fmt = unit.product_fmt
+            prod = Signal(fixed_shape(p_fmt), name="mm_prod")
+            m.d.comb += [unit.a.eq(da), unit.b.eq(db), prod.eq(unit.p)]
+        else:
+            p_fmt = ta * tb
+            prod = Signal(fixed_shape(p_fmt), name="mm_prod")
+            m.d.comb += prod.eq(da * db)
         sum_fmt = acc_fmt + p_fmt
         fs = sum_fmt.frac_bits
         acc = Signal(fixed_shape(acc_fmt), name="mm_acc")

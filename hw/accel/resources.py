@@ -169,7 +169,9 @@ def estimate_resources(manifest: Manifest) -> dict[str, Any]:
             na, nb = (math.prod(s) for s in node.input_shapes)
             ramb18 = _ramb18("ram", sl[0] * na, f["in_a"].width) + _ramb18("ram", sl[1] * nb, f["in_b"].width)
             bits = sl[0] * na * f["in_a"].width + sl[1] * nb * f["in_b"].width
-            dsp = multiplier_dsps(dsp_operand_bits(f["in_a"]), dsp_operand_bits(f["in_b"]))
+            # multiply: lmul: the L-Mul unit (field adder and shifter) needs no DSP, as dense's
+            dsp = 0 if node.params["multiply"] == "lmul" else multiplier_dsps(dsp_operand_bits(f["in_a"]),
+                                                                              dsp_operand_bits(f["in_b"]))
         elif node.op == "permute":  # engines_matmul.PermuteEngine: the input buffered, read in the permuted order
             ramb18 = _ramb18("ram", sl[0] * n_in, f["output"].width)
             bits = sl[0] * n_in * f["output"].width

@@ -33,7 +33,7 @@ from amaranth.hdl import Cat, Const, Module, Mux, Shape, Signal, signed, unsigne
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from qfx.arith import lmul_offset_bits, minifloat_hull
+from qfx.arith import lmul_offset_bits, lmul_product_type, minifloat_hull
 from qfx.manifest import mac_product_format
 from qfx.types import FixedType, KHot, MinifloatType, khot_slots
 
@@ -51,6 +51,7 @@ __all__ = [
     "KHotMultiplier",
     "MinifloatMultiplier",
     "LMulMultiplier",
+    "LMulPairMultiplier",
 ]
 
 #: The ``multiply`` modes of a dense / conv2d manifest node.
@@ -535,75 +536,7 @@ class LMulMultiplier(_Multiplier):
 
     def _activation_fields(self, m: Module):
         """``(neg, zero, e, f)`` of ``x`` rounded to the minifloat (``_fixed_to_minifloat_fields``)."""
-        t, x_fmt = self._w_fmt, self._x_fmt
-        mb = t.mantissa_bits
-        w = x_fmt.width
-        frac = x_fmt.frac_bits
-        p0 = t.emin + frac  # code bit position of the smallest normal's leading one
-        neg = Signal(name="xa_neg")
-        a = Signal(unsigned(w), name="xa_abs")
-        if x_fmt.signed:
-            m.d.comb += [neg.eq(self.x[-1]), a.eq(Mux(self.x[-1], -self.x, self.x))]
-        else:
-            m.d.comb += a.eq(self.x)
-        length = _bit_length(m, a, "xa_len")
-        pos_hi = max(w - 1, p0)
-        pos_lo = max(p0, 0) if p0 <= w - 1 else p0
-        # pos = max(length - 1, p0): the code position of the rounded value's unit of 2**e.
-        pos = Signal(range(pos_lo, pos_hi + 1), name="xa_pos")
-        if p0 > w - 1:
-            m.d.comb += pos.eq(p0)
-        else:
-            m.d.comb += pos.eq(Mux(length - 1 > p0, length - 1, p0))
-        # a_ext = a << (M + 2): bit i of a is bit i + M + 2. Shifting right by pos + 1 puts the
-        # round bit (code bit pos - M - 1) at 0 and the M + 1 kept bits above it.
-        ext_w = w + mb + 2
-        a_ext = Signal(unsigned(ext_w), name="xa_ext")
-        m.d.comb += a_ext.eq(a << (mb + 2))
-        amount = Signal(range(pos_hi + 2), name="xa_amount")
-        m.d.comb += amount.eq(pos + 1)
-        window = Signal(unsigned(mb + 2), name="xa_window")
-        m.d.comb += window.eq(a_ext >> amount)
-        mask = Signal(unsigned(ext_w), name="xa_mask")
-        m.d.comb += mask.eq(~(Const((1 << ext_w) - 1, ext_w) << amount))
-        sticky = (a_ext & mask).any()
-        up = window[0] & (sticky | window[1])
-        mant = Signal(unsigned(mb + 2), name="xa_mant")
-        m.d.comb += mant.eq(window[1:] + up)
-        # Exponent of a unit at code position pos.
-        e_lo, e_hi = t.emin - mb - 1, pos_hi - frac + 1
-        e_shape = signed(max(abs(e_lo), abs(e_hi), abs(t.emax) + 1).bit_length() + 2)
-        e0 = Signal(e_shape, name="xa_e0")
-        m.d.comb += e0.eq(pos - frac)
-        e = Signal(e_shape, name="xa_e")
-        f = Signal(unsigned(max(mb, 1)), name="xa_f")
-        zero = Signal(name="xa_zero")
-        with m.If(mant[mb + 1]):
-            m.d.comb += [e.eq(e0 + 1), f.eq(0)]
-        with m.Elif(mant[mb]):
-            m.d.comb += [e.eq(e0), f.eq(mant[:mb] if mb else 0)]
-        with m.Else():  # subnormal result (or zero): normalise
-            if t.subnormals and mb:
-                mlen = _bit_length(m, mant[:mb], "xa_mlen")
-                lz = Signal(range(mb + 2), name="xa_lz")
-                m.d.comb += lz.eq(mb + 1 - mlen)
-                m.d.comb += [e.eq(e0 - lz), f.eq(mant[:mb] << lz)]
-            else:
-                m.d.comb += [e.eq(0), f.eq(0)]
-        if t.subnormals:
-            m.d.comb += zero.eq(~mant.any())
-        else:
-            m.d.comb += zero.eq(~mant[mb:].any())
-        # Saturation to the largest finite value.
-        top_e, top_f = t.max_finite_fields
-        over = e > top_e
-        if top_f < (1 << mb) - 1:  # else no mantissa lies beyond the top code
-            over = over | ((e == top_e) & (f > top_f))
-        over = ~zero & over
-        es = Signal(e_shape, name="xa_es")
-        fs = Signal(unsigned(max(mb, 1)), name="xa_fs")
-        m.d.comb += [es.eq(Mux(over, top_e, e)), fs.eq(Mux(over, top_f, f))]
-        return neg, zero, es, fs
+        return _fixed_fields(m, self.x, self._x_fmt, self._w_fmt, "xa")
 
     def _weight_fields(self, m: Module):
         """``(neg, zero, e, f)`` of the weight pattern (``_minifloat_fields``)."""
@@ -633,26 +566,151 @@ class LMulMultiplier(_Multiplier):
         return neg, zero, e, f
 
     def elaborate(self, platform):
-
         m = Module()
-        t = self._w_fmt
-        mb = t.mantissa_bits
-        na, za, ea, fa = self._activation_fields(m)
-        nb, zb, eb_, fb = self._weight_fields(m)
-        n = Signal(unsigned(mb + 2), name="lmul_n")
-        m.d.comb += n.eq((1 << mb) + (1 << (mb - lmul_offset_bits(mb))) + (fa if mb else 0) + (fb if mb else 0))
-        sh = Signal(signed(max(len(ea), len(eb_)) + 2 + (abs(self._p_fmt.frac_bits - mb)).bit_length() + 1),
-                    name="lmul_sh")
-        m.d.comb += sh.eq(ea + eb_ + (self._p_fmt.frac_bits - mb))
-        # Finite operands give 0 <= sh <= width - (M + 2): a shifter only that wide.
-        pw = self._p_fmt.width
-        sh_u = Signal(range(pw), name="lmul_sh_u")
-        m.d.comb += sh_u.eq(sh)
-        mag = Signal(unsigned(pw), name="lmul_mag")
-        m.d.comb += mag.eq(n << sh_u)
-        zero = za | zb
-        m.d.comb += self.p.eq(Mux(zero, 0, Mux(na ^ nb, -mag, mag)))
+        a = self._activation_fields(m)
+        b = self._weight_fields(m)
+        _lmul_combine(m, a, b, self._w_fmt, self._p_fmt, self.p)
         return m
+
+
+def _lmul_combine(m: Module, a, b, t: MinifloatType, p_fmt: FixedType, p) -> None:
+    """``p = +-(2**M + fa + fb + 2**(M - l(M))) << (ea + eb - M + F)``, 0 if an operand is zero
+    (``_lmul_products``), from the fields ``(neg, zero, e, f)`` of both operands."""
+    mb = t.mantissa_bits
+    na, za, ea, fa = a
+    nb, zb, eb_, fb = b
+    n = Signal(unsigned(mb + 2), name="lmul_n")
+    m.d.comb += n.eq((1 << mb) + (1 << (mb - lmul_offset_bits(mb))) + (fa if mb else 0) + (fb if mb else 0))
+    sh = Signal(signed(max(len(ea), len(eb_)) + 2 + (abs(p_fmt.frac_bits - mb)).bit_length() + 1),
+                name="lmul_sh")
+    m.d.comb += sh.eq(ea + eb_ + (p_fmt.frac_bits - mb))
+    # Finite operands give 0 <= sh <= width - (M + 2): a shifter only that wide.
+    pw = p_fmt.width
+    sh_u = Signal(range(pw), name="lmul_sh_u")
+    m.d.comb += sh_u.eq(sh)
+    mag = Signal(unsigned(pw), name="lmul_mag")
+    m.d.comb += mag.eq(n << sh_u)
+    zero = za | zb
+    m.d.comb += p.eq(Mux(zero, 0, Mux(na ^ nb, -mag, mag)))
+
+
+class LMulPairMultiplier(wiring.Component):
+    """L-Mul product of two fixed-point run-time operands (matmul ``multiply: lmul``).
+
+    Both codes are rounded to the minifloat ``t`` exactly as :class:`LMulMultiplier` rounds its
+    activation (nearest even, subnormals normalised, flushed to zero without subnormals, saturating
+    at the largest finite value), then multiplied by L-Mul as there: the product on the grid of
+    ``lmul_product_type(t)``. Two rounding front ends and one field adder / shifter; no multiplier.
+
+    Parameters
+    ----------
+    a_fmt, b_fmt : FixedType
+        Formats of the codes on ``a`` and ``b``.
+    t : MinifloatType
+        The operand format.
+
+    Attributes
+    ----------
+    a : Signal(fixed_shape(a_fmt)), in
+    b : Signal(fixed_shape(b_fmt)), in
+    p : Signal(fixed_shape(lmul_product_type(t))), out
+
+    Latency 0 (combinational); throughput one product per cycle.
+    """
+
+    latency = 0
+
+    def __init__(self, a_fmt: FixedType, b_fmt: FixedType, t: MinifloatType) -> None:
+        check_fixed("a_fmt", a_fmt)
+        check_fixed("b_fmt", b_fmt)
+        if not isinstance(t, MinifloatType):
+            raise TypeError(f"t must be a qfx.types.MinifloatType, not {type(t).__name__} {t!r}; "
+                            "e.g. qfx.parse_type('fp8_e4m3fn')")
+        self._a_fmt, self._b_fmt, self._t = a_fmt, b_fmt, t
+        self._p_fmt = lmul_product_type(t)
+        super().__init__({"a": In(fixed_shape(a_fmt)), "b": In(fixed_shape(b_fmt)), "p": Out(fixed_shape(self._p_fmt))})
+
+    product_fmt = property(lambda self: self._p_fmt, doc="Product type (``lmul_product_type(t)``).")
+
+    def elaborate(self, platform):
+        m = Module()
+        fa = _fixed_fields(m, self.a, self._a_fmt, self._t, "xa")
+        fb = _fixed_fields(m, self.b, self._b_fmt, self._t, "xb")
+        _lmul_combine(m, fa, fb, self._t, self._p_fmt, self.p)
+        return m
+
+
+def _fixed_fields(m: Module, x, x_fmt: FixedType, t: MinifloatType, pre: str):
+    """``(neg, zero, e, f)`` of the fixed-point code ``x`` rounded to the minifloat ``t``
+    (``_fixed_to_minifloat_fields``); signal names start with ``pre``."""
+    mb = t.mantissa_bits
+    w = x_fmt.width
+    frac = x_fmt.frac_bits
+    p0 = t.emin + frac  # code bit position of the smallest normal's leading one
+    neg = Signal(name=f"{pre}_neg")
+    a = Signal(unsigned(w), name=f"{pre}_abs")
+    if x_fmt.signed:
+        m.d.comb += [neg.eq(x[-1]), a.eq(Mux(x[-1], -x, x))]
+    else:
+        m.d.comb += a.eq(x)
+    length = _bit_length(m, a, f"{pre}_len")
+    pos_hi = max(w - 1, p0)
+    pos_lo = max(p0, 0) if p0 <= w - 1 else p0
+    # pos = max(length - 1, p0): the code position of the rounded value's unit of 2**e.
+    pos = Signal(range(pos_lo, pos_hi + 1), name=f"{pre}_pos")
+    if p0 > w - 1:
+        m.d.comb += pos.eq(p0)
+    else:
+        m.d.comb += pos.eq(Mux(length - 1 > p0, length - 1, p0))
+    # a_ext = a << (M + 2): bit i of a is bit i + M + 2. Shifting right by pos + 1 puts the
+    # round bit (code bit pos - M - 1) at 0 and the M + 1 kept bits above it.
+    ext_w = w + mb + 2
+    a_ext = Signal(unsigned(ext_w), name=f"{pre}_ext")
+    m.d.comb += a_ext.eq(a << (mb + 2))
+    amount = Signal(range(pos_hi + 2), name=f"{pre}_amount")
+    m.d.comb += amount.eq(pos + 1)
+    window = Signal(unsigned(mb + 2), name=f"{pre}_window")
+    m.d.comb += window.eq(a_ext >> amount)
+    mask = Signal(unsigned(ext_w), name=f"{pre}_mask")
+    m.d.comb += mask.eq(~(Const((1 << ext_w) - 1, ext_w) << amount))
+    sticky = (a_ext & mask).any()
+    up = window[0] & (sticky | window[1])
+    mant = Signal(unsigned(mb + 2), name=f"{pre}_mant")
+    m.d.comb += mant.eq(window[1:] + up)
+    # Exponent of a unit at code position pos.
+    e_lo, e_hi = t.emin - mb - 1, pos_hi - frac + 1
+    e_shape = signed(max(abs(e_lo), abs(e_hi), abs(t.emax) + 1).bit_length() + 2)
+    e0 = Signal(e_shape, name=f"{pre}_e0")
+    m.d.comb += e0.eq(pos - frac)
+    e = Signal(e_shape, name=f"{pre}_e")
+    f = Signal(unsigned(max(mb, 1)), name=f"{pre}_f")
+    zero = Signal(name=f"{pre}_zero")
+    with m.If(mant[mb + 1]):
+        m.d.comb += [e.eq(e0 + 1), f.eq(0)]
+    with m.Elif(mant[mb]):
+        m.d.comb += [e.eq(e0), f.eq(mant[:mb] if mb else 0)]
+    with m.Else():  # subnormal result (or zero): normalise
+        if t.subnormals and mb:
+            mlen = _bit_length(m, mant[:mb], f"{pre}_mlen")
+            lz = Signal(range(mb + 2), name=f"{pre}_lz")
+            m.d.comb += lz.eq(mb + 1 - mlen)
+            m.d.comb += [e.eq(e0 - lz), f.eq(mant[:mb] << lz)]
+        else:
+            m.d.comb += [e.eq(0), f.eq(0)]
+    if t.subnormals:
+        m.d.comb += zero.eq(~mant.any())
+    else:
+        m.d.comb += zero.eq(~mant[mb:].any())
+    # Saturation to the largest finite value.
+    top_e, top_f = t.max_finite_fields
+    over = e > top_e
+    if top_f < (1 << mb) - 1:  # else no mantissa lies beyond the top code
+        over = over | ((e == top_e) & (f > top_f))
+    over = ~zero & over
+    es = Signal(e_shape, name=f"{pre}_es")
+    fs = Signal(unsigned(max(mb, 1)), name=f"{pre}_fs")
+    m.d.comb += [es.eq(Mux(over, top_e, e)), fs.eq(Mux(over, top_f, f))]
+    return neg, zero, es, fs
 
 
 def multiplier_for(x_fmt: FixedType, w_fmt, multiply: str = "exact") -> _Multiplier:

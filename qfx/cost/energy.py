@@ -49,7 +49,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from qfx.manifest import Manifest
+from qfx.manifest import Manifest, matmul_product_format
 from qfx.types import FixedType, KHot, MinifloatType
 
 __all__ = ["ENERGY_SOURCES", "E", "energy_per_inference", "hardwired_product_pj", "mac_op_energy"]
@@ -186,9 +186,16 @@ def energy_per_inference(manifest: Manifest, dsp_per_layer: dict[str, float], br
             macs = cyc["compute"]
             a, b = f["in_a"], f["in_b"]
             dsp = dsp_per_layer.get(node.name, 0) > 0
-            kind = "dsp" if dsp else "lut_mult"
-            prod = _mult(a.width, b.width) * (f_hard if dsp else f_soft) * macs
-            accu = _add((f["accum"] + a * b).width) * f_soft * macs
+            if node.params["multiply"] == "lmul":  # the L-Mul unit, priced as dense's (mac_op_energy)
+                t, pf = f["operand"], matmul_product_format(f)
+                kind = "lmul"
+                prod = (_add(t.exponent_bits + t.mantissa_bits + 1) + _shift(pf.width, max(pf.width.bit_length(), 1))
+                        + _add(pf.width)) * f_soft * macs
+            else:
+                pf = a * b
+                kind = "dsp" if dsp else "lut_mult"
+                prod = _mult(a.width, b.width) * (f_hard if dsp else f_soft) * macs
+            accu = _add((f["accum"] + pf).width) * f_soft * macs
             mem = (_read(a.width) + _read(b.width)) * mem_factor * macs  # two operand reads per product
             mem += (_read(a.width) + _read(b.width)) * mem_factor * cyc["load"]  # buffer writes
             other = _add(f["output"].width) * f_soft * cyc["outputs"]

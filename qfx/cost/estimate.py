@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from qfx.manifest import Manifest, Node, weight_envelope
+from qfx.manifest import Manifest, Node, matmul_product_format, weight_envelope
 from qfx.types import FixedType, KHot, MinifloatType
 
 __all__ = ["engine_features", "estimate", "FEATURES", "LUT_COEF", "FF_COEF", "ESTIMATOR_BASIS"]
@@ -213,16 +213,20 @@ def _binary_features(node: Node, slots: "tuple[int, ...]" = (2, 2)) -> dict[str,
 
 def _matmul_features(node: Node, slots: "tuple[int, ...]" = (2, 2)) -> dict[str, float]:
     """matmul (hw/accel/engines_matmul.py): two buffers, the (g, t, s, k) counters and two read
-    addresses, the exact product, the accumulator's adder and cast, the output cast."""
+    addresses, the exact product (``multiply: lmul``: the L-Mul unit, costed as dense's with a second
+    rounding front end for b), the accumulator's adder and cast, the output cast."""
     f = _zero()
     a, b, acc, out = (node.formats[k] for k in ("in_a", "in_b", "accum", "output"))
     na, nb = (math.prod(s) for s in node.input_shapes)
-    p = a * b
+    lm = node.params["multiply"] == "lmul"
+    p = matmul_product_format(node.formats)
+    if lm:
+        f["mul_lmul"] = float(p.width + a.width + b.width)
     s = acc + p
     f["const"] = 1.0
     f["ctr_bits"] = float(_bits(na) + _bits(nb) + sum(_bits(v) for v in list(node.input_shapes[0]) + [node.output_shape[-1]]))
     f["addr_bits"] = float(_bits(na) + _bits(nb))
-    f["arith_bits"] = float(p.width + s.width + out.width + a.width + b.width)
+    f["arith_bits"] = float((0 if lm else p.width) + s.width + out.width + a.width + b.width)
     f["cast_logic_bits"] = float(_cast_logic_bits(s, acc) + _cast_logic_bits(acc, out))
     la, lb = _lutram(slots[0] * na, a.width), _lutram(slots[1] * nb, b.width)
     f["lutram_luts"] = la + lb

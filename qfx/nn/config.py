@@ -29,7 +29,7 @@ __all__ = ["LayerConfig", "FORMAT_KEYS", "OPTION_KEYS", "LEARNABLE_KEYS", "as_co
 
 #: Tensor names a layer config may give a format for.
 FORMAT_KEYS = ("input", "weight", "bias", "accum", "output", "scale", "shift", "reciprocal", "in_a", "in_b", "exp",
-               "mean", "var", "inv_std")
+               "mean", "var", "inv_std", "operand")
 #: Non-format options.
 OPTION_KEYS = ("learn_binary_point", "weight_per_channel", "multiply", "track_overflow", "table_size", "table_range")
 #: Tensors whose binary point can be learned (fixed-point formats only).
@@ -81,6 +81,9 @@ class LayerConfig:
     weight : FixedType, KHot, MinifloatType, MXType or str, optional
         Weight format (MX, e.g. ``"mxfp4_e2m1"``: QLinear / QConv2d, blocks along the
         format's axis of the weight tensor).
+    operand : MinifloatType or str, optional
+        Matmul with ``multiply: lmul``: the minifloat format (e.g. ``"fp8_e4m3fn"``) both run-time
+        operands are rounded to (nearest even) before their L-Mul product.
     accum : FixedType or str, optional
         Accumulator format, or ``"auto"`` (the default): the narrowest format
         in which no rounding or overflow can occur. Always fixed point, also
@@ -94,7 +97,8 @@ class LayerConfig:
         A learnable weight binary point is per output channel instead of one
         scalar.
     multiply : {"exact", "lmul"}
-        ``"lmul"``: minifloat weights multiply by L-Mul (see :func:`qfx.lmul`).
+        ``"lmul"``: minifloat weights multiply by L-Mul (see :func:`qfx.lmul`); for matmul, both
+        operands are rounded to ``operand`` and multiplied by L-Mul.
     track_overflow : bool
         Count saturated/wrapped elements of every quantized tensor (slower).
     table_size : int, optional
@@ -121,6 +125,7 @@ class LayerConfig:
     mean: FixedType | None = None
     var: FixedType | None = None
     inv_std: FixedType | None = None
+    operand: Format | None = None
     learn_binary_point: bool | frozenset = False
     weight_per_channel: bool = False
     multiply: str = "exact"
@@ -145,7 +150,7 @@ class LayerConfig:
                 object.__setattr__(self, key, fmt)
                 continue
             fmt = _parse(key, value)
-            if key != "weight":
+            if key not in ("weight", "operand"):  # operand: matmul's L-Mul minifloat (checked by QMatMul)
                 fmt = _fixed_only(key, fmt)
             object.__setattr__(self, key, fmt)
         lbp = self.learn_binary_point

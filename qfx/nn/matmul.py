@@ -1,7 +1,8 @@
 """Transformer pieces (issue 14): the matmul of two activations and the ops that only reorder codes.
 
 :class:`QMatMul` (``a @ b``, ``torch.matmul``, ``torch.bmm``) casts both operands, multiplies
-exactly and accumulates over the inner dim as dense does (manifest op ``matmul``).
+exactly (or, with ``multiply: lmul``, rounds both to the minifloat ``operand`` and takes their exact
+L-Mul product) and accumulates over the inner dim as dense does (manifest op ``matmul``).
 :class:`QPermute` (``transpose`` / ``permute`` / ``.mT``) and :class:`QReshape` (``reshape`` /
 ``view`` that keep the batch dim) move codes and cast nothing (manifest ops ``permute`` and
 ``reshape``): the output format is the producer's.
@@ -14,8 +15,11 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from ..arith import auto_accumulator, holds_all_values, product_type
-from ..types import FixedType
+from .._lmul import _operand_format as _lmul_operand_format
+from .._lmul import lmul
+from ..arith import auto_accumulator, holds_all_values, lmul_product_type, product_type
+from ..quant import quantize
+from ..types import FixedType, MinifloatType
 from .accumulate import check_float64_exact
 from .base import QuantizedModule
 from .config import ConfigLike, as_config
@@ -54,12 +58,19 @@ class QMatMul(QuantizedModule, nn.Module):
     explicit accum that can round is emulated step by step in the order above (k ascending), the
     order of the integer reference, the HLS loop and the RTL engine.
 
+    ``multiply: lmul``: ``qa`` and ``qb`` are rounded (nearest even, the format's overflow rule;
+    an overflow of a non-saturating format is an error) to the minifloat ``operand`` and the product
+    ``qa * qb`` above is replaced by the exact L-Mul value ``qfx.lmul(qa, qb, operand, exact=True)``,
+    as dense's L-Mul products enter its accumulator; the product type is
+    :func:`qfx.nn.lmul_product_type` ``(operand)``. Gradients pass straight through (those of the
+    exact product).
+
     Parameters
     ----------
     config : LayerConfig or dict, optional
         Uses ``in_a`` / ``in_b`` (each defaulting to ``input``), ``accum``, ``output`` (required),
-        ``learn_binary_point``, ``track_overflow``. ``multiply`` must be ``exact`` (L-Mul is not
-        offered for matmul).
+        ``learn_binary_point``, ``track_overflow``, ``multiply`` (``exact``, or ``lmul`` with the
+        minifloat ``operand`` format, e.g. ``fp8_e4m3fn``).
     name : str, optional
         The layer's name for error messages (:func:`qfx.convert` sets it).
     """
@@ -69,9 +80,23 @@ class QMatMul(QuantizedModule, nn.Module):
         cfg = cfg.updated(in_a=cfg.in_a or cfg.input, in_b=cfg.in_b or cfg.input)
         super().__init__()
         self.layer = name
-        if cfg.multiply != "exact":
-            raise ValueError(f"QMatMul: multiply={cfg.multiply!r} is not supported for matmul; only "
-                             "'exact' (L-Mul is a Linear / Conv2d option)")
+        label = f"layer {name!r} (matmul)" if name else "QMatMul"
+        #: the L-Mul operand format (``multiply: lmul``), else None
+        self.operand: "MinifloatType | None" = None
+        if cfg.multiply == "lmul":
+            if cfg.operand is None:
+                raise ValueError(f"{label}: multiply='lmul' needs the minifloat operand format both operands are "
+                                 "rounded to: give operand, e.g. operand: fp8_e4m3fn")
+            if not isinstance(cfg.operand, MinifloatType):
+                raise ValueError(f"{label}: multiply='lmul' needs a minifloat operand format (e.g. fp8_e4m3fn), "
+                                 f"not {cfg.operand}")
+            try:
+                self.operand = _lmul_operand_format(cfg.operand)
+            except ValueError as err:
+                raise ValueError(f"{label}: operand {cfg.operand}: {err}") from None
+        elif cfg.multiply != "exact":
+            raise ValueError(f"{label}: multiply={cfg.multiply!r} is not supported for matmul; "
+                             "use 'exact' or 'lmul' (with operand)")
         self._require(cfg, "QMatMul", "in_a", "in_b", "output")
         for key in ("in_a", "in_b", "output"):
             if not isinstance(getattr(cfg, key), FixedType):
@@ -90,13 +115,31 @@ class QMatMul(QuantizedModule, nn.Module):
         k = n_terms if n_terms is not None else self.n_terms
         if k is None:
             raise ValueError(f"{self._label()}: the inner dim is known only after a forward pass")
-        ta, tb = self.quant["in_a"].effective_format(), self.quant["in_b"].effective_format()
         try:
-            return auto_accumulator(product_type(ta, tb, "exact"), int(k), None)
+            return auto_accumulator(self.product_format(), int(k), None)
         except ValueError as err:
             raise ValueError(f"{self._label()}: {err}") from None
 
+    def product_format(self) -> FixedType:
+        """The type holding every product exactly: ``in_a * in_b``, or the L-Mul product type of ``operand``."""
+        if self.operand is not None:
+            return lmul_product_type(self.operand)
+        ta, tb = self.quant["in_a"].effective_format(), self.quant["in_b"].effective_format()
+        return product_type(ta, tb, "exact")
+
+    def _lmul_operand(self, q: torch.Tensor, which: str) -> torch.Tensor:
+        """``q`` rounded to ``operand`` (nearest even); an overflow to inf / NaN is an error naming the layer."""
+        assert self.operand is not None
+        qm = quantize(q, self.operand)
+        if not bool(torch.isfinite(qm).all()):
+            raise ValueError(f"{self._label()}: L-Mul: some values of operand {which} overflow the operand format "
+                             f"{self.operand} to inf/NaN when cast to it; use a saturating minifloat "
+                             "(saturate=true) or a narrower in_{which} format")
+        return qm.double()
+
     def effective_format(self, name: str):  # type: ignore[override]
+        if name == "operand":
+            return self.operand
         if name == "accum" and "accum" not in self.quant:
             return self.auto_accum_format()
         return super().effective_format(name)
@@ -118,21 +161,31 @@ class QMatMul(QuantizedModule, nn.Module):
         k = int(a.shape[-1])
         self.n_terms = k
         qa, qb = self.quant["in_a"](a).double(), self.quant["in_b"](b).double()
+        fmt = self.operand
+        if fmt is not None:
+            qa, qb = self._lmul_operand(qa, "a"), self._lmul_operand(qb, "b")
+
+            def mul(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+                return lmul(x, y, fmt, exact=True)
+        else:
+            mul = torch.mul
         auto = self.auto_accum_format(k)
         if self.accum_is_exact(k):
             check_float64_exact(auto, f"{self._label()}'s exact accumulator")
-            acc = torch.matmul(qa, qb)
+            if fmt is None:
+                acc = torch.matmul(qa, qb)
+            else:  # every exact L-Mul product [.., T, K, S], summed over K (exact in the auto type)
+                acc = mul(qa[..., :, :, None], qb[..., None, :, :]).sum(dim=-2)
         else:
             acc_fmt = self.quant["accum"].effective_format()
             try:
-                step = acc_fmt + product_type(self.quant["in_a"].effective_format(),
-                                              self.quant["in_b"].effective_format(), "exact")
+                step = acc_fmt + self.product_format()
             except ValueError as err:
                 raise ValueError(f"{self._label()}: {err}") from None
             check_float64_exact(step, f"{self._label()}'s step acc + a*b")
             acc = torch.zeros(qa.shape[:-1] + (qb.shape[-1],), dtype=torch.float64, device=qa.device)
             for i in range(k):  # the documented order: k ascending, the accum cast after every product
-                acc = self.quant["accum"](acc + qa[..., :, i:i + 1] * qb[..., i:i + 1, :])
+                acc = self.quant["accum"](acc + mul(qa[..., :, i:i + 1], qb[..., i:i + 1, :]))
         return self._result(self.quant["output"](acc), torch.promote_types(a.dtype, b.dtype))
 
 
