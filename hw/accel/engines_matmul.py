@@ -30,7 +30,7 @@ from qfx.types import FixedType
 from ..cast import CastUnit, fixed_shape
 from ..pe.multiply import LMulPairMultiplier
 from .engines import EngineError, _InputBuffer, _OutputStage, _Sequencer
-from .engines_ops import _OpsEngine
+from .engines_ops import _BufferedReorderEngine, _OpsEngine
 from .loops import LoopNest
 
 __all__ = ["MatMulEngine", "PermuteEngine", "matmul_dims", "permute_strides"]
@@ -118,7 +118,7 @@ class MatMulEngine(_OpsEngine):
         return m
 
 
-class PermuteEngine(_OpsEngine):
+class PermuteEngine(_BufferedReorderEngine):
     """permute node: the input buffered, then one output element per cycle in the output's C order,
     read at ``sum_j o_j * stride_in[dims[j]]`` (no cast).
 
@@ -131,17 +131,6 @@ class PermuteEngine(_OpsEngine):
     slots : int
         Tensor slots of the input buffer (2: double buffering).
     """
-
-    def __init__(self, node: Node, src: FixedType, slots: int = 2) -> None:
-        self._src = src
-        self._slots = int(slots)
-        self._out_fmt = node.formats["output"]
-        super().__init__(node, {"i": In(stream.Signature(fixed_shape(src))),
-                                "o": Out(stream.Signature(fixed_shape(self._out_fmt)))})
-
-    @property
-    def input_ports(self) -> list:
-        return [self.i]
 
     def elaborate(self, platform):
         m = Module()

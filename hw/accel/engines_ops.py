@@ -270,7 +270,23 @@ class PadEngine(_OpsEngine):
         return m
 
 
-class UpsampleEngine(_OpsEngine):
+class _BufferedReorderEngine(_OpsEngine):
+    """One input tensor buffered (``slots`` tensor slots), then read out in another order with no
+    cast: what the upsample and permute engines share."""
+
+    def __init__(self, node: Node, src: FixedType, slots: int = 2) -> None:
+        self._src = src
+        self._slots = int(slots)
+        self._out_fmt = node.formats["output"]
+        super().__init__(node, {"i": In(stream.Signature(fixed_shape(src))),
+                                "o": Out(stream.Signature(fixed_shape(self._out_fmt)))})
+
+    @property
+    def input_ports(self) -> list:
+        return [self.i]
+
+
+class UpsampleEngine(_BufferedReorderEngine):
     """upsample node (nearest, integer factors ``scale = [sh, sw]``): the input tensor buffered,
     then one output element per cycle in C order, ``y[c, oy, ox] = x[c, oy // sh, ox // sw]``.
 
@@ -286,17 +302,6 @@ class UpsampleEngine(_OpsEngine):
     slots : int
         Tensor slots of the input buffer (2: double buffering).
     """
-
-    def __init__(self, node: Node, src: FixedType, slots: int = 2) -> None:
-        self._src = src
-        self._slots = int(slots)
-        self._out_fmt = node.formats["output"]
-        super().__init__(node, {"i": In(stream.Signature(fixed_shape(src))),
-                                "o": Out(stream.Signature(fixed_shape(self._out_fmt)))})
-
-    @property
-    def input_ports(self) -> list:
-        return [self.i]
 
     def elaborate(self, platform):
         m = Module()
