@@ -36,7 +36,10 @@ Compiled steps (issue 16; ``--compile``, default on): ``float, compiled`` and ``
 run forward + loss as one ``torch.compile(fullgraph=True)`` graph (backend ``--backend``,
 default Inductor; its backward compiled with it), the qfx one through
 :func:`qfx.nn.compile_model` (the compile plan refreshed before every step, outside the graph),
-the Adam step eager for all. ``compile_s`` is the wall time of the first compiled step (tracing
+the Adam step eager for all (torch's fused Adam, as :func:`qfx.train.fit` uses it, for every
+contender). The qfx one compiles with :data:`qfx.nn.plan.INDUCTOR_OPTIONS` (Inductor's layout
+optimisation off), the float one with Inductor's defaults (what a user gets); ``float, compiled
+(layout opt off)`` shows the float step with the same options. ``compile_s`` is the wall time of the first compiled step (tracing
 and code generation of forward and backward); ``graphs`` / ``graph_breaks`` come from
 ``torch._dynamo.explain`` of the qfx forward + loss. Ratios are against the float step of the
 same mode (eager / compiled) and, for the compiled qfx step, also against the eager float step.
@@ -162,7 +165,7 @@ def _brevitas_cnn(channels: int = 8) -> "torch.nn.Module | None":
 
 def _step_fn(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, compiled=None):
     """One training step; ``compiled``: the compiled forward (+ the model's parameters for Adam)."""
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)  # as qfx.train.fit: one kernel call
     fwd = compiled if compiled is not None else model
 
     def step() -> None:
@@ -267,7 +270,11 @@ def run_one(args: argparse.Namespace, batch: int) -> dict:
         qc = copy.deepcopy(qmodel)
         steps["float, compiled"] = _step_fn(fc, x, y, torch.compile(fc, fullgraph=True, backend=args.backend))
         steps["qfx, compiled"] = _step_fn(qc, x, y, qfx.nn.compile_model(qc, backend=args.backend))
-        for k in ("float, compiled", "qfx, compiled"):
+        if args.backend == "inductor":
+            fl = copy.deepcopy(fmodel)
+            steps["float, compiled (layout opt off)"] = _step_fn(
+                fl, x, y, torch.compile(fl, **qfx.nn.plan.compile_options(args.backend)))
+        for k in [k for k in steps if "compiled" in k]:
             t0 = time.perf_counter()
             steps[k]()  # trace + compile forward and backward
             compile_s[k] = time.perf_counter() - t0
@@ -289,7 +296,7 @@ def run_one(args: argparse.Namespace, batch: int) -> dict:
     cpu = {k: statistics.median(c for _, c in v) for k, v in times.items()}
 
     def base(k: str) -> str:
-        return "float, compiled" if k.endswith("compiled") else "float"
+        return "float, compiled" if "compiled" in k else "float"
 
     rows = {
         k: {"ms": 1e3 * med[k], "ratio": med[k] / med[base(k)], "cpu_ms": 1e3 * cpu[k], "cpu_ratio": cpu[k] / cpu[base(k)]}

@@ -277,6 +277,57 @@ def test_stale_plan_is_refused_not_wrong():
     assert torch.equal(fn(x), model(x))
 
 
+@pytest.mark.parametrize("name", ["resbn", "digits_W8"])
+def test_batched_reading_equals_each_quantizers_own(name):
+    """refresh_compile_plan reads every binary point in a few batched reads; they must equal what
+    each quantizer reads alone (scalar and per-channel binary points, calibration flags), also
+    at exact half-way values where the rounding is to even."""
+    from qfx.nn.plan import _read_binary_points
+
+    model, x, y = _model(name)
+    qtrain.calibrate(model, [(x, y)])
+    qs = [m for m in model.modules() if isinstance(m, TensorQuantizer)]
+    assert any(q.per_channel for q in qs) or name != "resbn"
+    with torch.no_grad():
+        for i, q in enumerate(q for q in qs if q.learnable):
+            q.frac_bits.add_(0.5 if i % 2 else -2.5)  # ties: 3.5 -> 4, 2.5 -> 2, -2.5 -> -2
+        first = next(q for q in qs if q.learnable)
+        first.calibrated.fill_(False)
+    got = _read_binary_points(qs)
+    for q in qs:
+        if q.frac_bits is not None:
+            assert got[id(q)] == q.plan_reading(), q.name
+    assert got[id(first)][1] is False
+
+
+def test_unchanged_plan_is_kept_and_a_moved_point_refreshes_it():
+    """A refresh in which no binary point crossed a rounding boundary keeps every plan object
+    (the skip); one that moved refreshes that quantizer's plan, its buffer and the layers that
+    read it, and the compiled forward then equals the eager one."""
+    model, x, y = _model("resbn")
+    qtrain.calibrate(model, [(x, y)])
+    refresh_compile_plan(model)
+    fn = torch.compile(model, fullgraph=True, backend="aot_eager")
+    assert torch.equal(fn(x), model(x))
+    mods = [m for m in model.modules() if "_compile_plan" in m.__dict__]
+    before = {id(m): m.__dict__["_compile_plan"] for m in mods}
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, TensorQuantizer) and m.learnable:
+                m.frac_bits.add_(0.2)  # inside the same rounding interval (calibrated points are integers)
+    refresh_compile_plan(model)
+    assert all(m.__dict__["_compile_plan"] is before[id(m)] for m in mods)
+    conv = model.conv1
+    q = conv.quant["input"]
+    with torch.no_grad():
+        q.frac_bits.sub_(2.0)  # across a boundary: coarser input grid, a different product type
+    old_layer_key = conv.__dict__["_layer_plan_key"]
+    refresh_compile_plan(model)
+    assert int(q._planned_frac) == int(torch.round(q.frac_bits))
+    assert conv.__dict__["_layer_plan_key"] != old_layer_key
+    assert torch.equal(fn(x), model(x))
+
+
 def test_uncompilable_settings_are_named():
     model, x, y = _model("mlp")
     qfx.nn.set_track_overflow(model, True)

@@ -54,6 +54,9 @@ class QAdd(QuantizedModule, nn.Module):
         assert isinstance(ta, FixedType) and isinstance(tb, FixedType)
         return _sum_fits_float32(ta, tb)
 
+    def plan_key(self):
+        return self._quantizer_keys()
+
     def refresh_plan(self) -> None:
         """Whether float32 holds every sum (and the eager forward's float64 check), for the compiled forward."""
         set_plan(self, self._fits_float32())

@@ -84,6 +84,19 @@ class QuantizedModule:
         """Record the decisions the compiled forward reads (:mod:`qfx.nn.plan`); run eagerly, after
         the quantizers' own plans. Layers that decide nothing from values keep this default."""
 
+    def plan_key(self) -> Any:
+        """What :meth:`refresh_plan` depends on, beyond which an unchanged key keeps the plan
+        (:func:`qfx.nn.refresh_compile_plan` then skips the refresh); None (the default): refresh
+        every time. A layer whose plan reads only its quantizers' formats returns
+        :meth:`_quantizer_keys` and the settings it reads."""
+        return None
+
+    def _quantizer_keys(self) -> "tuple | None":
+        """The plan keys of this layer's quantizers (format, kind, rounded binary points), or None
+        where one has no plan yet."""
+        keys = tuple(q.__dict__.get("_plan_key") for q in self.quant.values())
+        return None if any(k is None for k in keys) else keys
+
     # -- freezing and overflow --------------------------------------------------
     def freeze(self) -> "QuantizedModule":
         """Write learned binary points back as concrete formats and stop learning them.

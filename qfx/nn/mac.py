@@ -198,6 +198,18 @@ class MACLayer(QuantizedModule):
     #: The compiled float32 fast path also needs NNPACK off (QConv2d: Winograd/FFT would round).
     _f32_needs_nnpack_off = False
 
+    def plan_key(self):
+        """The quantizers' keys and the global float32 / NNPACK settings the plan reads; None (refresh
+        every time) for minifloat weights (their check reads the weights), MX and L-Mul."""
+        wq = self.quant["weight"]
+        if self.config.multiply == "lmul" or isinstance(wq.fmt, (MXType, MinifloatType)):
+            return None
+        keys = self._quantizer_keys()
+        if keys is None:
+            return None
+        nnpack = torch.backends.nnpack.is_available() and torch._C._get_nnpack_enabled()
+        return (keys, self.n_terms, float32_kernels_exact(), nnpack)
+
     @torch.no_grad()
     def refresh_plan(self) -> None:
         """``(accum_is_exact, float32 fast path on CPU)`` for the compiled forward, after the eager

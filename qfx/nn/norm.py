@@ -126,6 +126,12 @@ class QBatchNorm2d(QuantizedModule, nn.BatchNorm2d):
         assert isinstance(x_fmt, FixedType) and isinstance(s_fmt, FixedType) and isinstance(b_fmt, FixedType)
         return x_fmt, _bn_types(x_fmt, s_fmt, b_fmt)[1]
 
+    def plan_key(self):
+        keys = self._quantizer_keys()
+        if keys is None:
+            return None
+        return (keys, self.training, self.track_running_stats, self.momentum is None, _fused.kernels() is not None)
+
     @torch.no_grad()
     def refresh_plan(self) -> None:
         """``(float32 holds the multiply-add, fused kernels built, fused affine applies)`` for the

@@ -185,11 +185,24 @@ class TensorQuantizer(nn.Module):
         self._frozen = True
 
     # -- compile plan ---------------------------------------------------------
-    @torch.no_grad()
-    def refresh_plan(self) -> None:
+    def plan_reading(self) -> "tuple[tuple[int, ...], bool]":
+        """What the compile plan reads from this quantizer's values: its binary points rounded
+        (half to even, as the forward rounds them; empty without ``frac_bits``) and whether it is
+        calibrated. :func:`qfx.nn.refresh_compile_plan` reads every quantizer of a model at once."""
+        fb = self.frac_bits
+        if fb is None:
+            return (), True
+        return tuple(self._rounded_frac()), not self.learnable or bool(self.calibrated)
+
+    def refresh_plan(self, reading: "tuple[tuple[int, ...], bool] | None" = None) -> None:
         """Record what the compiled forward needs from values (see :mod:`qfx.nn.plan`): whether
         it is calibrated, the format of a frozen scalar binary point, the dtypes that hold the
-        effective format exactly, and (a buffer) the rounded binary point the plan assumes."""
+        effective format exactly, and (a buffer) the rounded binary point the plan assumes.
+
+        ``reading``: :meth:`plan_reading`, where the caller read it already. The plan is a function
+        of the reading and of the quantizer's format and kind, so an unchanged reading keeps the
+        plan (and the buffer) without recomputing them: the common case of a step in which no
+        binary point crossed a rounding boundary."""
         if self.track_overflow:
             raise CompilePlanError(
                 f"{self.name}: overflow counting reads values in Python and has no compiled path; "
@@ -198,14 +211,23 @@ class TensorQuantizer(nn.Module):
         if isinstance(self.fmt, MXType):
             raise CompilePlanError(f"{self.name}: MX formats ({self.fmt}) have no compiled path; train this model eagerly")
         fb = self.frac_bits
-        calibrated = not self.learnable or bool(self.calibrated)
+        rounded, calibrated = self.plan_reading() if reading is None else reading
+        key = (self.fmt, self.learnable, calibrated, rounded,
+               None if fb is None else (tuple(fb.shape), fb.device, isinstance(fb, nn.Parameter)))
+        if key == self.__dict__.get("_plan_key") and "_compile_plan" in self.__dict__:
+            return
+        with torch.no_grad():
+            self._compute_plan(fb, rounded, calibrated)
+        self.__dict__["_plan_key"] = key
+
+    def _compute_plan(self, fb: "torch.Tensor | None", rounded: "tuple[int, ...]", calibrated: bool) -> None:
         if self.learnable and calibrated:
-            rounded = torch.round(fb.detach()).to(torch.int64)  # type: ignore[union-attr]
+            planned_now = torch.tensor(rounded, dtype=torch.int64, device=fb.device).reshape(fb.shape)  # type: ignore[union-attr]
             planned = self.__dict__["_buffers"].get("_planned_frac")
-            if planned is None or planned.shape != rounded.shape or planned.device != rounded.device:
-                self.register_buffer("_planned_frac", rounded.clone(), persistent=False)
+            if planned is None or planned.shape != planned_now.shape or planned.device != planned_now.device:
+                self.register_buffer("_planned_frac", planned_now, persistent=False)
             else:
-                planned.copy_(rounded)
+                planned.copy_(planned_now)
         fmt = self.effective_format() if calibrated else self.fmt
         env = envelope(fmt)
         holds = frozenset(
