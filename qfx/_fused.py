@@ -338,7 +338,7 @@ int bn_affine_fwd(const float* x, int64_t n, int64_t c, int64_t p, const float* 
 // The backward of bn_affine_fwd: g' = g where inside (else an exact 0, as the float32 fast
 // cast); gx = g' * s[ch] (float32, as torch's addcmul backward); ds[ch] = sum g' * x and
 // db[ch] = sum g' in float64; dot = sum g * ((inside ? y : 0) - q), y recomputed, for the
-// output's binary-point gradient (as bwd). Any of gx, ds/db, dot may be null.
+// output's binary-point gradient (as bwd). Any of gx, ds/db, dot may be null; inside null: all inside.
 void bn_affine_bwd(const float* __restrict g, const float* __restrict x, int64_t n, int64_t c, int64_t p,
                    const float* s, const float* sh, const float* __restrict q, const uint8_t* __restrict inside,
                    float* __restrict gx, double* ds, double* db, double* dot) {
@@ -352,7 +352,7 @@ void bn_affine_bwd(const float* __restrict g, const float* __restrict x, int64_t
       double as = 0.0, ab = 0.0, ad = 0.0;
       for (int64_t i = 0; i < p; ++i) {
         const float gi = g[o + i];
-        const bool in = inside[o + i] != 0;
+        const bool in = inside == nullptr || inside[o + i] != 0;
         const float gs = in ? gi : 0.0f;
         if (gx != nullptr) gx[o + i] = gs * sc;
         if (ds != nullptr) {
@@ -519,6 +519,18 @@ class _Kernels:
                                q.data_ptr(), inside.data_ptr(), scale, lo, hi, inv, mode):
             raise ValueError(f"qfx fused cast: unknown rounding code {mode}")
         return q, inside
+
+    def bn_affine_sums(self, g, x):
+        """Per channel ``(sum g*x, sum g)`` as float64 tensors: :meth:`bn_affine_backward`'s scale
+        and shift gradients with every element inside (same order, same bits), nothing else
+        computed or allocated."""
+        c = x.shape[1]
+        ds = torch.empty(c, dtype=torch.float64)
+        db = torch.empty(c, dtype=torch.float64)
+        zeros = torch.zeros(c, dtype=torch.float32)
+        self._bn_affine_bwd(g.data_ptr(), x.data_ptr(), x.shape[0], c, x.shape[2] * x.shape[3], zeros.data_ptr(),
+                            zeros.data_ptr(), None, None, None, ds.data_ptr(), db.data_ptr(), None)
+        return ds, db
 
     def bn_affine_backward(self, g, x, s, b, q, inside, want_x: bool, want_sb: bool, want_dot: bool):
         """``(grad_x, grad_s, grad_b, dot)`` of :meth:`bn_affine_forward`, None where not wanted."""
