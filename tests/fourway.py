@@ -24,6 +24,26 @@ from qfx.manifest import Manifest, load
 from qfx.reference import run
 
 
+#: The 8-bit default formats the four-way layer tests share (learned binary points, exact
+#: accumulator); a test builds its config with :func:`config`, adding only what it changes.
+DEFAULT_FORMATS: dict[str, Any] = {
+    "input": "ap_fixed<8,3,AP_RND,AP_SAT>",
+    "weight": "ap_fixed<8,1,AP_RND_CONV,AP_SAT>",
+    "bias": "ap_fixed<12,4,AP_RND>",
+    "accum": "auto",
+    "output": "ap_fixed<8,3,AP_RND,AP_SAT>",
+    "learn_binary_point": True,
+}
+
+
+def config(default: "dict[str, Any] | None" = None, **sections: Any) -> dict:
+    """A ``qfx.convert`` config: :data:`DEFAULT_FORMATS` updated by ``default``, plus the other
+    sections (``types=...``, ``layers=...``) as given. A fresh dict each call."""
+    out: dict[str, Any] = {"default": {**DEFAULT_FORMATS, **(default or {})}}
+    out.update({k: v for k, v in sections.items() if v is not None})
+    return out
+
+
 def short_qat(make: Callable[[], torch.nn.Module], shape: tuple, cfg: dict, *, steps: int = 4,
               batch: int = 32, n_test: int = 40, test_scale: float = 2.0, ramp: tuple = (-1.0, 1.0),
               target: "Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None" = None

@@ -31,22 +31,12 @@ from qfx.export import emulate, export
 from qfx.manifest import ManifestError, load
 from qfx.reference import run, run_codes
 from qfx.types import Overflow, Rounding, parse_type
-from tests.fourway import assert_rtl_and_hls_bit_exact, assert_verilog_lints_clean
+from tests.fourway import config, assert_rtl_and_hls_bit_exact, assert_verilog_lints_clean
 
 LN_FORMATS = {"mean": "ap_fixed<12,3,AP_RND,AP_SAT>", "var": "ap_ufixed<16,5,AP_RND,AP_SAT>",
               "inv_std": "ap_ufixed<16,6,AP_TRN,AP_SAT>", "scale": "ap_fixed<8,2,AP_RND,AP_SAT>",
               "shift": "ap_fixed<10,3,AP_RND,AP_SAT>", "reciprocal": "ap_ufixed<16,0,AP_RND>"}
-CFG = {
-    "default": {
-        "input": "ap_fixed<8,3,AP_RND,AP_SAT>",
-        "weight": "ap_fixed<8,1,AP_RND_CONV,AP_SAT>",
-        "bias": "ap_fixed<12,4,AP_RND>",
-        "accum": "auto",
-        "output": "ap_fixed<8,3,AP_RND,AP_SAT>",
-        "learn_binary_point": True,
-    },
-    "types": {"LayerNorm": dict(LN_FORMATS)},
-}
+CFG = config(types={"LayerNorm": dict(LN_FORMATS)})
 
 
 class MLPLayerNorm(nn.Module):

@@ -27,18 +27,9 @@ from qfx.export import export
 from qfx.manifest import ManifestError, load
 from qfx.reference import run, run_codes
 from qfx.types import Overflow, Rounding
-from tests.fourway import assert_reference_equals_emulation, assert_rtl_and_hls_bit_exact, assert_verilog_lints_clean, short_qat
+from tests.fourway import config, assert_reference_equals_emulation, assert_rtl_and_hls_bit_exact, assert_verilog_lints_clean, short_qat
 
-CFG = {
-    "default": {
-        "input": "ap_fixed<8,3,AP_RND,AP_SAT>",
-        "weight": "ap_fixed<8,1,AP_RND_CONV,AP_SAT>",
-        "bias": "ap_fixed<12,4,AP_RND>",
-        "accum": "auto",
-        "output": "ap_fixed<8,3,AP_RND,AP_SAT>",
-        "learn_binary_point": True,
-    },
-}
+CFG = config()
 #: the two-head model's score matmul accumulates in a narrow format: every step rounds and saturates
 NARROW = {**CFG, "layers": {"matmul": {"accum": "ap_fixed<9,4,AP_RND,AP_SAT>", "output": "ap_fixed<8,4,AP_RND,AP_SAT>"}}}
 

@@ -19,20 +19,12 @@ import qfx
 from qfx.conversion import ConversionError
 from qfx.export import ExportError, export
 from qfx.manifest import ManifestError, load
-from tests.fourway import assert_reference_equals_emulation, assert_rtl_and_hls_bit_exact, assert_verilog_lints_clean, short_qat
+from tests.fourway import config, assert_reference_equals_emulation, assert_rtl_and_hls_bit_exact, assert_verilog_lints_clean, short_qat
 
-CFG = {
-    "default": {
-        "input": "ap_fixed<8,3,AP_RND,AP_SAT>",
-        "weight": "ap_fixed<8,1,AP_RND_CONV,AP_SAT>",
-        "bias": "ap_fixed<12,4,AP_RND>",
-        "accum": "auto",
-        "output": "ap_fixed<8,3,AP_RND,AP_SAT>",
-        "reciprocal": "ap_ufixed<8,0,AP_RND>",
-        "learn_binary_point": True,
-    },
-    "types": {"BatchNorm1d": {"scale": "ap_fixed<8,2,AP_RND,AP_SAT>", "shift": "ap_fixed<10,3,AP_RND,AP_SAT>"}},
-}
+CFG = config(
+    {"reciprocal": "ap_ufixed<8,0,AP_RND>"},
+    types={"BatchNorm1d": {"scale": "ap_fixed<8,2,AP_RND,AP_SAT>", "shift": "ap_fixed<10,3,AP_RND,AP_SAT>"}},
+)
 
 
 class MLPBatchNorm(nn.Module):

@@ -35,20 +35,12 @@ from qfx.manifest import ManifestError, load
 from qfx.reference import run, run_codes
 from qfx.tables import TableError
 from qfx.types import Overflow, Rounding, parse_type
-from tests.fourway import assert_rtl_and_hls_bit_exact, assert_verilog_lints_clean, short_qat
+from tests.fourway import config, assert_rtl_and_hls_bit_exact, assert_verilog_lints_clean, short_qat
 
-CFG = {
-    "default": {
-        "input": "ap_fixed<8,3,AP_RND,AP_SAT>",
-        "weight": "ap_fixed<8,1,AP_RND_CONV,AP_SAT>",
-        "bias": "ap_fixed<12,4,AP_RND>",
-        "accum": "auto",
-        "output": "ap_fixed<8,3,AP_RND,AP_SAT>",
-        "learn_binary_point": True,
-        "reciprocal": "ap_ufixed<8,0,AP_RND>",  # the pools' (a softmax takes its own)
-    },
-    "types": {"Softmax": {"output": "ap_ufixed<10,0,AP_RND,AP_SAT>"}},
-}
+CFG = config(
+    {"reciprocal": "ap_ufixed<8,0,AP_RND>"},  # the pools' (a softmax takes its own)
+    types={"Softmax": {"output": "ap_ufixed<10,0,AP_RND,AP_SAT>"}},
+)
 INNER_LAYERS = {
     # 4 input codes per entry over d in [0, 4): saturating beyond; other rounding modes
     "softmax_1": {"table_size": 32, "table_range": [0, 4], "exp": "ap_ufixed<12,1,AP_RND_CONV,AP_SAT>",

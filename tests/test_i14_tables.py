@@ -22,25 +22,17 @@ from qfx.export import emulate, export
 from qfx.manifest import ManifestError, load
 from qfx.reference import run
 from qfx.tables import TableError
-from tests.fourway import assert_verilog_lints_clean
+from tests.fourway import config, assert_verilog_lints_clean
 
-CFG = {
-    "default": {
-        "input": "ap_fixed<8,3,AP_RND,AP_SAT>",
-        "weight": "ap_fixed<8,1,AP_RND_CONV,AP_SAT>",
-        "bias": "ap_fixed<12,4,AP_RND>",
-        "accum": "auto",
-        "output": "ap_fixed<8,3,AP_RND,AP_SAT>",
-        "learn_binary_point": True,
-    },
-    "types": {
+CFG = config(
+    types={
         "Sigmoid": {"output": "ap_ufixed<8,0,AP_RND,AP_SAT>"},
         "Tanh": {"output": "ap_fixed<8,1,AP_RND_CONV,AP_SAT>"},
         "Hardsigmoid": {"output": "ap_ufixed<6,1,AP_RND,AP_SAT>"},
     },
     # a narrower range than the input format's (saturating ends), 4 input codes per entry
-    "layers": {"tanh": {"table_range": [-2, 2], "table_size": 32}},
-}
+    layers={"tanh": {"table_range": [-2, 2], "table_size": 32}},
+)
 
 
 class TableMLP(nn.Module):
