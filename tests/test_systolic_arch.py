@@ -237,3 +237,16 @@ def test_cost_report_refuses_systolic_designs(mlp, tmp_path, capsys):
     assert not (tmp_path / "o" / "report.md").exists()
     assert main([str(mlp[0]), "-o", str(tmp_path / "p"), "--arch", "systolic", "--report"]) == 2
     assert "dataflow architecture only" in capsys.readouterr().err and not (tmp_path / "p").exists()
+
+
+def test_khot_weights_as_base_codes(tmp_path):
+    """K-hot weights run on the array as their base fixed-point codes (exact, no shift-add saving)."""
+    from tests.qmodels import KHOT, mlp as qmlp
+
+    x = model_inputs((12,), 2.0, 8)
+    export(init_weights(qmlp(weight=KHOT), 2), x, tmp_path / "m")
+    man = load(tmp_path / "m")
+    ref = run(man, x)
+    acc = SystolicAccelerator(man, 5, 4)
+    r = run_accelerator(acc, ref[man.input][:3], max_cycles=100_000)
+    assert np.array_equal(r.outputs, ref[man.output].reshape(len(x), -1)[:3])

@@ -99,6 +99,7 @@ class DenseStep:
     w_frac: int
     bias: "np.ndarray | None"
     bias_fmt: "FixedType | None"
+    w_grid: "FixedType | None" = None  # the format whose codes ``w_codes`` are (envelope / K-hot base)
     vector: list = field(default_factory=list)  # element-wise nodes after it
     emitted: "FixedType | None" = None  # format of the codes leaving its vector unit
     next_fmt: "FixedType | None" = None  # next dense layer's input format (None: the network output)
@@ -187,8 +188,8 @@ def plan_systolic(manifest: Manifest) -> SystolicPlan:
             codes, w_frac, w_grid = _weight_codes(node)
             bias = np.asarray(node.arrays["bias"], dtype=np.int64).reshape(-1) if f.get("bias") is not None else None
             steps.append(DenseStep(node, p["in_features"], p["out_features"], f["input"], f["output"],
-                                   codes.reshape(p["out_features"], p["in_features"]), w_frac, bias, f.get("bias")))
-            steps[-1]._w_grid = w_grid
+                                   codes.reshape(p["out_features"], p["in_features"]), w_frac, bias, f.get("bias"),
+                                   w_grid))
             continue
         if node.op in VECTOR_OPS:
             if not steps:
@@ -210,7 +211,7 @@ def plan_systolic(manifest: Manifest) -> SystolicPlan:
     for s in steps:
         s.emitted = s.vector[-1].formats["output"] if s.vector else s.out_fmt
     x_fmt = _int_fmt([s.x_fmt for s in steps])
-    w_fmt = _int_fmt([s._w_grid for s in steps])
+    w_fmt = _int_fmt([s.w_grid for s in steps])
     for s in steps:  # the grid codes must fit the integer weight format (they do for a valid manifest)
         if s.w_codes.size and (s.w_codes.min() < w_fmt.min_code or s.w_codes.max() > w_fmt.max_code):
             raise SystolicError(f"node {s.node.name!r}: weight codes outside {w_fmt}")  # pragma: no cover
