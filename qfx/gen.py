@@ -60,6 +60,10 @@ __all__ = ["main", "generate", "ARCHITECTURES", "TARGETS", "GenError"]
 ARCHITECTURES: dict[str, str] = {
     "dataflow": "one engine per layer, chained by AXI4-Stream (weights in ROM, activations buffered "
                 "on chip, one multiply-accumulate per cycle per dense/conv layer)",
+    "systolic": "one weight-stationary R x C systolic array (--array RxC; packed int8 pairs per DSP48E2) runs "
+                "the dense layers one after the other as GEMM tiles, weights in an on-chip ROM, ping-pong "
+                "activation buffers, relu/relu6/leaky_relu/batchnorm on a vector unit (exact accumulators only; "
+                "no conv2d yet)",
 }
 #: Outputs ``--target`` accepts.
 TARGETS = ("rtl", "hls")
@@ -118,7 +122,8 @@ def generate(manifest_path: "str | Path", out_dir: "str | Path", *, board: str =
              targets: Sequence[str] = ("rtl",), arch: str = "dataflow", top: str = "qfx_top",
              clock_mhz: "float | None" = None, reuse_factor: int = 1, synth: bool = False,
              force: bool = False, folding: "str | Path | Mapping[str, Any] | None" = "auto",
-             fps: "float | None" = None, ii: "int | None" = None, khot_unroll: bool = False) -> dict[str, Any]:
+             fps: "float | None" = None, ii: "int | None" = None, khot_unroll: bool = False,
+             array: "str | tuple[int, int] | None" = None) -> dict[str, Any]:
     """Generate the hardware of a manifest into ``out_dir``; return the ``design.json`` contents.
 
     ``folding``: ``"auto"`` (the planner chooses every dense / conv2d layer's folding inside the
@@ -127,7 +132,9 @@ def generate(manifest_path: "str | Path", out_dir: "str | Path", *, board: str =
     unless ``fps`` / ``ii`` ask the planner for more). design.json lists each engine's folding,
     folded cycles and ``ii``, and the design's initiation interval. ``khot_unroll``: fully unroll
     (hard-wire) every K-hot layer that fits before the planner balances the rest
-    (:func:`qfx.hw.accel.folding.plan`).
+    (:func:`qfx.hw.accel.folding.plan`). ``array``: with ``arch="systolic"``, the array size ``"RxC"``
+    or ``(R, C)`` (default: the largest of 16x16, 8x8, 4x4, 2x2, 1x1 that fits the board's safe caps;
+    :func:`_systolic_generate`); refused with any other architecture.
 
     Raises
     ------
@@ -164,11 +171,18 @@ def generate(manifest_path: "str | Path", out_dir: "str | Path", *, board: str =
     if not isinstance(top, str) or not is_valid_name(top):
         raise GenError(f"--top {top!r} is not a Verilog / C++ identifier ([A-Za-z][A-Za-z0-9_]*, no '__', not a "
                        "Verilog or C++ keyword); e.g. --top qfx_top")
+    if array is not None and arch != "systolic":
+        raise GenError(f"--array {array!r} sets the systolic array size; it needs --arch systolic (not {arch!r})")
     b = get_board(board)
     clock = float(clock_mhz) if clock_mhz is not None else float(b.default_clock_mhz)
     clock_basis = ("--clock-mhz" if clock_mhz is not None else
                    "the board's default (qfx-gen --synth sets the clock its Fmax estimate supports)")
     man = load(manifest_path)
+    if arch == "systolic":
+        return _systolic_generate(man, manifest_path, out_dir, b, targets=targets, top=top, clock=clock,
+                                  clock_mhz=clock_mhz, clock_basis=clock_basis, reuse_factor=reuse_factor,
+                                  synth=synth, force=force, array=array, folding=folding, fps=fps, ii=ii,
+                                  khot_unroll=khot_unroll)
     files: dict[str, str] = {}
     rtl = "rtl" in targets
     # The folding plan is the RTL's (checked against the board), and the HLS C++ beside it follows
@@ -272,6 +286,153 @@ def generate(manifest_path: "str | Path", out_dir: "str | Path", *, board: str =
         "resources_estimate": est,
         "folding": {**fplan.as_dict(), "request": _folding_request(folding, fps, ii, khot_unroll)}
         if fplan is not None else None,
+        "files": sorted(files) + ["design.json"],
+    }
+    files["design.json"] = json.dumps(design, indent=2, sort_keys=False) + "\n"
+    write_files(out_dir, files, force=force, replace=("rtl", "board", "hls"))
+    return design
+
+
+def systolic_resources(acc: Any) -> dict[str, Any]:
+    """A structural resource estimate of a :class:`qfx.hw.accel.systolic_top.SystolicAccelerator`:
+    DSP one per PE-grid multiply (``R x G``); BRAM36 of the weight ROM as 512 x 72 blocks; FF the
+    registers counted from the structure; LUT one per adder / cast bit of the array plus the buffers'
+    LUTRAM. Not calibrated against Yosys (``--synth`` counts them)."""
+    r, c, g = acc.rows, acc.cols, acc.grid_cols
+    p = acc.plan
+    wx, ww, a = p.x_fmt.width, p.w_fmt.width, acc.acc_fmt.width
+    words, _ = acc.weight_rom()
+    bram = math.ceil(c * ww / 72) * math.ceil(len(words) / 512)
+    prod = 45 if acc.pack else wx + ww
+    ff = (r * c * (ww + a) + r * g * (wx + prod) + wx * r * (r + 1) // 2 + a * c * (g + 1)
+          + r * wx + c * (a + 8) + 64 * len(p.steps) + 128)
+    depth = max([p.n_in, p.n_out] + [s.k for s in p.steps] + [s.n for s in p.steps])
+    lut = r * c * a + c * a + 2 * math.ceil(depth / 64) * 16 + 120 * len(p.steps) + 200
+    return {"lut": int(lut), "ff": int(ff), "dsp": int(r * g), "bram36": float(bram),
+            "basis": "structural estimate of the systolic array (qfx.gen.systolic_resources; LUT / FF not "
+                     "calibrated: --synth counts them with Yosys)"}
+
+
+#: Array sizes tried, largest first, when ``--array`` is not given.
+SYSTOLIC_DEFAULT_SIZES = ((16, 16), (8, 8), (4, 4), (2, 2), (1, 1))
+
+
+def _systolic_generate(man: Any, manifest_path: Any, out_dir: Any, b: Any, *, targets: Sequence[str], top: str,
+                       clock: float, clock_mhz: "float | None", clock_basis: str, reuse_factor: int, synth: bool,
+                       force: bool, array: Any, folding: Any, fps: Any, ii: Any, khot_unroll: bool) -> dict[str, Any]:
+    """``--arch systolic``: :class:`qfx.hw.accel.systolic_top.SystolicAccelerator` (see :func:`generate`)."""
+    from qfx.boards import check_fit, render_board_files
+    from qfx.hw.accel import axis_width
+    from qfx.hw.accel.systolic_top import SystolicAccelerator, SystolicError, parse_array, plan_systolic
+    from qfx.hw.accel.top import stream_formats
+    from qfx.hw.verilog import to_verilog
+
+    from . import hls
+    from .outdir import write_files
+
+    if folding not in (None, "auto") or fps is not None or ii is not None or khot_unroll:
+        raise GenError("--folding / --fps / --ii / --khot-unroll plan the dataflow architecture's engines; "
+                       "--arch systolic takes --array RxC instead")
+    try:
+        plan_systolic(man)  # names the first node the systolic arch cannot run
+        if array is not None:
+            sizes = [parse_array(array)]
+        else:
+            sizes = list(SYSTOLIC_DEFAULT_SIZES)
+    except SystolicError as err:
+        raise GenError(f"--arch systolic: {err}") from None
+    files: dict[str, str] = {}
+    rtl = "rtl" in targets
+    acc = est = cycles = None
+    modules: list[str] = []
+    problems: list[str] = []
+    for r, c in sizes:
+        cand = SystolicAccelerator(man, r, c)
+        cand._MustUse__silence = True
+        e = systolic_resources(cand)
+        problems = check_fit(b, {k: (0 if synth and k in ("lut", "ff") else e[k]) for k in ("lut", "ff", "dsp", "bram36")})
+        if not problems:
+            acc, est = cand, e
+            break
+    if acc is None:
+        raise GenError(f"--arch systolic: no array of {', '.join(f'{r}x{c}' for r, c in sizes)} fits {b.name} "
+                       f"({b.part}) within its safe utilization: " + "; ".join(problems) + " [structural estimate]. "
+                       "Use a smaller --array, narrower formats or a larger board")
+    acc._MustUse__silence = False
+    cycles = acc.cycle_estimate()
+    if rtl:
+        verilog = to_verilog(acc, top)
+        if synth:
+            from qfx.cost.synthesis import synth_module
+            from qfx.cost.timing import fmax_mhz
+
+            from qfx.boards import check_fit as _cf
+
+            ms = synth_module(verilog, top, family=b.family)
+            counts = ms.summary()
+            est = {**est, **{k: counts[k] for k in ("lut", "ff", "dsp", "bram36")},
+                   "basis": f"Yosys synth_xilinx -family {b.family} (qfx.hw.synth)"}
+            _check_fit(b, est, _cf)
+            fmax = fmax_mhz(ms.paths)
+            if clock_mhz is None:
+                clock = clock_from_fmax(fmax, b)
+                clock_basis = (f"the Fmax estimate {fmax:g} MHz (Yosys netlist, qfx.cost.timing), rounded down to "
+                               f"a {CLOCK_STEP_MHZ:g} MHz step, at most the board's {b.max_clock_mhz:g} MHz")
+            else:
+                clock_basis += f"; Fmax estimate {fmax:g} MHz"
+        files[f"rtl/{top}.v"] = verilog
+        design_board = {"top": top, "sources": [f"{top}.v"], "clock_mhz": clock,
+                        "s_axis_width": axis_width(acc.input_format), "m_axis_width": axis_width(acc.output_format)}
+        for name, text in render_board_files(b, design_board).items():
+            files[f"board/{name}"] = text
+        modules = _verilog_modules(verilog)
+    else:
+        acc._MustUse__silence = True
+    if "hls" in targets:  # the HLS project is the dataflow one (its C simulation equals the reference too)
+        for name, text in hls.render(man, top=top, reuse_factor=reuse_factor, foldings=None).items():
+            files[f"hls/{name}"] = text
+    in_fmt, out_fmt = stream_formats(man)
+    layers = []
+    for node in man:
+        entry: dict[str, Any] = {"name": node.name, "source": node.source, "op": node.op,
+                                 "output_shape": list(node.output_shape),
+                                 "formats": {k: _fmt_info(v) for k, v in sorted(node.formats.items())}}
+        if node.name in cycles["layers"]:  # (no "cycles" key: that marks a dataflow engine for the probes)
+            entry["systolic"] = cycles["layers"][node.name]
+        layers.append(entry)
+    n_in = math.prod(man.input_node.output_shape)
+    n_out = math.prod(man.output_node.output_shape)
+    design: dict[str, Any] = {
+        "schema": DESIGN_SCHEMA,
+        "version": DESIGN_VERSION,
+        "top": top,
+        "model": man.model,
+        "manifest": Path(os.path.relpath(Path(manifest_path).resolve(), Path(out_dir).resolve())).as_posix(),
+        "board": {"name": b.name, "title": b.title, "part": b.part},
+        "arch": "systolic",
+        "array": {"rows": acc.rows, "cols": acc.cols, "pack": acc.pack, "grid_cols": acc.grid_cols,
+                  "x_format": str(acc.plan.x_fmt), "w_format": str(acc.plan.w_fmt),
+                  "acc_format": str(acc.acc_fmt), "request": None if array is None else f"{acc.rows}x{acc.cols}"},
+        "targets": list(targets),
+        "clock_mhz": clock,
+        "clock_basis": clock_basis,
+        "interface": {
+            "s_axis": {"tdata_bits": axis_width(in_fmt), "format": str(in_fmt),
+                       "elements": n_in, "shape": list(man.input_node.output_shape), "order": "C"},
+            "m_axis": {"tdata_bits": axis_width(out_fmt), "format": str(out_fmt),
+                       "elements": n_out, "shape": list(man.output_node.output_shape), "order": "C"},
+            "control": {"start": "in, one-cycle pulse: accept one input tensor",
+                        "done": "out, one-cycle pulse after the last output beat", "busy": "out"},
+            "clock": "clk", "reset": "rst (synchronous, active high)",
+        },
+        "ports": _ports(acc) if rtl else [],
+        "modules": modules,
+        "layers": layers,
+        "cycle_model": {k: (round(v, 4) if isinstance(v, float) else v) for k, v in cycles.items()},
+        "latency": {"cycles": cycles["total"], "us": round(cycles["total"] / clock, 3),
+                    "ii_cycles": cycles["ii"]} if rtl else None,
+        "resources_estimate": est if rtl else None,
+        "folding": None,
         "files": sorted(files) + ["design.json"],
     }
     files["design.json"] = json.dumps(design, indent=2, sort_keys=False) + "\n"
@@ -397,6 +558,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--out", required=True, help="output folder")
     p.add_argument("--target", default="rtl", help="comma-separated: rtl, hls (default: rtl)")
     p.add_argument("--arch", default="dataflow", help="RTL architecture (default: dataflow); see below")
+    p.add_argument("--array", default=None,
+                   help="--arch systolic: the array size RxC, e.g. 16x16 (default: the largest of 16x16, 8x8, ... "
+                        "that fits the board)")
     p.add_argument("--top", default="qfx_top", help="top module / function name (default: qfx_top)")
     p.add_argument("--clock-mhz", type=float, default=None,
                    help="fabric clock (default: with --synth the clock the Fmax estimate supports, else the board's)")
@@ -423,10 +587,13 @@ def main(argv: "Sequence[str] | None" = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if args.report and args.arch == "systolic":
+            raise GenError("--report: the cost report models the dataflow architecture only; with --arch systolic "
+                           "design.json holds the cycle model and resource estimate (--synth: Yosys counts)")
         design = generate(args.manifest, args.out, board=args.board, targets=_targets(args.target), arch=args.arch,
                           top=args.top, clock_mhz=args.clock_mhz, reuse_factor=args.reuse_factor, synth=args.synth,
                           force=args.force, folding=args.folding, fps=args.fps, ii=args.ii,
-                          khot_unroll=args.khot_unroll)
+                          khot_unroll=args.khot_unroll, array=args.array)
     except BaseException as err:  # noqa: BLE001 - every error is one `qfx-gen: error:` line (qfx._errors)
         from ._errors import error_status
 

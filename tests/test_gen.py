@@ -98,7 +98,7 @@ def test_help_lists_boards_and_architectures(capsys):
 
 @pytest.mark.parametrize("args, message", [
     (["--board", "ultra69"], "unknown board 'ultra69'; valid boards: pynq-z2, ultra96, zcu104. Did you mean 'ultra96'?"),
-    (["--arch", "dataflw"], "unknown architecture 'dataflw'; choose from: dataflow. Did you mean 'dataflow'?"),
+    (["--arch", "dataflw"], "unknown architecture 'dataflw'; choose from: dataflow, systolic. Did you mean 'dataflow'?"),
     (["--target", "rtl,vhdl"], "--target 'rtl,vhdl': choose from rtl, hls"),
     (["--top", "2fast"], "--top '2fast' is not a Verilog / C++ identifier"),
     (["--clock-mhz", "900"], "clock"),

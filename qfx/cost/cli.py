@@ -35,6 +35,11 @@ def cmd_cost(args: argparse.Namespace) -> int:
 
     try:
         design, manifest = load_design(args.out, args.manifest)
+        if design.get("arch") == "systolic":
+            raise ValueError(f"{args.out}: a --arch systolic design; the cost report models the dataflow "
+                             "architecture only. Its cycle model and resource estimate are in design.json "
+                             "(cycle_model, resources_estimate); qfx-gen --arch systolic --synth counts LUT / FF / "
+                             "DSP / BRAM with Yosys and estimates Fmax")
         board = args.board or (design.get("board") or {}).get("name") or "ultra96"
         clock = args.clock_mhz if args.clock_mhz is not None else design.get("clock_mhz")
         if clock is not None and (isinstance(clock, bool) or not isinstance(clock, (int, float))
