@@ -118,6 +118,21 @@ def clock_from_fmax(fmax_mhz: float, board: Any) -> float:
     return float(min(board.max_clock_mhz, max(step, math.floor(fmax_mhz / step) * step)))
 
 
+def _interface(man: Any, in_fmt: Any, out_fmt: Any, n_in: int, n_out: int) -> dict[str, Any]:
+    """design.json's ``interface``: the stream ports, control and clock every architecture's top has."""
+    from qfx.hw.accel import axis_width
+
+    return {
+        "s_axis": {"tdata_bits": axis_width(in_fmt), "format": str(in_fmt),
+                   "elements": n_in, "shape": list(man.input_node.output_shape), "order": "C"},
+        "m_axis": {"tdata_bits": axis_width(out_fmt), "format": str(out_fmt),
+                   "elements": n_out, "shape": list(man.output_node.output_shape), "order": "C"},
+        "control": {"start": "in, one-cycle pulse: accept one input tensor",
+                    "done": "out, one-cycle pulse after the last output beat", "busy": "out"},
+        "clock": "clk", "reset": "rst (synchronous, active high)",
+    }
+
+
 def generate(manifest_path: "str | Path", out_dir: "str | Path", *, board: str = "ultra96",
              targets: Sequence[str] = ("rtl",), arch: str = "dataflow", top: str = "qfx_top",
              clock_mhz: "float | None" = None, reuse_factor: int = 1, synth: bool = False,
@@ -269,15 +284,7 @@ def generate(manifest_path: "str | Path", out_dir: "str | Path", *, board: str =
         "targets": list(targets),
         "clock_mhz": clock,
         "clock_basis": clock_basis,
-        "interface": {
-            "s_axis": {"tdata_bits": axis_width(in_fmt), "format": str(in_fmt),
-                       "elements": n_in, "shape": list(man.input_node.output_shape), "order": "C"},
-            "m_axis": {"tdata_bits": axis_width(out_fmt), "format": str(out_fmt),
-                       "elements": n_out, "shape": list(man.output_node.output_shape), "order": "C"},
-            "control": {"start": "in, one-cycle pulse: accept one input tensor",
-                        "done": "out, one-cycle pulse after the last output beat", "busy": "out"},
-            "clock": "clk", "reset": "rst (synchronous, active high)",
-        },
+        "interface": _interface(man, in_fmt, out_fmt, n_in, n_out),
         "ports": _ports(acc) if rtl else [],
         "modules": modules,
         "layers": layers,
@@ -416,15 +423,7 @@ def _systolic_generate(man: Any, manifest_path: Any, out_dir: Any, b: Any, *, ta
         "targets": list(targets),
         "clock_mhz": clock,
         "clock_basis": clock_basis,
-        "interface": {
-            "s_axis": {"tdata_bits": axis_width(in_fmt), "format": str(in_fmt),
-                       "elements": n_in, "shape": list(man.input_node.output_shape), "order": "C"},
-            "m_axis": {"tdata_bits": axis_width(out_fmt), "format": str(out_fmt),
-                       "elements": n_out, "shape": list(man.output_node.output_shape), "order": "C"},
-            "control": {"start": "in, one-cycle pulse: accept one input tensor",
-                        "done": "out, one-cycle pulse after the last output beat", "busy": "out"},
-            "clock": "clk", "reset": "rst (synchronous, active high)",
-        },
+        "interface": _interface(man, in_fmt, out_fmt, n_in, n_out),
         "ports": _ports(acc) if rtl else [],
         "modules": modules,
         "layers": layers,
