@@ -118,15 +118,29 @@ def clock_from_fmax(fmax_mhz: float, board: Any) -> float:
     return float(min(board.max_clock_mhz, max(step, math.floor(fmax_mhz / step) * step)))
 
 
-def _interface(man: Any, in_fmt: Any, out_fmt: Any, n_in: int, n_out: int) -> dict[str, Any]:
+def _design_head(man: Any, manifest_path: Any, out_dir: Any, b: Any, top: str) -> dict[str, Any]:
+    """design.json's first keys, the same for every architecture: schema, top, model, manifest, board."""
+    return {
+        "schema": DESIGN_SCHEMA,
+        "version": DESIGN_VERSION,
+        "top": top,
+        "model": man.model,
+        # relative to OUT, so the pair of folders can move together (qfx sim / qfx cost read it)
+        "manifest": Path(os.path.relpath(Path(manifest_path).resolve(), Path(out_dir).resolve())).as_posix(),
+        "board": {"name": b.name, "title": b.title, "part": b.part},
+    }
+
+
+def _interface(man: Any, in_fmt: Any, out_fmt: Any) -> dict[str, Any]:
     """design.json's ``interface``: the stream ports, control and clock every architecture's top has."""
     from qfx.hw.accel import axis_width
 
+    shape_in, shape_out = man.input_node.output_shape, man.output_node.output_shape
     return {
         "s_axis": {"tdata_bits": axis_width(in_fmt), "format": str(in_fmt),
-                   "elements": n_in, "shape": list(man.input_node.output_shape), "order": "C"},
+                   "elements": math.prod(shape_in), "shape": list(shape_in), "order": "C"},
         "m_axis": {"tdata_bits": axis_width(out_fmt), "format": str(out_fmt),
-                   "elements": n_out, "shape": list(man.output_node.output_shape), "order": "C"},
+                   "elements": math.prod(shape_out), "shape": list(shape_out), "order": "C"},
         "control": {"start": "in, one-cycle pulse: accept one input tensor",
                     "done": "out, one-cycle pulse after the last output beat", "busy": "out"},
         "clock": "clk", "reset": "rst (synchronous, active high)",
@@ -221,23 +235,9 @@ def generate(manifest_path: "str | Path", out_dir: "str | Path", *, board: str =
         acc = Accelerator(man, folding=fplan.foldings)
         verilog = to_verilog(acc, top)
         if synth:
-            from qfx.cost.synthesis import synth_module
-            from qfx.cost.timing import fmax_mhz
-
-            ms = synth_module(verilog, top, family=b.family)
-            counts = ms.summary()
-            est = {**est, **{k: counts[k] for k in ("lut", "ff", "dsp", "bram36")},
-                   "basis": f"Yosys synth_xilinx -family {b.family} (qfx.hw.synth)"}
-            _check_fit(b, est, check_fit)
-            fmax = fmax_mhz(ms.paths)
-            if clock_mhz is None:  # the clock the design's Fmax estimate supports
-                clock = clock_from_fmax(fmax, b)
-                if fps is None:  # (an --fps plan was made for the board's default clock, and says so)
-                    fplan = dataclasses.replace(fplan, clock_mhz=clock)
-                clock_basis = (f"the Fmax estimate {fmax:g} MHz (Yosys netlist, qfx.cost.timing), rounded down to "
-                               f"a {CLOCK_STEP_MHZ:g} MHz step, at most the board's {b.max_clock_mhz:g} MHz")
-            else:
-                clock_basis += f"; Fmax estimate {fmax:g} MHz"
+            est, clock, clock_basis = _synth_and_clock(verilog, top, b, est, check_fit, clock, clock_mhz, clock_basis)
+            if clock_mhz is None and fps is None:  # (an --fps plan was made for the board's default clock, and says so)
+                fplan = dataclasses.replace(fplan, clock_mhz=clock)
         cycles = acc.cycle_estimate()
         files[f"rtl/{top}.v"] = verilog
         design_board = {
@@ -270,21 +270,13 @@ def generate(manifest_path: "str | Path", out_dir: "str | Path", *, board: str =
             pl = fplan.layers[node.name]
             entry["planned"] = {"cycles": pl["cycles"], "ii": pl["ii"], "resources_estimate": pl["resources"]}
         layers.append(entry)
-    n_in = math.prod(man.input_node.output_shape)
-    n_out = math.prod(man.output_node.output_shape)
     design: dict[str, Any] = {
-        "schema": DESIGN_SCHEMA,
-        "version": DESIGN_VERSION,
-        "top": top,
-        "model": man.model,
-        # relative to OUT, so the pair of folders can move together (qfx sim / qfx cost read it)
-        "manifest": Path(os.path.relpath(Path(manifest_path).resolve(), Path(out_dir).resolve())).as_posix(),
-        "board": {"name": b.name, "title": b.title, "part": b.part},
+        **_design_head(man, manifest_path, out_dir, b, top),
         "arch": arch,
         "targets": list(targets),
         "clock_mhz": clock,
         "clock_basis": clock_basis,
-        "interface": _interface(man, in_fmt, out_fmt, n_in, n_out),
+        "interface": _interface(man, in_fmt, out_fmt),
         "ports": _ports(acc) if rtl else [],
         "modules": modules,
         "layers": layers,
@@ -370,23 +362,7 @@ def _systolic_generate(man: Any, manifest_path: Any, out_dir: Any, b: Any, *, ta
     if rtl:
         verilog = to_verilog(acc, top)
         if synth:
-            from qfx.cost.synthesis import synth_module
-            from qfx.cost.timing import fmax_mhz
-
-            from qfx.boards import check_fit as _cf
-
-            ms = synth_module(verilog, top, family=b.family)
-            counts = ms.summary()
-            est = {**est, **{k: counts[k] for k in ("lut", "ff", "dsp", "bram36")},
-                   "basis": f"Yosys synth_xilinx -family {b.family} (qfx.hw.synth)"}
-            _check_fit(b, est, _cf)
-            fmax = fmax_mhz(ms.paths)
-            if clock_mhz is None:
-                clock = clock_from_fmax(fmax, b)
-                clock_basis = (f"the Fmax estimate {fmax:g} MHz (Yosys netlist, qfx.cost.timing), rounded down to "
-                               f"a {CLOCK_STEP_MHZ:g} MHz step, at most the board's {b.max_clock_mhz:g} MHz")
-            else:
-                clock_basis += f"; Fmax estimate {fmax:g} MHz"
+            est, clock, clock_basis = _synth_and_clock(verilog, top, b, est, check_fit, clock, clock_mhz, clock_basis)
         files[f"rtl/{top}.v"] = verilog
         design_board = {"top": top, "sources": [f"{top}.v"], "clock_mhz": clock,
                         "s_axis_width": axis_width(acc.input_format), "m_axis_width": axis_width(acc.output_format)}
@@ -407,15 +383,8 @@ def _systolic_generate(man: Any, manifest_path: Any, out_dir: Any, b: Any, *, ta
         if node.name in cycles["layers"]:  # (no "cycles" key: that marks a dataflow engine for the probes)
             entry["systolic"] = cycles["layers"][node.name]
         layers.append(entry)
-    n_in = math.prod(man.input_node.output_shape)
-    n_out = math.prod(man.output_node.output_shape)
     design: dict[str, Any] = {
-        "schema": DESIGN_SCHEMA,
-        "version": DESIGN_VERSION,
-        "top": top,
-        "model": man.model,
-        "manifest": Path(os.path.relpath(Path(manifest_path).resolve(), Path(out_dir).resolve())).as_posix(),
-        "board": {"name": b.name, "title": b.title, "part": b.part},
+        **_design_head(man, manifest_path, out_dir, b, top),
         "arch": "systolic",
         "array": {"rows": acc.rows, "cols": acc.cols, "pack": acc.pack, "grid_cols": acc.grid_cols,
                   "x_format": str(acc.plan.x_fmt), "w_format": str(acc.plan.w_fmt),
@@ -423,7 +392,7 @@ def _systolic_generate(man: Any, manifest_path: Any, out_dir: Any, b: Any, *, ta
         "targets": list(targets),
         "clock_mhz": clock,
         "clock_basis": clock_basis,
-        "interface": _interface(man, in_fmt, out_fmt, n_in, n_out),
+        "interface": _interface(man, in_fmt, out_fmt),
         "ports": _ports(acc) if rtl else [],
         "modules": modules,
         "layers": layers,
@@ -484,6 +453,27 @@ def _folding_plan(man: Any, board: Any, folding: "str | Path | Mapping[str, Any]
     return plan(man, board, target_ii=ii, fps=fps, clock_mhz=clock_mhz, overrides=overrides,
                 khot_unroll=khot_unroll)
 
+
+
+def _synth_and_clock(verilog: str, top: str, b: Any, est: dict[str, Any], check_fit: Any, clock: float,
+                     clock_mhz: "float | None", clock_basis: str) -> "tuple[dict[str, Any], float, str]":
+    """``--synth``: Yosys' counts of ``verilog`` replace the estimate and are checked against the
+    board; without an asked clock (``clock_mhz``) the clock becomes what the Fmax estimate supports.
+    Returns ``(est, clock, clock_basis)``."""
+    from qfx.cost.synthesis import synth_module
+    from qfx.cost.timing import fmax_mhz
+
+    ms = synth_module(verilog, top, family=b.family)
+    counts = ms.summary()
+    est = {**est, **{k: counts[k] for k in ("lut", "ff", "dsp", "bram36")},
+           "basis": f"Yosys synth_xilinx -family {b.family} (qfx.hw.synth)"}
+    _check_fit(b, est, check_fit)
+    fmax = fmax_mhz(ms.paths)
+    if clock_mhz is None:  # the clock the design's Fmax estimate supports
+        return est, clock_from_fmax(fmax, b), (
+            f"the Fmax estimate {fmax:g} MHz (Yosys netlist, qfx.cost.timing), rounded down to "
+            f"a {CLOCK_STEP_MHZ:g} MHz step, at most the board's {b.max_clock_mhz:g} MHz")
+    return est, clock, clock_basis + f"; Fmax estimate {fmax:g} MHz"
 
 
 def _check_fit(board: Any, est: dict[str, Any], check_fit: Any) -> None:

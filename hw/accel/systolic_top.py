@@ -38,7 +38,6 @@ import numpy as np
 from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
-from amaranth.lib.wiring import In, Out
 
 from qfx.manifest import Manifest, Node, weight_envelope
 from qfx.types import FixedType, KHot
@@ -47,7 +46,7 @@ from ..cast import CastUnit, fixed_shape
 from ..pe.packed import check_packable
 from ..systolic import SystolicArray
 from .engines import ElementwiseEngine
-from .top import WIRING_OPS, axis_width, emitted_format, stream_formats
+from .top import WIRING_OPS, stream_formats, top_signature
 
 __all__ = ["SystolicAccelerator", "SystolicError", "SystolicPlan", "plan_systolic", "systolic_cycles",
            "parse_array", "VECTOR_OPS", "MAX_ARRAY"]
@@ -303,19 +302,7 @@ class SystolicAccelerator(wiring.Component):
         self._pack = bool(pack)
         self._in_fmt, self._out_fmt = self._plan.in_fmt, self._plan.out_fmt
         self._MustUse__silence = False
-        super().__init__({
-            "s_axis_tdata": In(axis_width(self._in_fmt)),
-            "s_axis_tvalid": In(1),
-            "s_axis_tready": Out(1),
-            "s_axis_tlast": In(1),
-            "m_axis_tdata": Out(axis_width(self._out_fmt)),
-            "m_axis_tvalid": Out(1),
-            "m_axis_tready": In(1),
-            "m_axis_tlast": Out(1),
-            "start": In(1),
-            "done": Out(1),
-            "busy": Out(1),
-        })
+        super().__init__(top_signature(self._in_fmt, self._out_fmt))
 
     manifest = property(lambda self: self._manifest)
     plan = property(lambda self: self._plan)

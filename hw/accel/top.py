@@ -19,7 +19,8 @@ from .engines_ops import ops_engine
 from .folding import MAC_OPS, Folding, FoldingError, check_folding
 from .weights import plan_weights
 
-__all__ = ["Accelerator", "SUPPORTED_OPS", "WIRING_OPS", "axis_width", "emitted_format", "stream_formats"]
+__all__ = ["Accelerator", "SUPPORTED_OPS", "WIRING_OPS", "axis_width", "emitted_format", "stream_formats",
+           "top_signature"]
 
 #: Manifest ops the RTL accelerator builds.
 SUPPORTED_OPS = ("input", "dense", "conv2d", "batchnorm", "relu", "relu6", "leaky_relu", "add",
@@ -52,6 +53,24 @@ def emitted_format(manifest: Manifest, name: str) -> FixedType:
 def stream_formats(manifest: Manifest) -> "tuple[FixedType, FixedType]":
     """Formats of the accelerator's input and output stream codes (no RTL built)."""
     return manifest.input_node.formats["output"], emitted_format(manifest, manifest.output_node.inputs[0])
+
+
+def top_signature(in_fmt: FixedType, out_fmt: FixedType) -> dict:
+    """The ports every accelerator top has (dataflow and systolic alike): AXI4-Stream codes of
+    ``in_fmt`` in and ``out_fmt`` out (:func:`axis_width` bits), ``start`` / ``done`` / ``busy``."""
+    return {
+        "s_axis_tdata": In(axis_width(in_fmt)),
+        "s_axis_tvalid": In(1),
+        "s_axis_tready": Out(1),
+        "s_axis_tlast": In(1),
+        "m_axis_tdata": Out(axis_width(out_fmt)),
+        "m_axis_tvalid": Out(1),
+        "m_axis_tready": In(1),
+        "m_axis_tlast": Out(1),
+        "start": In(1),
+        "done": Out(1),
+        "busy": Out(1),
+    }
 
 
 class Accelerator(wiring.Component):
@@ -115,19 +134,7 @@ class Accelerator(wiring.Component):
         self._plans = {n.name: plan_weights(n) for n in manifest if n.op in MAC_OPS}
         self._folding = self._check_folding(manifest, folding)
         self._MustUse__silence = False
-        super().__init__({
-            "s_axis_tdata": In(axis_width(self._in_fmt)),
-            "s_axis_tvalid": In(1),
-            "s_axis_tready": Out(1),
-            "s_axis_tlast": In(1),
-            "m_axis_tdata": Out(axis_width(self._out_fmt)),
-            "m_axis_tvalid": Out(1),
-            "m_axis_tready": In(1),
-            "m_axis_tlast": Out(1),
-            "start": In(1),
-            "done": Out(1),
-            "busy": Out(1),
-        })
+        super().__init__(top_signature(self._in_fmt, self._out_fmt))
 
     @staticmethod
     def _check_folding(manifest: Manifest, folding: "Mapping[str, Folding] | None") -> dict[str, Folding]:
