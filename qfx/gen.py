@@ -118,6 +118,13 @@ def clock_from_fmax(fmax_mhz: float, board: Any) -> float:
     return float(min(board.max_clock_mhz, max(step, math.floor(fmax_mhz / step) * step)))
 
 
+def _layer_entry(node: Any) -> dict[str, Any]:
+    """A node's design.json ``layers`` entry as every architecture starts it: name, source, op,
+    output shape, formats."""
+    return {"name": node.name, "source": node.source, "op": node.op, "output_shape": list(node.output_shape),
+            "formats": {k: _fmt_info(v) for k, v in sorted(node.formats.items())}}
+
+
 def _design_head(man: Any, manifest_path: Any, out_dir: Any, b: Any, top: str) -> dict[str, Any]:
     """design.json's first keys, the same for every architecture: schema, top, model, manifest, board."""
     return {
@@ -256,9 +263,7 @@ def generate(manifest_path: "str | Path", out_dir: "str | Path", *, board: str =
     in_fmt, out_fmt = stream_formats(man)
     layers = []
     for node in man:
-        entry: dict[str, Any] = {"name": node.name, "source": node.source, "op": node.op,
-                                 "output_shape": list(node.output_shape),
-                                 "formats": {k: _fmt_info(v) for k, v in sorted(node.formats.items())}}
+        entry = _layer_entry(node)
         if rtl and node.op not in ("input", "flatten", "reshape", "output"):
             entry["cycles"] = {k: v for k, v in cycles["engines"][node.name].items() if k != "ii"}
             entry["ii"] = cycles["engines"][node.name]["ii"]
@@ -377,9 +382,7 @@ def _systolic_generate(man: Any, manifest_path: Any, out_dir: Any, b: Any, *, ta
     in_fmt, out_fmt = stream_formats(man)
     layers = []
     for node in man:
-        entry: dict[str, Any] = {"name": node.name, "source": node.source, "op": node.op,
-                                 "output_shape": list(node.output_shape),
-                                 "formats": {k: _fmt_info(v) for k, v in sorted(node.formats.items())}}
+        entry = _layer_entry(node)
         if node.name in cycles["layers"]:  # (no "cycles" key: that marks a dataflow engine for the probes)
             entry["systolic"] = cycles["layers"][node.name]
         layers.append(entry)
