@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 from pathlib import Path
 
 import torch
@@ -36,7 +37,9 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
     from qfx import train as qtrain
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    # a bounded wait: a lost peer fails the test instead of hanging the suite (gloo waits 30 min by default)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=300))
     try:
         model = qfx.convert(_tiny(), CFG)
         # every rank has its own data, on different scales: calibrations differ unless synchronised
