@@ -30,192 +30,26 @@ their base codes: no shift-add saving), and after a dense layer ``relu``, ``relu
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import wiring
+from amaranth.lib.data import ArrayLayout
 from amaranth.lib.memory import Memory
 
-from qfx.manifest import Manifest, Node, weight_envelope
-from qfx.types import FixedType, KHot
+from qfx.manifest import Manifest
+from qfx.types import FixedType
 
 from ..cast import CastUnit, fixed_shape
 from ..pe.packed import check_packable
 from ..systolic import SystolicArray
 from .engines import ElementwiseEngine
-from .top import WIRING_OPS, stream_formats, top_signature
+from .systolic_plan import (MAX_ARRAY, VECTOR_OPS, ConvStep, DenseStep, SystolicError, SystolicPlan, bank_tables,
+                            conv_cycles, parse_array, plan_systolic)
+from .top import top_signature
 
 __all__ = ["SystolicAccelerator", "SystolicError", "SystolicPlan", "plan_systolic", "systolic_cycles",
            "parse_array", "VECTOR_OPS", "MAX_ARRAY"]
-
-#: Element-wise nodes the vector unit runs after a dense layer.
-VECTOR_OPS = ("relu", "relu6", "leaky_relu", "batchnorm")
-#: Largest rows / cols accepted.
-MAX_ARRAY = 64
-
-
-class SystolicError(ValueError):
-    """A manifest (or array size) the systolic architecture cannot build; the message names the node."""
-
-
-def parse_array(text: Any) -> "tuple[int, int]":
-    """``"RxC"`` (or a pair) -> ``(R, C)``, each 1 .. :data:`MAX_ARRAY`; :class:`SystolicError` otherwise."""
-    if isinstance(text, (tuple, list)) and len(text) == 2:
-        parts = list(text)
-    elif isinstance(text, str):
-        parts = text.lower().replace("*", "x").split("x")
-    else:
-        raise SystolicError(f"array {text!r}: give rows x cols as 'RxC' (e.g. 16x16) or a pair (R, C)")
-    if len(parts) != 2:
-        raise SystolicError(f"array {text!r}: give rows x cols as 'RxC', e.g. --array 16x16")
-    out = []
-    for p in parts:
-        if isinstance(p, bool):
-            raise SystolicError(f"array {text!r}: rows and cols must be integers, e.g. --array 16x16")
-        try:
-            v = int(str(p).strip())
-        except ValueError:
-            raise SystolicError(f"array {text!r}: rows and cols must be integers, e.g. --array 16x16") from None
-        if not 1 <= v <= MAX_ARRAY:
-            raise SystolicError(f"array {text!r}: rows and cols must be 1 .. {MAX_ARRAY}, got {v}")
-        out.append(v)
-    return out[0], out[1]
-
-
-@dataclass
-class DenseStep:
-    """One dense layer as the sequencer runs it."""
-
-    node: Node
-    k: int
-    n: int
-    x_fmt: FixedType
-    out_fmt: FixedType
-    w_codes: np.ndarray  # [N, K] integer codes on the weight grid
-    w_frac: int
-    bias: "np.ndarray | None"
-    bias_fmt: "FixedType | None"
-    w_grid: "FixedType | None" = None  # the format whose codes ``w_codes`` are (envelope / K-hot base)
-    vector: list = field(default_factory=list)  # element-wise nodes after it
-    emitted: "FixedType | None" = None  # format of the codes leaving its vector unit
-    next_fmt: "FixedType | None" = None  # next dense layer's input format (None: the network output)
-
-
-@dataclass
-class SystolicPlan:
-    """The checked layer chain and the array's integer operand formats."""
-
-    steps: list
-    x_fmt: FixedType  # integer format of every input code the array sees
-    w_fmt: FixedType  # integer format of every weight code
-    in_fmt: FixedType
-    out_fmt: FixedType
-    n_in: int
-    n_out: int
-
-    def packable(self) -> bool:
-        try:
-            check_packable(self.x_fmt, self.w_fmt, "systolic")
-        except ValueError:
-            return False
-        return True
-
-
-def _int_fmt(fmts: "list[FixedType]") -> FixedType:
-    """The integer format holding the codes of every format in ``fmts``."""
-    if all(not f.signed for f in fmts):
-        w = max(f.width for f in fmts)
-        return FixedType(w, w, signed=False)
-    w = max(f.width + (0 if f.signed else 1) for f in fmts)
-    return FixedType(w, w, signed=True)
-
-
-def _weight_codes(node: Node) -> "tuple[np.ndarray, int, FixedType]":
-    fmt = node.formats["weight"]
-    a = node.arrays
-    if isinstance(fmt, tuple):
-        if not all(isinstance(t, FixedType) for t in fmt):
-            raise SystolicError(f"node {node.name!r}: per-channel weight formats must be fixed-point for the systolic "
-                                "arch; use --arch dataflow")
-        f_max = max(t.frac_bits for t in fmt)
-        shifts = np.array([f_max - t.frac_bits for t in fmt], dtype=np.int64).reshape(-1, 1)
-        codes = np.asarray(a["weight"], dtype=np.int64) << shifts
-        env = weight_envelope(fmt)
-        return codes, f_max, env
-    if isinstance(fmt, KHot):
-        shifts, signs = np.asarray(a["weight_khot_shifts"]), np.asarray(a["weight_khot_signs"])
-        codes = (signs * (np.ones_like(shifts) << shifts)).sum(axis=-1).astype(np.int64)
-        return codes, fmt.base.frac_bits, fmt.base
-    if isinstance(fmt, FixedType):
-        return np.asarray(a["weight"], dtype=np.int64), fmt.frac_bits, fmt
-    raise SystolicError(f"node {node.name!r}: weight format {fmt} ({type(fmt).__name__}) is not supported by the "
-                        "systolic arch (fixed-point, per-channel fixed-point or K-hot only); use --arch dataflow")
-
-
-def plan_systolic(manifest: Manifest) -> SystolicPlan:
-    """Check that the systolic architecture can run ``manifest``; :class:`SystolicError` names the node otherwise."""
-    nodes = list(manifest)
-    steps: list[DenseStep] = []
-    prev = None
-    for node in nodes:
-        if node.op != "input":
-            if len(node.inputs) != 1 or node.inputs[0] != prev:
-                raise SystolicError(f"node {node.name!r}: the systolic arch runs a chain of layers (each node fed by "
-                                    f"the one before); this node reads {list(node.inputs)}; use --arch dataflow")
-        prev = node.name
-        if node.op in ("input",) + WIRING_OPS:
-            continue
-        if node.op == "dense":
-            p, f = node.params, node.formats
-            if tuple(node.input_shapes[0]) != (p["in_features"],):
-                raise SystolicError(f"node {node.name!r}: dense on a {list(node.input_shapes[0])} input (rows of the "
-                                    "last axis) is not supported by the systolic arch; flatten first or use --arch "
-                                    "dataflow")
-            if p["multiply"] != "exact":
-                raise SystolicError(f"node {node.name!r}: multiply {p['multiply']!r} is not supported by the systolic "
-                                    "arch (exact products only); use --arch dataflow")
-            if not p["accum_exact"]:
-                raise SystolicError(
-                    f"node {node.name!r}: declared accumulator {f['accum']} casts after every add, so the K order "
-                    "matters; the systolic arch sums K-tiles exactly and supports only exact accumulators "
-                    "(accum: auto); use accum: auto or --arch dataflow")
-            if not isinstance(f["input"], FixedType):
-                raise SystolicError(f"node {node.name!r}: input format {f['input']} is not fixed-point")
-            codes, w_frac, w_grid = _weight_codes(node)
-            bias = np.asarray(node.arrays["bias"], dtype=np.int64).reshape(-1) if f.get("bias") is not None else None
-            steps.append(DenseStep(node, p["in_features"], p["out_features"], f["input"], f["output"],
-                                   codes.reshape(p["out_features"], p["in_features"]), w_frac, bias, f.get("bias"),
-                                   w_grid))
-            continue
-        if node.op in VECTOR_OPS:
-            if not steps:
-                raise SystolicError(f"node {node.name!r}: the systolic arch runs element-wise ops only after a dense "
-                                    "layer (its vector unit); this one comes first; use --arch dataflow")
-            steps[-1].vector.append(node)
-            continue
-        raise SystolicError(f"node {node.name!r}: op {node.op!r} is not supported by the systolic arch (supported: "
-                            f"dense, {', '.join(VECTOR_OPS)}, flatten, reshape); use --arch dataflow")
-    if not steps:
-        raise SystolicError("the manifest has no dense layer: nothing for the systolic array to run; use --arch "
-                            "dataflow")
-    in_fmt, out_fmt = stream_formats(manifest)
-    n_in = math.prod(manifest.input_node.output_shape)
-    if n_in != steps[0].k:  # pragma: no cover - a validated chain's first dense reads the whole input
-        raise SystolicError(f"node {steps[0].node.name!r}: reads {steps[0].k} codes, the input has {n_in}")
-    for a, b in zip(steps, steps[1:]):
-        a.next_fmt = b.x_fmt
-    for s in steps:
-        s.emitted = s.vector[-1].formats["output"] if s.vector else s.out_fmt
-    x_fmt = _int_fmt([s.x_fmt for s in steps])
-    w_fmt = _int_fmt([s.w_grid for s in steps])
-    for s in steps:  # the grid codes must fit the integer weight format (they do for a valid manifest)
-        if s.w_codes.size and (s.w_codes.min() < w_fmt.min_code or s.w_codes.max() > w_fmt.max_code):
-            raise SystolicError(f"node {s.node.name!r}: weight codes outside {w_fmt}")  # pragma: no cover
-    return SystolicPlan(steps, x_fmt, w_fmt, in_fmt, out_fmt, n_in, math.prod(manifest.output_node.output_shape))
-
 
 def _eq(sig: Any, k: int) -> Any:
     """``sig == k`` (``k == 0``: no-bits-set, not a multi-bit logical not, which Verilator -Wall flags)."""
@@ -245,10 +79,16 @@ def systolic_cycles(plan: SystolicPlan, rows: int, cols: int, pack: bool) -> dic
     for s in plan.steps:
         kt, nt = -(-s.k // rows), -(-s.n // cols)
         lat = _vector_latency(s)
-        c = nt * kt * tile + s.n + nt * (lat + 1)
-        layers[s.node.name] = {"k_tiles": kt, "n_tiles": nt, "tiles": kt * nt, "cycles": c, "macs": s.k * s.n}
+        if s.is_conv:
+            c = conv_cycles(s, rows, g, cols, lat)
+        else:
+            c = nt * kt * tile + s.n + nt * (lat + 1)
+        m = s.k * s.n * s.pixels
+        layers[s.node.name] = {"k_tiles": kt, "n_tiles": nt, "tiles": kt * nt, "cycles": c, "macs": m}
+        if s.is_conv:
+            layers[s.node.name]["pixels"] = s.pixels
         compute += c
-        macs += s.k * s.n
+        macs += m
     ii = plan.n_in + compute + plan.n_out
     return {"tile_cycles": tile, "layers": layers, "compute": compute, "ii": ii, "total": ii + 2, "macs": macs,
             "macs_per_cycle": macs / ii, "utilization": macs / ii / (rows * cols)}
@@ -359,11 +199,23 @@ class SystolicAccelerator(wiring.Component):
         # ---- buffers -------------------------------------------------------------------------------
         stored = [s.x_fmt for s in steps] + [plan.out_fmt]
         buf_w = max(f.width + (0 if f.signed else 1) for f in stored)
-        depth = max([plan.n_in, plan.n_out] + [s.k for s in steps] + [s.n for s in steps])
+        depth = plan.buffer_depth
+        # a buffer a conv2d layer reads is replicated, one copy per bank (R read ports); all copies
+        # are written together; copy 0 serves the dense layers and the output stream
         bufs = [Memory(shape=signed(buf_w), depth=depth, init=[]) for _ in range(2)]
         m.submodules.act0, m.submodules.act1 = bufs
         rps = [b.read_port(domain="comb") for b in bufs]
         wps = [b.write_port() for b in bufs]
+        bank_rps: dict = {}
+        for b in sorted(plan.conv_buffers()):
+            ports = [rps[b]]
+            for k in range(1, R):
+                copy = Memory(shape=signed(buf_w), depth=depth, init=[])
+                m.submodules[f"act{b}_bank{k}"] = copy
+                ports.append(copy.read_port(domain="comb"))
+                cwp = copy.write_port()
+                m.d.comb += [cwp.en.eq(wps[b].en), cwp.addr.eq(wps[b].addr), cwp.data.eq(wps[b].data)]
+            bank_rps[b] = ports
         words, ww = self.weight_rom()
         m.submodules.wrom = wrom = Memory(shape=unsigned(C * ww), depth=len(words), init=words)
         wrp = wrom.read_port()
@@ -413,7 +265,19 @@ class SystolicAccelerator(wiring.Component):
         wr_cnt = Signal(range(depth + 1))
         ld_v, ld_row = Signal(), Signal(range(R))
         m.d.comb += [arr.weights.valid.eq(ld_v), arr.weights.payload.row.eq(ld_row),
-                     arr.weights.payload.w.as_value().eq(wrp.data), arr.x.payload.as_value().eq(Cat(*xrow))]
+                     arr.weights.payload.w.as_value().eq(wrp.data)]
+        # conv2d: the partial sums psum[p][c] of the output tile, one word of C sums per pixel
+        conv_steps = [s for s in steps if s.is_conv]
+        if conv_steps:
+            p_max = max(s.pixels for s in conv_steps)
+            psum = Memory(shape=ArrayLayout(signed(len(accs[0])), C), depth=p_max, init=[])
+            m.submodules.psum = psum
+            ps_rp, ps_wp = psum.read_port(domain="comb"), psum.write_port()
+            p_in = Signal(range(p_max + 1), name="pix_in")  # input rows pushed this K-tile
+            p_out = Signal(range(p_max + 1), name="pix_out")  # output rows taken this K-tile
+            p_em = Signal(range(p_max + 1), name="pix_emit")  # pixel being emitted
+            psum_sel = Array([ps_rp.data[c] for c in range(C)] + [ps_rp.data[C - 1]] * ((1 << len(c_cnt)) - C))[c_cnt]
+        x_feed = Cat(*xrow)  # the input row: dense layers shift it in; conv layers read it per cycle
         # (padded to every value of c_cnt: a full case, no CASEINCOMPLETE; c_cnt < C whenever it is used)
         acc_sel = Array(accs + [accs[-1]] * ((1 << len(c_cnt)) - C))[c_cnt]
 
@@ -427,7 +291,7 @@ class SystolicAccelerator(wiring.Component):
             tw = max(len(accs[0]) + af - fp, bw + af - fb) + 1
             t_fmt = FixedType(tw, tw - af, signed=True)
             total = Signal(signed(tw), name=f"total_{li}")
-            term = acc_sel << (af - fp)
+            term = (psum_sel if s.is_conv else acc_sel) << (af - fp)
             if s.bias is not None:
                 brom = Memory(shape=fixed_shape(s.bias_fmt), depth=s.n, init=[int(v) for v in s.bias])
                 m.submodules[f"bias_{li}"] = brom
@@ -483,8 +347,9 @@ class SystolicAccelerator(wiring.Component):
         m.d.comb += [rps[out_buf].addr.eq(out_count), out_code.eq(rps[out_buf].data),
                      self.m_axis_tdata.eq(out_code)]
         # the state machine as a plain register (Amaranth's FSM leaves verilator -Wall CASEINCOMPLETE warnings)
-        names = ["IN"] + [f"L{li}_{p}" for li in range(len(steps))
-                          for p in ("WLOAD", "XFEED", "WAITY", "EMIT", "DRAIN")] + ["OUT"]
+        names = ["IN"] + [f"L{li}_{p}" for li, s in enumerate(steps)
+                          for p in (("WLOAD", "CRUN", "EMIT", "DRAIN") if s.is_conv else
+                                    ("WLOAD", "XFEED", "WAITY", "EMIT", "DRAIN"))] + ["OUT"]
         sid = {n: k for k, n in enumerate(names)}
         state = Signal(range(len(names)), name="sys_state")
 
@@ -496,11 +361,16 @@ class SystolicAccelerator(wiring.Component):
             with m.If(last_in):
                 m.d.sync += state.eq(sid["L0_WLOAD"])
         for li, s in enumerate(steps):
+            nxt = f"L{li + 1}_WLOAD" if li + 1 < len(steps) else "OUT"
+            if s.is_conv:
+                x_feed = self._conv_layer(m, li, s, st, state, sid, nxt, x_feed, bank_rps[li % 2], arr, ld_v, ld_row,
+                                          waddr, r_cnt, i_cnt, j_cnt, c_cnt, wr_cnt, emit_valid[li], emit_ready[li],
+                                          p_in, p_out, p_em, ps_rp, ps_wp)
+                continue
             kt, nt = -(-s.k // R), -(-s.n // C)
             rp = rps[li % 2]
             xaddr = Signal(range(kt * R + 1), name=f"xaddr_{li}")
             m.d.comb += xaddr.eq(i_cnt * R + r_cnt)
-            nxt = f"L{li + 1}_WLOAD" if li + 1 < len(steps) else "OUT"
             with m.If(st(f"L{li}_WLOAD")):
                 m.d.comb += rp.addr.eq(xaddr)
                 with m.If(r_cnt < R):
@@ -542,6 +412,7 @@ class SystolicAccelerator(wiring.Component):
                     with m.Else():
                         m.d.sync += j_cnt.eq(j_cnt + 1)
                         m.d.sync += state.eq(sid[f"L{li}_WLOAD"])
+        m.d.comb += arr.x.payload.as_value().eq(x_feed)
         with m.If(st("OUT")):
             m.d.comb += self.m_axis_tvalid.eq(1)
             with m.If(self.m_axis_tvalid & self.m_axis_tready):
@@ -549,3 +420,99 @@ class SystolicAccelerator(wiring.Component):
             with m.If(last_out):
                 m.d.sync += state.eq(sid["IN"])
         return m
+
+    def _conv_layer(self, m, li, s: ConvStep, st, state, sid, nxt, x_feed, banks, arr, ld_v, ld_row, waddr, r_cnt,
+                    i_cnt, j_cnt, c_cnt, wr_cnt, emit_valid, emit_ready, p_in, p_out, p_em, ps_rp, ps_wp):
+        """The states of conv2d layer ``li``: per output tile ``j`` and K-tile ``i``, WLOAD (the ``R``
+        weight rows), CRUN (the ``P`` im2col rows back to back, each output row added into
+        ``psum[p]``), then EMIT (``psum[p][c]`` + bias, channel-major: CHW order, into the vector unit)
+        and DRAIN. Returns the array's input row (the im2col row while in CRUN, else ``x_feed``)."""
+        R, C = self._rows, self._cols
+        kt, nt = -(-s.k // R), -(-s.n // C)
+        P, (sh, sw), H, W = s.pixels, s.stride, s.h, s.w
+        tables = bank_tables(s, R)
+        # output pixel (y, x) as counters: xs = x s_w, ys = y s_h, ysw = y s_h W
+        xo = Signal(range(max(s.wo, 2)), name=f"c{li}_x")
+        xs = Signal(range(max(s.wo * sw, 2)), name=f"c{li}_xs")
+        ys = Signal(range(s.ho * sh + 1), name=f"c{li}_ys")
+        ysw = Signal(range(s.ho * sh * W + 1), name=f"c{li}_ysw")
+        n_sel = 1 << len(i_cnt)
+
+        def table(values, shape, name):
+            """The constant of the current K-tile (``i_cnt``), a mux over constants (padded: a full case)."""
+            sig = Signal(shape, name=name)
+            vals = [Const(v, shape) for v in values] + [Const(values[-1], shape)] * (n_sel - len(values))
+            m.d.comb += sig.eq(Array(vals)[i_cnt])
+            return sig
+
+        lim = max(abs(v) for row in tables for e in row for v in e[:3]) + 1
+        off_shape = signed(max(lim, s.n_inputs + 1).bit_length() + 1)
+        row = []
+        for b in range(R):
+            off = table([t[b][0] for t in tables], off_shape, f"c{li}_off{b}")
+            oy = table([t[b][1] for t in tables], off_shape, f"c{li}_oy{b}")
+            ox = table([t[b][2] for t in tables], off_shape, f"c{li}_ox{b}")
+            kv = table([int(t[b][3]) for t in tables], unsigned(1), f"c{li}_kv{b}")
+            iy = Signal(signed(off_shape.width + len(ys) + 1), name=f"c{li}_iy{b}")
+            ix = Signal(signed(off_shape.width + len(xs) + 1), name=f"c{li}_ix{b}")
+            m.d.comb += [iy.eq(ys + oy), ix.eq(xs + ox)]
+            inside = Signal(name=f"c{li}_in{b}")
+            m.d.comb += inside.eq(kv.bool() & (iy >= 0) & (iy < H) & (ix >= 0) & (ix < W))
+            addr = Signal(signed(off_shape.width + len(ysw) + 2), name=f"c{li}_addr{b}")
+            m.d.comb += addr.eq(ysw + xs + off)
+            with m.If(st(f"L{li}_CRUN")):  # (bank 0 is the buffer's own port: dense layers and the output read it)
+                m.d.comb += banks[b].addr.eq(addr[: len(banks[b].addr)])
+            code = Signal(fixed_shape(self._plan.x_fmt), name=f"c{li}_x{b}")
+            m.d.comb += code.eq(Mux(inside, banks[b].data, 0))
+            row.append(code)
+        running = st(f"L{li}_CRUN")
+        x_feed = Mux(running, Cat(*row), x_feed)
+
+        with m.If(st(f"L{li}_WLOAD")):
+            with m.If(r_cnt < R):
+                m.d.sync += [ld_v.eq(1), ld_row.eq(r_cnt), waddr.eq(waddr + 1), r_cnt.eq(r_cnt + 1)]
+            with m.Else():
+                m.d.sync += [ld_v.eq(0), r_cnt.eq(0), p_in.eq(0), p_out.eq(0), xo.eq(0), xs.eq(0), ys.eq(0),
+                             ysw.eq(0)]
+                m.d.sync += state.eq(sid[f"L{li}_CRUN"])
+        with m.If(running):
+            m.d.comb += [arr.x.valid.eq(p_in < P), arr.y.ready.eq(1), ps_rp.addr.eq(p_out)]
+            with m.If(arr.x.valid & arr.x.ready):
+                m.d.sync += p_in.eq(p_in + 1)
+                with m.If(_eq(xo, s.wo - 1)):
+                    m.d.sync += [xo.eq(0), xs.eq(0), ys.eq(ys + sh), ysw.eq(ysw + sh * W)]
+                with m.Else():
+                    m.d.sync += [xo.eq(xo + 1), xs.eq(xs + sw)]
+            with m.If(arr.y.valid):
+                first = ~i_cnt.any()
+                m.d.comb += [ps_wp.en.eq(1), ps_wp.addr.eq(p_out)]
+                m.d.comb += [ps_wp.data[c].eq(Mux(first, 0, ps_rp.data[c]) + arr.y.payload[c]) for c in range(C)]
+                m.d.sync += p_out.eq(p_out + 1)
+                with m.If(_eq(p_out, P - 1)):
+                    with m.If(_eq(i_cnt, kt - 1)):
+                        m.d.sync += [i_cnt.eq(0), c_cnt.eq(0), p_em.eq(0)]
+                        m.d.sync += state.eq(sid[f"L{li}_EMIT"])
+                    with m.Else():
+                        m.d.sync += i_cnt.eq(i_cnt + 1)
+                        m.d.sync += state.eq(sid[f"L{li}_WLOAD"])
+        last_count = s.n - (nt - 1) * C
+        count = Signal(range(C + 1), name=f"count_{li}")
+        m.d.comb += count.eq(Mux(_eq(j_cnt, nt - 1), last_count, C))
+        with m.If(st(f"L{li}_EMIT")):
+            m.d.comb += [emit_valid.eq(1), ps_rp.addr.eq(p_em)]
+            with m.If(emit_ready):
+                with m.If(_eq(p_em, P - 1)):
+                    m.d.sync += [p_em.eq(0), c_cnt.eq(c_cnt + 1)]
+                    with m.If(c_cnt == count - 1):
+                        m.d.sync += state.eq(sid[f"L{li}_DRAIN"])
+                with m.Else():
+                    m.d.sync += p_em.eq(p_em + 1)
+        with m.If(st(f"L{li}_DRAIN")):
+            with m.If(wr_cnt == (j_cnt * C + count) * P):
+                with m.If(_eq(j_cnt, nt - 1)):
+                    m.d.sync += [j_cnt.eq(0), wr_cnt.eq(0)]
+                    m.d.sync += state.eq(sid[nxt])
+                with m.Else():
+                    m.d.sync += j_cnt.eq(j_cnt + 1)
+                    m.d.sync += state.eq(sid[f"L{li}_WLOAD"])
+        return x_feed
