@@ -119,6 +119,15 @@ class SystolicPlan:
         """The ping-pong buffers (0, 1) a conv2d layer reads: those are replicated, one copy per bank."""
         return {li % 2 for li, s in enumerate(self.steps) if s.is_conv}
 
+    def bank_depths(self) -> "dict[int, int]":
+        """Per replicated buffer, the depth of each of its ``R - 1`` extra copies: the largest input
+        tensor a conv2d layer reads from it (copy 0 is the buffer itself, :attr:`buffer_depth`)."""
+        out: dict[int, int] = {}
+        for li, s in enumerate(self.steps):
+            if s.is_conv:
+                out[li % 2] = max(out.get(li % 2, 0), s.n_inputs)
+        return out
+
     def packable(self) -> bool:
         try:
             check_packable(self.x_fmt, self.w_fmt, "systolic")
@@ -209,8 +218,8 @@ def plan_systolic(manifest: Manifest) -> SystolicPlan:
         raise SystolicError(f"node {node.name!r}: op {node.op!r} is not supported by the systolic arch (supported: "
                             f"dense, conv2d, {', '.join(VECTOR_OPS)}, flatten, reshape); use --arch dataflow")
     if not steps:
-        raise SystolicError("the manifest has no dense or conv2d layer: nothing for the systolic array to run; use --arch "
-                            "dataflow")
+        raise SystolicError("the manifest has no dense or conv2d layer: nothing for the systolic array to run; "
+                            "use --arch dataflow")
     in_fmt, out_fmt = stream_formats(manifest)
     n_in = math.prod(manifest.input_node.output_shape)
     if n_in != steps[0].n_inputs:  # pragma: no cover - a validated chain's first layer reads the whole input

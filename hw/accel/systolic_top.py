@@ -208,13 +208,16 @@ class SystolicAccelerator(wiring.Component):
         wps = [b.write_port() for b in bufs]
         bank_rps: dict = {}
         for b in sorted(plan.conv_buffers()):
+            # a copy holds only what the conv layers reading buffer b read (their input tensors)
+            cdepth = plan.bank_depths()[b]
             ports = [rps[b]]
             for k in range(1, R):
-                copy = Memory(shape=signed(buf_w), depth=depth, init=[])
+                copy = Memory(shape=signed(buf_w), depth=cdepth, init=[])
                 m.submodules[f"act{b}_bank{k}"] = copy
                 ports.append(copy.read_port(domain="comb"))
                 cwp = copy.write_port()
-                m.d.comb += [cwp.en.eq(wps[b].en), cwp.addr.eq(wps[b].addr), cwp.data.eq(wps[b].data)]
+                fits = (wps[b].addr < cdepth) if cdepth < depth else Const(1, 1)
+                m.d.comb += [cwp.en.eq(wps[b].en & fits), cwp.addr.eq(wps[b].addr), cwp.data.eq(wps[b].data)]
             bank_rps[b] = ports
         words, ww = self.weight_rom()
         m.submodules.wrom = wrom = Memory(shape=unsigned(C * ww), depth=len(words), init=words)
