@@ -154,7 +154,8 @@ class _Res(nn.Module):
 
 @pytest.mark.parametrize("make,needle", [
     (lambda: nn.Sequential(QConv2d(2, 4, 3, groups=2, bias=False, input=U, weight=W, output=Y)), "groups=2"),
-    (lambda: nn.Sequential(QConv2d(2, 4, 3, bias=False, input=U, weight=W, accum=NARROW, output=Y)), "declared accumulator"),
+    (lambda: nn.Sequential(QConv2d(2, 4, 3, bias=False, input=U, weight=W, accum=NARROW, output=Y)),
+     "declared accumulator"),
     (lambda: nn.Sequential(QConv2d(2, 4, 3, bias=False, input=U, weight=W, output=Y), QMaxPool2d(2)),
      "op 'maxpool2d' is not supported"),
     (lambda: nn.Sequential(QConv2d(2, 4, 3, bias=False, input=U, weight="e4m3", output=Y, multiply="lmul")),

@@ -1,17 +1,34 @@
-"""The ``systolic`` architecture: one weight-stationary R x C array runs every dense layer as GEMM tiles.
+"""The ``systolic`` architecture: one weight-stationary R x C array runs every dense and conv2d layer as GEMM tiles.
 
 :class:`SystolicAccelerator` has the ports of :class:`qfx.hw.accel.Accelerator` (AXI4-Stream of
 codes in and out, ``start`` / ``done`` / ``busy``), so the Verilator harness (:mod:`qfx.sim.accel`)
 and the board scripts drive it unchanged. Inside, one :class:`qfx.hw.systolic.SystolicArray`
 computes integer tile products of the layers' codes; a sequencer walks the layers one after the
-other, for each output tile ``j`` (``C`` outputs) and each K-tile ``i`` (``R`` terms): load the
+other (the plan: :mod:`qfx.hw.accel.systolic_plan`).
+
+Dense layer, for each output tile ``j`` (``C`` outputs) and each K-tile ``i`` (``R`` terms): load the
 ``R`` weight rows of the tile from the weight ROM (one row per cycle) while the ``R`` input codes
 are read from the activation buffer, push the input row, take the output row and add it to the
-``C`` tile accumulators. After the last K-tile the ``C`` sums (with the bias aligned) are cast to
-the layer's output format one per cycle and go through the layer's vector unit: the element-wise
-nodes that follow the layer (relu, relu6, leaky_relu, batchnorm:
-:class:`~qfx.hw.accel.engines.ElementwiseEngine`), then the cast into the next dense layer's input
-format, into the other activation buffer (ping-pong). The last layer's buffer is streamed out.
+``C`` tile accumulators.
+
+conv2d layer (im2col, ``K = C_in kh kw``, ``P = H_out W_out`` pixels), for each output tile ``j`` and
+K-tile ``i``: load the ``R`` weight rows, then stream the ``P`` im2col rows back to back (one per
+cycle; bank ``b`` of the row reads its own copy of the input activation buffer at the address of term
+``i R + b`` for that pixel, 0 for padding), each output row added into the partial-sum memory
+``psum[p]`` (``C`` sums per pixel; the first K-tile writes), read-modify-write in the cycle the row
+leaves the array.
+
+After the last K-tile of tile ``j`` the sums (with the bias aligned) are cast to the layer's output
+format one per cycle (conv: channel-major, ``psum[p][c]`` for ``c`` outer, ``p`` inner, so the
+stream is in CHW order) and go through the layer's vector unit: the element-wise nodes that follow
+the layer (relu, relu6, leaky_relu, batchnorm: :class:`~qfx.hw.accel.engines.ElementwiseEngine`,
+whose per-channel batchnorm counts CHW positions), then the cast into the next layer's input format,
+into the other activation buffer (ping-pong) at the next address (``co P + p``: CHW, what a following
+flatten -> dense reads). The last layer's buffer is streamed out.
+
+Memory: two activation buffers of :attr:`SystolicPlan.buffer_depth` codes; a buffer that a conv2d
+layer reads has ``R - 1`` more copies (:meth:`SystolicPlan.bank_depths` codes each, written with the
+buffer), one read port per bank; the ``psum`` memory holds ``P_max x C`` partial sums.
 
 Exactness: the array multiplies the integer codes (input codes, weight codes on the weight grid:
 fixed-point, per-channel envelope or K-hot base) exactly and sums them exactly (a wide integer
@@ -22,10 +39,11 @@ Layers with a declared accumulator (a cast after every add, order matters) are r
 
 Supported (anything else raises :class:`SystolicError` naming the node and the reason):
 a chain (every node one input, the previous node) of ``input``, ``flatten`` / ``reshape`` /
-``output`` (wiring), ``dense`` on a vector input with an exact accumulator, ``multiply: exact`` and
-a fixed-point, per-channel fixed-point or K-hot weight format (K-hot weights are multiplied as
-their base codes: no shift-add saving), and after a dense layer ``relu``, ``relu6``,
-``leaky_relu``, ``batchnorm``. The first computing node must be a dense layer.
+``output`` (wiring), ``dense`` on a vector input and ``conv2d`` (``groups=1``; any kernel, stride,
+zero padding, dilation) with an exact accumulator, ``multiply: exact`` and a fixed-point, per-channel
+fixed-point or K-hot weight format (K-hot weights are multiplied as their base codes: no shift-add
+saving), and after a dense or conv2d layer ``relu``, ``relu6``, ``leaky_relu``, ``batchnorm``. The
+first computing node must be a dense or conv2d layer.
 """
 
 from __future__ import annotations
@@ -68,8 +86,11 @@ def systolic_cycles(plan: SystolicPlan, rows: int, cols: int, pack: bool) -> dic
     ``R + G + 2`` cycles until the output row is taken (``G = ceil(C / 2)`` packed, else ``C``):
     ``2R + G + 4`` per tile; then ``c_j`` cycles of output casts into the vector unit and ``L + 1``
     to drain it (``L``: the vector unit's latency, 1 per relu-like node, 3 per batchnorm). Per
-    inference add ``n_in`` input beats and ``n_out`` output beats: that is the ``ii`` of
-    back-to-back tensors; ``total`` (start pulse to done pulse of one tensor alone) adds 2.
+    conv2d layer (:func:`~qfx.hw.accel.systolic_plan.conv_cycles`): ``2R + G + P + 3`` per tile
+    (``R + 1`` weight load, ``P`` rows back to back, ``R + G + 2`` until the last is taken), then
+    ``c_j P`` output casts and ``L + 1`` per output tile. Per inference add ``n_in`` input beats
+    and ``n_out`` output beats: that is the ``ii`` of back-to-back tensors; ``total`` (start pulse
+    to done pulse of one tensor alone) adds 2.
     """
     g = (cols + 1) // 2 if pack else cols
     tile = 2 * rows + g + 4
@@ -85,8 +106,8 @@ def systolic_cycles(plan: SystolicPlan, rows: int, cols: int, pack: bool) -> dic
             c = nt * kt * tile + s.n + nt * (lat + 1)
         m = s.k * s.n * s.pixels
         layers[s.node.name] = {"k_tiles": kt, "n_tiles": nt, "tiles": kt * nt, "cycles": c, "macs": m}
-        if s.is_conv:
-            layers[s.node.name]["pixels"] = s.pixels
+        if s.is_conv:  # the output pass (one code per cycle) apart: it is most of a small conv's cycles
+            layers[s.node.name].update(pixels=s.pixels, emit_cycles=s.n * s.pixels + nt * (lat + 1))
         compute += c
         macs += m
     ii = plan.n_in + compute + plan.n_out
