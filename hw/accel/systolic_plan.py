@@ -153,8 +153,10 @@ def _weight_codes(node: Node) -> "tuple[np.ndarray, int, FixedType]":
             raise SystolicError(f"node {node.name!r}: per-channel weight formats must be fixed-point for the systolic "
                                 "arch; use --arch dataflow")
         f_max = max(t.frac_bits for t in fmt)
-        shifts = np.array([f_max - t.frac_bits for t in fmt], dtype=np.int64).reshape(-1, 1)
-        codes = np.asarray(a["weight"], dtype=np.int64) << shifts
+        w = np.asarray(a["weight"], dtype=np.int64)
+        # one shift per output channel (row): [N, 1] for dense, [C_out, 1, 1, 1] for conv2d
+        shifts = np.array([f_max - t.frac_bits for t in fmt], dtype=np.int64).reshape((-1,) + (1,) * (w.ndim - 1))
+        codes = w << shifts
         env = weight_envelope(fmt)
         return codes, f_max, env
     if isinstance(fmt, KHot):
