@@ -30,7 +30,8 @@ from ..pe.packed import check_packable
 from .top import WIRING_OPS, stream_formats
 
 __all__ = ["SystolicError", "DenseStep", "ConvStep", "SystolicPlan", "plan_systolic", "parse_array", "bank_tables",
-           "conv_cycles", "VECTOR_OPS", "MAX_ARRAY"]
+           "conv_cycles", "PoolStep", "pool_step", "pool_cycles", "VECTOR_OPS",
+           "MAX_ARRAY"]
 
 #: Element-wise nodes the vector unit runs after a dense or conv2d layer.
 VECTOR_OPS = ("relu", "relu6", "leaky_relu", "batchnorm")
@@ -86,6 +87,7 @@ class DenseStep:
 
     pixels = 1  #: input rows per K-tile (a dense layer at batch 1: one)
     is_conv = False
+    is_pool = False
 
     @property
     def n_inputs(self) -> int:
@@ -117,14 +119,14 @@ class SystolicPlan:
 
     def conv_buffers(self) -> "set[int]":
         """The ping-pong buffers (0, 1) a conv2d layer reads: those are replicated, one copy per bank."""
-        return {li % 2 for li, s in enumerate(self.steps) if s.is_conv}
+        return {li % 2 for li, s in enumerate(self.steps) if s.is_conv or s.is_pool}
 
     def bank_depths(self) -> "dict[int, int]":
         """Per replicated buffer, the depth of each of its ``R - 1`` extra copies: the largest input
         tensor a conv2d layer reads from it (copy 0 is the buffer itself, :attr:`buffer_depth`)."""
         out: dict[int, int] = {}
         for li, s in enumerate(self.steps):
-            if s.is_conv:
+            if s.is_conv or s.is_pool:
                 out[li % 2] = max(out.get(li % 2, 0), s.n_inputs)
         return out
 
@@ -211,14 +213,17 @@ def plan_systolic(manifest: Manifest) -> SystolicPlan:
         if node.op in ("dense", "conv2d"):
             steps.append(_gemm_step(node))
             continue
+        if node.op == "maxpool2d":
+            steps.append(pool_step(node))
+            continue
         if node.op in VECTOR_OPS:
             if not steps:
-                raise SystolicError(f"node {node.name!r}: the systolic arch runs element-wise ops only after a dense "
-                                    "layer (its vector unit); this one comes first; use --arch dataflow")
+                raise SystolicError(f"node {node.name!r}: the systolic arch runs element-wise ops only after a dense, "
+                                    "conv2d or maxpool2d layer (its vector unit); this one comes first; use --arch dataflow")
             steps[-1].vector.append(node)
             continue
         raise SystolicError(f"node {node.name!r}: op {node.op!r} is not supported by the systolic arch (supported: "
-                            f"dense, conv2d, {', '.join(VECTOR_OPS)}, flatten, reshape); use --arch dataflow")
+                            f"dense, conv2d, maxpool2d, {', '.join(VECTOR_OPS)}, flatten, reshape); use --arch dataflow")
     if not steps:
         raise SystolicError("the manifest has no dense or conv2d layer: nothing for the systolic array to run; "
                             "use --arch dataflow")
@@ -230,9 +235,13 @@ def plan_systolic(manifest: Manifest) -> SystolicPlan:
         a.next_fmt = b.x_fmt
     for s in steps:
         s.emitted = s.vector[-1].formats["output"] if s.vector else s.out_fmt
-    x_fmt = _int_fmt([s.x_fmt for s in steps])
-    w_fmt = _int_fmt([s.w_grid for s in steps])
-    for s in steps:  # the grid codes must fit the integer weight format (they do for a valid manifest)
+    gemm = [s for s in steps if not s.is_pool]
+    if not gemm:
+        raise SystolicError("the manifest has no dense or conv2d layer: nothing for the systolic array to run; "
+                            "use --arch dataflow")
+    x_fmt = _int_fmt([s.x_fmt for s in gemm])
+    w_fmt = _int_fmt([s.w_grid for s in gemm])
+    for s in gemm:  # the grid codes must fit the integer weight format (they do for a valid manifest)
         if s.w_codes.size and (s.w_codes.min() < w_fmt.min_code or s.w_codes.max() > w_fmt.max_code):
             raise SystolicError(f"node {s.node.name!r}: weight codes outside {w_fmt}")  # pragma: no cover
     return SystolicPlan(steps, x_fmt, w_fmt, in_fmt, out_fmt, n_in, math.prod(manifest.output_node.output_shape))
@@ -326,3 +335,82 @@ def conv_cycles(step: ConvStep, rows: int, grid_cols: int, cols: int, vector_lat
     ``c_j P`` output casts into the vector unit and ``L + 1`` to drain it."""
     kt, nt = -(-step.k // rows), -(-step.n // cols)
     return nt * kt * (2 * rows + grid_cols + step.pixels + 3) + step.n * step.pixels + nt * (vector_latency + 1)
+
+
+@dataclass
+class PoolStep:
+    """A maxpool2d layer as the sequencer runs it: a pass over its input buffer, one output code per
+    cycle in CHW order, the window's ``kh kw`` taps read at once from the buffer's bank copies (so
+    ``kh kw <= R``), their maximum (padding never wins) cast to the output format."""
+
+    node: Node
+    in_fmt: FixedType
+    out_fmt: FixedType
+    c: int
+    h: int
+    w: int
+    kernel: "tuple[int, int]"
+    stride: "tuple[int, int]"
+    padding: "tuple[int, int]"
+    dilation: "tuple[int, int]"
+    ho: int
+    wo: int
+    vector: list = field(default_factory=list)
+    emitted: "FixedType | None" = None
+    next_fmt: "FixedType | None" = None
+
+    is_conv = False
+    is_pool = True
+    k = 0  # (no weights: no K-tiles, no output tiles)
+    n = 0
+
+    @property
+    def x_fmt(self) -> FixedType:
+        """The format of the codes it reads (the previous layer casts into it)."""
+        return self.in_fmt
+
+    @property
+    def taps(self) -> int:
+        return self.kernel[0] * self.kernel[1]
+
+    @property
+    def pixels(self) -> int:
+        return self.ho * self.wo
+
+    @property
+    def n_inputs(self) -> int:
+        return self.c * self.h * self.w
+
+    @property
+    def n_outputs(self) -> int:
+        return self.c * self.pixels
+
+    def tap_offsets(self) -> "list[tuple[int, int]]":
+        """Per tap ``t = ky kw + kx`` (bank ``t``): ``(oy, ox) = (ky d_h - pad_h, kx d_w - pad_w)``."""
+        kh, kw = self.kernel
+        (dh, dw), (ph, pw) = self.dilation, self.padding
+        return [(ky * dh - ph, kx * dw - pw) for ky in range(kh) for kx in range(kw)]
+
+
+def _pair(v: Any) -> "tuple[int, int]":
+    return (int(v[0]), int(v[1]))
+
+
+def pool_step(node: Node) -> PoolStep:
+    """The :class:`PoolStep` of a maxpool2d node (its formats must be fixed-point)."""
+    p, f = node.params, node.formats
+    if not isinstance(f["input"], FixedType) or not isinstance(f["output"], FixedType):
+        raise SystolicError(f"node {node.name!r}: maxpool2d formats must be fixed-point")  # pragma: no cover
+    shape = tuple(node.input_shapes[0])
+    if len(shape) != 3:
+        raise SystolicError(f"node {node.name!r}: maxpool2d on a {list(shape)} input (need [C, H, W])")
+    c, h, w = (int(v) for v in shape)
+    _, ho, wo = (int(v) for v in node.output_shape)
+    return PoolStep(node, f["input"], f["output"], c, h, w, _pair(p["kernel"]), _pair(p["stride"]),
+                    _pair(p["padding"]), _pair(p.get("dilation", (1, 1))), ho, wo)
+
+
+def pool_cycles(step: PoolStep, vector_latency: int) -> int:
+    """Cycles of one maxpool2d pass (no stalls): one output per cycle, then ``L + 1`` to drain the
+    vector unit (``L``: its latency)."""
+    return step.n_outputs + vector_latency + 1

@@ -62,8 +62,8 @@ from ..cast import CastUnit, fixed_shape
 from ..pe.packed import check_packable
 from ..systolic import SystolicArray
 from .engines import ElementwiseEngine
-from .systolic_plan import (MAX_ARRAY, VECTOR_OPS, ConvStep, DenseStep, SystolicError, SystolicPlan, bank_tables,
-                            conv_cycles, parse_array, plan_systolic)
+from .systolic_plan import (MAX_ARRAY, VECTOR_OPS, ConvStep, DenseStep, PoolStep, SystolicError, SystolicPlan,
+                            bank_tables, conv_cycles, parse_array, plan_systolic, pool_cycles)
 from .top import top_signature
 
 __all__ = ["SystolicAccelerator", "SystolicError", "SystolicPlan", "plan_systolic", "systolic_cycles",
@@ -98,8 +98,13 @@ def systolic_cycles(plan: SystolicPlan, rows: int, cols: int, pack: bool) -> dic
     compute = 0
     macs = 0
     for s in plan.steps:
-        kt, nt = -(-s.k // rows), -(-s.n // cols)
         lat = _vector_latency(s)
+        if s.is_pool:
+            c = pool_cycles(s, lat)
+            layers[s.node.name] = {"cycles": c, "outputs": s.n_outputs, "taps": s.taps}
+            compute += c
+            continue
+        kt, nt = -(-s.k // rows), -(-s.n // cols)
         if s.is_conv:
             c = conv_cycles(s, rows, g, cols, lat)
         else:
@@ -153,6 +158,11 @@ class SystolicAccelerator(wiring.Component):
         self._rows, self._cols = parse_array((rows, cols))
         self._manifest = manifest
         self._plan = plan_systolic(manifest)
+        for s in self._plan.steps:
+            if s.is_pool and s.taps > self._rows:
+                raise SystolicError(f"node {s.node.name!r}: a {s.kernel[0]}x{s.kernel[1]} max-pool window reads "
+                                    f"{s.taps} taps at once, more than the array's {self._rows} rows (banks); use "
+                                    "an array with more rows or --arch dataflow")
         if pack is None:
             pack = self._plan.packable()
         elif pack:
@@ -196,6 +206,8 @@ class SystolicAccelerator(wiring.Component):
         mask = (1 << ww) - 1
         words = []
         for s in self._plan.steps:
+            if s.is_pool:
+                continue
             kt, nt = -(-s.k // R), -(-s.n // C)
             for j in range(nt):
                 for i in range(kt):
@@ -280,11 +292,12 @@ class SystolicAccelerator(wiring.Component):
 
         # ---- per layer: the output cast and the vector unit -------------------------------------------
         xrow = [Signal(fixed_shape(plan.x_fmt), name=f"xrow_{k}") for k in range(R)]
-        kt_max = max(-(-s.k // R) for s in steps)
+        gemm = [s for s in steps if not s.is_pool]
+        kt_max = max(-(-s.k // R) for s in gemm)
         accs = [Signal(signed(acc_fmt.width + kt_max.bit_length() + 1), name=f"tacc_{c}") for c in range(C)]
         r_cnt = Signal(range(R + 1))
-        i_cnt = Signal(range(max(max(-(-s.k // R) for s in steps), 2)))
-        j_cnt = Signal(range(max(max(-(-s.n // C) for s in steps), 2)))
+        i_cnt = Signal(range(max(kt_max, 2)))
+        j_cnt = Signal(range(max(max(-(-s.n // C) for s in gemm), 2)))
         c_cnt = Signal(range(C + 1))
         wr_cnt = Signal(range(depth + 1))
         ld_v, ld_row = Signal(), Signal(range(R))
@@ -307,26 +320,15 @@ class SystolicAccelerator(wiring.Component):
 
         writes = []  # (buffer index, valid, data, ready signal to drive)
         emit_valid, emit_ready = [], []
+        pool_max = {}  # layer -> the window maximum (driven by _pool_layer)
         for li, s in enumerate(steps):
-            fp = s.x_fmt.frac_bits + s.w_frac
-            fb = s.bias_fmt.frac_bits if s.bias_fmt is not None else fp
-            af = max(fp, fb)
-            bw = s.bias_fmt.width if s.bias_fmt is not None else 1
-            tw = max(len(accs[0]) + af - fp, bw + af - fb) + 1
-            t_fmt = FixedType(tw, tw - af, signed=True)
-            total = Signal(signed(tw), name=f"total_{li}")
-            term = (psum_sel if s.is_conv else acc_sel) << (af - fp)
-            if s.bias is not None:
-                brom = Memory(shape=fixed_shape(s.bias_fmt), depth=s.n, init=[int(v) for v in s.bias])
-                m.submodules[f"bias_{li}"] = brom
-                brp = brom.read_port(domain="comb")
-                m.d.comb += brp.addr.eq(j_cnt * C + c_cnt)
-                m.d.comb += total.eq(term + (brp.data << (af - fb)))
+            if s.is_pool:
+                pool_max[li] = Signal(fixed_shape(s.in_fmt), name=f"pool_max_{li}")
+                ocast = CastUnit(s.in_fmt, s.out_fmt)
+                m.submodules[f"out_cast_{li}"] = ocast
+                m.d.comb += ocast.i.eq(pool_max[li])
             else:
-                m.d.comb += total.eq(term)
-            ocast = CastUnit(t_fmt, s.out_fmt)
-            m.submodules[f"out_cast_{li}"] = ocast
-            m.d.comb += ocast.i.eq(total)
+                ocast = self._gemm_output(m, li, s, accs, acc_sel, psum_sel if conv_steps else None, j_cnt, c_cnt)
             ev, er = Signal(name=f"emit_valid_{li}"), Signal(name=f"emit_ready_{li}")
             emit_valid.append(ev)
             emit_ready.append(er)
@@ -344,7 +346,6 @@ class SystolicAccelerator(wiring.Component):
             data = Signal(signed(buf_w), name=f"wdata_{li}")
             m.d.comb += data.eq(fcast.o)
             writes.append(((li + 1) % 2, valid, data))
-
         # buffer write ports: buffer 0 gets the input, then each layer writes the other buffer
         for b in range(2):
             wp = wps[b]
@@ -371,9 +372,11 @@ class SystolicAccelerator(wiring.Component):
         m.d.comb += [rps[out_buf].addr.eq(out_count), out_code.eq(rps[out_buf].data),
                      self.m_axis_tdata.eq(out_code)]
         # the state machine as a plain register (Amaranth's FSM leaves verilator -Wall CASEINCOMPLETE warnings)
-        names = ["IN"] + [f"L{li}_{p}" for li, s in enumerate(steps)
-                          for p in (("WLOAD", "CRUN", "EMIT", "DRAIN") if s.is_conv else
-                                    ("WLOAD", "XFEED", "WAITY", "EMIT", "DRAIN"))] + ["OUT"]
+        def phases(s):
+            if s.is_pool:
+                return ("PRUN", "DRAIN")
+            return ("WLOAD", "CRUN", "EMIT", "DRAIN") if s.is_conv else ("WLOAD", "XFEED", "WAITY", "EMIT", "DRAIN")
+        names = ["IN"] + [f"L{li}_{p}" for li, s in enumerate(steps) for p in phases(s)] + ["OUT"]
         sid = {n: k for k, n in enumerate(names)}
         state = Signal(range(len(names)), name="sys_state")
 
@@ -383,9 +386,12 @@ class SystolicAccelerator(wiring.Component):
             m.d.comb += in_open.eq(1)
             m.d.sync += [waddr.eq(0), wr_cnt.eq(0), i_cnt.eq(0), j_cnt.eq(0), r_cnt.eq(0)]
             with m.If(last_in):
-                m.d.sync += state.eq(sid["L0_WLOAD"])
+                m.d.sync += state.eq(sid[f"L0_{phases(steps[0])[0]}"])
         for li, s in enumerate(steps):
-            nxt = f"L{li + 1}_WLOAD" if li + 1 < len(steps) else "OUT"
+            nxt = f"L{li + 1}_{phases(steps[li + 1])[0]}" if li + 1 < len(steps) else "OUT"
+            if s.is_pool:
+                self._pool_layer(m, li, s, st, state, sid, nxt, bank_rps[li % 2], pool_max[li], wr_cnt, emit_valid[li])
+                continue
             if s.is_conv:
                 x_feed = self._conv_layer(m, li, s, st, state, sid, nxt, x_feed, bank_rps[li % 2], arr, ld_v, ld_row,
                                           waddr, r_cnt, i_cnt, j_cnt, c_cnt, wr_cnt, emit_valid[li], emit_ready[li],
@@ -444,6 +450,32 @@ class SystolicAccelerator(wiring.Component):
             with m.If(last_out):
                 m.d.sync += state.eq(sid["IN"])
         return m
+
+    def _gemm_output(self, m, li, s, accs, acc_sel, psum_sel, j_cnt, c_cnt):
+        """Dense / conv2d layer ``li``'s output: the sum of channel ``j_cnt C + c_cnt`` (a tile
+        accumulator, or ``psum[p][c_cnt]`` for conv) with the bias aligned, cast to the layer's output
+        format. Returns the :class:`~qfx.hw.cast.CastUnit`."""
+        C = self._cols
+        fp = s.x_fmt.frac_bits + s.w_frac
+        fb = s.bias_fmt.frac_bits if s.bias_fmt is not None else fp
+        af = max(fp, fb)
+        bw = s.bias_fmt.width if s.bias_fmt is not None else 1
+        tw = max(len(accs[0]) + af - fp, bw + af - fb) + 1
+        t_fmt = FixedType(tw, tw - af, signed=True)
+        total = Signal(signed(tw), name=f"total_{li}")
+        term = (psum_sel if s.is_conv else acc_sel) << (af - fp)
+        if s.bias is not None:
+            brom = Memory(shape=fixed_shape(s.bias_fmt), depth=s.n, init=[int(v) for v in s.bias])
+            m.submodules[f"bias_{li}"] = brom
+            brp = brom.read_port(domain="comb")
+            m.d.comb += brp.addr.eq(j_cnt * C + c_cnt)
+            m.d.comb += total.eq(term + (brp.data << (af - fb)))
+        else:
+            m.d.comb += total.eq(term)
+        ocast = CastUnit(t_fmt, s.out_fmt)
+        m.submodules[f"out_cast_{li}"] = ocast
+        m.d.comb += ocast.i.eq(total)
+        return ocast
 
     def _conv_layer(self, m, li, s: ConvStep, st, state, sid, nxt, x_feed, banks, arr, ld_v, ld_row, waddr, r_cnt,
                     i_cnt, j_cnt, c_cnt, wr_cnt, emit_valid, emit_ready, p_in, p_out, p_em, ps_rp, ps_wp):
@@ -540,3 +572,61 @@ class SystolicAccelerator(wiring.Component):
                     m.d.sync += j_cnt.eq(j_cnt + 1)
                     m.d.sync += state.eq(sid[f"L{li}_WLOAD"])
         return x_feed
+
+    def _pool_layer(self, m, li, s: PoolStep, st, state, sid, nxt, banks, pool_max, wr_cnt, emit_valid):
+        """The states of maxpool2d layer ``li``: PRUN, one output per cycle in CHW order (bank ``t``
+        reads window tap ``t`` of output ``(c, y, x)``; taps outside the input never win), then DRAIN
+        until the last code is written."""
+        H, W, (sh, sw) = s.h, s.w, s.stride
+        fmt = s.in_fmt
+        co = Signal(range(max(s.c, 2)), name=f"p{li}_c")
+        cb = Signal(range(s.c * H * W + 1), name=f"p{li}_cb")  # c H W
+        yo = Signal(range(max(s.ho, 2)), name=f"p{li}_y")
+        xo = Signal(range(max(s.wo, 2)), name=f"p{li}_x")
+        xs = Signal(range(s.wo * sw + 1), name=f"p{li}_xs")
+        ys = Signal(range(s.ho * sh + 1), name=f"p{li}_ys")
+        ysw = Signal(range(s.ho * sh * W + 1), name=f"p{li}_ysw")
+        running = st(f"L{li}_PRUN")
+        lim = max([abs(v) for t in s.tap_offsets() for v in t] + [abs(oy * W + ox) for oy, ox in s.tap_offsets()])
+        vals = []
+        for t, (oy, ox) in enumerate(s.tap_offsets()):
+            iy = Signal(signed(len(ys) + lim.bit_length() + 2), name=f"p{li}_iy{t}")
+            ix = Signal(signed(len(xs) + lim.bit_length() + 2), name=f"p{li}_ix{t}")
+            m.d.comb += [iy.eq(ys + oy), ix.eq(xs + ox)]
+            addr = Signal(signed(len(cb) + len(ysw) + lim.bit_length() + 2), name=f"p{li}_addr{t}")
+            m.d.comb += addr.eq(cb + ysw + xs + (oy * W + ox))
+            with m.If(running):
+                m.d.comb += banks[t].addr.eq(addr[: len(banks[t].addr)])
+            inside = Signal(name=f"p{li}_in{t}")
+            m.d.comb += inside.eq((iy >= 0) & (iy < H) & (ix >= 0) & (ix < W))
+            code = Signal(fixed_shape(fmt), name=f"p{li}_v{t}")
+            m.d.comb += code.eq(Mux(inside, banks[t].data, fmt.min_code))
+            vals.append(code)
+        while len(vals) > 1:  # a balanced max tree
+            nxt_vals = []
+            for a in range(0, len(vals) - 1, 2):
+                v = Signal(fixed_shape(fmt), name=f"p{li}_max{len(vals)}_{a}")
+                m.d.comb += v.eq(Mux(vals[a] > vals[a + 1], vals[a], vals[a + 1]))
+                nxt_vals.append(v)
+            if len(vals) % 2:
+                nxt_vals.append(vals[-1])
+            vals = nxt_vals
+        m.d.comb += pool_max.eq(vals[0])
+        with m.If(running):
+            m.d.comb += emit_valid.eq(1)
+            with m.If(_eq(xo, s.wo - 1)):
+                m.d.sync += [xo.eq(0), xs.eq(0)]
+                with m.If(_eq(yo, s.ho - 1)):
+                    m.d.sync += [yo.eq(0), ys.eq(0), ysw.eq(0)]
+                    with m.If(_eq(co, s.c - 1)):
+                        m.d.sync += [co.eq(0), cb.eq(0)]
+                        m.d.sync += state.eq(sid[f"L{li}_DRAIN"])
+                    with m.Else():
+                        m.d.sync += [co.eq(co + 1), cb.eq(cb + H * W)]
+                with m.Else():
+                    m.d.sync += [yo.eq(yo + 1), ys.eq(ys + sh), ysw.eq(ysw + sh * W)]
+            with m.Else():
+                m.d.sync += [xo.eq(xo + 1), xs.eq(xs + sw)]
+        with m.If(st(f"L{li}_DRAIN")):
+            with m.If(wr_cnt == s.n_outputs):
+                m.d.sync += [wr_cnt.eq(0), state.eq(sid[nxt])]
