@@ -24,7 +24,7 @@ from qfx.nn import QAdd, QAvgPool2d, QBatchNorm2d, QConv2d, QFlatten, QLinear, Q
 from qfx.reference import run
 from qfx.sim import verilator as qv
 from qfx.sim.amaranth_run import run_accelerator
-from tests.qmodels import KHOT, NARROW, B, W, Y, init_weights, model_inputs
+from tests.qmodels import KHOT, NARROW, B, W, X, Y, init_weights, model_inputs
 
 try:
     qv.find_verilator()
@@ -143,17 +143,17 @@ def test_conv_weight_grids(tmp_path, wfmt):
 
 
 def pool_cnn() -> nn.Module:
-    """conv + ReLU -> maxpool 3x3 stride 2 pad 1 -> conv -> maxpool 2x2 stride 1 ceil_mode (onto a
-    narrower output format) -> ReLU -> flatten -> dense."""
+    """conv + ReLU -> maxpool 3x3 stride 2 pad 1 ceil_mode (8x8 -> 5x5) -> conv -> maxpool 2x2 stride 1
+    pad 1 on signed codes (padding must never win; onto a narrower output format) -> flatten -> dense
+    (signed input)."""
     return init_weights(nn.Sequential(
         QConv2d(1, 4, 3, padding=1, input=PIX, weight=W, bias=B, output=Y),
         QReLU(output=U),
-        QMaxPool2d(3, 2, 1),
+        QMaxPool2d(3, 2, 1, ceil_mode=True),
         QConv2d(4, 4, 3, padding=1, input=U, weight=W, bias=B, output=Y),
-        QMaxPool2d(2, 1, ceil_mode=True, output="ap_fixed<6,2,AP_TRN,AP_SAT_SYM>"),
-        QReLU(input="ap_fixed<9,4,AP_RND>", output=U),
+        QMaxPool2d(2, 1, 1, output="ap_fixed<6,2,AP_TRN,AP_SAT_SYM>"),
         QFlatten(),
-        QLinear(4 * 3 * 3, 10, input=U, weight=W, bias=B, output=Y),
+        QLinear(4 * 6 * 6, 10, input=X, weight=W, bias=B, output=Y),  # signed: a winning pad would show
     ), 3)
 
 
@@ -180,7 +180,7 @@ def test_maxpool_pass_equals_reference(pooled, rows, cols):
     r = run_accelerator(acc, codes[[0, 5]], max_cycles=8 * est["total"])
     assert np.array_equal(r.outputs, want[[0, 5]])
     assert r.cycles == [est["total"]] * 2
-    assert est["layers"]["n2"] == {"cycles": 4 * 4 * 4 + 1, "outputs": 64, "taps": 9}
+    assert est["layers"]["n2"] == {"cycles": 4 * 5 * 5 + 1, "outputs": 100, "taps": 9}
 
 
 def test_maxpool_window_wider_than_the_banks(pooled):
