@@ -84,6 +84,8 @@ class DenseStep:
     vector: list = field(default_factory=list)  # element-wise nodes after it
     emitted: "FixedType | None" = None  # format of the codes leaving its vector unit
     next_fmt: "FixedType | None" = None  # next layer's input format (None: the network output)
+    skips: dict = field(default_factory=dict)  # add node name -> SkipAdd (adds in its vector unit)
+    last_name: str = ""  # its last node (the layer or its last vector node)
 
     pixels = 1  #: input rows per K-tile (a dense layer at batch 1: one)
     is_conv = False
@@ -98,6 +100,18 @@ class DenseStep:
     def n_outputs(self) -> int:
         """Codes the layer writes into the other activation buffer."""
         return self.n
+
+
+@dataclass
+class SkipAdd:
+    """A residual ``add`` in a layer's vector unit: the stream (the layer's codes so far) plus the
+    skip tensor, the emitted codes of the earlier step ``source`` (kept in a skip buffer of its own,
+    read in the same CHW order)."""
+
+    node: Node
+    source: int  # index of the step whose emitted codes are the skip operand
+    skip_name: str
+    skip_is_a: bool  # the skip tensor is the add's first operand (in_a)
 
 
 @dataclass
@@ -116,6 +130,14 @@ class SystolicPlan:
     def buffer_depth(self) -> int:
         """Codes one activation buffer holds: the largest tensor written or read."""
         return max([self.n_in, self.n_out] + [s.n_inputs for s in self.steps] + [s.n_outputs for s in self.steps])
+
+    def skip_sources(self) -> "dict[int, list[SkipAdd]]":
+        """Step index -> the adds that read its emitted codes as their skip operand."""
+        out: dict = {}
+        for s in self.steps:
+            for sk in s.skips.values():
+                out.setdefault(sk.source, []).append(sk)
+        return out
 
     def conv_buffers(self) -> "set[int]":
         """The ping-pong buffers (0, 1) a conv2d layer reads: those are replicated, one copy per bank."""
@@ -202,7 +224,25 @@ def plan_systolic(manifest: Manifest) -> SystolicPlan:
     nodes = list(manifest)
     steps: list[DenseStep] = []
     prev = None
+    last: dict = {}  # the name of each step's last node (its emitted tensor) -> step index
     for node in nodes:
+        if node.op == "add" and steps and len(node.inputs) == 2 and prev in node.inputs:
+            other = node.inputs[1] if node.inputs[0] == prev else node.inputs[0]
+            src = last.get(other)
+            if src is None or src == len(steps) - 1:
+                raise SystolicError(f"node {node.name!r}: the systolic arch adds a skip tensor only when it is the "
+                                    f"output of an earlier dense / conv2d / maxpool2d layer (after its vector "
+                                    f"unit); {other!r} is not; use --arch dataflow")
+            src_step = steps[src]
+            if tuple(node.output_shape) != tuple(src_step.node.output_shape):  # pragma: no cover - add checks it
+                raise SystolicError(f"node {node.name!r}: skip {other!r} has another shape")
+            steps[-1].vector.append(node)
+            steps[-1].skips[node.name] = SkipAdd(node, src, other, skip_is_a=node.inputs[0] == other)
+            last.pop(steps[-1].last_name, None)
+            steps[-1].last_name = node.name
+            last[node.name] = len(steps) - 1
+            prev = node.name
+            continue
         if node.op != "input":
             if len(node.inputs) != 1 or node.inputs[0] != prev:
                 raise SystolicError(f"node {node.name!r}: the systolic arch runs a chain of layers (each node fed by "
@@ -210,17 +250,19 @@ def plan_systolic(manifest: Manifest) -> SystolicPlan:
         prev = node.name
         if node.op in ("input",) + WIRING_OPS:
             continue
-        if node.op in ("dense", "conv2d"):
-            steps.append(_gemm_step(node))
-            continue
-        if node.op == "maxpool2d":
-            steps.append(pool_step(node))
+        if node.op in ("dense", "conv2d", "maxpool2d"):
+            steps.append(_gemm_step(node) if node.op != "maxpool2d" else pool_step(node))
+            steps[-1].last_name = node.name
+            last[node.name] = len(steps) - 1
             continue
         if node.op in VECTOR_OPS:
             if not steps:
                 raise SystolicError(f"node {node.name!r}: the systolic arch runs element-wise ops only after a dense, "
                                     "conv2d or maxpool2d layer (its vector unit); this one comes first; use --arch dataflow")
             steps[-1].vector.append(node)
+            last.pop(steps[-1].last_name, None)
+            steps[-1].last_name = node.name
+            last[node.name] = len(steps) - 1
             continue
         raise SystolicError(f"node {node.name!r}: op {node.op!r} is not supported by the systolic arch (supported: "
                             f"dense, conv2d, maxpool2d, {', '.join(VECTOR_OPS)}, flatten, reshape); use --arch dataflow")
@@ -236,6 +278,10 @@ def plan_systolic(manifest: Manifest) -> SystolicPlan:
     for s in steps:
         s.emitted = s.vector[-1].formats["output"] if s.vector else s.out_fmt
     gemm = [s for s in steps if not s.is_pool]
+    for s in steps:
+        for sk in s.skips.values():
+            if not all(isinstance(sk.node.formats[k], FixedType) for k in ("in_a", "in_b", "output")):
+                raise SystolicError(f"node {sk.node.name!r}: add formats must be fixed-point")  # pragma: no cover
     if not gemm:
         raise SystolicError("the manifest has no dense or conv2d layer: nothing for the systolic array to run; "
                             "use --arch dataflow")
@@ -358,6 +404,8 @@ class PoolStep:
     vector: list = field(default_factory=list)
     emitted: "FixedType | None" = None
     next_fmt: "FixedType | None" = None
+    skips: dict = field(default_factory=dict)
+    last_name: str = ""
 
     is_conv = False
     is_pool = True

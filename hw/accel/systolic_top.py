@@ -75,6 +75,7 @@ def _eq(sig: Any, k: int) -> Any:
 
 
 def _vector_latency(step: DenseStep) -> int:
+    """Cycles through a layer's vector unit: 1 per relu-like node and per add, 3 per batchnorm."""
     return sum(ElementwiseEngine.BN_STAGES if n.op == "batchnorm" else 1 for n in step.vector)
 
 
@@ -321,6 +322,13 @@ class SystolicAccelerator(wiring.Component):
         writes = []  # (buffer index, valid, data, ready signal to drive)
         emit_valid, emit_ready = [], []
         pool_max = {}  # layer -> the window maximum (driven by _pool_layer)
+        skip_srcs = plan.skip_sources()
+        skip_mem = {}  # add node -> (memory, write port, read port): the skip tensor, kept for the add
+        for src, adds in sorted(skip_srcs.items()):
+            for sk in adds:
+                mem = Memory(shape=fixed_shape(steps[src].emitted), depth=steps[src].n_outputs, init=[])
+                m.submodules[f"skip_{len(skip_mem)}"] = mem
+                skip_mem[sk.node.name] = (mem, mem.write_port(), mem.read_port(domain="comb"))
         for li, s in enumerate(steps):
             if s.is_pool:
                 pool_max[li] = Signal(fixed_shape(s.in_fmt), name=f"pool_max_{li}")
@@ -334,11 +342,22 @@ class SystolicAccelerator(wiring.Component):
             emit_ready.append(er)
             src_fmt, payload, valid, ready = s.out_fmt, ocast.o, ev, er
             for vn in s.vector:
+                if vn.op == "add":
+                    m.d.comb += ready.eq(1)
+                    payload, valid = self._skip_add(m, li, s.skips[vn.name], src_fmt, payload, valid, skip_mem)
+                    src_fmt, ready = vn.formats["output"], None
+                    continue
                 eng = ElementwiseEngine(vn, src_fmt)
                 m.submodules[f"vec_{li}_{vn.name}"] = eng
-                m.d.comb += [eng.i.payload.eq(payload), eng.i.valid.eq(valid), ready.eq(eng.i.ready)]
+                m.d.comb += [eng.i.payload.eq(payload), eng.i.valid.eq(valid)]
+                if ready is not None:
+                    m.d.comb += ready.eq(eng.i.ready)
                 src_fmt, payload, valid, ready = vn.formats["output"], eng.o.payload, eng.o.valid, eng.o.ready
-            m.d.comb += ready.eq(1)  # the buffer write never stalls
+            if ready is not None:
+                m.d.comb += ready.eq(1)  # the buffer write never stalls
+            for sk in skip_srcs.get(li, []):  # this layer's emitted codes are a later add's skip operand
+                swp = skip_mem[sk.node.name][1]
+                m.d.comb += [swp.en.eq(valid), swp.addr.eq(wr_cnt), swp.data.eq(payload)]
             dst = s.next_fmt if s.next_fmt is not None else plan.out_fmt
             fcast = CastUnit(src_fmt, dst)
             m.submodules[f"next_cast_{li}"] = fcast
@@ -630,3 +649,35 @@ class SystolicAccelerator(wiring.Component):
         with m.If(st(f"L{li}_DRAIN")):
             with m.If(wr_cnt == s.n_outputs):
                 m.d.sync += [wr_cnt.eq(0), state.eq(sid[nxt])]
+
+    def _skip_add(self, m, li, sk, src_fmt, payload, valid, skip_mem):
+        """A residual add in layer ``li``'s vector unit: ``cast(align(cast(a, in_a)) + align(cast(b,
+        in_b)), output)`` with the stream as one operand and the skip tensor (its own buffer, read
+        at the element's CHW index, counted here) as the other; latency 1 (an output register).
+        Returns ``(payload, valid)``."""
+        node = sk.node
+        f = node.formats
+        ta, tb, out_fmt = f["in_a"], f["in_b"], f["output"]
+        _mem, _wp, rp = skip_mem[node.name]
+        n = self._plan.steps[sk.source].n_outputs
+        cnt = Signal(range(max(n, 2)), name=f"skip_cnt_{li}")
+        m.d.comb += rp.addr.eq(cnt)
+        skip_fmt = self._plan.steps[sk.source].emitted
+        a_src, a_code = (skip_fmt, rp.data) if sk.skip_is_a else (src_fmt, payload)
+        b_src, b_code = (src_fmt, payload) if sk.skip_is_a else (skip_fmt, rp.data)
+        ca, cb = CastUnit(a_src, ta), CastUnit(b_src, tb)
+        m.submodules[f"add_{li}_a"], m.submodules[f"add_{li}_b"] = ca, cb
+        m.d.comb += [ca.i.eq(a_code), cb.i.eq(b_code)]
+        s_fmt = ta + tb
+        fr = s_fmt.frac_bits
+        total = Signal(fixed_shape(s_fmt), name=f"add_sum_{li}")
+        m.d.comb += total.eq((ca.o << (fr - ta.frac_bits)) + (cb.o << (fr - tb.frac_bits)))
+        oc = CastUnit(s_fmt, out_fmt)
+        m.submodules[f"add_{li}_out"] = oc
+        m.d.comb += oc.i.eq(total)
+        o_payload = Signal(fixed_shape(out_fmt), name=f"add_out_{li}")
+        o_valid = Signal(name=f"add_valid_{li}")
+        m.d.sync += o_valid.eq(valid)
+        with m.If(valid):
+            m.d.sync += [o_payload.eq(oc.o), cnt.eq(Mux(_eq(cnt, n - 1), 0, cnt + 1))]
+        return o_payload, o_valid
