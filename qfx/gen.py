@@ -301,8 +301,8 @@ def systolic_resources(acc: Any) -> dict[str, Any]:
     """A structural resource estimate of a :class:`qfx.hw.accel.systolic_top.SystolicAccelerator`:
     DSP one per PE-grid multiply (``R x G``); BRAM36 of the weight ROM as 512 x 72 blocks; FF the
     registers counted from the structure; LUT one per adder / cast bit of the array plus the buffers'
-    LUTRAM (each copy of a replicated conv input buffer counted). Not calibrated against Yosys (``--synth``
-    counts them)."""
+    LUTRAM (each copy of a replicated conv / pool input buffer and each skip buffer counted). Not
+    calibrated against Yosys (``--synth`` counts them)."""
     r, c, g = acc.rows, acc.cols, acc.grid_cols
     p = acc.plan
     wx, ww, a = p.x_fmt.width, p.w_fmt.width, acc.acc_fmt.width
@@ -313,7 +313,8 @@ def systolic_resources(acc: Any) -> dict[str, Any]:
           + r * wx + c * (a + 8) + 64 * len(p.steps) + 128)
     depth = p.buffer_depth
     banks = (r - 1) * sum(math.ceil(d / 64) for d in p.bank_depths().values())  # conv input copies, one per bank
-    lut = r * c * a + c * a + (2 * math.ceil(depth / 64) + banks) * 16 + 120 * len(p.steps) + 200
+    skips = sum(math.ceil(p.steps[src].n_outputs / 64) for src, adds in p.skip_sources().items() for _ in adds)
+    lut = r * c * a + c * a + (2 * math.ceil(depth / 64) + banks + skips) * 16 + 120 * len(p.steps) + 200
     return {"lut": int(lut), "ff": int(ff), "dsp": int(r * g), "bram36": float(bram),
             "basis": "structural estimate of the systolic array (qfx.gen.systolic_resources; LUT / FF not "
                      "calibrated: --synth counts them with Yosys)"}

@@ -258,14 +258,16 @@ def plan_systolic(manifest: Manifest) -> SystolicPlan:
         if node.op in VECTOR_OPS:
             if not steps:
                 raise SystolicError(f"node {node.name!r}: the systolic arch runs element-wise ops only after a dense, "
-                                    "conv2d or maxpool2d layer (its vector unit); this one comes first; use --arch dataflow")
+                                    "conv2d or maxpool2d layer (its vector unit); this one comes first; use --arch "
+                                    "dataflow")
             steps[-1].vector.append(node)
             last.pop(steps[-1].last_name, None)
             steps[-1].last_name = node.name
             last[node.name] = len(steps) - 1
             continue
         raise SystolicError(f"node {node.name!r}: op {node.op!r} is not supported by the systolic arch (supported: "
-                            f"dense, conv2d, maxpool2d, {', '.join(VECTOR_OPS)}, flatten, reshape); use --arch dataflow")
+                            f"dense, conv2d, maxpool2d, {', '.join(VECTOR_OPS)}, a residual add, flatten, reshape); "
+                            "use --arch dataflow")
     if not steps:
         raise SystolicError("the manifest has no dense or conv2d layer: nothing for the systolic array to run; "
                             "use --arch dataflow")

@@ -1,4 +1,4 @@
-"""The ``systolic`` architecture: one weight-stationary R x C array runs every dense and conv2d layer as GEMM tiles.
+"""The ``systolic`` architecture: one weight-stationary R x C array runs the dense and conv2d layers as GEMM tiles.
 
 :class:`SystolicAccelerator` has the ports of :class:`qfx.hw.accel.Accelerator` (AXI4-Stream of
 codes in and out, ``start`` / ``done`` / ``busy``), so the Verilator harness (:mod:`qfx.sim.accel`)
@@ -18,17 +18,25 @@ cycle; bank ``b`` of the row reads its own copy of the input activation buffer a
 ``psum[p]`` (``C`` sums per pixel; the first K-tile writes), read-modify-write in the cycle the row
 leaves the array.
 
+maxpool2d layer: a pass over its input buffer, one output per cycle in CHW order; bank ``t`` reads
+window tap ``t`` (so ``kh kw <= R``), a max tree picks the largest (taps outside the input never
+win), cast to the output format, then the vector unit as below.
+
 After the last K-tile of tile ``j`` the sums (with the bias aligned) are cast to the layer's output
 format one per cycle (conv: channel-major, ``psum[p][c]`` for ``c`` outer, ``p`` inner, so the
 stream is in CHW order) and go through the layer's vector unit: the element-wise nodes that follow
 the layer (relu, relu6, leaky_relu, batchnorm: :class:`~qfx.hw.accel.engines.ElementwiseEngine`,
 whose per-channel batchnorm counts CHW positions), then the cast into the next layer's input format,
 into the other activation buffer (ping-pong) at the next address (``co P + p``: CHW, what a following
-flatten -> dense reads). The last layer's buffer is streamed out.
+flatten -> dense reads). The last layer's buffer is streamed out. A residual ``add`` whose other
+operand is an earlier layer's output (after its vector unit) is a vector-unit stage: that layer also
+writes its codes into a skip buffer of their own, which the add reads in the same CHW order
+(:meth:`SystolicAccelerator._skip_add`).
 
 Memory: two activation buffers of :attr:`SystolicPlan.buffer_depth` codes; a buffer that a conv2d
-layer reads has ``R - 1`` more copies (:meth:`SystolicPlan.bank_depths` codes each, written with the
-buffer), one read port per bank; the ``psum`` memory holds ``P_max x C`` partial sums.
+or maxpool2d layer reads has ``R - 1`` more copies (:meth:`SystolicPlan.bank_depths` codes each,
+written with the buffer), one read port per bank; the ``psum`` memory holds ``P_max x C`` partial
+sums; each skip buffer one tensor.
 
 Exactness: the array multiplies the integer codes (input codes, weight codes on the weight grid:
 fixed-point, per-channel envelope or K-hot base) exactly and sums them exactly (a wide integer
@@ -42,8 +50,9 @@ a chain (every node one input, the previous node) of ``input``, ``flatten`` / ``
 ``output`` (wiring), ``dense`` on a vector input and ``conv2d`` (``groups=1``; any kernel, stride,
 zero padding, dilation) with an exact accumulator, ``multiply: exact`` and a fixed-point, per-channel
 fixed-point or K-hot weight format (K-hot weights are multiplied as their base codes: no shift-add
-saving), and after a dense or conv2d layer ``relu``, ``relu6``, ``leaky_relu``, ``batchnorm``. The
-first computing node must be a dense or conv2d layer.
+saving), ``maxpool2d`` (window ``kh kw <= R``; padding, dilation, ceil_mode), and after any of these
+``relu``, ``relu6``, ``leaky_relu``, ``batchnorm`` and a residual ``add`` of an earlier layer's
+output (the one exception to the chain). At least one dense or conv2d layer.
 """
 
 from __future__ import annotations
@@ -89,7 +98,9 @@ def systolic_cycles(plan: SystolicPlan, rows: int, cols: int, pack: bool) -> dic
     to drain it (``L``: the vector unit's latency, 1 per relu-like node, 3 per batchnorm). Per
     conv2d layer (:func:`~qfx.hw.accel.systolic_plan.conv_cycles`): ``2R + G + P + 3`` per tile
     (``R + 1`` weight load, ``P`` rows back to back, ``R + G + 2`` until the last is taken), then
-    ``c_j P`` output casts and ``L + 1`` per output tile. Per inference add ``n_in`` input beats
+    ``c_j P`` output casts and ``L + 1`` per output tile. Per maxpool2d pass
+    (:func:`~qfx.hw.accel.systolic_plan.pool_cycles`): one cycle per output, ``L + 1`` to drain
+    (an add in a vector unit counts 1 in ``L``). Per inference add ``n_in`` input beats
     and ``n_out`` output beats: that is the ``ii`` of back-to-back tensors; ``total`` (start pulse
     to done pulse of one tensor alone) adds 2.
     """
