@@ -301,7 +301,8 @@ def systolic_resources(acc: Any) -> dict[str, Any]:
     """A structural resource estimate of a :class:`qfx.hw.accel.systolic_top.SystolicAccelerator`:
     DSP one per PE-grid multiply (``R x G``); BRAM36 of the weight ROM as 512 x 72 blocks; FF the
     registers counted from the structure; LUT one per adder / cast bit of the array plus the buffers'
-    LUTRAM. Not calibrated against Yosys (``--synth`` counts them)."""
+    LUTRAM (each copy of a replicated conv / pool input buffer and each skip buffer counted). Not
+    calibrated against Yosys (``--synth`` counts them)."""
     r, c, g = acc.rows, acc.cols, acc.grid_cols
     p = acc.plan
     wx, ww, a = p.x_fmt.width, p.w_fmt.width, acc.acc_fmt.width
@@ -310,8 +311,10 @@ def systolic_resources(acc: Any) -> dict[str, Any]:
     prod = 45 if acc.pack else wx + ww
     ff = (r * c * (ww + a) + r * g * (wx + prod) + wx * r * (r + 1) // 2 + a * c * (g + 1)
           + r * wx + c * (a + 8) + 64 * len(p.steps) + 128)
-    depth = max([p.n_in, p.n_out] + [s.k for s in p.steps] + [s.n for s in p.steps])
-    lut = r * c * a + c * a + 2 * math.ceil(depth / 64) * 16 + 120 * len(p.steps) + 200
+    depth = p.buffer_depth
+    banks = (r - 1) * sum(math.ceil(d / 64) for d in p.bank_depths().values())  # conv input copies, one per bank
+    skips = sum(math.ceil(p.steps[src].n_outputs / 64) for src, adds in p.skip_sources().items() for _ in adds)
+    lut = r * c * a + c * a + (2 * math.ceil(depth / 64) + banks + skips) * 16 + 120 * len(p.steps) + 200
     return {"lut": int(lut), "ff": int(ff), "dsp": int(r * g), "bram36": float(bram),
             "basis": "structural estimate of the systolic array (qfx.gen.systolic_resources; LUT / FF not "
                      "calibrated: --synth counts them with Yosys)"}

@@ -175,8 +175,8 @@ def test_design_json_and_determinism(mlp, tmp_path):
 
 @pytest.mark.parametrize("name,needle", [
     ("mlp_narrow", "declared accumulator"),  # a rounding / saturating accumulator: k order matters
-    ("cnn", "op 'conv2d' is not supported by the systolic arch"),
-    ("residual", "op 'conv2d' is not supported by the systolic arch"),
+    ("cnn", "node 'n4': declared accumulator"),  # (its first conv2d + BN + ReLU and the maxpool run)
+    ("residual", "declared accumulator"),  # conv1: a narrow accumulator (the stem conv2d is supported)
 ])
 def test_refusals_name_the_layer(tmp_path, name, needle):
     make, shape, scale, _ = MODELS[name]

@@ -1,17 +1,42 @@
-"""The ``systolic`` architecture: one weight-stationary R x C array runs every dense layer as GEMM tiles.
+"""The ``systolic`` architecture: one weight-stationary R x C array runs the dense and conv2d layers as GEMM tiles.
 
 :class:`SystolicAccelerator` has the ports of :class:`qfx.hw.accel.Accelerator` (AXI4-Stream of
 codes in and out, ``start`` / ``done`` / ``busy``), so the Verilator harness (:mod:`qfx.sim.accel`)
 and the board scripts drive it unchanged. Inside, one :class:`qfx.hw.systolic.SystolicArray`
 computes integer tile products of the layers' codes; a sequencer walks the layers one after the
-other, for each output tile ``j`` (``C`` outputs) and each K-tile ``i`` (``R`` terms): load the
+other (the plan: :mod:`qfx.hw.accel.systolic_plan`).
+
+Dense layer, for each output tile ``j`` (``C`` outputs) and each K-tile ``i`` (``R`` terms): load the
 ``R`` weight rows of the tile from the weight ROM (one row per cycle) while the ``R`` input codes
 are read from the activation buffer, push the input row, take the output row and add it to the
-``C`` tile accumulators. After the last K-tile the ``C`` sums (with the bias aligned) are cast to
-the layer's output format one per cycle and go through the layer's vector unit: the element-wise
-nodes that follow the layer (relu, relu6, leaky_relu, batchnorm:
-:class:`~qfx.hw.accel.engines.ElementwiseEngine`), then the cast into the next dense layer's input
-format, into the other activation buffer (ping-pong). The last layer's buffer is streamed out.
+``C`` tile accumulators.
+
+conv2d layer (im2col, ``K = C_in kh kw``, ``P = H_out W_out`` pixels), for each output tile ``j`` and
+K-tile ``i``: load the ``R`` weight rows, then stream the ``P`` im2col rows back to back (one per
+cycle; bank ``b`` of the row reads its own copy of the input activation buffer at the address of term
+``i R + b`` for that pixel, 0 for padding), each output row added into the partial-sum memory
+``psum[p]`` (``C`` sums per pixel; the first K-tile writes), read-modify-write in the cycle the row
+leaves the array.
+
+maxpool2d layer: a pass over its input buffer, one output per cycle in CHW order; bank ``t`` reads
+window tap ``t`` (so ``kh kw <= R``), a max tree picks the largest (taps outside the input never
+win), cast to the output format, then the vector unit as below.
+
+After the last K-tile of tile ``j`` the sums (with the bias aligned) are cast to the layer's output
+format one per cycle (conv: channel-major, ``psum[p][c]`` for ``c`` outer, ``p`` inner, so the
+stream is in CHW order) and go through the layer's vector unit: the element-wise nodes that follow
+the layer (relu, relu6, leaky_relu, batchnorm: :class:`~qfx.hw.accel.engines.ElementwiseEngine`,
+whose per-channel batchnorm counts CHW positions), then the cast into the next layer's input format,
+into the other activation buffer (ping-pong) at the next address (``co P + p``: CHW, what a following
+flatten -> dense reads). The last layer's buffer is streamed out. A residual ``add`` whose other
+operand is an earlier layer's output (after its vector unit) is a vector-unit stage: that layer also
+writes its codes into a skip buffer of their own, which the add reads in the same CHW order
+(:meth:`SystolicAccelerator._skip_add`).
+
+Memory: two activation buffers of :attr:`SystolicPlan.buffer_depth` codes; a buffer that a conv2d
+or maxpool2d layer reads has ``R - 1`` more copies (:meth:`SystolicPlan.bank_depths` codes each,
+written with the buffer), one read port per bank; the ``psum`` memory holds ``P_max x C`` partial
+sums; each skip buffer one tensor.
 
 Exactness: the array multiplies the integer codes (input codes, weight codes on the weight grid:
 fixed-point, per-channel envelope or K-hot base) exactly and sums them exactly (a wide integer
@@ -22,200 +47,36 @@ Layers with a declared accumulator (a cast after every add, order matters) are r
 
 Supported (anything else raises :class:`SystolicError` naming the node and the reason):
 a chain (every node one input, the previous node) of ``input``, ``flatten`` / ``reshape`` /
-``output`` (wiring), ``dense`` on a vector input with an exact accumulator, ``multiply: exact`` and
-a fixed-point, per-channel fixed-point or K-hot weight format (K-hot weights are multiplied as
-their base codes: no shift-add saving), and after a dense layer ``relu``, ``relu6``,
-``leaky_relu``, ``batchnorm``. The first computing node must be a dense layer.
+``output`` (wiring), ``dense`` on a vector input and ``conv2d`` (``groups=1``; any kernel, stride,
+zero padding, dilation) with an exact accumulator, ``multiply: exact`` and a fixed-point, per-channel
+fixed-point or K-hot weight format (K-hot weights are multiplied as their base codes: no shift-add
+saving), ``maxpool2d`` (window ``kh kw <= R``; padding, dilation, ceil_mode), and after any of these
+``relu``, ``relu6``, ``leaky_relu``, ``batchnorm`` and a residual ``add`` of an earlier layer's
+output (the one exception to the chain). At least one dense or conv2d layer.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import wiring
+from amaranth.lib.data import ArrayLayout
 from amaranth.lib.memory import Memory
 
-from qfx.manifest import Manifest, Node, weight_envelope
-from qfx.types import FixedType, KHot
+from qfx.manifest import Manifest
+from qfx.types import FixedType
 
 from ..cast import CastUnit, fixed_shape
 from ..pe.packed import check_packable
 from ..systolic import SystolicArray
 from .engines import ElementwiseEngine
-from .top import WIRING_OPS, stream_formats, top_signature
+from .systolic_plan import (MAX_ARRAY, VECTOR_OPS, ConvStep, DenseStep, PoolStep, SystolicError, SystolicPlan,
+                            bank_tables, conv_cycles, parse_array, plan_systolic, pool_cycles)
+from .top import top_signature
 
 __all__ = ["SystolicAccelerator", "SystolicError", "SystolicPlan", "plan_systolic", "systolic_cycles",
            "parse_array", "VECTOR_OPS", "MAX_ARRAY"]
-
-#: Element-wise nodes the vector unit runs after a dense layer.
-VECTOR_OPS = ("relu", "relu6", "leaky_relu", "batchnorm")
-#: Largest rows / cols accepted.
-MAX_ARRAY = 64
-
-
-class SystolicError(ValueError):
-    """A manifest (or array size) the systolic architecture cannot build; the message names the node."""
-
-
-def parse_array(text: Any) -> "tuple[int, int]":
-    """``"RxC"`` (or a pair) -> ``(R, C)``, each 1 .. :data:`MAX_ARRAY`; :class:`SystolicError` otherwise."""
-    if isinstance(text, (tuple, list)) and len(text) == 2:
-        parts = list(text)
-    elif isinstance(text, str):
-        parts = text.lower().replace("*", "x").split("x")
-    else:
-        raise SystolicError(f"array {text!r}: give rows x cols as 'RxC' (e.g. 16x16) or a pair (R, C)")
-    if len(parts) != 2:
-        raise SystolicError(f"array {text!r}: give rows x cols as 'RxC', e.g. --array 16x16")
-    out = []
-    for p in parts:
-        if isinstance(p, bool):
-            raise SystolicError(f"array {text!r}: rows and cols must be integers, e.g. --array 16x16")
-        try:
-            v = int(str(p).strip())
-        except ValueError:
-            raise SystolicError(f"array {text!r}: rows and cols must be integers, e.g. --array 16x16") from None
-        if not 1 <= v <= MAX_ARRAY:
-            raise SystolicError(f"array {text!r}: rows and cols must be 1 .. {MAX_ARRAY}, got {v}")
-        out.append(v)
-    return out[0], out[1]
-
-
-@dataclass
-class DenseStep:
-    """One dense layer as the sequencer runs it."""
-
-    node: Node
-    k: int
-    n: int
-    x_fmt: FixedType
-    out_fmt: FixedType
-    w_codes: np.ndarray  # [N, K] integer codes on the weight grid
-    w_frac: int
-    bias: "np.ndarray | None"
-    bias_fmt: "FixedType | None"
-    w_grid: "FixedType | None" = None  # the format whose codes ``w_codes`` are (envelope / K-hot base)
-    vector: list = field(default_factory=list)  # element-wise nodes after it
-    emitted: "FixedType | None" = None  # format of the codes leaving its vector unit
-    next_fmt: "FixedType | None" = None  # next dense layer's input format (None: the network output)
-
-
-@dataclass
-class SystolicPlan:
-    """The checked layer chain and the array's integer operand formats."""
-
-    steps: list
-    x_fmt: FixedType  # integer format of every input code the array sees
-    w_fmt: FixedType  # integer format of every weight code
-    in_fmt: FixedType
-    out_fmt: FixedType
-    n_in: int
-    n_out: int
-
-    def packable(self) -> bool:
-        try:
-            check_packable(self.x_fmt, self.w_fmt, "systolic")
-        except ValueError:
-            return False
-        return True
-
-
-def _int_fmt(fmts: "list[FixedType]") -> FixedType:
-    """The integer format holding the codes of every format in ``fmts``."""
-    if all(not f.signed for f in fmts):
-        w = max(f.width for f in fmts)
-        return FixedType(w, w, signed=False)
-    w = max(f.width + (0 if f.signed else 1) for f in fmts)
-    return FixedType(w, w, signed=True)
-
-
-def _weight_codes(node: Node) -> "tuple[np.ndarray, int, FixedType]":
-    fmt = node.formats["weight"]
-    a = node.arrays
-    if isinstance(fmt, tuple):
-        if not all(isinstance(t, FixedType) for t in fmt):
-            raise SystolicError(f"node {node.name!r}: per-channel weight formats must be fixed-point for the systolic "
-                                "arch; use --arch dataflow")
-        f_max = max(t.frac_bits for t in fmt)
-        shifts = np.array([f_max - t.frac_bits for t in fmt], dtype=np.int64).reshape(-1, 1)
-        codes = np.asarray(a["weight"], dtype=np.int64) << shifts
-        env = weight_envelope(fmt)
-        return codes, f_max, env
-    if isinstance(fmt, KHot):
-        shifts, signs = np.asarray(a["weight_khot_shifts"]), np.asarray(a["weight_khot_signs"])
-        codes = (signs * (np.ones_like(shifts) << shifts)).sum(axis=-1).astype(np.int64)
-        return codes, fmt.base.frac_bits, fmt.base
-    if isinstance(fmt, FixedType):
-        return np.asarray(a["weight"], dtype=np.int64), fmt.frac_bits, fmt
-    raise SystolicError(f"node {node.name!r}: weight format {fmt} ({type(fmt).__name__}) is not supported by the "
-                        "systolic arch (fixed-point, per-channel fixed-point or K-hot only); use --arch dataflow")
-
-
-def plan_systolic(manifest: Manifest) -> SystolicPlan:
-    """Check that the systolic architecture can run ``manifest``; :class:`SystolicError` names the node otherwise."""
-    nodes = list(manifest)
-    steps: list[DenseStep] = []
-    prev = None
-    for node in nodes:
-        if node.op != "input":
-            if len(node.inputs) != 1 or node.inputs[0] != prev:
-                raise SystolicError(f"node {node.name!r}: the systolic arch runs a chain of layers (each node fed by "
-                                    f"the one before); this node reads {list(node.inputs)}; use --arch dataflow")
-        prev = node.name
-        if node.op in ("input",) + WIRING_OPS:
-            continue
-        if node.op == "dense":
-            p, f = node.params, node.formats
-            if tuple(node.input_shapes[0]) != (p["in_features"],):
-                raise SystolicError(f"node {node.name!r}: dense on a {list(node.input_shapes[0])} input (rows of the "
-                                    "last axis) is not supported by the systolic arch; flatten first or use --arch "
-                                    "dataflow")
-            if p["multiply"] != "exact":
-                raise SystolicError(f"node {node.name!r}: multiply {p['multiply']!r} is not supported by the systolic "
-                                    "arch (exact products only); use --arch dataflow")
-            if not p["accum_exact"]:
-                raise SystolicError(
-                    f"node {node.name!r}: declared accumulator {f['accum']} casts after every add, so the K order "
-                    "matters; the systolic arch sums K-tiles exactly and supports only exact accumulators "
-                    "(accum: auto); use accum: auto or --arch dataflow")
-            if not isinstance(f["input"], FixedType):
-                raise SystolicError(f"node {node.name!r}: input format {f['input']} is not fixed-point")
-            codes, w_frac, w_grid = _weight_codes(node)
-            bias = np.asarray(node.arrays["bias"], dtype=np.int64).reshape(-1) if f.get("bias") is not None else None
-            steps.append(DenseStep(node, p["in_features"], p["out_features"], f["input"], f["output"],
-                                   codes.reshape(p["out_features"], p["in_features"]), w_frac, bias, f.get("bias"),
-                                   w_grid))
-            continue
-        if node.op in VECTOR_OPS:
-            if not steps:
-                raise SystolicError(f"node {node.name!r}: the systolic arch runs element-wise ops only after a dense "
-                                    "layer (its vector unit); this one comes first; use --arch dataflow")
-            steps[-1].vector.append(node)
-            continue
-        raise SystolicError(f"node {node.name!r}: op {node.op!r} is not supported by the systolic arch (supported: "
-                            f"dense, {', '.join(VECTOR_OPS)}, flatten, reshape); use --arch dataflow")
-    if not steps:
-        raise SystolicError("the manifest has no dense layer: nothing for the systolic array to run; use --arch "
-                            "dataflow")
-    in_fmt, out_fmt = stream_formats(manifest)
-    n_in = math.prod(manifest.input_node.output_shape)
-    if n_in != steps[0].k:  # pragma: no cover - a validated chain's first dense reads the whole input
-        raise SystolicError(f"node {steps[0].node.name!r}: reads {steps[0].k} codes, the input has {n_in}")
-    for a, b in zip(steps, steps[1:]):
-        a.next_fmt = b.x_fmt
-    for s in steps:
-        s.emitted = s.vector[-1].formats["output"] if s.vector else s.out_fmt
-    x_fmt = _int_fmt([s.x_fmt for s in steps])
-    w_fmt = _int_fmt([s.w_grid for s in steps])
-    for s in steps:  # the grid codes must fit the integer weight format (they do for a valid manifest)
-        if s.w_codes.size and (s.w_codes.min() < w_fmt.min_code or s.w_codes.max() > w_fmt.max_code):
-            raise SystolicError(f"node {s.node.name!r}: weight codes outside {w_fmt}")  # pragma: no cover
-    return SystolicPlan(steps, x_fmt, w_fmt, in_fmt, out_fmt, n_in, math.prod(manifest.output_node.output_shape))
-
 
 def _eq(sig: Any, k: int) -> Any:
     """``sig == k`` (``k == 0``: no-bits-set, not a multi-bit logical not, which Verilator -Wall flags)."""
@@ -223,6 +84,7 @@ def _eq(sig: Any, k: int) -> Any:
 
 
 def _vector_latency(step: DenseStep) -> int:
+    """Cycles through a layer's vector unit: 1 per relu-like node and per add, 3 per batchnorm."""
     return sum(ElementwiseEngine.BN_STAGES if n.op == "batchnorm" else 1 for n in step.vector)
 
 
@@ -234,8 +96,13 @@ def systolic_cycles(plan: SystolicPlan, rows: int, cols: int, pack: bool) -> dic
     ``R + G + 2`` cycles until the output row is taken (``G = ceil(C / 2)`` packed, else ``C``):
     ``2R + G + 4`` per tile; then ``c_j`` cycles of output casts into the vector unit and ``L + 1``
     to drain it (``L``: the vector unit's latency, 1 per relu-like node, 3 per batchnorm). Per
-    inference add ``n_in`` input beats and ``n_out`` output beats: that is the ``ii`` of
-    back-to-back tensors; ``total`` (start pulse to done pulse of one tensor alone) adds 2.
+    conv2d layer (:func:`~qfx.hw.accel.systolic_plan.conv_cycles`): ``2R + G + P + 3`` per tile
+    (``R + 1`` weight load, ``P`` rows back to back, ``R + G + 2`` until the last is taken), then
+    ``c_j P`` output casts and ``L + 1`` per output tile. Per maxpool2d pass
+    (:func:`~qfx.hw.accel.systolic_plan.pool_cycles`): one cycle per output, ``L + 1`` to drain
+    (an add in a vector unit counts 1 in ``L``). Per inference add ``n_in`` input beats
+    and ``n_out`` output beats: that is the ``ii`` of back-to-back tensors; ``total`` (start pulse
+    to done pulse of one tensor alone) adds 2.
     """
     g = (cols + 1) // 2 if pack else cols
     tile = 2 * rows + g + 4
@@ -243,12 +110,23 @@ def systolic_cycles(plan: SystolicPlan, rows: int, cols: int, pack: bool) -> dic
     compute = 0
     macs = 0
     for s in plan.steps:
-        kt, nt = -(-s.k // rows), -(-s.n // cols)
         lat = _vector_latency(s)
-        c = nt * kt * tile + s.n + nt * (lat + 1)
-        layers[s.node.name] = {"k_tiles": kt, "n_tiles": nt, "tiles": kt * nt, "cycles": c, "macs": s.k * s.n}
+        if s.is_pool:
+            c = pool_cycles(s, lat)
+            layers[s.node.name] = {"cycles": c, "outputs": s.n_outputs, "taps": s.taps}
+            compute += c
+            continue
+        kt, nt = -(-s.k // rows), -(-s.n // cols)
+        if s.is_conv:
+            c = conv_cycles(s, rows, g, cols, lat)
+        else:
+            c = nt * kt * tile + s.n + nt * (lat + 1)
+        m = s.k * s.n * s.pixels
+        layers[s.node.name] = {"k_tiles": kt, "n_tiles": nt, "tiles": kt * nt, "cycles": c, "macs": m}
+        if s.is_conv:  # the output pass (one code per cycle) apart: it is most of a small conv's cycles
+            layers[s.node.name].update(pixels=s.pixels, emit_cycles=s.n * s.pixels + nt * (lat + 1))
         compute += c
-        macs += s.k * s.n
+        macs += m
     ii = plan.n_in + compute + plan.n_out
     return {"tile_cycles": tile, "layers": layers, "compute": compute, "ii": ii, "total": ii + 2, "macs": macs,
             "macs_per_cycle": macs / ii, "utilization": macs / ii / (rows * cols)}
@@ -292,6 +170,11 @@ class SystolicAccelerator(wiring.Component):
         self._rows, self._cols = parse_array((rows, cols))
         self._manifest = manifest
         self._plan = plan_systolic(manifest)
+        for s in self._plan.steps:
+            if s.is_pool and s.taps > self._rows:
+                raise SystolicError(f"node {s.node.name!r}: a {s.kernel[0]}x{s.kernel[1]} max-pool window reads "
+                                    f"{s.taps} taps at once, more than the array's {self._rows} rows (banks); use "
+                                    "an array with more rows or --arch dataflow")
         if pack is None:
             pack = self._plan.packable()
         elif pack:
@@ -335,6 +218,8 @@ class SystolicAccelerator(wiring.Component):
         mask = (1 << ww) - 1
         words = []
         for s in self._plan.steps:
+            if s.is_pool:
+                continue
             kt, nt = -(-s.k // R), -(-s.n // C)
             for j in range(nt):
                 for i in range(kt):
@@ -359,11 +244,26 @@ class SystolicAccelerator(wiring.Component):
         # ---- buffers -------------------------------------------------------------------------------
         stored = [s.x_fmt for s in steps] + [plan.out_fmt]
         buf_w = max(f.width + (0 if f.signed else 1) for f in stored)
-        depth = max([plan.n_in, plan.n_out] + [s.k for s in steps] + [s.n for s in steps])
+        depth = plan.buffer_depth
+        # a buffer a conv2d layer reads is replicated, one copy per bank (R read ports); all copies
+        # are written together; copy 0 serves the dense layers and the output stream
         bufs = [Memory(shape=signed(buf_w), depth=depth, init=[]) for _ in range(2)]
         m.submodules.act0, m.submodules.act1 = bufs
         rps = [b.read_port(domain="comb") for b in bufs]
         wps = [b.write_port() for b in bufs]
+        bank_rps: dict = {}
+        for b in sorted(plan.conv_buffers()):
+            # a copy holds only what the conv layers reading buffer b read (their input tensors)
+            cdepth = plan.bank_depths()[b]
+            ports = [rps[b]]
+            for k in range(1, R):
+                copy = Memory(shape=signed(buf_w), depth=cdepth, init=[])
+                m.submodules[f"act{b}_bank{k}"] = copy
+                ports.append(copy.read_port(domain="comb"))
+                cwp = copy.write_port()
+                fits = (wps[b].addr < cdepth) if cdepth < depth else Const(1, 1)
+                m.d.comb += [cwp.en.eq(wps[b].en & fits), cwp.addr.eq(wps[b].addr), cwp.data.eq(wps[b].data)]
+            bank_rps[b] = ports
         words, ww = self.weight_rom()
         m.submodules.wrom = wrom = Memory(shape=unsigned(C * ww), depth=len(words), init=words)
         wrp = wrom.read_port()
@@ -404,51 +304,71 @@ class SystolicAccelerator(wiring.Component):
 
         # ---- per layer: the output cast and the vector unit -------------------------------------------
         xrow = [Signal(fixed_shape(plan.x_fmt), name=f"xrow_{k}") for k in range(R)]
-        kt_max = max(-(-s.k // R) for s in steps)
+        gemm = [s for s in steps if not s.is_pool]
+        kt_max = max(-(-s.k // R) for s in gemm)
         accs = [Signal(signed(acc_fmt.width + kt_max.bit_length() + 1), name=f"tacc_{c}") for c in range(C)]
         r_cnt = Signal(range(R + 1))
-        i_cnt = Signal(range(max(max(-(-s.k // R) for s in steps), 2)))
-        j_cnt = Signal(range(max(max(-(-s.n // C) for s in steps), 2)))
+        i_cnt = Signal(range(max(kt_max, 2)))
+        j_cnt = Signal(range(max(max(-(-s.n // C) for s in gemm), 2)))
         c_cnt = Signal(range(C + 1))
         wr_cnt = Signal(range(depth + 1))
         ld_v, ld_row = Signal(), Signal(range(R))
         m.d.comb += [arr.weights.valid.eq(ld_v), arr.weights.payload.row.eq(ld_row),
-                     arr.weights.payload.w.as_value().eq(wrp.data), arr.x.payload.as_value().eq(Cat(*xrow))]
+                     arr.weights.payload.w.as_value().eq(wrp.data)]
+        # conv2d: the partial sums psum[p][c] of the output tile, one word of C sums per pixel
+        conv_steps = [s for s in steps if s.is_conv]
+        if conv_steps:
+            p_max = max(s.pixels for s in conv_steps)
+            psum = Memory(shape=ArrayLayout(signed(len(accs[0])), C), depth=p_max, init=[])
+            m.submodules.psum = psum
+            ps_rp, ps_wp = psum.read_port(domain="comb"), psum.write_port()
+            p_in = Signal(range(p_max + 1), name="pix_in")  # input rows pushed this K-tile
+            p_out = Signal(range(p_max + 1), name="pix_out")  # output rows taken this K-tile
+            p_em = Signal(range(p_max + 1), name="pix_emit")  # pixel being emitted
+            psum_sel = Array([ps_rp.data[c] for c in range(C)] + [ps_rp.data[C - 1]] * ((1 << len(c_cnt)) - C))[c_cnt]
+        x_feed = Cat(*xrow)  # the input row: dense layers shift it in; conv layers read it per cycle
         # (padded to every value of c_cnt: a full case, no CASEINCOMPLETE; c_cnt < C whenever it is used)
         acc_sel = Array(accs + [accs[-1]] * ((1 << len(c_cnt)) - C))[c_cnt]
 
         writes = []  # (buffer index, valid, data, ready signal to drive)
         emit_valid, emit_ready = [], []
+        pool_max = {}  # layer -> the window maximum (driven by _pool_layer)
+        skip_srcs = plan.skip_sources()
+        skip_mem = {}  # add node -> (memory, write port, read port): the skip tensor, kept for the add
+        for src, adds in sorted(skip_srcs.items()):
+            for sk in adds:
+                mem = Memory(shape=fixed_shape(steps[src].emitted), depth=steps[src].n_outputs, init=[])
+                m.submodules[f"skip_{len(skip_mem)}"] = mem
+                skip_mem[sk.node.name] = (mem, mem.write_port(), mem.read_port(domain="comb"))
         for li, s in enumerate(steps):
-            fp = s.x_fmt.frac_bits + s.w_frac
-            fb = s.bias_fmt.frac_bits if s.bias_fmt is not None else fp
-            af = max(fp, fb)
-            bw = s.bias_fmt.width if s.bias_fmt is not None else 1
-            tw = max(len(accs[0]) + af - fp, bw + af - fb) + 1
-            t_fmt = FixedType(tw, tw - af, signed=True)
-            total = Signal(signed(tw), name=f"total_{li}")
-            term = acc_sel << (af - fp)
-            if s.bias is not None:
-                brom = Memory(shape=fixed_shape(s.bias_fmt), depth=s.n, init=[int(v) for v in s.bias])
-                m.submodules[f"bias_{li}"] = brom
-                brp = brom.read_port(domain="comb")
-                m.d.comb += brp.addr.eq(j_cnt * C + c_cnt)
-                m.d.comb += total.eq(term + (brp.data << (af - fb)))
+            if s.is_pool:
+                pool_max[li] = Signal(fixed_shape(s.in_fmt), name=f"pool_max_{li}")
+                ocast = CastUnit(s.in_fmt, s.out_fmt)
+                m.submodules[f"out_cast_{li}"] = ocast
+                m.d.comb += ocast.i.eq(pool_max[li])
             else:
-                m.d.comb += total.eq(term)
-            ocast = CastUnit(t_fmt, s.out_fmt)
-            m.submodules[f"out_cast_{li}"] = ocast
-            m.d.comb += ocast.i.eq(total)
+                ocast = self._gemm_output(m, li, s, accs, acc_sel, psum_sel if conv_steps else None, j_cnt, c_cnt)
             ev, er = Signal(name=f"emit_valid_{li}"), Signal(name=f"emit_ready_{li}")
             emit_valid.append(ev)
             emit_ready.append(er)
             src_fmt, payload, valid, ready = s.out_fmt, ocast.o, ev, er
             for vn in s.vector:
+                if vn.op == "add":
+                    m.d.comb += ready.eq(1)
+                    payload, valid = self._skip_add(m, li, s.skips[vn.name], src_fmt, payload, valid, skip_mem)
+                    src_fmt, ready = vn.formats["output"], None
+                    continue
                 eng = ElementwiseEngine(vn, src_fmt)
                 m.submodules[f"vec_{li}_{vn.name}"] = eng
-                m.d.comb += [eng.i.payload.eq(payload), eng.i.valid.eq(valid), ready.eq(eng.i.ready)]
+                m.d.comb += [eng.i.payload.eq(payload), eng.i.valid.eq(valid)]
+                if ready is not None:
+                    m.d.comb += ready.eq(eng.i.ready)
                 src_fmt, payload, valid, ready = vn.formats["output"], eng.o.payload, eng.o.valid, eng.o.ready
-            m.d.comb += ready.eq(1)  # the buffer write never stalls
+            if ready is not None:
+                m.d.comb += ready.eq(1)  # the buffer write never stalls
+            for sk in skip_srcs.get(li, []):  # this layer's emitted codes are a later add's skip operand
+                swp = skip_mem[sk.node.name][1]
+                m.d.comb += [swp.en.eq(valid), swp.addr.eq(wr_cnt), swp.data.eq(payload)]
             dst = s.next_fmt if s.next_fmt is not None else plan.out_fmt
             fcast = CastUnit(src_fmt, dst)
             m.submodules[f"next_cast_{li}"] = fcast
@@ -456,7 +376,6 @@ class SystolicAccelerator(wiring.Component):
             data = Signal(signed(buf_w), name=f"wdata_{li}")
             m.d.comb += data.eq(fcast.o)
             writes.append(((li + 1) % 2, valid, data))
-
         # buffer write ports: buffer 0 gets the input, then each layer writes the other buffer
         for b in range(2):
             wp = wps[b]
@@ -483,8 +402,11 @@ class SystolicAccelerator(wiring.Component):
         m.d.comb += [rps[out_buf].addr.eq(out_count), out_code.eq(rps[out_buf].data),
                      self.m_axis_tdata.eq(out_code)]
         # the state machine as a plain register (Amaranth's FSM leaves verilator -Wall CASEINCOMPLETE warnings)
-        names = ["IN"] + [f"L{li}_{p}" for li in range(len(steps))
-                          for p in ("WLOAD", "XFEED", "WAITY", "EMIT", "DRAIN")] + ["OUT"]
+        def phases(s):
+            if s.is_pool:
+                return ("PRUN", "DRAIN")
+            return ("WLOAD", "CRUN", "EMIT", "DRAIN") if s.is_conv else ("WLOAD", "XFEED", "WAITY", "EMIT", "DRAIN")
+        names = ["IN"] + [f"L{li}_{p}" for li, s in enumerate(steps) for p in phases(s)] + ["OUT"]
         sid = {n: k for k, n in enumerate(names)}
         state = Signal(range(len(names)), name="sys_state")
 
@@ -494,13 +416,21 @@ class SystolicAccelerator(wiring.Component):
             m.d.comb += in_open.eq(1)
             m.d.sync += [waddr.eq(0), wr_cnt.eq(0), i_cnt.eq(0), j_cnt.eq(0), r_cnt.eq(0)]
             with m.If(last_in):
-                m.d.sync += state.eq(sid["L0_WLOAD"])
+                m.d.sync += state.eq(sid[f"L0_{phases(steps[0])[0]}"])
         for li, s in enumerate(steps):
+            nxt = f"L{li + 1}_{phases(steps[li + 1])[0]}" if li + 1 < len(steps) else "OUT"
+            if s.is_pool:
+                self._pool_layer(m, li, s, st, state, sid, nxt, bank_rps[li % 2], pool_max[li], wr_cnt, emit_valid[li])
+                continue
+            if s.is_conv:
+                x_feed = self._conv_layer(m, li, s, st, state, sid, nxt, x_feed, bank_rps[li % 2], arr, ld_v, ld_row,
+                                          waddr, r_cnt, i_cnt, j_cnt, c_cnt, wr_cnt, emit_valid[li], emit_ready[li],
+                                          p_in, p_out, p_em, ps_rp, ps_wp)
+                continue
             kt, nt = -(-s.k // R), -(-s.n // C)
             rp = rps[li % 2]
             xaddr = Signal(range(kt * R + 1), name=f"xaddr_{li}")
             m.d.comb += xaddr.eq(i_cnt * R + r_cnt)
-            nxt = f"L{li + 1}_WLOAD" if li + 1 < len(steps) else "OUT"
             with m.If(st(f"L{li}_WLOAD")):
                 m.d.comb += rp.addr.eq(xaddr)
                 with m.If(r_cnt < R):
@@ -542,6 +472,7 @@ class SystolicAccelerator(wiring.Component):
                     with m.Else():
                         m.d.sync += j_cnt.eq(j_cnt + 1)
                         m.d.sync += state.eq(sid[f"L{li}_WLOAD"])
+        m.d.comb += arr.x.payload.as_value().eq(x_feed)
         with m.If(st("OUT")):
             m.d.comb += self.m_axis_tvalid.eq(1)
             with m.If(self.m_axis_tvalid & self.m_axis_tready):
@@ -549,3 +480,215 @@ class SystolicAccelerator(wiring.Component):
             with m.If(last_out):
                 m.d.sync += state.eq(sid["IN"])
         return m
+
+    def _gemm_output(self, m, li, s, accs, acc_sel, psum_sel, j_cnt, c_cnt):
+        """Dense / conv2d layer ``li``'s output: the sum of channel ``j_cnt C + c_cnt`` (a tile
+        accumulator, or ``psum[p][c_cnt]`` for conv) with the bias aligned, cast to the layer's output
+        format. Returns the :class:`~qfx.hw.cast.CastUnit`."""
+        C = self._cols
+        fp = s.x_fmt.frac_bits + s.w_frac
+        fb = s.bias_fmt.frac_bits if s.bias_fmt is not None else fp
+        af = max(fp, fb)
+        bw = s.bias_fmt.width if s.bias_fmt is not None else 1
+        tw = max(len(accs[0]) + af - fp, bw + af - fb) + 1
+        t_fmt = FixedType(tw, tw - af, signed=True)
+        total = Signal(signed(tw), name=f"total_{li}")
+        term = (psum_sel if s.is_conv else acc_sel) << (af - fp)
+        if s.bias is not None:
+            brom = Memory(shape=fixed_shape(s.bias_fmt), depth=s.n, init=[int(v) for v in s.bias])
+            m.submodules[f"bias_{li}"] = brom
+            brp = brom.read_port(domain="comb")
+            m.d.comb += brp.addr.eq(j_cnt * C + c_cnt)
+            m.d.comb += total.eq(term + (brp.data << (af - fb)))
+        else:
+            m.d.comb += total.eq(term)
+        ocast = CastUnit(t_fmt, s.out_fmt)
+        m.submodules[f"out_cast_{li}"] = ocast
+        m.d.comb += ocast.i.eq(total)
+        return ocast
+
+    def _conv_layer(self, m, li, s: ConvStep, st, state, sid, nxt, x_feed, banks, arr, ld_v, ld_row, waddr, r_cnt,
+                    i_cnt, j_cnt, c_cnt, wr_cnt, emit_valid, emit_ready, p_in, p_out, p_em, ps_rp, ps_wp):
+        """The states of conv2d layer ``li``: per output tile ``j`` and K-tile ``i``, WLOAD (the ``R``
+        weight rows), CRUN (the ``P`` im2col rows back to back, each output row added into
+        ``psum[p]``), then EMIT (``psum[p][c]`` + bias, channel-major: CHW order, into the vector unit)
+        and DRAIN. Returns the array's input row (the im2col row while in CRUN, else ``x_feed``)."""
+        R, C = self._rows, self._cols
+        kt, nt = -(-s.k // R), -(-s.n // C)
+        P, (sh, sw), H, W = s.pixels, s.stride, s.h, s.w
+        tables = bank_tables(s, R)
+        # output pixel (y, x) as counters: xs = x s_w, ys = y s_h, ysw = y s_h W
+        xo = Signal(range(max(s.wo, 2)), name=f"c{li}_x")
+        xs = Signal(range(max(s.wo * sw, 2)), name=f"c{li}_xs")
+        ys = Signal(range(s.ho * sh + 1), name=f"c{li}_ys")
+        ysw = Signal(range(s.ho * sh * W + 1), name=f"c{li}_ysw")
+        n_sel = 1 << len(i_cnt)
+
+        def table(values, shape, name):
+            """The constant of the current K-tile (``i_cnt``), a mux over constants (padded: a full case)."""
+            sig = Signal(shape, name=name)
+            vals = [Const(v, shape) for v in values] + [Const(values[-1], shape)] * (n_sel - len(values))
+            m.d.comb += sig.eq(Array(vals)[i_cnt])
+            return sig
+
+        lim = max(abs(v) for row in tables for e in row for v in e[:3]) + 1
+        off_shape = signed(max(lim, s.n_inputs + 1).bit_length() + 1)
+        row = []
+        for b in range(R):
+            off = table([t[b][0] for t in tables], off_shape, f"c{li}_off{b}")
+            oy = table([t[b][1] for t in tables], off_shape, f"c{li}_oy{b}")
+            ox = table([t[b][2] for t in tables], off_shape, f"c{li}_ox{b}")
+            kv = table([int(t[b][3]) for t in tables], unsigned(1), f"c{li}_kv{b}")
+            iy = Signal(signed(off_shape.width + len(ys) + 1), name=f"c{li}_iy{b}")
+            ix = Signal(signed(off_shape.width + len(xs) + 1), name=f"c{li}_ix{b}")
+            m.d.comb += [iy.eq(ys + oy), ix.eq(xs + ox)]
+            inside = Signal(name=f"c{li}_in{b}")
+            m.d.comb += inside.eq(kv.bool() & (iy >= 0) & (iy < H) & (ix >= 0) & (ix < W))
+            addr = Signal(signed(off_shape.width + len(ysw) + 2), name=f"c{li}_addr{b}")
+            m.d.comb += addr.eq(ysw + xs + off)
+            with m.If(st(f"L{li}_CRUN")):  # (bank 0 is the buffer's own port: dense layers and the output read it)
+                m.d.comb += banks[b].addr.eq(addr[: len(banks[b].addr)])
+            code = Signal(fixed_shape(self._plan.x_fmt), name=f"c{li}_x{b}")
+            m.d.comb += code.eq(Mux(inside, banks[b].data, 0))
+            row.append(code)
+        running = st(f"L{li}_CRUN")
+        x_feed = Mux(running, Cat(*row), x_feed)
+
+        with m.If(st(f"L{li}_WLOAD")):
+            with m.If(r_cnt < R):
+                m.d.sync += [ld_v.eq(1), ld_row.eq(r_cnt), waddr.eq(waddr + 1), r_cnt.eq(r_cnt + 1)]
+            with m.Else():
+                m.d.sync += [ld_v.eq(0), r_cnt.eq(0), p_in.eq(0), p_out.eq(0), xo.eq(0), xs.eq(0), ys.eq(0),
+                             ysw.eq(0)]
+                m.d.sync += state.eq(sid[f"L{li}_CRUN"])
+        with m.If(running):
+            m.d.comb += [arr.x.valid.eq(p_in < P), arr.y.ready.eq(1), ps_rp.addr.eq(p_out)]
+            with m.If(arr.x.valid & arr.x.ready):
+                m.d.sync += p_in.eq(p_in + 1)
+                with m.If(_eq(xo, s.wo - 1)):
+                    m.d.sync += [xo.eq(0), xs.eq(0), ys.eq(ys + sh), ysw.eq(ysw + sh * W)]
+                with m.Else():
+                    m.d.sync += [xo.eq(xo + 1), xs.eq(xs + sw)]
+            with m.If(arr.y.valid):
+                first = ~i_cnt.any()
+                m.d.comb += [ps_wp.en.eq(1), ps_wp.addr.eq(p_out)]
+                m.d.comb += [ps_wp.data[c].eq(Mux(first, 0, ps_rp.data[c]) + arr.y.payload[c]) for c in range(C)]
+                m.d.sync += p_out.eq(p_out + 1)
+                with m.If(_eq(p_out, P - 1)):
+                    with m.If(_eq(i_cnt, kt - 1)):
+                        m.d.sync += [i_cnt.eq(0), c_cnt.eq(0), p_em.eq(0)]
+                        m.d.sync += state.eq(sid[f"L{li}_EMIT"])
+                    with m.Else():
+                        m.d.sync += i_cnt.eq(i_cnt + 1)
+                        m.d.sync += state.eq(sid[f"L{li}_WLOAD"])
+        last_count = s.n - (nt - 1) * C
+        count = Signal(range(C + 1), name=f"count_{li}")
+        m.d.comb += count.eq(Mux(_eq(j_cnt, nt - 1), last_count, C))
+        with m.If(st(f"L{li}_EMIT")):
+            m.d.comb += [emit_valid.eq(1), ps_rp.addr.eq(p_em)]
+            with m.If(emit_ready):
+                with m.If(_eq(p_em, P - 1)):
+                    m.d.sync += [p_em.eq(0), c_cnt.eq(c_cnt + 1)]
+                    with m.If(c_cnt == count - 1):
+                        m.d.sync += state.eq(sid[f"L{li}_DRAIN"])
+                with m.Else():
+                    m.d.sync += p_em.eq(p_em + 1)
+        with m.If(st(f"L{li}_DRAIN")):
+            with m.If(wr_cnt == (j_cnt * C + count) * P):
+                with m.If(_eq(j_cnt, nt - 1)):
+                    m.d.sync += [j_cnt.eq(0), wr_cnt.eq(0)]
+                    m.d.sync += state.eq(sid[nxt])
+                with m.Else():
+                    m.d.sync += j_cnt.eq(j_cnt + 1)
+                    m.d.sync += state.eq(sid[f"L{li}_WLOAD"])
+        return x_feed
+
+    def _pool_layer(self, m, li, s: PoolStep, st, state, sid, nxt, banks, pool_max, wr_cnt, emit_valid):
+        """The states of maxpool2d layer ``li``: PRUN, one output per cycle in CHW order (bank ``t``
+        reads window tap ``t`` of output ``(c, y, x)``; taps outside the input never win), then DRAIN
+        until the last code is written."""
+        H, W, (sh, sw) = s.h, s.w, s.stride
+        fmt = s.in_fmt
+        co = Signal(range(max(s.c, 2)), name=f"p{li}_c")
+        cb = Signal(range(s.c * H * W + 1), name=f"p{li}_cb")  # c H W
+        yo = Signal(range(max(s.ho, 2)), name=f"p{li}_y")
+        xo = Signal(range(max(s.wo, 2)), name=f"p{li}_x")
+        xs = Signal(range(s.wo * sw + 1), name=f"p{li}_xs")
+        ys = Signal(range(s.ho * sh + 1), name=f"p{li}_ys")
+        ysw = Signal(range(s.ho * sh * W + 1), name=f"p{li}_ysw")
+        running = st(f"L{li}_PRUN")
+        lim = max([abs(v) for t in s.tap_offsets() for v in t] + [abs(oy * W + ox) for oy, ox in s.tap_offsets()])
+        vals = []
+        for t, (oy, ox) in enumerate(s.tap_offsets()):
+            iy = Signal(signed(len(ys) + lim.bit_length() + 2), name=f"p{li}_iy{t}")
+            ix = Signal(signed(len(xs) + lim.bit_length() + 2), name=f"p{li}_ix{t}")
+            m.d.comb += [iy.eq(ys + oy), ix.eq(xs + ox)]
+            addr = Signal(signed(len(cb) + len(ysw) + lim.bit_length() + 2), name=f"p{li}_addr{t}")
+            m.d.comb += addr.eq(cb + ysw + xs + (oy * W + ox))
+            with m.If(running):
+                m.d.comb += banks[t].addr.eq(addr[: len(banks[t].addr)])
+            inside = Signal(name=f"p{li}_in{t}")
+            m.d.comb += inside.eq((iy >= 0) & (iy < H) & (ix >= 0) & (ix < W))
+            code = Signal(fixed_shape(fmt), name=f"p{li}_v{t}")
+            m.d.comb += code.eq(Mux(inside, banks[t].data, fmt.min_code))
+            vals.append(code)
+        while len(vals) > 1:  # a balanced max tree
+            nxt_vals = []
+            for a in range(0, len(vals) - 1, 2):
+                v = Signal(fixed_shape(fmt), name=f"p{li}_max{len(vals)}_{a}")
+                m.d.comb += v.eq(Mux(vals[a] > vals[a + 1], vals[a], vals[a + 1]))
+                nxt_vals.append(v)
+            if len(vals) % 2:
+                nxt_vals.append(vals[-1])
+            vals = nxt_vals
+        m.d.comb += pool_max.eq(vals[0])
+        with m.If(running):
+            m.d.comb += emit_valid.eq(1)
+            with m.If(_eq(xo, s.wo - 1)):
+                m.d.sync += [xo.eq(0), xs.eq(0)]
+                with m.If(_eq(yo, s.ho - 1)):
+                    m.d.sync += [yo.eq(0), ys.eq(0), ysw.eq(0)]
+                    with m.If(_eq(co, s.c - 1)):
+                        m.d.sync += [co.eq(0), cb.eq(0)]
+                        m.d.sync += state.eq(sid[f"L{li}_DRAIN"])
+                    with m.Else():
+                        m.d.sync += [co.eq(co + 1), cb.eq(cb + H * W)]
+                with m.Else():
+                    m.d.sync += [yo.eq(yo + 1), ys.eq(ys + sh), ysw.eq(ysw + sh * W)]
+            with m.Else():
+                m.d.sync += [xo.eq(xo + 1), xs.eq(xs + sw)]
+        with m.If(st(f"L{li}_DRAIN")):
+            with m.If(wr_cnt == s.n_outputs):
+                m.d.sync += [wr_cnt.eq(0), state.eq(sid[nxt])]
+
+    def _skip_add(self, m, li, sk, src_fmt, payload, valid, skip_mem):
+        """A residual add in layer ``li``'s vector unit: ``cast(align(cast(a, in_a)) + align(cast(b,
+        in_b)), output)`` with the stream as one operand and the skip tensor (its own buffer, read
+        at the element's CHW index, counted here) as the other; latency 1 (an output register).
+        Returns ``(payload, valid)``."""
+        node = sk.node
+        f = node.formats
+        ta, tb, out_fmt = f["in_a"], f["in_b"], f["output"]
+        _mem, _wp, rp = skip_mem[node.name]
+        n = self._plan.steps[sk.source].n_outputs
+        cnt = Signal(range(max(n, 2)), name=f"skip_cnt_{li}")
+        m.d.comb += rp.addr.eq(cnt)
+        skip_fmt = self._plan.steps[sk.source].emitted
+        a_src, a_code = (skip_fmt, rp.data) if sk.skip_is_a else (src_fmt, payload)
+        b_src, b_code = (src_fmt, payload) if sk.skip_is_a else (skip_fmt, rp.data)
+        ca, cb = CastUnit(a_src, ta), CastUnit(b_src, tb)
+        m.submodules[f"add_{li}_a"], m.submodules[f"add_{li}_b"] = ca, cb
+        m.d.comb += [ca.i.eq(a_code), cb.i.eq(b_code)]
+        s_fmt = ta + tb
+        fr = s_fmt.frac_bits
+        total = Signal(fixed_shape(s_fmt), name=f"add_sum_{li}")
+        m.d.comb += total.eq((ca.o << (fr - ta.frac_bits)) + (cb.o << (fr - tb.frac_bits)))
+        oc = CastUnit(s_fmt, out_fmt)
+        m.submodules[f"add_{li}_out"] = oc
+        m.d.comb += oc.i.eq(total)
+        o_payload = Signal(fixed_shape(out_fmt), name=f"add_out_{li}")
+        o_valid = Signal(name=f"add_valid_{li}")
+        m.d.sync += o_valid.eq(valid)
+        with m.If(valid):
+            m.d.sync += [o_payload.eq(oc.o), cnt.eq(Mux(_eq(cnt, n - 1), 0, cnt + 1))]
+        return o_payload, o_valid
