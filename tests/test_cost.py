@@ -132,6 +132,27 @@ def test_critical_path_on_a_hand_netlist():
     p = critical_path(net, "top")
     assert p["delay_ns"] == pytest.approx(DELAYS_NS["dsp_comb"] + DELAYS_NS["overhead"])
     assert p["end"] == "SRL16E" and p["start"] == "FDRE"
+    # a LUT RAM reads combinationally (read address -> data out) but writes at the clock edge: a
+    # path through its write data ends there (6 LUTs to DIA), it does not go on through DOA
+    chain = {f"w{k}": cell("LUT6", {"I0": [50 + k]}, {"O": [51 + k]}) for k in range(6)}
+    net["modules"]["top"]["cells"].update({
+        "r3": cell("FDRE", {"D": [30], "C": [1]}, {"Q": [50]}), **chain,
+        "m0": cell("RAM64M8", {"DIA": [56], "WE": [50], "WCLK": [1], "ADDRA": [31], "ADDRH": [31]},
+                   {"DOA": [25]}),
+        "r4": cell("FDRE", {"D": [1], "C": [1]}, {"Q": [31]}),
+        "l4": cell("LUT2", {"I0": [25]}, {"O": [26]}),
+        "r5": cell("FDRE", {"D": [26], "C": [1]}, {"Q": [30]}),
+    })
+    p = critical_path(net, "top")
+    assert p["delay_ns"] == pytest.approx(6 * DELAYS_NS["lut"] + DELAYS_NS["overhead"])
+    assert p["end"] == "RAM64M8" and p["lut_levels"] == 6
+    # the read side stays combinational: a deeper read-address path goes through to the register
+    net["modules"]["top"]["cells"].update({f"a{k}": cell("LUT6", {"I0": [40 + k]}, {"O": [41 + k]}) for k in range(5)})
+    net["modules"]["top"]["cells"]["r4"] = cell("FDRE", {"D": [1], "C": [1]}, {"Q": [40]})
+    net["modules"]["top"]["cells"]["m0"]["connections"]["ADDRA"] = [45]
+    p = critical_path(net, "top")
+    assert p["delay_ns"] == pytest.approx(6 * DELAYS_NS["lut"] + DELAYS_NS["lutram"] + DELAYS_NS["overhead"])
+    assert p["end"] == "FDRE" and p["lut_levels"] == 6
     t = throughput(1000, 500, 100.0)
     assert t["latency_us"] == 10.0 and t["inferences_per_s"] == 1e5 and t["gops"] == pytest.approx(0.1)
     t = throughput(250, 500, 100.0, latency_cycles=1200)  # overlapped: one leaves every II cycles

@@ -28,7 +28,7 @@ from qfx.hw.synth import (FAMILIES, SynthError, SynthResult, cache_root, cell_co
 
 __all__ = ["ModuleSynth", "synth_module", "synth_accelerator", "SynthError"]
 
-_CACHE_VERSION = "cost-2"  # bumped with the timing model (qfx.cost.timing): cached paths are its output
+_CACHE_VERSION = "cost-3"  # bumped with the timing model (qfx.cost.timing): cached paths are its output
 
 
 class ModuleSynth:

@@ -8,7 +8,9 @@ register-to-register path is timed by adding a fixed delay per primitive it pass
 inverse the Fmax estimate. Registers (FDRE/FDSE/FDCE/FDPE), shift-register LUTs (SRL16E /
 SRLC32E: data clocked in, the delay lines Yosys maps there have a constant tap), block RAM
 (registered read) and DSP48E2 with its P register start and end paths; LUTs, MUXF7/8, CARRY8 and
-LUT RAM reads are combinational; a DSP48E2 without a P register is a combinational block.
+LUT RAM reads (read address -> data out) are combinational; a LUT RAM's write side (data in, write
+enable, write clock: :func:`_lutram_write_port`) is clocked, so a path ends there, as at a register's D;
+a DSP48E2 without a P register is a combinational block.
 
 Limits (stated in every report): no placement, so wire delays are an average per logic level,
 not the real routing; Yosys maps (and packs) somewhat differently from Vivado; no clock skew
@@ -94,6 +96,14 @@ def _classify(ctype: str, cell: dict) -> tuple[str, float]:
     return "comb", d["lut"]  # unknown primitive: one logic level
 
 
+def _lutram_write_port(port: str) -> bool:
+    """Whether ``port`` of a distributed-RAM primitive (RAM32M, RAM64M8, RAM64X1D, ...) is on its
+    synchronous write side: the data written (``D``, ``DIA`` ...), the write enable and clock, the
+    write-only address (``WADR*``). Read addresses (``ADDR*``, ``A*``, ``DPRA*``) reach the data
+    outputs combinationally; the write-side pins do not (they are captured at the clock edge)."""
+    return port in ("D", "WE", "WCLK") or port.startswith(("DI", "WADR"))
+
+
 def critical_path(netlist: dict, top: str) -> dict[str, Any]:
     """The slowest register-to-register path of a mapped netlist (Yosys ``write_json``).
 
@@ -126,11 +136,17 @@ def critical_path(netlist: dict, top: str) -> dict[str, Any]:
             return (0.0, 0, 0, name)
         return arrival[name]
 
-    def inputs_of(name: str) -> list[str]:
+    lutram = {name for name, c in cells.items() if c["type"].startswith("RAM") and not c["type"].startswith("RAMB")}
+
+    def inputs_of(name: str, write_side: bool = False) -> list[str]:
+        """The cells driving ``name``'s inputs; of a LUT RAM, only the read side (or, with
+        ``write_side``, only the write side)."""
         c = cells[name]
         srcs = []
         for port, bits in c.get("connections", {}).items():
             if c.get("port_directions", {}).get(port) == "input":
+                if name in lutram and _lutram_write_port(port) != write_side:
+                    continue
                 for b in bits:
                     if isinstance(b, int) and b in driver:
                         srcs.append(driver[b])
@@ -171,10 +187,10 @@ def critical_path(netlist: dict, top: str) -> dict[str, Any]:
     worst = {"delay_ns": DELAYS_NS["overhead"], "lut_levels": 0, "carry_blocks": 0, "start": None, "end": None}
     for name, c in cells.items():
         kind, delay, ctype = info[name]
-        if kind not in ("seq", "dsp_reg"):
+        if kind not in ("seq", "dsp_reg") and name not in lutram:
             continue
         extra = delay if kind == "dsp_reg" else 0.0
-        for s in inputs_of(name):
+        for s in inputs_of(name, write_side=name in lutram):
             t = out_time(s)
             total = t[0] + extra + DELAYS_NS["overhead"]
             if total > worst["delay_ns"]:
