@@ -253,3 +253,25 @@ def code_sweep(shape: tuple[int, ...], rows: int = 64) -> torch.Tensor:
     for start in range(0, 256, rows):
         out.append(torch.remainder(start + r + 5 * i, 256) - 128)
     return (torch.cat(out) * 2.0**-5).reshape(-1, *shape)
+
+
+def calibrated_digits_export(config: str, out, n: int = 300):
+    """A demo model (``configs/<config>``: model and quant sections) converted, its learned binary
+    points calibrated on the first 256 of ``n`` digit images, exported to ``out`` (8 example inputs).
+    Returns ``(x, model)``: the ``n`` images as ``[n, 1, 8, 8]`` and the eval-mode qfx model."""
+    from sklearn.datasets import load_digits
+
+    from qfx.cli import load_run_config
+    from qfx.conversion import convert
+    from qfx.demo.models import build_model
+    from qfx.export import export
+
+    cfg = load_run_config(f"configs/{config}")
+    torch.manual_seed(0)
+    model = convert(build_model(cfg["model"], seed=0), cfg["quant"])
+    x = torch.tensor(load_digits().images[:n] / 16.0, dtype=torch.float32).reshape(-1, 1, 8, 8)
+    with torch.no_grad():
+        model.train()(x[:256])  # calibrates the learned binary points
+    model.eval()
+    export(model, x[:8], out)
+    return x, model

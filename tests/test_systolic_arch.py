@@ -20,9 +20,6 @@ import pytest
 import torch
 from torch import nn
 
-from qfx.cli import load_run_config
-from qfx.conversion import convert
-from qfx.demo.models import build_model
 from qfx.export import export
 from qfx.gen import ARCHITECTURES, GenError, generate, main
 from qfx.hw.accel.systolic_top import SystolicAccelerator, SystolicError, parse_array
@@ -31,7 +28,7 @@ from qfx.nn import QBatchNorm1d, QLinear, QReLU
 from qfx.reference import run
 from qfx.sim import verilator as qv
 from qfx.sim.amaranth_run import run_accelerator
-from tests.qmodels import MODELS, B, W, X, Y, init_weights, model_inputs
+from tests.qmodels import MODELS, B, W, X, Y, calibrated_digits_export, init_weights, model_inputs
 
 try:
     qv.find_verilator()
@@ -46,18 +43,8 @@ def _tree(root: Path) -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory):
-    from sklearn.datasets import load_digits
-
-    cfg = load_run_config("configs/digits_mlp_w8.yaml")
-    torch.manual_seed(0)
-    model = convert(build_model(cfg["model"], seed=0), cfg["quant"])
-    d = load_digits()
-    x = torch.tensor(d.images[:300] / 16.0, dtype=torch.float32).reshape(-1, 1, 8, 8)
-    with torch.no_grad():
-        model.train()(x[:256])  # calibrates the learned binary points
-    model.eval()
     root = tmp_path_factory.mktemp("sys_digits")
-    export(model, x[:8], root / "manifest")
+    x, model = calibrated_digits_export("digits_mlp_w8.yaml", root / "manifest")
     return root / "manifest", x, model
 
 

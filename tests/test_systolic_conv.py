@@ -24,7 +24,7 @@ from qfx.nn import QAdd, QAvgPool2d, QBatchNorm2d, QConv2d, QFlatten, QLinear, Q
 from qfx.reference import run
 from qfx.sim import verilator as qv
 from qfx.sim.amaranth_run import run_accelerator
-from tests.qmodels import KHOT, NARROW, B, W, X, Y, init_weights, model_inputs
+from tests.qmodels import KHOT, NARROW, B, W, X, Y, calibrated_digits_export, init_weights, model_inputs
 
 try:
     qv.find_verilator()
@@ -281,22 +281,8 @@ def test_cnn_verilog_lints_clean(cnn, pooled, demo_cnn, tmp_path, which, rows, c
 # ---- the digits demo CNN (conv + BN + ReLU, a residual block with an add, maxpool, dense) -------------
 @pytest.fixture(scope="module")
 def demo_cnn(tmp_path_factory):
-    from sklearn.datasets import load_digits
-
-    from qfx.cli import load_run_config
-    from qfx.conversion import convert
-    from qfx.demo.models import build_model
-
-    cfg = load_run_config("configs/digits_cnn_w8.yaml")
-    torch.manual_seed(0)
-    model = convert(build_model(cfg["model"], seed=0), cfg["quant"])
-    d = load_digits()
-    x = torch.tensor(d.images[:300] / 16.0, dtype=torch.float32).reshape(-1, 1, 8, 8)
-    with torch.no_grad():
-        model.train()(x[:256])  # calibrates the learned binary points
-    model.eval()
     root = tmp_path_factory.mktemp("sys_demo_cnn")
-    export(model, x[:8], root / "m")
+    x, model = calibrated_digits_export("digits_cnn_w8.yaml", root / "m")
     man = load(root / "m")
     ref = run(man, x)
     return root / "m", man, x, model, ref[man.input].reshape(len(x), -1), ref[man.output].reshape(len(x), -1)
