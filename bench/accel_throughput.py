@@ -1,4 +1,4 @@
-"""Throughput of the dataflow accelerator at folding 1 and at the planner's folding.
+"""Throughput of the dataflow accelerator at folding 1 and at the planner's folding, and of the systolic arch.
 
 For the two digits demo models (structure of ``configs/digits_cnn_w8.yaml`` and
 ``configs/digits_mlp_khot.yaml``, converted with random weights: the cycle model and the
@@ -12,6 +12,12 @@ CNN (3x32x32 input, random weights), on a board (default ultra96):
 * the fraction of the board's compute ceiling used: MACs per cycle / (safe DSPs x 2, the packed
   int8 MACs of a DSP48E2 (WP486)), and how busy the instantiated product units are: MACs per
   cycle / the design's pe x simd units (``busy``).
+
+A ``systolic`` row per model: ``--arch systolic`` at the array ``qfx-gen`` chooses (the largest of
+``qfx.gen.SYSTOLIC_DEFAULT_SIZES`` inside the safe caps, structural estimate
+``qfx.gen.systolic_resources``), its cycle model (:func:`qfx.hw.accel.systolic_top.systolic_cycles`);
+``units`` are the array's R x C MACs, ``busy`` MACs per cycle over them; a model the systolic arch
+refuses is listed with the reason.
 
 By default every number is analytic (the cycle model of hw/accel/folding.py). ``--verilator``
 also generates each design with qfx-gen (``folding=`` the plan's) and runs it under Verilator
@@ -91,6 +97,53 @@ def _row(name: str, label: str, m, p, board) -> dict:
             "foldings": {k: v.as_dict() for k, v in p.foldings.items()}}
 
 
+def _systolic_row(name: str, m, board, clock_mhz: float) -> "dict | str":
+    """The systolic arch at qfx-gen's default array: a row like :func:`_row`'s, or why it is refused."""
+    from qfx.boards import check_fit
+    from qfx.gen import SYSTOLIC_DEFAULT_SIZES, systolic_resources
+    from qfx.hw.accel.systolic_top import SystolicAccelerator, SystolicError
+
+    try:
+        for r, c in SYSTOLIC_DEFAULT_SIZES:
+            acc = SystolicAccelerator(m, r, c)
+            acc._MustUse__silence = True  # planned and costed, not elaborated
+            res = systolic_resources(acc)
+            if not check_fit(board, {k: res[k] for k in ("lut", "ff", "dsp", "bram36")}):
+                break
+        else:
+            return "no array fits the board"
+    except SystolicError as err:
+        return str(err)
+    cm = acc.cycle_estimate()
+    ips = clock_mhz * 1e6 / cm["ii"]
+    return {"model": name, "folding": f"sys{r}x{c}", "ii": cm["ii"], "inferences_per_s": ips,
+            "mac_units": r * c, "unit_utilization": cm["utilization"], "gops": 2 * cm["macs"] * ips / 1e9,
+            "macs": cm["macs"], "macs_per_cycle": cm["macs_per_cycle"],
+            "compute_fraction": cm["macs_per_cycle"] / (board.safe_limit("dsp") * 2), "resources": res,
+            "limit": "systolic cycle model", "foldings": {}, "array": f"{r}x{c}", "pack": acc.pack}
+
+
+def _measure_systolic(name: str, m, array: str, work: Path, vectors: int = 6) -> dict:
+    """qfx-gen --arch systolic and Verilator on back-to-back vectors, as :func:`_measure`."""
+    import numpy as np
+
+    from qfx.gen import generate
+    from qfx.reference import run
+    from qfx.sim.accel import input_code_range, load_design, simulate
+    from qfx.sim.check import corner_and_random_codes
+
+    out = work / f"{name}_systolic"
+    info = generate(m.path, out, arch="systolic", array=array, force=True)
+    d = load_design(out)
+    codes = corner_and_random_codes(*input_code_range(d), vectors, d.n_in, 3)
+    fr = m.input_node.formats["output"].frac_bits
+    ref = run(m, (codes * 2.0 ** -fr).reshape((vectors,) + tuple(m.input_node.output_shape)))
+    r = simulate(d, codes)
+    bad = int(np.sum(np.any(r.outputs != ref[m.output].reshape(vectors, -1), axis=1)))
+    return {"measured_ii": max(r.steady_ii(tail=min(3, vectors - 1))), "model_ii": info["cycle_model"]["ii"],
+            "mismatching_vectors": bad, "vectors": vectors}
+
+
 def _measure(name: str, label: str, m, foldings, board, work: Path, vectors: int = 6) -> dict:
     """qfx-gen at ``foldings`` and Verilator on ``vectors`` back-to-back vectors: measured II,
     one-tensor latency model, mismatches against the integer reference."""
@@ -126,6 +179,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     board = get_board(args.board)
     rows = []
+    refused: dict[str, str] = {}  # model -> why the systolic arch refuses it
     with tempfile.TemporaryDirectory() as tmp:
         t = Path(tmp)
         models = {"digits_cnn": _demo_manifest("digits_cnn_w8.yaml", t),
@@ -143,6 +197,15 @@ def main(argv=None) -> int:
                     v = row["verilator"]
                     print(f"  {name} folding {row['folding']}: Verilator II {v['measured_ii']} (model {v['model_ii']}), "
                           f"{v['mismatching_vectors']}/{v['vectors']} vectors differ from the reference", flush=True)
+            sys_row = _systolic_row(name, m, board, auto.clock_mhz)
+            if isinstance(sys_row, str):
+                refused[name] = sys_row
+                continue
+            rows.append(sys_row)
+            if args.verilator:
+                v = sys_row["verilator"] = _measure_systolic(name, m, sys_row["array"], t)
+                print(f"  {name} systolic {sys_row['array']}: Verilator II {v['measured_ii']} (model {v['model_ii']}), "
+                      f"{v['mismatching_vectors']}/{v['vectors']} vectors differ from the reference", flush=True)
     clock = rows[0]["inferences_per_s"] * rows[0]["ii"] / 1e6
     print(f"board {board.name}, {clock:g} MHz ({'II measured in Verilator where shown' if args.verilator else 'analytic cycle model'})")
     print(f"{'model':16s} {'fold':>5s} {'II':>9s} {'inf/s':>11s} {'GOPS':>8s} {'MAC/cyc':>8s} {'ceiling':>8s} "
@@ -158,6 +221,8 @@ def main(argv=None) -> int:
     for r in rows:
         if r["folding"] == "auto":
             print(f"  {r['model']}: {r['foldings']}; stopped: {r['limit']}")
+    for name, why in refused.items():
+        print(f"  {name}: systolic arch refuses it: {why}")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
     return 0
