@@ -73,7 +73,7 @@ from ..systolic import SystolicArray
 from .engines import ElementwiseEngine
 from .systolic_plan import (MAX_ARRAY, VECTOR_OPS, ConvStep, DenseStep, PoolStep, SystolicError, SystolicPlan,
                             bank_tables, conv_cycles, parse_array, plan_systolic, pool_cycles)
-from .top import top_signature
+from .top import start_control, top_signature
 
 __all__ = ["SystolicAccelerator", "SystolicError", "SystolicPlan", "plan_systolic", "systolic_cycles",
            "parse_array", "VECTOR_OPS", "MAX_ARRAY"]
@@ -270,28 +270,17 @@ class SystolicAccelerator(wiring.Component):
         waddr = Signal(range(len(words) + 1))
         m.d.comb += wrp.addr.eq(waddr)
 
-        # ---- control (as Accelerator): armed input, one queued start, in_flight ------------------
-        armed, pending = Signal(), Signal()
+        # ---- control (as Accelerator: start_control): armed input, one queued start, in_flight -----
         n_in, n_out = plan.n_in, plan.n_out
         in_count = Signal(range(max(n_in, 2)))
         out_count = Signal(range(max(n_out, 2)))
-        in_flight = Signal(4)
         in_open = Signal()
-        m.d.comb += self.s_axis_tready.eq(armed & in_open)
         last_in = Signal()
         m.d.comb += last_in.eq(self.s_axis_tvalid & self.s_axis_tready & _eq(in_count, n_in - 1))
         last_out = Signal()
         m.d.comb += last_out.eq(self.m_axis_tvalid & self.m_axis_tready & _eq(out_count, n_out - 1))
-        accepted = self.start & (~pending | last_in)
-        with m.If(last_in):
-            m.d.sync += [armed.eq(pending | self.start), pending.eq(pending & self.start)]
-        with m.Elif(self.start):
-            with m.If(armed):
-                m.d.sync += pending.eq(1)
-            with m.Else():
-                m.d.sync += armed.eq(1)
-        m.d.sync += [in_flight.eq(in_flight + accepted - last_out), self.done.eq(last_out)]
-        m.d.comb += [self.busy.eq(in_flight != 0), self.m_axis_tlast.eq(_eq(out_count, n_out - 1))]
+        armed = start_control(m, self, last_in, last_out, flight_width=4)
+        m.d.comb += [self.s_axis_tready.eq(armed & in_open), self.m_axis_tlast.eq(_eq(out_count, n_out - 1))]
 
         # input beats: cast to the first layer's input format, into buffer 0
         in_cast = CastUnit(plan.in_fmt, steps[0].x_fmt)

@@ -20,7 +20,7 @@ from .folding import MAC_OPS, Folding, FoldingError, check_folding
 from .weights import plan_weights
 
 __all__ = ["Accelerator", "SUPPORTED_OPS", "WIRING_OPS", "axis_width", "emitted_format", "stream_formats",
-           "top_signature"]
+           "top_signature", "start_control"]
 
 #: Manifest ops the RTL accelerator builds.
 SUPPORTED_OPS = ("input", "dense", "conv2d", "batchnorm", "relu", "relu6", "leaky_relu", "add",
@@ -53,6 +53,30 @@ def emitted_format(manifest: Manifest, name: str) -> FixedType:
 def stream_formats(manifest: Manifest) -> "tuple[FixedType, FixedType]":
     """Formats of the accelerator's input and output stream codes (no RTL built)."""
     return manifest.input_node.formats["output"], emitted_format(manifest, manifest.output_node.inputs[0])
+
+
+def start_control(m: Module, top: Any, last_in: Any, last_out: Any, *, flight_width: int) -> Signal:
+    """The ``start`` / ``done`` / ``busy`` protocol every accelerator top has (dataflow and systolic).
+
+    The input is open (``armed``, returned: the top gates ``s_axis_tready`` with it) for one tensor
+    after a ``start``; a ``start`` while it is open queues the next (``pending``, one deep), which
+    opens the input right after ``last_in`` (the tensor's last input beat). ``in_flight`` counts
+    accepted starts whose last output beat (``last_out``) has not left; ``busy`` is ``in_flight != 0``
+    and ``done`` pulses the cycle after ``last_out``. ``flight_width``: bits of ``in_flight`` (the
+    tensors the top can hold at once, plus one)."""
+    armed, pending = Signal(name="armed"), Signal(name="pending")
+    in_flight = Signal(flight_width, name="in_flight")
+    accepted = top.start & (~pending | last_in)
+    with m.If(last_in):
+        m.d.sync += [armed.eq(pending | top.start), pending.eq(pending & top.start)]
+    with m.Elif(top.start):
+        with m.If(armed):
+            m.d.sync += pending.eq(1)
+        with m.Else():
+            m.d.sync += armed.eq(1)
+    m.d.sync += [in_flight.eq(in_flight + accepted - last_out), top.done.eq(last_out)]
+    m.d.comb += top.busy.eq(in_flight != 0)
+    return armed
 
 
 def top_signature(in_fmt: FixedType, out_fmt: FixedType) -> dict:
@@ -284,12 +308,14 @@ class Accelerator(wiring.Component):
             if name not in consumers:  # pragma: no cover - a validated manifest has no dead nodes
                 raise EngineError(f"node {name!r}: its output is never used")
 
-        # AXI4-Stream boundary and control: the input is open (armed) for one tensor, a start
-        # while it is open queues the next (pending); in_flight counts accepted starts not yet done.
-        armed, pending = Signal(), Signal()
+        # AXI4-Stream boundary and control (start_control: armed input, one queued start, in_flight)
         in_count = Signal(range(self._n_in))
         out_count = Signal(range(self._n_out))
-        in_flight = Signal(16)
+        last_in = Signal()
+        m.d.comb += last_in.eq(self.s_axis_tvalid & self.s_axis_tready & (in_count == self._n_in - 1))
+        last_out = Signal()
+        m.d.comb += last_out.eq(out_valid & out_ready & (out_count == self._n_out - 1))
+        armed = start_control(m, self, last_in, last_out, flight_width=16)
         m.d.comb += [
             in_payload.eq(self.s_axis_tdata[: self._in_fmt.width]),
             in_valid.eq(self.s_axis_tvalid & armed),
@@ -298,24 +324,9 @@ class Accelerator(wiring.Component):
             self.m_axis_tvalid.eq(out_valid),
             out_ready.eq(self.m_axis_tready),
             self.m_axis_tlast.eq(out_count == self._n_out - 1),
-            self.busy.eq(in_flight != 0),
         ]
-        last_in = Signal()
-        m.d.comb += last_in.eq(self.s_axis_tvalid & self.s_axis_tready & (in_count == self._n_in - 1))
-        accepted = self.start & (~pending | last_in)
-        last_out = Signal()
-        m.d.comb += last_out.eq(out_valid & out_ready & (out_count == self._n_out - 1))
         with m.If(self.s_axis_tvalid & self.s_axis_tready):
             m.d.sync += in_count.eq(Mux(last_in, 0, in_count + 1))
-        with m.If(last_in):
-            m.d.sync += [armed.eq(pending | self.start), pending.eq(pending & self.start)]
-        with m.Elif(self.start):
-            with m.If(armed):
-                m.d.sync += pending.eq(1)
-            with m.Else():
-                m.d.sync += armed.eq(1)
-        m.d.sync += in_flight.eq(in_flight + accepted - last_out)
-        m.d.sync += self.done.eq(last_out)
         with m.If(out_valid & out_ready):
             m.d.sync += out_count.eq(Mux(last_out, 0, out_count + 1))
         return m
