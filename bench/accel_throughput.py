@@ -99,21 +99,16 @@ def _row(name: str, label: str, m, p, board) -> dict:
 
 def _systolic_row(name: str, m, board, clock_mhz: float) -> "dict | str":
     """The systolic arch at qfx-gen's default array: a row like :func:`_row`'s, or why it is refused."""
-    from qfx.boards import check_fit
-    from qfx.gen import SYSTOLIC_DEFAULT_SIZES, systolic_resources
-    from qfx.hw.accel.systolic_top import SystolicAccelerator, SystolicError
+    from qfx.gen import fit_systolic_array
+    from qfx.hw.accel.systolic_top import SystolicError
 
     try:
-        for r, c in SYSTOLIC_DEFAULT_SIZES:
-            acc = SystolicAccelerator(m, r, c)
-            acc._MustUse__silence = True  # planned and costed, not elaborated
-            res = systolic_resources(acc)
-            if not check_fit(board, {k: res[k] for k in ("lut", "ff", "dsp", "bram36")}):
-                break
-        else:
-            return "no array fits the board"
+        acc, res, _problems = fit_systolic_array(m, board)
     except SystolicError as err:
         return str(err)
+    if acc is None:
+        return "no array fits the board"
+    r, c = acc.rows, acc.cols
     cm = acc.cycle_estimate()
     ips = clock_mhz * 1e6 / cm["ii"]
     return {"model": name, "folding": f"sys{r}x{c}", "ii": cm["ii"], "inferences_per_s": ips,
@@ -123,48 +118,42 @@ def _systolic_row(name: str, m, board, clock_mhz: float) -> "dict | str":
             "limit": "systolic cycle model", "foldings": {}, "array": f"{r}x{c}", "pack": acc.pack}
 
 
-def _measure_systolic(name: str, m, array: str, work: Path, vectors: int = 6) -> dict:
-    """qfx-gen --arch systolic and Verilator on back-to-back vectors, as :func:`_measure`."""
+def _run_against_reference(m, out: Path, vectors: int) -> dict:
+    """Verilator on ``vectors`` back-to-back vectors of the design in ``out``: the measured
+    steady-state II and the vectors whose outputs differ from the integer reference."""
     import numpy as np
 
-    from qfx.gen import generate
     from qfx.reference import run
     from qfx.sim.accel import input_code_range, load_design, simulate
     from qfx.sim.check import corner_and_random_codes
+
+    d = load_design(out)
+    codes = corner_and_random_codes(*input_code_range(d), vectors, d.n_in, 3)
+    fr = m.input_node.formats["output"].frac_bits
+    ref = run(m, (codes * 2.0 ** -fr).reshape((vectors,) + tuple(m.input_node.output_shape)))
+    r = simulate(d, codes)
+    bad = int(np.sum(np.any(r.outputs != ref[m.output].reshape(vectors, -1), axis=1)))
+    return {"measured_ii": max(r.steady_ii(tail=min(3, vectors - 1))), "mismatching_vectors": bad, "vectors": vectors}
+
+
+def _measure_systolic(name: str, m, array: str, work: Path, vectors: int = 6) -> dict:
+    """qfx-gen --arch systolic at ``array`` and :func:`_run_against_reference`, beside the cycle model's II."""
+    from qfx.gen import generate
 
     out = work / f"{name}_systolic"
     info = generate(m.path, out, arch="systolic", array=array, force=True)
-    d = load_design(out)
-    codes = corner_and_random_codes(*input_code_range(d), vectors, d.n_in, 3)
-    fr = m.input_node.formats["output"].frac_bits
-    ref = run(m, (codes * 2.0 ** -fr).reshape((vectors,) + tuple(m.input_node.output_shape)))
-    r = simulate(d, codes)
-    bad = int(np.sum(np.any(r.outputs != ref[m.output].reshape(vectors, -1), axis=1)))
-    return {"measured_ii": max(r.steady_ii(tail=min(3, vectors - 1))), "model_ii": info["cycle_model"]["ii"],
-            "mismatching_vectors": bad, "vectors": vectors}
+    return {**_run_against_reference(m, out, vectors), "model_ii": info["cycle_model"]["ii"]}
 
 
 def _measure(name: str, label: str, m, foldings, board, work: Path, vectors: int = 6) -> dict:
-    """qfx-gen at ``foldings`` and Verilator on ``vectors`` back-to-back vectors: measured II,
-    one-tensor latency model, mismatches against the integer reference."""
-    import numpy as np
-
+    """qfx-gen at ``foldings`` and :func:`_run_against_reference`: measured II beside the model's II
+    and one-tensor latency, mismatches against the integer reference."""
     from qfx.gen import generate
-    from qfx.reference import run
-    from qfx.sim.accel import input_code_range, load_design, simulate
-    from qfx.sim.check import corner_and_random_codes
 
     out = work / f"{name}_{label}"
     info = generate(m.path, out, board=board.name, folding=dict(foldings), force=True)
-    d = load_design(out)
-    codes = corner_and_random_codes(*input_code_range(d), vectors, d.n_in, 3)
-    fr = m.input_node.formats["output"].frac_bits
-    ref = run(m, (codes * 2.0 ** -fr).reshape((vectors,) + tuple(m.input_node.output_shape)))
-    r = simulate(d, codes)
-    bad = int(np.sum(np.any(r.outputs != ref[m.output].reshape(vectors, -1), axis=1)))
-    ii = r.steady_ii(tail=min(3, vectors - 1))
-    return {"measured_ii": max(ii), "model_ii": info["latency"]["ii_cycles"], "latency_model": info["latency"]["cycles"],
-            "mismatching_vectors": bad, "vectors": vectors}
+    return {**_run_against_reference(m, out, vectors), "model_ii": info["latency"]["ii_cycles"],
+            "latency_model": info["latency"]["cycles"]}
 
 
 def main(argv=None) -> int:

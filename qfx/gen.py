@@ -324,13 +324,34 @@ def systolic_resources(acc: Any) -> dict[str, Any]:
 SYSTOLIC_DEFAULT_SIZES = ((16, 16), (8, 8), (4, 4), (2, 2), (1, 1))
 
 
+def fit_systolic_array(man: Any, b: Any, sizes: Sequence[tuple[int, int]] = SYSTOLIC_DEFAULT_SIZES, *,
+                       synth: bool = False) -> "tuple[Any, dict[str, Any] | None, list[str]]":
+    """The first array of ``sizes`` whose :func:`systolic_resources` fit board ``b``'s safe caps
+    (``synth``: LUT / FF left to the Yosys check): ``(accelerator, estimate, [])``, or ``(None, None,
+    problems)`` with the last size's over-cap resources. The accelerator is not elaborated (its
+    must-use warning silenced); :class:`~qfx.hw.accel.systolic_top.SystolicError` for a manifest
+    the systolic arch cannot run."""
+    from qfx.boards import check_fit
+    from qfx.hw.accel.systolic_top import SystolicAccelerator
+
+    problems: list[str] = []
+    for r, c in sizes:
+        cand = SystolicAccelerator(man, r, c)
+        cand._MustUse__silence = True
+        e = systolic_resources(cand)
+        problems = check_fit(b, {k: (0 if synth and k in ("lut", "ff") else e[k]) for k in ("lut", "ff", "dsp", "bram36")})
+        if not problems:
+            return cand, e, []
+    return None, None, problems
+
+
 def _systolic_generate(man: Any, manifest_path: Any, out_dir: Any, b: Any, *, targets: Sequence[str], top: str,
                        clock: float, clock_mhz: "float | None", clock_basis: str, reuse_factor: int, synth: bool,
                        force: bool, array: Any, folding: Any, fps: Any, ii: Any, khot_unroll: bool) -> dict[str, Any]:
     """``--arch systolic``: :class:`qfx.hw.accel.systolic_top.SystolicAccelerator` (see :func:`generate`)."""
     from qfx.boards import check_fit, render_board_files
     from qfx.hw.accel import axis_width
-    from qfx.hw.accel.systolic_top import SystolicAccelerator, SystolicError, parse_array, plan_systolic
+    from qfx.hw.accel.systolic_top import SystolicError, parse_array, plan_systolic
     from qfx.hw.accel.top import stream_formats
     from qfx.hw.verilog import to_verilog
 
@@ -350,17 +371,8 @@ def _systolic_generate(man: Any, manifest_path: Any, out_dir: Any, b: Any, *, ta
         raise GenError(f"--arch systolic: {err}") from None
     files: dict[str, str] = {}
     rtl = "rtl" in targets
-    acc = est = cycles = None
     modules: list[str] = []
-    problems: list[str] = []
-    for r, c in sizes:
-        cand = SystolicAccelerator(man, r, c)
-        cand._MustUse__silence = True
-        e = systolic_resources(cand)
-        problems = check_fit(b, {k: (0 if synth and k in ("lut", "ff") else e[k]) for k in ("lut", "ff", "dsp", "bram36")})
-        if not problems:
-            acc, est = cand, e
-            break
+    acc, est, problems = fit_systolic_array(man, b, sizes, synth=synth)
     if acc is None:
         raise GenError(f"--arch systolic: no array of {', '.join(f'{r}x{c}' for r, c in sizes)} fits {b.name} "
                        f"({b.part}) within its safe utilization: " + "; ".join(problems) + " [structural estimate]. "
