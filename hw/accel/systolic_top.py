@@ -83,6 +83,38 @@ def _eq(sig: Any, k: int) -> Any:
     return sig == k if k else ~sig.any()
 
 
+def _tile_count(m: Module, n: int, cols: int, j_cnt: Any, nt: int, li: int) -> Signal:
+    """The outputs of output tile ``j_cnt`` of a layer with ``n`` outputs: ``cols``, the last tile the rest."""
+    count = Signal(range(cols + 1), name=f"count_{li}")
+    m.d.comb += count.eq(Mux(_eq(j_cnt, nt - 1), n - (nt - 1) * cols, cols))
+    return count
+
+
+def _next_k_tile(m: Module, i_cnt: Any, kt: int, state: Any, sid: dict, li: int, resets: list) -> None:
+    """After K-tile ``i_cnt`` of layer ``li``: the next K-tile's weight load, or after the last one
+    the output pass (``resets``: the statements that zero its counters)."""
+    with m.If(_eq(i_cnt, kt - 1)):
+        m.d.sync += [i_cnt.eq(0), *resets]
+        m.d.sync += state.eq(sid[f"L{li}_EMIT"])
+    with m.Else():
+        m.d.sync += i_cnt.eq(i_cnt + 1)
+        m.d.sync += state.eq(sid[f"L{li}_WLOAD"])
+
+
+def _drain(m: Module, st: Any, li: int, wr_cnt: Any, written: Any, j_cnt: Any, nt: int, state: Any, sid: dict,
+           nxt: str) -> None:
+    """State DRAIN of layer ``li``: once ``written`` codes of the layer are in the buffer, the next
+    output tile's weight load, or after the last tile state ``nxt``."""
+    with m.If(st(f"L{li}_DRAIN")):
+        with m.If(wr_cnt == written):
+            with m.If(_eq(j_cnt, nt - 1)):
+                m.d.sync += [j_cnt.eq(0), wr_cnt.eq(0)]
+                m.d.sync += state.eq(sid[nxt])
+            with m.Else():
+                m.d.sync += j_cnt.eq(j_cnt + 1)
+                m.d.sync += state.eq(sid[f"L{li}_WLOAD"])
+
+
 def _vector_latency(step: DenseStep) -> int:
     """Cycles through a layer's vector unit: 1 per relu-like node and per add, 3 per batchnorm."""
     return sum(ElementwiseEngine.BN_STAGES if n.op == "batchnorm" else 1 for n in step.vector)
@@ -438,29 +470,15 @@ class SystolicAccelerator(wiring.Component):
                 with m.If(arr.y.valid):
                     for c in range(C):
                         m.d.sync += accs[c].eq(Mux(~i_cnt.any(), 0, accs[c]) + arr.y.payload[c])
-                    with m.If(_eq(i_cnt, kt - 1)):
-                        m.d.sync += [i_cnt.eq(0), c_cnt.eq(0)]
-                        m.d.sync += state.eq(sid[f"L{li}_EMIT"])
-                    with m.Else():
-                        m.d.sync += i_cnt.eq(i_cnt + 1)
-                        m.d.sync += state.eq(sid[f"L{li}_WLOAD"])
-            last_count = s.n - (nt - 1) * C
-            count = Signal(range(C + 1), name=f"count_{li}")
-            m.d.comb += count.eq(Mux(_eq(j_cnt, nt - 1), last_count, C))
+                    _next_k_tile(m, i_cnt, kt, state, sid, li, [c_cnt.eq(0)])
+            count = _tile_count(m, s.n, C, j_cnt, nt, li)
             with m.If(st(f"L{li}_EMIT")):
                 m.d.comb += emit_valid[li].eq(1)
                 with m.If(emit_ready[li]):
                     m.d.sync += c_cnt.eq(c_cnt + 1)
                     with m.If(c_cnt == count - 1):
                         m.d.sync += state.eq(sid[f"L{li}_DRAIN"])
-            with m.If(st(f"L{li}_DRAIN")):
-                with m.If(wr_cnt == j_cnt * C + count):
-                    with m.If(_eq(j_cnt, nt - 1)):
-                        m.d.sync += [j_cnt.eq(0), wr_cnt.eq(0)]
-                        m.d.sync += state.eq(sid[nxt])
-                    with m.Else():
-                        m.d.sync += j_cnt.eq(j_cnt + 1)
-                        m.d.sync += state.eq(sid[f"L{li}_WLOAD"])
+            _drain(m, st, li, wr_cnt, j_cnt * C + count, j_cnt, nt, state, sid, nxt)
         m.d.comb += arr.x.payload.as_value().eq(x_feed)
         with m.If(st("OUT")):
             m.d.comb += self.m_axis_tvalid.eq(1)
@@ -564,15 +582,8 @@ class SystolicAccelerator(wiring.Component):
                 m.d.comb += [ps_wp.data[c].eq(Mux(first, 0, ps_rp.data[c]) + arr.y.payload[c]) for c in range(C)]
                 m.d.sync += p_out.eq(p_out + 1)
                 with m.If(_eq(p_out, P - 1)):
-                    with m.If(_eq(i_cnt, kt - 1)):
-                        m.d.sync += [i_cnt.eq(0), c_cnt.eq(0), p_em.eq(0)]
-                        m.d.sync += state.eq(sid[f"L{li}_EMIT"])
-                    with m.Else():
-                        m.d.sync += i_cnt.eq(i_cnt + 1)
-                        m.d.sync += state.eq(sid[f"L{li}_WLOAD"])
-        last_count = s.n - (nt - 1) * C
-        count = Signal(range(C + 1), name=f"count_{li}")
-        m.d.comb += count.eq(Mux(_eq(j_cnt, nt - 1), last_count, C))
+                    _next_k_tile(m, i_cnt, kt, state, sid, li, [c_cnt.eq(0), p_em.eq(0)])
+        count = _tile_count(m, s.n, C, j_cnt, nt, li)
         with m.If(st(f"L{li}_EMIT")):
             m.d.comb += [emit_valid.eq(1), ps_rp.addr.eq(p_em)]
             with m.If(emit_ready):
@@ -582,14 +593,7 @@ class SystolicAccelerator(wiring.Component):
                         m.d.sync += state.eq(sid[f"L{li}_DRAIN"])
                 with m.Else():
                     m.d.sync += p_em.eq(p_em + 1)
-        with m.If(st(f"L{li}_DRAIN")):
-            with m.If(wr_cnt == (j_cnt * C + count) * P):
-                with m.If(_eq(j_cnt, nt - 1)):
-                    m.d.sync += [j_cnt.eq(0), wr_cnt.eq(0)]
-                    m.d.sync += state.eq(sid[nxt])
-                with m.Else():
-                    m.d.sync += j_cnt.eq(j_cnt + 1)
-                    m.d.sync += state.eq(sid[f"L{li}_WLOAD"])
+        _drain(m, st, li, wr_cnt, (j_cnt * C + count) * P, j_cnt, nt, state, sid, nxt)
         return x_feed
 
     def _pool_layer(self, m, li, s: PoolStep, st, state, sid, nxt, banks, pool_max, wr_cnt, emit_valid):
