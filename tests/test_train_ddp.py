@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import datetime
+import faulthandler
+import signal
+import time
 from pathlib import Path
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 from torch import nn
+from torch.multiprocessing.spawn import ProcessException
+
+# Two 2-step ranks take ~6 s here (~12 s on loaded cores); the bounds are far above that.
+_GLOO_TIMEOUT_S = 120
+_RANK_WATCHDOG_S = 240
+_TEST_DEADLINE_S = 300
 
 CFG = {
     "default": {
@@ -36,10 +46,17 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
     import qfx
     from qfx import train as qtrain
 
+    # A rank stuck anywhere (a collective, the gloo shutdown, interpreter exit) writes every
+    # thread's stack to stack<rank>.txt and exits: the test then fails with where it hung instead of
+    # stalling the suite (a CI run once waited here past pytest-timeout's 1200 s with no clue).
+    stack_file = open(Path(out_dir) / f"stack{rank}.txt", "w")  # noqa: SIM115 - lives as long as the process
+    faulthandler.dump_traceback_later(_RANK_WATCHDOG_S, exit=True, file=stack_file)
+    # the other ranks, stopped by torch with SIGTERM once one fails, say where they were too
+    faulthandler.register(signal.SIGTERM, file=stack_file, chain=True)
     torch.set_num_threads(1)
     # a bounded wait: a lost peer fails the test instead of hanging the suite (gloo waits 30 min by default)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=300))
+                            timeout=datetime.timedelta(seconds=_GLOO_TIMEOUT_S))
     try:
         model = qfx.convert(_tiny(), CFG)
         # every rank has its own data, on different scales: calibrations differ unless synchronised
@@ -58,9 +75,30 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def test_two_gloo_ranks_end_with_identical_parameters(tmp_path):
-    init_file = tmp_path / "init"
-    mp.spawn(_worker, args=(2, str(init_file), str(tmp_path)), nprocs=2, join=True)
+def _run_ranks(world: int, tmp_path: Path) -> None:
+    """Both ranks to their end, or a failure with each rank's error and where it hung (stack dumps)."""
+    ctx = mp.start_processes(_worker, args=(world, str(tmp_path / "init"), str(tmp_path)), nprocs=world,
+                             join=False, start_method="spawn")
+
+    def stacks() -> str:
+        return "\n".join(f"--- rank {r} (stacks at its watchdog or SIGTERM) ---\n" + dump.read_text()
+                         for r in range(world) if (dump := tmp_path / f"stack{r}.txt").is_file() and dump.stat().st_size)
+
+    deadline = time.monotonic() + _TEST_DEADLINE_S
+    try:
+        while not ctx.join(timeout=2):
+            if time.monotonic() > deadline:
+                for proc in ctx.processes:
+                    proc.kill()
+                pytest.fail(f"the gloo ranks did not finish in {_TEST_DEADLINE_S} s\n{stacks()}")
+    except ProcessException as err:  # a rank raised, or exited non-zero (its watchdog fired)
+        pytest.fail(f"{err}\n{stacks()}")
+
+
+def test_two_gloo_ranks_end_with_identical_parameters(tmp_path, monkeypatch):
+    # the ranks talk over loopback: no hostname lookup, whatever the machine's network
+    monkeypatch.setenv("GLOO_SOCKET_IFNAME", "lo")
+    _run_ranks(2, tmp_path)
     a = torch.load(tmp_path / "rank0.pt")
     b = torch.load(tmp_path / "rank1.pt")
     assert a.keys() == b.keys()
