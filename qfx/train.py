@@ -42,7 +42,10 @@ float model for a baseline) for classification:
   broadcast from rank 0 at the end, only rank 0 writes checkpoints and shows
   a progress bar. Use a ``DistributedSampler`` (``set_epoch`` is called).
   After ``fit`` use ``model.module``: freezing turns the learned binary
-  points into buffers, so the DDP wrapper is stale.
+  points into buffers, so the DDP wrapper is stale. Drop the wrapper
+  (``del ddp``) before ``torch.distributed.destroy_process_group()``: a DDP
+  reducer that holds the last reference to a gloo group destroys it under
+  the GIL, and torch (2.13) can deadlock there (``tests/test_train_ddp.py``).
 
 :func:`ptq` is the post-training baseline: calibrate the binary points on
 data, freeze, no training. :func:`evaluate` gives loss and accuracy.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import faulthandler
+import gc
 import signal
 import time
 from pathlib import Path
@@ -37,14 +38,31 @@ def _tiny() -> nn.Module:
     )
 
 
-def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
-    import torch.distributed as dist
+def _train_rank(rank: int, world: int, out_dir: str) -> None:
     from torch.nn.parallel import DistributedDataParallel as DDP
     from torch.utils.data import DataLoader, TensorDataset
     from torch.utils.data.distributed import DistributedSampler
 
     import qfx
     from qfx import train as qtrain
+
+    model = qfx.convert(_tiny(), CFG)
+    # every rank has its own data, on different scales: calibrations differ unless synchronised
+    g = torch.Generator().manual_seed(123 + rank)
+    x = torch.rand(64, 1, 8, 8, generator=g) * (1 + 7 * rank)
+    y = torch.randint(0, 10, (64,), generator=g)
+    ds = TensorDataset(x, y)
+    sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=0)
+    loader = DataLoader(ds, batch_size=16, sampler=sampler)  # 32 samples per rank: 2 steps
+    ddp = DDP(model)
+    r = qtrain.fit(ddp, loader, None, epochs=1, lr=1e-2, frac_lr=0.1, seed=rank, calibrate_batches=2,
+                   progress=False, freeze=False)
+    assert r.epochs_run == 1
+    torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, Path(out_dir) / f"rank{rank}.pt")
+
+
+def _worker(rank: int, world: int, store_port: int, out_dir: str) -> None:
+    import torch.distributed as dist
 
     # A rank stuck anywhere (a collective, the gloo shutdown, interpreter exit) writes every
     # thread's stack to stack<rank>.txt and exits: the test then fails with where it hung instead of
@@ -55,29 +73,29 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
     faulthandler.register(signal.SIGTERM, file=stack_file, chain=True)
     torch.set_num_threads(1)
     # a bounded wait: a lost peer fails the test instead of hanging the suite (gloo waits 30 min by default)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=_GLOO_TIMEOUT_S))
+    timeout = datetime.timedelta(seconds=_GLOO_TIMEOUT_S)
+    store = dist.TCPStore("127.0.0.1", store_port, is_master=False, timeout=timeout)
+    dist.init_process_group("gloo", store=store, rank=rank, world_size=world, timeout=timeout)
     try:
-        model = qfx.convert(_tiny(), CFG)
-        # every rank has its own data, on different scales: calibrations differ unless synchronised
-        g = torch.Generator().manual_seed(123 + rank)
-        x = torch.rand(64, 1, 8, 8, generator=g) * (1 + 7 * rank)
-        y = torch.randint(0, 10, (64,), generator=g)
-        ds = TensorDataset(x, y)
-        sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=0)
-        loader = DataLoader(ds, batch_size=16, sampler=sampler)  # 32 samples per rank: 2 steps
-        ddp = DDP(model)
-        r = qtrain.fit(ddp, loader, None, epochs=1, lr=1e-2, frac_lr=0.1, seed=rank, calibrate_batches=2,
-                       progress=False, freeze=False)
-        assert r.epochs_run == 1
-        torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, Path(out_dir) / f"rank{rank}.pt")
+        # the DDP object dies inside _train_rank, before the process group is destroyed: were its
+        # reducer the last holder of the group, ~ProcessGroupGloo would run under the GIL and join a
+        # gloo worker thread that needs the GIL to free a finished broadcast's tensors -- a deadlock
+        # in torch (seen here about one run in three on loaded cores, gdb: Reducer::~Reducer ->
+        # ~ProcessGroupGloo -> thread::join, the pt_gloo_runloop thread in take_gil)
+        _train_rank(rank, world, out_dir)
+        gc.collect()  # a DDP object in a reference cycle, freed now rather than by a later collection
     finally:
         dist.destroy_process_group()
 
 
 def _run_ranks(world: int, tmp_path: Path) -> None:
     """Both ranks to their end, or a failure with each rank's error and where it hung (stack dumps)."""
-    ctx = mp.start_processes(_worker, args=(world, str(tmp_path / "init"), str(tmp_path)), nprocs=world,
+    import torch.distributed as dist
+
+    # the rendezvous: a TCP store on loopback held by this process (no lock file on a shared /tmp)
+    store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False,
+                          timeout=datetime.timedelta(seconds=_GLOO_TIMEOUT_S))
+    ctx = mp.start_processes(_worker, args=(world, store.port, str(tmp_path)), nprocs=world,
                              join=False, start_method="spawn")
 
     def stacks() -> str:
