@@ -594,9 +594,6 @@ def main(argv: "Sequence[str] | None" = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        if args.report and args.arch == "systolic":
-            raise GenError("--report: the cost report models the dataflow architecture only; with --arch systolic "
-                           "design.json holds the cycle model and resource estimate (--synth: Yosys counts)")
         design = generate(args.manifest, args.out, board=args.board, targets=_targets(args.target), arch=args.arch,
                           top=args.top, clock_mhz=args.clock_mhz, reuse_factor=args.reuse_factor, synth=args.synth,
                           force=args.force, folding=args.folding, fps=args.fps, ii=args.ii,

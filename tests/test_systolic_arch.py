@@ -211,21 +211,6 @@ def test_verilog_lints_clean(mlp, tmp_path, rows, cols):
     assert r.returncode == 0, f"verilator lint failed:\n{r.stdout}\n{r.stderr[-4000:]}"
 
 
-def test_cost_report_refuses_systolic_designs(mlp, tmp_path, capsys):
-    """``qfx cost`` models the dataflow architecture; on a systolic folder it says so instead of a wrong report."""
-    import argparse
-
-    from qfx.cost.cli import cmd_cost
-
-    generate(mlp[0], tmp_path / "o", arch="systolic", array="4x4")
-    args = argparse.Namespace(out=str(tmp_path / "o"), no_synth=True, manifest=None, board=None, clock_mhz=None)
-    assert cmd_cost(args) == 2
-    assert "dataflow architecture only" in capsys.readouterr().err
-    assert not (tmp_path / "o" / "report.md").exists()
-    assert main([str(mlp[0]), "-o", str(tmp_path / "p"), "--arch", "systolic", "--report"]) == 2
-    assert "dataflow architecture only" in capsys.readouterr().err and not (tmp_path / "p").exists()
-
-
 def test_khot_weights_as_base_codes(tmp_path):
     """K-hot weights run on the array as their base fixed-point codes (exact, no shift-add saving)."""
     from tests.qmodels import KHOT, mlp as qmlp

@@ -35,20 +35,15 @@ def cmd_cost(args: argparse.Namespace) -> int:
 
     try:
         design, manifest = load_design(args.out, args.manifest)
-        if design.get("arch") == "systolic":
-            raise ValueError(f"{args.out}: a --arch systolic design; the cost report models the dataflow "
-                             "architecture only. Its cycle model and resource estimate are in design.json "
-                             "(cycle_model, resources_estimate); qfx-gen --arch systolic --synth counts LUT / FF / "
-                             "DSP / BRAM with Yosys and estimates Fmax")
         board = args.board or (design.get("board") or {}).get("name") or "ultra96"
         clock = args.clock_mhz if args.clock_mhz is not None else design.get("clock_mhz")
         if clock is not None and (isinstance(clock, bool) or not isinstance(clock, (int, float))
                                   or not math.isfinite(clock) or clock <= 0):
             raise ValueError(f"clock {clock!r} MHz: give a finite positive --clock-mhz (e.g. --clock-mhz 100)")
-        # the design as qfx-gen built it: its folding plan (design.json), checked against the manifest
-        folding = design_foldings(design, load(manifest))
+        # the design as qfx-gen built it: a systolic array, or the dataflow engines at their folding
+        folding = None if design.get("arch") == "systolic" else design_foldings(design, load(manifest))
         rep = write_report(args.out, manifest, board=board, top=design.get("top", "qfx_top"),
-                           synth=not args.no_synth, clock_mhz=clock, folding=folding)
+                           synth=not args.no_synth, clock_mhz=clock, folding=folding, design=design)
     except (SynthError, ValueError, FileNotFoundError, TypeError) as err:
         print(f"qfx: error: {err}", file=sys.stderr)
         return 2
@@ -63,6 +58,10 @@ def summary(rep: dict, out: str) -> str:
     if t.get("fmax_mhz"):
         lines.append(f"  Fmax estimate {t['fmax_mhz']} MHz; {th['cycles_per_inference']} cycles/inference "
                      f"(II, back to back; {th['latency_cycles']} for one alone)")
+    sy = rep.get("systolic")
+    if sy:
+        lines.append(f"  {sy['rows']}x{sy['cols']} systolic array: {th['macs_per_cycle']:g} MACs/cycle, "
+                     f"{100 * sy['array_busy']:.1f} % busy")
     lines.append(f"  energy {en['total_dynamic_pj'] / 1e3:.1f} nJ/inference (model), MAC {en['mac']['pj_per_mac']:.3f} pJ")
     lines.append(f"  wrote {out}/report.md, report.json, report_resources.png, report_energy.png")
     return "\n".join(lines)

@@ -232,7 +232,11 @@ def _md(rep: dict[str, Any]) -> str:
         L.append(f"| CARRY8 | {r['carry']} | (in CLB slices) | | | |")
     L += ["", ("**Fits** within the safe utilization." if fit["fits"] else
                "**Does not fit** within the safe utilization: " + "; ".join(fit["problems"])), ""]
-    L += ["Per layer (engine synthesized as its own top):" if r.get("carry") is not None else "Per layer (analytic):", "",
+    if rep.get("arch") == "systolic":
+        head = "Whole design (one array shared by every layer; no per-layer engines to synthesize):"
+    else:
+        head = "Per layer (engine synthesized as its own top):" if r.get("carry") is not None else "Per layer (analytic):"
+    L += [head, "",
           "| layer | LUT | FF | DSP | BRAM36 | CARRY8 |", "|---|---|---|---|---|---|"]
     for n, v in r["per_layer"].items():
         L.append(f"| {n} | {v['lut']:g} | {v['ff']:g} | {v['dsp']:g} | {v['bram36']:g} | {v.get('carry', '')} |")
@@ -283,6 +287,10 @@ def _md(rep: dict[str, Any]) -> str:
             L.append(f"| {n} | {v['folding']['pe']} x {v['folding']['simd']} | {'yes' if v['hardwired'] else 'no'} | "
                      f"{k['lut']:g} | {k['lut_per_mac']:g} | {k['dsp']:g} | {d['lut']:g} | {d['lut_per_mac']:g} | "
                      f"{d['dsp']:g} | {k['product_pj']:.3f} | {d['product_pj']:.3f} | {v['product_energy_ratio']} |")
+    if rep.get("systolic"):
+        from .systolic import systolic_md
+
+        L.append(systolic_md(rep))
     L += ["", "## Energy (model, dynamic, per inference)", "",
           f"Total {en['total_dynamic_pj'] / 1e3:.2f} nJ dynamic ({en['per_inference_uj']:.4g} uJ); static "
           f"{en['static_pj_at_clock'] / 1e3:.2f} nJ ({en['static_note']}).", "",
@@ -367,14 +375,20 @@ REPORT_FILES = ("report.json", "report.md", "report_resources.png", "report_ener
 
 def write_report(out_dir: "str | Path", manifest_path: "str | Path", *, board: str = "ultra96", top: str = "qfx_top",
                  synth: bool = True, clock_mhz: "float | None" = None,
-                 folding: "Mapping[str, Any] | None" = None) -> dict[str, Any]:
-    """Compute the report (at ``folding``, see :func:`cost_report`) and write ``report.md``,
-    ``report.json`` and the two PNG plots into ``out_dir``."""
+                 folding: "Mapping[str, Any] | None" = None, design: "dict[str, Any] | None" = None) -> dict[str, Any]:
+    """Compute the report (at ``folding``, see :func:`cost_report`; of a ``--arch systolic`` design
+    when ``design``, its design.json, says so: :func:`qfx.cost.systolic.systolic_cost_report`) and
+    write ``report.md``, ``report.json`` and the two PNG plots into ``out_dir``."""
     out = Path(out_dir)
     for name in REPORT_FILES:  # written in place: a link would be written through, out of the folder
         if (out / name).is_symlink():
             raise CostError(f"{out / name} is a symbolic link; qfx cost does not write through links: remove it")
-    rep = cost_report(manifest_path, board=board, top=top, synth=synth, clock_mhz=clock_mhz, folding=folding)
+    if design is not None and design.get("arch") == "systolic":
+        from .systolic import systolic_cost_report
+
+        rep = systolic_cost_report(manifest_path, design, board=board, top=top, synth=synth, clock_mhz=clock_mhz)
+    else:
+        rep = cost_report(manifest_path, board=board, top=top, synth=synth, clock_mhz=clock_mhz, folding=folding)
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(rep, indent=1, sort_keys=False, default=_json_default) + "\n")
     (out / "report.md").write_text(_md(rep))
