@@ -80,6 +80,26 @@ def _round(d: dict[str, Any]) -> dict[str, Any]:
     return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in d.items()}
 
 
+def energy_section(en: dict[str, Any], en_uniform: dict[str, Any], b: Any, latency_cycles: int, clock: float,
+                   extra_sources: "tuple[str, ...]" = ()) -> dict[str, Any]:
+    """The report's ``energy`` entry from an energy model's result (``en``; ``en_uniform``: the same
+    with one soft-logic factor for every block) and the static energy of one inference at ``clock``."""
+    static_w = float(b.power_pl_static_w)
+    lat_s = latency_cycles / (clock * 1e6)
+    return {
+        "total_dynamic_pj": round(en["total_pj"], 2),
+        "per_inference_uj": round(en["total_pj"] * 1e-6, 6),
+        "per_kind_pj": {k: round(v, 2) for k, v in en["per_kind"].items()},
+        "per_layer": {n: _round(v) for n, v in en["per_layer"].items()},
+        "mac": _round(en["mac"]),
+        "mac_uniform_factor": _round(en_uniform["mac"]),
+        "static_pj_at_clock": round(static_w * lat_s * 1e12, 1),
+        "static_note": f"board power.pl_static_w = {static_w} W (an assumption in the board file) x latency at {clock:g} MHz",
+        "factors": {"soft": F_SOFT, "hard": F_HARD},
+        "sources": [*ENERGY_SOURCES, *extra_sources],
+    }
+
+
 def cost_report(manifest_path: "str | Path", *, board: str = "ultra96", top: str = "qfx_top", synth: bool = True,
                 clock_mhz: "float | None" = None, folding: "Mapping[str, Any] | None" = None) -> dict[str, Any]:
     """The cost report (a JSON-able dict) of the dataflow accelerator of a manifest on a board,
@@ -154,20 +174,7 @@ def cost_report(manifest_path: "str | Path", *, board: str = "ultra96", top: str
     bram_l = {n: v["bram36"] for n, v in per_layer.items()}
     en = energy_per_inference(man, dsp_l, bram_l, foldings=acc.folding)
     en_uniform = energy_per_inference(man, dsp_l, bram_l, f_hard=F_SOFT, foldings=acc.folding)
-    static_w = float(b.power_pl_static_w)
-    lat_s = cycles["total"] / (clock * 1e6)
-    energy = {
-        "total_dynamic_pj": round(en["total_pj"], 2),
-        "per_inference_uj": round(en["total_pj"] * 1e-6, 6),
-        "per_kind_pj": {k: round(v, 2) for k, v in en["per_kind"].items()},
-        "per_layer": {n: _round(v) for n, v in en["per_layer"].items()},
-        "mac": _round(en["mac"]),
-        "mac_uniform_factor": _round(en_uniform["mac"]),
-        "static_pj_at_clock": round(static_w * lat_s * 1e12, 1),
-        "static_note": f"board power.pl_static_w = {static_w} W (an assumption in the board file) x latency at {clock:g} MHz",
-        "factors": {"soft": F_SOFT, "hard": F_HARD},
-        "sources": ENERGY_SOURCES,
-    }
+    energy = energy_section(en, en_uniform, b, cycles["total"], clock)
     folding = _folding_section(man, b, clock)
     from .khot import khot_versus_dsp
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .energy import ENERGY_SOURCES, F_HARD, F_SOFT, _add, _mult, _read, mac_op_energy
+from .energy import F_HARD, F_SOFT, _add, _mult, _read, mac_op_energy
 
 __all__ = ["systolic_accelerator", "systolic_cost_report", "systolic_energy"]
 
@@ -139,10 +139,6 @@ def systolic_energy(acc: Any, *, weight_rom_bram: bool, f_soft: float = F_SOFT,
             "array_slots": slots_total, "factors": {"soft": f_soft, "hard": f_hard}}
 
 
-def _r(d: dict[str, Any]) -> dict[str, Any]:
-    return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in d.items()}
-
-
 def systolic_cost_report(manifest_path: Any, design: dict[str, Any], *, board: str = "ultra96", top: str = "qfx_top",
                          synth: bool = True, clock_mhz: "float | None" = None) -> dict[str, Any]:
     """The cost report (a JSON-able dict, the keys of :func:`qfx.cost.report.cost_report` plus
@@ -151,6 +147,7 @@ def systolic_cost_report(manifest_path: Any, design: dict[str, Any], *, board: s
     from qfx.gen import systolic_resources
     from qfx.manifest import load
 
+    from .report import _round, energy_section
     from .timing import DELAYS_NS, TIMING_METHOD, fmax_mhz, throughput
 
     b = get_board(board)
@@ -181,7 +178,7 @@ def systolic_cost_report(manifest_path: Any, design: dict[str, Any], *, board: s
     res["analytic"] = {**{k: est[k] for k in _RES}, "per_layer": {whole: {k: est[k] for k in _RES}},
                        "basis": est["basis"]}
     usage = {k: res[k] for k in _RES}
-    util = {k: _r(v) for k, v in utilization(b, usage).items()}
+    util = {k: _round(v) for k, v in utilization(b, usage).items()}
     problems = check_fit(b, usage)
 
     cycles = acc.cycle_estimate()
@@ -205,27 +202,15 @@ def systolic_cost_report(manifest_path: Any, design: dict[str, Any], *, board: s
                    "(input beats, every layer, output beats)"}
     en = systolic_energy(acc, weight_rom_bram=res["bram36"] > 0)
     en_uniform = systolic_energy(acc, weight_rom_bram=res["bram36"] > 0, f_hard=F_SOFT)
-    static_w = float(b.power_pl_static_w)
-    lat_s = cycles["total"] / (clock * 1e6)
-    energy = {
-        "total_dynamic_pj": round(en["total_pj"], 2),
-        "per_inference_uj": round(en["total_pj"] * 1e-6, 6),
-        "per_kind_pj": {k: round(v, 2) for k, v in en["per_kind"].items()},
-        "per_layer": {n: _r(v) for n, v in en["per_layer"].items()},
-        "mac": _r(en["mac"]),
-        "mac_uniform_factor": _r(en_uniform["mac"]),
-        "static_pj_at_clock": round(static_w * lat_s * 1e12, 1),
-        "static_note": f"board power.pl_static_w = {static_w} W (an assumption in the board file) x latency at {clock:g} MHz",
-        "factors": {"soft": F_SOFT, "hard": F_HARD},
-        "sources": ENERGY_SOURCES + ["systolic schedule counts (qfx.cost.systolic): rows pushed, weight rows "
-                                     "loaded, psum read-modify-writes, outputs; idle array slots cost nothing"],
-    }
+    energy = energy_section(en, en_uniform, b, cycles["total"], clock, extra_sources=(
+        "systolic schedule counts (qfx.cost.systolic): rows pushed, weight rows loaded, psum read-modify-writes, "
+        "outputs; idle array slots cost nothing",))
     systolic = {
         "rows": acc.rows, "cols": acc.cols, "pack": acc.pack, "mac_units": units,
         "array_busy": round(mpc / units, 5),
         "board_compute_units": ceiling, "compute_fraction": round(mpc / ceiling, 5) if ceiling else None,
         "array_slots_used": round(macs / en["array_slots"], 5) if en["array_slots"] else None,
-        "layers": {n: _r(v) for n, v in cycles["layers"].items()},
+        "layers": {n: _round(v) for n, v in cycles["layers"].items()},
     }
     return {
         "schema": "qfx.cost", "version": 1, "arch": "systolic",
