@@ -30,7 +30,7 @@ from ..pe.packed import check_packable
 from .top import WIRING_OPS, stream_formats
 
 __all__ = ["SystolicError", "DenseStep", "ConvStep", "SystolicPlan", "plan_systolic", "parse_array", "bank_tables",
-           "conv_cycles", "PoolStep", "pool_step", "pool_cycles", "VECTOR_OPS", "lane_words", "lane_address",
+           "conv_cycles", "PoolStep", "pool_step", "pool_cycles", "VECTOR_OPS", "lane_words", "lane_depth", "lane_address",
            "MAX_ARRAY"]
 
 #: Element-wise nodes the vector unit runs after a dense or conv2d layer.
@@ -156,6 +156,28 @@ class SystolicPlan:
         """Words (of ``lanes`` codes) one activation buffer holds: the largest tensor in it."""
         return max(lane_words(ly, lanes) for ly in self.layouts())
 
+    def buffer_lane_depths(self, lanes: int) -> "dict[int, list[int]]":
+        """Per ping-pong buffer (0, 1), per lane, the words that lane holds (each lane is a memory of
+        its own): the most any tensor stored there puts in it (:func:`lane_depth`; 0: never used)."""
+        lay = self.layouts()  # tensor t (the input of step t, last the output) lives in buffer t % 2
+        return {b: [max([lane_depth(ly, lanes, c) for t, ly in enumerate(lay) if t % 2 == b] + [0])
+                    for c in range(lanes)] for b in (0, 1)}
+
+    def bank_lane_depths(self, lanes: int) -> "dict[int, list[int]]":
+        """Per replicated buffer, per lane, the words of each of its ``R - 1`` extra copies: the most
+        the input tensor of a conv2d / maxpool2d layer reading it puts in that lane."""
+        lay = self.layouts()
+        out: dict[int, list[int]] = {}
+        for li, s in enumerate(self.steps):
+            if s.is_conv or s.is_pool:
+                cur = out.get(li % 2, [0] * lanes)
+                out[li % 2] = [max(d, lane_depth(lay[li], lanes, c)) for c, d in enumerate(cur)]
+        return out
+
+    def lanes(self, step: Any, lanes: int) -> int:
+        """The vector-unit lanes a step uses: ``min(C, channels)`` (the others never carry a channel)."""
+        return min(lanes, step.out_layout[0])
+
     def bank_words(self, lanes: int) -> "dict[int, int]":
         """Per replicated buffer, the words of each of its ``R - 1`` extra copies: the largest input
         tensor a conv2d / maxpool2d layer reads from it."""
@@ -200,6 +222,13 @@ def lane_words(layout: "tuple[int, int]", lanes: int) -> int:
     (channel ``ch``, pixel ``p``) lives at word ``(ch // lanes) P + p``, lane ``ch % lanes``."""
     ch, p = layout
     return -(-ch // lanes) * p
+
+
+def lane_depth(layout: "tuple[int, int]", lanes: int, lane: int) -> int:
+    """Words of lane ``lane`` that a tensor of layout ``(channels, P)`` uses: ``ceil((channels - lane) /
+    lanes) P`` (its channels ``lane``, ``lane + lanes``, ...), 0 where it has no such channel."""
+    ch, p = layout
+    return max(0, -(-(ch - lane) // lanes)) * p
 
 
 def lane_address(layout: "tuple[int, int]", lanes: int, f: int) -> "tuple[int, int]":

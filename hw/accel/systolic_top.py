@@ -84,6 +84,58 @@ def _eq(sig: Any, k: int) -> Any:
     return sig == k if k else ~sig.any()
 
 
+class _LaneBuffer:
+    """A buffer of words of ``lanes`` codes, one memory per lane (lane ``c`` holds ``depths[c]`` words;
+    0: no memory, reads give 0), written through ``wen`` (one bit a lane), ``waddr``, ``wdata[c]``
+    (a lane's write beyond its depth is dropped), read through ``nread`` ports of one word each
+    (``reads[k].addr``, ``reads[k].data[c]``; a lane read beyond its depth is junk, never selected).
+
+    Parameters
+    ----------
+    m : Module
+    name : str
+        Prefix of the lane memories' names.
+    shape : Shape
+        One code.
+    depths : list of int
+        Words per lane.
+    words : int
+        The addresses written (``waddr`` counts up to it).
+    nread : int
+        Read ports.
+    """
+
+    class _Read:
+        def __init__(self, addr: Signal, data: list) -> None:
+            self.addr, self.data = addr, data
+
+    def __init__(self, m: Module, name: str, shape: Any, depths: "list[int]", words: int, nread: int) -> None:
+        lanes = len(depths)
+        self.wen = Signal(lanes, name=f"{name}_wen")
+        self.waddr = Signal(range(words + 1), name=f"{name}_waddr")
+        self.wdata = [Signal(shape, name=f"{name}_wdata{c}") for c in range(lanes)]
+        self.reads = [self._Read(Signal(range(words + 1), name=f"{name}_raddr{k}"), []) for k in range(nread)]
+        for c, d in enumerate(depths):
+            if not d:
+                for r in self.reads:
+                    r.data.append(Const(0, shape))
+                continue
+            mem = Memory(shape=shape, depth=d, init=[])
+            m.submodules[f"{name}_l{c}"] = mem
+            wp = mem.write_port()
+            fits = (self.waddr < d) if d < words else Const(1, 1)
+            m.d.comb += [wp.en.eq(self.wen[c] & fits), wp.addr.eq(self.waddr), wp.data.eq(self.wdata[c])]
+            for r in self.reads:
+                rp = mem.read_port(domain="comb")
+                m.d.comb += rp.addr.eq(r.addr)
+                r.data.append(rp.data)
+
+    def copy_from(self, m: Module, other: "_LaneBuffer") -> None:
+        """Write every word ``other`` is written (a bank copy)."""
+        m.d.comb += [self.wen.eq(other.wen), self.waddr.eq(other.waddr)]
+        m.d.comb += [a.eq(b) for a, b in zip(self.wdata, other.wdata)]
+
+
 def _lane(word: Any, lane: Any, lanes: int) -> Any:
     """Lane ``lane`` (a signal) of a ``lanes``-code buffer word (a mux, padded to every value of ``lane``:
     a full case)."""
@@ -307,27 +359,19 @@ class SystolicAccelerator(wiring.Component):
         stored = [s.x_fmt for s in steps] + [plan.out_fmt]
         buf_w = max(f.width + (0 if f.signed else 1) for f in stored)
         words = plan.buffer_words(C)
-        word_shape = ArrayLayout(signed(buf_w), C)
-        full = Const((1 << C) - 1, C)  # a write of every lane
         # a buffer a conv2d / maxpool2d layer reads is replicated, one copy per bank (R read ports);
         # all copies are written together; copy 0 serves the dense layers and the output stream
-        bufs = [Memory(shape=word_shape, depth=words, init=[]) for _ in range(2)]
-        m.submodules.act0, m.submodules.act1 = bufs
-        rps = [b.read_port(domain="comb") for b in bufs]
-        wps = [b.write_port(granularity=1) for b in bufs]  # lane granularity: the input stream writes one
+        lane_depths = plan.buffer_lane_depths(C)
+        bufs = [_LaneBuffer(m, f"act{b}", signed(buf_w), lane_depths[b], words, 1) for b in range(2)]
+        rps = [b.reads[0] for b in bufs]
         bank_rps: dict = {}
         for b in sorted(plan.conv_buffers()):
             # a copy holds only what the conv / pool layers reading buffer b read (their input tensors)
-            cdepth = plan.bank_words(C)[b]
             ports = [rps[b]]
             for k in range(1, R):
-                copy = Memory(shape=word_shape, depth=cdepth, init=[])
-                m.submodules[f"act{b}_bank{k}"] = copy
-                ports.append(copy.read_port(domain="comb"))
-                cwp = copy.write_port(granularity=1)
-                fits = (wps[b].addr < cdepth) if cdepth < words else Const(1, 1)
-                m.d.comb += [cwp.en.eq(Mux(fits, wps[b].en, 0)), cwp.addr.eq(wps[b].addr),
-                             cwp.data.eq(wps[b].data)]
+                copy = _LaneBuffer(m, f"act{b}_bank{k}", signed(buf_w), plan.bank_lane_depths(C)[b], words, 1)
+                copy.copy_from(m, bufs[b])
+                ports.append(copy.reads[0])
             bank_rps[b] = ports
         wwords, ww = self.weight_rom()
         m.submodules.wrom = wrom = Memory(shape=unsigned(C * ww), depth=len(wwords), init=wwords)
@@ -389,21 +433,22 @@ class SystolicAccelerator(wiring.Component):
         skip_mem = {}  # add node -> (memory, write port, read port): the skip tensor, kept for the add
         for src, adds in sorted(skip_srcs.items()):
             for sk in adds:
-                mem = Memory(shape=ArrayLayout(fixed_shape(steps[src].emitted), C),
+                mem = Memory(shape=ArrayLayout(fixed_shape(steps[src].emitted), plan.lanes(steps[src], C)),
                              depth=lane_words(steps[src].out_layout, C), init=[])
                 m.submodules[f"skip_{len(skip_mem)}"] = mem
                 skip_mem[sk.node.name] = (mem, mem.write_port(), mem.read_port(domain="comb"))
         for li, s in enumerate(steps):
+            L = plan.lanes(s, C)  # lanes L .. C - 1 never carry one of its channels: not built
             if s.is_pool:
-                pool_max[li] = [Signal(fixed_shape(s.in_fmt), name=f"pool_max_{li}_{c}") for c in range(C)]
+                pool_max[li] = [Signal(fixed_shape(s.in_fmt), name=f"pool_max_{li}_{c}") for c in range(L)]
                 ocasts = []
-                for c in range(C):
+                for c in range(L):
                     ocast = CastUnit(s.in_fmt, s.out_fmt)
                     m.submodules[f"out_cast_{li}_{c}"] = ocast
                     m.d.comb += ocast.i.eq(pool_max[li][c])
                     ocasts.append(ocast)
             else:
-                ocasts = self._gemm_output(m, li, s, accs, ps_rp, j_cnt)
+                ocasts = self._gemm_output(m, li, s, L, accs, ps_rp, j_cnt)
             ev, er = Signal(name=f"emit_valid_{li}"), Signal(name=f"emit_ready_{li}")
             emit_valid.append(ev)
             emit_ready.append(er)
@@ -417,7 +462,7 @@ class SystolicAccelerator(wiring.Component):
                     src_fmt, ready = vn.formats["output"], None
                     continue
                 engs = []
-                for c in range(C):  # lane c: channels c, c + C, ... (all lanes in lockstep)
+                for c in range(L):  # lane c: channels c, c + C, ... (all lanes in lockstep)
                     eng = ElementwiseEngine(vn, src_fmt, lane=c, lanes=C)
                     m.submodules[f"vec_{li}_{vn.name}_{c}"] = eng
                     m.d.comb += [eng.i.payload.eq(payloads[c]), eng.i.valid.eq(valid)]
@@ -433,10 +478,10 @@ class SystolicAccelerator(wiring.Component):
             for sk in skip_srcs.get(li, []):  # this layer's emitted codes are a later add's skip operand
                 swp = skip_mem[sk.node.name][1]
                 m.d.comb += [swp.en.eq(valid), swp.addr.eq(wr_cnt)]
-                m.d.comb += [swp.data[c].eq(payloads[c]) for c in range(C)]
+                m.d.comb += [swp.data[c].eq(payloads[c]) for c in range(L)]
             dst = s.next_fmt if s.next_fmt is not None else plan.out_fmt
             lanes_data = []
-            for c in range(C):
+            for c in range(L):
                 fcast = CastUnit(src_fmt, dst)
                 m.submodules[f"next_cast_{li}_{c}"] = fcast
                 m.d.comb += fcast.i.eq(payloads[c])
@@ -449,19 +494,19 @@ class SystolicAccelerator(wiring.Component):
         in_code = Signal(signed(buf_w), name="in_code")
         m.d.comb += in_code.eq(in_cast.o)
         for b in range(2):
-            wp = wps[b]
+            wp = bufs[b]
             cond = m.If
             if b == 0:
                 with m.If(in_write):
-                    m.d.comb += [wp.en.eq((Const(1, C) << in_lane)[:C]), wp.addr.eq(in_word)]
-                    m.d.comb += [wp.data[c].eq(in_code) for c in range(C)]
+                    m.d.comb += [wp.wen.eq((Const(1, C) << in_lane)[:C]), wp.waddr.eq(in_word)]
+                    m.d.comb += [wp.wdata[c].eq(in_code) for c in range(C)]
                 cond = m.Elif
             for tb, valid, lanes_data in writes:
                 if tb != b:
                     continue
                 with cond(valid):
-                    m.d.comb += [wp.en.eq(full), wp.addr.eq(wr_cnt)]
-                    m.d.comb += [wp.data[c].eq(lanes_data[c]) for c in range(C)]
+                    m.d.comb += [wp.wen.eq((1 << len(lanes_data)) - 1), wp.waddr.eq(wr_cnt)]
+                    m.d.comb += [wp.wdata[c].eq(d) for c, d in enumerate(lanes_data)]
                 cond = m.Elif
         any_write = Const(0, 1)
         for _tb, valid, _d in writes:
@@ -543,11 +588,11 @@ class SystolicAccelerator(wiring.Component):
                 m.d.sync += state.eq(sid["IN"])
         return m
 
-    def _gemm_output(self, m, li, s, accs, ps_rp, j_cnt):
+    def _gemm_output(self, m, li, s, L, accs, ps_rp, j_cnt):
         """Dense / conv2d layer ``li``'s output, lane ``c``: the sum of channel ``j_cnt C + c`` (tile
         accumulator ``c``, or ``psum[p][c]`` for conv) with the bias aligned (a bias ROM of one word of
         ``C`` biases per output tile), cast to the layer's output format. Returns the ``C``
-        :class:`~qfx.hw.cast.CastUnit`."""
+        :class:`~qfx.hw.cast.CastUnit` of lanes ``0 .. L - 1``."""
         C = self._cols
         nt = -(-s.n // C)
         fp = s.x_fmt.frac_bits + s.w_frac
@@ -561,12 +606,13 @@ class SystolicAccelerator(wiring.Component):
             mask = (1 << bw) - 1
             init = [sum((int(s.bias[j * C + c]) & mask) << (c * bw) for c in range(C) if j * C + c < s.n)
                     for j in range(nt)]
-            brom = Memory(shape=unsigned(C * bw), depth=nt, init=init)
+            # (at least 2 words: a 1-word ROM's address would be 0 bits wide, which Verilator -Wall flags)
+            brom = Memory(shape=unsigned(L * bw), depth=max(nt, 2), init=init + [0] * (max(nt, 2) - nt))
             m.submodules[f"bias_{li}"] = brom
             brp = brom.read_port(domain="comb")
             m.d.comb += brp.addr.eq(j_cnt)
         out = []
-        for c in range(C):
+        for c in range(L):
             total = Signal(signed(tw), name=f"total_{li}_{c}")
             term = (ps_rp.data[c] if s.is_conv else accs[c]) << (af - fp)
             if brp is not None:
@@ -693,7 +739,7 @@ class SystolicAccelerator(wiring.Component):
             inside = Signal(name=f"p{li}_in{t}")
             m.d.comb += inside.eq((iy >= 0) & (iy < H) & (ix >= 0) & (ix < W))
             taps.append(inside)
-        for c in range(C):
+        for c in range(len(pool_max)):
             vals = []
             for t, inside in enumerate(taps):
                 code = Signal(fixed_shape(fmt), name=f"p{li}_v{t}_{c}")
@@ -747,7 +793,7 @@ class SystolicAccelerator(wiring.Component):
         with m.If(valid):
             m.d.sync += cnt.eq(Mux(_eq(cnt, n - 1), 0, cnt + 1))
         out = []
-        for c in range(C):
+        for c in range(len(payloads)):
             a_src, a_code = (skip_fmt, rp.data[c]) if sk.skip_is_a else (src_fmt, payloads[c])
             b_src, b_code = (src_fmt, payloads[c]) if sk.skip_is_a else (skip_fmt, rp.data[c])
             ca, cb = CastUnit(a_src, ta), CastUnit(b_src, tb)
