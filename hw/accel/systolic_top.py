@@ -18,23 +18,31 @@ cycle; bank ``b`` of the row reads its own copy of the input activation buffer a
 ``psum[p]`` (``C`` sums per pixel; the first K-tile writes), read-modify-write in the cycle the row
 leaves the array.
 
-maxpool2d layer: a pass over its input buffer, one output per cycle in CHW order; bank ``t`` reads
-window tap ``t`` (so ``kh kw <= R``), a max tree picks the largest (taps outside the input never
-win), cast to the output format, then the vector unit as below.
+maxpool2d layer: a pass over its input buffer, one output word per cycle (channel group ``g``,
+output pixels in order); bank ``t`` reads window tap ``t`` (so ``kh kw <= R``), a max tree per lane
+picks the largest (taps outside the input never win), cast to the output format, then the vector
+unit as below.
 
-After the last K-tile of tile ``j`` the sums (with the bias aligned) are cast to the layer's output
-format one per cycle (conv: channel-major, ``psum[p][c]`` for ``c`` outer, ``p`` inner, so the
-stream is in CHW order) and go through the layer's vector unit: the element-wise nodes that follow
-the layer (relu, relu6, leaky_relu, batchnorm: :class:`~qfx.hw.accel.engines.ElementwiseEngine`,
-whose per-channel batchnorm counts CHW positions), then the cast into the next layer's input format,
-into the other activation buffer (ping-pong) at the next address (``co P + p``: CHW, what a following
-flatten -> dense reads). The last layer's buffer is streamed out. A residual ``add`` whose other
-operand is an earlier layer's output (after its vector unit) is a vector-unit stage: that layer also
-writes its codes into a skip buffer of their own, which the add reads in the same CHW order
-(:meth:`SystolicAccelerator._skip_add`).
+Lanes: every buffer word holds ``C`` codes. Element (channel ``ch``, pixel ``p``) of a tensor with
+``P`` pixels per channel (a vector: ``P = 1``) lives at word ``(ch // C) P + p``, lane ``ch % C``
+(:func:`~qfx.hw.accel.systolic_plan.lane_words`); each lane is a memory of its own, as deep as the
+tensors with a channel in it need (:class:`_LaneBuffer`). After the last K-tile of tile ``j`` the
+output pass moves one word per cycle (conv: pixel ``p``, ``P`` cycles; dense: the tile, 1 cycle): lane
+``c`` takes the sum of channel ``j C + c`` (``psum[p][c]`` or accumulator ``c``), adds the bias
+aligned, casts to the layer's output format and runs its lane of the vector unit: the element-wise
+nodes that follow the layer (relu, relu6, leaky_relu, batchnorm:
+:class:`~qfx.hw.accel.engines.ElementwiseEngine` with ``lane=c, lanes=C``, whose per-channel
+batchnorm holds channels ``c, c + C, ...``), then the cast into the next layer's input format; the
+lanes move in lockstep and write word ``j P + p`` of the other activation buffer (ping-pong). Only
+``min(C, channels)`` lanes are built per layer. The input stream writes one lane a beat; the dense
+K-tile reads and the output stream walk the flat CHW order with (pixel, lane, word-base) counters
+(:func:`_lane_walk`). A residual ``add`` whose other operand is an earlier layer's output (after its
+vector unit) is a vector-unit stage, per lane: that layer also writes its words into a skip buffer of
+their own, which the add reads word by word (:meth:`SystolicAccelerator._skip_add`). The lane layout
+is the writer's channels, so a conv2d / maxpool2d reading a reshaped tensor is refused.
 
-Memory: two activation buffers of :attr:`SystolicPlan.buffer_depth` codes; a buffer that a conv2d
-or maxpool2d layer reads has ``R - 1`` more copies (:meth:`SystolicPlan.bank_depths` codes each,
+Memory: two activation buffers (:meth:`SystolicPlan.buffer_lane_depths` words per lane); a buffer
+that a conv2d or maxpool2d layer reads has ``R - 1`` more copies (:meth:`SystolicPlan.bank_lane_depths`,
 written with the buffer), one read port per bank; the ``psum`` memory holds ``P_max x C`` partial
 sums; each skip buffer one tensor.
 
@@ -207,13 +215,13 @@ def systolic_cycles(plan: SystolicPlan, rows: int, cols: int, pack: bool) -> dic
     Per dense layer, per output tile ``j`` (``c_j = min(C, N - j C)`` outputs) and K-tile:
     ``R + 1`` cycles of weight load (ROM read pipeline), 1 cycle to push the input row,
     ``R + G + 2`` cycles until the output row is taken (``G = ceil(C / 2)`` packed, else ``C``):
-    ``2R + G + 4`` per tile; then ``c_j`` cycles of output casts into the vector unit and ``L + 1``
-    to drain it (``L``: the vector unit's latency, 1 per relu-like node, 3 per batchnorm). Per
-    conv2d layer (:func:`~qfx.hw.accel.systolic_plan.conv_cycles`): ``2R + G + P + 3`` per tile
-    (``R + 1`` weight load, ``P`` rows back to back, ``R + G + 2`` until the last is taken), then
-    ``c_j P`` output casts and ``L + 1`` per output tile. Per maxpool2d pass
-    (:func:`~qfx.hw.accel.systolic_plan.pool_cycles`): one cycle per output, ``L + 1`` to drain
-    (an add in a vector unit counts 1 in ``L``). Per inference add ``n_in`` input beats
+    ``2R + G + 4`` per tile; then 1 cycle (the tile's ``C`` outputs, one word, into the ``C``
+    vector-unit lanes) and ``L + 1`` to drain (``L``: the vector unit's latency, 1 per relu-like
+    node, 3 per batchnorm). Per conv2d layer (:func:`~qfx.hw.accel.systolic_plan.conv_cycles`):
+    ``2R + G + P + 3`` per tile (``R + 1`` weight load, ``P`` rows back to back, ``R + G + 2`` until
+    the last is taken), then ``P`` output words and ``L + 1`` per output tile. Per maxpool2d pass
+    (:func:`~qfx.hw.accel.systolic_plan.pool_cycles`): one cycle per output word (``ceil(c / C) P``),
+    ``L + 1`` to drain (an add in a vector unit counts 1 in ``L``). Per inference add ``n_in`` input beats
     and ``n_out`` output beats: that is the ``ii`` of back-to-back tensors; ``total`` (start pulse
     to done pulse of one tensor alone) adds 2.
     """
