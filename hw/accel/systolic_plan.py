@@ -30,8 +30,8 @@ from ..pe.packed import check_packable
 from .top import WIRING_OPS, stream_formats
 
 __all__ = ["SystolicError", "DenseStep", "ConvStep", "SystolicPlan", "plan_systolic", "parse_array", "bank_tables",
-           "conv_cycles", "PoolStep", "pool_step", "pool_cycles", "VECTOR_OPS", "lane_words", "lane_depth", "lane_address",
-           "MAX_ARRAY"]
+           "conv_cycles", "PoolStep", "pool_step", "pool_cycles", "VECTOR_OPS", "lane_words", "lane_depth",
+           "lane_address", "MAX_ARRAY"]
 
 #: Element-wise nodes the vector unit runs after a dense or conv2d layer.
 VECTOR_OPS = ("relu", "relu6", "leaky_relu", "batchnorm")

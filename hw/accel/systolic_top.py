@@ -153,7 +153,8 @@ def _lane(word: Any, lane: Any, lanes: int) -> Any:
     return Array(vals + [vals[-1]] * ((1 << len(lane)) - lanes))[lane]
 
 
-def _lane_walk(m: Module, name: str, layout: "tuple[int, int]", lanes: int, step: Any, reset: Any) -> "tuple[Signal, Signal]":
+def _lane_walk(m: Module, name: str, layout: "tuple[int, int]", lanes: int, step: Any,
+               reset: Any) -> "tuple[Signal, Signal]":
     """Counters walking a tensor of layout ``(channels, P)`` (:func:`lane_words`) in flat CHW order, one
     element per cycle where ``step`` (``reset``: back to the first): the ``(word, lane)`` of the current
     element, ``((ch // lanes) P + p, ch % lanes)``, kept as pixel, lane and word-base counters (no
