@@ -299,23 +299,35 @@ def generate(manifest_path: "str | Path", out_dir: "str | Path", *, board: str =
 
 def systolic_resources(acc: Any) -> dict[str, Any]:
     """A structural resource estimate of a :class:`qfx.hw.accel.systolic_top.SystolicAccelerator`:
-    DSP one per PE-grid multiply (``R x G``); BRAM36 of the weight ROM as 512 x 72 blocks; FF the
-    registers counted from the structure; LUT one per adder / cast bit of the array plus the buffers'
-    LUTRAM (each copy of a replicated conv / pool input buffer and each skip buffer counted). Not
-    calibrated against Yosys (``--synth`` counts them)."""
+    DSP one per PE-grid multiply (``R x G``) plus one per batchnorm multiply in each of the ``C``
+    vector-unit lanes; BRAM36 of the weight ROM as 512 x 72 blocks; FF the registers counted from
+    the structure (the ``C`` lanes' pipeline registers included); LUT one per adder / cast bit of
+    the array, the ``C`` lanes' bias adds and casts, the readers' lane muxes, plus the buffers'
+    LUTRAM (words of ``C`` codes; each copy of a replicated conv / pool input buffer and each skip
+    buffer counted). Not calibrated against Yosys (``--synth`` counts them)."""
+    from qfx.hw.accel.systolic_plan import lane_words
+
     r, c, g = acc.rows, acc.cols, acc.grid_cols
     p = acc.plan
     wx, ww, a = p.x_fmt.width, p.w_fmt.width, acc.acc_fmt.width
     words, _ = acc.weight_rom()
     bram = math.ceil(c * ww / 72) * math.ceil(len(words) / 512)
     prod = 45 if acc.pack else wx + ww
+    stages = sum(p.lanes(s, c) * (3 if n.op == "batchnorm" else 1) for s in p.steps for n in s.vector)
+    n_bn = sum(p.lanes(s, c) for s in p.steps for n in s.vector if n.op == "batchnorm")  # one DSP a lane
     ff = (r * c * (ww + a) + r * g * (wx + prod) + wx * r * (r + 1) // 2 + a * c * (g + 1)
-          + r * wx + c * (a + 8) + 64 * len(p.steps) + 128)
-    depth = p.buffer_depth
-    banks = (r - 1) * sum(math.ceil(d / 64) for d in p.bank_depths().values())  # conv input copies, one per bank
-    skips = sum(math.ceil(p.steps[src].n_outputs / 64) for src, adds in p.skip_sources().items() for _ in adds)
-    lut = r * c * a + c * a + (2 * math.ceil(depth / 64) + banks + skips) * 16 + 120 * len(p.steps) + 200
-    return {"lut": int(lut), "ff": int(ff), "dsp": int(r * g), "bram36": float(bram),
+          + r * wx + c * (a + 8) + 24 * stages + 64 * len(p.steps) + 128)
+    # LUTRAM columns of 64 words, one memory per lane (its own depth): the two buffers, the conv /
+    # pool input copies, the skip buffers (one lane per channel of the layer)
+    bufs = sum(math.ceil(d / 64) for ds in p.buffer_lane_depths(c).values() for d in ds)
+    banks = (r - 1) * sum(math.ceil(d / 64) for ds in p.bank_lane_depths(c).values() for d in ds)
+    skips = sum(math.ceil(lane_words(p.steps[src].out_layout, c) / 64) * p.lanes(p.steps[src], c)
+                for src, adds in p.skip_sources().items() for _ in adds)
+    lanes = sum(p.lanes(s, c) * (60 + 30 * len(s.vector)) for s in p.steps)  # bias add, casts, vector nodes
+    muxes = (r * wx * c // 2 if p.conv_buffers() else 0) + 2 * wx * c  # readers' lane muxes
+    lut = (r * c * a + c * a + (bufs + banks + skips) * 16 + 120 * len(p.steps) + lanes
+           + muxes + 200)
+    return {"lut": int(lut), "ff": int(ff), "dsp": int(r * g + n_bn), "bram36": float(bram),
             "basis": "structural estimate of the systolic array (qfx.gen.systolic_resources; LUT / FF not "
                      "calibrated: --synth counts them with Yosys)"}
 

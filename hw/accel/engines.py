@@ -845,9 +845,24 @@ class ElementwiseEngine(_Engine):
     relu: ``max(x, 0)``; relu6: ``min(max(x, 0), 6)`` on the grid ``max(F_x, -1)``;
     leaky_relu: ``x << s`` where ``x >= 0`` else ``x``, on the grid ``F_x + s``;
     each cast to ``output``. ``x`` is the producer's code cast to ``input``.
+
+    Parameters
+    ----------
+    node : Node
+        The element-wise node.
+    src : FixedType
+        The format of the codes it is fed.
+    lane, lanes : int
+        One lane of a ``lanes``-wide vector unit (the systolic arch's output pass): the engine sees
+        the codes of channels ``lane``, ``lane + lanes``, ``lane + 2 lanes``, ... in that order (each
+        channel's codes together), so a per-channel batchnorm keeps only those channels' parameters
+        (past the last channel: zeros, codes never read). Default: one lane, every channel in order.
     """
 
-    def __init__(self, node: Node, src: FixedType) -> None:
+    def __init__(self, node: Node, src: FixedType, *, lane: int = 0, lanes: int = 1) -> None:
+        if not (isinstance(lanes, int) and isinstance(lane, int) and 0 <= lane < lanes):
+            raise EngineError(f"node {node.name!r}: lane {lane!r} of {lanes!r} lanes: need 0 <= lane < lanes")
+        self._lane, self._lanes = lane, lanes
         self._src = src
         f = node.formats
         self._in_fmt, self._out_fmt = f["input"], f["output"]
@@ -901,7 +916,15 @@ class ElementwiseEngine(_Engine):
         per cycle, latency :attr:`BN_STAGES`."""
         sc_fmt, sh_fmt = node.formats["scale"], node.formats["shift"]
         shape = node.output_shape
-        channels, per_channel = shape[0], math.prod(shape[1:])
+        lane, lanes = self._lane, self._lanes
+        groups, per_channel = -(-shape[0] // lanes), math.prod(shape[1:])
+        # this lane's channels: lane + g lanes for g < groups (past the last channel: zeros, never read)
+        chans = [g * lanes + lane for g in range(groups)]
+
+        def lane_params(name: str) -> list[int]:
+            vals = [int(v) for v in np.asarray(node.arrays[name]).reshape(-1)]
+            return [vals[c] if c < shape[0] else 0 for c in chans]
+        channels = groups
         out = _OutputStage(m, self.o)
         adv = out.adv
         m.d.comb += self.i.ready.eq(adv)
@@ -915,10 +938,8 @@ class ElementwiseEngine(_Engine):
         with m.If(adv):
             m.d.sync += [x1.eq(x), c1.eq(loops[0]), v1.eq(take)]
         # stage 2: the product (a registered DSP multiply) and the channel's shift
-        scale_rom = Memory(shape=fixed_shape(sc_fmt), depth=channels,
-                           init=[int(v) for v in np.asarray(node.arrays["scale"]).reshape(-1)])
-        shift_rom = Memory(shape=fixed_shape(sh_fmt), depth=channels,
-                           init=[int(v) for v in np.asarray(node.arrays["shift"]).reshape(-1)])
+        scale_rom = Memory(shape=fixed_shape(sc_fmt), depth=channels, init=lane_params("scale"))
+        shift_rom = Memory(shape=fixed_shape(sh_fmt), depth=channels, init=lane_params("shift"))
         m.submodules.scale_rom, m.submodules.shift_rom = scale_rom, shift_rom
         sc_rp, sh_rp = scale_rom.read_port(domain="comb"), shift_rom.read_port(domain="comb")
         m.d.comb += [sc_rp.addr.eq(c1), sh_rp.addr.eq(c1)]

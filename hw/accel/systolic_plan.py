@@ -30,8 +30,8 @@ from ..pe.packed import check_packable
 from .top import WIRING_OPS, stream_formats
 
 __all__ = ["SystolicError", "DenseStep", "ConvStep", "SystolicPlan", "plan_systolic", "parse_array", "bank_tables",
-           "conv_cycles", "PoolStep", "pool_step", "pool_cycles", "VECTOR_OPS",
-           "MAX_ARRAY"]
+           "conv_cycles", "PoolStep", "pool_step", "pool_cycles", "VECTOR_OPS", "lane_words", "lane_depth",
+           "lane_address", "MAX_ARRAY"]
 
 #: Element-wise nodes the vector unit runs after a dense or conv2d layer.
 VECTOR_OPS = ("relu", "relu6", "leaky_relu", "batchnorm")
@@ -101,6 +101,11 @@ class DenseStep:
         """Codes the layer writes into the other activation buffer."""
         return self.n
 
+    @property
+    def out_layout(self) -> "tuple[int, int]":
+        """``(channels, P)`` of the tensor it writes (a dense layer: ``(N, 1)``), see :func:`lane_words`."""
+        return (self.n, 1)
+
 
 @dataclass
 class SkipAdd:
@@ -131,6 +136,58 @@ class SystolicPlan:
         """Codes one activation buffer holds: the largest tensor written or read."""
         return max([self.n_in, self.n_out] + [s.n_inputs for s in self.steps] + [s.n_outputs for s in self.steps])
 
+    @property
+    def in_layout(self) -> "tuple[int, int]":
+        """``(channels, P)`` of the input tensor in buffer 0: what the first layer reads (a conv2d /
+        maxpool2d: its ``[C, H, W]`` input; a dense layer: ``(K, 1)``)."""
+        s = self.steps[0]
+        if s.is_conv:
+            return (s.cin, s.h * s.w)
+        if s.is_pool:
+            return (s.c, s.h * s.w)
+        return (s.k, 1)
+
+    def layouts(self) -> "list[tuple[int, int]]":
+        """The ``(channels, P)`` of the tensor each step reads (the input's, then the previous step's
+        output), and last the network output's."""
+        return [self.in_layout] + [s.out_layout for s in self.steps]
+
+    def buffer_words(self, lanes: int) -> int:
+        """Words (of ``lanes`` codes) one activation buffer holds: the largest tensor in it."""
+        return max(lane_words(ly, lanes) for ly in self.layouts())
+
+    def buffer_lane_depths(self, lanes: int) -> "dict[int, list[int]]":
+        """Per ping-pong buffer (0, 1), per lane, the words that lane holds (each lane is a memory of
+        its own): the most any tensor stored there puts in it (:func:`lane_depth`; 0: never used)."""
+        lay = self.layouts()  # tensor t (the input of step t, last the output) lives in buffer t % 2
+        return {b: [max([lane_depth(ly, lanes, c) for t, ly in enumerate(lay) if t % 2 == b] + [0])
+                    for c in range(lanes)] for b in (0, 1)}
+
+    def bank_lane_depths(self, lanes: int) -> "dict[int, list[int]]":
+        """Per replicated buffer, per lane, the words of each of its ``R - 1`` extra copies: the most
+        the input tensor of a conv2d / maxpool2d layer reading it puts in that lane."""
+        lay = self.layouts()
+        out: dict[int, list[int]] = {}
+        for li, s in enumerate(self.steps):
+            if s.is_conv or s.is_pool:
+                cur = out.get(li % 2, [0] * lanes)
+                out[li % 2] = [max(d, lane_depth(lay[li], lanes, c)) for c, d in enumerate(cur)]
+        return out
+
+    def lanes(self, step: Any, lanes: int) -> int:
+        """The vector-unit lanes a step uses: ``min(C, channels)`` (the others never carry a channel)."""
+        return min(lanes, step.out_layout[0])
+
+    def bank_words(self, lanes: int) -> "dict[int, int]":
+        """Per replicated buffer, the words of each of its ``R - 1`` extra copies: the largest input
+        tensor a conv2d / maxpool2d layer reads from it."""
+        lay = self.layouts()
+        out: dict[int, int] = {}
+        for li, s in enumerate(self.steps):
+            if s.is_conv or s.is_pool:
+                out[li % 2] = max(out.get(li % 2, 0), lane_words(lay[li], lanes))
+        return out
+
     def skip_sources(self) -> "dict[int, list[SkipAdd]]":
         """Step index -> the adds that read its emitted codes as their skip operand."""
         out: dict = {}
@@ -158,6 +215,26 @@ class SystolicPlan:
         except ValueError:
             return False
         return True
+
+
+def lane_words(layout: "tuple[int, int]", lanes: int) -> int:
+    """Words of a tensor of layout ``(channels, P)`` in a buffer of ``lanes``-code words: element
+    (channel ``ch``, pixel ``p``) lives at word ``(ch // lanes) P + p``, lane ``ch % lanes``."""
+    ch, p = layout
+    return -(-ch // lanes) * p
+
+
+def lane_depth(layout: "tuple[int, int]", lanes: int, lane: int) -> int:
+    """Words of lane ``lane`` that a tensor of layout ``(channels, P)`` uses: ``ceil((channels - lane) /
+    lanes) P`` (its channels ``lane``, ``lane + lanes``, ...), 0 where it has no such channel."""
+    ch, p = layout
+    return max(0, -(-(ch - lane) // lanes)) * p
+
+
+def lane_address(layout: "tuple[int, int]", lanes: int, f: int) -> "tuple[int, int]":
+    """``(word, lane)`` of flat (CHW) element ``f = ch P + p`` of a tensor of layout ``(channels, P)``."""
+    ch, p = divmod(f, layout[1])
+    return (ch // lanes) * layout[1] + p, ch % lanes
 
 
 def _int_fmt(fmts: "list[FixedType]") -> FixedType:
@@ -287,12 +364,41 @@ def plan_systolic(manifest: Manifest) -> SystolicPlan:
     if not gemm:
         raise SystolicError("the manifest has no dense or conv2d layer: nothing for the systolic array to run; "
                             "use --arch dataflow")
+    _check_layouts(steps, in_fmt)
     x_fmt = _int_fmt([s.x_fmt for s in gemm])
     w_fmt = _int_fmt([s.w_grid for s in gemm])
     for s in gemm:  # the grid codes must fit the integer weight format (they do for a valid manifest)
         if s.w_codes.size and (s.w_codes.min() < w_fmt.min_code or s.w_codes.max() > w_fmt.max_code):
             raise SystolicError(f"node {s.node.name!r}: weight codes outside {w_fmt}")  # pragma: no cover
     return SystolicPlan(steps, x_fmt, w_fmt, in_fmt, out_fmt, n_in, math.prod(manifest.output_node.output_shape))
+
+
+def _check_layouts(steps: list, _in_fmt: Any) -> None:
+    """The lane layout (:func:`lane_words`) of each tensor is its writer's ``(channels, P)``: a conv2d /
+    maxpool2d layer must read the ``[C, H, W]`` its writer wrote (no reshape in between), a residual
+    add's skip tensor must have the layer's layout, and a batchnorm in a vector unit must see the
+    layer's channels (its per-channel parameters go to the lanes)."""
+    for li, s in enumerate(steps):
+        if li and (s.is_conv or s.is_pool):
+            got = steps[li - 1].out_layout
+            want = (s.cin if s.is_conv else s.c, s.h * s.w)
+            if got != want:
+                raise SystolicError(f"node {s.node.name!r}: reads a [{want[0]}, {s.h}, {s.w}] tensor that the "
+                                    f"layer before wrote as {got[0]} channels x {got[1]} pixels (a reshape in "
+                                    "between): the systolic arch's lane layout is the writer's channels; use "
+                                    "--arch dataflow")
+        for vn in s.vector:
+            shape = tuple(vn.output_shape)
+            if vn.op == "batchnorm" and (shape[0], math.prod(shape[1:])) != s.out_layout:
+                raise SystolicError(f"node {vn.name!r}: batchnorm on a {list(shape)} view of layer "
+                                    f"{s.node.name!r}'s {s.out_layout[0]} channels x {s.out_layout[1]} pixels: the "
+                                    "systolic arch's vector lanes carry the layer's channels; use --arch dataflow")
+        for sk in s.skips.values():
+            if steps[sk.source].out_layout != s.out_layout:
+                raise SystolicError(f"node {sk.node.name!r}: skip {sk.skip_name!r} has the lane layout "
+                                    f"{steps[sk.source].out_layout} (channels, pixels), the layer "
+                                    f"{s.out_layout}: the systolic arch adds words lane by lane; use --arch "
+                                    "dataflow")
 
 
 @dataclass
@@ -324,6 +430,10 @@ class ConvStep(DenseStep):
     def n_outputs(self) -> int:
         return self.n * self.pixels
 
+    @property
+    def out_layout(self) -> "tuple[int, int]":
+        return (self.n, self.pixels)
+
 
 def conv_step(node: Node, codes, w_frac: int, w_grid, bias, bias_fmt) -> ConvStep:
     """The :class:`ConvStep` of a checked conv2d node (formats and weights read by the caller);
@@ -352,11 +462,13 @@ def conv_step(node: Node, codes, w_frac: int, w_grid, bias, bias_fmt) -> ConvSte
                     ho=ho, wo=wo)
 
 
-def bank_tables(step: ConvStep, rows: int) -> "list[list[tuple[int, int, int, bool]]]":
-    """Per K-tile ``i``, per bank ``b`` (term ``k = i R + b``): ``(offset, oy, ox, valid)`` with
-    ``oy = ky d_h - pad_h``, ``ox = kx d_w - pad_w``, ``offset = ci H W + oy W + ox`` and ``valid =
-    k < K``; output pixel ``(y, x)`` reads address ``offset + y s_h W + x s_w`` when ``0 <= y s_h + oy
-    < H`` and ``0 <= x s_w + ox < W`` (else the tap is padding: code 0)."""
+def bank_tables(step: ConvStep, rows: int, lanes: int = 1) -> "list[list[tuple[int, int, int, bool, int]]]":
+    """Per K-tile ``i``, per bank ``b`` (term ``k = i R + b``: channel ``ci``, kernel tap ``(ky, kx)``):
+    ``(offset, oy, ox, valid, lane)`` with ``oy = ky d_h - pad_h``, ``ox = kx d_w - pad_w``, ``offset =
+    (ci // lanes) H W + oy W + ox``, ``lane = ci % lanes`` and ``valid = k < K``; output pixel ``(y, x)``
+    reads lane ``lane`` of word ``offset + y s_h W + x s_w`` of the input buffer (``lanes`` codes a word,
+    :func:`lane_words`) when ``0 <= y s_h + oy < H`` and ``0 <= x s_w + ox < W`` (else the tap is
+    padding: code 0). ``lanes=1``: a flat CHW address."""
     kh, kw = step.kernel
     (dh, dw), (ph, pw) = step.dilation, step.padding
     kt = -(-step.k // rows)
@@ -366,12 +478,12 @@ def bank_tables(step: ConvStep, rows: int) -> "list[list[tuple[int, int, int, bo
         for b in range(rows):
             k = i * rows + b
             if k >= step.k:
-                row.append((0, 0, 0, False))
+                row.append((0, 0, 0, False, 0))
                 continue
             ci, rest = divmod(k, kh * kw)
             ky, kx = divmod(rest, kw)
             oy, ox = ky * dh - ph, kx * dw - pw
-            row.append((ci * step.h * step.w + oy * step.w + ox, oy, ox, True))
+            row.append(((ci // lanes) * step.h * step.w + oy * step.w + ox, oy, ox, True, ci % lanes))
         out.append(row)
     return out
 
@@ -380,9 +492,10 @@ def conv_cycles(step: ConvStep, rows: int, grid_cols: int, cols: int, vector_lat
     """Cycles of one conv layer (no stalls). Per output tile and K-tile: ``R + 1`` weight-load cycles,
     ``P`` input rows back to back (the first while the last weight beat is taken)
     and ``R + G + 2`` until the last output row is taken: ``2R + G + P + 3``; per output tile then
-    ``c_j P`` output casts into the vector unit and ``L + 1`` to drain it."""
+    the output pass, ``P`` cycles (one pixel's ``C`` channels a cycle, through ``C`` vector-unit lanes),
+    and ``L + 1`` to drain the vector unit."""
     kt, nt = -(-step.k // rows), -(-step.n // cols)
-    return nt * kt * (2 * rows + grid_cols + step.pixels + 3) + step.n * step.pixels + nt * (vector_latency + 1)
+    return nt * kt * (2 * rows + grid_cols + step.pixels + 3) + nt * (step.pixels + vector_latency + 1)
 
 
 @dataclass
@@ -435,6 +548,10 @@ class PoolStep:
     def n_outputs(self) -> int:
         return self.c * self.pixels
 
+    @property
+    def out_layout(self) -> "tuple[int, int]":
+        return (self.c, self.pixels)
+
     def tap_offsets(self) -> "list[tuple[int, int]]":
         """Per tap ``t = ky kw + kx`` (bank ``t``): ``(oy, ox) = (ky d_h - pad_h, kx d_w - pad_w)``."""
         kh, kw = self.kernel
@@ -460,7 +577,8 @@ def pool_step(node: Node) -> PoolStep:
                     _pair(p["padding"]), _pair(p.get("dilation", (1, 1))), ho, wo)
 
 
-def pool_cycles(step: PoolStep, vector_latency: int) -> int:
-    """Cycles of one maxpool2d pass (no stalls): one output per cycle, then ``L + 1`` to drain the
-    vector unit (``L``: its latency)."""
-    return step.n_outputs + vector_latency + 1
+def pool_cycles(step: PoolStep, vector_latency: int, lanes: int = 1) -> int:
+    """Cycles of one maxpool2d pass (no stalls): one output word (``lanes`` channels of one output
+    pixel) per cycle, ``ceil(c / lanes) P`` of them, then ``L + 1`` to drain the vector unit (``L``:
+    its latency)."""
+    return lane_words(step.out_layout, lanes) + vector_latency + 1

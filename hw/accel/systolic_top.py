@@ -18,23 +18,31 @@ cycle; bank ``b`` of the row reads its own copy of the input activation buffer a
 ``psum[p]`` (``C`` sums per pixel; the first K-tile writes), read-modify-write in the cycle the row
 leaves the array.
 
-maxpool2d layer: a pass over its input buffer, one output per cycle in CHW order; bank ``t`` reads
-window tap ``t`` (so ``kh kw <= R``), a max tree picks the largest (taps outside the input never
-win), cast to the output format, then the vector unit as below.
+maxpool2d layer: a pass over its input buffer, one output word per cycle (channel group ``g``,
+output pixels in order); bank ``t`` reads window tap ``t`` (so ``kh kw <= R``), a max tree per lane
+picks the largest (taps outside the input never win), cast to the output format, then the vector
+unit as below.
 
-After the last K-tile of tile ``j`` the sums (with the bias aligned) are cast to the layer's output
-format one per cycle (conv: channel-major, ``psum[p][c]`` for ``c`` outer, ``p`` inner, so the
-stream is in CHW order) and go through the layer's vector unit: the element-wise nodes that follow
-the layer (relu, relu6, leaky_relu, batchnorm: :class:`~qfx.hw.accel.engines.ElementwiseEngine`,
-whose per-channel batchnorm counts CHW positions), then the cast into the next layer's input format,
-into the other activation buffer (ping-pong) at the next address (``co P + p``: CHW, what a following
-flatten -> dense reads). The last layer's buffer is streamed out. A residual ``add`` whose other
-operand is an earlier layer's output (after its vector unit) is a vector-unit stage: that layer also
-writes its codes into a skip buffer of their own, which the add reads in the same CHW order
-(:meth:`SystolicAccelerator._skip_add`).
+Lanes: every buffer word holds ``C`` codes. Element (channel ``ch``, pixel ``p``) of a tensor with
+``P`` pixels per channel (a vector: ``P = 1``) lives at word ``(ch // C) P + p``, lane ``ch % C``
+(:func:`~qfx.hw.accel.systolic_plan.lane_words`); each lane is a memory of its own, as deep as the
+tensors with a channel in it need (:class:`_LaneBuffer`). After the last K-tile of tile ``j`` the
+output pass moves one word per cycle (conv: pixel ``p``, ``P`` cycles; dense: the tile, 1 cycle): lane
+``c`` takes the sum of channel ``j C + c`` (``psum[p][c]`` or accumulator ``c``), adds the bias
+aligned, casts to the layer's output format and runs its lane of the vector unit: the element-wise
+nodes that follow the layer (relu, relu6, leaky_relu, batchnorm:
+:class:`~qfx.hw.accel.engines.ElementwiseEngine` with ``lane=c, lanes=C``, whose per-channel
+batchnorm holds channels ``c, c + C, ...``), then the cast into the next layer's input format; the
+lanes move in lockstep and write word ``j P + p`` of the other activation buffer (ping-pong). Only
+``min(C, channels)`` lanes are built per layer. The input stream writes one lane a beat; the dense
+K-tile reads and the output stream walk the flat CHW order with (pixel, lane, word-base) counters
+(:func:`_lane_walk`). A residual ``add`` whose other operand is an earlier layer's output (after its
+vector unit) is a vector-unit stage, per lane: that layer also writes its words into a skip buffer of
+their own, which the add reads word by word (:meth:`SystolicAccelerator._skip_add`). The lane layout
+is the writer's channels, so a conv2d / maxpool2d reading a reshaped tensor is refused.
 
-Memory: two activation buffers of :attr:`SystolicPlan.buffer_depth` codes; a buffer that a conv2d
-or maxpool2d layer reads has ``R - 1`` more copies (:meth:`SystolicPlan.bank_depths` codes each,
+Memory: two activation buffers (:meth:`SystolicPlan.buffer_lane_depths` words per lane); a buffer
+that a conv2d or maxpool2d layer reads has ``R - 1`` more copies (:meth:`SystolicPlan.bank_lane_depths`,
 written with the buffer), one read port per bank; the ``psum`` memory holds ``P_max x C`` partial
 sums; each skip buffer one tensor.
 
@@ -72,7 +80,8 @@ from ..pe.packed import check_packable
 from ..systolic import SystolicArray
 from .engines import ElementwiseEngine
 from .systolic_plan import (MAX_ARRAY, VECTOR_OPS, ConvStep, DenseStep, PoolStep, SystolicError, SystolicPlan,
-                            bank_tables, conv_cycles, parse_array, plan_systolic, pool_cycles)
+                            bank_tables, conv_cycles, lane_words, parse_array, plan_systolic,
+                            pool_cycles)
 from .top import start_control, top_signature
 
 __all__ = ["SystolicAccelerator", "SystolicError", "SystolicPlan", "plan_systolic", "systolic_cycles",
@@ -83,11 +92,92 @@ def _eq(sig: Any, k: int) -> Any:
     return sig == k if k else ~sig.any()
 
 
-def _tile_count(m: Module, n: int, cols: int, j_cnt: Any, nt: int, li: int) -> Signal:
-    """The outputs of output tile ``j_cnt`` of a layer with ``n`` outputs: ``cols``, the last tile the rest."""
-    count = Signal(range(cols + 1), name=f"count_{li}")
-    m.d.comb += count.eq(Mux(_eq(j_cnt, nt - 1), n - (nt - 1) * cols, cols))
-    return count
+class _LaneBuffer:
+    """A buffer of words of ``lanes`` codes, one memory per lane (lane ``c`` holds ``depths[c]`` words;
+    0: no memory, reads give 0), written through ``wen`` (one bit a lane), ``waddr``, ``wdata[c]``
+    (a lane's write beyond its depth is dropped), read through ``nread`` ports of one word each
+    (``reads[k].addr``, ``reads[k].data[c]``; a lane read beyond its depth is junk, never selected).
+
+    Parameters
+    ----------
+    m : Module
+    name : str
+        Prefix of the lane memories' names.
+    shape : Shape
+        One code.
+    depths : list of int
+        Words per lane.
+    words : int
+        The addresses written (``waddr`` counts up to it).
+    nread : int
+        Read ports.
+    """
+
+    class _Read:
+        def __init__(self, addr: Signal, data: list) -> None:
+            self.addr, self.data = addr, data
+
+    def __init__(self, m: Module, name: str, shape: Any, depths: "list[int]", words: int, nread: int) -> None:
+        lanes = len(depths)
+        self.wen = Signal(lanes, name=f"{name}_wen")
+        self.waddr = Signal(range(words + 1), name=f"{name}_waddr")
+        self.wdata = [Signal(shape, name=f"{name}_wdata{c}") for c in range(lanes)]
+        self.reads = [self._Read(Signal(range(words + 1), name=f"{name}_raddr{k}"), []) for k in range(nread)]
+        for c, d in enumerate(depths):
+            if not d:
+                for r in self.reads:
+                    r.data.append(Const(0, shape))
+                continue
+            mem = Memory(shape=shape, depth=d, init=[])
+            m.submodules[f"{name}_l{c}"] = mem
+            wp = mem.write_port()
+            fits = (self.waddr < d) if d < words else Const(1, 1)
+            m.d.comb += [wp.en.eq(self.wen[c] & fits), wp.addr.eq(self.waddr), wp.data.eq(self.wdata[c])]
+            for r in self.reads:
+                rp = mem.read_port(domain="comb")
+                m.d.comb += rp.addr.eq(r.addr)
+                r.data.append(rp.data)
+
+    def copy_from(self, m: Module, other: "_LaneBuffer") -> None:
+        """Write every word ``other`` is written (a bank copy)."""
+        m.d.comb += [self.wen.eq(other.wen), self.waddr.eq(other.waddr)]
+        m.d.comb += [a.eq(b) for a, b in zip(self.wdata, other.wdata)]
+
+
+def _lane(word: Any, lane: Any, lanes: int) -> Any:
+    """Lane ``lane`` (a signal) of a ``lanes``-code buffer word (a mux, padded to every value of ``lane``:
+    a full case)."""
+    if lanes == 1:
+        return word[0]
+    vals = [word[c] for c in range(lanes)]
+    return Array(vals + [vals[-1]] * ((1 << len(lane)) - lanes))[lane]
+
+
+def _lane_walk(m: Module, name: str, layout: "tuple[int, int]", lanes: int, step: Any,
+               reset: Any) -> "tuple[Signal, Signal]":
+    """Counters walking a tensor of layout ``(channels, P)`` (:func:`lane_words`) in flat CHW order, one
+    element per cycle where ``step`` (``reset``: back to the first): the ``(word, lane)`` of the current
+    element, ``((ch // lanes) P + p, ch % lanes)``, kept as pixel, lane and word-base counters (no
+    divider). Past the tensor's end the word keeps counting (readers mask those reads)."""
+    ch, P = layout
+    groups = -(-ch // lanes)
+    base = Signal(range((groups + 1) * P + 1), name=f"{name}_wbase")  # (ch // lanes) P
+    pix = Signal(range(max(P, 2)), name=f"{name}_pix")
+    lane = Signal(range(max(lanes, 2)), name=f"{name}_lane")
+    word = Signal(range((groups + 2) * P + 1), name=f"{name}_word")
+    m.d.comb += word.eq(base + pix)
+    with m.If(reset):
+        m.d.sync += [base.eq(0), pix.eq(0), lane.eq(0)]
+    with m.Elif(step):
+        with m.If(_eq(pix, P - 1)):
+            m.d.sync += pix.eq(0)
+            with m.If(_eq(lane, lanes - 1)):
+                m.d.sync += [lane.eq(0), base.eq(base + P)]
+            with m.Else():
+                m.d.sync += lane.eq(lane + 1)
+        with m.Else():
+            m.d.sync += pix.eq(pix + 1)
+    return word, lane
 
 
 def _next_k_tile(m: Module, i_cnt: Any, kt: int, state: Any, sid: dict, li: int, resets: list) -> None:
@@ -126,13 +216,13 @@ def systolic_cycles(plan: SystolicPlan, rows: int, cols: int, pack: bool) -> dic
     Per dense layer, per output tile ``j`` (``c_j = min(C, N - j C)`` outputs) and K-tile:
     ``R + 1`` cycles of weight load (ROM read pipeline), 1 cycle to push the input row,
     ``R + G + 2`` cycles until the output row is taken (``G = ceil(C / 2)`` packed, else ``C``):
-    ``2R + G + 4`` per tile; then ``c_j`` cycles of output casts into the vector unit and ``L + 1``
-    to drain it (``L``: the vector unit's latency, 1 per relu-like node, 3 per batchnorm). Per
-    conv2d layer (:func:`~qfx.hw.accel.systolic_plan.conv_cycles`): ``2R + G + P + 3`` per tile
-    (``R + 1`` weight load, ``P`` rows back to back, ``R + G + 2`` until the last is taken), then
-    ``c_j P`` output casts and ``L + 1`` per output tile. Per maxpool2d pass
-    (:func:`~qfx.hw.accel.systolic_plan.pool_cycles`): one cycle per output, ``L + 1`` to drain
-    (an add in a vector unit counts 1 in ``L``). Per inference add ``n_in`` input beats
+    ``2R + G + 4`` per tile; then 1 cycle (the tile's ``C`` outputs, one word, into the ``C``
+    vector-unit lanes) and ``L + 1`` to drain (``L``: the vector unit's latency, 1 per relu-like
+    node, 3 per batchnorm). Per conv2d layer (:func:`~qfx.hw.accel.systolic_plan.conv_cycles`):
+    ``2R + G + P + 3`` per tile (``R + 1`` weight load, ``P`` rows back to back, ``R + G + 2`` until
+    the last is taken), then ``P`` output words and ``L + 1`` per output tile. Per maxpool2d pass
+    (:func:`~qfx.hw.accel.systolic_plan.pool_cycles`): one cycle per output word (``ceil(c / C) P``),
+    ``L + 1`` to drain (an add in a vector unit counts 1 in ``L``). Per inference add ``n_in`` input beats
     and ``n_out`` output beats: that is the ``ii`` of back-to-back tensors; ``total`` (start pulse
     to done pulse of one tensor alone) adds 2.
     """
@@ -144,7 +234,7 @@ def systolic_cycles(plan: SystolicPlan, rows: int, cols: int, pack: bool) -> dic
     for s in plan.steps:
         lat = _vector_latency(s)
         if s.is_pool:
-            c = pool_cycles(s, lat)
+            c = pool_cycles(s, lat, cols)
             layers[s.node.name] = {"cycles": c, "outputs": s.n_outputs, "taps": s.taps}
             compute += c
             continue
@@ -152,11 +242,11 @@ def systolic_cycles(plan: SystolicPlan, rows: int, cols: int, pack: bool) -> dic
         if s.is_conv:
             c = conv_cycles(s, rows, g, cols, lat)
         else:
-            c = nt * kt * tile + s.n + nt * (lat + 1)
+            c = nt * kt * tile + nt * (1 + lat + 1)
         m = s.k * s.n * s.pixels
         layers[s.node.name] = {"k_tiles": kt, "n_tiles": nt, "tiles": kt * nt, "cycles": c, "macs": m}
-        if s.is_conv:  # the output pass (one code per cycle) apart: it is most of a small conv's cycles
-            layers[s.node.name].update(pixels=s.pixels, emit_cycles=s.n * s.pixels + nt * (lat + 1))
+        if s.is_conv:  # the output pass (one pixel's C channels a cycle) apart
+            layers[s.node.name].update(pixels=s.pixels, emit_cycles=nt * (s.pixels + lat + 1))
         compute += c
         macs += m
     ii = plan.n_in + compute + plan.n_out
@@ -272,34 +362,30 @@ class SystolicAccelerator(wiring.Component):
         steps = plan.steps
         acc_fmt = self.acc_fmt
         m.submodules.array = arr = SystolicArray(R, C, plan.x_fmt, plan.w_fmt, acc_fmt, acc_fmt, pack=self._pack)
+        layouts = plan.layouts()  # (channels, P) of each step's input tensor, then of the output
 
-        # ---- buffers -------------------------------------------------------------------------------
+        # ---- buffers: words of C codes (lane c of word (ch // C) P + p: channel ch, pixel p) ----------
         stored = [s.x_fmt for s in steps] + [plan.out_fmt]
         buf_w = max(f.width + (0 if f.signed else 1) for f in stored)
-        depth = plan.buffer_depth
-        # a buffer a conv2d layer reads is replicated, one copy per bank (R read ports); all copies
-        # are written together; copy 0 serves the dense layers and the output stream
-        bufs = [Memory(shape=signed(buf_w), depth=depth, init=[]) for _ in range(2)]
-        m.submodules.act0, m.submodules.act1 = bufs
-        rps = [b.read_port(domain="comb") for b in bufs]
-        wps = [b.write_port() for b in bufs]
+        words = plan.buffer_words(C)
+        # a buffer a conv2d / maxpool2d layer reads is replicated, one copy per bank (R read ports);
+        # all copies are written together; copy 0 serves the dense layers and the output stream
+        lane_depths = plan.buffer_lane_depths(C)
+        bufs = [_LaneBuffer(m, f"act{b}", signed(buf_w), lane_depths[b], words, 1) for b in range(2)]
+        rps = [b.reads[0] for b in bufs]
         bank_rps: dict = {}
         for b in sorted(plan.conv_buffers()):
-            # a copy holds only what the conv layers reading buffer b read (their input tensors)
-            cdepth = plan.bank_depths()[b]
+            # a copy holds only what the conv / pool layers reading buffer b read (their input tensors)
             ports = [rps[b]]
             for k in range(1, R):
-                copy = Memory(shape=signed(buf_w), depth=cdepth, init=[])
-                m.submodules[f"act{b}_bank{k}"] = copy
-                ports.append(copy.read_port(domain="comb"))
-                cwp = copy.write_port()
-                fits = (wps[b].addr < cdepth) if cdepth < depth else Const(1, 1)
-                m.d.comb += [cwp.en.eq(wps[b].en & fits), cwp.addr.eq(wps[b].addr), cwp.data.eq(wps[b].data)]
+                copy = _LaneBuffer(m, f"act{b}_bank{k}", signed(buf_w), plan.bank_lane_depths(C)[b], words, 1)
+                copy.copy_from(m, bufs[b])
+                ports.append(copy.reads[0])
             bank_rps[b] = ports
-        words, ww = self.weight_rom()
-        m.submodules.wrom = wrom = Memory(shape=unsigned(C * ww), depth=len(words), init=words)
+        wwords, ww = self.weight_rom()
+        m.submodules.wrom = wrom = Memory(shape=unsigned(C * ww), depth=len(wwords), init=wwords)
         wrp = wrom.read_port()
-        waddr = Signal(range(len(words) + 1))
+        waddr = Signal(range(len(wwords) + 1))
         m.d.comb += wrp.addr.eq(waddr)
 
         # ---- control (as Accelerator: start_control): armed input, one queued start, in_flight -----
@@ -314,7 +400,7 @@ class SystolicAccelerator(wiring.Component):
         armed = start_control(m, self, last_in, last_out, flight_width=4)
         m.d.comb += [self.s_axis_tready.eq(armed & in_open), self.m_axis_tlast.eq(_eq(out_count, n_out - 1))]
 
-        # input beats: cast to the first layer's input format, into buffer 0
+        # input beats (CHW order): cast to the first layer's input format, into one lane of buffer 0
         in_cast = CastUnit(plan.in_fmt, steps[0].x_fmt)
         m.submodules.in_cast = in_cast
         m.d.comb += in_cast.i.eq(self.s_axis_tdata[: plan.in_fmt.width])
@@ -322,8 +408,9 @@ class SystolicAccelerator(wiring.Component):
         m.d.comb += in_write.eq(self.s_axis_tvalid & self.s_axis_tready)
         with m.If(in_write):
             m.d.sync += in_count.eq(Mux(last_in, 0, in_count + 1))
+        in_word, in_lane = _lane_walk(m, "in", layouts[0], C, in_write, last_in)
 
-        # ---- per layer: the output cast and the vector unit -------------------------------------------
+        # ---- per layer: the output casts and the vector unit, C lanes ---------------------------------
         xrow = [Signal(fixed_shape(plan.x_fmt), name=f"xrow_{k}") for k in range(R)]
         gemm = [s for s in steps if not s.is_pool]
         kt_max = max(-(-s.k // R) for s in gemm)
@@ -331,13 +418,13 @@ class SystolicAccelerator(wiring.Component):
         r_cnt = Signal(range(R + 1))
         i_cnt = Signal(range(max(kt_max, 2)))
         j_cnt = Signal(range(max(max(-(-s.n // C) for s in gemm), 2)))
-        c_cnt = Signal(range(C + 1))
-        wr_cnt = Signal(range(depth + 1))
+        wr_cnt = Signal(range(words + 1))  # the word being written (layers write their words in order)
         ld_v, ld_row = Signal(), Signal(range(R))
         m.d.comb += [arr.weights.valid.eq(ld_v), arr.weights.payload.row.eq(ld_row),
                      arr.weights.payload.w.as_value().eq(wrp.data)]
         # conv2d: the partial sums psum[p][c] of the output tile, one word of C sums per pixel
         conv_steps = [s for s in steps if s.is_conv]
+        ps_rp = ps_wp = p_in = p_out = p_em = None
         if conv_steps:
             p_max = max(s.pixels for s in conv_steps)
             psum = Memory(shape=ArrayLayout(signed(len(accs[0])), C), depth=p_max, init=[])
@@ -346,70 +433,89 @@ class SystolicAccelerator(wiring.Component):
             p_in = Signal(range(p_max + 1), name="pix_in")  # input rows pushed this K-tile
             p_out = Signal(range(p_max + 1), name="pix_out")  # output rows taken this K-tile
             p_em = Signal(range(p_max + 1), name="pix_emit")  # pixel being emitted
-            psum_sel = Array([ps_rp.data[c] for c in range(C)] + [ps_rp.data[C - 1]] * ((1 << len(c_cnt)) - C))[c_cnt]
         x_feed = Cat(*xrow)  # the input row: dense layers shift it in; conv layers read it per cycle
-        # (padded to every value of c_cnt: a full case, no CASEINCOMPLETE; c_cnt < C whenever it is used)
-        acc_sel = Array(accs + [accs[-1]] * ((1 << len(c_cnt)) - C))[c_cnt]
 
-        writes = []  # (buffer index, valid, data, ready signal to drive)
+        writes = []  # (buffer index, valid, [lane data])
         emit_valid, emit_ready = [], []
-        pool_max = {}  # layer -> the window maximum (driven by _pool_layer)
+        pool_max = {}  # layer -> the C lanes' window maxima (driven by _pool_layer)
         skip_srcs = plan.skip_sources()
         skip_mem = {}  # add node -> (memory, write port, read port): the skip tensor, kept for the add
         for src, adds in sorted(skip_srcs.items()):
             for sk in adds:
-                mem = Memory(shape=fixed_shape(steps[src].emitted), depth=steps[src].n_outputs, init=[])
+                mem = Memory(shape=ArrayLayout(fixed_shape(steps[src].emitted), plan.lanes(steps[src], C)),
+                             depth=lane_words(steps[src].out_layout, C), init=[])
                 m.submodules[f"skip_{len(skip_mem)}"] = mem
                 skip_mem[sk.node.name] = (mem, mem.write_port(), mem.read_port(domain="comb"))
         for li, s in enumerate(steps):
+            L = plan.lanes(s, C)  # lanes L .. C - 1 never carry one of its channels: not built
             if s.is_pool:
-                pool_max[li] = Signal(fixed_shape(s.in_fmt), name=f"pool_max_{li}")
-                ocast = CastUnit(s.in_fmt, s.out_fmt)
-                m.submodules[f"out_cast_{li}"] = ocast
-                m.d.comb += ocast.i.eq(pool_max[li])
+                pool_max[li] = [Signal(fixed_shape(s.in_fmt), name=f"pool_max_{li}_{c}") for c in range(L)]
+                ocasts = []
+                for c in range(L):
+                    ocast = CastUnit(s.in_fmt, s.out_fmt)
+                    m.submodules[f"out_cast_{li}_{c}"] = ocast
+                    m.d.comb += ocast.i.eq(pool_max[li][c])
+                    ocasts.append(ocast)
             else:
-                ocast = self._gemm_output(m, li, s, accs, acc_sel, psum_sel if conv_steps else None, j_cnt, c_cnt)
+                ocasts = self._gemm_output(m, li, s, L, accs, ps_rp, j_cnt)
             ev, er = Signal(name=f"emit_valid_{li}"), Signal(name=f"emit_ready_{li}")
             emit_valid.append(ev)
             emit_ready.append(er)
-            src_fmt, payload, valid, ready = s.out_fmt, ocast.o, ev, er
+            src_fmt, valid, ready = s.out_fmt, ev, er
+            payloads = [oc.o for oc in ocasts]
             for vn in s.vector:
                 if vn.op == "add":
-                    m.d.comb += ready.eq(1)
-                    payload, valid = self._skip_add(m, li, s.skips[vn.name], src_fmt, payload, valid, skip_mem)
+                    if ready is not None:
+                        m.d.comb += ready.eq(1)
+                    payloads, valid = self._skip_add(m, li, s.skips[vn.name], src_fmt, payloads, valid, skip_mem)
                     src_fmt, ready = vn.formats["output"], None
                     continue
-                eng = ElementwiseEngine(vn, src_fmt)
-                m.submodules[f"vec_{li}_{vn.name}"] = eng
-                m.d.comb += [eng.i.payload.eq(payload), eng.i.valid.eq(valid)]
+                engs = []
+                for c in range(L):  # lane c: channels c, c + C, ... (all lanes in lockstep)
+                    eng = ElementwiseEngine(vn, src_fmt, lane=c, lanes=C)
+                    m.submodules[f"vec_{li}_{vn.name}_{c}"] = eng
+                    m.d.comb += [eng.i.payload.eq(payloads[c]), eng.i.valid.eq(valid)]
+                    engs.append(eng)
                 if ready is not None:
-                    m.d.comb += ready.eq(eng.i.ready)
-                src_fmt, payload, valid, ready = vn.formats["output"], eng.o.payload, eng.o.valid, eng.o.ready
+                    m.d.comb += ready.eq(engs[0].i.ready)
+                for eng in engs[1:]:
+                    m.d.comb += eng.o.ready.eq(1)
+                src_fmt, payloads, valid, ready = vn.formats["output"], [e.o.payload for e in engs], \
+                    engs[0].o.valid, engs[0].o.ready
             if ready is not None:
                 m.d.comb += ready.eq(1)  # the buffer write never stalls
             for sk in skip_srcs.get(li, []):  # this layer's emitted codes are a later add's skip operand
                 swp = skip_mem[sk.node.name][1]
-                m.d.comb += [swp.en.eq(valid), swp.addr.eq(wr_cnt), swp.data.eq(payload)]
+                m.d.comb += [swp.en.eq(valid), swp.addr.eq(wr_cnt)]
+                m.d.comb += [swp.data[c].eq(payloads[c]) for c in range(L)]
             dst = s.next_fmt if s.next_fmt is not None else plan.out_fmt
-            fcast = CastUnit(src_fmt, dst)
-            m.submodules[f"next_cast_{li}"] = fcast
-            m.d.comb += fcast.i.eq(payload)
-            data = Signal(signed(buf_w), name=f"wdata_{li}")
-            m.d.comb += data.eq(fcast.o)
-            writes.append(((li + 1) % 2, valid, data))
-        # buffer write ports: buffer 0 gets the input, then each layer writes the other buffer
+            lanes_data = []
+            for c in range(L):
+                fcast = CastUnit(src_fmt, dst)
+                m.submodules[f"next_cast_{li}_{c}"] = fcast
+                m.d.comb += fcast.i.eq(payloads[c])
+                data = Signal(signed(buf_w), name=f"wdata_{li}_{c}")
+                m.d.comb += data.eq(fcast.o)
+                lanes_data.append(data)
+            writes.append(((li + 1) % 2, valid, lanes_data))
+        # buffer write ports: buffer 0 gets the input (one lane), then each layer writes the other
+        # buffer (a whole word)
+        in_code = Signal(signed(buf_w), name="in_code")
+        m.d.comb += in_code.eq(in_cast.o)
         for b in range(2):
-            wp = wps[b]
+            wp = bufs[b]
             cond = m.If
             if b == 0:
                 with m.If(in_write):
-                    m.d.comb += [wp.en.eq(1), wp.addr.eq(in_count), wp.data.eq(in_cast.o)]
+                    m.d.comb += [wp.wen.eq((Const(1, C) << in_lane)[:C]), wp.waddr.eq(in_word)]
+                    m.d.comb += [wp.wdata[c].eq(in_code) for c in range(C)]
                 cond = m.Elif
-            for tb, valid, data in writes:
+            for tb, valid, lanes_data in writes:
                 if tb != b:
                     continue
                 with cond(valid):
-                    m.d.comb += [wp.en.eq(1), wp.addr.eq(wr_cnt), wp.data.eq(data)]
+                    m.d.comb += [wp.wen.eq((1 << len(lanes_data)) - 1), wp.waddr.eq(wr_cnt)]
+                    m.d.comb += [wp.wdata[c].eq(d) for c, d in enumerate(lanes_data)]
                 cond = m.Elif
         any_write = Const(0, 1)
         for _tb, valid, _d in writes:
@@ -420,7 +526,9 @@ class SystolicAccelerator(wiring.Component):
         # ---- the sequencer -----------------------------------------------------------------------------
         out_buf = len(steps) % 2
         out_code = Signal(fixed_shape(plan.out_fmt))
-        m.d.comb += [rps[out_buf].addr.eq(out_count), out_code.eq(rps[out_buf].data),
+        out_word, out_lane = _lane_walk(m, "out", layouts[-1], C, self.m_axis_tvalid & self.m_axis_tready,
+                                        last_out)
+        m.d.comb += [rps[out_buf].addr.eq(out_word), out_code.eq(_lane(rps[out_buf].data, out_lane, C)),
                      self.m_axis_tdata.eq(out_code)]
         # the state machine as a plain register (Amaranth's FSM leaves verilator -Wall CASEINCOMPLETE warnings)
         def phases(s):
@@ -445,19 +553,23 @@ class SystolicAccelerator(wiring.Component):
                 continue
             if s.is_conv:
                 x_feed = self._conv_layer(m, li, s, st, state, sid, nxt, x_feed, bank_rps[li % 2], arr, ld_v, ld_row,
-                                          waddr, r_cnt, i_cnt, j_cnt, c_cnt, wr_cnt, emit_valid[li], emit_ready[li],
+                                          waddr, r_cnt, i_cnt, j_cnt, wr_cnt, emit_valid[li], emit_ready[li],
                                           p_in, p_out, p_em, ps_rp, ps_wp)
                 continue
             kt, nt = -(-s.k // R), -(-s.n // C)
             rp = rps[li % 2]
             xaddr = Signal(range(kt * R + 1), name=f"xaddr_{li}")
             m.d.comb += xaddr.eq(i_cnt * R + r_cnt)
-            with m.If(st(f"L{li}_WLOAD")):
-                m.d.comb += rp.addr.eq(xaddr)
+            # the K-tile reads walk the input tensor in CHW order (every output tile from its start)
+            loading = st(f"L{li}_WLOAD")
+            in_gemm = loading | st(f"L{li}_XFEED") | st(f"L{li}_WAITY")
+            x_word, x_lane = _lane_walk(m, f"d{li}", layouts[li], C, loading & (r_cnt < R), ~in_gemm)
+            with m.If(loading):
+                m.d.comb += rp.addr.eq(x_word)
                 with m.If(r_cnt < R):
                     m.d.sync += [ld_v.eq(1), ld_row.eq(r_cnt), waddr.eq(waddr + 1), r_cnt.eq(r_cnt + 1)]
                     m.d.sync += [xrow[k].eq(xrow[k + 1]) for k in range(R - 1)]
-                    m.d.sync += xrow[R - 1].eq(Mux(xaddr < s.k, rp.data, 0))
+                    m.d.sync += xrow[R - 1].eq(Mux(xaddr < s.k, _lane(rp.data, x_lane, C), 0))
                 with m.Else():
                     m.d.sync += [ld_v.eq(0), r_cnt.eq(0)]
                     m.d.sync += state.eq(sid[f"L{li}_XFEED"])
@@ -470,15 +582,12 @@ class SystolicAccelerator(wiring.Component):
                 with m.If(arr.y.valid):
                     for c in range(C):
                         m.d.sync += accs[c].eq(Mux(~i_cnt.any(), 0, accs[c]) + arr.y.payload[c])
-                    _next_k_tile(m, i_cnt, kt, state, sid, li, [c_cnt.eq(0)])
-            count = _tile_count(m, s.n, C, j_cnt, nt, li)
-            with m.If(st(f"L{li}_EMIT")):
+                    _next_k_tile(m, i_cnt, kt, state, sid, li, [])
+            with m.If(st(f"L{li}_EMIT")):  # the tile's C outputs at once, one word
                 m.d.comb += emit_valid[li].eq(1)
                 with m.If(emit_ready[li]):
-                    m.d.sync += c_cnt.eq(c_cnt + 1)
-                    with m.If(c_cnt == count - 1):
-                        m.d.sync += state.eq(sid[f"L{li}_DRAIN"])
-            _drain(m, st, li, wr_cnt, j_cnt * C + count, j_cnt, nt, state, sid, nxt)
+                    m.d.sync += state.eq(sid[f"L{li}_DRAIN"])
+            _drain(m, st, li, wr_cnt, j_cnt + 1, j_cnt, nt, state, sid, nxt)
         m.d.comb += arr.x.payload.as_value().eq(x_feed)
         with m.If(st("OUT")):
             m.d.comb += self.m_axis_tvalid.eq(1)
@@ -488,42 +597,56 @@ class SystolicAccelerator(wiring.Component):
                 m.d.sync += state.eq(sid["IN"])
         return m
 
-    def _gemm_output(self, m, li, s, accs, acc_sel, psum_sel, j_cnt, c_cnt):
-        """Dense / conv2d layer ``li``'s output: the sum of channel ``j_cnt C + c_cnt`` (a tile
-        accumulator, or ``psum[p][c_cnt]`` for conv) with the bias aligned, cast to the layer's output
-        format. Returns the :class:`~qfx.hw.cast.CastUnit`."""
+    def _gemm_output(self, m, li, s, L, accs, ps_rp, j_cnt):
+        """Dense / conv2d layer ``li``'s output, lane ``c``: the sum of channel ``j_cnt C + c`` (tile
+        accumulator ``c``, or ``psum[p][c]`` for conv) with the bias aligned (a bias ROM of one word of
+        ``C`` biases per output tile), cast to the layer's output format. Returns the ``C``
+        :class:`~qfx.hw.cast.CastUnit` of lanes ``0 .. L - 1``."""
         C = self._cols
+        nt = -(-s.n // C)
         fp = s.x_fmt.frac_bits + s.w_frac
         fb = s.bias_fmt.frac_bits if s.bias_fmt is not None else fp
         af = max(fp, fb)
         bw = s.bias_fmt.width if s.bias_fmt is not None else 1
         tw = max(len(accs[0]) + af - fp, bw + af - fb) + 1
         t_fmt = FixedType(tw, tw - af, signed=True)
-        total = Signal(signed(tw), name=f"total_{li}")
-        term = (psum_sel if s.is_conv else acc_sel) << (af - fp)
+        brp = None
         if s.bias is not None:
-            brom = Memory(shape=fixed_shape(s.bias_fmt), depth=s.n, init=[int(v) for v in s.bias])
+            mask = (1 << bw) - 1
+            init = [sum((int(s.bias[j * C + c]) & mask) << (c * bw) for c in range(C) if j * C + c < s.n)
+                    for j in range(nt)]
+            # (at least 2 words: a 1-word ROM's address would be 0 bits wide, which Verilator -Wall flags)
+            brom = Memory(shape=unsigned(L * bw), depth=max(nt, 2), init=init + [0] * (max(nt, 2) - nt))
             m.submodules[f"bias_{li}"] = brom
             brp = brom.read_port(domain="comb")
-            m.d.comb += brp.addr.eq(j_cnt * C + c_cnt)
-            m.d.comb += total.eq(term + (brp.data << (af - fb)))
-        else:
-            m.d.comb += total.eq(term)
-        ocast = CastUnit(t_fmt, s.out_fmt)
-        m.submodules[f"out_cast_{li}"] = ocast
-        m.d.comb += ocast.i.eq(total)
-        return ocast
+            m.d.comb += brp.addr.eq(j_cnt)
+        out = []
+        for c in range(L):
+            total = Signal(signed(tw), name=f"total_{li}_{c}")
+            term = (ps_rp.data[c] if s.is_conv else accs[c]) << (af - fp)
+            if brp is not None:
+                bias = brp.data[c * bw:(c + 1) * bw]
+                bias = bias.as_signed() if s.bias_fmt.signed else bias
+                m.d.comb += total.eq(term + (bias << (af - fb)))
+            else:
+                m.d.comb += total.eq(term)
+            ocast = CastUnit(t_fmt, s.out_fmt)
+            m.submodules[f"out_cast_{li}_{c}"] = ocast
+            m.d.comb += ocast.i.eq(total)
+            out.append(ocast)
+        return out
 
     def _conv_layer(self, m, li, s: ConvStep, st, state, sid, nxt, x_feed, banks, arr, ld_v, ld_row, waddr, r_cnt,
-                    i_cnt, j_cnt, c_cnt, wr_cnt, emit_valid, emit_ready, p_in, p_out, p_em, ps_rp, ps_wp):
+                    i_cnt, j_cnt, wr_cnt, emit_valid, emit_ready, p_in, p_out, p_em, ps_rp, ps_wp):
         """The states of conv2d layer ``li``: per output tile ``j`` and K-tile ``i``, WLOAD (the ``R``
         weight rows), CRUN (the ``P`` im2col rows back to back, each output row added into
-        ``psum[p]``), then EMIT (``psum[p][c]`` + bias, channel-major: CHW order, into the vector unit)
-        and DRAIN. Returns the array's input row (the im2col row while in CRUN, else ``x_feed``)."""
+        ``psum[p]``), then EMIT (pixel ``p`` a cycle: ``psum[p][c]`` + bias in lane ``c``, the word
+        ``j P + p`` of the next buffer) and DRAIN. Returns the array's input row (the im2col row while
+        in CRUN, else ``x_feed``)."""
         R, C = self._rows, self._cols
         kt, nt = -(-s.k // R), -(-s.n // C)
         P, (sh, sw), H, W = s.pixels, s.stride, s.h, s.w
-        tables = bank_tables(s, R)
+        tables = bank_tables(s, R, C)
         # output pixel (y, x) as counters: xs = x s_w, ys = y s_h, ysw = y s_h W
         xo = Signal(range(max(s.wo, 2)), name=f"c{li}_x")
         xs = Signal(range(max(s.wo * sw, 2)), name=f"c{li}_xs")
@@ -540,12 +663,14 @@ class SystolicAccelerator(wiring.Component):
 
         lim = max(abs(v) for row in tables for e in row for v in e[:3]) + 1
         off_shape = signed(max(lim, s.n_inputs + 1).bit_length() + 1)
+        lane_shape = unsigned(max(C - 1, 1).bit_length())
         row = []
         for b in range(R):
             off = table([t[b][0] for t in tables], off_shape, f"c{li}_off{b}")
             oy = table([t[b][1] for t in tables], off_shape, f"c{li}_oy{b}")
             ox = table([t[b][2] for t in tables], off_shape, f"c{li}_ox{b}")
             kv = table([int(t[b][3]) for t in tables], unsigned(1), f"c{li}_kv{b}")
+            ln = table([t[b][4] for t in tables], lane_shape, f"c{li}_lane{b}") if C > 1 else Const(0, 1)
             iy = Signal(signed(off_shape.width + len(ys) + 1), name=f"c{li}_iy{b}")
             ix = Signal(signed(off_shape.width + len(xs) + 1), name=f"c{li}_ix{b}")
             m.d.comb += [iy.eq(ys + oy), ix.eq(xs + ox)]
@@ -556,7 +681,7 @@ class SystolicAccelerator(wiring.Component):
             with m.If(st(f"L{li}_CRUN")):  # (bank 0 is the buffer's own port: dense layers and the output read it)
                 m.d.comb += banks[b].addr.eq(addr[: len(banks[b].addr)])
             code = Signal(fixed_shape(self._plan.x_fmt), name=f"c{li}_x{b}")
-            m.d.comb += code.eq(Mux(inside, banks[b].data, 0))
+            m.d.comb += code.eq(Mux(inside, _lane(banks[b].data, ln, C), 0))
             row.append(code)
         running = st(f"L{li}_CRUN")
         x_feed = Mux(running, Cat(*row), x_feed)
@@ -582,28 +707,28 @@ class SystolicAccelerator(wiring.Component):
                 m.d.comb += [ps_wp.data[c].eq(Mux(first, 0, ps_rp.data[c]) + arr.y.payload[c]) for c in range(C)]
                 m.d.sync += p_out.eq(p_out + 1)
                 with m.If(_eq(p_out, P - 1)):
-                    _next_k_tile(m, i_cnt, kt, state, sid, li, [c_cnt.eq(0), p_em.eq(0)])
-        count = _tile_count(m, s.n, C, j_cnt, nt, li)
-        with m.If(st(f"L{li}_EMIT")):
+                    _next_k_tile(m, i_cnt, kt, state, sid, li, [p_em.eq(0)])
+        with m.If(st(f"L{li}_EMIT")):  # one pixel's C channels a cycle
             m.d.comb += [emit_valid.eq(1), ps_rp.addr.eq(p_em)]
             with m.If(emit_ready):
                 with m.If(_eq(p_em, P - 1)):
-                    m.d.sync += [p_em.eq(0), c_cnt.eq(c_cnt + 1)]
-                    with m.If(c_cnt == count - 1):
-                        m.d.sync += state.eq(sid[f"L{li}_DRAIN"])
+                    m.d.sync += [p_em.eq(0), state.eq(sid[f"L{li}_DRAIN"])]
                 with m.Else():
                     m.d.sync += p_em.eq(p_em + 1)
-        _drain(m, st, li, wr_cnt, (j_cnt * C + count) * P, j_cnt, nt, state, sid, nxt)
+        _drain(m, st, li, wr_cnt, (j_cnt + 1) * P, j_cnt, nt, state, sid, nxt)
         return x_feed
 
     def _pool_layer(self, m, li, s: PoolStep, st, state, sid, nxt, banks, pool_max, wr_cnt, emit_valid):
-        """The states of maxpool2d layer ``li``: PRUN, one output per cycle in CHW order (bank ``t``
-        reads window tap ``t`` of output ``(c, y, x)``; taps outside the input never win), then DRAIN
-        until the last code is written."""
+        """The states of maxpool2d layer ``li``: PRUN, one output word a cycle (channel group ``g``:
+        channels ``g C + c`` in lane ``c``, output pixels in order; bank ``t`` reads window tap ``t``
+        of output pixel ``(y, x)``, taps outside the input never win), then DRAIN until the last word
+        is written."""
+        C = self._cols
         H, W, (sh, sw) = s.h, s.w, s.stride
+        G = -(-s.c // C)
         fmt = s.in_fmt
-        co = Signal(range(max(s.c, 2)), name=f"p{li}_c")
-        cb = Signal(range(s.c * H * W + 1), name=f"p{li}_cb")  # c H W
+        co = Signal(range(max(G, 2)), name=f"p{li}_g")
+        cb = Signal(range(G * H * W + 1), name=f"p{li}_cb")  # g H W
         yo = Signal(range(max(s.ho, 2)), name=f"p{li}_y")
         xo = Signal(range(max(s.wo, 2)), name=f"p{li}_x")
         xs = Signal(range(s.wo * sw + 1), name=f"p{li}_xs")
@@ -611,7 +736,7 @@ class SystolicAccelerator(wiring.Component):
         ysw = Signal(range(s.ho * sh * W + 1), name=f"p{li}_ysw")
         running = st(f"L{li}_PRUN")
         lim = max([abs(v) for t in s.tap_offsets() for v in t] + [abs(oy * W + ox) for oy, ox in s.tap_offsets()])
-        vals = []
+        taps = []
         for t, (oy, ox) in enumerate(s.tap_offsets()):
             iy = Signal(signed(len(ys) + lim.bit_length() + 2), name=f"p{li}_iy{t}")
             ix = Signal(signed(len(xs) + lim.bit_length() + 2), name=f"p{li}_ix{t}")
@@ -622,26 +747,30 @@ class SystolicAccelerator(wiring.Component):
                 m.d.comb += banks[t].addr.eq(addr[: len(banks[t].addr)])
             inside = Signal(name=f"p{li}_in{t}")
             m.d.comb += inside.eq((iy >= 0) & (iy < H) & (ix >= 0) & (ix < W))
-            code = Signal(fixed_shape(fmt), name=f"p{li}_v{t}")
-            m.d.comb += code.eq(Mux(inside, banks[t].data, fmt.min_code))
-            vals.append(code)
-        while len(vals) > 1:  # a balanced max tree
-            nxt_vals = []
-            for a in range(0, len(vals) - 1, 2):
-                v = Signal(fixed_shape(fmt), name=f"p{li}_max{len(vals)}_{a}")
-                m.d.comb += v.eq(Mux(vals[a] > vals[a + 1], vals[a], vals[a + 1]))
-                nxt_vals.append(v)
-            if len(vals) % 2:
-                nxt_vals.append(vals[-1])
-            vals = nxt_vals
-        m.d.comb += pool_max.eq(vals[0])
+            taps.append(inside)
+        for c in range(len(pool_max)):
+            vals = []
+            for t, inside in enumerate(taps):
+                code = Signal(fixed_shape(fmt), name=f"p{li}_v{t}_{c}")
+                m.d.comb += code.eq(Mux(inside, banks[t].data[c], fmt.min_code))
+                vals.append(code)
+            while len(vals) > 1:  # a balanced max tree
+                nxt_vals = []
+                for a in range(0, len(vals) - 1, 2):
+                    v = Signal(fixed_shape(fmt), name=f"p{li}_max{len(vals)}_{a}_{c}")
+                    m.d.comb += v.eq(Mux(vals[a] > vals[a + 1], vals[a], vals[a + 1]))
+                    nxt_vals.append(v)
+                if len(vals) % 2:
+                    nxt_vals.append(vals[-1])
+                vals = nxt_vals
+            m.d.comb += pool_max[c].eq(vals[0])
         with m.If(running):
             m.d.comb += emit_valid.eq(1)
             with m.If(_eq(xo, s.wo - 1)):
                 m.d.sync += [xo.eq(0), xs.eq(0)]
                 with m.If(_eq(yo, s.ho - 1)):
                     m.d.sync += [yo.eq(0), ys.eq(0), ysw.eq(0)]
-                    with m.If(_eq(co, s.c - 1)):
+                    with m.If(_eq(co, G - 1)):
                         m.d.sync += [co.eq(0), cb.eq(0)]
                         m.d.sync += state.eq(sid[f"L{li}_DRAIN"])
                     with m.Else():
@@ -651,37 +780,43 @@ class SystolicAccelerator(wiring.Component):
             with m.Else():
                 m.d.sync += [xo.eq(xo + 1), xs.eq(xs + sw)]
         with m.If(st(f"L{li}_DRAIN")):
-            with m.If(wr_cnt == s.n_outputs):
+            with m.If(wr_cnt == lane_words(s.out_layout, C)):
                 m.d.sync += [wr_cnt.eq(0), state.eq(sid[nxt])]
 
-    def _skip_add(self, m, li, sk, src_fmt, payload, valid, skip_mem):
-        """A residual add in layer ``li``'s vector unit: ``cast(align(cast(a, in_a)) + align(cast(b,
-        in_b)), output)`` with the stream as one operand and the skip tensor (its own buffer, read
-        at the element's CHW index, counted here) as the other; latency 1 (an output register).
-        Returns ``(payload, valid)``."""
+    def _skip_add(self, m, li, sk, src_fmt, payloads, valid, skip_mem):
+        """A residual add in layer ``li``'s vector unit, per lane: ``cast(align(cast(a, in_a)) +
+        align(cast(b, in_b)), output)`` with the stream as one operand and the skip tensor (its own
+        buffer of words, the same layout, read at the word being added, counted here) as the other;
+        latency 1 (an output register). Returns ``(payloads, valid)``."""
+        C = self._cols
         node = sk.node
         f = node.formats
         ta, tb, out_fmt = f["in_a"], f["in_b"], f["output"]
         _mem, _wp, rp = skip_mem[node.name]
-        n = self._plan.steps[sk.source].n_outputs
+        n = lane_words(self._plan.steps[sk.source].out_layout, C)
         cnt = Signal(range(max(n, 2)), name=f"skip_cnt_{li}")
         m.d.comb += rp.addr.eq(cnt)
         skip_fmt = self._plan.steps[sk.source].emitted
-        a_src, a_code = (skip_fmt, rp.data) if sk.skip_is_a else (src_fmt, payload)
-        b_src, b_code = (src_fmt, payload) if sk.skip_is_a else (skip_fmt, rp.data)
-        ca, cb = CastUnit(a_src, ta), CastUnit(b_src, tb)
-        m.submodules[f"add_{li}_a"], m.submodules[f"add_{li}_b"] = ca, cb
-        m.d.comb += [ca.i.eq(a_code), cb.i.eq(b_code)]
-        s_fmt = ta + tb
-        fr = s_fmt.frac_bits
-        total = Signal(fixed_shape(s_fmt), name=f"add_sum_{li}")
-        m.d.comb += total.eq((ca.o << (fr - ta.frac_bits)) + (cb.o << (fr - tb.frac_bits)))
-        oc = CastUnit(s_fmt, out_fmt)
-        m.submodules[f"add_{li}_out"] = oc
-        m.d.comb += oc.i.eq(total)
-        o_payload = Signal(fixed_shape(out_fmt), name=f"add_out_{li}")
         o_valid = Signal(name=f"add_valid_{li}")
         m.d.sync += o_valid.eq(valid)
         with m.If(valid):
-            m.d.sync += [o_payload.eq(oc.o), cnt.eq(Mux(_eq(cnt, n - 1), 0, cnt + 1))]
-        return o_payload, o_valid
+            m.d.sync += cnt.eq(Mux(_eq(cnt, n - 1), 0, cnt + 1))
+        out = []
+        for c in range(len(payloads)):
+            a_src, a_code = (skip_fmt, rp.data[c]) if sk.skip_is_a else (src_fmt, payloads[c])
+            b_src, b_code = (src_fmt, payloads[c]) if sk.skip_is_a else (skip_fmt, rp.data[c])
+            ca, cb = CastUnit(a_src, ta), CastUnit(b_src, tb)
+            m.submodules[f"add_{li}_a_{c}"], m.submodules[f"add_{li}_b_{c}"] = ca, cb
+            m.d.comb += [ca.i.eq(a_code), cb.i.eq(b_code)]
+            s_fmt = ta + tb
+            fr = s_fmt.frac_bits
+            total = Signal(fixed_shape(s_fmt), name=f"add_sum_{li}_{c}")
+            m.d.comb += total.eq((ca.o << (fr - ta.frac_bits)) + (cb.o << (fr - tb.frac_bits)))
+            oc = CastUnit(s_fmt, out_fmt)
+            m.submodules[f"add_{li}_out_{c}"] = oc
+            m.d.comb += oc.i.eq(total)
+            o_payload = Signal(fixed_shape(out_fmt), name=f"add_out_{li}_{c}")
+            with m.If(valid):
+                m.d.sync += o_payload.eq(oc.o)
+            out.append(o_payload)
+        return out, o_valid
