@@ -132,6 +132,11 @@ class SystolicPlan:
     n_out: int
 
     @property
+    def buffer_width(self) -> int:
+        """Bits of one stored code: signed, wide enough for every layer's input format and the output's."""
+        return max(f.width + (0 if f.signed else 1) for f in [s.x_fmt for s in self.steps] + [self.out_fmt])
+
+    @property
     def buffer_depth(self) -> int:
         """Codes one activation buffer holds: the largest tensor written or read."""
         return max([self.n_in, self.n_out] + [s.n_inputs for s in self.steps] + [s.n_outputs for s in self.steps])

@@ -365,8 +365,7 @@ class SystolicAccelerator(wiring.Component):
         layouts = plan.layouts()  # (channels, P) of each step's input tensor, then of the output
 
         # ---- buffers: words of C codes (lane c of word (ch // C) P + p: channel ch, pixel p) ----------
-        stored = [s.x_fmt for s in steps] + [plan.out_fmt]
-        buf_w = max(f.width + (0 if f.signed else 1) for f in stored)
+        buf_w = plan.buffer_width
         words = plan.buffer_words(C)
         # a buffer a conv2d / maxpool2d layer reads is replicated, one copy per bank (R read ports);
         # all copies are written together; copy 0 serves the dense layers and the output stream
