@@ -20,7 +20,7 @@ them (Xilinx WP486).
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Module, Signal, signed, unsigned
+from amaranth.hdl import Array, Cat, Const, Module, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -95,19 +95,29 @@ class SystolicArray(wiring.Component):
     Attributes
     ----------
     weights : In(stream.Signature(weight_layout))
-        Weight load, one PE row per beat. Payload (a ``StructLayout``)
-        ``row``: ``unsigned(max(1, ceil(log2 R)))``, the PE row ``k`` to
-        write; ``w``: ``ArrayLayout(weight_shape(w_fmt, multiply), C)``, the
-        weight words ``W[k, 0..C-1]`` in the multiplier's encoding
-        (FixedType: the code; KHot: packed (shift, sign) digits; minifloat:
-        raw bits; see :func:`qfx.hw.pe.multiply.weight_shape`). Beats may
-        come in any order; a ``row >= R`` is accepted and ignored. A weight
-        beat is accepted only while no input row is inside the PE grid, so
-        every row is computed with one weight matrix: while ``weights.valid``
-        is high no new input row is accepted (weights take priority), and
-        ``weights.ready`` rises once the rows in flight have passed the last
-        PE (at most ``R + G`` cycles without output stalls). Weights hold
-        their value until rewritten; they reset to 0.
+        Weight load into the *shadow* weight matrix, one PE row per beat (the
+        PEs compute with the *active* matrix, so a load overlaps the rows in
+        flight: double buffering). Payload (a ``StructLayout``) ``row``:
+        ``unsigned(max(1, ceil(log2 R)))``, the PE row ``k`` to write; ``w``:
+        ``ArrayLayout(weight_shape(w_fmt, multiply), C)``, the weight words
+        ``W[k, 0..C-1]`` in the multiplier's encoding (FixedType: the code;
+        KHot: packed (shift, sign) digits; minifloat: raw bits; see
+        :func:`qfx.hw.pe.multiply.weight_shape`); ``swap``: 1 bit, *commit*
+        the shadow matrix (this beat's row included) after the write. Rows
+        may come in any order; a ``row >= R`` writes nothing (with ``swap``: a
+        commit alone). A commit takes one pipeline slot in place of an input
+        row (``x.ready`` is low in the cycle a commit beat is offered): every
+        input row accepted before it is computed with the old active matrix,
+        every row accepted after it with the committed one. The commit travels
+        through the grid with the rows (a token along the skew and the rows of
+        PEs, one bit per pipeline stage); PE ``(k, c)`` copies its shadow
+        weight into its active register as the token passes it, so no row is
+        drained and a reload costs one cycle of the input stream. A write of
+        row ``k`` waits (``weights.ready`` low) while a commit token has not
+        yet passed the last PE of row ``k`` (at most ``k + G`` enabled cycles
+        after the commit), so each commit copies one consistent matrix; a
+        commit beat also waits for an enabled cycle (``~y.valid | y.ready``).
+        Both matrices reset to 0.
     x : In(stream.Signature(ArrayLayout(fixed_shape(x_fmt), R)))
         Input rows ``X[n, 0..R-1]``, one per beat.
     y : Out(stream.Signature(ArrayLayout(fixed_shape(out_fmt), C)))
@@ -122,9 +132,10 @@ class SystolicArray(wiring.Component):
     Handshake: ``y.valid`` comes from a register; when ``y`` holds a row that
     is not taken (``y.valid & ~y.ready``) the whole array stalls (every
     pipeline register holds) and ``x.ready`` is low. Otherwise the array
-    advances one step per cycle, bubbles included. ``x.ready =
-    (~y.valid | y.ready) & ~weights.valid``; ``weights.ready`` does not
-    depend on any valid.
+    advances one step per cycle, bubbles included. ``x.ready = (~y.valid |
+    y.ready) & ~(weights.valid & weights.payload.swap)``; ``weights.ready``
+    depends on ``weights.payload`` (the row's pending commit, ``swap``) and
+    the pipeline state, never on ``weights.valid`` or ``x.valid``.
 
     Latency ``R + G + 2`` cycles (``R + C + 2`` unpacked): a row accepted
     in cycle ``t`` is on ``y`` (``y.valid`` high) from cycle ``t + R + G +
@@ -186,6 +197,7 @@ class SystolicArray(wiring.Component):
         self._weight_layout = data.StructLayout({
             "row": unsigned(self._row_bits),
             "w": data.ArrayLayout(self._w_shape, self._cols),
+            "swap": unsigned(1),
         })
         super().__init__({
             "weights": In(stream.Signature(self._weight_layout)),
@@ -219,7 +231,9 @@ class SystolicArray(wiring.Component):
         # ---- control: one enable for every pipeline register -------------------------------
         en = Signal()
         m.d.comb += en.eq(~self.y.valid | self.y.ready)
-        m.d.comb += self.x.ready.eq(en & ~self.weights.valid)
+        commit_offered = Signal()
+        m.d.comb += commit_offered.eq(self.weights.valid & self.weights.payload.swap)
+        m.d.comb += self.x.ready.eq(en & ~commit_offered)
         accept = Signal()
         m.d.comb += accept.eq(self.x.valid & self.x.ready)
         # valid[j]: the row accepted j + 1 enabled edges ago; valid[-1] is y.valid.
@@ -227,25 +241,23 @@ class SystolicArray(wiring.Component):
         with m.If(en):
             m.d.sync += valid[0].eq(accept)
             m.d.sync += [valid[j].eq(valid[j - 1]) for j in range(1, len(valid))]
-        # Rows that still meet a weight: up to the partial-sum registers of the last PE row.
-        busy = Signal()
-        in_grid = valid[: R + self._grid_cols]
-        any_in = in_grid[0]
-        for v in in_grid[1:]:
-            any_in = any_in | v
-        m.d.comb += busy.eq(any_in)
-        m.d.comb += self.weights.ready.eq(~busy)
+        commit = self._commit_tokens(m, en)
 
-        # ---- weight registers ----------------------------------------------------------------
+        # ---- weight registers: shadow (loaded) and active (computing) ---------------------------
         if self._pack:
-            return self._elaborate_packed(m, en)
+            return self._elaborate_packed(m, en, commit)
+        shadow = [[Signal(self._w_shape, name=f"ws_{k}_{c}") for c in range(C)] for k in range(R)]
         wreg = [[Signal(self._w_shape, name=f"w_{k}_{c}") for c in range(C)] for k in range(R)]
         row = self.weights.payload.row
         with m.If(self.weights.valid & self.weights.ready):
             for k in range(R):
                 # (row == 0 would become a multi-bit logical not, which Verilator -Wall flags.)
                 with m.If(row == k if k else ~row.any()):
-                    m.d.sync += [wreg[k][c].eq(self.weights.payload.w[c]) for c in range(C)]
+                    m.d.sync += [shadow[k][c].eq(self.weights.payload.w[c]) for c in range(C)]
+        for k in range(R):
+            for c in range(C):
+                with m.If(en & commit[k + c]):
+                    m.d.sync += wreg[k][c].eq(shadow[k][c])
 
         x_shape = fixed_shape(self._x_fmt)
         x_left = self._skewed_inputs(m, en)
@@ -271,8 +283,9 @@ class SystolicArray(wiring.Component):
         self._outputs(m, en, psum_above, [C - 1 - c for c in range(C)])
         return m
 
-    def _elaborate_packed(self, m: Module, en) -> Module:
-        """The grid with column pairs on packed multiplies (``pack=True``); ``m`` holds the control."""
+    def _elaborate_packed(self, m: Module, en, commit: list) -> Module:
+        """The grid with column pairs on packed multiplies (``pack=True``); ``m`` holds the control,
+        ``commit[d]``: the commit token ``d`` enabled cycles past the input register."""
         R, C, G = self._rows, self._cols, self._grid_cols
         p_fmt = self._p_fmt
         # Grid column j holds columns 2j and 2j + 1 (an odd last column alone).
@@ -284,32 +297,36 @@ class SystolicArray(wiring.Component):
         # costs one flip-flop more than the two codes and leaves no adder per PE (weights are stationary).
         hi_shape = signed(DSP48E2_A_BITS - PACK_SHIFT)
         row = self.weights.payload.row
-        wlo, whi, wsingle = {}, {}, {}
+        active = {}  # (k, j) -> the active registers of PE (k, j); shadow[k, j] the loaded ones, alike
+        shadow = {}
         for k in range(R):
             for j, cs in enumerate(groups):
-                if len(cs) == 2:
-                    wlo[k, j] = Signal(w_shape, name=f"wlo_{k}_{j}")
-                    whi[k, j] = Signal(hi_shape, name=f"whi_{k}_{j}")
-                else:
-                    wsingle[k, j] = Signal(w_shape, name=f"w_{k}_{cs[0]}")
-        load_hi = []
+                for regs, pre in ((active, ""), (shadow, "s")):
+                    if len(cs) == 2:
+                        regs[k, j] = (Signal(w_shape, name=f"w{pre}lo_{k}_{j}"),
+                                      Signal(hi_shape, name=f"w{pre}hi_{k}_{j}"))
+                    else:
+                        regs[k, j] = (Signal(w_shape, name=f"w{pre}_{k}_{cs[0]}"),)
+        load = []  # per grid column: the values a load writes into the shadow registers
         for j, cs in enumerate(groups):
+            w0 = self.weights.payload.w[cs[0]]
             if len(cs) == 2:
                 hi = Signal(hi_shape, name=f"load_hi_{j}")
-                w0, w1 = self.weights.payload.w[cs[0]], self.weights.payload.w[cs[1]]
+                w1 = self.weights.payload.w[cs[1]]
                 borrow = w0[-1] if self._w_fmt.signed else 0  # w0 < 0
                 m.d.comb += hi.eq(w1 - borrow)
-                load_hi.append(hi)
+                load.append((w0, hi))
             else:
-                load_hi.append(None)
+                load.append((w0,))
         with m.If(self.weights.valid & self.weights.ready):
             for k in range(R):
                 with m.If(row == k if k else ~row.any()):
-                    for j, cs in enumerate(groups):
-                        if len(cs) == 2:
-                            m.d.sync += [wlo[k, j].eq(self.weights.payload.w[cs[0]]), whi[k, j].eq(load_hi[j])]
-                        else:
-                            m.d.sync += wsingle[k, j].eq(self.weights.payload.w[cs[0]])
+                    for j in range(G):
+                        m.d.sync += [r.eq(v) for r, v in zip(shadow[k, j], load[j])]
+        for k in range(R):
+            for j in range(G):
+                with m.If(en & commit[k + j]):
+                    m.d.sync += [a.eq(b) for a, b in zip(active[k, j], shadow[k, j])]
 
         x_shape = fixed_shape(self._x_fmt)
         x_left = self._skewed_inputs(m, en)
@@ -323,7 +340,8 @@ class SystolicArray(wiring.Component):
                     lo18 = Signal(signed(PACK_SHIFT), name=f"alo_{k}_{j}")
                     a = Signal(signed(DSP48E2_A_BITS), name=f"a_{k}_{j}")
                     b = Signal(signed(DSP48E2_B_BITS), name=f"b_{k}_{j}")
-                    m.d.comb += [lo18.eq(wlo[k, j]), a.eq(Cat(lo18, whi[k, j])), b.eq(x_in)]
+                    wlo, whi = active[k, j]
+                    m.d.comb += [lo18.eq(wlo), a.eq(Cat(lo18, whi)), b.eq(x_in)]
                     prod = Signal(signed(DSP48E2_A_BITS + DSP48E2_B_BITS), name=f"pp_{k}_{j}")
                     with m.If(en):
                         m.d.sync += prod.eq(a * b)
@@ -335,7 +353,7 @@ class SystolicArray(wiring.Component):
                 else:
                     mul = multiplier_for(self._x_fmt, self._w_fmt, self._multiply)
                     m.submodules[f"mul_{k}_{cs[0]}"] = mul
-                    m.d.comb += [mul.x.eq(x_in), mul.w.eq(wsingle[k, j])]
+                    m.d.comb += [mul.x.eq(x_in), mul.w.eq(active[k, j][0])]
                     p = Signal(fixed_shape(p_fmt), name=f"p_{k}_{cs[0]}")
                     with m.If(en):
                         m.d.sync += p.eq(mul.p)
@@ -353,6 +371,33 @@ class SystolicArray(wiring.Component):
         return m
 
     # ---- pieces shared by the unpacked and packed grids --------------------------------------------
+    def _commit_tokens(self, m: Module, en) -> list:
+        """The commit token's delay line and ``weights.ready``. ``commit[d]``: a commit accepted
+        ``d + 1`` enabled edges ago, at the operand position of every PE ``(k, c)`` with ``k + c ==
+        d`` (the skew delays row ``k`` by ``k``, each column step by 1), which copies its shadow
+        weight at that edge. Row ``k`` may be written while no token is at ``d <= k + G - 1``."""
+        R, G = self._rows, self._grid_cols
+        commit = [Signal(name=f"commit{d}") for d in range(R + G - 1)]
+        taken = Signal()
+        m.d.comb += taken.eq(self.weights.valid & self.weights.ready & self.weights.payload.swap)
+        with m.If(en):
+            m.d.sync += commit[0].eq(taken)
+            m.d.sync += [commit[d].eq(commit[d - 1]) for d in range(1, len(commit))]
+        pending = []  # pending[k]: a token still to pass a PE of row k
+        for k in range(R):
+            p = Signal(name=f"pending{k}")
+            any_tok = commit[0]
+            for t in commit[1: k + G]:
+                any_tok = any_tok | t
+            m.d.comb += p.eq(any_tok)
+            pending.append(p)
+        row = self.weights.payload.row
+        n_sel = 1 << len(row)
+        # rows >= R write nothing: never pending (a full case for the mux)
+        row_pending = Array(pending + [Const(0, 1)] * (n_sel - R))[row] if n_sel > 1 else pending[0]
+        m.d.comb += self.weights.ready.eq(~row_pending & (en | ~self.weights.payload.swap))
+        return commit
+
     def _skewed_inputs(self, m: Module, en) -> list:
         """Input register and skew: row k's operand delayed by k enabled cycles, entering PE (k, 0)."""
         x_shape = fixed_shape(self._x_fmt)

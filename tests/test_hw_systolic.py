@@ -65,14 +65,15 @@ def random_codes(rng: np.random.Generator, fmt: FixedType, shape, extremes: floa
 # ---------------------------------------------------------------------------
 
 
-def pack_weight_beat(dut: SystolicArray, row: int, words) -> int:
-    """The ``weights`` payload bits for PE row ``row``: ``row`` in the low bits, then word c = 0..C-1."""
+def pack_weight_beat(dut: SystolicArray, row: int, words, swap: bool = False) -> int:
+    """The ``weights`` payload bits for PE row ``row``: ``row`` in the low bits, then word c = 0..C-1,
+    then the ``swap`` (commit) bit."""
     width = Shape.cast(dut.weight_shape).width
     row_bits = dut.weight_layout["row"].shape.width
     bits = row
     for c, word in enumerate(words):
         bits |= (int(word) & ((1 << width) - 1)) << (row_bits + c * width)
-    return bits
+    return bits | (int(swap) << (row_bits + len(words) * width))
 
 
 def run_array(dut: SystolicArray, batches, *, seed: int, p_gap: float = 0.3, p_stall: float = 0.3,
@@ -82,8 +83,8 @@ def run_array(dut: SystolicArray, batches, *, seed: int, p_gap: float = 0.3, p_s
     Weight words are the integers of :func:`qfx.hw.pe.multiply.weight_words`
     (FixedType: codes; K-hot: packed digits; minifloat: bit patterns).
 
-    Before each batch all R weight rows are loaded (in a random order); then
-    the batch's input rows follow. ``p_gap`` / ``p_stall``: the chance of an
+    Before each batch all R weight rows are loaded (in a random order, the
+    last beat with ``swap``: the commit); then the batch's input rows follow. ``p_gap`` / ``p_stall``: the chance of an
     idle gap before an input beat / of ``y.ready`` low in a cycle.
     ``timeline`` (optional) gets the cycle numbers of accepted input rows and
     of taken output rows.
@@ -97,11 +98,12 @@ def run_array(dut: SystolicArray, batches, *, seed: int, p_gap: float = 0.3, p_s
 
     async def producer(ctx):
         for weights, xs in batches:
-            for k in rng.sample(range(R), R):
+            order = rng.sample(range(R), R)
+            for k in order:
                 for _ in range(rng.randint(0, max_gap) if rng.random() < p_gap else 0):
                     await ctx.tick()
                 ctx.set(dut.weights.valid, 1)
-                ctx.set(dut.weights.payload.as_value(), pack_weight_beat(dut, k, weights[k]))
+                ctx.set(dut.weights.payload.as_value(), pack_weight_beat(dut, k, weights[k], k == order[-1]))
                 await ctx.tick().until(dut.weights.ready)
                 ctx.set(dut.weights.valid, 0)
             for row in xs:
@@ -241,7 +243,120 @@ def test_stalls_heavy_backpressure():
     got = run_array(dut, batches, seed=1234, p_gap=0.5, p_stall=0.6, max_gap=6, max_stall=9, timeline=timeline)
     check_rows(got, np.concatenate(expected), "heavy stalls")
     assert timeline["x_ready_low"] > 0  # the backpressure reached the input
-    assert timeline["w_wait"] > 0  # the reload waited for the rows of the first batch to leave the PEs
+
+
+def run_overlapped(dut: SystolicArray, batches, *, seed: int, p_gap: float, p_stall: float) -> tuple[list, dict]:
+    """Double buffering: batch ``b + 1``'s weights are written while batch ``b``'s rows stream.
+
+    One producer drives both streams cycle by cycle: the input rows of the committed batch, and at
+    the same time the next batch's weight rows (all but one, random order) as soon as the array takes
+    them; once the current batch's last row is taken it offers the remaining row with ``swap`` (the
+    commit), and the next batch's rows follow it. ``p_gap``: the chance a stream idles in a cycle;
+    ``p_stall``: the chance of ``y.ready`` low. Returns the output rows and a timeline: input-row
+    cycles, weight-write cycles, commit cycles and the cycles a weight beat waited.
+    """
+    rng = random.Random(seed)
+    R = dut.rows
+    total = sum(len(x) for _, x in batches)
+    got: list[list[int]] = []
+    tl: dict = {"x": [], "w": [], "commit": [], "w_wait": 0}
+
+    async def producer(ctx):
+        orders = [rng.sample(range(R), R) for _ in batches]
+        writes = [list(o[:-1]) for o in orders]
+        committed, cur, ri, cycle = 0, 0, 0, 0
+        while committed < len(batches) or cur < len(batches):
+            x_on = committed > cur and cur < len(batches) and rng.random() >= p_gap
+            w_on = w_swap = False
+            if committed < len(batches) and rng.random() >= p_gap:
+                if writes[committed]:
+                    k, w_on = writes[committed][0], True
+                elif cur == committed:  # the rows of the batch before are all taken
+                    k, w_on, w_swap = orders[committed][-1], True, True
+            ctx.set(dut.x.valid, x_on)
+            if x_on:
+                ctx.set(dut.x.payload, [int(v) for v in batches[cur][1][ri]])
+            ctx.set(dut.weights.valid, w_on)
+            if w_on:
+                ctx.set(dut.weights.payload.as_value(), pack_weight_beat(dut, k, batches[committed][0][k], w_swap))
+            _, _, xr, wr = await ctx.tick().sample(dut.x.ready, dut.weights.ready)
+            if x_on and xr:
+                tl["x"].append(cycle)
+                ri += 1
+                if ri == len(batches[cur][1]):
+                    cur, ri = cur + 1, 0
+            if w_on and wr:
+                (tl["commit"] if w_swap else tl["w"]).append(cycle)
+                if w_swap:
+                    committed += 1
+                else:
+                    writes[committed].pop(0)
+            tl["w_wait"] += int(w_on and not wr)
+            cycle += 1
+        ctx.set(dut.x.valid, 0)
+        ctx.set(dut.weights.valid, 0)
+
+    async def consumer(ctx):
+        while len(got) < total:
+            ctx.set(dut.y.ready, int(rng.random() >= p_stall))
+            _, _, valid, ready, payload = await ctx.tick().sample(dut.y.valid, dut.y.ready, dut.y.payload)
+            if valid and ready:
+                got.append([int(v) for v in payload])
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(producer)
+    sim.add_testbench(consumer)
+    sim.run()
+    return got, tl
+
+
+@pytest.mark.parametrize("pack", [False, True], ids=["unpacked", "packed"])
+def test_weight_reload_overlaps_the_rows(pack):
+    """Double buffering: weights written while rows of the previous matrix are in the PEs; every row
+    is computed with the matrix committed before it (exact), and without stalls or gaps the input
+    stream loses exactly one slot per reload (the commit), not a drain of the array."""
+    rows, cols = 4, 5
+    x_fmt, w_fmt = parse_type("ap_fixed<8,3>"), parse_type("ap_fixed<8,1>")
+    acc_fmt, out_fmt = parse_type("ap_fixed<9,4,AP_RND_CONV,AP_SAT>"), parse_type("ap_fixed<6,3,AP_RND,AP_SAT>")
+    rng = np.random.default_rng(2026)
+    sizes = (20, 3, 16, 1, 12)  # a batch shorter than the array's depth: a reload with rows still in it
+    batches, expected = [], []
+    for n in sizes:
+        w = random_codes(rng, w_fmt, (rows, cols))
+        x = random_codes(rng, x_fmt, (n, rows))
+        batches.append((w, x))
+        expected.append(model_rows(fixed_products(x, w), x_fmt.frac_bits + w_fmt.frac_bits, acc_fmt, out_fmt))
+    expected = np.concatenate(expected)
+    assert len(np.unique(expected)) > 3
+    for seed, (p_gap, p_stall) in enumerate([(0.0, 0.0), (0.4, 0.5)]):
+        dut = SystolicArray(rows, cols, x_fmt, w_fmt, acc_fmt, out_fmt, pack=pack)
+        got, tl = run_overlapped(dut, batches, seed=seed, p_gap=p_gap, p_stall=p_stall)
+        check_rows(got, expected, f"overlapped reload (gap {p_gap}, stall {p_stall}, pack={pack})")
+        assert len(tl["commit"]) == len(sizes)
+        # writes of the next matrix landed while rows of the current one were still in the grid
+        in_grid = set()
+        for t in tl["x"]:
+            in_grid.update(range(t, t + rows + dut.grid_cols))
+        assert sum(t in in_grid for t in tl["w"]) >= rows - 1, (tl["w"], tl["x"])
+        # a write right after a commit waits for the token to pass its row
+        assert tl["w_wait"] > 0
+        if p_gap == 0 and p_stall == 0:
+            xs = tl["x"]
+            starts = [0]
+            for n in sizes:
+                starts.append(starts[-1] + n)
+            gaps = [xs[i] - xs[i - 1] - 1 for i in starts[1:-1]]
+            # after a batch long enough for the next matrix's writes (R - 1 beats once the commit token
+            # has passed, R + G cycles), the commit's slot is the only bubble in the input stream
+            # (reloading by draining the array would cost R + G + 2 + R cycles)
+            long_enough = [n >= rows + dut.grid_cols + 1 for n in sizes[:-1]]
+            assert [g for g, ok in zip(gaps, long_enough) if ok] == [1] * sum(long_enough), gaps
+            # after a short batch the writes wait for the commit token instead: still less than a drain
+            assert max(gaps) < 2 * rows + dut.grid_cols + 2, gaps
+            assert all(gaps[i] == xs[starts[i + 1]] - xs[starts[i + 1] - 1] - 1 for i in range(len(gaps)))
+            bubbles = sum(b - a - 1 for a, b in zip(xs, xs[1:]))
+            assert bubbles == sum(gaps), (bubbles, gaps)  # no bubble inside a batch
 
 
 # ---------------------------------------------------------------------------
@@ -321,7 +436,7 @@ def test_packed_bad_arguments():
     with pytest.raises(ValueError, match="product of ap_int<12>.*needs 20 bits; the low product field"):
         SystolicArray(2, 2, parse_type("ap_int<12>"), i8, acc, acc, pack=True)
     d = SystolicArray(3, 4, i8, i8, acc, acc, pack=True)
-    assert (d.grid_cols, d.latency, d.weight_layout.size) == (2, 7, 2 + 4 * 8)
+    assert (d.grid_cols, d.latency, d.weight_layout.size) == (2, 7, 2 + 4 * 8 + 1)  # row, 4 codes, swap
     assert repr(d).endswith("multiply='exact', pack=True)")
     assert SystolicArray(3, 4, i8, i8, acc, acc).grid_cols == 4
 
@@ -430,7 +545,7 @@ def test_bad_arguments():
         SystolicArray(2, 2, x, w, acc, acc, multiply="lmul")
     d = SystolicArray(3, 2, x, w, acc, acc)
     assert set(d.signature.members) == {"weights", "x", "y"}
-    assert d.weight_layout.size == 2 + 2 * 8
+    assert d.weight_layout.size == 2 + 2 * 8 + 1  # row, 2 codes, swap
     assert "SystolicArray(3, 2, ap_fixed<8,3>" in repr(d)
 
 

@@ -59,7 +59,7 @@ PE_CASES = [
 
 #: (R, C, x, w, acc, out) of the array.
 ARRAY_CFG = (3, 4, "ap_fixed<8,3>", "ap_fixed<8,1>", "ap_fixed<9,4,AP_RND_CONV,AP_SAT>", "ap_fixed<6,3,AP_RND,AP_SAT>")
-ARRAY_BATCHES = (24, 17)  # input rows per weight load
+ARRAY_BATCHES = (24, 1, 17)  # input rows per weight load (1: the next load meets the commit token in flight)
 
 
 # ---------------------------------------------------------------------------
@@ -258,8 +258,9 @@ class Bench:
         for nrows in ARRAY_BATCHES:
             w = random_codes(rng, self.w_fmt, (R, C))
             x = random_codes(rng, self.x_fmt, (nrows, R))
-            for k in prng.sample(range(R), R):
-                word = k
+            order = prng.sample(range(R), R)
+            for k in order:
+                word = k | (int(k == order[-1]) << (row_bits + C * ww))  # the last row commits (swap)
                 for c in range(C):
                     word |= (int(w[k, c]) & ((1 << ww) - 1)) << (row_bits + c * ww)
                 beats.append(word)
@@ -388,5 +389,5 @@ def test_systolic_array_on_verilator(bench):
     x_ready_low = sum(1 for h in hs if h[2] == "1" and h[3] == "0")
     y_stalled = sum(1 for h in hs if h[4] == "1" and h[5] == "0")
     assert x_ready_low > 0 and y_stalled > 0  # backpressure reached the input
-    assert w_wait > 0  # the reload waited for the first batch's rows to leave the PEs
+    assert w_wait > 0  # a write after the 1-row batch waited for its commit token to pass the PE row
     assert len(np.unique(exp)) > 3

@@ -30,7 +30,7 @@ from ..pe.packed import check_packable
 from .top import WIRING_OPS, stream_formats
 
 __all__ = ["SystolicError", "DenseStep", "ConvStep", "SystolicPlan", "plan_systolic", "parse_array", "bank_tables",
-           "conv_cycles", "PoolStep", "pool_step", "pool_cycles", "VECTOR_OPS", "lane_words", "lane_depth",
+           "conv_cycles", "gemm_cycles", "tile_period", "PoolStep", "pool_step", "pool_cycles", "VECTOR_OPS", "lane_words", "lane_depth",
            "lane_address", "MAX_ARRAY"]
 
 #: Element-wise nodes the vector unit runs after a dense or conv2d layer.
@@ -493,14 +493,33 @@ def bank_tables(step: ConvStep, rows: int, lanes: int = 1) -> "list[list[tuple[i
     return out
 
 
+def tile_period(rows: int, grid_cols: int, pushes: int) -> int:
+    """Cycles from one K-tile's commit to the next on the double-buffered array: the next tile's
+    ``R`` weight rows go in as the commit token clears each PE row (row ``k`` once it has passed
+    ``k + G`` stages: ``G + R`` cycles for all), and the commit waits for the ``pushes`` input rows
+    of the tile before (``pushes + 1``)."""
+    return max(grid_cols + rows, pushes + 1)
+
+
+def gemm_cycles(rows: int, grid_cols: int, tiles: int, pixels: int, vector_latency: int, conv: bool) -> int:
+    """Cycles of one dense or conv2d layer (no stalls) on the double-buffered array, from its first
+    cycle to the next layer's: the first tile's ``R`` weight rows (commit in cycle ``R``), then a commit
+    every :func:`tile_period` (``pixels`` rows a tile, conv; one, dense), the last tile's rows
+    (conv: ``P``; dense: 1, gathered meanwhile), ``R + G + 2`` through the array, the output pass of
+    the last K-tile's row straight into the vector unit (latency ``L``) and 2 to hand over (conv);
+    dense adds 1 (the push waits for its commit)."""
+    if conv:
+        return rows + (tiles - 1) * tile_period(rows, grid_cols, pixels) + pixels + rows + grid_cols + 4 \
+            + vector_latency
+    return rows + (tiles - 1) * tile_period(rows, grid_cols, 1) + rows + grid_cols + 5 + vector_latency
+
+
 def conv_cycles(step: ConvStep, rows: int, grid_cols: int, cols: int, vector_latency: int) -> int:
-    """Cycles of one conv layer (no stalls). Per output tile and K-tile: ``R + 1`` weight-load cycles,
-    ``P`` input rows back to back (the first while the last weight beat is taken)
-    and ``R + G + 2`` until the last output row is taken: ``2R + G + P + 3``; per output tile then
-    the output pass, ``P`` cycles (one pixel's ``C`` channels a cycle, through ``C`` vector-unit lanes),
-    and ``L + 1`` to drain the vector unit."""
+    """Cycles of one conv layer (no stalls): :func:`gemm_cycles` of its ``kt nt`` tiles (output tile
+    ``j``, K-tile ``i``, in that order) of ``P`` rows each; the output pass is the last K-tile's rows
+    leaving the array (one pixel's ``C`` channels a cycle), so it costs no cycles of its own."""
     kt, nt = -(-step.k // rows), -(-step.n // cols)
-    return nt * kt * (2 * rows + grid_cols + step.pixels + 3) + nt * (step.pixels + vector_latency + 1)
+    return gemm_cycles(rows, grid_cols, kt * nt, step.pixels, vector_latency, conv=True)
 
 
 @dataclass

@@ -80,8 +80,8 @@ from ..pe.packed import check_packable
 from ..systolic import SystolicArray
 from .engines import ElementwiseEngine
 from .systolic_plan import (MAX_ARRAY, VECTOR_OPS, ConvStep, DenseStep, PoolStep, SystolicError, SystolicPlan,
-                            bank_tables, conv_cycles, lane_words, parse_array, plan_systolic,
-                            pool_cycles)
+                            bank_tables, conv_cycles, gemm_cycles, lane_words, parse_array, plan_systolic,
+                            pool_cycles, tile_period)
 from .top import start_control, top_signature
 
 __all__ = ["SystolicAccelerator", "SystolicError", "SystolicPlan", "plan_systolic", "systolic_cycles",
@@ -180,31 +180,6 @@ def _lane_walk(m: Module, name: str, layout: "tuple[int, int]", lanes: int, step
     return word, lane
 
 
-def _next_k_tile(m: Module, i_cnt: Any, kt: int, state: Any, sid: dict, li: int, resets: list) -> None:
-    """After K-tile ``i_cnt`` of layer ``li``: the next K-tile's weight load, or after the last one
-    the output pass (``resets``: the statements that zero its counters)."""
-    with m.If(_eq(i_cnt, kt - 1)):
-        m.d.sync += [i_cnt.eq(0), *resets]
-        m.d.sync += state.eq(sid[f"L{li}_EMIT"])
-    with m.Else():
-        m.d.sync += i_cnt.eq(i_cnt + 1)
-        m.d.sync += state.eq(sid[f"L{li}_WLOAD"])
-
-
-def _drain(m: Module, st: Any, li: int, wr_cnt: Any, written: Any, j_cnt: Any, nt: int, state: Any, sid: dict,
-           nxt: str) -> None:
-    """State DRAIN of layer ``li``: once ``written`` codes of the layer are in the buffer, the next
-    output tile's weight load, or after the last tile state ``nxt``."""
-    with m.If(st(f"L{li}_DRAIN")):
-        with m.If(wr_cnt == written):
-            with m.If(_eq(j_cnt, nt - 1)):
-                m.d.sync += [j_cnt.eq(0), wr_cnt.eq(0)]
-                m.d.sync += state.eq(sid[nxt])
-            with m.Else():
-                m.d.sync += j_cnt.eq(j_cnt + 1)
-                m.d.sync += state.eq(sid[f"L{li}_WLOAD"])
-
-
 def _vector_latency(step: DenseStep) -> int:
     """Cycles through a layer's vector unit: 1 per relu-like node and per add, 3 per batchnorm."""
     return sum(ElementwiseEngine.BN_STAGES if n.op == "batchnorm" else 1 for n in step.vector)
@@ -213,21 +188,20 @@ def _vector_latency(step: DenseStep) -> int:
 def systolic_cycles(plan: SystolicPlan, rows: int, cols: int, pack: bool) -> dict[str, Any]:
     """The analytic cycle model of :class:`SystolicAccelerator` (no input or output stalls).
 
-    Per dense layer, per output tile ``j`` (``c_j = min(C, N - j C)`` outputs) and K-tile:
-    ``R + 1`` cycles of weight load (ROM read pipeline), 1 cycle to push the input row,
-    ``R + G + 2`` cycles until the output row is taken (``G = ceil(C / 2)`` packed, else ``C``):
-    ``2R + G + 4`` per tile; then 1 cycle (the tile's ``C`` outputs, one word, into the ``C``
-    vector-unit lanes) and ``L + 1`` to drain (``L``: the vector unit's latency, 1 per relu-like
-    node, 3 per batchnorm). Per conv2d layer (:func:`~qfx.hw.accel.systolic_plan.conv_cycles`):
-    ``2R + G + P + 3`` per tile (``R + 1`` weight load, ``P`` rows back to back, ``R + G + 2`` until
-    the last is taken), then ``P`` output words and ``L + 1`` per output tile. Per maxpool2d pass
+    The array is double-buffered: a layer's weight rows stream from the ROM into the shadow matrix
+    while the rows of the tile before are computed, and each tile is committed in one slot of the
+    input stream. Per dense or conv2d layer (:func:`~qfx.hw.accel.systolic_plan.gemm_cycles`): ``R``
+    cycles to the first commit, then one commit per :func:`~qfx.hw.accel.systolic_plan.tile_period`
+    (``max(G + R, P + 1)``: the next tile's weights or this tile's ``P`` rows, ``P = 1`` dense;
+    ``G = ceil(C / 2)`` packed, else ``C``), and the last tile's rows through the array (``R + G +
+    2``) into the output pass and the vector unit (``L``: 1 per relu-like node and per add, 3 per
+    batchnorm). The output pass is the last K-tile's rows as they leave the array (conv: one
+    pixel's ``C`` channels a cycle; dense: the tile's ``C`` outputs, one word). Per maxpool2d pass
     (:func:`~qfx.hw.accel.systolic_plan.pool_cycles`): one cycle per output word (``ceil(c / C) P``),
-    ``L + 1`` to drain (an add in a vector unit counts 1 in ``L``). Per inference add ``n_in`` input beats
-    and ``n_out`` output beats: that is the ``ii`` of back-to-back tensors; ``total`` (start pulse
-    to done pulse of one tensor alone) adds 2.
+    ``L + 1`` to drain. Per inference add ``n_in`` input beats and ``n_out`` output beats: that is
+    the ``ii`` of back-to-back tensors; ``total`` (start pulse to done pulse of one tensor alone) adds 2.
     """
     g = (cols + 1) // 2 if pack else cols
-    tile = 2 * rows + g + 4
     layers = {}
     compute = 0
     macs = 0
@@ -242,15 +216,16 @@ def systolic_cycles(plan: SystolicPlan, rows: int, cols: int, pack: bool) -> dic
         if s.is_conv:
             c = conv_cycles(s, rows, g, cols, lat)
         else:
-            c = nt * kt * tile + nt * (1 + lat + 1)
+            c = gemm_cycles(rows, g, kt * nt, 1, lat, conv=False)
         m = s.k * s.n * s.pixels
-        layers[s.node.name] = {"k_tiles": kt, "n_tiles": nt, "tiles": kt * nt, "cycles": c, "macs": m}
-        if s.is_conv:  # the output pass (one pixel's C channels a cycle) apart
-            layers[s.node.name].update(pixels=s.pixels, emit_cycles=nt * (s.pixels + lat + 1))
+        layers[s.node.name] = {"k_tiles": kt, "n_tiles": nt, "tiles": kt * nt, "cycles": c, "macs": m,
+                               "tile_period": tile_period(rows, g, s.pixels if s.is_conv else 1)}
+        if s.is_conv:
+            layers[s.node.name]["pixels"] = s.pixels
         compute += c
         macs += m
     ii = plan.n_in + compute + plan.n_out
-    return {"tile_cycles": tile, "layers": layers, "compute": compute, "ii": ii, "total": ii + 2, "macs": macs,
+    return {"layers": layers, "compute": compute, "ii": ii, "total": ii + 2, "macs": macs,
             "macs_per_cycle": macs / ii, "utilization": macs / ii / (rows * cols)}
 
 
@@ -413,26 +388,45 @@ class SystolicAccelerator(wiring.Component):
         xrow = [Signal(fixed_shape(plan.x_fmt), name=f"xrow_{k}") for k in range(R)]
         gemm = [s for s in steps if not s.is_pool]
         kt_max = max(-(-s.k // R) for s in gemm)
-        accs = [Signal(signed(acc_fmt.width + kt_max.bit_length() + 1), name=f"tacc_{c}") for c in range(C)]
-        r_cnt = Signal(range(R + 1))
-        i_cnt = Signal(range(max(kt_max, 2)))
-        j_cnt = Signal(range(max(max(-(-s.n // C) for s in gemm), 2)))
+        sum_w = acc_fmt.width + kt_max.bit_length() + 1  # a sum of up to kt_max tile sums
+        accs = [Signal(signed(sum_w), name=f"tacc_{c}") for c in range(C)]
         wr_cnt = Signal(range(words + 1))  # the word being written (layers write their words in order)
-        ld_v, ld_row = Signal(), Signal(range(R))
-        m.d.comb += [arr.weights.valid.eq(ld_v), arr.weights.payload.row.eq(ld_row),
-                     arr.weights.payload.w.as_value().eq(wrp.data)]
+        # The weight loader runs ahead of the rows (the array is double-buffered): one registered beat,
+        # the ROM read advancing when it is taken; the last row of a tile commits it (swap), offered
+        # only once the rows of the tile before are all pushed (``armed`` low).
+        ld_v, ld_row, ld_swap = Signal(), Signal(range(R)), Signal()
+        armed = Signal()  # a committed tile has rows still to push
+        m.d.comb += [arr.weights.valid.eq(ld_v & (~ld_swap | ~armed)), arr.weights.payload.row.eq(ld_row),
+                     arr.weights.payload.swap.eq(ld_swap), arr.weights.payload.w.as_value().eq(wrp.data)]
+        w_taken, w_advance = Signal(), Signal()
+        m.d.comb += [w_taken.eq(arr.weights.valid & arr.weights.ready), w_advance.eq(~ld_v | w_taken),
+                     wrp.en.eq(w_advance)]
+        with m.If(w_taken & ld_swap):
+            m.d.sync += armed.eq(1)
+        # The tile sum of output row y: the array's row plus the sums of the K-tiles before (none in
+        # the first); the last K-tile's sum goes to the output pass in the cycle it leaves the array.
+        first, prev = Signal(), [Signal(signed(sum_w), name=f"tprev_{c}") for c in range(C)]
+        tsum = [Signal(signed(sum_w), name=f"tsum_{c}") for c in range(C)]
+        m.d.comb += [tsum[c].eq(Mux(first, 0, prev[c]) + arr.y.payload[c]) for c in range(C)]
         # conv2d: the partial sums psum[p][c] of the output tile, one word of C sums per pixel
         conv_steps = [s for s in steps if s.is_conv]
-        ps_rp = ps_wp = p_in = p_out = p_em = None
+        ps_rp = ps_wp = None
         if conv_steps:
             p_max = max(s.pixels for s in conv_steps)
-            psum = Memory(shape=ArrayLayout(signed(len(accs[0])), C), depth=p_max, init=[])
+            psum = Memory(shape=ArrayLayout(signed(sum_w), C), depth=p_max, init=[])
             m.submodules.psum = psum
             ps_rp, ps_wp = psum.read_port(domain="comb"), psum.write_port()
-            p_in = Signal(range(p_max + 1), name="pix_in")  # input rows pushed this K-tile
-            p_out = Signal(range(p_max + 1), name="pix_out")  # output rows taken this K-tile
-            p_em = Signal(range(p_max + 1), name="pix_emit")  # pixel being emitted
         x_feed = Cat(*xrow)  # the input row: dense layers shift it in; conv layers read it per cycle
+        # per GEMM layer: the loader's rows still to fetch and next row, the output rows' tile (i, j)
+        ctr = {}
+        for li, s in enumerate(steps):
+            if s.is_pool:
+                continue
+            kt, nt = -(-s.k // R), -(-s.n // C)
+            ctr[li] = {"fetch": Signal(range(kt * nt * R + 1), name=f"L{li}_fetch"),
+                       "row": Signal(range(R), name=f"L{li}_row"),
+                       "i_o": Signal(range(max(kt, 2)), name=f"L{li}_i_out"),
+                       "j_o": Signal(range(max(nt, 2)), name=f"L{li}_j_out")}
 
         writes = []  # (buffer index, valid, [lane data])
         emit_valid, emit_ready = [], []
@@ -456,7 +450,7 @@ class SystolicAccelerator(wiring.Component):
                     m.d.comb += ocast.i.eq(pool_max[li][c])
                     ocasts.append(ocast)
             else:
-                ocasts = self._gemm_output(m, li, s, L, accs, ps_rp, j_cnt)
+                ocasts = self._gemm_output(m, li, s, L, tsum, ctr[li]["j_o"])
             ev, er = Signal(name=f"emit_valid_{li}"), Signal(name=f"emit_ready_{li}")
             emit_valid.append(ev)
             emit_ready.append(er)
@@ -531,9 +525,7 @@ class SystolicAccelerator(wiring.Component):
                      self.m_axis_tdata.eq(out_code)]
         # the state machine as a plain register (Amaranth's FSM leaves verilator -Wall CASEINCOMPLETE warnings)
         def phases(s):
-            if s.is_pool:
-                return ("PRUN", "DRAIN")
-            return ("WLOAD", "CRUN", "EMIT", "DRAIN") if s.is_conv else ("WLOAD", "XFEED", "WAITY", "EMIT", "DRAIN")
+            return ("PRUN", "DRAIN") if s.is_pool else ("RUN", "DRAIN")
         names = ["IN"] + [f"L{li}_{p}" for li, s in enumerate(steps) for p in phases(s)] + ["OUT"]
         sid = {n: k for k, n in enumerate(names)}
         state = Signal(range(len(names)), name="sys_state")
@@ -542,7 +534,11 @@ class SystolicAccelerator(wiring.Component):
             return state == sid[name] if sid[name] else ~state.any()
         with m.If(st("IN")):
             m.d.comb += in_open.eq(1)
-            m.d.sync += [waddr.eq(0), wr_cnt.eq(0), i_cnt.eq(0), j_cnt.eq(0), r_cnt.eq(0)]
+            m.d.sync += [waddr.eq(0), wr_cnt.eq(0), ld_v.eq(0), armed.eq(0)]
+            for li, c in ctr.items():
+                s = steps[li]
+                m.d.sync += [c["fetch"].eq(-(-s.k // R) * -(-s.n // C) * R), c["row"].eq(0), c["i_o"].eq(0),
+                             c["j_o"].eq(0)]
             with m.If(last_in):
                 m.d.sync += state.eq(sid[f"L0_{phases(steps[0])[0]}"])
         for li, s in enumerate(steps):
@@ -550,43 +546,18 @@ class SystolicAccelerator(wiring.Component):
             if s.is_pool:
                 self._pool_layer(m, li, s, st, state, sid, nxt, bank_rps[li % 2], pool_max[li], wr_cnt, emit_valid[li])
                 continue
+            running = st(f"L{li}_RUN")
+            self._weight_loader(m, ctr[li], running, w_advance, ld_v, ld_row, ld_swap, waddr)
             if s.is_conv:
-                x_feed = self._conv_layer(m, li, s, st, state, sid, nxt, x_feed, bank_rps[li % 2], arr, ld_v, ld_row,
-                                          waddr, r_cnt, i_cnt, j_cnt, wr_cnt, emit_valid[li], emit_ready[li],
-                                          p_in, p_out, p_em, ps_rp, ps_wp)
-                continue
-            kt, nt = -(-s.k // R), -(-s.n // C)
-            rp = rps[li % 2]
-            xaddr = Signal(range(kt * R + 1), name=f"xaddr_{li}")
-            m.d.comb += xaddr.eq(i_cnt * R + r_cnt)
-            # the K-tile reads walk the input tensor in CHW order (every output tile from its start)
-            loading = st(f"L{li}_WLOAD")
-            in_gemm = loading | st(f"L{li}_XFEED") | st(f"L{li}_WAITY")
-            x_word, x_lane = _lane_walk(m, f"d{li}", layouts[li], C, loading & (r_cnt < R), ~in_gemm)
-            with m.If(loading):
-                m.d.comb += rp.addr.eq(x_word)
-                with m.If(r_cnt < R):
-                    m.d.sync += [ld_v.eq(1), ld_row.eq(r_cnt), waddr.eq(waddr + 1), r_cnt.eq(r_cnt + 1)]
-                    m.d.sync += [xrow[k].eq(xrow[k + 1]) for k in range(R - 1)]
-                    m.d.sync += xrow[R - 1].eq(Mux(xaddr < s.k, _lane(rp.data, x_lane, C), 0))
-                with m.Else():
-                    m.d.sync += [ld_v.eq(0), r_cnt.eq(0)]
-                    m.d.sync += state.eq(sid[f"L{li}_XFEED"])
-            with m.If(st(f"L{li}_XFEED")):
-                m.d.comb += arr.x.valid.eq(1)
-                with m.If(arr.x.ready):
-                    m.d.sync += state.eq(sid[f"L{li}_WAITY"])
-            with m.If(st(f"L{li}_WAITY")):
-                m.d.comb += arr.y.ready.eq(1)
-                with m.If(arr.y.valid):
-                    for c in range(C):
-                        m.d.sync += accs[c].eq(Mux(~i_cnt.any(), 0, accs[c]) + arr.y.payload[c])
-                    _next_k_tile(m, i_cnt, kt, state, sid, li, [])
-            with m.If(st(f"L{li}_EMIT")):  # the tile's C outputs at once, one word
-                m.d.comb += emit_valid[li].eq(1)
-                with m.If(emit_ready[li]):
-                    m.d.sync += state.eq(sid[f"L{li}_DRAIN"])
-            _drain(m, st, li, wr_cnt, j_cnt + 1, j_cnt, nt, state, sid, nxt)
+                x_feed = self._conv_rows(m, li, s, running, x_feed, bank_rps[li % 2], arr, armed)
+            else:
+                self._dense_rows(m, li, s, running, rps[li % 2], layouts[li], xrow, arr, armed)
+            self._gemm_outputs(m, li, s, ctr[li], running, arr, first, prev, tsum, accs, ps_rp, ps_wp,
+                               emit_valid[li], emit_ready[li], state, sid)
+            with m.If(st(f"L{li}_DRAIN")):  # the vector unit's last words
+                n_words = -(-s.n // C) * (s.pixels if s.is_conv else 1)
+                with m.If(wr_cnt == n_words):
+                    m.d.sync += [wr_cnt.eq(0), state.eq(sid[nxt])]
         m.d.comb += arr.x.payload.as_value().eq(x_feed)
         with m.If(st("OUT")):
             m.d.comb += self.m_axis_tvalid.eq(1)
@@ -596,9 +567,9 @@ class SystolicAccelerator(wiring.Component):
                 m.d.sync += state.eq(sid["IN"])
         return m
 
-    def _gemm_output(self, m, li, s, L, accs, ps_rp, j_cnt):
-        """Dense / conv2d layer ``li``'s output, lane ``c``: the sum of channel ``j_cnt C + c`` (tile
-        accumulator ``c``, or ``psum[p][c]`` for conv) with the bias aligned (a bias ROM of one word of
+    def _gemm_output(self, m, li, s, L, sums, j_cnt):
+        """Dense / conv2d layer ``li``'s output, lane ``c``: the sum of channel ``j_cnt C + c`` (``sums[c]``,
+        the tile sum of the last K-tile's output row) with the bias aligned (a bias ROM of one word of
         ``C`` biases per output tile), cast to the layer's output format. Returns the ``C``
         :class:`~qfx.hw.cast.CastUnit` of lanes ``0 .. L - 1``."""
         C = self._cols
@@ -607,7 +578,7 @@ class SystolicAccelerator(wiring.Component):
         fb = s.bias_fmt.frac_bits if s.bias_fmt is not None else fp
         af = max(fp, fb)
         bw = s.bias_fmt.width if s.bias_fmt is not None else 1
-        tw = max(len(accs[0]) + af - fp, bw + af - fb) + 1
+        tw = max(len(sums[0]) + af - fp, bw + af - fb) + 1
         t_fmt = FixedType(tw, tw - af, signed=True)
         brp = None
         if s.bias is not None:
@@ -622,7 +593,7 @@ class SystolicAccelerator(wiring.Component):
         out = []
         for c in range(L):
             total = Signal(signed(tw), name=f"total_{li}_{c}")
-            term = (ps_rp.data[c] if s.is_conv else accs[c]) << (af - fp)
+            term = sums[c] << (af - fp)
             if brp is not None:
                 bias = brp.data[c * bw:(c + 1) * bw]
                 bias = bias.as_signed() if s.bias_fmt.signed else bias
@@ -635,13 +606,11 @@ class SystolicAccelerator(wiring.Component):
             out.append(ocast)
         return out
 
-    def _conv_layer(self, m, li, s: ConvStep, st, state, sid, nxt, x_feed, banks, arr, ld_v, ld_row, waddr, r_cnt,
-                    i_cnt, j_cnt, wr_cnt, emit_valid, emit_ready, p_in, p_out, p_em, ps_rp, ps_wp):
-        """The states of conv2d layer ``li``: per output tile ``j`` and K-tile ``i``, WLOAD (the ``R``
-        weight rows), CRUN (the ``P`` im2col rows back to back, each output row added into
-        ``psum[p]``), then EMIT (pixel ``p`` a cycle: ``psum[p][c]`` + bias in lane ``c``, the word
-        ``j P + p`` of the next buffer) and DRAIN. Returns the array's input row (the im2col row while
-        in CRUN, else ``x_feed``)."""
+    def _conv_rows(self, m, li, s: ConvStep, running, x_feed, banks, arr, armed):
+        """Conv2d layer ``li``'s input rows: while ``armed`` (a committed K-tile), the ``P`` im2col rows
+        of that tile back to back (bank ``b`` reads its copy of the input buffer at the address of term
+        ``i R + b`` of the pixel, 0 for padding); the last one disarms. Returns the array's input row
+        (the im2col row while running, else ``x_feed``)."""
         R, C = self._rows, self._cols
         kt, nt = -(-s.k // R), -(-s.n // C)
         P, (sh, sw), H, W = s.pixels, s.stride, s.h, s.w
@@ -651,6 +620,7 @@ class SystolicAccelerator(wiring.Component):
         xs = Signal(range(max(s.wo * sw, 2)), name=f"c{li}_xs")
         ys = Signal(range(s.ho * sh + 1), name=f"c{li}_ys")
         ysw = Signal(range(s.ho * sh * W + 1), name=f"c{li}_ysw")
+        i_cnt = Signal(range(max(kt, 2)), name=f"c{li}_i")  # the K-tile of the row pushed
         n_sel = 1 << len(i_cnt)
 
         def table(values, shape, name):
@@ -677,45 +647,106 @@ class SystolicAccelerator(wiring.Component):
             m.d.comb += inside.eq(kv.bool() & (iy >= 0) & (iy < H) & (ix >= 0) & (ix < W))
             addr = Signal(signed(off_shape.width + len(ysw) + 2), name=f"c{li}_addr{b}")
             m.d.comb += addr.eq(ysw + xs + off)
-            with m.If(st(f"L{li}_CRUN")):  # (bank 0 is the buffer's own port: dense layers and the output read it)
+            with m.If(running):  # (bank 0 is the buffer's own port: dense layers and the output read it)
                 m.d.comb += banks[b].addr.eq(addr[: len(banks[b].addr)])
             code = Signal(fixed_shape(self._plan.x_fmt), name=f"c{li}_x{b}")
             m.d.comb += code.eq(Mux(inside, _lane(banks[b].data, ln, C), 0))
             row.append(code)
-        running = st(f"L{li}_CRUN")
         x_feed = Mux(running, Cat(*row), x_feed)
 
-        with m.If(st(f"L{li}_WLOAD")):
-            with m.If(r_cnt < R):
-                m.d.sync += [ld_v.eq(1), ld_row.eq(r_cnt), waddr.eq(waddr + 1), r_cnt.eq(r_cnt + 1)]
-            with m.Else():
-                m.d.sync += [ld_v.eq(0), r_cnt.eq(0), p_in.eq(0), p_out.eq(0), xo.eq(0), xs.eq(0), ys.eq(0),
-                             ysw.eq(0)]
-                m.d.sync += state.eq(sid[f"L{li}_CRUN"])
+        p_in = Signal(range(max(P, 2)), name=f"c{li}_p_in")
+        with m.If(~running):
+            m.d.sync += [p_in.eq(0), i_cnt.eq(0), xo.eq(0), xs.eq(0), ys.eq(0), ysw.eq(0)]
         with m.If(running):
-            m.d.comb += [arr.x.valid.eq(p_in < P), arr.y.ready.eq(1), ps_rp.addr.eq(p_out)]
+            m.d.comb += arr.x.valid.eq(armed)
             with m.If(arr.x.valid & arr.x.ready):
-                m.d.sync += p_in.eq(p_in + 1)
-                with m.If(_eq(xo, s.wo - 1)):
-                    m.d.sync += [xo.eq(0), xs.eq(0), ys.eq(ys + sh), ysw.eq(ysw + sh * W)]
+                with m.If(_eq(p_in, P - 1)):  # the tile's last row: back to the first pixel, next K-tile
+                    m.d.sync += [p_in.eq(0), armed.eq(0), xo.eq(0), xs.eq(0), ys.eq(0), ysw.eq(0),
+                                 i_cnt.eq(Mux(_eq(i_cnt, kt - 1), 0, i_cnt + 1))]
                 with m.Else():
-                    m.d.sync += [xo.eq(xo + 1), xs.eq(xs + sw)]
-            with m.If(arr.y.valid):
-                first = ~i_cnt.any()
-                m.d.comb += [ps_wp.en.eq(1), ps_wp.addr.eq(p_out)]
-                m.d.comb += [ps_wp.data[c].eq(Mux(first, 0, ps_rp.data[c]) + arr.y.payload[c]) for c in range(C)]
-                m.d.sync += p_out.eq(p_out + 1)
-                with m.If(_eq(p_out, P - 1)):
-                    _next_k_tile(m, i_cnt, kt, state, sid, li, [p_em.eq(0)])
-        with m.If(st(f"L{li}_EMIT")):  # one pixel's C channels a cycle
-            m.d.comb += [emit_valid.eq(1), ps_rp.addr.eq(p_em)]
-            with m.If(emit_ready):
-                with m.If(_eq(p_em, P - 1)):
-                    m.d.sync += [p_em.eq(0), state.eq(sid[f"L{li}_DRAIN"])]
-                with m.Else():
-                    m.d.sync += p_em.eq(p_em + 1)
-        _drain(m, st, li, wr_cnt, (j_cnt + 1) * P, j_cnt, nt, state, sid, nxt)
+                    m.d.sync += p_in.eq(p_in + 1)
+                    with m.If(_eq(xo, s.wo - 1)):
+                        m.d.sync += [xo.eq(0), xs.eq(0), ys.eq(ys + sh), ysw.eq(ysw + sh * W)]
+                    with m.Else():
+                        m.d.sync += [xo.eq(xo + 1), xs.eq(xs + sw)]
         return x_feed
+
+    def _dense_rows(self, m, li, s: DenseStep, running, rp, layout, xrow, arr, armed):
+        """Dense layer ``li``'s input rows: per K-tile the ``R`` input codes gathered from the activation
+        buffer (one a cycle, shifted into ``xrow``, 0 past the input; the reads walk the input in CHW
+        order, from its start for every output tile), pushed once the tile is committed (``armed``)."""
+        R, C = self._rows, self._cols
+        kt, nt = -(-s.k // R), -(-s.n // C)
+        g_r = Signal(range(R + 1), name=f"d{li}_gather")  # codes gathered into xrow
+        g_i = Signal(range(max(kt, 2)), name=f"d{li}_i")  # the K-tile being gathered
+        left = Signal(range(kt * nt + 1), name=f"d{li}_left", init=kt * nt)  # tiles still to gather
+        xaddr = Signal(range(kt * R + 1), name=f"xaddr_{li}")
+        m.d.comb += xaddr.eq(g_i * R + g_r)
+        gathering = Signal(name=f"d{li}_gathering")
+        m.d.comb += gathering.eq(running & (g_r < R) & left.any())
+        pushed = Signal(name=f"d{li}_pushed")
+        m.d.comb += pushed.eq(running & arr.x.valid & arr.x.ready)
+        x_word, x_lane = _lane_walk(m, f"d{li}", layout, C, gathering,
+                                    ~running | (pushed & _eq(g_i, kt - 1)))
+        with m.If(~running):
+            m.d.sync += [g_r.eq(0), g_i.eq(0), left.eq(kt * nt)]
+        with m.If(running):
+            m.d.comb += [rp.addr.eq(x_word), arr.x.valid.eq(armed & (g_r == R))]
+        with m.If(gathering):
+            m.d.sync += [xrow[k].eq(xrow[k + 1]) for k in range(R - 1)]
+            m.d.sync += [xrow[R - 1].eq(Mux(xaddr < s.k, _lane(rp.data, x_lane, C), 0)), g_r.eq(g_r + 1)]
+        with m.If(pushed):
+            m.d.sync += [g_r.eq(0), armed.eq(0), left.eq(left - 1), g_i.eq(Mux(_eq(g_i, kt - 1), 0, g_i + 1))]
+
+    def _weight_loader(self, m, c, running, advance, ld_v, ld_row, ld_swap, waddr):
+        """Layer's weight beats: the ``kt nt R`` ROM rows in order, one fetched whenever the beat
+        register is free or taken (``advance``); row ``R - 1`` of each tile carries the commit."""
+        R = self._rows
+        with m.If(running & advance):
+            with m.If(c["fetch"].any()):
+                m.d.sync += [ld_v.eq(1), ld_row.eq(c["row"]), ld_swap.eq(_eq(c["row"], R - 1)),
+                             waddr.eq(waddr + 1), c["fetch"].eq(c["fetch"] - 1),
+                             c["row"].eq(Mux(_eq(c["row"], R - 1), 0, c["row"] + 1))]
+            with m.Else():
+                m.d.sync += ld_v.eq(0)
+
+    def _gemm_outputs(self, m, li, s, c, running, arr, first, prev, tsum, accs, ps_rp, ps_wp, emit_valid,
+                      emit_ready, state, sid):
+        """Layer ``li``'s output rows, in order (tile ``(j, i)``: ``i_o``, ``j_o``; conv: pixel ``p_o``):
+        the tile sum (``tsum``: the row plus ``psum[p]`` / the accumulators, none in K-tile 0) kept
+        (``psum[p]``, the accumulators) or, in the last K-tile, emitted to the output pass at once;
+        after the last row of the last tile, DRAIN."""
+        R, C = self._rows, self._cols
+        kt, nt = -(-s.k // R), -(-s.n // C)
+        i_o, j_o = c["i_o"], c["j_o"]
+        last = Signal(name=f"L{li}_last_k")
+        m.d.comb += last.eq(_eq(i_o, kt - 1))
+        P = s.pixels if s.is_conv else 1
+        p_o = Signal(range(max(P, 2)), name=f"L{li}_p_out")
+        taken = Signal(name=f"L{li}_y_taken")
+        m.d.comb += taken.eq(running & arr.y.valid & arr.y.ready)
+        with m.If(running):
+            m.d.comb += [first.eq(~i_o.any()), arr.y.ready.eq(Mux(last, emit_ready, 1)),
+                         emit_valid.eq(arr.y.valid & last)]
+            if s.is_conv:
+                m.d.comb += [ps_rp.addr.eq(p_o)] + [prev[k].eq(ps_rp.data[k]) for k in range(C)]
+            else:
+                m.d.comb += [prev[k].eq(accs[k]) for k in range(C)]
+        with m.If(taken):
+            if s.is_conv:
+                with m.If(~last):
+                    m.d.comb += [ps_wp.en.eq(1), ps_wp.addr.eq(p_o)]
+                    m.d.comb += [ps_wp.data[k].eq(tsum[k]) for k in range(C)]
+            else:
+                m.d.sync += [accs[k].eq(tsum[k]) for k in range(C)]
+            with m.If(_eq(p_o, P - 1)):
+                m.d.sync += [p_o.eq(0), i_o.eq(Mux(last, 0, i_o + 1))]
+                with m.If(last):
+                    m.d.sync += j_o.eq(Mux(_eq(j_o, nt - 1), 0, j_o + 1))
+                    with m.If(_eq(j_o, nt - 1)):
+                        m.d.sync += state.eq(sid[f"L{li}_DRAIN"])
+            with m.Else():
+                m.d.sync += p_o.eq(p_o + 1)
 
     def _pool_layer(self, m, li, s: PoolStep, st, state, sid, nxt, banks, pool_max, wr_cnt, emit_valid):
         """The states of maxpool2d layer ``li``: PRUN, one output word a cycle (channel group ``g``:

@@ -14,7 +14,7 @@ runs on in turn.
 * **Energy** (the model of :mod:`qfx.cost.energy`, its figures and factors): per MAC the array's
   product (DSP48E2) and exact accumulation; the data movement of the schedule counted from the
   plan: per row pushed into the array ``R`` input codes read (LUT RAM), per K-tile ``R`` weight
-  rows of ``C`` codes read from the weight ROM, per conv row leaving the array a read-modify-write
+  rows of ``C`` codes read from the weight ROM, per conv row leaving the array in K-tiles before the last a read-modify-write
   of the ``C`` partial sums, per output its bias add, cast and buffer write (into every bank copy
   of a conv / pool input buffer), and the vector units' work (batchnorm multiply, adds). Idle
   array slots (a K-tile or an output tile that does not fill R or C) are counted as slots, not as
@@ -112,8 +112,8 @@ def systolic_energy(acc: Any, *, weight_rom_bram: bool, f_soft: float = F_SOFT,
             prod, accu = op["product_pj"] * macs, op["accumulate_pj"] * macs
             mem = _read(R * xw) * f_soft * rows_pushed  # the input row's R codes
             mem += _read(C * ww) * rom_factor * R * nt * kt  # the weight rows of every tile
-            if s.is_conv:  # psum read-modify-write of the C sums per row leaving the array
-                mem += 2 * _read(C * (aw + kt.bit_length() + 1)) * f_soft * rows_pushed
+            if s.is_conv:  # psum: written in K-tiles 0 .. kt - 2, read in 1 .. kt - 1 (the last goes to the output)
+                mem += 2 * _read(C * (aw + kt.bit_length() + 1)) * f_soft * nt * (kt - 1) * pixels
             else:
                 accu += _add(aw) * f_soft * C * nt * kt  # the tile accumulators
             mem += write
