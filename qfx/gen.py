@@ -59,11 +59,12 @@ __all__ = ["main", "generate", "ARCHITECTURES", "TARGETS", "GenError"]
 #: Architectures ``--arch`` accepts, with a line of description each.
 ARCHITECTURES: dict[str, str] = {
     "dataflow": "one engine per layer, chained by AXI4-Stream (weights in ROM, activations buffered "
-                "on chip, one multiply-accumulate per cycle per dense/conv layer)",
-    "systolic": "one weight-stationary R x C systolic array (--array RxC; packed int8 pairs per DSP48E2) runs "
-                "the dense layers one after the other as GEMM tiles, weights in an on-chip ROM, ping-pong "
-                "activation buffers, relu/relu6/leaky_relu/batchnorm on a vector unit (exact accumulators only; "
-                "no conv2d yet)",
+                "on chip; each dense/conv engine folded to pe x simd multiply-accumulates per cycle, "
+                "--folding / --fps / --ii or the board's automatic plan)",
+    "systolic": "one weight-stationary R x C systolic array (--array RxC; packed int8 pairs per DSP48E2, "
+                "double-buffered weights) runs the dense and conv2d (im2col) layers one after the other as "
+                "GEMM tiles, weights in an on-chip ROM, ping-pong activation buffers of C-code words, maxpool2d, "
+                "relu/relu6/leaky_relu/batchnorm and residual adds on C vector lanes (exact accumulators only)",
 }
 #: Outputs ``--target`` accepts.
 TARGETS = ("rtl", "hls")
@@ -301,7 +302,7 @@ def systolic_resources(acc: Any) -> dict[str, Any]:
     """A structural resource estimate of a :class:`qfx.hw.accel.systolic_top.SystolicAccelerator`:
     DSP one per PE-grid multiply (``R x G``) plus one per batchnorm multiply in each of the ``C``
     vector-unit lanes; BRAM36 of the weight ROM as 512 x 72 blocks; FF the registers counted from
-    the structure (the ``C`` lanes' pipeline registers included); LUT one per adder / cast bit of
+    the structure (both weight copies of every PE and the ``C`` lanes' pipeline registers included); LUT one per adder / cast bit of
     the array, the ``C`` lanes' bias adds and casts, the readers' lane muxes, plus the buffers'
     LUTRAM (words of ``C`` codes; each copy of a replicated conv / pool input buffer and each skip
     buffer counted). Not calibrated against Yosys (``--synth`` counts them)."""
@@ -315,7 +316,8 @@ def systolic_resources(acc: Any) -> dict[str, Any]:
     prod = 45 if acc.pack else wx + ww
     stages = sum(p.lanes(s, c) * (3 if n.op == "batchnorm" else 1) for s in p.steps for n in s.vector)
     n_bn = sum(p.lanes(s, c) for s in p.steps for n in s.vector if n.op == "batchnorm")  # one DSP a lane
-    ff = (r * c * (ww + a) + r * g * (wx + prod) + wx * r * (r + 1) // 2 + a * c * (g + 1)
+    # per PE: shadow and active weight (double buffering) and the partial sum; the commit token line
+    ff = (r * c * (2 * ww + a) + r * g * (wx + prod) + wx * r * (r + 1) // 2 + a * c * (g + 1) + r + g
           + r * wx + c * (a + 8) + 24 * stages + 64 * len(p.steps) + 128)
     # LUTRAM columns of 64 words, one memory per lane (its own depth): the two buffers, the conv /
     # pool input copies, the skip buffers (one lane per channel of the layer)

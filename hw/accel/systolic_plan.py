@@ -506,7 +506,7 @@ def gemm_cycles(rows: int, grid_cols: int, tiles: int, pixels: int, vector_laten
     cycle to the next layer's: the first tile's ``R`` weight rows (commit in cycle ``R``), then a commit
     every :func:`tile_period` (``pixels`` rows a tile, conv; one, dense), the last tile's rows
     (conv: ``P``; dense: 1, gathered meanwhile), ``R + G + 2`` through the array, the output pass of
-    the last K-tile's row straight into the vector unit (latency ``L``) and 2 to hand over (conv);
+    the last K-tile's row straight into the output register and the vector unit (latency ``L``) and 2 to hand over (conv);
     dense adds 1 (the push waits for its commit)."""
     if conv:
         return rows + (tiles - 1) * tile_period(rows, grid_cols, pixels) + pixels + rows + grid_cols + 4 \
@@ -603,6 +603,6 @@ def pool_step(node: Node) -> PoolStep:
 
 def pool_cycles(step: PoolStep, vector_latency: int, lanes: int = 1) -> int:
     """Cycles of one maxpool2d pass (no stalls): one output word (``lanes`` channels of one output
-    pixel) per cycle, ``ceil(c / lanes) P`` of them, then ``L + 1`` to drain the vector unit (``L``:
-    its latency)."""
+    pixel) per cycle, ``ceil(c / lanes) P`` of them, then ``L + 1`` to the last buffer write (``L``:
+    the output register and the vector unit's latency)."""
     return lane_words(step.out_layout, lanes) + vector_latency + 1

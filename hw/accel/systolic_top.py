@@ -6,17 +6,26 @@ and the board scripts drive it unchanged. Inside, one :class:`qfx.hw.systolic.Sy
 computes integer tile products of the layers' codes; a sequencer walks the layers one after the
 other (the plan: :mod:`qfx.hw.accel.systolic_plan`).
 
-Dense layer, for each output tile ``j`` (``C`` outputs) and each K-tile ``i`` (``R`` terms): load the
-``R`` weight rows of the tile from the weight ROM (one row per cycle) while the ``R`` input codes
-are read from the activation buffer, push the input row, take the output row and add it to the
-``C`` tile accumulators.
+The array is double-buffered (:class:`~qfx.hw.systolic.SystolicArray`: shadow and active weights,
+a commit token travelling with the rows), so a layer's GEMM tiles (output tile ``j``: ``C`` outputs;
+K-tile ``i``: ``R`` terms; ``j``-major) follow each other without draining it: a weight loader streams
+the layer's ROM rows (one per cycle) into the shadow matrix while the rows of the tile before are
+computed, and offers the tile's last row with the commit once those rows are all pushed; the commit
+takes one slot of the input stream.
 
-conv2d layer (im2col, ``K = C_in kh kw``, ``P = H_out W_out`` pixels), for each output tile ``j`` and
-K-tile ``i``: load the ``R`` weight rows, then stream the ``P`` im2col rows back to back (one per
-cycle; bank ``b`` of the row reads its own copy of the input activation buffer at the address of term
-``i R + b`` for that pixel, 0 for padding), each output row added into the partial-sum memory
-``psum[p]`` (``C`` sums per pixel; the first K-tile writes), read-modify-write in the cycle the row
-leaves the array.
+Dense layer, per tile: the ``R`` input codes are gathered from the activation buffer (one a cycle,
+while the tile before computes) and pushed as one row once the tile is committed; the output row is
+added to the ``C`` tile accumulators.
+
+conv2d layer (im2col, ``K = C_in kh kw``, ``P = H_out W_out`` pixels), per tile: the ``P`` im2col rows
+back to back (one per cycle; bank ``b`` of the row reads its own copy of the input activation buffer at
+the address of term ``i R + b`` for that pixel, 0 for padding), each output row added into the
+partial-sum memory ``psum[p]`` (``C`` sums per pixel; the first K-tile writes), read-modify-write in
+the cycle the row leaves the array.
+
+In the last K-tile of output tile ``j`` the sums are not kept: each output row, plus ``psum[p]`` or
+the accumulators, is the output pass of that pixel (conv) or tile (dense) in the cycle it leaves the
+array.
 
 maxpool2d layer: a pass over its input buffer, one output word per cycle (channel group ``g``,
 output pixels in order); bank ``t`` reads window tap ``t`` (so ``kh kw <= R``), a max tree per lane
@@ -26,9 +35,8 @@ unit as below.
 Lanes: every buffer word holds ``C`` codes. Element (channel ``ch``, pixel ``p``) of a tensor with
 ``P`` pixels per channel (a vector: ``P = 1``) lives at word ``(ch // C) P + p``, lane ``ch % C``
 (:func:`~qfx.hw.accel.systolic_plan.lane_words`); each lane is a memory of its own, as deep as the
-tensors with a channel in it need (:class:`_LaneBuffer`). After the last K-tile of tile ``j`` the
-output pass moves one word per cycle (conv: pixel ``p``, ``P`` cycles; dense: the tile, 1 cycle): lane
-``c`` takes the sum of channel ``j C + c`` (``psum[p][c]`` or accumulator ``c``), adds the bias
+tensors with a channel in it need (:class:`_LaneBuffer`). The output pass moves one word per cycle
+(conv: pixel ``p``; dense: the tile): lane ``c`` takes the sum of channel ``j C + c``, adds the bias
 aligned, casts to the layer's output format and runs its lane of the vector unit: the element-wise
 nodes that follow the layer (relu, relu6, leaky_relu, batchnorm:
 :class:`~qfx.hw.accel.engines.ElementwiseEngine` with ``lane=c, lanes=C``, whose per-channel
@@ -181,8 +189,9 @@ def _lane_walk(m: Module, name: str, layout: "tuple[int, int]", lanes: int, step
 
 
 def _vector_latency(step: DenseStep) -> int:
-    """Cycles through a layer's vector unit: 1 per relu-like node and per add, 3 per batchnorm."""
-    return sum(ElementwiseEngine.BN_STAGES if n.op == "batchnorm" else 1 for n in step.vector)
+    """Cycles from a layer's output pass to its buffer write: 1 (the output register of the lanes'
+    cast codes), then through the vector unit 1 per relu-like node and per add, 3 per batchnorm."""
+    return 1 + sum(ElementwiseEngine.BN_STAGES if n.op == "batchnorm" else 1 for n in step.vector)
 
 
 def systolic_cycles(plan: SystolicPlan, rows: int, cols: int, pack: bool) -> dict[str, Any]:
@@ -194,8 +203,8 @@ def systolic_cycles(plan: SystolicPlan, rows: int, cols: int, pack: bool) -> dic
     cycles to the first commit, then one commit per :func:`~qfx.hw.accel.systolic_plan.tile_period`
     (``max(G + R, P + 1)``: the next tile's weights or this tile's ``P`` rows, ``P = 1`` dense;
     ``G = ceil(C / 2)`` packed, else ``C``), and the last tile's rows through the array (``R + G +
-    2``) into the output pass and the vector unit (``L``: 1 per relu-like node and per add, 3 per
-    batchnorm). The output pass is the last K-tile's rows as they leave the array (conv: one
+    2``) into the output pass, its output register and the vector unit (``L``: 1 for the register, then
+    1 per relu-like node and per add, 3 per batchnorm). The output pass is the last K-tile's rows as they leave the array (conv: one
     pixel's ``C`` channels a cycle; dense: the tile's ``C`` outputs, one word). Per maxpool2d pass
     (:func:`~qfx.hw.accel.systolic_plan.pool_cycles`): one cycle per output word (``ceil(c / C) P``),
     ``L + 1`` to drain. Per inference add ``n_in`` input beats and ``n_out`` output beats: that is
@@ -416,6 +425,12 @@ class SystolicAccelerator(wiring.Component):
             psum = Memory(shape=ArrayLayout(signed(sum_w), C), depth=p_max, init=[])
             m.submodules.psum = psum
             ps_rp, ps_wp = psum.read_port(domain="comb"), psum.write_port()
+            # the pixel of the output row leaving the array, one counter for every conv layer: the psum
+            # addresses come straight from a register (no per-layer address mux on the read path)
+            p_out = Signal(range(p_max), name="pix_out")
+            m.d.comb += [ps_rp.addr.eq(p_out), ps_wp.addr.eq(p_out)]
+        else:
+            p_out = None
         x_feed = Cat(*xrow)  # the input row: dense layers shift it in; conv layers read it per cycle
         # per GEMM layer: the loader's rows still to fetch and next row, the output rows' tile (i, j)
         ctr = {}
@@ -454,8 +469,15 @@ class SystolicAccelerator(wiring.Component):
             ev, er = Signal(name=f"emit_valid_{li}"), Signal(name=f"emit_ready_{li}")
             emit_valid.append(ev)
             emit_ready.append(er)
-            src_fmt, valid, ready = s.out_fmt, ev, er
-            payloads = [oc.o for oc in ocasts]
+            # the output register: the cast codes of the C lanes (cuts the path from the array's output
+            # row, psum read and bias add to the vector unit and the buffer writes)
+            valid = Signal(name=f"out_valid_{li}")
+            ready = Signal(name=f"out_ready_{li}")
+            payloads = [Signal(fixed_shape(s.out_fmt), name=f"out_code_{li}_{c}") for c in range(L)]
+            m.d.comb += er.eq(~valid | ready)
+            with m.If(er):
+                m.d.sync += [valid.eq(ev)] + [r.eq(oc.o) for r, oc in zip(payloads, ocasts)]
+            src_fmt = s.out_fmt
             for vn in s.vector:
                 if vn.op == "add":
                     if ready is not None:
@@ -552,7 +574,7 @@ class SystolicAccelerator(wiring.Component):
                 x_feed = self._conv_rows(m, li, s, running, x_feed, bank_rps[li % 2], arr, armed)
             else:
                 self._dense_rows(m, li, s, running, rps[li % 2], layouts[li], xrow, arr, armed)
-            self._gemm_outputs(m, li, s, ctr[li], running, arr, first, prev, tsum, accs, ps_rp, ps_wp,
+            self._gemm_outputs(m, li, s, ctr[li], running, arr, first, prev, tsum, accs, ps_rp, ps_wp, p_out,
                                emit_valid[li], emit_ready[li], state, sid)
             with m.If(st(f"L{li}_DRAIN")):  # the vector unit's last words
                 n_words = -(-s.n // C) * (s.pixels if s.is_conv else 1)
@@ -710,7 +732,7 @@ class SystolicAccelerator(wiring.Component):
             with m.Else():
                 m.d.sync += ld_v.eq(0)
 
-    def _gemm_outputs(self, m, li, s, c, running, arr, first, prev, tsum, accs, ps_rp, ps_wp, emit_valid,
+    def _gemm_outputs(self, m, li, s, c, running, arr, first, prev, tsum, accs, ps_rp, ps_wp, p_out, emit_valid,
                       emit_ready, state, sid):
         """Layer ``li``'s output rows, in order (tile ``(j, i)``: ``i_o``, ``j_o``; conv: pixel ``p_o``):
         the tile sum (``tsum``: the row plus ``psum[p]`` / the accumulators, none in K-tile 0) kept
@@ -722,31 +744,34 @@ class SystolicAccelerator(wiring.Component):
         last = Signal(name=f"L{li}_last_k")
         m.d.comb += last.eq(_eq(i_o, kt - 1))
         P = s.pixels if s.is_conv else 1
-        p_o = Signal(range(max(P, 2)), name=f"L{li}_p_out")
+        p_o = p_out if s.is_conv else Const(0, 1)  # (back to 0 after every tile: shared by the conv layers)
         taken = Signal(name=f"L{li}_y_taken")
         m.d.comb += taken.eq(running & arr.y.valid & arr.y.ready)
         with m.If(running):
             m.d.comb += [first.eq(~i_o.any()), arr.y.ready.eq(Mux(last, emit_ready, 1)),
                          emit_valid.eq(arr.y.valid & last)]
             if s.is_conv:
-                m.d.comb += [ps_rp.addr.eq(p_o)] + [prev[k].eq(ps_rp.data[k]) for k in range(C)]
+                m.d.comb += [prev[k].eq(ps_rp.data[k]) for k in range(C)]
             else:
                 m.d.comb += [prev[k].eq(accs[k]) for k in range(C)]
         with m.If(taken):
             if s.is_conv:
                 with m.If(~last):
-                    m.d.comb += [ps_wp.en.eq(1), ps_wp.addr.eq(p_o)]
+                    m.d.comb += ps_wp.en.eq(1)
                     m.d.comb += [ps_wp.data[k].eq(tsum[k]) for k in range(C)]
             else:
                 m.d.sync += [accs[k].eq(tsum[k]) for k in range(C)]
-            with m.If(_eq(p_o, P - 1)):
-                m.d.sync += [p_o.eq(0), i_o.eq(Mux(last, 0, i_o + 1))]
+            with m.If(_eq(p_o, P - 1) if s.is_conv else Const(1, 1)):
+                if s.is_conv:
+                    m.d.sync += p_o.eq(0)
+                m.d.sync += i_o.eq(Mux(last, 0, i_o + 1))
                 with m.If(last):
                     m.d.sync += j_o.eq(Mux(_eq(j_o, nt - 1), 0, j_o + 1))
                     with m.If(_eq(j_o, nt - 1)):
                         m.d.sync += state.eq(sid[f"L{li}_DRAIN"])
-            with m.Else():
-                m.d.sync += p_o.eq(p_o + 1)
+            if s.is_conv:
+                with m.Else():
+                    m.d.sync += p_o.eq(p_o + 1)
 
     def _pool_layer(self, m, li, s: PoolStep, st, state, sid, nxt, banks, pool_max, wr_cnt, emit_valid):
         """The states of maxpool2d layer ``li``: PRUN, one output word a cycle (channel group ``g``:
