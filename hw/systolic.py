@@ -391,10 +391,9 @@ class SystolicArray(wiring.Component):
                 any_tok = any_tok | t
             m.d.comb += p.eq(any_tok)
             pending.append(p)
-        row = self.weights.payload.row
-        n_sel = 1 << len(row)
+        row = self.weights.payload.row  # (at least 1 bit)
         # rows >= R write nothing: never pending (a full case for the mux)
-        row_pending = Array(pending + [Const(0, 1)] * (n_sel - R))[row] if n_sel > 1 else pending[0]
+        row_pending = Array(pending + [Const(0, 1)] * ((1 << len(row)) - R))[row]
         m.d.comb += self.weights.ready.eq(~row_pending & (en | ~self.weights.payload.swap))
         return commit
 

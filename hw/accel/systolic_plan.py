@@ -501,17 +501,15 @@ def tile_period(rows: int, grid_cols: int, pushes: int) -> int:
     return max(grid_cols + rows, pushes + 1)
 
 
-def gemm_cycles(rows: int, grid_cols: int, tiles: int, pixels: int, vector_latency: int, conv: bool) -> int:
+def gemm_cycles(rows: int, grid_cols: int, tiles: int, pushes: int, vector_latency: int) -> int:
     """Cycles of one dense or conv2d layer (no stalls) on the double-buffered array, from its first
-    cycle to the next layer's: the first tile's ``R`` weight rows (commit in cycle ``R``), then a commit
-    every :func:`tile_period` (``pixels`` rows a tile, conv; one, dense), the last tile's rows
-    (conv: ``P``; dense: 1, gathered meanwhile), ``R + G + 2`` through the array, the output pass of
-    the last K-tile's row straight into the output register and the vector unit (latency ``L``) and 2 to hand over (conv);
-    dense adds 1 (the push waits for its commit)."""
-    if conv:
-        return rows + (tiles - 1) * tile_period(rows, grid_cols, pixels) + pixels + rows + grid_cols + 4 \
-            + vector_latency
-    return rows + (tiles - 1) * tile_period(rows, grid_cols, 1) + rows + grid_cols + 5 + vector_latency
+    cycle to the next layer's: the first tile's ``R`` weight rows (commit in cycle ``R``), then a
+    commit every :func:`tile_period` (``pushes`` input rows a tile: ``P`` for conv2d, 1 for dense,
+    whose R codes are gathered meanwhile), the last tile's rows, ``R + G + 2`` through the array,
+    the output pass of the last K-tile's rows straight into the output register and the vector unit
+    (latency ``L``), and 2 to hand over to the next layer."""
+    return rows + (tiles - 1) * tile_period(rows, grid_cols, pushes) + pushes + rows + grid_cols + 4 \
+        + vector_latency
 
 
 def conv_cycles(step: ConvStep, rows: int, grid_cols: int, cols: int, vector_latency: int) -> int:
@@ -519,7 +517,7 @@ def conv_cycles(step: ConvStep, rows: int, grid_cols: int, cols: int, vector_lat
     ``j``, K-tile ``i``, in that order) of ``P`` rows each; the output pass is the last K-tile's rows
     leaving the array (one pixel's ``C`` channels a cycle), so it costs no cycles of its own."""
     kt, nt = -(-step.k // rows), -(-step.n // cols)
-    return gemm_cycles(rows, grid_cols, kt * nt, step.pixels, vector_latency, conv=True)
+    return gemm_cycles(rows, grid_cols, kt * nt, step.pixels, vector_latency)
 
 
 @dataclass

@@ -203,9 +203,10 @@ def systolic_cycles(plan: SystolicPlan, rows: int, cols: int, pack: bool) -> dic
     cycles to the first commit, then one commit per :func:`~qfx.hw.accel.systolic_plan.tile_period`
     (``max(G + R, P + 1)``: the next tile's weights or this tile's ``P`` rows, ``P = 1`` dense;
     ``G = ceil(C / 2)`` packed, else ``C``), and the last tile's rows through the array (``R + G +
-    2``) into the output pass, its output register and the vector unit (``L``: 1 for the register, then
-    1 per relu-like node and per add, 3 per batchnorm). The output pass is the last K-tile's rows as they leave the array (conv: one
-    pixel's ``C`` channels a cycle; dense: the tile's ``C`` outputs, one word). Per maxpool2d pass
+    2``) into the output pass, its output register and the vector unit (``L``: 1 for the register,
+    then 1 per relu-like node and per add, 3 per batchnorm). The output pass is the last K-tile's
+    rows as they leave the array (conv: one pixel's ``C`` channels a cycle; dense: the tile's ``C``
+    outputs, one word). Per maxpool2d pass
     (:func:`~qfx.hw.accel.systolic_plan.pool_cycles`): one cycle per output word (``ceil(c / C) P``),
     ``L + 1`` to drain. Per inference add ``n_in`` input beats and ``n_out`` output beats: that is
     the ``ii`` of back-to-back tensors; ``total`` (start pulse to done pulse of one tensor alone) adds 2.
@@ -225,7 +226,7 @@ def systolic_cycles(plan: SystolicPlan, rows: int, cols: int, pack: bool) -> dic
         if s.is_conv:
             c = conv_cycles(s, rows, g, cols, lat)
         else:
-            c = gemm_cycles(rows, g, kt * nt, 1, lat, conv=False)
+            c = gemm_cycles(rows, g, kt * nt, 1, lat)
         m = s.k * s.n * s.pixels
         layers[s.node.name] = {"k_tiles": kt, "n_tiles": nt, "tiles": kt * nt, "cycles": c, "macs": m,
                                "tile_period": tile_period(rows, g, s.pixels if s.is_conv else 1)}
@@ -449,7 +450,7 @@ class SystolicAccelerator(wiring.Component):
             if s.is_pool:
                 continue
             kt, nt = -(-s.k // R), -(-s.n // C)
-            ctr[li] = {"fetch": Signal(range(kt * nt * R + 1), name=f"L{li}_fetch"),
+            ctr[li] = {"fetch": Signal(range(kt * nt * R + 1), name=f"L{li}_fetch", init=kt * nt * R),
                        "row": Signal(range(R), name=f"L{li}_row"),
                        "i_o": Signal(range(max(kt, 2)), name=f"L{li}_i_out"),
                        "j_o": Signal(range(max(nt, 2)), name=f"L{li}_j_out")}
@@ -568,10 +569,6 @@ class SystolicAccelerator(wiring.Component):
         with m.If(st("IN")):
             m.d.comb += in_open.eq(1)
             m.d.sync += [waddr.eq(0), wr_cnt.eq(0), ld_v.eq(0), armed.eq(0)]
-            for li, c in ctr.items():
-                s = steps[li]
-                m.d.sync += [c["fetch"].eq(-(-s.k // R) * -(-s.n // C) * R), c["row"].eq(0), c["i_o"].eq(0),
-                             c["j_o"].eq(0)]
             with m.If(last_in):
                 m.d.sync += state.eq(sid[f"L0_{phases(steps[0])[0]}"])
         for li, s in enumerate(steps):
@@ -735,6 +732,8 @@ class SystolicAccelerator(wiring.Component):
         """Layer's weight beats: the ``kt nt R`` ROM rows in order, one fetched whenever the beat
         register is free or taken (``advance``); row ``R - 1`` of each tile carries the commit."""
         R = self._rows
+        with m.If(~running):
+            m.d.sync += [c["fetch"].eq(c["fetch"].init), c["row"].eq(0)]
         with m.If(running & advance):
             with m.If(c["fetch"].any()):
                 m.d.sync += [ld_v.eq(1), ld_row.eq(c["row"]), ld_swap.eq(_eq(c["row"], R - 1)),
@@ -745,7 +744,7 @@ class SystolicAccelerator(wiring.Component):
 
     def _gemm_outputs(self, m, li, s, c, running, arr, first, prev, tsum, accs, ps_rp, ps_wen, p_out, emit_valid,
                       emit_ready, state, sid):
-        """Layer ``li``'s output rows, in order (tile ``(j, i)``: ``i_o``, ``j_o``; conv: pixel ``p_o``):
+        """Layer ``li``'s output rows, in order (tile ``(j, i)``: ``i_o``, ``j_o``; conv: pixel ``p_out``):
         the tile sum (``tsum``: the row plus ``psum[p]`` / the accumulators, none in K-tile 0) kept
         (``psum[p]``, the accumulators) or, in the last K-tile, emitted to the output pass at once;
         after the last row of the last tile, DRAIN."""
@@ -754,8 +753,6 @@ class SystolicAccelerator(wiring.Component):
         i_o, j_o = c["i_o"], c["j_o"]
         last = Signal(name=f"L{li}_last_k")
         m.d.comb += last.eq(_eq(i_o, kt - 1))
-        P = s.pixels if s.is_conv else 1
-        p_o = p_out if s.is_conv else Const(0, 1)  # (back to 0 after every tile: shared by the conv layers)
         taken = Signal(name=f"L{li}_y_taken")
         m.d.comb += taken.eq(running & arr.y.valid & arr.y.ready)
         with m.If(running):
@@ -765,23 +762,24 @@ class SystolicAccelerator(wiring.Component):
                 m.d.comb += [prev[k].eq(ps_rp.data[k]) for k in range(C)]
             else:
                 m.d.comb += [prev[k].eq(accs[k]) for k in range(C)]
+        with m.If(~running):
+            m.d.sync += [i_o.eq(0), j_o.eq(0)]
+        tile_end = Signal(name=f"L{li}_tile_end")  # the tile's last output row is taken
         with m.If(taken):
-            if s.is_conv:
+            if s.is_conv:  # (p_out, shared by the conv layers, is back to 0 after every tile)
+                m.d.comb += tile_end.eq(_eq(p_out, s.pixels - 1))
+                m.d.sync += p_out.eq(Mux(tile_end, 0, p_out + 1))
                 with m.If(~last):
                     m.d.comb += ps_wen.eq(1)  # psum[p] = tsum, written one cycle later
             else:
+                m.d.comb += tile_end.eq(1)
                 m.d.sync += [accs[k].eq(tsum[k]) for k in range(C)]
-            with m.If(_eq(p_o, P - 1) if s.is_conv else Const(1, 1)):
-                if s.is_conv:
-                    m.d.sync += p_o.eq(0)
-                m.d.sync += i_o.eq(Mux(last, 0, i_o + 1))
-                with m.If(last):
-                    m.d.sync += j_o.eq(Mux(_eq(j_o, nt - 1), 0, j_o + 1))
-                    with m.If(_eq(j_o, nt - 1)):
-                        m.d.sync += state.eq(sid[f"L{li}_DRAIN"])
-            if s.is_conv:
-                with m.Else():
-                    m.d.sync += p_o.eq(p_o + 1)
+        with m.If(tile_end):
+            m.d.sync += i_o.eq(Mux(last, 0, i_o + 1))
+            with m.If(last):
+                m.d.sync += j_o.eq(Mux(_eq(j_o, nt - 1), 0, j_o + 1))
+                with m.If(_eq(j_o, nt - 1)):
+                    m.d.sync += state.eq(sid[f"L{li}_DRAIN"])
 
     def _pool_layer(self, m, li, s: PoolStep, st, state, sid, nxt, banks, pool_max, wr_cnt, emit_valid):
         """The states of maxpool2d layer ``li``: PRUN, one output word a cycle (channel group ``g``:
