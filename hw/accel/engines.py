@@ -119,9 +119,15 @@ class _InputBuffer:
         self.lanes, self.slots = lanes, slots
         self.full = [Signal(name=f"{name}_full{h}") for h in range(slots)]
         self.wh, self.rh = Signal(range(slots), name=f"{name}_wh"), Signal(range(slots), name=f"{name}_rh")
+        # One-hot copies of the heads for the flags: ``space`` / ``ready`` are then an AND-OR of
+        # registers, not a compare of the head and a mux (``space`` gates ``port.ready``, which a
+        # fork ANDs into its other consumers' valid: the longest path of the whole design).
+        wh1 = Signal(slots, name=f"{name}_wh1", init=1)
+        rh1 = Signal(slots, name=f"{name}_rh1", init=1)
+        full = Cat(*self.full)
         self.ready = Signal(name=f"{name}_ready")
-        m.d.comb += self.ready.eq(_pick(self.full, self.rh))
-        space = ~_pick(self.full, self.wh)
+        m.d.comb += self.ready.eq((full & rh1).any())
+        space = ~(full & wh1).any()
         take = port.valid & space
         m.d.comb += [cast.i.eq(port.payload), port.ready.eq(space)]
         loops = LoopNest(f"{name}_ld", [self.words, lanes] if partition else [depth])
@@ -138,15 +144,15 @@ class _InputBuffer:
             self._rps.append(mem.read_port(domain="sync"))
         last = take & loops.all_last()
         with m.If(last):
-            m.d.sync += self.wh.eq(Mux(self.wh == slots - 1, 0, self.wh + 1))
+            m.d.sync += [self.wh.eq(Mux(self.wh == slots - 1, 0, self.wh + 1)), wh1.eq(wh1.rotate_left(1))]
         self._release = Signal(name=f"{name}_release")
         for h in range(slots):
-            with m.If(last & _is(self.wh, h)):
+            with m.If(last & wh1[h]):
                 m.d.sync += self.full[h].eq(1)
-            with m.Elif(self._release & _is(self.rh, h)):
+            with m.Elif(self._release & rh1[h]):
                 m.d.sync += self.full[h].eq(0)
         with m.If(self._release):
-            m.d.sync += self.rh.eq(Mux(self.rh == slots - 1, 0, self.rh + 1))
+            m.d.sync += [self.rh.eq(Mux(self.rh == slots - 1, 0, self.rh + 1)), rh1.eq(rh1.rotate_left(1))]
 
     def read(self, lane: int, addr: Value, en: Value = Const(1, 1)) -> Value:
         """Synchronous read of word ``addr`` of slot ``rh`` in ``lane``: the data one cycle later."""
@@ -295,6 +301,38 @@ class _Sequencer:
                 self.first1.eq(loops.all_first(inner)),
                 self.last1.eq(loops.all_last(inner)),
             ]
+
+
+class SkidInput:
+    """A zero-latency skid buffer in front of a streaming engine's input: the port's ``ready`` is
+    a register, so a stall no longer travels combinationally up a chain of streaming engines.
+
+    Without it a streaming engine's ``i.ready`` is its output stage's ``~o.valid | o.ready``, so
+    through batchnorm -> relu -> fork the consumers' buffer state reached the producer's output
+    registers in one cycle (the digits CNN's critical path, 7 LUT levels). Here the beat passes
+    straight through while the engine takes it (``payload`` / ``valid`` are the port's); a beat
+    the engine does not take is held in one register, ``port.ready`` is low while it is held, and
+    the engine reads it next. Neither latency nor throughput change.
+
+    Attributes
+    ----------
+    payload, valid : Value
+        The beat offered to the engine.
+    ready : Signal
+        Driven by the engine: it takes the beat this cycle.
+    """
+
+    def __init__(self, m: Module, port: Any, name: str = "skid") -> None:
+        held = Signal(port.payload.shape(), name=f"{name}_data", reset_less=True)
+        full = Signal(name=f"{name}_full")
+        self.ready = Signal(name=f"{name}_ready")
+        self.payload = Mux(full, held, port.payload)
+        self.valid = full | port.valid
+        m.d.comb += port.ready.eq(~full)
+        with m.If(~full & port.valid & ~self.ready):
+            m.d.sync += [held.eq(port.payload), full.eq(1)]
+        with m.Elif(full & self.ready):
+            m.d.sync += full.eq(0)
 
 
 class _OutputStage:
@@ -839,7 +877,7 @@ class AddEngine(_Engine):
 
 class ElementwiseEngine(_Engine):
     """batchnorm / relu / relu6 / leaky_relu node: one element per cycle, no buffer; latency 1
-    (batchnorm: :attr:`BN_STAGES`, pipelined around its multiply).
+    (batchnorm: :attr:`BN_STAGES`, pipelined around its multiply); a :class:`SkidInput` in front.
 
     batchnorm: ``cast(x * scale[c] + align(shift[c]), output)`` (one rounding);
     relu: ``max(x, 0)``; relu6: ``min(max(x, 0), 6)`` on the grid ``max(F_x, -1)``;
@@ -871,12 +909,13 @@ class ElementwiseEngine(_Engine):
     def elaborate(self, platform):
         m = Module()
         node, xi, out_fmt = self._node, self._in_fmt, self._out_fmt
+        i = SkidInput(m, self.i)
         m.submodules.in_cast = in_cast = CastUnit(self._src, xi)
-        m.d.comb += in_cast.i.eq(self.i.payload)
+        m.d.comb += in_cast.i.eq(i.payload)
         x = in_cast.o
         fx = xi.frac_bits
         if node.op == "batchnorm":
-            return self._batchnorm(m, node, xi, out_fmt, x)
+            return self._batchnorm(m, node, xi, out_fmt, i, x)
         if node.op == "relu":
             v_fmt = xi
             v = Signal(fixed_shape(xi))
@@ -901,16 +940,16 @@ class ElementwiseEngine(_Engine):
         m.submodules.out_cast = out_cast = CastUnit(v_fmt, out_fmt)
         m.d.comb += out_cast.i.eq(v)
         out = _OutputStage(m, self.o)
-        m.d.comb += self.i.ready.eq(out.adv)
-        out.emit(m, self.i.valid & out.adv, out_cast.o)
+        m.d.comb += i.ready.eq(out.adv)
+        out.emit(m, i.valid & out.adv, out_cast.o)
         return m
 
     #: Pipeline stages of the batchnorm engine (input beat to output register).
     BN_STAGES = 3
 
-    def _batchnorm(self, m: Module, node: Node, xi: FixedType, out_fmt: FixedType, x: Value):
+    def _batchnorm(self, m: Module, node: Node, xi: FixedType, out_fmt: FixedType, i: SkidInput, x: Value):
         """``cast(x * scale[c] + align(shift[c]), output)`` in :attr:`BN_STAGES` registered stages
-        (the input cast; the DSP multiply with the channel's shift read beside it; the add and the
+        (the input cast with the channel's scale and shift reads; the DSP multiply; the add and the
         output cast into the output register), so no cycle holds a cast, a multiply and an add at
         once. The stages move together when the output may advance (a stall pipeline): one element
         per cycle, latency :attr:`BN_STAGES`."""
@@ -927,22 +966,25 @@ class ElementwiseEngine(_Engine):
         channels = groups
         out = _OutputStage(m, self.o)
         adv = out.adv
-        m.d.comb += self.i.ready.eq(adv)
-        take = self.i.valid & adv
+        m.d.comb += i.ready.eq(adv)
+        take = i.valid & adv
         loops = LoopNest("bn", [channels, per_channel])
         loops.step(m, take)
-        # stage 1: the input cast and the element's channel, registered
-        x1 = Signal(fixed_shape(xi), name="bn_x1")
-        c1 = Signal(range(max(channels, 2)), name="bn_c1")
-        v1 = Signal(name="bn_v1")
-        with m.If(adv):
-            m.d.sync += [x1.eq(x), c1.eq(loops[0]), v1.eq(take)]
-        # stage 2: the product (a registered DSP multiply) and the channel's shift
+        # stage 1: the input cast and the element's channel parameters, registered (the ROM
+        # reads happen here, beside the input cast, so that stage 2 is the multiply alone: a
+        # LUT-ROM read in front of the DSP made this engine the demo CNN's critical path)
         scale_rom = Memory(shape=fixed_shape(sc_fmt), depth=channels, init=lane_params("scale"))
         shift_rom = Memory(shape=fixed_shape(sh_fmt), depth=channels, init=lane_params("shift"))
         m.submodules.scale_rom, m.submodules.shift_rom = scale_rom, shift_rom
         sc_rp, sh_rp = scale_rom.read_port(domain="comb"), shift_rom.read_port(domain="comb")
-        m.d.comb += [sc_rp.addr.eq(c1), sh_rp.addr.eq(c1)]
+        m.d.comb += [sc_rp.addr.eq(loops[0]), sh_rp.addr.eq(loops[0])]
+        x1 = Signal(fixed_shape(xi), name="bn_x1")
+        scale1 = Signal(fixed_shape(sc_fmt), name="bn_scale1")
+        shift1 = Signal(fixed_shape(sh_fmt), name="bn_shift1")
+        v1 = Signal(name="bn_v1")
+        with m.If(adv):
+            m.d.sync += [x1.eq(x), scale1.eq(sc_rp.data), shift1.eq(sh_rp.data), v1.eq(take)]
+        # stage 2: the product (a registered DSP multiply) and the channel's shift
         p_fmt = xi * sc_fmt
         v_fmt = p_fmt + sh_fmt
         f = v_fmt.frac_bits
@@ -950,7 +992,7 @@ class ElementwiseEngine(_Engine):
         shift2 = Signal(fixed_shape(sh_fmt), name="bn_shift2")
         v2 = Signal(name="bn_v2")
         with m.If(adv):
-            m.d.sync += [prod2.eq(x1 * sc_rp.data), shift2.eq(sh_rp.data), v2.eq(v1)]
+            m.d.sync += [prod2.eq(x1 * scale1), shift2.eq(shift1), v2.eq(v1)]
         # stage 3: the aligned sum and its one rounding into the output register
         v = Signal(fixed_shape(v_fmt))
         m.d.comb += v.eq((prod2 << (f - p_fmt.frac_bits)) + (shift2 << (f - sh_fmt.frac_bits)))

@@ -33,7 +33,7 @@ from qfx.manifest import Node
 from qfx.types import FixedType
 
 from ..cast import CastUnit, fixed_shape
-from .engines import EngineError, _InputBuffer, _OutputStage, _Sequencer
+from .engines import EngineError, SkidInput, _InputBuffer, _OutputStage, _Sequencer
 from .loops import LoopNest
 
 __all__ = ["BinaryEngine", "ConcatEngine", "ClampEngine", "PadEngine", "UpsampleEngine", "OPS", "ops_engine", "ops_engine_cycles",
@@ -212,9 +212,10 @@ class ClampEngine(_OpsEngine):
     def elaborate(self, platform):
         m = Module()
         p = self._node.params
+        i = SkidInput(m, self.i)
         m.submodules.in_cast = in_cast = CastUnit(self._src, self._in_fmt)
         m.submodules.out_cast = out_cast = CastUnit(self._in_fmt, self._out_fmt)
-        m.d.comb += [in_cast.i.eq(self.i.payload), out_cast.i.eq(in_cast.o)]
+        m.d.comb += [in_cast.i.eq(i.payload), out_cast.i.eq(in_cast.o)]
         shape = fixed_shape(self._out_fmt)
         v = out_cast.o
         if p["min_code"] is not None:
@@ -226,8 +227,8 @@ class ClampEngine(_OpsEngine):
         r = Signal(shape)
         m.d.comb += r.eq(v)
         out = _OutputStage(m, self.o)
-        m.d.comb += self.i.ready.eq(out.adv)
-        out.emit(m, self.i.valid & out.adv, r)
+        m.d.comb += i.ready.eq(out.adv)
+        out.emit(m, i.valid & out.adv, r)
         return m
 
 
@@ -262,11 +263,12 @@ class PadEngine(_OpsEngine):
         inside = Signal()
         m.d.comb += inside.eq((y >= top) & (y < top + h) & (x >= left) & (x < left + w))
         out = _OutputStage(m, self.o)
+        i = SkidInput(m, self.i)
         # inside: wait for an input beat; border: emit a zero whenever the output stage advances
         take = Signal()
-        m.d.comb += [self.i.ready.eq(out.adv & inside), take.eq(out.adv & (~inside | self.i.valid))]
+        m.d.comb += [i.ready.eq(out.adv & inside), take.eq(out.adv & (~inside | i.valid))]
         loops.step(m, take)
-        out.emit(m, take, Mux(inside, self.i.payload, 0))
+        out.emit(m, take, Mux(inside, i.payload, 0))
         return m
 
 

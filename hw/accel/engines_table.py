@@ -23,7 +23,7 @@ from qfx.manifest import Node
 from qfx.types import FixedType
 
 from ..cast import CastUnit, fixed_shape
-from .engines import EngineError, _OutputStage
+from .engines import EngineError, SkidInput, _OutputStage
 
 __all__ = ["TableEngine"]
 
@@ -69,7 +69,8 @@ class TableEngine(wiring.Component):
         size, shift, lo = int(p["size"]), int(p["shift"]), int(p["lo_code"])
         hi = lo + (size << shift) - 1
         m.submodules.in_cast = in_cast = CastUnit(self._src, self._in_fmt)
-        m.d.comb += in_cast.i.eq(self.i.payload)
+        i = SkidInput(m, self.i)
+        m.d.comb += in_cast.i.eq(i.payload)
         # compare and subtract on a signed grid wide enough for the code and both bounds
         w = max(self._in_fmt.width, lo.bit_length(), hi.bit_length()) + 2
         c = Signal(signed(w))
@@ -85,6 +86,6 @@ class TableEngine(wiring.Component):
         rd = rom.read_port(domain="comb")
         m.d.comb += rd.addr.eq(off[shift:shift + abits])
         out = _OutputStage(m, self.o)
-        m.d.comb += self.i.ready.eq(out.adv)
-        out.emit(m, self.i.valid & out.adv, rd.data)
+        m.d.comb += i.ready.eq(out.adv)
+        out.emit(m, i.valid & out.adv, rd.data)
         return m

@@ -17,6 +17,12 @@ class LoopNest:
     ``is_last(i)`` is high when counter ``i`` holds its last value,
     ``all_last(levels)`` when every counter of ``levels`` does (``is_first``
     / ``all_first`` likewise for zero). A size-1 loop costs nothing.
+
+    ``is_last`` is a register (set when the counter steps onto its last value), not a compare
+    of the counter: the ``all_last`` of a loader's nest gates its buffer's full flags and an
+    engine's slot and release logic, and a carry-chain compare there was the start of the
+    longest paths through a fork of the dataflow accelerator. The counters change only through
+    :meth:`step` and :meth:`reset`, which keep the flags in step.
     """
 
     def __init__(self, name: str, sizes: Sequence[int]) -> None:
@@ -26,13 +32,14 @@ class LoopNest:
         # A loop of one iteration has no counter (a zero-width signal would reach the Verilog).
         self.counters = [Signal(range(s), name=f"{name}_{i}") if s > 1 else Const(0, 1)
                          for i, s in enumerate(self.sizes)]
+        self._last = [Signal(name=f"{name}_{i}_last") if s > 1 else Const(1, 1)
+                      for i, s in enumerate(self.sizes)]
 
     def __getitem__(self, i: int) -> Value:
         return self.counters[i]
 
     def is_last(self, i: int) -> Value:
-        s = self.sizes[i]
-        return Const(1, 1) if s == 1 else self.counters[i] == s - 1
+        return self._last[i]
 
     def is_first(self, i: int) -> Value:
         return Const(1, 1) if self.sizes[i] == 1 else ~self.counters[i].any()
@@ -54,12 +61,12 @@ class LoopNest:
         for i in reversed(range(len(self.sizes))):
             if self.sizes[i] == 1:
                 continue
-            c = self.counters[i]
+            c, last = self.counters[i], self._last[i]
             with m.If(carry):
-                m.d.sync += c.eq(Mux(self.is_last(i), 0, c + 1))
-            carry = carry & self.is_last(i)
+                m.d.sync += [c.eq(Mux(last, 0, c + 1)), last.eq(~last & (c == self.sizes[i] - 2))]
+            carry = carry & last
 
     def reset(self, m: Module) -> None:
         for i, c in enumerate(self.counters):
             if self.sizes[i] > 1:
-                m.d.sync += c.eq(0)
+                m.d.sync += [c.eq(0), self._last[i].eq(0)]
