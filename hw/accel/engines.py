@@ -537,14 +537,18 @@ class MACEngine(_Engine):
         ready = [Signal(name=f"slot_full{s}") for s in range(slots)]
         cslot = Signal(range(slots), name="cslot")
         eslot = Signal(range(slots), name="eslot")
+        # one-hot copies of the two slot heads for the flags (an AND-OR of registers, no compare:
+        # the issue gates the input buffer's release, the emitter the output stage)
+        cslot1 = Signal(slots, name="cslot1", init=1)
+        eslot1 = Signal(slots, name="eslot1", init=1)
         cslot_busy = Signal()
-        m.d.comb += cslot_busy.eq(_pick(busy, cslot))
+        m.d.comb += cslot_busy.eq((Cat(*busy) & cslot1).any())
         issue = Signal()
         m.d.comb += issue.eq(buf.ready & (~blk_first | ~cslot_busy))
         loops.step(m, issue)
         buf.release(issue & loops.all_last())
         with m.If(issue & blk_last):
-            m.d.sync += cslot.eq(Mux(cslot == slots - 1, 0, cslot + 1))
+            m.d.sync += [cslot.eq(Mux(cslot == slots - 1, 0, cslot + 1)), cslot1.eq(cslot1.rotate_left(1))]
 
         plan = self._weights
         wbits = plan.word_shape.width
@@ -664,21 +668,21 @@ class MACEngine(_Engine):
         eloops = LoopNest("emit", [pe, pblk])
         lane, epos = eloops.counters
         e_ready = Signal()
-        m.d.comb += e_ready.eq(_pick(ready, eslot))
+        m.d.comb += e_ready.eq((Cat(*ready) & eslot1).any())
         e_issue = Signal()
         m.d.comb += e_issue.eq(e_ready & adv)
         eloops.step(m, e_issue)
         e_done = e_issue & eloops.all_last()
         with m.If(e_done):
-            m.d.sync += eslot.eq(Mux(eslot == slots - 1, 0, eslot + 1))
+            m.d.sync += [eslot.eq(Mux(eslot == slots - 1, 0, eslot + 1)), eslot1.eq(eslot1.rotate_left(1))]
         for s in range(slots):
-            with m.If(issue & blk_first & _is(cslot, s)):
+            with m.If(issue & blk_first & cslot1[s]):
                 m.d.sync += busy[s].eq(1)
-            with m.Elif(e_done & _is(eslot, s)):
+            with m.Elif(e_done & eslot1[s]):
                 m.d.sync += busy[s].eq(0)
             with m.If(vw & lastw & endw & _is(slotw, s)):
                 m.d.sync += ready[s].eq(1)
-            with m.Elif(e_done & _is(eslot, s)):
+            with m.Elif(e_done & eslot1[s]):
                 m.d.sync += ready[s].eq(0)
         raddr = Signal(range(slots * pblk))
         m.d.comb += raddr.eq(eslot * pblk + epos)
