@@ -106,6 +106,11 @@ class DenseStep:
         """``(channels, P)`` of the tensor it writes (a dense layer: ``(N, 1)``), see :func:`lane_words`."""
         return (self.n, 1)
 
+    def tiles(self, rows: int, cols: int) -> "tuple[int, int]":
+        """``(kt, nt)``: the K-tiles (``rows`` terms each) and output tiles (``cols`` outputs each) of
+        the layer's GEMM on a ``rows x cols`` array."""
+        return -(-self.k // rows), -(-self.n // cols)
+
 
 @dataclass
 class SkipAdd:
@@ -476,7 +481,7 @@ def bank_tables(step: ConvStep, rows: int, lanes: int = 1) -> "list[list[tuple[i
     padding: code 0). ``lanes=1``: a flat CHW address."""
     kh, kw = step.kernel
     (dh, dw), (ph, pw) = step.dilation, step.padding
-    kt = -(-step.k // rows)
+    kt, _nt = step.tiles(rows, lanes)
     out = []
     for i in range(kt):
         row = []
@@ -516,7 +521,7 @@ def conv_cycles(step: ConvStep, rows: int, grid_cols: int, cols: int, vector_lat
     """Cycles of one conv layer (no stalls): :func:`gemm_cycles` of its ``kt nt`` tiles (output tile
     ``j``, K-tile ``i``, in that order) of ``P`` rows each; the output pass is the last K-tile's rows
     leaving the array (one pixel's ``C`` channels a cycle), so it costs no cycles of its own."""
-    kt, nt = -(-step.k // rows), -(-step.n // cols)
+    kt, nt = step.tiles(rows, cols)
     return gemm_cycles(rows, grid_cols, kt * nt, step.pixels, vector_latency)
 
 

@@ -222,7 +222,7 @@ def systolic_cycles(plan: SystolicPlan, rows: int, cols: int, pack: bool) -> dic
             layers[s.node.name] = {"cycles": c, "outputs": s.n_outputs, "taps": s.taps}
             compute += c
             continue
-        kt, nt = -(-s.k // rows), -(-s.n // cols)
+        kt, nt = s.tiles(rows, cols)
         if s.is_conv:
             c = conv_cycles(s, rows, g, cols, lat)
         else:
@@ -327,7 +327,7 @@ class SystolicAccelerator(wiring.Component):
         for s in self._plan.steps:
             if s.is_pool:
                 continue
-            kt, nt = -(-s.k // R), -(-s.n // C)
+            kt, nt = s.tiles(R, C)
             for j in range(nt):
                 for i in range(kt):
                     for r in range(R):
@@ -397,7 +397,7 @@ class SystolicAccelerator(wiring.Component):
         # ---- per layer: the output casts and the vector unit, C lanes ---------------------------------
         xrow = [Signal(fixed_shape(plan.x_fmt), name=f"xrow_{k}") for k in range(R)]
         gemm = [s for s in steps if not s.is_pool]
-        kt_max = max(-(-s.k // R) for s in gemm)
+        kt_max = max(s.tiles(R, C)[0] for s in gemm)
         sum_w = acc_fmt.width + kt_max.bit_length() + 1  # a sum of up to kt_max tile sums
         accs = [Signal(signed(sum_w), name=f"tacc_{c}") for c in range(C)]
         wr_cnt = Signal(range(words + 1))  # the word being written (layers write their words in order)
@@ -449,7 +449,7 @@ class SystolicAccelerator(wiring.Component):
         for li, s in enumerate(steps):
             if s.is_pool:
                 continue
-            kt, nt = -(-s.k // R), -(-s.n // C)
+            kt, nt = s.tiles(R, C)
             ctr[li] = {"fetch": Signal(range(kt * nt * R + 1), name=f"L{li}_fetch", init=kt * nt * R),
                        "row": Signal(range(R), name=f"L{li}_row"),
                        "i_o": Signal(range(max(kt, 2)), name=f"L{li}_i_out"),
@@ -585,7 +585,7 @@ class SystolicAccelerator(wiring.Component):
             self._gemm_outputs(m, li, s, ctr[li], running, arr, first, prev, tsum, accs, ps_rp, ps_wen, p_out,
                                emit_valid[li], emit_ready[li], state, sid)
             with m.If(st(f"L{li}_DRAIN")):  # the vector unit's last words
-                n_words = -(-s.n // C) * (s.pixels if s.is_conv else 1)
+                n_words = s.tiles(R, C)[1] * (s.pixels if s.is_conv else 1)
                 with m.If(wr_cnt == n_words):
                     m.d.sync += [wr_cnt.eq(0), state.eq(sid[nxt])]
         m.d.comb += arr.x.payload.as_value().eq(x_feed)
@@ -603,7 +603,7 @@ class SystolicAccelerator(wiring.Component):
         ``C`` biases per output tile), cast to the layer's output format. Returns the ``C``
         :class:`~qfx.hw.cast.CastUnit` of lanes ``0 .. L - 1``."""
         C = self._cols
-        nt = -(-s.n // C)
+        _kt, nt = s.tiles(self._rows, C)
         fp = s.x_fmt.frac_bits + s.w_frac
         fb = s.bias_fmt.frac_bits if s.bias_fmt is not None else fp
         af = max(fp, fb)
@@ -642,7 +642,7 @@ class SystolicAccelerator(wiring.Component):
         ``i R + b`` of the pixel, 0 for padding); the last one disarms. Returns the array's input row
         (the im2col row while running, else ``x_feed``)."""
         R, C = self._rows, self._cols
-        kt, nt = -(-s.k // R), -(-s.n // C)
+        kt, nt = s.tiles(R, C)
         P, (sh, sw), H, W = s.pixels, s.stride, s.h, s.w
         tables = bank_tables(s, R, C)
         # output pixel (y, x) as counters: xs = x s_w, ys = y s_h, ysw = y s_h W
@@ -706,7 +706,7 @@ class SystolicAccelerator(wiring.Component):
         buffer (one a cycle, shifted into ``xrow``, 0 past the input; the reads walk the input in CHW
         order, from its start for every output tile), pushed once the tile is committed (``armed``)."""
         R, C = self._rows, self._cols
-        kt, nt = -(-s.k // R), -(-s.n // C)
+        kt, nt = s.tiles(R, C)
         g_r = Signal(range(R + 1), name=f"d{li}_gather")  # codes gathered into xrow
         g_i = Signal(range(max(kt, 2)), name=f"d{li}_i")  # the K-tile being gathered
         left = Signal(range(kt * nt + 1), name=f"d{li}_left", init=kt * nt)  # tiles still to gather
@@ -749,7 +749,7 @@ class SystolicAccelerator(wiring.Component):
         (``psum[p]``, the accumulators) or, in the last K-tile, emitted to the output pass at once;
         after the last row of the last tile, DRAIN."""
         R, C = self._rows, self._cols
-        kt, nt = -(-s.k // R), -(-s.n // C)
+        kt, nt = s.tiles(R, C)
         i_o, j_o = c["i_o"], c["j_o"]
         last = Signal(name=f"L{li}_last_k")
         m.d.comb += last.eq(_eq(i_o, kt - 1))

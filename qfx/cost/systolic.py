@@ -105,7 +105,7 @@ def systolic_energy(acc: Any, *, weight_rom_bram: bool, f_soft: float = F_SOFT,
             row = {"op": s.node.op, "kind": "vector", "product_pj": 0.0, "accumulate_pj": 0.0,
                    "memory_pj": mem, "other_pj": other}
         else:
-            kt, nt = -(-s.k // R), -(-s.n // C)
+            kt, nt = s.tiles(R, C)
             pixels = s.pixels
             rows_pushed = nt * kt * pixels
             macs = s.k * s.n * pixels
