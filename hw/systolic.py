@@ -246,18 +246,9 @@ class SystolicArray(wiring.Component):
         # ---- weight registers: shadow (loaded) and active (computing) ---------------------------
         if self._pack:
             return self._elaborate_packed(m, en, commit)
-        shadow = [[Signal(self._w_shape, name=f"ws_{k}_{c}") for c in range(C)] for k in range(R)]
-        wreg = [[Signal(self._w_shape, name=f"w_{k}_{c}") for c in range(C)] for k in range(R)]
-        row = self.weights.payload.row
-        with m.If(self.weights.valid & self.weights.ready):
-            for k in range(R):
-                # (row == 0 would become a multi-bit logical not, which Verilator -Wall flags.)
-                with m.If(row == k if k else ~row.any()):
-                    m.d.sync += [shadow[k][c].eq(self.weights.payload.w[c]) for c in range(C)]
-        for k in range(R):
-            for c in range(C):
-                with m.If(en & commit[k + c]):
-                    m.d.sync += wreg[k][c].eq(shadow[k][c])
+        shadow = {(k, c): (Signal(self._w_shape, name=f"ws_{k}_{c}"),) for k in range(R) for c in range(C)}
+        active = {(k, c): (Signal(self._w_shape, name=f"w_{k}_{c}"),) for k in range(R) for c in range(C)}
+        self._load_and_commit(m, en, commit, shadow, active, [(self.weights.payload.w[c],) for c in range(C)])
 
         x_shape = fixed_shape(self._x_fmt)
         x_left = self._skewed_inputs(m, en)
@@ -269,7 +260,7 @@ class SystolicArray(wiring.Component):
             for c in range(C):
                 mul = multiplier_for(self._x_fmt, self._w_fmt, self._multiply)
                 m.submodules[f"mul_{k}_{c}"] = mul
-                m.d.comb += [mul.x.eq(x_in), mul.w.eq(wreg[k][c])]
+                m.d.comb += [mul.x.eq(x_in), mul.w.eq(active[k, c][0])]
                 preg = Signal(fixed_shape(p_fmt), name=f"p_{k}_{c}")
                 with m.If(en):
                     m.d.sync += preg.eq(mul.p)
@@ -296,7 +287,6 @@ class SystolicArray(wiring.Component):
         # A = (w1 << 18) + w0 = Cat(sext18(w0), w1 - [w0 < 0]): keeping w0 and hi = w1 - [w0 < 0]
         # costs one flip-flop more than the two codes and leaves no adder per PE (weights are stationary).
         hi_shape = signed(DSP48E2_A_BITS - PACK_SHIFT)
-        row = self.weights.payload.row
         active = {}  # (k, j) -> the active registers of PE (k, j); shadow[k, j] the loaded ones, alike
         shadow = {}
         for k in range(R):
@@ -318,15 +308,7 @@ class SystolicArray(wiring.Component):
                 load.append((w0, hi))
             else:
                 load.append((w0,))
-        with m.If(self.weights.valid & self.weights.ready):
-            for k in range(R):
-                with m.If(row == k if k else ~row.any()):
-                    for j in range(G):
-                        m.d.sync += [r.eq(v) for r, v in zip(shadow[k, j], load[j])]
-        for k in range(R):
-            for j in range(G):
-                with m.If(en & commit[k + j]):
-                    m.d.sync += [a.eq(b) for a, b in zip(active[k, j], shadow[k, j])]
+        self._load_and_commit(m, en, commit, shadow, active, load)
 
         x_shape = fixed_shape(self._x_fmt)
         x_left = self._skewed_inputs(m, en)
@@ -371,6 +353,21 @@ class SystolicArray(wiring.Component):
         return m
 
     # ---- pieces shared by the unpacked and packed grids --------------------------------------------
+    def _load_and_commit(self, m: Module, en, commit: list, shadow: dict, active: dict, load: list) -> None:
+        """The double-buffered weight registers of PE ``(k, j)`` (grid column ``j``; tuples of
+        registers, alike in ``shadow`` and ``active``): a ``weights`` beat writes ``load[j]`` into the
+        shadow registers of its row, and the commit token ``commit[k + j]`` copies shadow into active."""
+        row = self.weights.payload.row
+        with m.If(self.weights.valid & self.weights.ready):
+            for k in range(self._rows):
+                # (row == 0 would become a multi-bit logical not, which Verilator -Wall flags.)
+                with m.If(row == k if k else ~row.any()):
+                    for j in range(len(load)):
+                        m.d.sync += [r.eq(v) for r, v in zip(shadow[k, j], load[j])]
+        for (k, j), regs in active.items():
+            with m.If(en & commit[k + j]):
+                m.d.sync += [a.eq(b) for a, b in zip(regs, shadow[k, j])]
+
     def _commit_tokens(self, m: Module, en) -> list:
         """The commit token's delay line and ``weights.ready``. ``commit[d]``: a commit accepted
         ``d + 1`` enabled edges ago, at the operand position of every PE ``(k, c)`` with ``k + c ==
