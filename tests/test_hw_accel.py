@@ -131,7 +131,7 @@ def test_streaming_engine_under_random_valid_and_ready(streaming_net, op):
     want = ref[node.name][:8].reshape(-1)
     eng = ElementwiseEngine(node, src)
     rng = np.random.default_rng(4)
-    got, held = [], [0]
+    got, held, comb_ready = [], [0], [0]
 
     async def source(ctx):
         for c in codes:
@@ -146,6 +146,13 @@ def test_streaming_engine_under_random_valid_and_ready(streaming_net, op):
         for _cycle in range(40 * len(want)):  # (bounded: a lost beat must fail, not hang)
             if len(got) == len(want):
                 break
+            # i.ready never follows o.ready within a cycle (the skid's ready is a register: no
+            # combinational path up a chain of streaming engines)
+            probe = []
+            for r in (0, 1):
+                ctx.set(eng.o.ready, r)
+                probe.append(ctx.get(eng.i.ready))
+            comb_ready[0] += int(probe[0] != probe[1])
             ready = int(rng.random() >= 0.5)
             ctx.set(eng.o.ready, ready)
             _clk, _rst, valid, data, i_ready, i_valid = await ctx.tick().sample(
@@ -160,6 +167,7 @@ def test_streaming_engine_under_random_valid_and_ready(streaming_net, op):
     sim.add_testbench(sink)
     sim.run()
     assert held[0] > 0  # the skid held beats: the case this test is about
+    assert comb_ready[0] == 0
     assert got == [int(v) for v in want]
 
 
