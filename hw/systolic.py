@@ -380,13 +380,17 @@ class SystolicArray(wiring.Component):
         with m.If(en):
             m.d.sync += commit[0].eq(taken)
             m.d.sync += [commit[d].eq(commit[d - 1]) for d in range(1, len(commit))]
-        pending = []  # pending[k]: a token still to pass a PE of row k
+        # pending[k]: a token still to pass a PE of row k, i.e. the OR of commit[0 .. k + G - 1]. Kept
+        # as a register of that OR's next value (taken or commit[0 .. k + G - 2] after an enabled
+        # edge), so the wide OR is not in front of weights.ready and the loader behind it.
+        pending = []
         for k in range(R):
             p = Signal(name=f"pending{k}")
-            any_tok = commit[0]
-            for t in commit[1: k + G]:
-                any_tok = any_tok | t
-            m.d.comb += p.eq(any_tok)
+            nxt = taken
+            for t in commit[: k + G - 1]:
+                nxt = nxt | t
+            with m.If(en):
+                m.d.sync += p.eq(nxt)
             pending.append(p)
         row = self.weights.payload.row  # (at least 1 bit)
         # rows >= R write nothing: never pending (a full case for the mux)
