@@ -569,13 +569,14 @@ class MACEngine(_Engine):
         # The ROM word ocb_lin * ks + kc, from a register stepping with the loops (base = ocb_lin * ks):
         # no multiply-add between the loop counters and the ROM (the K-hot MLP's critical path)
         waddr0 = Signal(range(max(len(rom_words), 2)))
-        wbase = Signal(range(max(len(rom_words), 2) + ks), name="wrom_base")
-        m.d.comb += waddr0.eq(wbase + kc)
-        # the positions and term chunks inside one channel block (the dense row is the outer loop:
-        # its ROM walk restarts every row)
-        inner = [2] if dense else [2, 3, 4]
-        with m.If(issue & loops.all_last(inner)):
-            m.d.sync += wbase.eq(Mux(loops.all_last([1, 2] if dense else None), 0, wbase + ks))
+        if not wired:  # (hard-wired products read no ROM)
+            wbase = Signal(range(max(len(rom_words), 2) + ks), name="wrom_base")
+            m.d.comb += waddr0.eq(wbase + kc)
+            # the positions and term chunks inside one channel block (the dense row is the outer loop:
+            # its ROM walk restarts every row)
+            inner = [2] if dense else [2, 3, 4]
+            with m.If(issue & loops.all_last(inner)):
+                m.d.sync += wbase.eq(Mux(loops.all_last([1, 2] if dense else None), 0, wbase + ks))
         waddr = _delay(m, waddr0, ws, "wrom_addr")
         ocb_lin = _delay(m, ocb_lin, ws, "ocb_lin")
         if not wired:  # hard-wired K-hot products have their weights in the wiring (khot_wired)

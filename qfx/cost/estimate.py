@@ -256,7 +256,8 @@ def _elementwise_features(node: Node, src: FixedType) -> dict[str, float]:
     x, out = node.formats["input"], node.formats["output"]
     f["const"] = 1.0
     f["arith_bits"] = float(x.width + out.width + src.width)
-    f["reg_bits"] = float(out.width)
+    # the output register, and the SkidInput in front (hw/accel/engines.py): a held input code and its flag
+    f["reg_bits"] = float(out.width + src.width + 1)
     if node.op == "batchnorm":
         ch = node.output_shape[0]
         per = math.prod(node.output_shape[1:])
