@@ -85,6 +85,29 @@ def _pick(values: list, index: Value) -> Value:
     return out
 
 
+class _RingHead:
+    """The head of a ring of ``slots`` slots, kept twice: ``index`` (binary, for addresses) and
+    ``onehot`` (for the slots' flags: :meth:`pick` of a flag is an AND-OR of registers, not a
+    compare of the head and a mux; such flags gate a buffer's ``ready``, which a fork ANDs into
+    its other consumers' ``valid``, and an engine's issue and release: the longest paths of the
+    dataflow accelerator)."""
+
+    def __init__(self, name: str, slots: int) -> None:
+        self.slots = slots
+        self.index = Signal(range(slots), name=name)
+        self.onehot = Signal(slots, name=f"{name}1", init=1)
+
+    def pick(self, flags: list) -> Value:
+        """``flags[index]``."""
+        return (Cat(*flags) & self.onehot).any()
+
+    def advance(self, m: Module, when: Value) -> None:
+        """Move to the next slot (after the last: the first) where ``when``."""
+        with m.If(when):
+            m.d.sync += [self.index.eq(Mux(self.index == self.slots - 1, 0, self.index + 1)),
+                         self.onehot.eq(self.onehot.rotate_left(1))]
+
+
 def _rom(m: Module, name: str, shape: Shape, words: list[int]) -> Any:
     """A read-only memory with one synchronous read port (block RAM or LUTs, as synthesis decides).
     At least 2 words (a 1-word memory has a zero-width address in the Verilog)."""
@@ -118,16 +141,11 @@ class _InputBuffer:
         self.words = depth // lanes if partition else depth
         self.lanes, self.slots = lanes, slots
         self.full = [Signal(name=f"{name}_full{h}") for h in range(slots)]
-        self.wh, self.rh = Signal(range(slots), name=f"{name}_wh"), Signal(range(slots), name=f"{name}_rh")
-        # One-hot copies of the heads for the flags: ``space`` / ``ready`` are then an AND-OR of
-        # registers, not a compare of the head and a mux (``space`` gates ``port.ready``, which a
-        # fork ANDs into its other consumers' valid: the longest path of the whole design).
-        wh1 = Signal(slots, name=f"{name}_wh1", init=1)
-        rh1 = Signal(slots, name=f"{name}_rh1", init=1)
-        full = Cat(*self.full)
+        wh, rh = _RingHead(f"{name}_wh", slots), _RingHead(f"{name}_rh", slots)
+        self.wh, self.rh = wh.index, rh.index
         self.ready = Signal(name=f"{name}_ready")
-        m.d.comb += self.ready.eq((full & rh1).any())
-        space = ~(full & wh1).any()
+        m.d.comb += self.ready.eq(rh.pick(self.full))
+        space = ~wh.pick(self.full)
         take = port.valid & space
         m.d.comb += [cast.i.eq(port.payload), port.ready.eq(space)]
         loops = LoopNest(f"{name}_ld", [self.words, lanes] if partition else [depth])
@@ -143,16 +161,14 @@ class _InputBuffer:
             m.d.comb += [wp.addr.eq(waddr), wp.data.eq(cast.o), wp.en.eq(take & sel)]
             self._rps.append(mem.read_port(domain="sync"))
         last = take & loops.all_last()
-        with m.If(last):
-            m.d.sync += [self.wh.eq(Mux(self.wh == slots - 1, 0, self.wh + 1)), wh1.eq(wh1.rotate_left(1))]
+        wh.advance(m, last)
         self._release = Signal(name=f"{name}_release")
         for h in range(slots):
-            with m.If(last & wh1[h]):
+            with m.If(last & wh.onehot[h]):
                 m.d.sync += self.full[h].eq(1)
-            with m.Elif(self._release & rh1[h]):
+            with m.Elif(self._release & rh.onehot[h]):
                 m.d.sync += self.full[h].eq(0)
-        with m.If(self._release):
-            m.d.sync += [self.rh.eq(Mux(self.rh == slots - 1, 0, self.rh + 1)), rh1.eq(rh1.rotate_left(1))]
+        rh.advance(m, self._release)
 
     def read(self, lane: int, addr: Value, en: Value = Const(1, 1)) -> Value:
         """Synchronous read of word ``addr`` of slot ``rh`` in ``lane``: the data one cycle later."""
@@ -535,20 +551,15 @@ class MACEngine(_Engine):
         # the ring of output blocks: per slot, owned by a block being computed / holding results
         busy = [Signal(name=f"slot_busy{s}") for s in range(slots)]
         ready = [Signal(name=f"slot_full{s}") for s in range(slots)]
-        cslot = Signal(range(slots), name="cslot")
-        eslot = Signal(range(slots), name="eslot")
-        # one-hot copies of the two slot heads for the flags (an AND-OR of registers, no compare:
-        # the issue gates the input buffer's release, the emitter the output stage)
-        cslot1 = Signal(slots, name="cslot1", init=1)
-        eslot1 = Signal(slots, name="eslot1", init=1)
+        cslot_head, eslot_head = _RingHead("cslot", slots), _RingHead("eslot", slots)
+        cslot, eslot = cslot_head.index, eslot_head.index
         cslot_busy = Signal()
-        m.d.comb += cslot_busy.eq((Cat(*busy) & cslot1).any())
+        m.d.comb += cslot_busy.eq(cslot_head.pick(busy))
         issue = Signal()
         m.d.comb += issue.eq(buf.ready & (~blk_first | ~cslot_busy))
         loops.step(m, issue)
         buf.release(issue & loops.all_last())
-        with m.If(issue & blk_last):
-            m.d.sync += [cslot.eq(Mux(cslot == slots - 1, 0, cslot + 1)), cslot1.eq(cslot1.rotate_left(1))]
+        cslot_head.advance(m, issue & blk_last)
 
         plan = self._weights
         wbits = plan.word_shape.width
@@ -677,21 +688,20 @@ class MACEngine(_Engine):
         eloops = LoopNest("emit", [pe, pblk])
         lane, epos = eloops.counters
         e_ready = Signal()
-        m.d.comb += e_ready.eq((Cat(*ready) & eslot1).any())
+        m.d.comb += e_ready.eq(eslot_head.pick(ready))
         e_issue = Signal()
         m.d.comb += e_issue.eq(e_ready & adv)
         eloops.step(m, e_issue)
         e_done = e_issue & eloops.all_last()
-        with m.If(e_done):
-            m.d.sync += [eslot.eq(Mux(eslot == slots - 1, 0, eslot + 1)), eslot1.eq(eslot1.rotate_left(1))]
+        eslot_head.advance(m, e_done)
         for s in range(slots):
-            with m.If(issue & blk_first & cslot1[s]):
+            with m.If(issue & blk_first & cslot_head.onehot[s]):
                 m.d.sync += busy[s].eq(1)
-            with m.Elif(e_done & eslot1[s]):
+            with m.Elif(e_done & eslot_head.onehot[s]):
                 m.d.sync += busy[s].eq(0)
             with m.If(vw & lastw & endw & _is(slotw, s)):
                 m.d.sync += ready[s].eq(1)
-            with m.Elif(e_done & eslot1[s]):
+            with m.Elif(e_done & eslot_head.onehot[s]):
                 m.d.sync += ready[s].eq(0)
         raddr = Signal(range(slots * pblk))
         m.d.comb += raddr.eq(eslot * pblk + epos)
